@@ -1,0 +1,2 @@
+//! shardcast: the WebSocket broadcast server binary.
+fn main() {}

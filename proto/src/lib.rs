@@ -1,0 +1,17 @@
+//! Sans-IO, zero-copy RFC 6455 (WebSocket) framing and the HTTP/1.1 upgrade, for shardcast.
+//!
+//! This crate does no I/O, owns no clock and depends on no async runtime: every item is a pure
+//! function or a state machine over byte slices. The engine (`shardcast`) drives it.
+//!
+//! Layout, one concern per module:
+//! - [`http`]: incremental HTTP/1.1 request-head parsing with limits, plain responses.
+//! - [`handshake`]: WebSocket upgrade validation, `Sec-WebSocket-Accept`, the 101 response.
+//! - [`frame`]: frame header parsing/writing and opcodes.
+//! - [`mask`]: in-place (un)masking, word-at-a-time, with a scalar reference.
+//! - [`utf8`]: incremental, fail-fast UTF-8 validation across fragments.
+//! - [`close`]: close codes and close-frame payloads.
+//! - [`decode`]: the receive-side state machine (frames → messages and control events).
+//! - [`encode`]: frame encoding (server frames as one shared `Bytes`, masked client frames).
+//! - [`error`]: protocol errors, each carrying the close code the RFC demands.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
