@@ -602,3 +602,537 @@ pub fn write_response(
         out.extend_from_slice(body);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GET: &[u8] = b"GET /chat/room?x=1&name=bob&flag HTTP/1.1\r\n\
+Host: example.com\r\n\
+X-Multi: a\r\n\
+x-multi: b\r\n\
+\r\n";
+
+    fn parse_once(buf: &[u8]) -> Result<Parse<'_>, HttpError> {
+        RequestParser::default().parse(buf)
+    }
+
+    fn complete(buf: &[u8]) -> (Request<'_>, usize) {
+        match parse_once(buf) {
+            Ok(Parse::Complete { request, head_len }) => (request, head_len),
+            other => panic!("expected complete, got {other:?}"),
+        }
+    }
+
+    fn status_of(buf: &[u8]) -> Status {
+        match parse_once(buf) {
+            Err(e) => e.status,
+            other => panic!("expected error, got {other:?}"),
+        }
+    }
+
+    /// Comparable summary of a parse outcome.
+    type Outcome = Result<Option<(String, usize)>, HttpError>;
+
+    fn summarize(r: Result<Parse<'_>, HttpError>) -> Outcome {
+        r.map(|p| match p {
+            Parse::Partial => None,
+            Parse::Complete {
+                request: r,
+                head_len,
+            } => Some((
+                format!(
+                    "{} {} {:?} {} {:?}",
+                    r.method(),
+                    r.path(),
+                    r.query(),
+                    r.minor_version(),
+                    r.headers()
+                ),
+                head_len,
+            )),
+        })
+    }
+
+    /// Feed `buf` growing up to each cut (then whole), stopping at the first non-partial result.
+    fn feed_in_cuts(buf: &[u8], cuts: &[usize], limits: RequestLimits) -> Outcome {
+        let mut parser = RequestParser::new(limits);
+        let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(buf.len())).collect();
+        ends.sort_unstable();
+        ends.push(buf.len());
+        for end in ends {
+            let out = summarize(parser.parse(&buf[..end]));
+            if !matches!(out, Ok(None)) {
+                return out;
+            }
+        }
+        Ok(None)
+    }
+
+    fn byte_by_byte(buf: &[u8], limits: RequestLimits) -> Outcome {
+        let cuts: Vec<usize> = (0..buf.len()).collect();
+        feed_in_cuts(buf, &cuts, limits)
+    }
+
+    fn request_with(headers: usize, pad: usize) -> Vec<u8> {
+        let mut v = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..headers {
+            v.extend_from_slice(format!("H{i}: v\r\n").as_bytes());
+        }
+        if pad > 0 {
+            v.extend_from_slice(b"P: ");
+            v.resize(v.len() + pad, b'x');
+            v.extend_from_slice(b"\r\n");
+        }
+        v.extend_from_slice(b"\r\n");
+        v
+    }
+
+    #[test]
+    fn parses_request_line_and_headers() {
+        let (r, head_len) = complete(GET);
+        assert_eq!(head_len, GET.len());
+        assert_eq!(r.method(), "GET");
+        assert_eq!(r.path(), "/chat/room");
+        assert_eq!(r.query(), Some("x=1&name=bob&flag"));
+        assert_eq!(r.minor_version(), 1);
+        assert_eq!(r.headers().len(), 3);
+        assert_eq!(r.header("HOST"), Some(&b"example.com"[..]));
+        assert_eq!(r.header("x-multi"), Some(&b"a"[..]));
+        assert_eq!(r.headers_named("X-MULTI").collect::<Vec<_>>(), [b"a", b"b"]);
+        assert_eq!(r.header("missing"), None);
+        assert!(!r.is_websocket_upgrade());
+    }
+
+    #[test]
+    fn query_params_are_split_not_decoded() {
+        let (r, _) = complete(b"GET /p?a=1&b=x%20y&c&a=2&=e HTTP/1.1\r\n\r\n");
+        assert_eq!(r.query_param("a"), Some("1"));
+        assert_eq!(r.query_param("b"), Some("x%20y"));
+        assert_eq!(r.query_param("c"), Some(""));
+        assert_eq!(r.query_param(""), Some("e"));
+        assert_eq!(r.query_param("A"), None);
+        let (r, _) = complete(b"GET /p? HTTP/1.1\r\n\r\n");
+        assert_eq!((r.path(), r.query()), ("/p", Some("")));
+        let (r, _) = complete(b"GET /p HTTP/1.1\r\n\r\n");
+        assert_eq!((r.query(), r.query_param("a")), (None, None));
+    }
+
+    #[test]
+    fn partial_heads_are_partial() {
+        for end in 0..GET.len() {
+            let mut p = RequestParser::default();
+            assert!(
+                matches!(p.parse(&GET[..end]), Ok(Parse::Partial)),
+                "prefix of {end} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_matches_one_shot() {
+        let limits = RequestLimits::default();
+        let whole = summarize(parse_once(GET));
+        assert!(matches!(whole, Ok(Some(_))));
+        assert_eq!(byte_by_byte(GET, limits), whole);
+    }
+
+    #[test]
+    fn complete_result_is_stable_on_repeat_calls() {
+        let mut p = RequestParser::default();
+        let mut buf = GET.to_vec();
+        assert!(matches!(p.parse(&buf), Ok(Parse::Complete { .. })));
+        buf.extend_from_slice(b"pipelined");
+        match p.parse(&buf) {
+            Ok(Parse::Complete { head_len, .. }) => assert_eq!(head_len, GET.len()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shrinking_buffer_restarts_instead_of_panicking() {
+        let mut p = RequestParser::default();
+        assert!(matches!(p.parse(&GET[..30]), Ok(Parse::Partial)));
+        assert!(matches!(p.parse(&GET[..5]), Ok(Parse::Partial)));
+        assert!(matches!(p.parse(GET), Ok(Parse::Complete { .. })));
+        assert!(matches!(p.parse(&GET[..5]), Ok(Parse::Partial)));
+        p.reset();
+        assert!(matches!(p.parse(GET), Ok(Parse::Complete { .. })));
+    }
+
+    #[test]
+    fn post_with_content_length_and_body() {
+        let buf = b"POST /publish HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
+        let (r, head_len) = complete(buf);
+        assert_eq!(r.method(), "POST");
+        assert_eq!(r.content_length(), Ok(Some(5)));
+        assert_eq!(&buf[head_len..], b"hello");
+    }
+
+    #[test]
+    fn content_length_rules() {
+        let cl = |v: &str| {
+            let buf = format!("POST / HTTP/1.1\r\n{v}\r\n");
+            let mut p = RequestParser::default();
+            match p.parse(buf.as_bytes()) {
+                Ok(Parse::Complete { request, .. }) => request.content_length(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let bad = Err(bad_request("invalid Content-Length"));
+        assert_eq!(cl(""), Ok(None));
+        assert_eq!(cl("Content-Length: 0\r\n"), Ok(Some(0)));
+        assert_eq!(cl("content-length:  42 \r\n"), Ok(Some(42)));
+        assert_eq!(
+            cl("Content-Length: 18446744073709551615\r\n"),
+            Ok(Some(u64::MAX))
+        );
+        assert_eq!(cl("Content-Length: 18446744073709551616\r\n"), bad);
+        assert_eq!(
+            cl("Content-Length: 7\r\nContent-Length: 7\r\n"),
+            Ok(Some(7))
+        );
+        assert_eq!(
+            cl("Content-Length: 7\r\nContent-Length: 8\r\n").map_err(|e| e.status),
+            Err(Status::BadRequest)
+        );
+        for v in ["abc", "+5", "-1", "5 5", "5,5", "0x10", ""] {
+            assert_eq!(cl(&format!("Content-Length: {v}\r\n")), bad, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_is_not_implemented() {
+        let buf = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status_of(buf), Status::NotImplemented);
+        let buf = b"POST / HTTP/1.1\r\ntransfer-encoding: identity\r\n\r\n";
+        assert_eq!(status_of(buf), Status::NotImplemented);
+    }
+
+    #[test]
+    fn token_lists() {
+        let (r, _) = complete(
+            b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c\r\nupgrade:\t WebSocket ,x\r\nX: ,,\r\n\r\n",
+        );
+        assert!(r.has_token("connection", "upgrade"));
+        assert!(r.has_token("CONNECTION", "keep-alive"));
+        assert!(!r.has_token("connection", "close"));
+        assert!(!r.has_token("connection", "keep"));
+        assert!(r.has_token("upgrade", "websocket"));
+        assert!(r.has_token("upgrade", "h2c"));
+        assert!(r.has_token("x", ""));
+        assert!(r.is_websocket_upgrade());
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nUpgrade: websockets\r\n\r\n");
+        assert!(!r.is_websocket_upgrade());
+    }
+
+    #[test]
+    fn head_byte_limit_edges() {
+        let limits = RequestLimits {
+            max_head_bytes: 100,
+            max_headers: 32,
+        };
+        let base = request_with(0, 1).len();
+        let at_limit = request_with(0, 1 + 100 - base);
+        assert_eq!(at_limit.len(), 100);
+        let mut p = RequestParser::new(limits);
+        assert!(matches!(
+            p.parse(&at_limit),
+            Ok(Parse::Complete { head_len: 100, .. })
+        ));
+        assert!(matches!(
+            byte_by_byte(&at_limit, limits),
+            Ok(Some((_, 100)))
+        ));
+
+        let over = request_with(0, 2 + 100 - base);
+        assert_eq!(over.len(), 101);
+        let mut p = RequestParser::new(limits);
+        let err = p.parse(&over).unwrap_err();
+        assert_eq!(err.status, Status::RequestHeaderFieldsTooLarge);
+        // Fed byte by byte it fails as soon as 100 bytes arrived without the end of the head.
+        let mut p = RequestParser::new(limits);
+        assert!(matches!(p.parse(&over[..99]), Ok(Parse::Partial)));
+        assert_eq!(
+            p.parse(&over[..100]).unwrap_err().status,
+            Status::RequestHeaderFieldsTooLarge
+        );
+        // Body bytes after a head within the limit do not count.
+        let mut with_body = at_limit.clone();
+        with_body.extend_from_slice(&[b'b'; 500]);
+        let mut p = RequestParser::new(limits);
+        assert!(matches!(
+            p.parse(&with_body),
+            Ok(Parse::Complete { head_len: 100, .. })
+        ));
+    }
+
+    #[test]
+    fn default_head_limit_is_8k() {
+        let base = request_with(0, 1).len();
+        let at = request_with(0, 1 + 8192 - base);
+        assert!(matches!(
+            parse_once(&at),
+            Ok(Parse::Complete { head_len: 8192, .. })
+        ));
+        let over = request_with(0, 2 + 8192 - base);
+        assert_eq!(status_of(&over), Status::RequestHeaderFieldsTooLarge);
+    }
+
+    #[test]
+    fn header_count_limit_edges() {
+        let at = request_with(32, 0);
+        let (r, _) = complete(&at);
+        assert_eq!(r.headers().len(), 32);
+        assert_eq!(
+            status_of(&request_with(33, 0)),
+            Status::RequestHeaderFieldsTooLarge
+        );
+        let limits = RequestLimits {
+            max_head_bytes: 1 << 16,
+            max_headers: 1000,
+        };
+        let ok = request_with(HEADER_CAPACITY, 0);
+        assert!(matches!(
+            RequestParser::new(limits).parse(&ok),
+            Ok(Parse::Complete { .. })
+        ));
+        let over = request_with(HEADER_CAPACITY + 1, 0);
+        assert_eq!(
+            RequestParser::new(limits).parse(&over).unwrap_err().status,
+            Status::RequestHeaderFieldsTooLarge
+        );
+    }
+
+    #[test]
+    fn bare_lf_and_leading_empty_lines() {
+        let (r, n) = complete(b"GET /a HTTP/1.1\nHost: h\n\nbody");
+        assert_eq!((r.path(), r.header("host"), n), ("/a", Some(&b"h"[..]), 25));
+        let (_, n) = complete(b"GET / HTTP/1.1\r\nHost: h\n\r\n");
+        assert_eq!(n, 26);
+        let (r, n) = complete(b"\r\n\nGET /x HTTP/1.1\r\n\r\n");
+        assert_eq!((r.path(), n), ("/x", 22));
+        // Only empty lines so far: still waiting for the request line.
+        assert!(matches!(parse_once(b"\n\n\r\n"), Ok(Parse::Partial)));
+        for buf in [
+            &b"GET /a HTTP/1.1\nHost: h\n\n"[..],
+            b"\r\n\nGET /x HTTP/1.1\r\n\r\n",
+        ] {
+            let whole = summarize(parse_once(buf));
+            assert_eq!(byte_by_byte(buf, RequestLimits::default()), whole);
+        }
+    }
+
+    #[test]
+    fn garbage_fails_before_head_completes() {
+        let early = |buf: &[u8]| {
+            let mut p = RequestParser::default();
+            p.parse(buf).map(|_| ()).map_err(|e| e.status)
+        };
+        // A TLS ClientHello starts with 0x16: rejected on the first byte.
+        assert_eq!(early(b"\x16"), Err(Status::BadRequest));
+        assert_eq!(early(b"G{T "), Err(Status::BadRequest));
+        assert_eq!(early(b"GET / HTTP/2.0\r\n"), Err(Status::BadRequest));
+        assert_eq!(early(b"GET / HTTP/1.1 x"), Err(Status::BadRequest));
+        assert_eq!(early(b"GET  /"), Err(Status::BadRequest));
+        assert_eq!(
+            early(b"GET / HTTP/1.1\r\nHost: a\n\rX"),
+            Err(Status::BadRequest)
+        );
+        // Plausible prefixes stay partial.
+        assert_eq!(early(b"GET / HTTP/1.1\r\nHost"), Ok(()));
+    }
+
+    #[test]
+    fn malformed_heads_are_400() {
+        let cases: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nBad Name: v\r\n\r\n",
+            b"GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+            b"GET / HTTP/1.1\r\n: empty\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\n folded: v\r\n\r\n",
+            b"GET /\x7f HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\r\n\r\n",
+            b"GET HTTP/1.1\r\n\r\n",
+            b"\r\r\nGET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\n\rX\n\n",
+        ];
+        for buf in cases {
+            assert_eq!(
+                status_of(buf),
+                Status::BadRequest,
+                "{:?}",
+                buf.escape_ascii().to_string()
+            );
+            let whole = summarize(parse_once(buf));
+            assert_eq!(byte_by_byte(buf, RequestLimits::default()), whole);
+        }
+    }
+
+    #[test]
+    fn status_codes_and_reasons() {
+        let all = [
+            (Status::SwitchingProtocols, 101),
+            (Status::Ok, 200),
+            (Status::NoContent, 204),
+            (Status::BadRequest, 400),
+            (Status::Unauthorized, 401),
+            (Status::Forbidden, 403),
+            (Status::NotFound, 404),
+            (Status::MethodNotAllowed, 405),
+            (Status::RequestTimeout, 408),
+            (Status::PayloadTooLarge, 413),
+            (Status::UpgradeRequired, 426),
+            (Status::TooManyRequests, 429),
+            (Status::RequestHeaderFieldsTooLarge, 431),
+            (Status::InternalServerError, 500),
+            (Status::NotImplemented, 501),
+            (Status::ServiceUnavailable, 503),
+        ];
+        for (s, code) in all {
+            assert_eq!(s.code(), code);
+            assert!(!s.reason().is_empty());
+        }
+        assert_eq!(
+            Status::RequestHeaderFieldsTooLarge.reason(),
+            "Request Header Fields Too Large"
+        );
+        let e = HttpError::new(Status::NotFound, "no such room");
+        assert_eq!(e.to_string(), "404 Not Found: no such room");
+    }
+
+    #[test]
+    fn decimal_writing() {
+        for n in [0usize, 7, 10, 12345, usize::MAX] {
+            let mut out = Vec::new();
+            write_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn response_writing() {
+        let mut out = Vec::new();
+        write_response(&mut out, Status::Ok, &[("X-A", "1")], "text/plain", b"hi");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        );
+        out.clear();
+        write_response(
+            &mut out,
+            Status::NotFound,
+            &[("connection", "keep-alive")],
+            "",
+            b"",
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 404 Not Found\r\nconnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        );
+        out.clear();
+        write_response(&mut out, Status::NoContent, &[], "text/plain", b"ignored");
+        assert_eq!(out, b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+    }
+
+    #[test]
+    #[cfg(not(debug_assertions))]
+    fn injected_headers_are_dropped() {
+        let mut out = Vec::new();
+        write_response(
+            &mut out,
+            Status::Ok,
+            &[("X", "a\r\nSet-Cookie: x")],
+            "",
+            b"",
+        );
+        assert!(!out.windows(10).any(|w| w == b"Set-Cookie"));
+    }
+
+    #[test]
+    #[should_panic(expected = "contains CR/LF")]
+    #[cfg(debug_assertions)]
+    fn injected_headers_trip_debug_assert() {
+        let mut out = Vec::new();
+        write_response(
+            &mut out,
+            Status::Ok,
+            &[("X", "a\r\nSet-Cookie: x")],
+            "",
+            b"",
+        );
+    }
+
+    fn limits_small() -> RequestLimits {
+        RequestLimits {
+            max_head_bytes: 512,
+            max_headers: 8,
+        }
+    }
+
+    prop_compose! {
+        fn valid_request()(
+            method in prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "OPTIONS"]),
+            path in "/[a-zA-Z0-9/._~-]{0,30}",
+            query in prop::option::of("[a-z0-9=&%]{0,20}"),
+            minor in 0u8..2,
+            headers in prop::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,15}", "[ -~]{0,40}"), 0..12),
+            lf_only in any::<bool>(),
+            body in prop::collection::vec(any::<u8>(), 0..20),
+        ) -> Vec<u8> {
+            let eol = if lf_only { "\n" } else { "\r\n" };
+            let mut s = format!("{method} {path}");
+            if let Some(q) = query {
+                s.push('?');
+                s.push_str(&q);
+            }
+            s.push_str(&format!(" HTTP/1.{minor}{eol}"));
+            for (n, v) in headers {
+                if n.eq_ignore_ascii_case("transfer-encoding") { continue; }
+                s.push_str(&format!("{n}: {v}{eol}"));
+            }
+            s.push_str(eol);
+            let mut v = s.into_bytes();
+            v.extend_from_slice(&body);
+            v
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn random_bytes_never_panic_and_splits_agree(
+            buf in prop::collection::vec(any::<u8>(), 0..600),
+            cuts in prop::collection::vec(0usize..600, 0..8),
+        ) {
+            let whole = summarize(RequestParser::new(limits_small()).parse(&buf));
+            prop_assert_eq!(feed_in_cuts(&buf, &cuts, limits_small()), whole);
+        }
+
+        #[test]
+        fn random_text_with_newlines_splits_agree(
+            buf in "[GET /HTP1.\r\n:a-z ]{0,200}",
+            cuts in prop::collection::vec(0usize..200, 0..8),
+        ) {
+            let buf = buf.as_bytes();
+            let whole = summarize(RequestParser::new(limits_small()).parse(buf));
+            prop_assert_eq!(feed_in_cuts(buf, &cuts, limits_small()), whole.clone());
+            prop_assert_eq!(byte_by_byte(buf, limits_small()), whole);
+        }
+
+        #[test]
+        fn valid_requests_parse_identically_in_any_split(
+            buf in valid_request(),
+            cuts in prop::collection::vec(0usize..800, 0..10),
+        ) {
+            let limits = RequestLimits { max_head_bytes: 4096, max_headers: 32 };
+            let whole = summarize(RequestParser::new(limits).parse(&buf));
+            prop_assert!(matches!(whole, Ok(Some(_))), "{:?}", whole);
+            prop_assert_eq!(feed_in_cuts(&buf, &cuts, limits), whole.clone());
+            prop_assert_eq!(byte_by_byte(&buf, limits), whole);
+        }
+    }
+}
