@@ -237,3 +237,268 @@ pub fn write_rejection(out: &mut Vec<u8>, err: &HttpError) {
         err.reason.as_bytes(),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Parse, RequestParser};
+
+    /// A typical browser upgrade request, as (name, value) header pairs.
+    fn browser_headers() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("Host", "example.com:8080"),
+            ("Connection", "Upgrade"),
+            ("Pragma", "no-cache"),
+            ("Upgrade", "websocket"),
+            ("Origin", "https://example.com"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Authorization", "Bearer t0k"),
+            ("Sec-WebSocket-Protocol", "chat.v2, chat.v1"),
+            ("Sec-WebSocket-Protocol", " ,superchat "),
+        ]
+    }
+
+    fn build(request_line: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut s = format!("{request_line}\r\n");
+        for (n, v) in headers {
+            s.push_str(&format!("{n}: {v}\r\n"));
+        }
+        s.push_str("\r\n");
+        s.into_bytes()
+    }
+
+    /// Validate the browser request after applying `edit` to its headers.
+    fn check(
+        request_line: &str,
+        edit: impl FnOnce(&mut Vec<(&'static str, &'static str)>),
+    ) -> Result<(), Status> {
+        let mut headers = browser_headers();
+        edit(&mut headers);
+        let buf = build(request_line, &headers);
+        let result = match RequestParser::default().parse(&buf) {
+            Ok(Parse::Complete { request, .. }) => validate_upgrade(&request).map(|_| ()),
+            Ok(Parse::Partial) => panic!("partial"),
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| e.status)
+    }
+
+    fn set(h: &mut Vec<(&'static str, &'static str)>, name: &str, value: &'static str) {
+        h.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        let name = browser_headers()
+            .into_iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map_or("X-Unknown", |(n, _)| n);
+        h.push((name, value));
+    }
+
+    fn remove(h: &mut Vec<(&'static str, &'static str)>, name: &str) {
+        h.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    const GET: &str = "GET /chat?room=a HTTP/1.1";
+
+    #[test]
+    fn rfc6455_accept_example() {
+        assert_eq!(
+            &accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn valid_browser_request() {
+        let buf = build(GET, &browser_headers());
+        let Ok(Parse::Complete { request, .. }) = RequestParser::default().parse(&buf) else {
+            panic!("not complete");
+        };
+        assert!(request.is_websocket_upgrade());
+        let up = validate_upgrade(&request).expect("valid");
+        assert_eq!(up.key(), "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(up.path(), "/chat");
+        assert_eq!(up.query(), Some("room=a"));
+        assert_eq!(up.origin(), Some(&b"https://example.com"[..]));
+        assert_eq!(up.authorization(), Some(&b"Bearer t0k"[..]));
+        assert_eq!(
+            up.protocols().collect::<Vec<_>>(),
+            ["chat.v2", "chat.v1", "superchat"]
+        );
+        assert_eq!(
+            up.select_protocol(&["superchat", "chat.v1"]),
+            Some("chat.v1")
+        );
+        assert_eq!(up.select_protocol(&["CHAT.V1"]), None);
+        assert_eq!(&up.accept_key(), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn optional_headers_may_be_absent() {
+        let mut headers = browser_headers();
+        for name in ["origin", "authorization", "sec-websocket-protocol"] {
+            remove(&mut headers, name);
+        }
+        let buf = build("GET / HTTP/1.1", &headers);
+        let Ok(Parse::Complete { request, .. }) = RequestParser::default().parse(&buf) else {
+            panic!("not complete");
+        };
+        let up = validate_upgrade(&request).expect("valid");
+        assert_eq!(
+            (up.origin(), up.authorization(), up.query()),
+            (None, None, None)
+        );
+        assert_eq!(up.protocols().next(), None);
+    }
+
+    #[test]
+    fn method_must_be_get() {
+        assert_eq!(check(GET, |_| {}), Ok(()));
+        for m in ["POST", "HEAD", "PUT", "get"] {
+            let line = format!("{m} / HTTP/1.1");
+            assert_eq!(check(&line, |_| {}), Err(Status::MethodNotAllowed), "{m}");
+        }
+    }
+
+    #[test]
+    fn version_must_be_1_1() {
+        assert_eq!(check("GET / HTTP/1.0", |_| {}), Err(Status::BadRequest));
+    }
+
+    #[test]
+    fn host_required_once() {
+        assert_eq!(check(GET, |h| remove(h, "host")), Err(Status::BadRequest));
+        assert_eq!(
+            check(GET, |h| h.push(("host", "other"))),
+            Err(Status::BadRequest)
+        );
+    }
+
+    #[test]
+    fn upgrade_and_connection_tokens() {
+        let ok = Ok(());
+        let bad = Err(Status::BadRequest);
+        assert_eq!(check(GET, |h| set(h, "upgrade", "WebSocket")), ok);
+        assert_eq!(check(GET, |h| set(h, "upgrade", "h2c, websocket")), ok);
+        assert_eq!(check(GET, |h| set(h, "upgrade", "websockets")), bad);
+        assert_eq!(check(GET, |h| set(h, "upgrade", "h2c")), bad);
+        assert_eq!(check(GET, |h| remove(h, "upgrade")), bad);
+        assert_eq!(
+            check(GET, |h| set(h, "connection", "keep-alive, Upgrade")),
+            ok
+        );
+        assert_eq!(check(GET, |h| set(h, "connection", "UPGRADE")), ok);
+        assert_eq!(check(GET, |h| set(h, "connection", "keep-alive")), bad);
+        assert_eq!(check(GET, |h| set(h, "connection", "upgraded")), bad);
+        assert_eq!(check(GET, |h| remove(h, "connection")), bad);
+        // Tokens may be spread over several header lines.
+        assert_eq!(
+            check(GET, |h| {
+                set(h, "connection", "keep-alive");
+                h.push(("Connection", "upgrade"));
+            }),
+            ok
+        );
+    }
+
+    #[test]
+    fn version_13_required_else_426() {
+        let up = Err(Status::UpgradeRequired);
+        assert_eq!(check(GET, |h| set(h, "sec-websocket-version", "8")), up);
+        assert_eq!(check(GET, |h| set(h, "sec-websocket-version", "13, 8")), up);
+        assert_eq!(check(GET, |h| remove(h, "sec-websocket-version")), up);
+        assert_eq!(check(GET, |h| h.push(("Sec-WebSocket-Version", "13"))), up);
+        assert_eq!(
+            check(GET, |h| set(h, "sec-websocket-version", " 13 ")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn key_must_be_16_base64_bytes() {
+        let bad = Err(Status::BadRequest);
+        let key = |v: &'static str| check(GET, move |h| set(h, "sec-websocket-key", v));
+        assert_eq!(key("AAAAAAAAAAAAAAAAAAAAAA=="), Ok(()));
+        assert_eq!(key("AAAAAAAAAAAAAAAAAAAAAAAA"), bad); // 18 bytes
+        assert_eq!(key("AAAAAAAAAAAAAAAAAAAAAAA="), bad); // 17 bytes
+        assert_eq!(key("AAAAAAAAAAAAAAAAAAAAAA="), bad); // bad padding
+        assert_eq!(key("AAAAAAAAAAAAAAAAAAAAAA"), bad); // unpadded
+        assert_eq!(key("AAAAAAAAAAAAAAAAAAAAA*=="), bad);
+        assert_eq!(key("dGhlIHNhbXBsZSBub25jZR=="), bad); // non-zero trailing bits
+        assert_eq!(key(""), bad);
+        assert_eq!(check(GET, |h| remove(h, "sec-websocket-key")), bad);
+        assert_eq!(
+            check(GET, |h| h
+                .push(("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA=="))),
+            bad
+        );
+    }
+
+    #[test]
+    fn protocol_offers_must_be_tokens() {
+        let bad = Err(Status::BadRequest);
+        let proto = |v: &'static str| check(GET, move |h| set(h, "sec-websocket-protocol", v));
+        assert_eq!(proto("a,b ,\tc"), Ok(()));
+        assert_eq!(proto(""), Ok(()));
+        assert_eq!(proto("a b"), bad);
+        assert_eq!(proto("a;b"), bad);
+        assert_eq!(proto("ä"), bad);
+        let many = check(GET, |h| {
+            for _ in 0..=MAX_PROTOCOL_LINES {
+                h.push(("Sec-WebSocket-Protocol", "x"));
+            }
+        });
+        assert_eq!(many, bad);
+    }
+
+    #[test]
+    fn header_names_are_case_insensitive() {
+        let buf = b"GET / HTTP/1.1\r\nhOST: h\r\nuPgRaDe: WEBSOCKET\r\nconnection: upgrade\r\n\
+sec-websocket-version: 13\r\nSEC-WEBSOCKET-KEY: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let Ok(Parse::Complete { request, .. }) = RequestParser::default().parse(buf) else {
+            panic!("not complete");
+        };
+        assert!(validate_upgrade(&request).is_ok());
+    }
+
+    #[test]
+    fn switching_protocols_response() {
+        let mut out = Vec::new();
+        let accept = accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
+        write_switching_protocols(&mut out, &accept, Some("chat"), &[("X-Shard", "3")]);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\
+X-Shard: 3\r\n\r\n"
+        );
+        out.clear();
+        write_switching_protocols(&mut out, &accept, None, &[]);
+        assert!(!out.windows(18).any(|w| w == b"WebSocket-Protocol"));
+        assert!(out.ends_with(b"xOo=\r\n\r\n"));
+    }
+
+    #[test]
+    fn rejections() {
+        let mut out = Vec::new();
+        let err = HttpError::new(Status::UpgradeRequired, "need 13");
+        write_rejection(&mut out, &err);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 7\r\nConnection: close\r\n\r\nneed 13"
+        );
+        out.clear();
+        write_rejection(
+            &mut out,
+            &HttpError::new(Status::MethodNotAllowed, "GET only"),
+        );
+        assert!(out.starts_with(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\n"));
+        assert!(out.ends_with(b"\r\n\r\nGET only"));
+        out.clear();
+        write_rejection(&mut out, &HttpError::new(Status::BadRequest, "bad key"));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert!(!text.contains("Sec-WebSocket-Version"));
+        assert!(text.ends_with("Content-Length: 7\r\nConnection: close\r\n\r\nbad key"));
+    }
+}
