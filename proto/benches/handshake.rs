@@ -80,8 +80,10 @@ fn tungstenite_handshake(mem: &mut Mem, config: WebSocketConfig) {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').map(str::trim).find(|p| SUPPORTED.contains(p)));
         if let Some(p) = chosen {
-            resp.headers_mut()
-                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("chat.v1"));
+            resp.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static("chat.v1"),
+            );
             debug_assert_eq!(p, "chat.v1");
         }
         Ok(resp)
@@ -108,7 +110,11 @@ fn bench(c: &mut Criterion) {
         let text = std::str::from_utf8(out).expect("ascii");
         assert!(text.starts_with("HTTP/1.1 101"), "{text}");
         assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
-        assert!(text.to_ascii_lowercase().contains("sec-websocket-protocol: chat.v1"), "{text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("sec-websocket-protocol: chat.v1"),
+            "{text}"
+        );
     }
 
     let mut group = c.benchmark_group("handshake");

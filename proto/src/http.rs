@@ -152,19 +152,12 @@ const fn bad_request(reason: &'static str) -> HttpError {
     HttpError::new(Status::BadRequest, reason)
 }
 
-/// One header line, borrowed from the request buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header<'b> {
-    /// Header name as sent (compare case-insensitively).
-    pub name: &'b str,
-    /// Header value with surrounding whitespace removed; may contain non-UTF-8 bytes.
-    pub value: &'b [u8],
-}
-
-const EMPTY_HEADER: Header<'static> = Header {
-    name: "",
-    value: b"",
-};
+/// One header line, borrowed from the request buffer: `name` as sent (compare
+/// case-insensitively) and `value` with surrounding whitespace removed (may be non-UTF-8).
+///
+/// This is `httparse`'s type, re-exported so headers are parsed straight into the [`Request`]
+/// without a copy.
+pub use httparse::Header;
 
 /// Result of one [`RequestParser::parse`] call.
 #[derive(Debug)]
@@ -459,8 +452,8 @@ impl RequestParser {
     /// Run httparse over a complete head.
     fn parse_head<'b>(&self, head: &'b [u8]) -> Result<Request<'b>, HttpError> {
         let max_headers = self.limits.max_headers.min(HEADER_CAPACITY);
-        let mut raw = [httparse::EMPTY_HEADER; HEADER_CAPACITY];
-        let mut req = httparse::Request::new(&mut raw[..max_headers]);
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_CAPACITY];
+        let mut req = httparse::Request::new(&mut headers[..max_headers]);
         match req.parse(head) {
             Ok(httparse::Status::Complete(n)) if n == head.len() => {}
             // The scan found the blank line, so httparse must agree the head ends there.
@@ -471,14 +464,8 @@ impl RequestParser {
         else {
             return Err(bad_request("malformed request line"));
         };
-        let mut headers = [EMPTY_HEADER; HEADER_CAPACITY];
+        // httparse already trims whitespace around header values.
         let header_count = req.headers.len();
-        for (slot, h) in headers.iter_mut().zip(req.headers.iter()) {
-            *slot = Header {
-                name: h.name,
-                value: trim_ows(h.value),
-            };
-        }
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
