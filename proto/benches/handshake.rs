@@ -71,6 +71,8 @@ impl Write for Mem {
     }
 }
 
+// The callback's large `Err` type is fixed by tungstenite's `Callback` trait.
+#[allow(clippy::result_large_err)]
 fn tungstenite_handshake(mem: &mut Mem, config: WebSocketConfig) {
     mem.input.set_position(0);
     mem.output.clear();

@@ -160,6 +160,8 @@ const fn bad_request(reason: &'static str) -> HttpError {
 pub use httparse::Header;
 
 /// Result of one [`RequestParser::parse`] call.
+// `Complete` carries the inline header array; boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Parse<'b> {
     /// The head is not complete yet: read more bytes and call again.
@@ -723,6 +725,20 @@ x-multi: b\r\n\
         let whole = summarize(parse_once(GET));
         assert!(matches!(whole, Ok(Some(_))));
         assert_eq!(byte_by_byte(GET, limits), whole);
+    }
+
+    #[test]
+    fn partial_feeds_resume_the_scan() {
+        // Each call only looks at new bytes: the cursor sits at the last undecided position.
+        let mut p = RequestParser::default();
+        assert!(matches!(p.parse(&GET[..40]), Ok(Parse::Partial)));
+        assert_eq!(p.scanned, 40);
+        let first_lf = GET.iter().position(|&b| b == b'\n').unwrap();
+        assert!(matches!(p.parse(&GET[..first_lf + 1]), Ok(Parse::Partial)));
+        assert_eq!(p.scanned, first_lf, "a line end waits for the next byte");
+        assert!(p.line_done);
+        assert!(matches!(p.parse(&GET[..GET.len() - 1]), Ok(Parse::Partial)));
+        assert_eq!(p.scanned, GET.len() - 3);
     }
 
     #[test]
