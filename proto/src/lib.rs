@@ -15,3 +15,5 @@
 //! - [`error`]: protocol errors, each carrying the close code the RFC demands.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+pub mod handshake;
+pub mod http;
