@@ -4,6 +4,9 @@ use bytes::BytesMut;
 use shardcast_proto::frame::write_header;
 use shardcast_proto::*;
 
+mod common;
+use common::{decode_all, Ev};
+
 const KEY: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
 
 fn server(max: usize) -> Decoder {
@@ -17,49 +20,6 @@ fn frame(op: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::new();
     encode_client_frame(&mut out, op, fin, payload, KEY);
     out.to_vec()
-}
-
-/// An owned copy of an event, so results can be collected across calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Ev {
-    Text(Vec<u8>),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<(u16, String)>),
-    Error(u16),
-}
-
-fn own(ev: Event<'_>) -> Ev {
-    match ev {
-        Event::Message(m) => match m.kind {
-            MessageKind::Text => Ev::Text(m.payload.as_bytes().to_vec()),
-            MessageKind::Binary => Ev::Binary(m.payload.as_bytes().to_vec()),
-        },
-        Event::Ping(p) => Ev::Ping(p.to_vec()),
-        Event::Pong(p) => Ev::Pong(p.to_vec()),
-        Event::Close(c) => Ev::Close(c.map(|(c, r)| (c.0, r.to_string()))),
-    }
-}
-
-/// Decodes everything in `buf` (one shot), returning the events, stopping at an error.
-fn decode_all(dec: &mut Decoder, buf: &[u8]) -> Vec<Ev> {
-    let mut buf = buf.to_vec();
-    let mut out = Vec::new();
-    loop {
-        let d = dec.decode(&mut buf);
-        let consumed = d.consumed;
-        match d.result {
-            Err(e) => {
-                out.push(Ev::Error(e.code.0));
-                return out;
-            }
-            Ok(Some(ev)) => out.push(own(ev)),
-            Ok(None) if consumed == 0 => return out,
-            Ok(None) => {}
-        }
-        buf.drain(..consumed);
-    }
 }
 
 fn error_code(dec: &mut Decoder, bytes: &[u8]) -> u16 {
