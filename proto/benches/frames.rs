@@ -1,18 +1,20 @@
 //! Frame codec benchmarks against tungstenite on identical inputs.
 //!
-//! decode: masked client text message → parse + unmask + UTF-8 validate. `shardcast` copies the
-//! wire bytes into its read buffer inside the timed loop (as tungstenite copies from its stream);
-//! `shardcast-nocopy` times the decode alone on a fresh copy. encode: one final unmasked server
+//! decode: masked client text messages → parse + unmask + UTF-8 validate, steady state (one
+//! decoder / one tungstenite socket reading a stream of identical messages). `shardcast`
+//! decodes in place; `shardcast+copy` first copies each message into its read buffer, as
+//! tungstenite copies from its stream. encode: one final unmasked server
 //! frame into a fresh buffer. unmask: 64 KiB in place, word-at-a-time vs scalar.
 
 use bytes::{Bytes, BytesMut};
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shardcast_proto::mask::{apply_mask, apply_mask_scalar};
 use shardcast_proto::{
     encode_client_frame, encode_frame, Decoder, DecoderConfig, Event, OpCode, Role,
 };
 use std::hint::black_box;
 use std::io::{Cursor, Read, Write};
+use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::{Data, OpCode as TOpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::Role as TRole;
@@ -77,37 +79,95 @@ fn decode_one(dec: &mut Decoder, buf: &mut [u8]) -> usize {
     }
 }
 
+/// Messages per timed batch: enough to amortize per-batch setup, bounded in memory.
+fn batch_len(wire_len: usize) -> u64 {
+    ((8 << 20) / wire_len).clamp(1, 1024) as u64
+}
+
+/// Runs `iters` messages in batches; `setup` (untimed) builds a batch's state from the batch
+/// size, `run` (timed) decodes that many messages from it.
+fn batched<S>(
+    iters: u64,
+    wire_len: usize,
+    mut setup: impl FnMut(usize) -> S,
+    mut run: impl FnMut(&mut S, usize),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(batch_len(wire_len));
+        let mut state = setup(n as usize);
+        let start = Instant::now();
+        run(&mut state, n as usize);
+        total += start.elapsed();
+        left -= n;
+    }
+    total
+}
+
 fn bench_decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
     for (size, name) in SIZES {
         let mut wire = BytesMut::new();
         encode_client_frame(&mut wire, OpCode::Text, true, &text(size), KEY);
         let wire = wire.to_vec();
+        let stream = wire.repeat(batch_len(wire.len()) as usize);
+        let len = wire.len();
         g.throughput(Throughput::Bytes(size as u64));
 
-        let mut buf = vec![0u8; wire.len()];
+        // Steady state for everyone: one decoder/socket reading a stream of messages.
         g.bench_function(BenchmarkId::new("shardcast", name), |b| {
-            b.iter(|| {
-                buf.copy_from_slice(black_box(&wire));
-                black_box(decode_one(&mut decoder(), &mut buf))
+            b.iter_custom(|iters| {
+                batched(
+                    iters,
+                    len,
+                    |n| stream[..n * len].to_vec(),
+                    |buf, n| {
+                        let mut dec = decoder();
+                        for i in 0..n {
+                            black_box(decode_one(&mut dec, &mut buf[i * len..(i + 1) * len]));
+                        }
+                    },
+                )
             })
         });
-        g.bench_function(BenchmarkId::new("shardcast-nocopy", name), |b| {
-            b.iter_batched_ref(
-                || wire.clone(),
-                |buf| black_box(decode_one(&mut decoder(), buf)),
-                BatchSize::LargeInput,
-            )
+        // Also copies every message into the read buffer, as tungstenite copies from its stream.
+        let mut buf = vec![0u8; len];
+        g.bench_function(BenchmarkId::new("shardcast+copy", name), |b| {
+            b.iter_custom(|iters| {
+                batched(
+                    iters,
+                    len,
+                    |n| stream[..n * len].to_vec(),
+                    |src, n| {
+                        let mut dec = decoder();
+                        for i in 0..n {
+                            buf.copy_from_slice(&src[i * len..(i + 1) * len]);
+                            black_box(decode_one(&mut dec, &mut buf));
+                        }
+                    },
+                )
+            })
         });
         g.bench_function(BenchmarkId::new("tungstenite", name), |b| {
-            b.iter_batched_ref(
-                || WebSocket::from_raw_socket(Mem(Cursor::new(wire.clone())), TRole::Server, None),
-                |ws| match ws.read().unwrap() {
-                    TMessage::Text(t) => black_box(t.len()),
-                    other => panic!("unexpected {other:?}"),
-                },
-                BatchSize::LargeInput,
-            )
+            b.iter_custom(|iters| {
+                batched(
+                    iters,
+                    len,
+                    |n| {
+                        let input = Mem(Cursor::new(stream[..n * len].to_vec()));
+                        WebSocket::from_raw_socket(input, TRole::Server, None)
+                    },
+                    |ws, n| {
+                        for _ in 0..n {
+                            match ws.read().unwrap() {
+                                TMessage::Text(t) => black_box(t.len()),
+                                other => panic!("unexpected {other:?}"),
+                            };
+                        }
+                    },
+                )
+            })
         });
     }
     g.finish();
@@ -146,5 +206,28 @@ fn bench_unmask(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_encode, bench_unmask);
+fn bench_utf8(c: &mut Criterion) {
+    let mut g = c.benchmark_group("utf8");
+    let buf = text(64 << 10);
+    g.throughput(Throughput::Bytes(buf.len() as u64));
+    g.bench_function("validator/64KiB", |b| {
+        b.iter(|| {
+            let mut v = shardcast_proto::utf8::Utf8Validator::new();
+            v.feed(black_box(&buf)).unwrap();
+            v.finish().unwrap();
+        })
+    });
+    g.bench_function("std/64KiB", |b| {
+        b.iter(|| std::str::from_utf8(black_box(&buf)).unwrap().len())
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_decode,
+    bench_encode,
+    bench_unmask,
+    bench_utf8
+);
 criterion_main!(benches);

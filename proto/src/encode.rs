@@ -8,7 +8,11 @@ use bytes::{Bytes, BytesMut};
 /// Encodes one final, unmasked (server) frame: a single allocation of exactly header + payload,
 /// so the result can be shared by reference across connections and threads.
 pub fn encode_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
-    encode_frame_parts(opcode, &[payload])
+    let len = payload.len() as u64;
+    let mut out = Vec::with_capacity(header_len(len, false) + payload.len());
+    write_header(&mut out, true, opcode, None, len);
+    out.extend_from_slice(payload);
+    Bytes::from(out)
 }
 
 /// Like [`encode_frame`], with the payload being the concatenation of `parts` (e.g. a JSON
