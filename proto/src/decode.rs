@@ -180,7 +180,8 @@ impl Decoder {
         // the conversion cannot truncate.
         let payload_len = header.payload_len as usize;
         let start = header.header_len;
-        let frame_len = start + payload_len;
+        // Saturating: on 32-bit targets a frame near usize::MAX can simply never complete.
+        let frame_len = start.saturating_add(payload_len);
         let available = input.len().min(frame_len) - start;
 
         if header.opcode.is_control() {
