@@ -1,0 +1,24 @@
+//! shardcast: a thread-per-core WebSocket broadcast engine (monoio; io_uring with epoll
+//! fallback).
+//!
+//! Modules, one concern each:
+//! - [`config`]: options from CLI, env and TOML, with precedence and defaults.
+//! - [`rlimit`]: raise RLIMIT_NOFILE at start.
+//! - [`listener`]: SO_REUSEPORT listeners, one per shard.
+//! - [`mesh`]: SPSC rings between shards with park/wake doorbells.
+//! - [`topic`]: topic names and the shard-local topic table.
+//! - [`queue`]: per-connection send queue counted in bytes.
+//! - [`route`]: request routing and publish authorization.
+//! - [`stats`]: per-shard counters.
+//! - [`shard`]: shard threads and their runtimes.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod listener;
+pub mod mesh;
+pub mod queue;
+pub mod rlimit;
+pub mod route;
+pub mod shard;
+pub mod stats;
+pub mod topic;
