@@ -67,7 +67,11 @@ pub struct Config {
 /// One configuration layer: every option optional. Parsed from the CLI (+ env by clap) and
 /// deserialized from the TOML file; the field names are the single source of option names.
 #[derive(Clone, Debug, Default, Parser, Deserialize)]
-#[command(name = "shardcast", version, about = "Thread-per-core WebSocket broadcast server")]
+#[command(
+    name = "shardcast",
+    version,
+    about = "Thread-per-core WebSocket broadcast server"
+)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
     /// Data listener address [default: 0.0.0.0:8080]
@@ -287,7 +291,9 @@ mod tests {
         let path = dir.join("c.toml");
         std::fs::write(&path, "shards = 3\nmax_headers = 7\ndriver = \"epoll\"\n").unwrap();
         let p = path.to_str().unwrap();
-        let c = parse(&["--config", p, "--max-headers", "9"]).resolve().unwrap();
+        let c = parse(&["--config", p, "--max-headers", "9"])
+            .resolve()
+            .unwrap();
         assert_eq!(c.shards, 3, "file beats default");
         assert_eq!(c.max_headers, 9, "cli beats file");
         assert_eq!(c.driver, Driver::Epoll);
@@ -305,8 +311,13 @@ mod tests {
         let path = dir.join("c.toml");
         std::fs::write(&path, "shutdown_grace_ms = 99\n").unwrap();
         let p = path.to_str().unwrap();
-        assert_eq!(parse(&["--config", p]).resolve().unwrap().shutdown_grace_ms, 1234);
-        let c = parse(&["--config", p, "--shutdown-grace-ms", "7"]).resolve().unwrap();
+        assert_eq!(
+            parse(&["--config", p]).resolve().unwrap().shutdown_grace_ms,
+            1234
+        );
+        let c = parse(&["--config", p, "--shutdown-grace-ms", "7"])
+            .resolve()
+            .unwrap();
         assert_eq!(c.shutdown_grace_ms, 7);
         std::env::remove_var("SHARDCAST_SHUTDOWN_GRACE_MS");
     }
@@ -321,15 +332,23 @@ mod tests {
             }
             assert!(help.contains(&format!("--{long}")), "{long} missing");
             let doc = arg.get_help().unwrap().to_string();
-            assert!(doc.contains("[default: "), "{long} lacks its default: {doc}");
+            assert!(
+                doc.contains("[default: "),
+                "{long} lacks its default: {doc}"
+            );
             let env = arg.get_env().unwrap().to_str().unwrap().to_owned();
-            assert_eq!(env, format!("SHARDCAST_{}", long.replace('-', "_").to_uppercase()));
+            assert_eq!(
+                env,
+                format!("SHARDCAST_{}", long.replace('-', "_").to_uppercase())
+            );
         }
     }
 
     #[test]
     fn print_config_round_trips_and_redacts() {
-        let c = parse(&["--shards", "2", "--publish-token", "s3cret"]).resolve().unwrap();
+        let c = parse(&["--shards", "2", "--publish-token", "s3cret"])
+            .resolve()
+            .unwrap();
         let text = c.to_toml();
         assert!(!text.contains("s3cret"));
         let back: Config = toml::from_str(&text).unwrap();

@@ -9,16 +9,20 @@
 //! - [`topic`]: topic names and the shard-local topic table.
 //! - [`queue`]: per-connection send queue counted in bytes.
 //! - [`route`]: request routing and publish authorization.
+//! - [`control`]: Binance-style SUBSCRIBE/UNSUBSCRIBE/LIST_SUBSCRIPTIONS messages.
+//! - [`signals`]: SIGINT/SIGTERM via sigwait on a plain thread.
 //! - [`stats`]: per-shard counters.
 //! - [`shard`]: shard threads and their runtimes.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod listener;
 pub mod mesh;
 pub mod queue;
 pub mod rlimit;
 pub mod route;
 pub mod shard;
+pub mod signals;
 pub mod stats;
 pub mod topic;

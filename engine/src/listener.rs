@@ -13,7 +13,12 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_int_opt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `value` lives across the call and its size is passed alongside the pointer.
     check(unsafe {
         libc::setsockopt(
@@ -35,7 +40,9 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
@@ -47,7 +54,9 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
@@ -60,10 +69,18 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// Bind a nonblocking listener with SO_REUSEADDR and SO_REUSEPORT set, listening with `backlog`.
 pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: socket(2) has no memory arguments; the result is checked before use.
     let fd = check(unsafe {
-        libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
     })?;
     // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -99,7 +116,15 @@ fn get_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<l
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `value` and `len` are valid for writes and `len` is its size.
-    check(unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len) })?;
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
     Ok(value)
 }
 
@@ -116,8 +141,14 @@ mod tests {
         for l in &all {
             assert_eq!(l.local_addr().unwrap().port(), port);
             let fd = l.as_raw_fd();
-            assert_eq!(get_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT).unwrap(), 1);
-            assert_eq!(get_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap(), 1);
+            assert_eq!(
+                get_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT).unwrap(),
+                1
+            );
+            assert_eq!(
+                get_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap(),
+                1
+            );
             // SAFETY: fcntl F_GETFL on a descriptor we own.
             let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
             assert_ne!(flags & libc::O_NONBLOCK, 0);
@@ -134,7 +165,10 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
         set_nodelay(&accepted).unwrap();
-        assert_eq!(get_int_opt(accepted.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap(), 1);
+        assert_eq!(
+            get_int_opt(accepted.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap(),
+            1
+        );
         accepted.set_nonblocking(false).unwrap();
         let mut b = [0u8; 1];
         accepted.read_exact(&mut b).unwrap();

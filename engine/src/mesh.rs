@@ -130,7 +130,9 @@ impl<T> MeshLink<T> {
     pub fn flush(&mut self) -> usize {
         if self.overflow_len > 0 {
             for (dest, queue) in self.overflow.iter_mut().enumerate() {
-                let Some(ring) = self.tx[dest].as_mut() else { continue };
+                let Some(ring) = self.tx[dest].as_mut() else {
+                    continue;
+                };
                 while let Some(item) = queue.pop_front() {
                     if let Err(PushError::Full(item)) = ring.push(item) {
                         queue.push_front(item);

@@ -18,7 +18,10 @@ pub struct SendQueue {
 impl SendQueue {
     /// Empty queue (allocates nothing until the first push).
     pub const fn new() -> Self {
-        Self { frames: VecDeque::new(), bytes: 0 }
+        Self {
+            frames: VecDeque::new(),
+            bytes: 0,
+        }
     }
 
     /// Append a frame; empty frames are ignored (nothing to write).
@@ -57,17 +60,25 @@ impl SendQueue {
     /// large frame still makes progress).
     pub fn batch(&self, max_frames: usize, max_bytes: usize) -> impl Iterator<Item = &Bytes> {
         let mut total = 0usize;
-        self.frames.iter().take(max_frames).enumerate().take_while(move |(i, f)| {
-            total += f.len();
-            *i == 0 || total <= max_bytes
-        })
-        .map(|(_, f)| f)
+        self.frames
+            .iter()
+            .take(max_frames)
+            .enumerate()
+            .take_while(move |(i, f)| {
+                total += f.len();
+                *i == 0 || total <= max_bytes
+            })
+            .map(|(_, f)| f)
     }
 
     /// Drop `n` written bytes from the front: whole frames are popped, a partially written
     /// head frame is advanced in place. `n` must not exceed `len_bytes`.
     pub fn advance(&mut self, mut n: usize) {
-        assert!(n <= self.bytes, "advance {n} past {} queued bytes", self.bytes);
+        assert!(
+            n <= self.bytes,
+            "advance {n} past {} queued bytes",
+            self.bytes
+        );
         self.bytes -= n;
         while n > 0 {
             let head = self.frames.front_mut().expect("bytes accounted for");
@@ -103,7 +114,11 @@ mod tests {
     #[test]
     fn push_pop_accounting() {
         let mut s = q(&[b"abc", b"", b"de"]);
-        assert_eq!((s.len_bytes(), s.len_frames()), (5, 2), "empty frame ignored");
+        assert_eq!(
+            (s.len_bytes(), s.len_frames()),
+            (5, 2),
+            "empty frame ignored"
+        );
         assert_eq!(s.pop().unwrap(), &b"abc"[..]);
         assert_eq!(s.len_bytes(), 2);
         assert_eq!(s.pop().unwrap(), &b"de"[..]);
@@ -176,7 +191,12 @@ mod tests {
         for _ in 0..5000 {
             if next(2) == 0 {
                 let len = next(20) as usize;
-                let frame: Vec<u8> = (0..len).map(|_| { counter = counter.wrapping_add(1); counter }).collect();
+                let frame: Vec<u8> = (0..len)
+                    .map(|_| {
+                        counter = counter.wrapping_add(1);
+                        counter
+                    })
+                    .collect();
                 model.extend_from_slice(&frame);
                 s.push(Bytes::from(frame));
             } else {
@@ -185,7 +205,10 @@ mod tests {
                 model.drain(..n);
             }
             assert_eq!(s.len_bytes(), model.len());
-            let flat: Vec<u8> = s.batch(usize::MAX, usize::MAX).flat_map(|b| b.iter().copied()).collect();
+            let flat: Vec<u8> = s
+                .batch(usize::MAX, usize::MAX)
+                .flat_map(|b| b.iter().copied())
+                .collect();
             assert_eq!(flat, model);
         }
     }

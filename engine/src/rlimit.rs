@@ -14,12 +14,18 @@ pub struct NofileLimit {
 
 /// Read RLIMIT_NOFILE.
 pub fn nofile() -> io::Result<NofileLimit> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the rlimit struct we own; no other memory is touched.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(NofileLimit { soft: lim.rlim_cur as u64, hard: lim.rlim_max as u64 })
+    Ok(NofileLimit {
+        soft: lim.rlim_cur as u64,
+        hard: lim.rlim_max as u64,
+    })
 }
 
 /// Raise the soft RLIMIT_NOFILE to the hard limit; returns (before, after) and logs both.
@@ -36,7 +42,12 @@ pub fn raise_nofile() -> io::Result<(NofileLimit, NofileLimit)> {
         }
     }
     let after = nofile()?;
-    tracing::info!(before = before.soft, after = after.soft, hard = after.hard, "RLIMIT_NOFILE");
+    tracing::info!(
+        before = before.soft,
+        after = after.soft,
+        hard = after.hard,
+        "RLIMIT_NOFILE"
+    );
     Ok((before, after))
 }
 

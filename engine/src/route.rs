@@ -24,7 +24,10 @@ pub enum Route {
 impl Route {
     /// True for routes that publish and so need [`authorize_publish`].
     pub fn publishes(&self) -> bool {
-        matches!(self, Route::Publisher(_) | Route::Room(_) | Route::HttpPublish(_))
+        matches!(
+            self,
+            Route::Publisher(_) | Route::Room(_) | Route::HttpPublish(_)
+        )
     }
 
     /// True for routes served over a WebSocket upgrade (everything but HTTP publish).
@@ -43,7 +46,10 @@ pub struct RouteError {
 }
 
 fn err(status: u16, reason: impl Into<String>) -> RouteError {
-    RouteError { status, reason: reason.into() }
+    RouteError {
+        status,
+        reason: reason.into(),
+    }
 }
 
 /// First value of `name` in a query string (`a=1&b=2`); no percent-decoding (topic names and
@@ -124,7 +130,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -137,7 +145,11 @@ pub fn authorize_publish(
     peer: IpAddr,
 ) -> Result<(), AuthError> {
     let Some(expected) = configured else {
-        return if is_loopback(peer) { Ok(()) } else { Err(AuthError::Forbidden) };
+        return if is_loopback(peer) {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden)
+        };
     };
     let presented: &[u8] = match (authorization, query_token) {
         (Some(h), _) => {
@@ -166,15 +178,24 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("GET", "/ws/btc@trade", None), Ok(Route::Subscribe("btc@trade".into())));
+        assert_eq!(
+            route("GET", "/ws/btc@trade", None),
+            Ok(Route::Subscribe("btc@trade".into()))
+        );
         assert_eq!(
             route("GET", "/stream", Some("x=1&streams=a/b/a")),
             Ok(Route::Stream(vec!["a".into(), "b".into()]))
         );
-        assert_eq!(route("GET", "/pub/t", Some("token=z")), Ok(Route::Publisher("t".into())));
+        assert_eq!(
+            route("GET", "/pub/t", Some("token=z")),
+            Ok(Route::Publisher("t".into()))
+        );
         assert_eq!(route("GET", "/room/r", None), Ok(Route::Room("r".into())));
         assert_eq!(route("GET", "/echo", None), Ok(Route::Echo));
-        assert_eq!(route("POST", "/publish/t", None), Ok(Route::HttpPublish("t".into())));
+        assert_eq!(
+            route("POST", "/publish/t", None),
+            Ok(Route::HttpPublish("t".into()))
+        );
         assert!(route("POST", "/publish/t", None).unwrap().publishes());
         assert!(!route("POST", "/publish/t", None).unwrap().is_websocket());
         assert!(!Route::Subscribe("a".into()).publishes());
@@ -189,14 +210,22 @@ mod tests {
         assert_eq!(e.status, 400);
         assert!(e.reason.contains("'%'"), "{}", e.reason);
         assert_eq!(route("GET", "/stream", None).unwrap_err().status, 400);
-        assert_eq!(route("GET", "/stream", Some("streams=a//b")).unwrap_err().status, 400);
+        assert_eq!(
+            route("GET", "/stream", Some("streams=a//b"))
+                .unwrap_err()
+                .status,
+            400
+        );
         assert_eq!(route("POST", "/ws/a", None).unwrap_err().status, 405);
         assert_eq!(route("GET", "/publish/a", None).unwrap_err().status, 405);
     }
 
     #[test]
     fn query_params() {
-        assert_eq!(query_param(Some("a=1&token=xy&token=z"), "token"), Some("xy"));
+        assert_eq!(
+            query_param(Some("a=1&token=xy&token=z"), "token"),
+            Some("xy")
+        );
         assert_eq!(query_param(Some("flag"), "flag"), Some(""));
         assert_eq!(query_param(Some("a=1"), "b"), None);
         assert_eq!(query_param(None, "a"), None);
@@ -211,16 +240,40 @@ mod tests {
         assert_eq!(authorize_publish(None, None, None, lo), Ok(()));
         assert_eq!(authorize_publish(None, None, None, lo6), Ok(()));
         assert_eq!(authorize_publish(None, None, None, mapped), Ok(()));
-        assert_eq!(authorize_publish(None, Some(b"Bearer x"), None, far), Err(AuthError::Forbidden));
+        assert_eq!(
+            authorize_publish(None, Some(b"Bearer x"), None, far),
+            Err(AuthError::Forbidden)
+        );
         let t = Some("sekrit");
-        assert_eq!(authorize_publish(t, Some(b"Bearer sekrit"), None, far), Ok(()));
-        assert_eq!(authorize_publish(t, Some(b"bearer  sekrit "), None, far), Ok(()));
+        assert_eq!(
+            authorize_publish(t, Some(b"Bearer sekrit"), None, far),
+            Ok(())
+        );
+        assert_eq!(
+            authorize_publish(t, Some(b"bearer  sekrit "), None, far),
+            Ok(())
+        );
         assert_eq!(authorize_publish(t, None, Some("sekrit"), far), Ok(()));
-        assert_eq!(authorize_publish(t, None, None, lo), Err(AuthError::Unauthorized));
-        assert_eq!(authorize_publish(t, Some(b"Basic abc"), None, far), Err(AuthError::Unauthorized));
-        assert_eq!(authorize_publish(t, Some(b"Bearer "), None, far), Err(AuthError::Unauthorized));
-        assert_eq!(authorize_publish(t, Some(b"Bearer sekriT"), None, far), Err(AuthError::Forbidden));
-        assert_eq!(authorize_publish(t, None, Some("nope"), lo), Err(AuthError::Forbidden));
+        assert_eq!(
+            authorize_publish(t, None, None, lo),
+            Err(AuthError::Unauthorized)
+        );
+        assert_eq!(
+            authorize_publish(t, Some(b"Basic abc"), None, far),
+            Err(AuthError::Unauthorized)
+        );
+        assert_eq!(
+            authorize_publish(t, Some(b"Bearer "), None, far),
+            Err(AuthError::Unauthorized)
+        );
+        assert_eq!(
+            authorize_publish(t, Some(b"Bearer sekriT"), None, far),
+            Err(AuthError::Forbidden)
+        );
+        assert_eq!(
+            authorize_publish(t, None, Some("nope"), lo),
+            Err(AuthError::Forbidden)
+        );
         assert_eq!(AuthError::Unauthorized.status(), 401);
         assert_eq!(AuthError::Forbidden.status(), 403);
     }

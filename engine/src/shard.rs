@@ -44,7 +44,11 @@ pub fn block_on<F: Future>(kind: DriverKind, fut: F) -> io::Result<F::Output> {
 /// Spawn `shards` threads named `shard-<i>`, pinned round-robin over the affinity mask; each
 /// builds a `kind` runtime and runs `make(i)`. `make` runs on the shard thread, so the future
 /// need not be `Send`.
-pub fn spawn<M, F>(shards: usize, kind: DriverKind, make: M) -> io::Result<Vec<JoinHandle<io::Result<()>>>>
+pub fn spawn<M, F>(
+    shards: usize,
+    kind: DriverKind,
+    make: M,
+) -> io::Result<Vec<JoinHandle<io::Result<()>>>>
 where
     M: Fn(usize) -> F + Send + Sync + Clone + 'static,
     F: Future<Output = ()> + 'static,
@@ -54,14 +58,16 @@ where
         .map(|i| {
             let make = make.clone();
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
-            std::thread::Builder::new().name(format!("shard-{i}")).spawn(move || {
-                if let Some(core) = core {
-                    if !core_affinity::set_for_current(core) {
-                        tracing::warn!(shard = i, core = core.id, "could not pin shard thread");
+            std::thread::Builder::new()
+                .name(format!("shard-{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            tracing::warn!(shard = i, core = core.id, "could not pin shard thread");
+                        }
                     }
-                }
-                block_on(kind, make(i))
-            })
+                    block_on(kind, make(i))
+                })
         })
         .collect()
 }
@@ -80,7 +86,8 @@ mod tests {
                 let tx = tx.clone();
                 async move {
                     monoio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    tx.send((i, std::thread::current().name().unwrap().to_owned())).unwrap();
+                    tx.send((i, std::thread::current().name().unwrap().to_owned()))
+                        .unwrap();
                 }
             })
             .unwrap();
@@ -89,7 +96,10 @@ mod tests {
             }
             let mut got: Vec<_> = rx.try_iter().collect();
             got.sort();
-            assert_eq!(got, vec![(0, "shard-0".to_owned()), (1, "shard-1".to_owned())]);
+            assert_eq!(
+                got,
+                vec![(0, "shard-0".to_owned()), (1, "shard-1".to_owned())]
+            );
         }
         assert_eq!(resolve_driver(Driver::Epoll).unwrap(), DriverKind::Epoll);
     }
@@ -127,6 +137,9 @@ mod tests {
 
     #[test]
     fn uring_request_matches_detection() {
-        assert_eq!(resolve_driver(Driver::Uring).is_ok(), monoio::utils::detect_uring());
+        assert_eq!(
+            resolve_driver(Driver::Uring).is_ok(),
+            monoio::utils::detect_uring()
+        );
     }
 }

@@ -109,7 +109,10 @@ impl ShardStats {
     }
 
     fn close_slot(code: u16) -> usize {
-        COUNTED_CLOSE_CODES.iter().position(|&c| c == code).unwrap_or(COUNTED_CLOSE_CODES.len())
+        COUNTED_CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(COUNTED_CLOSE_CODES.len())
     }
 
     /// Count a connection closed for a protocol error with `code`.

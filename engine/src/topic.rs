@@ -13,13 +13,18 @@ pub fn validate(topic: &str) -> Result<(), String> {
         return Err("topic is empty".to_owned());
     }
     if topic.len() > MAX_TOPIC_LEN {
-        return Err(format!("topic is {} bytes, the limit is {MAX_TOPIC_LEN}", topic.len()));
+        return Err(format!(
+            "topic is {} bytes, the limit is {MAX_TOPIC_LEN}",
+            topic.len()
+        ));
     }
     if let Some(c) = topic
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-')))
     {
-        return Err(format!("topic contains {c:?}; allowed are A-Z a-z 0-9 . _ : @ -"));
+        return Err(format!(
+            "topic contains {c:?}; allowed are A-Z a-z 0-9 . _ : @ -"
+        ));
     }
     Ok(())
 }
@@ -41,7 +46,9 @@ pub struct TopicTable<K> {
 
 impl<K> Default for TopicTable<K> {
     fn default() -> Self {
-        Self { topics: HashMap::new() }
+        Self {
+            topics: HashMap::new(),
+        }
     }
 }
 
@@ -58,7 +65,10 @@ impl<K: Copy + Eq + Hash> TopicTable<K> {
             None => self
                 .topics
                 .entry(Arc::from(topic))
-                .or_insert_with(|| Subscribers { list: Vec::new(), index: HashMap::new() }),
+                .or_insert_with(|| Subscribers {
+                    list: Vec::new(),
+                    index: HashMap::new(),
+                }),
         };
         if subs.index.contains_key(&key) {
             return false;
@@ -70,8 +80,12 @@ impl<K: Copy + Eq + Hash> TopicTable<K> {
 
     /// Remove `key` from `topic`; returns false if it was not subscribed.
     pub fn unsubscribe(&mut self, topic: &str, key: K) -> bool {
-        let Some(subs) = self.topics.get_mut(topic) else { return false };
-        let Some(pos) = subs.index.remove(&key) else { return false };
+        let Some(subs) = self.topics.get_mut(topic) else {
+            return false;
+        };
+        let Some(pos) = subs.index.remove(&key) else {
+            return false;
+        };
         subs.list.swap_remove(pos);
         if let Some(&moved) = subs.list.get(pos) {
             subs.index.insert(moved, pos);
@@ -168,8 +182,11 @@ mod tests {
         for topic in 0..4u8 {
             let mut got = t.subscribers(&format!("t{topic}")).to_vec();
             got.sort();
-            let mut want: Vec<u32> =
-                model.iter().filter(|(tp, _)| *tp == topic).map(|(_, k)| *k).collect();
+            let mut want: Vec<u32> = model
+                .iter()
+                .filter(|(tp, _)| *tp == topic)
+                .map(|(_, k)| *k)
+                .collect();
             want.sort();
             assert_eq!(got, want);
         }
