@@ -13,16 +13,24 @@
 //! - [`signals`]: SIGINT/SIGTERM via sigwait on a plain thread.
 //! - [`stats`]: per-shard counters.
 //! - [`shard`]: shard threads and their runtimes.
+//! - [`sockio`]: raw nonblocking socket I/O after readiness.
+//! - [`hub`]: a shard's connections, topics and mesh end; publish and fan-out.
+//! - [`conn`]: one client connection, handshake to close.
+//! - [`server`]: start-up, accept loops, mesh drain, graceful shutdown.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod conn;
 pub mod control;
+pub mod hub;
 pub mod listener;
 pub mod mesh;
 pub mod queue;
 pub mod rlimit;
 pub mod route;
+pub mod server;
 pub mod shard;
 pub mod signals;
+pub mod sockio;
 pub mod stats;
 pub mod topic;

@@ -298,7 +298,7 @@ mod tests {
                     let mut next_seq = [0u64; SHARDS]; // per destination
                     let mut expect = [0u64; SHARDS]; // next seq from each source
                     let mut received = 0u64;
-                    let mut check = |(src, seq): (u8, u64), expect: &mut [u64; SHARDS]| {
+                    let check = |(src, seq): (u8, u64), expect: &mut [u64; SHARDS]| {
                         assert_eq!(seq, expect[src as usize], "FIFO broken from {src} to {me}");
                         expect[src as usize] += 1;
                     };
