@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -95,9 +95,10 @@ async fn handle(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
     let _ = crate::listener::set_nodelay(&stream);
     let fd = stream.as_raw_fd();
     let timeout = Duration::from_millis(hub.config.handshake_timeout_ms);
-    // Boxed so the handshake's state does not enlarge the long-lived connection future.
-    let hs = Box::pin(handshake(hub, &stream, fd, peer));
-    let accepted = match monoio::time::timeout(timeout, hs).await {
+    // Boxed (with its timer) so the handshake's state is freed once it is done instead of
+    // enlarging the long-lived connection future that every idle subscriber keeps.
+    let hs = Box::pin(monoio::time::timeout(timeout, handshake(hub, &stream, fd, peer)));
+    let accepted = match hs.await {
         Ok(Ok(a)) => a,
         Ok(Err(_)) => return,
         Err(_) => {
@@ -151,9 +152,11 @@ async fn handle(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
         leftover,
     };
     let clean = ws.run(&stream).await;
+    drop(ws);
     hub.unregister(id);
     if clean {
-        linger(&stream, fd).await;
+        // Boxed: only closing connections pay for the linger state.
+        Box::pin(linger(&stream, fd)).await;
     }
 }
 
@@ -406,12 +409,13 @@ impl WsConn<'_> {
             self.consume(input);
         }
         let mut readable = pin!(stream.readable(false));
-        let mut writable = pin!(stream.writable(false));
-        let mut write_blocked = false;
+        // Allocated only while a write would block, so idle connections do not carry it.
+        let mut writable: Option<Pin<Box<dyn Future<Output = io::Result<()>> + '_>>> = None;
         loop {
-            if !write_blocked && !self.conn.queue.borrow().is_empty() {
+            if writable.is_none() && !self.conn.queue.borrow().is_empty() {
                 match self.write() {
-                    Ok(done) => write_blocked = !done,
+                    Ok(true) => {}
+                    Ok(false) => writable = Some(Box::pin(stream.writable(false))),
                     Err(_) => return false,
                 }
             }
@@ -421,15 +425,15 @@ impl WsConn<'_> {
             let conn = self.conn;
             let reading = !conn.closing.get();
             let wake = std::future::poll_fn(|cx| {
-                if !write_blocked && !conn.queue.borrow().is_empty() {
+                if writable.is_none() && !conn.queue.borrow().is_empty() {
                     return Poll::Ready(Wake::Queued);
                 }
                 match conn.waker.take() {
                     Some(w) if w.will_wake(cx.waker()) => conn.waker.set(Some(w)),
                     _ => conn.waker.set(Some(cx.waker().clone())),
                 }
-                if write_blocked {
-                    if let Poll::Ready(r) = writable.as_mut().poll(cx) {
+                if let Some(w) = writable.as_mut() {
+                    if let Poll::Ready(r) = w.as_mut().poll(cx) {
                         return Poll::Ready(Wake::Writable(r));
                     }
                 }
@@ -444,11 +448,10 @@ impl WsConn<'_> {
             match wake {
                 Wake::Queued => {}
                 Wake::Writable(r) => {
-                    writable.set(stream.writable(false));
+                    writable = None;
                     if r.is_err() {
                         return false;
                     }
-                    write_blocked = false;
                 }
                 Wake::Readable(r) => {
                     readable.set(stream.readable(false));

@@ -21,10 +21,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start with `--listen 127.0.0.1:0 --shards 2` plus `args`.
+    /// Start with `--listen 127.0.0.1:0` plus `args` (and `--shards 2` unless given).
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
-            .args(["--listen", "127.0.0.1:0", "--shards", "2", "--log", "warn"])
+        // SHARDCAST_TEST_BIN runs the suite against another build (e.g. release).
+        let bin = std::env::var("SHARDCAST_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardcast").to_owned());
+        let mut child = Command::new(bin)
+            .args(["--listen", "127.0.0.1:0", "--log", "warn"])
+            .args(if args.contains(&"--shards") { &[][..] } else { &["--shards", "2"][..] })
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
