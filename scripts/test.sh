@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: formatting, lints, the whole suite under the io_uring driver and
+# again with the epoll driver forced, then a short fuzz run of every proto fuzz target.
+#   scripts/test.sh                 # everything
+#   FUZZ_SECONDS=0 scripts/test.sh  # skip fuzzing (default: 20 s per target)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests, default driver (io_uring when available)"
+cargo test --workspace
+
+step "tests, epoll driver forced (MONOIO_FORCE_LEGACY_DRIVER=1)"
+MONOIO_FORCE_LEGACY_DRIVER=1 cargo test --workspace
+
+fuzz_seconds="${FUZZ_SECONDS:-20}"
+if [ "$fuzz_seconds" != "0" ]; then
+    step "fuzz every proto target for ${fuzz_seconds}s"
+    scripts/fuzz.sh "$fuzz_seconds"
+fi
