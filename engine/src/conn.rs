@@ -97,7 +97,10 @@ async fn handle(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
     let timeout = Duration::from_millis(hub.config.handshake_timeout_ms);
     // Boxed (with its timer) so the handshake's state is freed once it is done instead of
     // enlarging the long-lived connection future that every idle subscriber keeps.
-    let hs = Box::pin(monoio::time::timeout(timeout, handshake(hub, &stream, fd, peer)));
+    let hs = Box::pin(monoio::time::timeout(
+        timeout,
+        handshake(hub, &stream, fd, peer),
+    ));
     let accepted = match hs.await {
         Ok(Ok(a)) => a,
         Ok(Err(_)) => return,
@@ -262,7 +265,6 @@ async fn handshake(
                 .unwrap_or(b"")
                 .to_ascii_lowercase();
             let length = request.content_length();
-            drop(request);
             if let Err(e) = auth {
                 refuse(hub, auth_refusal(e), auth_error(e), &mut out);
                 break;
@@ -349,7 +351,6 @@ async fn handshake(
             None,
             &[("X-Shardcast-Shard", &shard)],
         );
-        drop(request);
         sockio::write_all(stream, fd, &out).await?;
         let leftover = buf.split_off(head_len);
         return Ok(Accepted::WebSocket(route, leftover));

@@ -222,7 +222,7 @@ mod tests {
         let waker = Waker::from(tw);
         let mut cx = Context::from_waker(&waker);
         loop {
-            if let Poll::Ready(_) = link.poll_drain(&mut cx, |x| out.push(x)) {
+            if link.poll_drain(&mut cx, |x| out.push(x)).is_ready() {
                 return;
             }
             *parks += 1;

@@ -22,6 +22,8 @@ pub fn nofile() -> io::Result<NofileLimit> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    // rlim_t is u64 on Linux/glibc but not on every target.
+    #[allow(clippy::unnecessary_cast)]
     Ok(NofileLimit {
         soft: lim.rlim_cur as u64,
         hard: lim.rlim_max as u64,

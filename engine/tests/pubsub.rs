@@ -88,29 +88,18 @@ fn echo_text_binary_ping_close() {
     e.send(Message::binary(vec![9u8; 70_000])).unwrap();
     assert_eq!(next(&mut e), Message::binary(vec![9u8; 70_000]));
     e.send(Message::Ping(b"p".to_vec().into())).unwrap();
-    loop {
-        match e.read().unwrap() {
-            Message::Pong(p) => {
-                assert_eq!(&p[..], b"p");
-                break;
-            }
-            m => panic!("unexpected {m:?}"),
-        }
+    match e.read().unwrap() {
+        Message::Pong(p) => assert_eq!(&p[..], b"p"),
+        m => panic!("expected pong, got {m:?}"),
     }
     e.close(Some(tungstenite::protocol::CloseFrame {
         code: tungstenite::protocol::frame::coding::CloseCode::Away,
         reason: "".into(),
     }))
     .unwrap();
-    loop {
-        match e.read() {
-            Ok(Message::Close(Some(f))) => {
-                assert_eq!(u16::from(f.code), 1001);
-                break;
-            }
-            Ok(m) => panic!("unexpected {m:?}"),
-            Err(err) => panic!("{err}"),
-        }
+    match e.read().unwrap() {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001, "close code echoed"),
+        m => panic!("expected close, got {m:?}"),
     }
 }
 

@@ -28,7 +28,11 @@ impl Server {
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardcast").to_owned());
         let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0", "--log", "warn"])
-            .args(if args.contains(&"--shards") { &[][..] } else { &["--shards", "2"][..] })
+            .args(if args.contains(&"--shards") {
+                &[][..]
+            } else {
+                &["--shards", "2"][..]
+            })
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
