@@ -67,11 +67,14 @@ pub fn admit(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
         );
         // Best effort, never waits: the socket buffer of a fresh connection has room.
         let mut iov = Vec::with_capacity(1);
-        let _ = sockio::send_frames(
-            stream.as_raw_fd(),
-            std::iter::once(&Bytes::from(out)),
-            &mut iov,
-        );
+        let fd = stream.as_raw_fd();
+        let _ = sockio::send_frames(fd, std::iter::once(&Bytes::from(out)), &mut iov);
+        // Half-close and discard the request already received, so closing sends FIN rather
+        // than a reset that could destroy the 503 before the client reads it.
+        // SAFETY: plain syscall on a descriptor we own.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        let mut sink = [0u8; 1024];
+        while matches!(sockio::recv(fd, &mut sink), Ok(n) if n > 0) {}
         return;
     }
     hub.active.set(hub.active.get() + 1);
@@ -112,10 +115,14 @@ async fn handle(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
                 &HttpError::new(Status::RequestTimeout, "handshake timeout"),
             );
             let _ = sockio::send_frames(fd, std::iter::once(&Bytes::from(out)), &mut Vec::new());
+            Box::pin(linger(&stream, fd)).await;
             return;
         }
     };
     let Accepted::WebSocket(route, leftover) = accepted else {
+        // Answered (refusal or HTTP publish): let the client read it before we close, even
+        // if it sent more than we read (e.g. a refused body).
+        Box::pin(linger(&stream, fd)).await;
         return;
     };
     let conn = Rc::new(Conn {
