@@ -79,11 +79,7 @@ pub fn admit(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
     }
     hub.active.set(hub.active.get() + 1);
     stats::add(&s.connections_active, 1);
-    let guard = ActiveGuard(hub.clone());
-    monoio::spawn(async move {
-        let _guard = guard;
-        handle(&_guard.0, stream, peer).await;
-    });
+    monoio::spawn(handshake_task(ActiveGuard(hub.clone()), stream, peer));
 }
 
 /// What the handshake decided.
@@ -94,7 +90,11 @@ enum Accepted {
     Done,
 }
 
-async fn handle(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
+/// Phase one of a connection: handshake, refusals, HTTP publish. An upgraded connection moves
+/// on to a fresh [`serve_task`] so that none of this phase's state stays allocated for the
+/// (possibly very long) life of an idle subscriber.
+async fn handshake_task(guard: ActiveGuard, stream: TcpStream, peer: SocketAddr) {
+    let hub = &guard.0;
     let _ = crate::listener::set_nodelay(&stream);
     let fd = stream.as_raw_fd();
     let timeout = Duration::from_millis(hub.config.handshake_timeout_ms);
@@ -152,18 +152,24 @@ async fn handle(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
     if hub.shutting_down.get() {
         conn.close_with(encode_close(CloseCode::GOING_AWAY, ""));
     }
-    let mut ws = WsConn {
-        hub,
-        conn: &conn,
+    let ws = WsConn {
+        hub: hub.clone(),
+        conn,
         id,
         role,
         fd,
         decoder: None,
         leftover,
     };
+    monoio::spawn(serve_task(guard, stream, ws));
+}
+
+/// Phase two: the WebSocket loop, then the orderly close.
+async fn serve_task(guard: ActiveGuard, stream: TcpStream, mut ws: WsConn) {
     let clean = ws.run(&stream).await;
+    let (fd, id) = (ws.fd, ws.id);
     drop(ws);
-    hub.unregister(id);
+    guard.0.unregister(id);
     if clean {
         // Boxed: only closing connections pay for the linger state.
         Box::pin(linger(&stream, fd)).await;
@@ -391,9 +397,9 @@ enum ConnRole {
 }
 
 /// An upgraded connection.
-struct WsConn<'a> {
-    hub: &'a Rc<Hub>,
-    conn: &'a Rc<Conn>,
+struct WsConn {
+    hub: Rc<Hub>,
+    conn: Rc<Conn>,
     id: u32,
     role: ConnRole,
     fd: RawFd,
@@ -409,7 +415,7 @@ enum Wake {
     Readable(io::Result<()>),
 }
 
-impl WsConn<'_> {
+impl WsConn {
     /// Serve until closed. Returns true if the close was orderly (our close frame flushed).
     async fn run(&mut self, stream: &TcpStream) -> bool {
         if !self.leftover.is_empty() {
@@ -430,7 +436,7 @@ impl WsConn<'_> {
             if self.conn.closing.get() && self.conn.queue.borrow().is_empty() {
                 return true;
             }
-            let conn = self.conn;
+            let conn = &self.conn;
             let reading = !conn.closing.get();
             let wake = std::future::poll_fn(|cx| {
                 if writable.is_none() && !conn.queue.borrow().is_empty() {
@@ -559,7 +565,7 @@ impl WsConn<'_> {
                 Ok(None) if consumed == 0 => break,
                 Ok(None) => {}
                 Ok(Some(ev)) => {
-                    published |= handle_event(self.hub, self.conn, self.id, &self.role, ev);
+                    published |= handle_event(&self.hub, &self.conn, self.id, &self.role, ev);
                 }
                 Err(e) => {
                     self.hub.stats().protocol_error(e.code.0);
