@@ -651,3 +651,51 @@ impl Subscriptions for Subs<'_> {
         self.hub.unsubscribe(self.id, self.conn, topic);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{DriverKind, ShardStats};
+
+    /// The serve future is what every idle connection keeps allocated: keep it small.
+    #[test]
+    fn serve_future_stays_small() {
+        crate::shard::block_on(DriverKind::Epoll, async {
+            let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (stream, _) = l.accept().await.unwrap();
+            let config = crate::config::Overrides::default().resolve().unwrap();
+            let stats: Arc<[ShardStats]> = vec![ShardStats::default()].into();
+            let link = crate::mesh::mesh(1, 4).pop().unwrap();
+            let hub = Rc::new(Hub::new(
+                0,
+                Arc::new(config),
+                stats,
+                link,
+                Default::default(),
+            ));
+            hub.active.set(1);
+            hub.global_active.fetch_add(1, Relaxed);
+            let conn = Rc::new(Conn::default());
+            let id = hub.register(conn.clone());
+            let ws = WsConn {
+                hub: hub.clone(),
+                conn,
+                id,
+                role: ConnRole::Subscriber,
+                fd: stream.as_raw_fd(),
+                decoder: None,
+                leftover: Vec::new(),
+            };
+            let fut = serve_task(ActiveGuard(hub.clone()), stream, ws);
+            let size = std::mem::size_of_val(&fut);
+            eprintln!(
+                "serve future: {size} bytes; Conn: {}",
+                std::mem::size_of::<Conn>()
+            );
+            // Measured 544 B in debug builds; the bound guards against regressions.
+            assert!(size <= 640, "serve future is {size} bytes");
+        })
+        .unwrap();
+    }
+}
