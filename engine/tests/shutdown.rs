@@ -68,3 +68,16 @@ fn print_config_prints_toml_and_exits() {
         "{help}"
     );
 }
+
+#[test]
+fn driver_uring_fails_when_uring_is_forced_off() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--driver", "uring"])
+        .env("MONOIO_FORCE_LEGACY_DRIVER", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "must not claim to be listening");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("io_uring is unavailable"), "{err}");
+}
