@@ -72,7 +72,14 @@ fn print_config_prints_toml_and_exits() {
 #[test]
 fn driver_uring_fails_when_uring_is_forced_off() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
-        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--driver", "uring"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--driver",
+            "uring",
+        ])
         .env("MONOIO_FORCE_LEGACY_DRIVER", "1")
         .output()
         .unwrap();
