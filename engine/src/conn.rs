@@ -244,8 +244,8 @@ async fn handshake(
         max_head_bytes: cfg.max_header_bytes,
         max_headers: cfg.max_headers,
     });
-    let mut buf: Vec<u8> = Vec::new();
-    let mut out = Vec::new();
+    let mut buf = hub.buffer();
+    let mut out = hub.buffer();
     loop {
         if sockio::read_some(stream, fd, &mut buf, 2048).await? == 0 {
             return Ok(Accepted::Done);

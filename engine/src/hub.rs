@@ -76,6 +76,45 @@ pub struct Hub {
     pub global_active: Arc<AtomicUsize>,
     /// Graceful shutdown has begun.
     pub shutting_down: Cell<bool>,
+    /// Handshake buffers returned by finished handshakes, reused so that handshakes do not
+    /// churn the allocator between the long-lived allocations of idle connections.
+    buffers: RefCell<Vec<Vec<u8>>>,
+}
+
+/// Most handshake buffers kept for reuse per shard.
+const POOLED_BUFFERS: usize = 256;
+
+/// Largest buffer capacity worth keeping in the pool.
+const POOLED_CAPACITY: usize = 16 * 1024;
+
+/// A handshake buffer borrowed from the hub's pool; returned on drop.
+pub struct PooledBuf<'h> {
+    hub: &'h Hub,
+    buf: Vec<u8>,
+}
+
+impl std::ops::Deref for PooledBuf<'_> {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+impl Drop for PooledBuf<'_> {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut pool = self.hub.buffers.borrow_mut();
+        if buf.capacity() > 0 && buf.capacity() <= POOLED_CAPACITY && pool.len() < POOLED_BUFFERS {
+            buf.clear();
+            pool.push(buf);
+        }
+    }
 }
 
 /// Size of the per-shard read scratch buffer.
@@ -103,7 +142,14 @@ impl Hub {
             active: Cell::new(0),
             global_active,
             shutting_down: Cell::new(false),
+            buffers: RefCell::new(Vec::new()),
         }
+    }
+
+    /// An empty buffer from the pool (or a new one).
+    pub fn buffer(&self) -> PooledBuf<'_> {
+        let buf = self.buffers.borrow_mut().pop().unwrap_or_default();
+        PooledBuf { hub: self, buf }
     }
 
     /// This shard's counters.
@@ -232,5 +278,79 @@ impl Hub {
         for conn in self.conns.borrow().iter().flatten() {
             conn.close_with(frame.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        let config = crate::config::Overrides::default().resolve().unwrap();
+        let stats: Arc<[ShardStats]> = vec![ShardStats::default()].into();
+        let link = crate::mesh::mesh(1, 4).pop().unwrap();
+        Hub::new(0, Arc::new(config), stats, link, Default::default())
+    }
+
+    #[test]
+    fn buffers_are_reused_cleared_and_bounded() {
+        let hub = hub();
+        let ptr = {
+            let mut b = hub.buffer();
+            b.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            b.as_ptr()
+        };
+        let b = hub.buffer();
+        assert!(b.is_empty());
+        assert_eq!(b.as_ptr(), ptr, "same allocation reused");
+        drop(b);
+        {
+            let mut big = hub.buffer();
+            big.reserve(POOLED_CAPACITY * 2);
+        }
+        assert!(
+            hub.buffers.borrow().is_empty(),
+            "oversized buffers are not pooled"
+        );
+    }
+
+    #[test]
+    fn fan_out_shares_one_frame_and_wraps_for_streams() {
+        let hub = hub();
+        let plain = Rc::new(Conn::default());
+        let stream = Rc::new(Conn {
+            stream_mode: true,
+            ..Conn::default()
+        });
+        let (a, b) = (hub.register(plain.clone()), hub.register(stream.clone()));
+        hub.subscribe(a, &plain, "t");
+        hub.subscribe(b, &stream, "t");
+        hub.publish(&Arc::from("t"), MessageKind::Text, b"1");
+        let first = |c: &Conn| {
+            c.queue
+                .borrow()
+                .batch(1, usize::MAX)
+                .next()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(&first(&plain)[2..], b"1");
+        assert_eq!(&first(&stream)[2..], br#"{"stream":"t","data":1}"#);
+        hub.publish(&Arc::from("t"), MessageKind::Binary, b"\x00");
+        assert_eq!(plain.queue.borrow().len_frames(), 2);
+        assert_eq!(
+            stream.queue.borrow().len_frames(),
+            2,
+            "binary goes unwrapped to streams"
+        );
+        hub.unregister(a);
+        hub.publish(&Arc::from("t"), MessageKind::Binary, b"\x01");
+        assert_eq!(
+            plain.queue.borrow().len_frames(),
+            2,
+            "unregistered: no more frames"
+        );
+        assert_eq!(stream.queue.borrow().len_frames(), 3);
+        assert!(plain.topics.borrow().is_empty());
     }
 }

@@ -70,14 +70,24 @@ pub fn send_frames<'a>(
     n
 }
 
+/// One nonblocking `send` of `data` (MSG_NOSIGNAL, like [`send_frames`]).
+pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is valid for reads of `data.len()` bytes for the duration of the call.
+    result(unsafe {
+        libc::send(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
 /// Write all of `data` to a nonblocking socket, waiting for writability as needed.
 pub async fn write_all(stream: &monoio::net::TcpStream, fd: RawFd, data: &[u8]) -> io::Result<()> {
-    let bytes = Bytes::copy_from_slice(data);
     let mut off = 0;
-    let mut iovecs = Vec::with_capacity(1);
-    while off < bytes.len() {
-        let rest = bytes.slice(off..);
-        match send_frames(fd, std::iter::once(&rest), &mut iovecs) {
+    while off < data.len() {
+        match send(fd, &data[off..]) {
             Ok(n) => off += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable(false).await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
