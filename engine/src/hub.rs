@@ -13,6 +13,7 @@ use bytes::Bytes;
 use shardcast_proto::{encode_frame, encode_frame_parts, MessageKind, OpCode};
 
 use crate::config::Config;
+use crate::latency::LocalLatency;
 use crate::mesh::{Envelope, MeshLink};
 use crate::queue::SendQueue;
 use crate::stats::{self, ShardStats};
@@ -79,6 +80,8 @@ pub struct Hub {
     /// Handshake buffers returned by finished handshakes, reused so that handshakes do not
     /// churn the allocator between the long-lived allocations of idle connections.
     buffers: RefCell<Vec<Vec<u8>>>,
+    /// Latency samples recorded since the last tick.
+    pub latency: LocalLatency,
 }
 
 /// Most handshake buffers kept for reuse per shard.
@@ -143,6 +146,7 @@ impl Hub {
             global_active,
             shutting_down: Cell::new(false),
             buffers: RefCell::new(Vec::new()),
+            latency: LocalLatency::default(),
         }
     }
 
