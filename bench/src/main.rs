@@ -4,10 +4,13 @@
 
 mod clock;
 mod common;
+mod connect;
 mod dial;
 mod fanout;
+mod idle;
 mod process;
 mod report;
+mod room;
 mod scan;
 mod seqcheck;
 mod workers;
@@ -25,6 +28,12 @@ struct Cli {
 enum Scenario {
     /// One publisher to N subscribers: maximum rate (windowed) or fixed rate with latency.
     Fanout(fanout::FanoutArgs),
+    /// N clients in one room, each sends M messages, everyone receives everything.
+    Room(room::RoomArgs),
+    /// Connection storm: K upgrades, C at a time; handshakes/s and latency.
+    Connect(connect::ConnectArgs),
+    /// N idle subscribers; the server's memory per connection.
+    Idle(idle::IdleArgs),
 }
 
 fn main() {
@@ -34,6 +43,9 @@ fn main() {
     }
     let result = match cli.scenario {
         Scenario::Fanout(a) => fanout::run(a),
+        Scenario::Room(a) => room::run(a),
+        Scenario::Connect(a) => connect::run(a),
+        Scenario::Idle(a) => idle::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
