@@ -128,6 +128,7 @@ pub fn run(args: RoomArgs) -> Result<(), String> {
         "message_size": args.size,
         "messages_sent": sent,
         "self_echo": self_echo,
+        "writers_done": sh.writers_done.load(Ordering::Acquire),
         "expected_deliveries": expected,
         "deliveries": delivered,
         "total_time_s": active_s,

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Engine benchmark: shardcast and the baselines under the same generator, same run.
+# Server pinned to CPU 0, generator to CPU 1. Writes JSON to bench/results/<UTC date>-<sha>/
+# and prints a markdown table. Env: SERVERS (default "shardcast node-ws"), DURATION (s, 10),
+# SERVER_CPU (0), GEN_CPU (1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DURATION=${DURATION:-10}
+SERVER_CPU=${SERVER_CPU:-0}
+GEN_CPU=${GEN_CPU:-1}
+SERVERS=${SERVERS:-"shardcast node-ws"}
+OUT="$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-$(git rev-parse --short HEAD)"
+mkdir -p "$OUT"
+
+echo "ulimit -n: $(ulimit -n) (connection counts below stay under it per process)" >&2
+timeout 1200 cargo build --release -p shardcast-bench >&2
+if [[ " $SERVERS " == *" shardcast "* ]]; then
+  if cargo metadata --no-deps --format-version 1 | grep -q '"name":"shardcast"'; then
+    timeout 1200 cargo build --release -p shardcast >&2
+  else
+    echo "shardcast package not in this tree; skipping it" >&2
+    SERVERS=${SERVERS//shardcast/}
+  fi
+fi
+if [[ " $SERVERS " == *" node-ws "* ]]; then
+  (cd bench/baselines/node-ws && [ -d node_modules ] || npm ci --silent >&2)
+fi
+GEN="$ROOT/target/release/shardcast-bench"
+
+server_cmd() {
+  case "$1" in
+    shardcast) echo "$ROOT/target/release/shardcast --listen 127.0.0.1:0 --shards 1" ;;
+    node-ws) echo "node $ROOT/bench/baselines/node-ws/server.js --listen 127.0.0.1:0" ;;
+    *) echo "unknown server $1" >&2; return 1 ;;
+  esac
+}
+
+SPID=""
+start_server() { # $1 = server name; sets ADDR and SPID
+  local log="$OUT/$1.server.log"
+  # shellcheck disable=SC2046
+  taskset -c "$SERVER_CPU" $(server_cmd "$1") >"$log" 2>&1 &
+  SPID=$!
+  for _ in $(seq 100); do
+    ADDR=$(grep -o 'listening on [0-9.]*:[0-9]*' "$log" | head -1 | awk '{print $3}') || true
+    [ -n "${ADDR:-}" ] && return 0
+    sleep 0.1
+  done
+  echo "$1 did not start; log:" >&2; cat "$log" >&2; return 1
+}
+stop_server() { [ -n "$SPID" ] && kill "$SPID" 2>/dev/null && wait "$SPID" 2>/dev/null; SPID=""; }
+trap stop_server EXIT
+
+run() { # $1 server, $2 result name, rest: scenario and flags
+  local server=$1 name=$2; shift 2
+  start_server "$server"
+  echo "== $server $name" >&2
+  taskset -c "$GEN_CPU" "$GEN" "$@" --url "ws://$ADDR" --cpus "$GEN_CPU" --server-pid "$SPID" \
+    --topic "$name" --json "$OUT/$server.$name.json" || echo "$server $name failed" >&2
+  stop_server
+}
+
+for s in $SERVERS; do
+  run "$s" fanout-max fanout --subscribers 1000 --size 64 --duration "$DURATION"
+  run "$s" fanout-100hz fanout --subscribers 1000 --size 64 --rate 100 --duration "$DURATION"
+  run "$s" room-100 room --clients 100 --messages 100 --size 64
+  run "$s" room-500 room --clients 500 --messages 4 --size 64
+  run "$s" room-1000 room --clients 1000 --messages 1 --size 64
+  run "$s" connect-5000 connect --connections 5000 --concurrency 100
+  run "$s" idle-10000 idle --connections 10000
+done
+
+{
+  echo "Results: $OUT"
+  echo "Date: $(date -u +%FT%TZ); commit $(git rev-parse --short HEAD); server on CPU $SERVER_CPU, generator on CPU $GEN_CPU"
+  echo
+  python3 "$ROOT/scripts/bench-table.py" "$OUT" $SERVERS
+} | tee "$OUT/table.md"
