@@ -2,7 +2,7 @@
 # Engine benchmark: shardcast and the baselines under the same generator, same run.
 # Server pinned to CPU 0, generator to CPU 1. Writes JSON to bench/results/<UTC date>-<sha>/
 # and prints a markdown table. Env: SERVERS (default "shardcast node-ws"), DURATION (s, 10),
-# SERVER_CPU (0), GEN_CPU (1).
+# SERVER_CPU (0), GEN_CPU (1), NO_BUILD (set: skip cargo build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -14,10 +14,11 @@ OUT="$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-$(git rev-parse --short HE
 mkdir -p "$OUT"
 
 echo "ulimit -n: $(ulimit -n) (connection counts below stay under it per process)" >&2
-timeout 1200 cargo build --release -p shardcast-bench >&2
+# NO_BUILD=1: use the binaries already in target/release.
+[ -n "${NO_BUILD:-}" ] || timeout 1200 cargo build --release -p shardcast-bench >&2
 if [[ " $SERVERS " == *" shardcast "* ]]; then
   if cargo metadata --no-deps --format-version 1 | grep -q '"name":"shardcast"'; then
-    timeout 1200 cargo build --release -p shardcast >&2
+    [ -n "${NO_BUILD:-}" ] || timeout 1200 cargo build --release -p shardcast >&2
   else
     echo "shardcast package not in this tree; skipping it" >&2
     SERVERS=${SERVERS//shardcast/}
@@ -49,7 +50,7 @@ start_server() { # $1 = server name; sets ADDR and SPID
   done
   echo "$1 did not start; log:" >&2; cat "$log" >&2; return 1
 }
-stop_server() { [ -n "$SPID" ] && kill "$SPID" 2>/dev/null && wait "$SPID" 2>/dev/null; SPID=""; }
+stop_server() { if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; fi; SPID=""; }
 trap stop_server EXIT
 
 run() { # $1 server, $2 result name, rest: scenario and flags

@@ -256,7 +256,12 @@ async fn receive(conn: WsConn, sh: Arc<Shared>, hist: Rc<RefCell<Histogram<u64>>
         let (res, slice) = stream.read(buf.slice_mut(len..)).await;
         buf = slice.into_inner();
         match res {
-            Ok(0) => break,
+            Ok(0) => {
+                if !sh.stop.load(Ordering::Acquire) {
+                    st.end = Some("server closed the connection".into());
+                }
+                break;
+            }
             Ok(_) => {}
             Err(e) => {
                 if !sh.stop.load(Ordering::Acquire) {

@@ -324,7 +324,12 @@ async fn client(id: u64, conn: WsConn, args: RoomArgs, sh: Arc<Shared>) -> Clien
         let (res, slice) = rd.read(buf.slice_mut(len..)).await;
         buf = slice.into_inner();
         match res {
-            Ok(0) => break,
+            Ok(0) => {
+                if !sh.stop.load(Ordering::Acquire) {
+                    st.end = Some("server closed the connection".into());
+                }
+                break;
+            }
             Ok(_) => {}
             Err(e) => {
                 if !sh.stop.load(Ordering::Acquire) {
