@@ -15,5 +15,21 @@
 //! - [`error`]: protocol errors, each carrying the close code the RFC demands.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod close;
+pub mod decode;
+pub mod encode;
+pub mod error;
+pub mod frame;
 pub mod handshake;
 pub mod http;
+pub mod mask;
+pub mod utf8;
+
+pub use close::CloseCode;
+pub use decode::{Decoded, Decoder, DecoderConfig, Event, Message, MessageKind, Payload};
+pub use encode::{
+    encode_client_frame, encode_close, encode_frame, encode_frame_parts, encode_pong,
+};
+pub use error::ProtocolError;
+pub use frame::{FrameHeader, OpCode, Role};
