@@ -66,8 +66,12 @@ pub async fn connect_all(
     let done = Rc::new(RefCell::new((Vec::new(), 0usize)));
     let tasks: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
-            let (queue, done, target, path) =
-                (queue.clone(), done.clone(), target.clone(), path.to_string());
+            let (queue, done, target, path) = (
+                queue.clone(),
+                done.clone(),
+                target.clone(),
+                path.to_string(),
+            );
             monoio::spawn(async move {
                 loop {
                     let Some(id) = queue.borrow_mut().next() else {

@@ -2,6 +2,7 @@
 //! ephemeral port range is available), a non-blocking connect, and the HTTP upgrade.
 
 use base64::Engine as _;
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::io;
@@ -114,7 +115,7 @@ async fn upgrade(mut stream: TcpStream, target: &Target, n: u64, path: &str) -> 
             return Err(io::Error::other("upgrade response head too large"));
         }
         let len = buf.len();
-        let (res, slice) = stream.read(buf.slice_mut_from(len)).await;
+        let (res, slice) = stream.read(buf.slice_mut(len..)).await;
         buf = slice.into_inner();
         if res? == 0 {
             return Err(io::Error::new(
@@ -130,17 +131,6 @@ async fn upgrade(mut stream: TcpStream, target: &Target, n: u64, path: &str) -> 
                 shard,
             });
         }
-    }
-}
-
-trait SliceFrom {
-    fn slice_mut_from(self, begin: usize) -> monoio::buf::SliceMut<Vec<u8>>;
-}
-
-impl SliceFrom for Vec<u8> {
-    fn slice_mut_from(self, begin: usize) -> monoio::buf::SliceMut<Vec<u8>> {
-        use monoio::buf::IoBufMut;
-        self.slice_mut(begin..)
     }
 }
 
@@ -187,14 +177,18 @@ mod tests {
         assert_eq!(t.source(0).unwrap().ip().to_string(), "127.0.0.1");
         assert_eq!(t.source(2).unwrap().ip().to_string(), "127.0.0.3");
         assert_eq!(t.source(3).unwrap().ip().to_string(), "127.0.0.1");
-        assert!(Target::from_url("ws://127.0.0.1:1", 1).unwrap().source(5).is_none());
+        assert!(Target::from_url("ws://127.0.0.1:1", 1)
+            .unwrap()
+            .source(5)
+            .is_none());
         assert!(Target::from_url("http://x", 1).is_err());
     }
 
     #[test]
     fn response_checks() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        let ok =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-Shardcast-Shard: 3\r\n\r\n\x82\x00";
         let (n, shard) = check_response(ok, key).unwrap().unwrap();
         assert_eq!(&ok[n..], b"\x82\x00");

@@ -230,16 +230,17 @@ async fn receive(conn: WsConn, sh: Arc<Shared>, hist: Rc<RefCell<Histogram<u64>>
     buf.reserve(READ_BUF);
     loop {
         let now = clock::now_ns();
-        let mut h = hist.borrow_mut();
-        let scanned = scanner.scan(&buf, |s: Stamp| {
-            // Latency is clamped at 1 ns: the histogram's lowest bucket.
-            let _ = h.record(now.saturating_sub(s.sent_ns).max(1));
-            let n = s.seq & 0xFFFF_FFFF;
-            st.track.observe(n as u32);
-            st.received += 1;
-            sh.delivered(n);
-        });
-        drop(h);
+        let scanned = {
+            let mut h = hist.borrow_mut();
+            scanner.scan(&buf, |s: Stamp| {
+                // Latency is clamped at 1 ns: the histogram's lowest bucket.
+                let _ = h.record(now.saturating_sub(s.sent_ns).max(1));
+                let n = s.seq & 0xFFFF_FFFF;
+                st.track.observe(n as u32);
+                st.received += 1;
+                sh.delivered(n);
+            })
+        };
         match scanned {
             Ok(used) => {
                 buf.drain(..used);
@@ -465,7 +466,8 @@ fn summarise(args: &FanoutArgs, sh: &Shared, outs: Vec<WorkerOut>) -> Result<(),
          reordered {}) latency p50 {:.0}us p99 {:.0}us p99.9 {:.0}us max {:.0}us; {}{}",
         args.subscribers,
         args.size,
-        args.rate.map_or("max-rate".to_string(), |r| format!("{r} msg/s")),
+        args.rate
+            .map_or("max-rate".to_string(), |r| format!("{r} msg/s")),
         deliveries as f64 / w.wall_s,
         p.sent,
         deliveries,

@@ -105,7 +105,8 @@ async fn worker(w: usize, n: usize, args: IdleArgs, target: Target, sh: Arc<Shar
     sh.connected.fetch_add(conns.len(), Ordering::AcqRel);
     sh.failed.fetch_add(failed, Ordering::AcqRel);
     let left = deadline.saturating_duration_since(Instant::now());
-    let all = || sh.connected.load(Ordering::Acquire) + sh.failed.load(Ordering::Acquire) >= sh.total;
+    let all =
+        || sh.connected.load(Ordering::Acquire) + sh.failed.load(Ordering::Acquire) >= sh.total;
     if w == 0 {
         if common::wait_until(left, all).await {
             monoio::time::sleep(Duration::from_millis(args.hold_ms)).await;

@@ -82,12 +82,17 @@ impl Meter {
         let generator_cpu = CpuUse::new(own, wall_s);
         Window {
             wall_s,
-            client_bound: generator_cpu.cores_busy > CLIENT_BOUND_SHARE * cores as f64,
+            client_bound: is_client_bound(generator_cpu.cores_busy, cores),
             generator_cpu,
             generator_cores: cores,
             server_cpu: server.map(|s| CpuUse::new(s, wall_s)),
         }
     }
+}
+
+/// Whether a generator busy on `cores_busy` of its `cores` CPUs may have limited the run.
+pub fn is_client_bound(cores_busy: f64, cores: usize) -> bool {
+    cores_busy > CLIENT_BOUND_SHARE * cores as f64
 }
 
 /// Latency percentiles in µs from a histogram recorded in ns.
@@ -151,14 +156,16 @@ pub fn emit(result: &Value, file: Option<&Path>) -> std::io::Result<()> {
 
 /// One line for the human summary: server and generator CPU of a window.
 pub fn cpu_line(w: &Window) -> String {
-    let server = w.server_cpu.map_or("server CPU unknown (no --server-pid)".to_string(), |s| {
-        format!(
-            "server CPU {:.2} cores (user {:.2}s, sys {:.2}s)",
-            s.cores_busy,
-            s.user_us as f64 / 1e6,
-            s.sys_us as f64 / 1e6
-        )
-    });
+    let server = w
+        .server_cpu
+        .map_or("server CPU unknown (no --server-pid)".to_string(), |s| {
+            format!(
+                "server CPU {:.2} cores (user {:.2}s, sys {:.2}s)",
+                s.cores_busy,
+                s.user_us as f64 / 1e6,
+                s.sys_us as f64 / 1e6
+            )
+        });
     format!(
         "{server}; generator CPU {:.2}/{} cores (user {:.2}s, sys {:.2}s){}",
         w.generator_cpu.cores_busy,
@@ -176,16 +183,24 @@ mod tests {
     #[test]
     fn window_measures_own_cpu() {
         let m = Meter::start(Some(std::process::id()));
+        let start = process::self_cpu();
         let t = Instant::now();
-        while t.elapsed().as_millis() < 50 {
+        // Spin until this process has burnt 20 ms of CPU (bounded, in case of starvation).
+        while process::self_cpu().since(start).total_us() < 20_000 && t.elapsed().as_secs() < 10 {
             std::hint::black_box(1u64);
         }
         let w = m.finish(1);
-        assert!(w.generator_cpu.total_us() > 10_000);
+        assert!(w.generator_cpu.total_us() >= 20_000);
+        assert!(w.generator_cpu.cores_busy > 0.0);
         assert!(w.server_cpu.is_some());
-        assert!(w.wall_s >= 0.05);
-        // 50 ms of spinning on one core is more than 90% of it.
-        assert!(w.client_bound || w.generator_cpu.cores_busy > 0.5);
+    }
+
+    #[test]
+    fn client_bound_threshold() {
+        assert!(is_client_bound(0.95, 1));
+        assert!(!is_client_bound(0.85, 1));
+        assert!(!is_client_bound(1.5, 2));
+        assert!(is_client_bound(1.9, 2));
     }
 
     #[test]

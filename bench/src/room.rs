@@ -110,8 +110,7 @@ pub fn run(args: RoomArgs) -> Result<(), String> {
         .saturating_sub(sh.go_ns.load(Ordering::Acquire)) as f64
         / 1e9;
     let per = |f: fn(&report::CpuUse) -> u64| {
-        w.server_cpu
-            .map(|s| f(&s) as f64 / delivered.max(1) as f64)
+        w.server_cpu.map(|s| f(&s) as f64 / delivered.max(1) as f64)
     };
     let lost: u64 = clients.iter().map(|c| c.lost).sum();
     let dup: u64 = clients.iter().map(|c| c.duplicated).sum();
@@ -188,9 +187,8 @@ async fn worker(
         fds.push(conn.stream.as_raw_fd());
         tasks.push(monoio::spawn(client(id, conn, args.clone(), sh.clone())));
     }
-    let everyone = || {
-        sh.connected.load(Ordering::Acquire) + sh.failed.load(Ordering::Acquire) >= sh.clients
-    };
+    let everyone =
+        || sh.connected.load(Ordering::Acquire) + sh.failed.load(Ordering::Acquire) >= sh.clients;
     let left = deadline.saturating_duration_since(Instant::now());
     let ready = common::wait_until(left, everyone).await;
     let mut window = None;
