@@ -250,7 +250,7 @@ async fn client(id: u64, conn: WsConn, args: RoomArgs, sh: Arc<Shared>) -> Clien
     let writer = monoio::spawn(async move {
         while !writer_sh.go.load(Ordering::Acquire) {
             if writer_sh.stop.load(Ordering::Acquire) {
-                return;
+                return wr;
             }
             monoio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -281,6 +281,9 @@ async fn client(id: u64, conn: WsConn, args: RoomArgs, sh: Arc<Shared>) -> Clien
             }
         }
         writer_sh.writers_done.fetch_add(1, Ordering::AcqRel);
+        // Handed back, not dropped: dropping monoio's write half shuts the socket down for
+        // writing, and servers (ws among them) close a connection on the client's FIN.
+        wr
     });
 
     let mut tracks = vec![SeqTrack::default(); sh.clients];
@@ -337,7 +340,8 @@ async fn client(id: u64, conn: WsConn, args: RoomArgs, sh: Arc<Shared>) -> Clien
             }
         }
     }
-    writer.await;
+    let write_half = writer.await;
+    drop(write_half);
     // Only clients that connected sent anything; their own stream counts only when echoed.
     let connected = sh.connected.load(Ordering::Acquire);
     for (p, t) in tracks.iter().enumerate().take(connected) {
