@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Engine benchmark: shardcast and the baselines under the same generator, same run.
 # Server pinned to CPU 0, generator to CPU 1. Writes JSON to bench/results/<UTC date>-<sha>/
-# and prints a markdown table. Env: SERVERS (default "shardcast node-ws"), DURATION (s, 10),
+# and prints a markdown table. Env: SERVERS (default "shardcast node-ws naive"), DURATION (s, 10),
 # SERVER_CPU (0), GEN_CPU (1), NO_BUILD (set: skip cargo build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +9,7 @@ ROOT=$PWD
 DURATION=${DURATION:-10}
 SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
-SERVERS=${SERVERS:-"shardcast node-ws"}
+SERVERS=${SERVERS:-"shardcast node-ws naive"}
 OUT="$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-$(git rev-parse --short HEAD)"
 mkdir -p "$OUT"
 
@@ -33,6 +33,7 @@ server_cmd() {
   case "$1" in
     shardcast) echo "$ROOT/target/release/shardcast --listen 127.0.0.1:0 --shards 1" ;;
     node-ws) echo "node $ROOT/bench/baselines/node-ws/server.js --listen 127.0.0.1:0" ;;
+    naive) echo "$GEN naive-server --listen 127.0.0.1:0" ;;
     *) echo "unknown server $1" >&2; return 1 ;;
   esac
 }

@@ -8,6 +8,7 @@ mod connect;
 mod dial;
 mod fanout;
 mod idle;
+mod naive_server;
 mod process;
 mod report;
 mod room;
@@ -34,6 +35,8 @@ enum Scenario {
     Connect(connect::ConnectArgs),
     /// N idle subscribers; the server's memory per connection.
     Idle(idle::IdleArgs),
+    /// Baseline server: one thread, poll(2), a plain send() per subscriber per message.
+    NaiveServer(naive_server::NaiveArgs),
 }
 
 fn main() {
@@ -46,6 +49,7 @@ fn main() {
         Scenario::Room(a) => room::run(a),
         Scenario::Connect(a) => connect::run(a),
         Scenario::Idle(a) => idle::run(a),
+        Scenario::NaiveServer(a) => naive_server::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
