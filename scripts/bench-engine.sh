@@ -54,9 +54,12 @@ start_server() { # $1 = server name; sets ADDR and SPID
 stop_server() { if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; fi; SPID=""; }
 trap stop_server EXIT
 
+LOADS="$OUT/load.txt"
 run() { # $1 server, $2 result name, rest: scenario and flags
   local server=$1 name=$2; shift 2
   start_server "$server"
+  # Other processes on these CPUs skew every number: keep the load average with the results.
+  echo "$server $name: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$LOADS"
   echo "== $server $name" >&2
   taskset -c "$GEN_CPU" "$GEN" "$@" --url "ws://$ADDR" --cpus "$GEN_CPU" --server-pid "$SPID" \
     --topic "$name" --json "$OUT/$server.$name.json" || echo "$server $name failed" >&2
@@ -76,6 +79,7 @@ done
 {
   echo "Results: $OUT"
   echo "Date: $(date -u +%FT%TZ); commit $(git rev-parse --short HEAD); server on CPU $SERVER_CPU, generator on CPU $GEN_CPU"
+  echo "Load average (1/5/15 min) at the start of each run: $(awk -F': ' '{print $2}' "$LOADS" | sort -n | head -1) .. $(awk -F': ' '{print $2}' "$LOADS" | sort -n | tail -1)"
   echo
   python3 "$ROOT/scripts/bench-table.py" "$OUT" $SERVERS
 } | tee "$OUT/table.md"

@@ -54,6 +54,8 @@ pub struct Window {
     pub generator_cpu: CpuUse,
     /// CPUs the generator ran on.
     pub generator_cores: usize,
+    /// The generator's I/O driver: `io_uring`, or `epoll` where io_uring is unavailable.
+    pub generator_driver: &'static str,
     /// The server's CPU use (when its pid is known).
     pub server_cpu: Option<CpuUse>,
     /// The generator was busy for more than 90% of its cores: numbers are a client limit.
@@ -85,6 +87,11 @@ impl Meter {
             client_bound: is_client_bound(generator_cpu.cores_busy, cores),
             generator_cpu,
             generator_cores: cores,
+            generator_driver: if monoio::utils::detect_uring() {
+                "io_uring"
+            } else {
+                "epoll"
+            },
             server_cpu: server.map(|s| CpuUse::new(s, wall_s)),
         }
     }
