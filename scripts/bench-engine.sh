@@ -2,7 +2,7 @@
 # Engine benchmark: shardcast and the baselines under the same generator, same run.
 # Server pinned to CPU 0, generator to CPU 1. Writes JSON to bench/results/<UTC date>-<sha>/
 # and prints a markdown table. Env: SERVERS (default "shardcast node-ws naive"), DURATION (s, 10),
-# SERVER_CPU (0), GEN_CPU (1), NO_BUILD (set: skip cargo build).
+# SERVER_CPU (0), GEN_CPU (1), NO_BUILD (set: skip cargo build), RESULTS_TAG (dir suffix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -10,7 +10,7 @@ DURATION=${DURATION:-10}
 SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
 SERVERS=${SERVERS:-"shardcast node-ws naive"}
-OUT="$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-$(git rev-parse --short HEAD)"
+OUT="$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-$(git rev-parse --short HEAD)${RESULTS_TAG:+-$RESULTS_TAG}"
 mkdir -p "$OUT"
 
 echo "ulimit -n: $(ulimit -n) (connection counts below stay under it per process)" >&2
