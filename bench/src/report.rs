@@ -87,7 +87,10 @@ impl Meter {
             client_bound: is_client_bound(generator_cpu.cores_busy, cores),
             generator_cpu,
             generator_cores: cores,
-            generator_driver: if monoio::utils::detect_uring() {
+            // monoio's fusion driver falls back to epoll when forced to or when io_uring fails.
+            generator_driver: if std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_none()
+                && monoio::utils::detect_uring()
+            {
                 "io_uring"
             } else {
                 "epoll"
