@@ -43,8 +43,10 @@ def fanout_rate(r):
 
 
 def room(r):
-    return (f"{r['deliveries_per_s']:,.0f} deliv/s, {r['total_time_s']:.2f} s "
-            f"({r['deliveries']:,}/{r['expected_deliveries']:,}){bad(r)}")
+    per = r.get("server_cpu_us_per_delivery")
+    per = f"{per:.2f} µs/deliv; " if per is not None else ""
+    return (f"{r['deliveries_per_s']:,.0f} deliv/s; {per}M={r['messages_per_client']}: "
+            f"{r['deliveries']:,}/{r['expected_deliveries']:,} in {r['total_time_s']:.2f} s{bad(r)}")
 
 
 def connect(r):
@@ -61,9 +63,9 @@ def idle(r):
 rows = [
     ("fanout 1→1000, 64 B, max rate", "fanout-max", fanout_max),
     ("fanout 1→1000, 64 B, 100 msg/s (100k deliv/s)", "fanout-100hz", fanout_rate),
-    ("room N=100, M=100", "room-100", room),
-    ("room N=500, M=4", "room-500", room),
-    ("room N=1000, M=1", "room-1000", room),
+    ("room N=100", "room-100", room),
+    ("room N=500", "room-500", room),
+    ("room N=1000", "room-1000", room),
     ("connect 5,000 (100 at a time)", "connect-5000", connect),
     ("idle 10,000", "idle-10000", idle),
 ]
