@@ -13,7 +13,11 @@ SERVERS=${SERVERS:-"shardcast node-ws naive"}
 OUT="$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-$(git rev-parse --short HEAD)${RESULTS_TAG:+-$RESULTS_TAG}"
 mkdir -p "$OUT"
 
-echo "ulimit -n: $(ulimit -n) (connection counts below stay under it per process)" >&2
+# idle holds 10,000 sockets in the server and as many in the generator (+ a few).
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10100 ]; then
+  echo "ulimit -n is $(ulimit -n): idle-10000 needs at least 10100 descriptors per process" >&2
+  exit 1
+fi
 # NO_BUILD=1: use the binaries already in target/release.
 [ -n "${NO_BUILD:-}" ] || timeout 1200 cargo build --release -p shardcast-bench >&2
 if [[ " $SERVERS " == *" shardcast "* ]]; then
