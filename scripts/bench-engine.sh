@@ -2,7 +2,8 @@
 # Engine benchmark: shardcast and the baselines under the same generator, same run.
 # Server pinned to CPU 0, generator to CPU 1. Writes JSON to bench/results/<UTC date>-<sha>/
 # and prints a markdown table. Env: SERVERS (default "shardcast node-ws naive"), DURATION (s, 10),
-# SERVER_CPU (0), GEN_CPU (1), NO_BUILD (set: skip cargo build), RESULTS_TAG (dir suffix).
+# SERVER_CPU (0), GEN_CPU (1), NO_BUILD (set: skip cargo build), RESULTS_TAG (dir suffix),
+# REPEAT (runs per scenario, 1; the table shows the run with the median headline number).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -59,14 +60,21 @@ stop_server() { if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "
 trap stop_server EXIT
 
 LOADS="$OUT/load.txt"
-run() { # $1 server, $2 result name, rest: scenario and flags
-  local server=$1 name=$2; shift 2
+REPEAT=${REPEAT:-1}
+run() { # $1 server, $2 result name, rest: scenario and flags; REPEAT times (table: median)
+  local server=$1 name=$2 r; shift 2
+  for r in $(seq "$REPEAT"); do run_once "$server" "$name" "$r" "$@"; done
+}
+run_once() {
+  local server=$1 name=$2 r=$3; shift 3
+  local file="$OUT/$server.$name.json"
+  [ "$r" = 1 ] || file="$OUT/$server.$name.r$r.json"
   start_server "$server"
   # Other processes on these CPUs skew every number: keep the load average with the results.
-  echo "$server $name: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$LOADS"
-  echo "== $server $name" >&2
+  echo "$server $name $r: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$LOADS"
+  echo "== $server $name ($r/$REPEAT)" >&2
   taskset -c "$GEN_CPU" "$GEN" "$@" --url "ws://$ADDR" --cpus "$GEN_CPU" --server-pid "$SPID" \
-    --topic "$name" --json "$OUT/$server.$name.json" || echo "$server $name failed" >&2
+    --topic "$name" --json "$file" || echo "$server $name failed" >&2
   stop_server
 }
 
