@@ -1,0 +1,367 @@
+//! Server configuration: one set of option names shared by CLI flags (`--shards`), TOML keys
+//! (`shards`) in an optional `--config` file, and `SHARDCAST_*` environment variables.
+//!
+//! Precedence is CLI > env > file > defaults. clap folds the environment into the CLI layer
+//! (a flag beats its variable); the file layer then fills whatever is still unset, and
+//! [`Config::default`]-style defaults fill the rest. Every layer is an [`Overrides`] with all
+//! fields optional, so "unset" is distinguishable from "set to the default".
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// Which monoio driver each shard runtime uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// io_uring when the kernel supports it (and `MONOIO_FORCE_LEGACY_DRIVER` is not set), else epoll.
+    Auto,
+    /// io_uring only; starting fails when it is unavailable.
+    Uring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+/// The effective configuration after merging every layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Data listener address.
+    pub listen: SocketAddr,
+    /// Admin listener address (reserved; not bound yet).
+    pub admin_listen: SocketAddr,
+    /// Number of shards (threads, one per CPU).
+    pub shards: usize,
+    /// I/O driver.
+    pub driver: Driver,
+    /// Token publishers must present; `None` lets only loopback peers publish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_token: Option<String>,
+    /// Global connection limit.
+    pub max_connections: usize,
+    /// Per-shard connection limit.
+    pub max_connections_per_shard: usize,
+    /// Time a client has to complete the HTTP upgrade.
+    pub handshake_timeout_ms: u64,
+    /// Largest accepted HTTP request head.
+    pub max_header_bytes: usize,
+    /// Most headers accepted in a request head.
+    pub max_headers: usize,
+    /// Largest message from publishers, rooms and echo clients.
+    pub max_message_bytes: usize,
+    /// Largest message from subscribers (they only send control messages).
+    pub max_control_message_bytes: usize,
+    /// Most topics one connection may subscribe to.
+    pub max_topics_per_connection: usize,
+    /// Entries per inter-shard ring (one ring per ordered pair of shards).
+    pub ring_capacity: usize,
+    /// listen(2) backlog per shard listener.
+    pub listen_backlog: u32,
+    /// How long shutdown waits for queued frames to flush.
+    pub shutdown_grace_ms: u64,
+    /// tracing EnvFilter directive.
+    pub log: String,
+}
+
+/// One configuration layer: every option optional. Parsed from the CLI (+ env by clap) and
+/// deserialized from the TOML file; the field names are the single source of option names.
+#[derive(Clone, Debug, Default, Parser, Deserialize)]
+#[command(
+    name = "shardcast",
+    version,
+    about = "Thread-per-core WebSocket broadcast server"
+)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// Data listener address [default: 0.0.0.0:8080]
+    #[arg(long, env = "SHARDCAST_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener address, reserved, not bound yet [default: 127.0.0.1:9090]
+    #[arg(long, env = "SHARDCAST_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Number of shards, one thread per CPU [default: all CPUs in the affinity mask]
+    #[arg(long, env = "SHARDCAST_SHARDS")]
+    pub shards: Option<usize>,
+    /// I/O driver; auto picks epoll when io_uring is unusable or MONOIO_FORCE_LEGACY_DRIVER=1 [default: auto]
+    #[arg(long, env = "SHARDCAST_DRIVER")]
+    pub driver: Option<Driver>,
+    /// Token publishers must present (Bearer or ?token=) [default: none, only loopback peers may publish]
+    #[arg(long, env = "SHARDCAST_PUBLISH_TOKEN")]
+    pub publish_token: Option<String>,
+    /// Global connection limit [default: 1000000]
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Per-shard connection limit [default: max_connections divided over the shards]
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS_PER_SHARD")]
+    pub max_connections_per_shard: Option<usize>,
+    /// Time a client has to complete the upgrade, in ms [default: 10000]
+    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Largest HTTP request head in bytes [default: 8192]
+    #[arg(long, env = "SHARDCAST_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most headers in a request head [default: 32]
+    #[arg(long, env = "SHARDCAST_MAX_HEADERS")]
+    pub max_headers: Option<usize>,
+    /// Largest message from publishers, rooms and echo clients, in bytes [default: 1048576]
+    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Largest (control) message from subscribers, in bytes [default: 4096]
+    #[arg(long, env = "SHARDCAST_MAX_CONTROL_MESSAGE_BYTES")]
+    pub max_control_message_bytes: Option<usize>,
+    /// Most topics per connection [default: 1024]
+    #[arg(long, env = "SHARDCAST_MAX_TOPICS_PER_CONNECTION")]
+    pub max_topics_per_connection: Option<usize>,
+    /// Entries per inter-shard ring [default: 4096]
+    #[arg(long, env = "SHARDCAST_RING_CAPACITY")]
+    pub ring_capacity: Option<usize>,
+    /// listen(2) backlog [default: 4096]
+    #[arg(long, env = "SHARDCAST_LISTEN_BACKLOG")]
+    pub listen_backlog: Option<u32>,
+    /// Shutdown flush deadline in ms [default: 5000]
+    #[arg(long, env = "SHARDCAST_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Log filter, tracing EnvFilter syntax [default: info]
+    #[arg(long, env = "SHARDCAST_LOG")]
+    pub log: Option<String>,
+    /// TOML file with any of the options above (same names as keys)
+    #[arg(long, env = "SHARDCAST_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+}
+
+/// Why a configuration could not be built.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    Read(PathBuf, std::io::Error),
+    /// The `--config` file is not valid TOML for these options.
+    Parse(PathBuf, toml::de::Error),
+    /// A value is out of range.
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Read(p, e) => write!(f, "cannot read config file {}: {e}", p.display()),
+            Self::Parse(p, e) => write!(f, "invalid config file {}: {e}", p.display()),
+            Self::Invalid(why) => write!(f, "invalid configuration: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// CPUs in this process's affinity mask (at least 1).
+pub fn available_cpus() -> usize {
+    core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1))
+}
+
+impl Overrides {
+    /// Fill every unset option of `self` from `lower` (a lower-precedence layer).
+    fn or(self, lower: Overrides) -> Overrides {
+        Overrides {
+            listen: self.listen.or(lower.listen),
+            admin_listen: self.admin_listen.or(lower.admin_listen),
+            shards: self.shards.or(lower.shards),
+            driver: self.driver.or(lower.driver),
+            publish_token: self.publish_token.or(lower.publish_token),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_connections_per_shard: self
+                .max_connections_per_shard
+                .or(lower.max_connections_per_shard),
+            handshake_timeout_ms: self.handshake_timeout_ms.or(lower.handshake_timeout_ms),
+            max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
+            max_headers: self.max_headers.or(lower.max_headers),
+            max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+            max_control_message_bytes: self
+                .max_control_message_bytes
+                .or(lower.max_control_message_bytes),
+            max_topics_per_connection: self
+                .max_topics_per_connection
+                .or(lower.max_topics_per_connection),
+            ring_capacity: self.ring_capacity.or(lower.ring_capacity),
+            listen_backlog: self.listen_backlog.or(lower.listen_backlog),
+            shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
+            log: self.log.or(lower.log),
+            config: self.config.or(lower.config),
+            print_config: self.print_config || lower.print_config,
+        }
+    }
+
+    /// Merge this (CLI + env) layer with the file it names, then defaults.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Read(path.clone(), e))?;
+                toml::from_str::<Overrides>(&text)
+                    .map_err(|e| ConfigError::Parse(path.clone(), e))?
+            }
+            None => Overrides::default(),
+        };
+        self.or(file).finish()
+    }
+
+    /// Apply defaults to whatever is still unset and validate.
+    fn finish(self) -> Result<Config, ConfigError> {
+        let shards = self.shards.unwrap_or_else(available_cpus);
+        if shards == 0 {
+            return Err(ConfigError::Invalid("shards must be at least 1"));
+        }
+        let max_connections = self.max_connections.unwrap_or(1_000_000);
+        let config = Config {
+            listen: self.listen.unwrap_or(([0, 0, 0, 0], 8080).into()),
+            admin_listen: self.admin_listen.unwrap_or(([127, 0, 0, 1], 9090).into()),
+            shards,
+            driver: self.driver.unwrap_or(Driver::Auto),
+            publish_token: self.publish_token,
+            max_connections,
+            max_connections_per_shard: self
+                .max_connections_per_shard
+                .unwrap_or(max_connections.div_ceil(shards)),
+            handshake_timeout_ms: self.handshake_timeout_ms.unwrap_or(10_000),
+            max_header_bytes: self.max_header_bytes.unwrap_or(8192),
+            max_headers: self.max_headers.unwrap_or(32),
+            max_message_bytes: self.max_message_bytes.unwrap_or(1 << 20),
+            max_control_message_bytes: self.max_control_message_bytes.unwrap_or(4096),
+            max_topics_per_connection: self.max_topics_per_connection.unwrap_or(1024),
+            ring_capacity: self.ring_capacity.unwrap_or(4096),
+            listen_backlog: self.listen_backlog.unwrap_or(4096),
+            shutdown_grace_ms: self.shutdown_grace_ms.unwrap_or(5000),
+            log: self.log.unwrap_or_else(|| "info".to_owned()),
+        };
+        if config.ring_capacity == 0 {
+            return Err(ConfigError::Invalid("ring_capacity must be at least 1"));
+        }
+        if config.publish_token.as_deref() == Some("") {
+            return Err(ConfigError::Invalid("publish_token must not be empty"));
+        }
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML, with the publish token redacted.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.publish_token.is_some() {
+            shown.publish_token = Some("<redacted>".to_owned());
+        }
+        toml::to_string(&shown).expect("Config always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Overrides {
+        Overrides::try_parse_from(std::iter::once("shardcast").chain(args.iter().copied()))
+            .expect("valid args")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--shards", "4"]).resolve().unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.driver, Driver::Auto);
+        assert_eq!(c.max_connections, 1_000_000);
+        assert_eq!(c.max_connections_per_shard, 250_000);
+        assert_eq!(c.max_message_bytes, 1_048_576);
+        assert_eq!(c.max_control_message_bytes, 4096);
+        assert_eq!(c.ring_capacity, 4096);
+        assert_eq!(c.log, "info");
+        assert_eq!(c.publish_token, None);
+        assert!(parse(&[]).resolve().unwrap().shards >= 1);
+    }
+
+    #[test]
+    fn file_fills_unset_and_cli_wins() {
+        let dir = std::env::temp_dir().join(format!("shardcast-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "shards = 3\nmax_headers = 7\ndriver = \"epoll\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let c = parse(&["--config", p, "--max-headers", "9"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.shards, 3, "file beats default");
+        assert_eq!(c.max_headers, 9, "cli beats file");
+        assert_eq!(c.driver, Driver::Epoll);
+        std::fs::write(&path, "shardz = 3\n").unwrap();
+        let err = parse(&["--config", p]).resolve().unwrap_err();
+        assert!(err.to_string().contains("shardz"), "{err}");
+    }
+
+    #[test]
+    fn env_beats_file_and_cli_beats_env() {
+        // Only this test uses this variable, so parallel tests are not affected.
+        std::env::set_var("SHARDCAST_SHUTDOWN_GRACE_MS", "1234");
+        let dir = std::env::temp_dir().join(format!("shardcast-cfg-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "shutdown_grace_ms = 99\n").unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(
+            parse(&["--config", p]).resolve().unwrap().shutdown_grace_ms,
+            1234
+        );
+        let c = parse(&["--config", p, "--shutdown-grace-ms", "7"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.shutdown_grace_ms, 7);
+        std::env::remove_var("SHARDCAST_SHUTDOWN_GRACE_MS");
+    }
+
+    #[test]
+    fn help_documents_every_option_with_default() {
+        let help = Overrides::command().render_long_help().to_string();
+        for arg in Overrides::command().get_arguments() {
+            let long = arg.get_long().unwrap();
+            if matches!(long, "config" | "print-config" | "help" | "version") {
+                continue;
+            }
+            assert!(help.contains(&format!("--{long}")), "{long} missing");
+            let doc = arg.get_help().unwrap().to_string();
+            assert!(
+                doc.contains("[default: "),
+                "{long} lacks its default: {doc}"
+            );
+            let env = arg.get_env().unwrap().to_str().unwrap().to_owned();
+            assert_eq!(
+                env,
+                format!("SHARDCAST_{}", long.replace('-', "_").to_uppercase())
+            );
+        }
+    }
+
+    #[test]
+    fn print_config_round_trips_and_redacts() {
+        let c = parse(&["--shards", "2", "--publish-token", "s3cret"])
+            .resolve()
+            .unwrap();
+        let text = c.to_toml();
+        assert!(!text.contains("s3cret"));
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.shards, 2);
+        assert_eq!(back.publish_token.as_deref(), Some("<redacted>"));
+        // Every printed key is accepted back as a config-file key.
+        toml::from_str::<Overrides>(&text).unwrap();
+    }
+
+    #[test]
+    fn rejects_invalid_values() {
+        assert!(parse(&["--shards", "0"]).resolve().is_err());
+        assert!(parse(&["--ring-capacity", "0"]).resolve().is_err());
+        assert!(Overrides::try_parse_from(["shardcast", "--driver", "kqueue"]).is_err());
+    }
+}

@@ -1,0 +1,36 @@
+//! shardcast: a thread-per-core WebSocket broadcast engine (monoio; io_uring with epoll
+//! fallback).
+//!
+//! Modules, one concern each:
+//! - [`config`]: options from CLI, env and TOML, with precedence and defaults.
+//! - [`rlimit`]: raise RLIMIT_NOFILE at start.
+//! - [`listener`]: SO_REUSEPORT listeners, one per shard.
+//! - [`mesh`]: SPSC rings between shards with park/wake doorbells.
+//! - [`topic`]: topic names and the shard-local topic table.
+//! - [`queue`]: per-connection send queue counted in bytes.
+//! - [`route`]: request routing and publish authorization.
+//! - [`control`]: Binance-style SUBSCRIBE/UNSUBSCRIBE/LIST_SUBSCRIPTIONS messages.
+//! - [`signals`]: SIGINT/SIGTERM via sigwait on a plain thread.
+//! - [`stats`]: per-shard counters.
+//! - [`shard`]: shard threads and their runtimes.
+//! - [`sockio`]: raw nonblocking socket I/O after readiness.
+//! - [`hub`]: a shard's connections, topics and mesh end; publish and fan-out.
+//! - [`conn`]: one client connection, handshake to close.
+//! - [`server`]: start-up, accept loops, mesh drain, graceful shutdown.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod conn;
+pub mod control;
+pub mod hub;
+pub mod listener;
+pub mod mesh;
+pub mod queue;
+pub mod rlimit;
+pub mod route;
+pub mod server;
+pub mod shard;
+pub mod signals;
+pub mod sockio;
+pub mod stats;
+pub mod topic;

@@ -1,0 +1,195 @@
+//! Per-shard counters. Each shard writes only its own [`ShardStats`] (Relaxed stores/adds are
+//! enough: one writer, readers only want eventually consistent totals for /stats).
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+
+/// Why a connection or request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the connection limit (503).
+    MaxConnections,
+    /// The upgrade did not complete in time (408 or silent close).
+    HandshakeTimeout,
+    /// Malformed request or failed upgrade validation (400/405/426/431).
+    BadRequest,
+    /// Missing or malformed publish credentials (401).
+    Unauthorized,
+    /// Wrong token or non-loopback peer without a token (403).
+    Forbidden,
+    /// Unknown route (404).
+    NotFound,
+    /// HTTP publish body over max_message_bytes (413).
+    TooLarge,
+}
+
+impl Refusal {
+    /// Every reason, in counter order.
+    pub const ALL: [Refusal; 7] = [
+        Refusal::MaxConnections,
+        Refusal::HandshakeTimeout,
+        Refusal::BadRequest,
+        Refusal::Unauthorized,
+        Refusal::Forbidden,
+        Refusal::NotFound,
+        Refusal::TooLarge,
+    ];
+
+    /// Stable name for /stats and /metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::BadRequest => "bad_request",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Forbidden => "forbidden",
+            Refusal::NotFound => "not_found",
+            Refusal::TooLarge => "too_large",
+        }
+    }
+}
+
+/// The driver a shard runtime ended up with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverKind {
+    /// Not started yet.
+    Unknown = 0,
+    /// io_uring.
+    Uring = 1,
+    /// epoll (monoio legacy driver).
+    Epoll = 2,
+}
+
+impl DriverKind {
+    /// Name for logs and /stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Unknown => "unknown",
+            DriverKind::Uring => "io_uring",
+            DriverKind::Epoll => "epoll",
+        }
+    }
+}
+
+/// Close codes with their own protocol-error counter; anything else lands in `other`.
+pub const COUNTED_CLOSE_CODES: [u16; 6] = [1002, 1003, 1007, 1008, 1009, 1011];
+
+/// Counters of one shard.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// Connections currently open (upgraded or in handshake).
+    pub connections_active: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_accepted: AtomicU64,
+    refused: [AtomicU64; 7],
+    /// WebSocket/HTTP messages received from clients.
+    pub messages_in: AtomicU64,
+    /// Payload bytes received from clients.
+    pub bytes_in: AtomicU64,
+    /// Frames queued to clients.
+    pub messages_out: AtomicU64,
+    /// Bytes written to client sockets.
+    pub bytes_out: AtomicU64,
+    /// Envelopes that found an inter-shard ring full and went to the overflow queue.
+    pub ring_overflow_total: AtomicU64,
+    /// Envelopes currently waiting in overflow queues.
+    pub overflow_len: AtomicU64,
+    protocol_errors: [AtomicU64; 7],
+    driver: AtomicU8,
+}
+
+impl ShardStats {
+    /// Count a refusal.
+    pub fn refuse(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Refusals for one reason.
+    pub fn refused(&self, why: Refusal) -> u64 {
+        self.refused[why as usize].load(Relaxed)
+    }
+
+    fn close_slot(code: u16) -> usize {
+        COUNTED_CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(COUNTED_CLOSE_CODES.len())
+    }
+
+    /// Count a connection closed for a protocol error with `code`.
+    pub fn protocol_error(&self, code: u16) {
+        self.protocol_errors[Self::close_slot(code)].fetch_add(1, Relaxed);
+    }
+
+    /// Protocol errors with `code` (codes not in [`COUNTED_CLOSE_CODES`] share one counter).
+    pub fn protocol_errors(&self, code: u16) -> u64 {
+        self.protocol_errors[Self::close_slot(code)].load(Relaxed)
+    }
+
+    /// Record the driver this shard runs on.
+    pub fn set_driver(&self, d: DriverKind) {
+        self.driver.store(d as u8, Relaxed);
+    }
+
+    /// The driver this shard runs on.
+    pub fn driver(&self) -> DriverKind {
+        match self.driver.load(Relaxed) {
+            1 => DriverKind::Uring,
+            2 => DriverKind::Epoll,
+            _ => DriverKind::Unknown,
+        }
+    }
+}
+
+/// Add `n` to a counter (single writer, so Relaxed).
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+/// Subtract `n` from a gauge.
+pub fn sub(c: &AtomicU64, n: u64) {
+    c.fetch_sub(n, Relaxed);
+}
+
+/// Read a counter.
+pub fn get(c: &AtomicU64) -> u64 {
+    c.load(Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_separate_and_visible_across_threads() {
+        let s = std::sync::Arc::new(ShardStats::default());
+        let w = s.clone();
+        std::thread::spawn(move || {
+            w.refuse(Refusal::NotFound);
+            w.refuse(Refusal::NotFound);
+            w.refuse(Refusal::TooLarge);
+            w.protocol_error(1002);
+            w.protocol_error(4000);
+            w.protocol_error(3999);
+            add(&w.messages_in, 5);
+            add(&w.connections_active, 3);
+            sub(&w.connections_active, 1);
+            w.set_driver(DriverKind::Epoll);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(s.refused(Refusal::NotFound), 2);
+        assert_eq!(s.refused(Refusal::TooLarge), 1);
+        assert_eq!(s.refused(Refusal::MaxConnections), 0);
+        assert_eq!(s.protocol_errors(1002), 1);
+        assert_eq!(s.protocol_errors(1009), 0);
+        assert_eq!(s.protocol_errors(4000), 2, "uncounted codes share one slot");
+        assert_eq!(get(&s.messages_in), 5);
+        assert_eq!(get(&s.connections_active), 2);
+        assert_eq!(s.driver().name(), "epoll");
+        let names: std::collections::HashSet<_> = Refusal::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), Refusal::ALL.len());
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}
