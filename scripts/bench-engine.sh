@@ -46,11 +46,13 @@ server_cmd() {
 SPID=""
 start_server() { # $1 = server name; sets ADDR and SPID
   local log="$OUT/$1.server.log"
+  # A stale log from the previous server would hand out its (dead) address.
+  rm -f "$log"
   # shellcheck disable=SC2046
   taskset -c "$SERVER_CPU" $(server_cmd "$1") >"$log" 2>&1 &
   SPID=$!
   for _ in $(seq 100); do
-    ADDR=$(grep -o 'listening on [0-9.]*:[0-9]*' "$log" | head -1 | awk '{print $3}') || true
+    ADDR=$(grep -o 'listening on [0-9.]*:[0-9]*' "$log" 2>/dev/null | head -1 | awk '{print $3}') || true
     [ -n "${ADDR:-}" ] && return 0
     sleep 0.1
   done
@@ -74,7 +76,11 @@ run_once() {
   echo "$server $name $r: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$LOADS"
   echo "== $server $name ($r/$REPEAT)" >&2
   taskset -c "$GEN_CPU" "$GEN" "$@" --url "ws://$ADDR" --cpus "$GEN_CPU" --server-pid "$SPID" \
-    --topic "$name" --json "$file" || echo "$server $name failed" >&2
+    --topic "$name" --json "$file" || {
+    # Kept for the record, but out of the table.
+    echo "$server $name failed" >&2
+    [ -f "$file" ] && mv "$file" "${file%.json}.failed.json"
+  }
   stop_server
 }
 

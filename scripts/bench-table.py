@@ -23,6 +23,8 @@ def load(server, name):
     """The run with the median headline number among the repeats (REPEAT in the script)."""
     runs = []
     for fname in sorted(os.listdir(run_dir)):
+        if ".failed" in fname:
+            continue
         if fname == f"{server}.{name}.json" or (
             fname.startswith(f"{server}.{name}.r") and fname.endswith(".json")
         ):

@@ -99,7 +99,11 @@ pub fn run(args: ConnectArgs) -> Result<(), String> {
         lat.max_us,
         report::cpu_line(&window)
     );
-    report::emit(&result, args.common.json.as_deref()).map_err(|e| e.to_string())
+    report::emit(&result, args.common.json.as_deref()).map_err(|e| e.to_string())?;
+    if ok == 0 {
+        return Err("no connection succeeded".into());
+    }
+    Ok(())
 }
 
 type WorkerOut = (Histogram<u64>, (u64, u64, BTreeMap<String, u64>));

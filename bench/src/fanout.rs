@@ -481,5 +481,10 @@ fn summarise(args: &FanoutArgs, sh: &Shared, outs: Vec<WorkerOut>) -> Result<(),
         report::cpu_line(w),
         server_us_per_delivery.map_or(String::new(), |u| format!("; server {u:.3} us/delivery")),
     );
-    report::emit(&result, args.common.json.as_deref()).map_err(|e| e.to_string())
+    report::emit(&result, args.common.json.as_deref()).map_err(|e| e.to_string())?;
+    match &p.error {
+        Some(e) => Err(format!("run failed: {e}")),
+        None if subs.is_empty() => Err("no subscriber connected".into()),
+        None => Ok(()),
+    }
 }

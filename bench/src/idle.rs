@@ -87,7 +87,11 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
         per(after.rss_anon, before.rss_anon),
         report::cpu_line(&window)
     );
-    report::emit(&result, args.common.json.as_deref()).map_err(|e| e.to_string())
+    report::emit(&result, args.common.json.as_deref()).map_err(|e| e.to_string())?;
+    if connected == 0 {
+        return Err("no connection succeeded".into());
+    }
+    Ok(())
 }
 
 async fn worker(w: usize, n: usize, args: IdleArgs, target: Target, sh: Arc<Shared>, pid: u32) {

@@ -157,7 +157,11 @@ pub fn run(args: RoomArgs) -> Result<(), String> {
         reord,
         report::cpu_line(&w)
     );
-    report::emit(&result, args.common.json.as_deref()).map_err(|e| e.to_string())
+    report::emit(&result, args.common.json.as_deref()).map_err(|e| e.to_string())?;
+    if connected == 0 {
+        return Err("no client connected".into());
+    }
+    Ok(())
 }
 
 async fn worker(
