@@ -1,0 +1,143 @@
+//! `shardcast-bench`: a thread-per-core WebSocket load generator and the benchmark scenarios
+//! for shardcast and its baselines. Each scenario prints JSON (stdout or `--json FILE`) and a
+//! one-line human summary on stderr.
+
+mod clock;
+mod common;
+mod connect;
+mod dial;
+mod fanout;
+mod idle;
+mod naive_server;
+mod process;
+mod report;
+mod room;
+mod scan;
+mod seqcheck;
+mod workers;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// One publisher to N subscribers: maximum rate (windowed) or fixed rate with latency.
+    Fanout(fanout::FanoutArgs),
+    /// N clients in one room, each sends M messages, everyone receives everything.
+    Room(room::RoomArgs),
+    /// Connection storm: K upgrades, C at a time; handshakes/s and latency.
+    Connect(connect::ConnectArgs),
+    /// N idle subscribers; the server's memory per connection.
+    Idle(idle::IdleArgs),
+    /// Baseline server: one thread, poll(2), a plain send() per subscriber per message.
+    NaiveServer(naive_server::NaiveArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = process::raise_nofile_limit() {
+        eprintln!("warning: could not raise RLIMIT_NOFILE: {e}");
+    }
+    let result = match cli.scenario {
+        Scenario::Fanout(a) => fanout::run(a),
+        Scenario::Room(a) => room::run(a),
+        Scenario::Connect(a) => connect::run(a),
+        Scenario::Idle(a) => idle::run(a),
+        Scenario::NaiveServer(a) => naive_server::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_cli(args: &[&str], out: &std::path::Path) -> serde_json::Value {
+        let mut argv = vec!["shardcast-bench"];
+        argv.extend_from_slice(args);
+        let json = out.to_str().unwrap();
+        argv.extend_from_slice(&["--json", json]);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        match cli.scenario {
+            Scenario::Fanout(a) => fanout::run(a),
+            Scenario::Room(a) => room::run(a),
+            Scenario::Connect(a) => connect::run(a),
+            Scenario::Idle(a) => idle::run(a),
+            Scenario::NaiveServer(_) => unreachable!("not a scenario"),
+        }
+        .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+    }
+
+    /// Every scenario end to end against the naive server in this process (so `--server-pid` is
+    /// our own pid). Small counts and short durations keep it to a few seconds.
+    #[test]
+    fn scenarios_against_the_naive_server() {
+        let mut server = naive_server::NaiveServer::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}", server.local_addr().unwrap());
+        // Detached: ends with the test process; 20k turns bound it if the process lingers.
+        std::thread::spawn(move || server.serve(Some(20_000)));
+        let pid = std::process::id().to_string();
+        let dir = std::env::temp_dir().join(format!("shardcast-bench-test-{pid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let common = ["--url", &url, "--cpus", "0", "--server-pid", &pid];
+
+        let mut a = common.to_vec();
+        a.extend(["--subscribers", "20", "--rate", "200", "--duration", "0.3"]);
+        a.extend(["--settle-ms", "50", "--topic", "f1"]);
+        let f = run_cli(&[&["fanout"], &a[..]].concat(), &dir.join("f.json"));
+        assert!(f["messages_sent"].as_u64().unwrap() >= 10);
+        assert_eq!(f["deliveries"], f["expected_deliveries"]);
+        assert_eq!(
+            (f["lost"].as_u64(), f["duplicated"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert!(f["latency"]["count"].as_u64().unwrap() > 0);
+        assert!(f["server_cpu_us_per_delivery"].as_f64().is_some());
+
+        let mut a = common.to_vec();
+        a.extend(["--subscribers", "10", "--messages", "500", "--window", "8"]);
+        a.extend(["--settle-ms", "50", "--topic", "f2", "--source-addrs", "3"]);
+        let f = run_cli(&[&["fanout"], &a[..]].concat(), &dir.join("f2.json"));
+        assert_eq!(f["messages_sent"].as_u64(), Some(500));
+        assert_eq!(f["deliveries"].as_u64(), Some(5000));
+        assert_eq!(f["lost"].as_u64(), Some(0));
+
+        let mut a = common.to_vec();
+        a.extend([
+            "--clients",
+            "10",
+            "--messages",
+            "5",
+            "--settle-ms",
+            "50",
+            "--topic",
+            "r",
+        ]);
+        let r = run_cli(&[&["room"], &a[..]].concat(), &dir.join("r.json"));
+        assert_eq!(r["deliveries"].as_u64(), Some(500));
+        assert_eq!(r["self_echo"], true);
+        assert_eq!(r["lost"].as_u64(), Some(0));
+
+        let mut a = common.to_vec();
+        a.extend(["--connections", "50", "--concurrency", "8"]);
+        let c = run_cli(&[&["connect"], &a[..]].concat(), &dir.join("c.json"));
+        assert_eq!(c["succeeded"].as_u64(), Some(50));
+
+        let mut a = common.to_vec();
+        a.extend(["--connections", "50", "--hold-ms", "50"]);
+        let i = run_cli(&[&["idle"], &a[..]].concat(), &dir.join("i.json"));
+        assert_eq!(i["connected"].as_u64(), Some(50));
+        assert!(i["server_memory_after"]["rss"].as_u64().unwrap() > 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

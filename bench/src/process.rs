@@ -1,0 +1,194 @@
+//! What the generator learns about processes: its own and the server's CPU time, the server's
+//! memory, and the open-file limit it needs for many connections.
+
+use std::io;
+
+/// User and system CPU time of a process, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// Time in user mode.
+    pub user_us: u64,
+    /// Time in the kernel on the process's behalf.
+    pub sys_us: u64,
+}
+
+impl CpuTimes {
+    /// `self - earlier`, saturating (per-thread accounting can jitter by a tick).
+    pub fn since(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user_us: self.user_us.saturating_sub(earlier.user_us),
+            sys_us: self.sys_us.saturating_sub(earlier.sys_us),
+        }
+    }
+
+    /// User + system.
+    pub fn total_us(self) -> u64 {
+        self.user_us + self.sys_us
+    }
+}
+
+/// CPU time used so far by this process (all threads), from `getrusage(RUSAGE_SELF)`.
+pub fn self_cpu() -> CpuTimes {
+    // SAFETY: rusage is plain old data; zeroed is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    debug_assert_eq!(rc, 0);
+    let us = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
+    CpuTimes {
+        user_us: us(ru.ru_utime),
+        sys_us: us(ru.ru_stime),
+    }
+}
+
+/// CPU time of another process from `/proc/<pid>/stat` (utime, stime: clock ticks, so the
+/// resolution is 1/CLK_TCK, usually 10 ms; runs are seconds long).
+pub fn proc_cpu(pid: u32) -> io::Result<CpuTimes> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&stat, clock_ticks()).ok_or_else(|| io::Error::other("malformed /proc/pid/stat"))
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Parses utime and stime (fields 14 and 15) from a stat line; the command name (field 2) may
+/// contain spaces and parentheses, so fields are counted after its last ')'.
+fn parse_stat(stat: &str, ticks_per_s: u64) -> Option<CpuTimes> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    // `rest` starts at field 3 (state); utime is field 14.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let to_us = |t: u64| t * 1_000_000 / ticks_per_s;
+    Some(CpuTimes {
+        user_us: to_us(utime),
+        sys_us: to_us(stime),
+    })
+}
+
+/// Memory of a process from `/proc/<pid>/status`, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Memory {
+    /// Resident set size (VmRSS).
+    pub rss: u64,
+    /// Anonymous resident memory (RssAnon): heap and stacks, without mapped files.
+    pub rss_anon: u64,
+}
+
+/// Reads VmRSS and RssAnon of `pid`.
+pub fn proc_memory(pid: u32) -> io::Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(parse_status(&status))
+}
+
+fn parse_status(status: &str) -> Memory {
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_ascii_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |v| v * 1024)
+    };
+    Memory {
+        rss: kb("VmRSS:"),
+        rss_anon: kb("RssAnon:"),
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    // SAFETY: rlimit is plain old data.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit with cur <= max.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
+/// Shuts a socket down in both directions so a read pending on it (io_uring or epoll) returns
+/// end-of-stream: how a scenario stops receivers without a timer on every read.
+pub fn shutdown_socket(fd: std::os::fd::RawFd) {
+    // SAFETY: shutdown(2) only acts on the descriptor number; a stale number fails with EBADF
+    // or ENOTSOCK and touches no memory.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn stat_fields_after_command_name() {
+        let line = "42 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
+        assert_eq!(
+            parse_stat(line, 100),
+            Some(CpuTimes {
+                user_us: 2_500_000,
+                sys_us: 500_000
+            })
+        );
+        assert_eq!(parse_stat("garbage", 100), None);
+    }
+
+    #[test]
+    fn status_rss() {
+        let s = "Name:\tx\nVmRSS:\t  1000 kB\nRssAnon:\t 600 kB\n";
+        assert_eq!(
+            parse_status(s),
+            Memory {
+                rss: 1_024_000,
+                rss_anon: 614_400
+            }
+        );
+    }
+
+    #[test]
+    fn own_process_readings() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        let me = self_cpu();
+        assert!(me.total_us() > 0);
+        let pid = std::process::id();
+        assert!(proc_cpu(pid).is_ok());
+        assert!(proc_memory(pid).unwrap().rss > 0);
+        let soft = raise_nofile_limit().unwrap();
+        assert!(soft >= 1);
+    }
+
+    #[test]
+    fn shutdown_ends_a_blocked_read() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_s, _) = l.accept().unwrap();
+        let fd = c.as_raw_fd();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            shutdown_socket(fd);
+        });
+        let mut b = [0u8; 8];
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(c.read(&mut b).unwrap(), 0);
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,140 @@
+//! Minimal parsing of received frames: headers through proto, and only the first 16 payload
+//! bytes of each data message (send timestamp, sequence). The rest of a payload is skipped, so
+//! any message size costs the same to receive.
+
+use shardcast_proto::frame::{parse_header, OpCode, Role};
+
+/// What the generator embeds at the front of every payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// `CLOCK_MONOTONIC` ns when the publisher sent it.
+    pub sent_ns: u64,
+    /// `publisher id << 32 | sequence`.
+    pub seq: u64,
+}
+
+/// Bytes of payload the stamp occupies.
+pub const STAMP_LEN: usize = 16;
+
+impl Stamp {
+    /// Writes the stamp into the front of `payload` (at least [`STAMP_LEN`] bytes).
+    pub fn write(self, payload: &mut [u8]) {
+        payload[..8].copy_from_slice(&self.sent_ns.to_le_bytes());
+        payload[8..16].copy_from_slice(&self.seq.to_le_bytes());
+    }
+
+    fn read(b: &[u8]) -> Stamp {
+        let word = |r: &[u8]| u64::from_le_bytes(r.try_into().expect("8 bytes"));
+        Stamp {
+            sent_ns: word(&b[..8]),
+            seq: word(&b[8..16]),
+        }
+    }
+}
+
+/// Why scanning stopped for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The server sent a close frame.
+    Closed,
+    /// The stream broke the protocol (reason from proto).
+    Protocol(&'static str),
+}
+
+/// Receive-side state carried between reads: how much of the current payload is still to skip.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    skip: u64,
+    /// Data messages shorter than a stamp (not ours).
+    pub short: u64,
+}
+
+impl Scanner {
+    /// Scans `buf` from the front, calling `on` for each stamped data message; returns how many
+    /// bytes were consumed (the caller keeps the rest and appends to it).
+    pub fn scan(&mut self, buf: &[u8], mut on: impl FnMut(Stamp)) -> Result<usize, End> {
+        let mut pos = 0usize;
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min((buf.len() - pos) as u64);
+                pos += n as usize;
+                self.skip -= n;
+                if self.skip > 0 {
+                    return Ok(pos);
+                }
+            }
+            let h = match parse_header(&buf[pos..], Role::Client) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(pos),
+                Err(e) => return Err(End::Protocol(e.reason)),
+            };
+            let body = pos + h.header_len;
+            match h.opcode {
+                OpCode::Text | OpCode::Binary if h.payload_len >= STAMP_LEN as u64 => {
+                    if buf.len() < body + STAMP_LEN {
+                        return Ok(pos);
+                    }
+                    on(Stamp::read(&buf[body..body + STAMP_LEN]));
+                }
+                OpCode::Text | OpCode::Binary => self.short += 1,
+                OpCode::Close => return Err(End::Closed),
+                // Continuations of a fragmented message, pings, pongs: nothing to record.
+                _ => {}
+            }
+            pos = body;
+            self.skip = h.payload_len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode];
+        if payload.len() < 126 {
+            f.push(payload.len() as u8);
+        } else {
+            f.push(126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn stamped(seq: u64, size: usize) -> Vec<u8> {
+        let mut p = vec![0xAB; size];
+        Stamp { sent_ns: 7, seq }.write(&mut p);
+        frame(2, &p)
+    }
+
+    #[test]
+    fn every_split_point_yields_the_same_stamps() {
+        let mut wire = stamped(1, 16);
+        wire.extend(stamped(2, 300));
+        wire.extend(frame(9, b"ping"));
+        wire.extend(frame(2, b"tiny"));
+        wire.extend(stamped(3, 64));
+        for chunk in [1, 2, 3, 7, 17, 100, wire.len()] {
+            let mut sc = Scanner::default();
+            let mut pending: Vec<u8> = Vec::new();
+            let mut seen = Vec::new();
+            for piece in wire.chunks(chunk) {
+                pending.extend_from_slice(piece);
+                let used = sc.scan(&pending, |s| seen.push(s.seq)).unwrap();
+                pending.drain(..used);
+            }
+            assert_eq!(seen, vec![1, 2, 3], "chunk {chunk}");
+            assert_eq!(sc.short, 1);
+        }
+    }
+
+    #[test]
+    fn close_and_garbage_end_the_scan() {
+        let mut sc = Scanner::default();
+        assert_eq!(sc.scan(&frame(8, b""), |_| {}), Err(End::Closed));
+        let mut sc = Scanner::default();
+        assert!(matches!(sc.scan(&[0xF2, 0], |_| {}), Err(End::Protocol(_))));
+    }
+}
