@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: formatting, lints, the whole suite under the io_uring driver and
+# Runs every test of the workspace: formatting, lints, the host-tuning script tests, the whole suite under the io_uring driver and
 # again with the epoll driver forced, then a short fuzz run of every proto fuzz target.
 #   scripts/test.sh                 # everything
 #   FUZZ_SECONDS=0 scripts/test.sh  # skip fuzzing (default: 20 s per target)
@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "ops: tune script tests"
+scripts/tune-test.sh
 
 step "tests, default driver (io_uring when available)"
 cargo test --workspace
