@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: formatting, lints, the host-tuning script tests, the whole suite under the io_uring driver and
-# again with the epoll driver forced, then a short fuzz run of every proto fuzz target.
+# Runs every test of the workspace: formatting, lints, the host-tuning script tests (scripts/tune),
+# the whole suite under the io_uring driver and again with the epoll driver forced, then a short
+# fuzz run of every proto fuzz target.
 #   scripts/test.sh                 # everything
 #   FUZZ_SECONDS=0 scripts/test.sh  # skip fuzzing (default: 20 s per target)
 set -euo pipefail
