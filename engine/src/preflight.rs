@@ -663,7 +663,9 @@ mod tests {
         assert_eq!(checks[3].level, Level::Warn, "auto falls back to epoll");
         let line = checks[0].to_string();
         assert!(
-            line.starts_with("OK   nofile    value=1024 (hard 1024); required=>= 180 (max_connections + 80)"),
+            line.starts_with(
+                "OK   nofile    value=1024 (hard 1024); required=>= 180 (max_connections + 80)"
+            ),
             "{line}"
         );
         assert!(line.ends_with("; fix=-"), "{line}");
