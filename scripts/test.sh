@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: formatting, lints, the whole suite under the io_uring driver and
-# again with the epoll driver forced, then a short fuzz run of every proto fuzz target.
+# Runs every test of the workspace: formatting, lints, the host-tuning script tests (scripts/tune),
+# the whole suite under the io_uring driver and again with the epoll driver forced, then a short
+# fuzz run of every proto fuzz target.
 #   scripts/test.sh                 # everything
 #   FUZZ_SECONDS=0 scripts/test.sh  # skip fuzzing (default: 20 s per target)
 set -euo pipefail
@@ -13,6 +14,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "ops: tune script tests"
+scripts/tune-test.sh
 
 step "tests, default driver (io_uring when available)"
 cargo test --workspace

@@ -190,6 +190,10 @@ pub struct Overrides {
     #[arg(long)]
     #[serde(skip)]
     pub print_config: bool,
+    /// Check host limits against this configuration, print one line per check and exit, non-zero when a hard requirement fails [default: false]
+    #[arg(long, env = "SHARDCAST_PREFLIGHT")]
+    #[serde(skip)]
+    pub preflight: bool,
 }
 
 /// Why a configuration could not be built.
@@ -250,6 +254,7 @@ impl Overrides {
             log: self.log.or(lower.log),
             config: self.config.or(lower.config),
             print_config: self.print_config || lower.print_config,
+            preflight: self.preflight || lower.preflight,
         }
     }
 

@@ -4,6 +4,7 @@
 //! Modules, one concern each:
 //! - [`config`]: options from CLI, env and TOML, with precedence and defaults.
 //! - [`rlimit`]: raise RLIMIT_NOFILE at start.
+//! - [`preflight`]: host limits vs configuration, with the fix for each shortfall.
 //! - [`listener`]: SO_REUSEPORT listeners, one per shard.
 //! - [`mesh`]: SPSC rings between shards with park/wake doorbells.
 //! - [`topic`]: topic names and the shard-local topic table.
@@ -32,6 +33,7 @@ pub mod latency;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;
+pub mod preflight;
 pub mod queue;
 pub mod rlimit;
 pub mod route;

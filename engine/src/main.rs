@@ -3,11 +3,12 @@
 use std::io::Write;
 
 use clap::Parser;
-use shardcast::{config::Overrides, rlimit, server, signals};
+use shardcast::{config::Overrides, preflight, rlimit, server, signals};
 
 fn main() {
     let overrides = Overrides::parse();
     let print = overrides.print_config;
+    let only_preflight = overrides.preflight;
     let config = match overrides.resolve() {
         Ok(c) => c,
         Err(e) => {
@@ -18,6 +19,15 @@ fn main() {
     if print {
         print!("{}", config.to_toml());
         return;
+    }
+    if only_preflight {
+        // Same raise as a real start, so the report shows the limit the server would run with.
+        let _ = rlimit::raise_nofile();
+        let checks = preflight::run(&config, &preflight::HostFacts::gather());
+        for c in &checks {
+            println!("{c}");
+        }
+        std::process::exit(i32::from(preflight::has_failure(&checks)));
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -32,6 +42,7 @@ fn main() {
     if let Err(e) = rlimit::raise_nofile() {
         tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
     }
+    preflight::log(&preflight::run(&config, &preflight::HostFacts::gather()));
     let server = match server::start(config) {
         Ok(s) => s,
         Err(e) => {
