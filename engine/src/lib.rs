@@ -22,6 +22,7 @@
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod heartbeat;
 pub mod hub;
 pub mod listener;
 pub mod mesh;

@@ -95,6 +95,14 @@ pub struct ShardStats {
     pub overflow_len: AtomicU64,
     protocol_errors: [AtomicU64; 7],
     driver: AtomicU8,
+    /// Pings sent by the heartbeat sweep.
+    pub pings_sent_total: AtomicU64,
+    /// Connections closed because no frame answered a ping in time.
+    pub heartbeat_timeouts_total: AtomicU64,
+    /// Connections closed by the idle timeout.
+    pub idle_timeouts_total: AtomicU64,
+    /// Connections closed at the end of their maximum lifetime.
+    pub lifetime_closes_total: AtomicU64,
 }
 
 impl ShardStats {
