@@ -76,15 +76,26 @@ impl HeartbeatConfig {
         self.ping_interval > 0 || self.idle_timeout > 0 || self.max_lifetime > 0
     }
 
-    /// How often the shard sweep runs: a quarter of the shortest enabled interval, between
+    /// How often the shard sweep runs: a quarter of the shortest enabled duration, between
     /// 10 ms and 1 s. Actions are late by at most one period; with the defaults that is 1 s
     /// on a 25 s ping / 10 s pong timeout.
     pub fn sweep_period(&self) -> Duration {
-        let shortest = [self.ping_interval, self.pong_timeout, self.idle_timeout]
-            .into_iter()
-            .filter(|&d| d > 0)
-            .min()
-            .unwrap_or(u32::MAX);
+        // The pong timeout only matters when pings are sent.
+        let pong = if self.ping_interval > 0 {
+            self.pong_timeout
+        } else {
+            0
+        };
+        let shortest = [
+            self.ping_interval,
+            pong,
+            self.idle_timeout,
+            self.max_lifetime,
+        ]
+        .into_iter()
+        .filter(|&d| d > 0)
+        .min()
+        .unwrap_or(u32::MAX);
         Duration::from_millis(u64::from(shortest / 4).clamp(10, 1000))
     }
 
@@ -521,7 +532,11 @@ mod tests {
             1000
         );
         assert_eq!(cfg(200, 300, 0, 0, 0).sweep_period().as_millis(), 50);
-        assert_eq!(cfg(0, 0, 0, 500, 0).sweep_period().as_millis(), 1000);
+        assert_eq!(cfg(0, 0, 0, 400, 0).sweep_period().as_millis(), 100);
+        assert_eq!(
+            cfg(0, 40, 0, 86_400_000, 0).sweep_period().as_millis(),
+            1000
+        );
         assert_eq!(cfg(1, 1, 0, 0, 0).sweep_period().as_millis(), 10);
     }
 
