@@ -107,7 +107,7 @@ impl HeartbeatConfig {
             return 0;
         }
         let span = u64::from(self.max_lifetime) * u64::from(self.lifetime_jitter_pct) / 100;
-        let jitter = (span + 1) * (splitmix64(seed) >> 32) >> 32; // uniform in 0..=span
+        let jitter = ((span + 1) * (splitmix64(seed) >> 32)) >> 32; // uniform in 0..=span
         (u64::from(self.max_lifetime) - jitter).max(1) as u32
     }
 }
@@ -553,13 +553,16 @@ mod tests {
 
     #[test]
     fn sweep_queues_the_shared_ping_and_closes_with_counts() {
-        let mut overrides = crate::config::Overrides::default();
-        overrides.ping_interval_ms = Some(100);
-        overrides.pong_timeout_ms = Some(30);
-        overrides.idle_timeout_ms = Some(1000);
-        overrides.max_lifetime_ms = Some(5000);
-        overrides.lifetime_jitter_pct = Some(0);
-        let config = overrides.resolve().unwrap();
+        let config = crate::config::Overrides {
+            ping_interval_ms: Some(100),
+            pong_timeout_ms: Some(30),
+            idle_timeout_ms: Some(1000),
+            max_lifetime_ms: Some(5000),
+            lifetime_jitter_pct: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
         let stats: Arc<[ShardStats]> = vec![ShardStats::default()].into();
         let link = crate::mesh::mesh(1, 4).pop().unwrap();
         let hub = Hub::new(0, Arc::new(config), stats, link, Default::default());
