@@ -30,7 +30,9 @@ if [[ " $SERVERS " == *" shardcast "* ]]; then
   fi
 fi
 if [[ " $SERVERS " == *" node-ws "* ]]; then
-  (cd bench/baselines/node-ws && [ -d node_modules ] || npm ci --silent >&2)
+  if [ ! -d bench/baselines/node-ws/node_modules ]; then
+    (cd bench/baselines/node-ws && npm ci --silent >&2)
+  fi
 fi
 GEN="$ROOT/target/release/shardcast-bench"
 
@@ -104,5 +106,6 @@ done
   echo "Date: $(date -u +%FT%TZ); commit $(git rev-parse --short HEAD); server on CPU $SERVER_CPU, generator on CPU $GEN_CPU"
   echo "Load average (1/5/15 min) at the start of each run: $(awk -F': ' '{print $2}' "$LOADS" | sort -n | head -1) .. $(awk -F': ' '{print $2}' "$LOADS" | sort -n | tail -1)"
   echo
+  # shellcheck disable=SC2086 # SERVERS is a space-separated list, split on purpose
   python3 "$ROOT/scripts/bench-table.py" "$OUT" $SERVERS
 } | tee "$OUT/table.md"

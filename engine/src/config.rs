@@ -116,6 +116,16 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// tracing EnvFilter directive.
     pub log: String,
+    /// Ping every this many ms (0 = no pings).
+    pub ping_interval_ms: u64,
+    /// Close a client that sends nothing within this many ms of a ping (0 = never).
+    pub pong_timeout_ms: u64,
+    /// Close a client that sends no frame at all (pongs included) for this long (0 = off).
+    pub idle_timeout_ms: u64,
+    /// Close every connection after at most this long (0 = off).
+    pub max_lifetime_ms: u64,
+    /// Up to this percentage is taken off each connection's lifetime, spread per connection.
+    pub lifetime_jitter_pct: u8,
 }
 
 /// One configuration layer: every option optional. Parsed from the CLI (+ env by clap) and
@@ -182,6 +192,21 @@ pub struct Overrides {
     /// Log filter, tracing EnvFilter syntax [default: info]
     #[arg(long, env = "SHARDCAST_LOG")]
     pub log: Option<String>,
+    /// Send a ping every this many ms; 0 disables pings [default: 25000]
+    #[arg(long, env = "SHARDCAST_PING_INTERVAL_MS")]
+    pub ping_interval_ms: Option<u64>,
+    /// Close (1001 "pong timeout") a client that sends no frame within this many ms of a ping; 0 = never [default: 10000]
+    #[arg(long, env = "SHARDCAST_PONG_TIMEOUT_MS")]
+    pub pong_timeout_ms: Option<u64>,
+    /// Close (1001 "idle timeout") a client that sends no frame at all, pongs included, for this many ms; 0 = off, pongs already keep subscribers alive [default: 0]
+    #[arg(long, env = "SHARDCAST_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Close (1001 "max connection lifetime") every connection after at most this many ms; 0 = off [default: 0]
+    #[arg(long, env = "SHARDCAST_MAX_LIFETIME_MS")]
+    pub max_lifetime_ms: Option<u64>,
+    /// Spread lifetimes: each connection loses up to this percentage of max_lifetime_ms, 0-100 [default: 10]
+    #[arg(long, env = "SHARDCAST_LIFETIME_JITTER_PCT")]
+    pub lifetime_jitter_pct: Option<u8>,
     /// TOML file with any of the options above (same names as keys)
     #[arg(long, env = "SHARDCAST_CONFIG")]
     #[serde(skip)]
@@ -252,6 +277,11 @@ impl Overrides {
             listen_backlog: self.listen_backlog.or(lower.listen_backlog),
             shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
             log: self.log.or(lower.log),
+            ping_interval_ms: self.ping_interval_ms.or(lower.ping_interval_ms),
+            pong_timeout_ms: self.pong_timeout_ms.or(lower.pong_timeout_ms),
+            idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
+            max_lifetime_ms: self.max_lifetime_ms.or(lower.max_lifetime_ms),
+            lifetime_jitter_pct: self.lifetime_jitter_pct.or(lower.lifetime_jitter_pct),
             config: self.config.or(lower.config),
             print_config: self.print_config || lower.print_config,
             preflight: self.preflight || lower.preflight,
@@ -302,6 +332,11 @@ impl Overrides {
             listen_backlog: self.listen_backlog.unwrap_or(4096),
             shutdown_grace_ms: self.shutdown_grace_ms.unwrap_or(5000),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
+            ping_interval_ms: self.ping_interval_ms.unwrap_or(25_000),
+            pong_timeout_ms: self.pong_timeout_ms.unwrap_or(10_000),
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(0),
+            max_lifetime_ms: self.max_lifetime_ms.unwrap_or(0),
+            lifetime_jitter_pct: self.lifetime_jitter_pct.unwrap_or(10),
         };
         if config.ring_capacity == 0 {
             return Err(ConfigError::Invalid("ring_capacity must be at least 1"));
@@ -309,6 +344,7 @@ impl Overrides {
         if config.publish_token.as_deref() == Some("") {
             return Err(ConfigError::Invalid("publish_token must not be empty"));
         }
+        crate::heartbeat::validate(&config).map_err(ConfigError::Invalid)?;
         Ok(config)
     }
 }
@@ -348,6 +384,9 @@ mod tests {
         assert_eq!(c.ring_capacity, 4096);
         assert_eq!(c.log, "info");
         assert_eq!(c.publish_token, None);
+        assert_eq!((c.ping_interval_ms, c.pong_timeout_ms), (25_000, 10_000));
+        assert_eq!((c.idle_timeout_ms, c.max_lifetime_ms), (0, 0));
+        assert_eq!(c.lifetime_jitter_pct, 10);
         assert!(parse(&[]).resolve().unwrap().shards >= 1);
     }
 
@@ -443,6 +482,10 @@ mod tests {
     fn rejects_invalid_values() {
         assert!(parse(&["--shards", "0"]).resolve().is_err());
         assert!(parse(&["--ring-capacity", "0"]).resolve().is_err());
+        assert!(parse(&["--lifetime-jitter-pct", "101"]).resolve().is_err());
+        assert!(parse(&["--max-lifetime-ms", "2147483648"])
+            .resolve()
+            .is_err());
         assert!(Overrides::try_parse_from(["shardcast", "--driver", "kqueue"]).is_err());
     }
 }

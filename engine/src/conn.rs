@@ -144,6 +144,7 @@ async fn handshake_task(
         ..Conn::default()
     });
     let id = hub.register(conn.clone());
+    conn.liveness.set(hub.heartbeat.start(hub.id, id));
     let role = match route {
         Route::Subscribe(t) => {
             hub.subscribe(id, &conn, &t);
@@ -457,13 +458,16 @@ impl WsConn {
                         Err(_) => return false,
                     }
                 }
+                if self.conn.abort.get() {
+                    return false; // heartbeat gave up on the peer: no linger
+                }
                 if self.conn.closing.get() && self.conn.queue.borrow().is_empty() {
                     return true;
                 }
                 let conn = &self.conn;
                 let reading = !conn.closing.get();
                 let wake = std::future::poll_fn(|cx| {
-                    if writable.is_none() && !conn.queue.borrow().is_empty() {
+                    if conn.abort.get() || (writable.is_none() && !conn.queue.borrow().is_empty()) {
                         return Poll::Ready(Wake::Queued);
                     }
                     match conn.waker.take() {
@@ -583,6 +587,7 @@ impl WsConn {
         });
         let mut off = 0;
         let mut published = false;
+        let mut seen = false;
         while off < input.len() && !self.conn.closing.get() {
             let d = decoder.decode(&mut input[off..]);
             let consumed = d.consumed;
@@ -590,6 +595,7 @@ impl WsConn {
                 Ok(None) if consumed == 0 => break,
                 Ok(None) => {}
                 Ok(Some(ev)) => {
+                    seen = true;
                     published |= handle_event(&self.hub, &self.conn, self.id, &self.role, ev);
                 }
                 Err(e) => {
@@ -601,6 +607,9 @@ impl WsConn {
         }
         if published {
             self.hub.flush_mesh();
+        }
+        if seen {
+            crate::heartbeat::on_inbound(&self.hub, &self.conn);
         }
         off
     }

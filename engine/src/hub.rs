@@ -13,6 +13,7 @@ use bytes::Bytes;
 use shardcast_proto::{encode_frame, encode_frame_parts, MessageKind, OpCode};
 
 use crate::config::Config;
+use crate::heartbeat::{Liveness, ShardHeartbeat};
 use crate::latency::LocalLatency;
 use crate::mesh::{Envelope, MeshLink};
 use crate::queue::SendQueue;
@@ -32,6 +33,10 @@ pub struct Conn {
     pub stream_mode: bool,
     /// Subscribed topics, in subscription order.
     pub topics: RefCell<Vec<Arc<str>>>,
+    /// Heartbeat and timeout state, driven by the shard's sweep (`heartbeat.rs`).
+    pub liveness: Cell<Liveness>,
+    /// Close without waiting: write what fits now, skip the linger (the peer is presumed dead).
+    pub abort: Cell<bool>,
 }
 
 impl Conn {
@@ -82,6 +87,8 @@ pub struct Hub {
     buffers: RefCell<Vec<Vec<u8>>>,
     /// Latency samples recorded since the last tick.
     pub latency: LocalLatency,
+    /// Heartbeat settings, shard clock and the shared ping frame.
+    pub heartbeat: ShardHeartbeat,
 }
 
 /// Most handshake buffers kept for reuse per shard.
@@ -132,6 +139,7 @@ impl Hub {
         link: MeshLink<Envelope>,
         global_active: Arc<AtomicUsize>,
     ) -> Self {
+        let heartbeat = ShardHeartbeat::new(&config);
         Hub {
             id,
             config,
@@ -147,6 +155,7 @@ impl Hub {
             shutting_down: Cell::new(false),
             buffers: RefCell::new(Vec::new()),
             latency: LocalLatency::default(),
+            heartbeat,
         }
     }
 
@@ -281,6 +290,16 @@ impl Hub {
     pub fn close_all(&self, frame: &Bytes) {
         for conn in self.conns.borrow().iter().flatten() {
             conn.close_with(frame.clone());
+        }
+    }
+
+    /// Visit every registered connection with its id (the heartbeat sweep). `f` must not
+    /// register or unregister connections.
+    pub fn for_each_conn(&self, mut f: impl FnMut(u32, &Conn)) {
+        for (id, conn) in self.conns.borrow().iter().enumerate() {
+            if let Some(conn) = conn {
+                f(id as u32, conn);
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod heartbeat;
 pub mod hub;
 pub mod latency;
 pub mod listener;

@@ -94,6 +94,30 @@ pub const SCALARS: &[Scalar] = &[
         help: "Envelopes waiting in inter-shard overflow queues.",
         get: |s| s.overflow_len,
     },
+    Scalar {
+        name: "shardcast_pings_sent_total",
+        kind: Kind::Counter,
+        help: "Pings sent by the heartbeat sweep.",
+        get: |s| s.pings_sent_total,
+    },
+    Scalar {
+        name: "shardcast_heartbeat_timeouts_total",
+        kind: Kind::Counter,
+        help: "Connections closed because no frame answered a ping within pong_timeout_ms.",
+        get: |s| s.heartbeat_timeouts_total,
+    },
+    Scalar {
+        name: "shardcast_idle_timeouts_total",
+        kind: Kind::Counter,
+        help: "Connections closed by idle_timeout_ms.",
+        get: |s| s.idle_timeouts_total,
+    },
+    Scalar {
+        name: "shardcast_lifetime_closes_total",
+        kind: Kind::Counter,
+        help: "Connections closed at the end of max_lifetime_ms.",
+        get: |s| s.lifetime_closes_total,
+    },
 ];
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

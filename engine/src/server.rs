@@ -213,6 +213,7 @@ async fn run_shard(
     let _ = ready.send(Ok(()));
     monoio::spawn(drain_mesh(hub.clone()));
     monoio::spawn(tick::tick_task(hub.clone()));
+    monoio::spawn(crate::heartbeat::run(hub.clone()));
     loop {
         monoio::select! {
             _ = shutdown.wait(hub.id) => break,

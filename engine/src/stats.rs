@@ -110,6 +110,14 @@ pub struct ShardStats {
     pub last_tick_ms: AtomicU64,
     /// Latency histograms, folded in by the shard once per tick.
     pub latency: SharedLatency,
+    /// Pings sent by the heartbeat sweep.
+    pub pings_sent_total: AtomicU64,
+    /// Connections closed because no frame answered a ping in time.
+    pub heartbeat_timeouts_total: AtomicU64,
+    /// Connections closed by the idle timeout.
+    pub idle_timeouts_total: AtomicU64,
+    /// Connections closed at the end of their maximum lifetime.
+    pub lifetime_closes_total: AtomicU64,
 }
 
 /// A point-in-time copy of one shard's counters: plain numbers for /stats and /metrics.
@@ -142,6 +150,14 @@ pub struct Snapshot {
     /// [`monotonic_ms`] of the last tick.
     #[serde(skip)]
     pub last_tick_ms: u64,
+    /// Pings sent by the heartbeat sweep.
+    pub pings_sent_total: u64,
+    /// Connections closed because no frame answered a ping in time.
+    pub heartbeat_timeouts_total: u64,
+    /// Connections closed by the idle timeout.
+    pub idle_timeouts_total: u64,
+    /// Connections closed at the end of their maximum lifetime.
+    pub lifetime_closes_total: u64,
 }
 
 impl ShardStats {
@@ -196,6 +212,10 @@ impl ShardStats {
             overflow_len: get(&self.overflow_len),
             protocol_errors: std::array::from_fn(|i| get(&self.protocol_errors[i])),
             last_tick_ms: get(&self.last_tick_ms),
+            pings_sent_total: get(&self.pings_sent_total),
+            heartbeat_timeouts_total: get(&self.heartbeat_timeouts_total),
+            idle_timeouts_total: get(&self.idle_timeouts_total),
+            lifetime_closes_total: get(&self.lifetime_closes_total),
         }
     }
 

@@ -199,3 +199,20 @@ pub fn sync(ws: &mut Ws) {
 pub fn deadline() -> Instant {
     Instant::now() + TIMEOUT
 }
+
+/// Send `method path` to the admin listener; returns (status, body).
+pub fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(tcp, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("complete response");
+    (status(head), body.to_owned())
+}
+
+pub fn stats(addr: SocketAddr) -> serde_json::Value {
+    let (code, body) = admin(addr, "GET", "/stats");
+    assert_eq!(code, 200);
+    serde_json::from_str(&body).expect("/stats is JSON")
+}
