@@ -375,8 +375,9 @@ mod tests {
         assert!(text.starts_with("<svg"));
         for shard in 0..4 {
             assert!(
-                text.contains(&format!(">shard-{shard}<"))
-                    || text.contains(&format!("shard-{shard}"))
+                text.contains(&format!(">\nshard-{shard}\n<"))
+                    || text.contains(&format!(">shard-{shard}<")),
+                "legend lacks shard-{shard}"
             );
         }
         assert!(
