@@ -140,7 +140,7 @@ pub struct Overrides {
     /// Data listener address [default: 0.0.0.0:8080]
     #[arg(long, env = "SHARDCAST_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Admin listener (/health, /stats, /metrics, /histograms); `off` or empty disables it [default: 127.0.0.1:9090]
+    /// Admin listener (/health, /stats, /metrics, /histograms, /dashboard); `off` or empty disables it [default: 127.0.0.1:9090]
     #[arg(long, env = "SHARDCAST_ADMIN_LISTEN")]
     pub admin_listen: Option<AdminListen>,
     /// /health answers 503 when a shard's loop has not ticked for this many ms [default: 2000]
