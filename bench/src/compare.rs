@@ -177,7 +177,7 @@ pub fn render_table(series: &[Series], threshold_pct: f64) -> (String, Vec<Strin
     for (_, title) in COLUMNS {
         let _ = write!(out, " {title:>9}");
     }
-    let _ = writeln!(out, " {:>9} {:>13}", "max", "p99 vs median");
+    let _ = writeln!(out, " {:>9} {:>14}", "max", "p99 vs median");
     let mut flagged = Vec::new();
     for s in series {
         let h = &s.hist;
@@ -194,14 +194,14 @@ pub fn render_table(series: &[Series], threshold_pct: f64) -> (String, Vec<Strin
         match median {
             Some(m) if !h.is_empty() && m > 0.0 => {
                 let dev = (h.value_at_quantile(0.99) as f64 - m) / m * 100.0;
-                let _ = write!(out, " {:>12.1}%", dev);
+                let _ = write!(out, " {:>13.1}%", dev);
                 if dev.abs() > threshold_pct {
                     let _ = write!(out, "  << OUTLIER");
                     flagged.push(s.label.clone());
                 }
             }
             _ => {
-                let _ = write!(out, " {:>13}", "-");
+                let _ = write!(out, " {:>14}", "-");
             }
         }
         out.push('\n');
@@ -240,18 +240,28 @@ pub fn plot_svg(series: &[Series], path: &Path) -> io::Result<()> {
         .unwrap_or(1)
         .max(10) as f64
         * 1.5;
+    let y_min = series
+        .iter()
+        .filter(|s| !s.hist.is_empty())
+        .map(|s| s.hist.min())
+        .min()
+        .unwrap_or(1)
+        .max(1) as f64
+        / 1.5;
+    let y_min = y_min.max(1.0).min(y_max / 10.0);
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| to_io(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption("Latency by percentile, per shard", ("sans-serif", 22))
         .margin(16)
+        .margin_right(48)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(
             (1.0..X_MAX)
                 .log_scale()
                 .with_key_points(vec![2.0, 10.0, 100.0, 1000.0, 10_000.0, X_MAX]),
-            (1.0..y_max).log_scale(),
+            (y_min..y_max).log_scale(),
         )
         .map_err(|e| to_io(&e))?;
     chart
@@ -259,6 +269,7 @@ pub fn plot_svg(series: &[Series], path: &Path) -> io::Result<()> {
         .x_desc("percentile")
         .y_desc("latency (µs)")
         .x_label_formatter(&|x| percent_label(*x))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(|e| to_io(&e))?;
     for (i, (s, points)) in series.iter().zip(curves).enumerate() {
