@@ -47,13 +47,22 @@ fn shards_write_interval_logs() {
     for shard in 0..2 {
         let path = dir.join(format!("shard-{shard}.handshake.hlog"));
         while logged_samples(&path) < 3 {
-            assert!(Instant::now() < end, "{} never held 3 handshakes", path.display());
+            assert!(
+                Instant::now() < end,
+                "{} never held 3 handshakes",
+                path.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("#[BaseTime: "), "{text}");
-        assert!(text.contains(&format!("Tag=shard{shard}_handshake,")), "{text}");
-        assert!(dir.join(format!("shard-{shard}.ring_transit.hlog")).exists());
+        assert!(
+            text.contains(&format!("Tag=shard{shard}_handshake,")),
+            "{text}"
+        );
+        assert!(dir
+            .join(format!("shard-{shard}.ring_transit.hlog"))
+            .exists());
     }
     drop(clients);
     let _ = std::fs::remove_dir_all(&dir);
