@@ -18,6 +18,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "ops: tune script tests"
 scripts/tune-test.sh
 
+# engine/tests/dashboard.rs renders /dashboard in a real headless Chromium; install it when we can.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing chromium for the dashboard test"
+    apt-get install -y chromium || { apt-get update && apt-get install -y chromium; } \
+        || echo "warning: chromium could not be installed; the dashboard browser test will SKIP"
+fi
+
 step "tests, default driver (io_uring when available)"
 cargo test --workspace
 

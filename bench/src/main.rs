@@ -4,9 +4,11 @@
 
 mod clock;
 mod common;
+mod compare;
 mod connect;
 mod dial;
 mod fanout;
+mod hlog;
 mod idle;
 mod naive_server;
 mod process;
@@ -35,6 +37,8 @@ enum Scenario {
     Connect(connect::ConnectArgs),
     /// N idle subscribers; the server's memory per connection.
     Idle(idle::IdleArgs),
+    /// Per-shard latency side by side from --histogram-log files or a live admin URL; flags outlier shards.
+    Compare(compare::CompareArgs),
     /// Baseline server: one thread, poll(2), a plain send() per subscriber per message.
     NaiveServer(naive_server::NaiveArgs),
 }
@@ -50,6 +54,7 @@ fn main() {
         Scenario::Connect(a) => connect::run(a),
         Scenario::Idle(a) => idle::run(a),
         Scenario::NaiveServer(a) => naive_server::run(a),
+        Scenario::Compare(a) => compare::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -72,7 +77,7 @@ mod tests {
             Scenario::Room(a) => room::run(a),
             Scenario::Connect(a) => connect::run(a),
             Scenario::Idle(a) => idle::run(a),
-            Scenario::NaiveServer(_) => unreachable!("not a scenario"),
+            Scenario::NaiveServer(_) | Scenario::Compare(_) => unreachable!("not a scenario"),
         }
         .unwrap();
         serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()

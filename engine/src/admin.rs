@@ -1,4 +1,4 @@
-//! The admin listener: `/health`, `/stats`, `/metrics`, `/histograms`.
+//! The admin listener: `/health`, `/stats`, `/metrics`, `/histograms`, `/dashboard`.
 //!
 //! It runs off the shards on one plain thread with a blocking std listener, one request per
 //! connection (`Connection: close`), and reads only the shards' atomics and their per-tick
@@ -18,9 +18,9 @@ use serde_json::{json, Map, Value};
 use shardcast_proto::http::{write_response, Parse, Request, RequestLimits, RequestParser, Status};
 
 use crate::latency::{LatencyKind, Summary};
-use crate::metrics;
 use crate::server::Shutdown;
 use crate::stats::{monotonic_ms, DriverKind, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES};
+use crate::{dashboard, metrics};
 
 /// Read and write timeout per admin connection.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -192,11 +192,21 @@ fn serve(state: &State, mut stream: TcpStream) -> io::Result<()> {
 /// Route one parsed request.
 fn respond(state: &State, request: &Request<'_>) -> Response {
     let path = request.path();
-    if !matches!(path, "/health" | "/stats" | "/metrics" | "/histograms") {
+    if !matches!(
+        path,
+        "/health" | "/stats" | "/metrics" | "/histograms" | "/dashboard"
+    ) {
         return Response::text(Status::NotFound, "no such admin endpoint\n");
     }
     if request.method() != "GET" {
         return Response::text(Status::MethodNotAllowed, "only GET\n");
+    }
+    if path == "/dashboard" {
+        return Response {
+            status: Status::Ok,
+            content_type: dashboard::CONTENT_TYPE,
+            body: dashboard::HTML.as_bytes().to_vec(),
+        };
     }
     let snaps: Vec<Snapshot> = state.stats.iter().map(ShardStats::snapshot).collect();
     match path {

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::latency::Recording;
+
 /// Which monoio driver each shard runtime uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -85,6 +87,13 @@ pub struct Config {
     pub admin_listen: AdminListen,
     /// /health reports a shard stalled when its loop has not ticked for this long.
     pub health_stall_ms: u64,
+    /// Directory for per-shard HdrHistogram interval logs; `None` writes none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub histogram_log: Option<PathBuf>,
+    /// Period of the interval logs.
+    pub histogram_log_interval_ms: u64,
+    /// Whether shards record latency histograms at all.
+    pub latency_recording: Recording,
     /// Number of shards (threads, one per CPU).
     pub shards: usize,
     /// I/O driver.
@@ -141,12 +150,21 @@ pub struct Overrides {
     /// Data listener address [default: 0.0.0.0:8080]
     #[arg(long, env = "SHARDCAST_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Admin listener (/health, /stats, /metrics, /histograms); `off` or empty disables it [default: 127.0.0.1:9090]
+    /// Admin listener (/health, /stats, /metrics, /histograms, /dashboard); `off` or empty disables it [default: 127.0.0.1:9090]
     #[arg(long, env = "SHARDCAST_ADMIN_LISTEN")]
     pub admin_listen: Option<AdminListen>,
     /// /health answers 503 when a shard's loop has not ticked for this many ms [default: 2000]
     #[arg(long, env = "SHARDCAST_HEALTH_STALL_MS")]
     pub health_stall_ms: Option<u64>,
+    /// Write each shard's latency histograms as HdrHistogram interval logs into this directory (DIR/shard-N.KIND.hlog, rotated at 64 MiB, 4 kept) [default: none]
+    #[arg(long, env = "SHARDCAST_HISTOGRAM_LOG")]
+    pub histogram_log: Option<PathBuf>,
+    /// Interval of the histogram logs in ms [default: 10000]
+    #[arg(long, env = "SHARDCAST_HISTOGRAM_LOG_INTERVAL_MS")]
+    pub histogram_log_interval_ms: Option<u64>,
+    /// Record latency histograms (off only to measure their cost; /stats then shows zeros) [default: on]
+    #[arg(long, env = "SHARDCAST_LATENCY_RECORDING")]
+    pub latency_recording: Option<Recording>,
     /// Number of shards, one thread per CPU [default: all CPUs in the affinity mask]
     #[arg(long, env = "SHARDCAST_SHARDS")]
     pub shards: Option<usize>,
@@ -256,6 +274,11 @@ impl Overrides {
             listen: self.listen.or(lower.listen),
             admin_listen: self.admin_listen.or(lower.admin_listen),
             health_stall_ms: self.health_stall_ms.or(lower.health_stall_ms),
+            histogram_log: self.histogram_log.or(lower.histogram_log),
+            histogram_log_interval_ms: self
+                .histogram_log_interval_ms
+                .or(lower.histogram_log_interval_ms),
+            latency_recording: self.latency_recording.or(lower.latency_recording),
             shards: self.shards.or(lower.shards),
             driver: self.driver.or(lower.driver),
             publish_token: self.publish_token.or(lower.publish_token),
@@ -315,6 +338,9 @@ impl Overrides {
                 .admin_listen
                 .unwrap_or(AdminListen::On(([127, 0, 0, 1], 9090).into())),
             health_stall_ms: self.health_stall_ms.unwrap_or(2000),
+            histogram_log: self.histogram_log,
+            histogram_log_interval_ms: self.histogram_log_interval_ms.unwrap_or(10_000),
+            latency_recording: self.latency_recording.unwrap_or(Recording::On),
             shards,
             driver: self.driver.unwrap_or(Driver::Auto),
             publish_token: self.publish_token,
@@ -338,6 +364,11 @@ impl Overrides {
             max_lifetime_ms: self.max_lifetime_ms.unwrap_or(0),
             lifetime_jitter_pct: self.lifetime_jitter_pct.unwrap_or(10),
         };
+        if config.histogram_log_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "histogram_log_interval_ms must be at least 1",
+            ));
+        }
         if config.ring_capacity == 0 {
             return Err(ConfigError::Invalid("ring_capacity must be at least 1"));
         }

@@ -4,7 +4,7 @@
 //! tick it folds them into the [`SharedLatency`] in its stats, the only lock, taken once per tick
 //! by the shard and briefly by the admin thread. Readers therefore see data at most one tick old.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -43,6 +43,19 @@ impl LatencyKind {
     }
 }
 
+/// Whether shards record latency at all (`--latency-recording`). Off exists to measure what
+/// recording costs; production keeps it on.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Recording {
+    /// Record every sample.
+    On,
+    /// Record nothing (histograms stay empty).
+    Off,
+}
+
 /// An empty histogram with the engine's range and precision.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_US, SIGFIGS).expect("static bounds are valid")
@@ -55,17 +68,36 @@ fn micros(d: Duration) -> u64 {
 /// A shard's own histograms, written on its hot path.
 pub struct LocalLatency {
     hists: [RefCell<Histogram<u64>>; 2],
+    enabled: Cell<bool>,
 }
 
 impl Default for LocalLatency {
     fn default() -> Self {
         LocalLatency {
             hists: [RefCell::new(new_histogram()), RefCell::new(new_histogram())],
+            enabled: Cell::new(true),
         }
     }
 }
 
 impl LocalLatency {
+    /// Turn recording on or off (the shard's tick applies `--latency-recording` at start).
+    pub fn set_recording(&self, r: Recording) {
+        self.enabled.set(r == Recording::On);
+    }
+
+    /// Add the samples not yet published into `out` (indexed like [`LatencyKind::ALL`]); the
+    /// histogram log calls this right before [`LocalLatency::publish`] to build its intervals.
+    pub fn add_pending_to(&self, out: &mut [Histogram<u64>; 2]) {
+        for kind in LatencyKind::ALL {
+            let local = self.hists[kind as usize].borrow();
+            if !local.is_empty() {
+                // Same bounds on both sides, so adding cannot fail.
+                let _ = out[kind as usize].add(&*local);
+            }
+        }
+    }
+
     /// Record one sample.
     pub fn record(&self, kind: LatencyKind, d: Duration) {
         self.record_n(kind, d, 1);
@@ -73,6 +105,9 @@ impl LocalLatency {
 
     /// Record `n` samples of the same value (a drained batch shares one clock read).
     pub fn record_n(&self, kind: LatencyKind, d: Duration, n: u64) {
+        if !self.enabled.get() {
+            return;
+        }
         self.hists[kind as usize]
             .borrow_mut()
             .saturating_record_n(micros(d), n);
@@ -201,5 +236,20 @@ mod tests {
             Some(LatencyKind::RingTransit)
         );
         assert_eq!(LatencyKind::from_name("x"), None);
+    }
+
+    #[test]
+    fn off_records_nothing_and_pending_feeds_intervals() {
+        let local = LocalLatency::default();
+        local.set_recording(Recording::Off);
+        local.record(LatencyKind::Handshake, Duration::from_micros(5));
+        let mut interval = [new_histogram(), new_histogram()];
+        local.add_pending_to(&mut interval);
+        assert!(interval[0].is_empty());
+        local.set_recording(Recording::On);
+        local.record_n(LatencyKind::RingTransit, Duration::from_micros(40), 4);
+        local.add_pending_to(&mut interval);
+        assert_eq!(interval[1].len(), 4);
+        assert_eq!(interval[0].len(), 0);
     }
 }

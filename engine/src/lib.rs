@@ -22,12 +22,16 @@
 //! - [`tick`]: the per-shard 100 ms tick (liveness stamp, histogram publish).
 //! - [`admin`]: the admin listener thread (/health, /stats, /histograms).
 //! - [`metrics`]: Prometheus text for /metrics.
+//! - [`dashboard`]: the embedded live HTML page for /dashboard.
+//! - [`histlog`]: periodic HdrHistogram interval logs per shard (`--histogram-log`).
 #![deny(missing_docs)]
 
 pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod dashboard;
+pub mod histlog;
 pub mod heartbeat;
 pub mod hub;
 pub mod latency;

@@ -1,10 +1,12 @@
-//! The per-shard tick: every [`TICK`] a shard stamps its liveness time into its stats and folds
-//! its latency histograms into the shared copies. A shard whose loop is stuck cannot run this
-//! task, so an old stamp is how the admin thread's /health sees a stall.
+//! The per-shard tick: every [`TICK`] a shard stamps its liveness time into its stats, feeds its
+//! histogram log (when `--histogram-log` is set) and folds its latency histograms into the
+//! shared copies. A shard whose loop is stuck cannot run this task, so an old stamp is how the
+//! admin thread's /health sees a stall.
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::histlog::{self, ShardLog};
 use crate::hub::Hub;
 use crate::stats::monotonic_ms;
 
@@ -13,15 +15,25 @@ pub const TICK: Duration = Duration::from_millis(100);
 
 /// Run forever on the shard (dropped with the runtime at shutdown).
 pub async fn tick_task(hub: Rc<Hub>) {
+    hub.latency.set_recording(hub.config.latency_recording);
+    let mut log = hub.config.histogram_log.as_deref().and_then(|dir| {
+        let interval = Duration::from_millis(hub.config.histogram_log_interval_ms);
+        ShardLog::start(hub.id, histlog::Settings::new(dir, interval))
+            .inspect_err(|e| tracing::warn!(shard = hub.id, error = %e, "histogram log disabled"))
+            .ok()
+    });
     loop {
-        tick_once(&hub);
+        tick_once(&hub, log.as_mut());
         monoio::time::sleep(TICK).await;
     }
 }
 
-/// One tick: stamp, then publish histograms.
-pub fn tick_once(hub: &Hub) {
+/// One tick: stamp, feed the histogram log, then publish histograms.
+pub fn tick_once(hub: &Hub, log: Option<&mut ShardLog>) {
     let stats = hub.stats();
     stats.tick(monotonic_ms());
+    if let Some(log) = log {
+        log.on_tick(&hub.latency, Instant::now());
+    }
     hub.latency.publish(&stats.latency);
 }

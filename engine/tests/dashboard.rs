@@ -1,0 +1,251 @@
+//! /metrics through an independent Prometheus parser, /dashboard over HTTP, and the dashboard
+//! rendered by a real headless Chromium.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use prometheus_parse::{Scrape, Value};
+use tungstenite::Message;
+
+/// GET `path` from the admin listener; returns (head, body).
+fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("complete response");
+    (head.to_owned(), body.to_owned())
+}
+
+/// Sum of every sample of `metric` across shards (counters and gauges).
+fn total(scrape: &Scrape, metric: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => panic!("{metric} is not a scalar: {s:?}"),
+        })
+        .sum()
+}
+
+fn scrape(addr: SocketAddr) -> Scrape {
+    let (head, body) = get(addr, "/metrics");
+    assert_eq!(status(&head), 200);
+    Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("valid exposition")
+}
+
+#[test]
+fn metrics_parse_and_match_scripted_traffic() {
+    const N: usize = 5;
+    const M: usize = 7;
+    let server = Server::start(&[]);
+    let addr = server.admin.unwrap();
+    let mut subs: Vec<Ws> = (0..N).map(|i| server.ws_on("/ws/t", i % 2)).collect();
+    for s in &mut subs {
+        sync(s);
+    }
+    let mut publisher = server.ws_on("/pub/t", 0);
+    for i in 0..M {
+        publisher.send(Message::text(format!("m{i}"))).unwrap();
+    }
+    for s in &mut subs {
+        for i in 0..M {
+            assert_eq!(next_text(s), format!("m{i}"));
+        }
+    }
+    // Counters are eventually consistent across shards: poll until they settle.
+    let end = deadline();
+    let s = loop {
+        let s = scrape(addr);
+        if total(&s, "shardcast_messages_queued_total") == (N * M) as f64 {
+            break s;
+        }
+        assert!(Instant::now() < end, "messages_out never reached N×M");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(total(&s, "shardcast_connections_active"), (N + 1) as f64);
+    // N sync requests plus M publishes came in.
+    assert_eq!(
+        total(&s, "shardcast_messages_received_total"),
+        (N + M) as f64
+    );
+    assert!(total(&s, "shardcast_connections_accepted_total") >= (N + 1) as f64);
+    assert_eq!(
+        s.docs
+            .get("shardcast_messages_queued_total")
+            .map(String::as_str),
+        Some("Frames queued to clients.")
+    );
+    let handshake: Vec<_> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == "shardcast_handshake_latency_seconds")
+        .collect();
+    assert_eq!(handshake.len(), 2, "one summary per shard");
+    for h in handshake {
+        let Value::Summary(q) = &h.value else {
+            panic!("not a summary: {h:?}")
+        };
+        let qs: Vec<f64> = q.iter().map(|c| c.quantile).collect();
+        assert_eq!(qs, [0.5, 0.9, 0.99, 0.999, 1.0]);
+    }
+}
+
+#[test]
+fn dashboard_is_served_as_html() {
+    let server = Server::start(&[]);
+    let (head, body) = get(server.admin.unwrap(), "/dashboard");
+    assert_eq!(status(&head), 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html; charset=utf-8"),
+        "{head}"
+    );
+    assert!(body.contains("id=\"connections\""));
+    let server_post = {
+        let mut tcp = TcpStream::connect(server.admin.unwrap()).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        tcp.write_all(b"POST /dashboard HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert_eq!(status(&server_post), 405);
+}
+
+/// Chromium, or `None` when it is not installed (scripts/test.sh installs it when it can).
+fn chromium() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var("CHROMIUM").ok(),
+        Some("/usr/bin/chromium".to_owned()),
+        Some("/usr/bin/chromium-browser".to_owned()),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Run headless Chromium on `url` with `extra` args, killed after 60 s; returns stdout.
+fn run_chromium(bin: &Path, url: &str, extra: &[&str]) -> String {
+    let profile = std::env::temp_dir().join(format!(
+        "shardcast-chromium-{}-{}",
+        std::process::id(),
+        extra.len()
+    ));
+    let mut child = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn chromium");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let end = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("chromium did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&profile);
+    reader.join().unwrap()
+}
+
+#[test]
+fn dashboard_renders_live_numbers_in_chromium() {
+    let Some(bin) = chromium() else {
+        eprintln!(
+            "\n\n!!! SKIPPED dashboard_renders_live_numbers_in_chromium: no chromium at \
+             /usr/bin/chromium (scripts/test.sh installs it with apt-get when run as root) !!!\n"
+        );
+        return;
+    };
+    let server = Server::start(&[]);
+    let admin = server.admin.unwrap();
+    let mut subs: Vec<Ws> = (0..3).map(|i| server.ws_on("/ws/t", i % 2)).collect();
+    for s in &mut subs {
+        sync(s);
+    }
+    let mut publisher = server.ws_on("/pub/t", 1);
+    for i in 0..20 {
+        publisher.send(Message::text(format!("m{i}"))).unwrap();
+    }
+    for s in &mut subs {
+        for i in 0..20 {
+            assert_eq!(next_text(s), format!("m{i}"));
+        }
+    }
+    let url = format!("http://{admin}/dashboard");
+    let dom = run_chromium(&bin, &url, &["--dump-dom"]);
+    assert!(
+        dom.contains("id=\"connections\">4<"),
+        "3 subscribers + 1 publisher not shown:\n{dom}"
+    );
+    assert!(dom.contains("id=\"shard-1\""), "per-shard rows rendered");
+    assert!(
+        dom.contains("chart-ring_transit-p99"),
+        "latency charts built"
+    );
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    // Keep traffic flowing while the screenshot is taken, so the rate charts have data.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 20_000 {
+                publisher.send(Message::text(format!("x{i}"))).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    run_chromium(
+        &bin,
+        &url,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,900",
+        ],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    feeder.join().unwrap();
+    drop(subs);
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 10_000)
+            .unwrap_or(false),
+        "screenshot {} was not written",
+        shot.display()
+    );
+}
