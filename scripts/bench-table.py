@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Markdown table from a bench/results/<run>/ directory: one row per scenario, one column per
-server; each cell has the headline number, then server CPU (user/sys s) and generator cores."""
+server; each cell has the headline number, then server CPU (user/sys s) and generator cores.
+With both shardcast and tokio-tungstenite among the servers, a last column gives the ratio of
+their headline numbers (shardcast / tokio-tungstenite)."""
 import json
 import os
 import sys
 
 run_dir, servers = sys.argv[1], sys.argv[2:]
 
+
+# Headlines where smaller is better (CPU per delivery, memory per connection).
+LOWER_IS_BETTER = {"fanout-100hz", "idle-10000"}
 
 HEADLINE = {
     "fanout-max": "deliveries_per_s",
@@ -94,11 +99,27 @@ rows = [
     ("connect 5,000 (100 at a time)", "connect-5000", connect),
     ("idle 10,000", "idle-10000", idle),
 ]
-print("| scenario | " + " | ".join(servers) + " |")
-print("|---|" + "---|" * len(servers))
+
+
+def ratio(name):
+    """shardcast's headline / tokio-tungstenite's, with which direction is better."""
+    a, b = load("shardcast", name), load("tokio-tungstenite", name)
+    key = HEADLINE[name]
+    if not a or not b or not a.get(key) or not b.get(key):
+        return "—"
+    note = " (lower is better)" if name in LOWER_IS_BETTER else ""
+    return f"{a[key] / b[key]:.2f}x{note}"
+
+
+with_ratio = "shardcast" in servers and "tokio-tungstenite" in servers
+extra = " shardcast / tokio-tungstenite |" if with_ratio else ""
+print("| scenario | " + " | ".join(servers) + " |" + extra)
+print("|---|" + "---|" * (len(servers) + with_ratio))
 for title, name, fmt in rows:
     cells = []
     for s in servers:
         r = load(s, name)
         cells.append("—" if r is None else f"{fmt(r)}<br>{cpu(r)}")
+    if with_ratio:
+        cells.append(ratio(name))
     print(f"| {title} | " + " | ".join(cells) + " |")
