@@ -2,6 +2,7 @@
 //! for shardcast and its baselines. Each scenario prints JSON (stdout or `--json FILE`) and a
 //! one-line human summary on stderr.
 
+mod adminstats;
 mod clock;
 mod common;
 mod connect;
@@ -14,6 +15,8 @@ mod report;
 mod room;
 mod scan;
 mod seqcheck;
+mod slow;
+mod stalled;
 mod workers;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +38,8 @@ enum Scenario {
     Connect(connect::ConnectArgs),
     /// N idle subscribers; the server's memory per connection.
     Idle(idle::IdleArgs),
+    /// N subscribers, a fraction of which never read: back-pressure, eviction, server memory.
+    Slow(slow::SlowArgs),
     /// Baseline server: one thread, poll(2), a plain send() per subscriber per message.
     NaiveServer(naive_server::NaiveArgs),
 }
@@ -49,6 +54,7 @@ fn main() {
         Scenario::Room(a) => room::run(a),
         Scenario::Connect(a) => connect::run(a),
         Scenario::Idle(a) => idle::run(a),
+        Scenario::Slow(a) => slow::run(a),
         Scenario::NaiveServer(a) => naive_server::run(a),
     };
     if let Err(e) = result {
@@ -72,6 +78,7 @@ mod tests {
             Scenario::Room(a) => room::run(a),
             Scenario::Connect(a) => connect::run(a),
             Scenario::Idle(a) => idle::run(a),
+            Scenario::Slow(a) => slow::run(a),
             Scenario::NaiveServer(_) => unreachable!("not a scenario"),
         }
         .unwrap();
