@@ -9,6 +9,7 @@ mod connect;
 mod dial;
 mod fanout;
 mod idle;
+mod incident;
 mod naive_server;
 mod process;
 mod report;
@@ -40,6 +41,8 @@ enum Scenario {
     Idle(idle::IdleArgs),
     /// N subscribers, a fraction of which never read: back-pressure, eviction, server memory.
     Slow(slow::SlowArgs),
+    /// The slow-client incident at this host's scale: starts shardcast per configuration.
+    Incident(incident::IncidentArgs),
     /// Baseline server: one thread, poll(2), a plain send() per subscriber per message.
     NaiveServer(naive_server::NaiveArgs),
 }
@@ -55,6 +58,7 @@ fn main() {
         Scenario::Connect(a) => connect::run(a),
         Scenario::Idle(a) => idle::run(a),
         Scenario::Slow(a) => slow::run(a),
+        Scenario::Incident(a) => incident::run(a),
         Scenario::NaiveServer(a) => naive_server::run(a),
     };
     if let Err(e) = result {
@@ -79,7 +83,7 @@ mod tests {
             Scenario::Connect(a) => connect::run(a),
             Scenario::Idle(a) => idle::run(a),
             Scenario::Slow(a) => slow::run(a),
-            Scenario::NaiveServer(_) => unreachable!("not a scenario"),
+            Scenario::NaiveServer(_) | Scenario::Incident(_) => unreachable!("not used here"),
         }
         .unwrap();
         serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
