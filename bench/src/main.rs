@@ -11,6 +11,7 @@ mod fanout;
 mod idle;
 mod incident;
 mod naive_server;
+mod plot;
 mod process;
 mod report;
 mod room;
@@ -43,6 +44,8 @@ enum Scenario {
     Slow(slow::SlowArgs),
     /// The slow-client incident at this host's scale: starts shardcast per configuration.
     Incident(incident::IncidentArgs),
+    /// SVG of latency distributions written by `--percentiles`.
+    Plot(plot::PlotArgs),
     /// Baseline server: one thread, poll(2), a plain send() per subscriber per message.
     NaiveServer(naive_server::NaiveArgs),
 }
@@ -59,6 +62,7 @@ fn main() {
         Scenario::Idle(a) => idle::run(a),
         Scenario::Slow(a) => slow::run(a),
         Scenario::Incident(a) => incident::run(a),
+        Scenario::Plot(a) => plot::run(a),
         Scenario::NaiveServer(a) => naive_server::run(a),
     };
     if let Err(e) = result {
@@ -83,7 +87,9 @@ mod tests {
             Scenario::Connect(a) => connect::run(a),
             Scenario::Idle(a) => idle::run(a),
             Scenario::Slow(a) => slow::run(a),
-            Scenario::NaiveServer(_) | Scenario::Incident(_) => unreachable!("not used here"),
+            Scenario::NaiveServer(_) | Scenario::Incident(_) | Scenario::Plot(_) => {
+                unreachable!("not used here")
+            }
         }
         .unwrap();
         serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
