@@ -16,6 +16,8 @@ mod process;
 mod report;
 mod room;
 mod scan;
+#[cfg(test)]
+mod selftest;
 mod seqcheck;
 mod slow;
 mod stalled;
@@ -156,5 +158,50 @@ mod tests {
         assert_eq!(i["connected"].as_u64(), Some(50));
         assert!(i["server_memory_after"]["rss"].as_u64().unwrap() > 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `slow` end to end: the naive server drops nothing for the fast subscribers, the stalled
+    /// ones are accounted for (all still open: the naive server never evicts), RSS is sampled.
+    #[test]
+    fn slow_against_the_naive_server() {
+        let mut server = naive_server::NaiveServer::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}", server.local_addr().unwrap());
+        std::thread::spawn(move || server.serve(Some(20_000)));
+        let pid = std::process::id().to_string();
+        let out = std::env::temp_dir().join(format!("shardcast-bench-slow-{pid}.json"));
+        let a = [
+            "slow",
+            "--url",
+            &url,
+            "--cpus",
+            "0",
+            "--server-pid",
+            &pid,
+            "--subscribers",
+            "10",
+            "--slow-fraction",
+            "0.2",
+            "--size",
+            "1024",
+            "--rate",
+            "50",
+            "--duration",
+            "0.5",
+            "--drain-s",
+            "0.3",
+            "--settle-ms",
+            "50",
+            "--sample-ms",
+            "100",
+        ];
+        let r = run_cli(&a, &out);
+        assert_eq!(r["slow_clients"].as_u64(), Some(2));
+        assert_eq!(r["fast"]["subscribers"].as_u64(), Some(8));
+        assert_eq!(r["fast"]["lost"].as_u64(), Some(0));
+        assert!(r["fast"]["messages_sent"].as_u64().unwrap() >= 10);
+        assert_eq!(r["slow"]["outcomes"]["open"].as_u64(), Some(2));
+        assert!(r["server_rss"]["samples"].as_array().unwrap().len() >= 3);
+        assert!(r["server_rss"]["max"].as_u64().unwrap() > 0);
+        let _ = std::fs::remove_file(&out);
     }
 }

@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn reset_and_eof_and_open_are_told_apart() {
-        let addr = serve_once(|s| drop(s));
+        let addr = serve_once(drop);
         let mut c = Stalled::connect(addr, "/ws/t", 4096).unwrap();
         let t = Instant::now();
         while c.left_established_ns.is_none() && t.elapsed() < Duration::from_secs(5) {
