@@ -50,7 +50,8 @@ def drivers():
     log = os.path.join(out_dir, "shardcast.server.log")
     if os.path.exists(log):
         with open(log, errors="replace") as fh:
-            srv.update(re.findall(r'driver\W+"?(io_uring|epoll)', fh.read()))
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", fh.read())
+            srv.update(re.findall(r'driver="?(io_uring|epoll)', plain))
     return ", ".join(sorted(gen)) or "?", ", ".join(sorted(srv)) or "?"
 
 
@@ -67,8 +68,23 @@ rel = os.path.relpath(out_dir, root)
 table = subprocess.run([sys.executable, os.path.join(root, "scripts", "bench-table.py"), out_dir] + servers,
                        capture_output=True, text=True).stdout
 gen_driver, srv_driver = drivers()
-with open(os.path.join(out_dir, "commands.txt")) as fh:
-    commands = fh.read().strip()
+def commands():
+    """Server command lines, then each generator command once with the servers it ran against
+    (the file has `WHO|COMMAND` lines)."""
+    servers_, runs = [], {}
+    with open(os.path.join(out_dir, "commands.txt")) as fh:
+        for line in fh:
+            who, _, cmd = line.rstrip("\n").partition("|")
+            if who.startswith("server "):
+                servers_.append(f"# {who[7:]}: {cmd}")
+            else:
+                runs.setdefault(cmd, []).append(who)
+    out = ["# servers (one fresh process per run; ADDR/ADMIN/PID are its addresses and pid)"] + servers_
+    out.append("# generator (file paths relative to the results directory)")
+    for cmd, who in runs.items():
+        out.append(f"{cmd}    # {', '.join(who)}")
+    return "\n".join(out)
+
 suffix = "-quick" if quick else ""
 title = "Suite results (QUICK MODE: short bounded runs, not for quoting)" if quick else "Suite results"
 lines = [
@@ -86,10 +102,10 @@ lines = [
     f"- Load average (1 min) at the start of the runs: {loads()} (the generator and server count ~2)",
     f"- Raw JSON, server logs, latency CSVs and plots: `{rel}/`",
     "",
-    "Commands (ADDR and PID are the fresh server's, one server process per run):",
+    "Commands:",
     "",
     "```sh",
-    commands,
+    commands(),
     "```",
     "",
     table.strip(),
