@@ -203,7 +203,10 @@ async fn worker(
     let mut shards = Vec::with_capacity(conns.len());
     let mut tasks = Vec::with_capacity(conns.len());
     for (_, conn) in conns {
-        fds.push(conn.stream.as_raw_fd());
+        // A duplicate, so the number cannot be reused before the shutdown below; without a
+        // descriptor to spare, the bare number (the receiver must be stopped either way).
+        let raw = conn.stream.as_raw_fd();
+        fds.push(process::dup_socket(raw).map_err(|_| raw));
         shards.push(conn.shard);
         tasks.push(monoio::spawn(receive(conn, sh.clone(), hist.clone())));
     }
@@ -220,7 +223,9 @@ async fn worker(
         None => None,
     };
     // Receivers are parked in reads; shutting the sockets ends those reads.
-    fds.iter().for_each(|&fd| process::shutdown_socket(fd));
+    fds.iter().for_each(|fd| {
+        process::shutdown_socket(fd.as_ref().map_or_else(|&raw| raw, |d| d.as_raw_fd()))
+    });
     let mut subs = Vec::with_capacity(tasks.len());
     for t in tasks {
         subs.push(t.await);
