@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Engine benchmark: shardcast and the baselines under the same generator, same run.
 # Server pinned to CPU 0, generator to CPU 1. Writes JSON to bench/results/<UTC date>-<sha>/
-# and prints a markdown table. Env: SERVERS (default "shardcast node-ws naive"), DURATION (s, 10),
+# and prints a markdown table. Env: SERVERS (default "shardcast tokio-tungstenite node-ws naive"), DURATION (s, 10),
 # SERVER_CPU (0), GEN_CPU (1), NO_BUILD (set: skip cargo build), RESULTS_TAG (dir suffix),
 # REPEAT (runs per scenario, 1; the table shows the run with the median headline number).
 set -euo pipefail
@@ -10,7 +10,7 @@ ROOT=$PWD
 DURATION=${DURATION:-10}
 SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
-SERVERS=${SERVERS:-"shardcast node-ws naive"}
+SERVERS=${SERVERS:-"shardcast tokio-tungstenite node-ws naive"}
 OUT="$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-$(git rev-parse --short HEAD)${RESULTS_TAG:+-$RESULTS_TAG}"
 mkdir -p "$OUT"
 
@@ -29,6 +29,11 @@ if [[ " $SERVERS " == *" shardcast "* ]]; then
     SERVERS=${SERVERS//shardcast/}
   fi
 fi
+if [[ " $SERVERS " == *" tokio-tungstenite "* ]]; then
+  # Its own Cargo workspace (tokio stays out of the main build); its own target dir.
+  [ -n "${NO_BUILD:-}" ] || (cd bench/peers/tokio-tungstenite &&
+    CARGO_TARGET_DIR="$ROOT/target/peers" timeout 1200 cargo build --release >&2)
+fi
 if [[ " $SERVERS " == *" node-ws "* ]]; then
   if [ ! -d bench/baselines/node-ws/node_modules ]; then
     (cd bench/baselines/node-ws && npm ci --silent >&2)
@@ -39,6 +44,7 @@ GEN="$ROOT/target/release/shardcast-bench"
 server_cmd() {
   case "$1" in
     shardcast) echo "$ROOT/target/release/shardcast --listen 127.0.0.1:0 --shards 1" ;;
+    tokio-tungstenite) echo "$ROOT/target/peers/release/tokio-tungstenite-peer --listen 127.0.0.1:0" ;;
     node-ws) echo "node $ROOT/bench/baselines/node-ws/server.js --listen 127.0.0.1:0" ;;
     naive) echo "$GEN naive-server --listen 127.0.0.1:0" ;;
     *) echo "unknown server $1" >&2; return 1 ;;

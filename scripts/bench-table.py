@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Markdown table from a bench/results/<run>/ directory: one row per scenario, one column per
-server; each cell has the headline number, then server CPU (user/sys s) and generator cores."""
+server; each cell has the headline number, then server CPU (user/sys s) and generator cores.
+With both shardcast and tokio-tungstenite among the servers, a last column gives the ratio of
+their headline numbers (shardcast / tokio-tungstenite)."""
 import json
 import os
 import sys
 
 run_dir, servers = sys.argv[1], sys.argv[2:]
 
+
+# Headlines where smaller is better (CPU per delivery, memory per connection).
+LOWER_IS_BETTER = {"fanout-100hz", "idle-10000", "slow"}
 
 HEADLINE = {
     "fanout-max": "deliveries_per_s",
@@ -16,7 +21,16 @@ HEADLINE = {
     "room-1000": "deliveries_per_s",
     "connect-5000": "handshakes_per_s",
     "idle-10000": "bytes_per_connection",
+    "slow": ("fast", "latency", "p99_us"),
 }
+
+
+def headline(r, name):
+    """The headline number of result `r` (a key, or a path of keys into nested objects)."""
+    key = HEADLINE[name]
+    for k in key if isinstance(key, tuple) else (key,):
+        r = r.get(k) if isinstance(r, dict) else None
+    return r
 
 
 def load(server, name):
@@ -35,14 +49,16 @@ def load(server, name):
                 pass
     if not runs:
         return None
-    runs.sort(key=lambda r: r.get(HEADLINE[name]) or 0)
+    runs.sort(key=lambda r: headline(r, name) or 0)
     r = runs[(len(runs) - 1) // 2]
     r["_runs"] = len(runs)
     return r
 
 
 def cpu(r):
-    w = r["window_measured"]
+    w = r.get("window_measured") or {}
+    if not w:
+        return ""
     s = w.get("server_cpu")
     srv = f"srv {s['user_us']/1e6:.2f}u/{s['sys_us']/1e6:.2f}s" if s else "srv ?"
     flag = " **CLIENT-BOUND**" if r.get("client_bound") else ""
@@ -85,6 +101,16 @@ def idle(r):
             f"{r['connected']} conns")
 
 
+def slow(r):
+    f, sl, rss = r["fast"], r["slow"], r.get("server_rss") or {}
+    mib = lambda b: f"{b / 1048576:.1f}" if b is not None else "?"
+    outcomes = ", ".join(f"{k}: {v}" for k, v in sl["outcomes"].items()) or "none"
+    lost = f" ⚠ fast lost {f['lost']}" if f["lost"] else ""
+    return (f"fast p99 {f['latency']['p99_us']/1000:.1f} ms (p50 {f['latency']['p50_us']/1000:.1f}), "
+            f"lost {f['lost']}{lost}; {r['slow_clients']} slow: {outcomes}; "
+            f"RSS max {mib(rss.get('max'))} / final {mib(rss.get('final'))} MiB")
+
+
 rows = [
     ("fanout 1→1000, 64 B, max rate", "fanout-max", fanout_max),
     ("fanout 1→1000, 64 B, 100 msg/s (100k deliv/s)", "fanout-100hz", fanout_rate),
@@ -93,12 +119,29 @@ rows = [
     ("room N=1000", "room-1000", room),
     ("connect 5,000 (100 at a time)", "connect-5000", connect),
     ("idle 10,000", "idle-10000", idle),
+    ("slow: 1000 subscribers, 1% never read, 64 KiB, 10 msg/s", "slow", slow),
 ]
-print("| scenario | " + " | ".join(servers) + " |")
-print("|---|" + "---|" * len(servers))
+
+
+def ratio(name):
+    """shardcast's headline / tokio-tungstenite's, with which direction is better."""
+    a, b = load("shardcast", name), load("tokio-tungstenite", name)
+    x, y = (headline(a, name), headline(b, name)) if a and b else (None, None)
+    if not x or not y:
+        return "—"
+    note = " (lower is better)" if name in LOWER_IS_BETTER else ""
+    return f"{x / y:.2f}x{note}"
+
+
+with_ratio = "shardcast" in servers and "tokio-tungstenite" in servers
+extra = " shardcast / tokio-tungstenite |" if with_ratio else ""
+print("| scenario | " + " | ".join(servers) + " |" + extra)
+print("|---|" + "---|" * (len(servers) + with_ratio))
 for title, name, fmt in rows:
     cells = []
     for s in servers:
         r = load(s, name)
         cells.append("—" if r is None else f"{fmt(r)}<br>{cpu(r)}")
+    if with_ratio:
+        cells.append(ratio(name))
     print(f"| {title} | " + " | ".join(cells) + " |")

@@ -29,28 +29,39 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug, Clone)]
 pub struct FanoutArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
     /// Subscribers.
     #[arg(long, default_value_t = 1000)]
-    subscribers: usize,
+    pub(crate) subscribers: usize,
     /// Message size in bytes (at least 16: timestamp and sequence).
     #[arg(long, default_value_t = 64)]
-    size: usize,
+    pub(crate) size: usize,
     /// Fixed publish rate in messages/s; without it, publish as fast as the window allows.
     #[arg(long)]
-    rate: Option<f64>,
+    pub(crate) rate: Option<f64>,
     /// Maximum-rate mode: messages not yet received by every subscriber.
     #[arg(long, default_value_t = 64)]
-    window: u64,
+    pub(crate) window: u64,
     /// Upper bound on messages published.
     #[arg(long, default_value_t = 100_000_000)]
-    messages: u64,
+    pub(crate) messages: u64,
     /// Publishing time, seconds.
     #[arg(long, default_value_t = 10.0)]
-    duration: f64,
+    pub(crate) duration: f64,
     /// Wait after the last subscriber connected before publishing (subscriptions settle), ms.
     #[arg(long, default_value_t = 200)]
-    settle_ms: u64,
+    pub(crate) settle_ms: u64,
+    /// Write the latency distribution here as CSV (`percentile,latency_us`), for `plot`.
+    #[arg(long)]
+    pub(crate) percentiles: Option<std::path::PathBuf>,
+}
+
+/// A finished fan-out run: the JSON result and whether the run itself failed.
+pub struct Measured {
+    /// The result document.
+    pub result: serde_json::Value,
+    /// Why the run failed (the result is still worth keeping).
+    pub error: Option<String>,
 }
 
 /// State shared by every generator thread.
@@ -129,6 +140,13 @@ struct WorkerOut {
 
 /// Runs the scenario and prints its result.
 pub fn run(args: FanoutArgs) -> Result<(), String> {
+    let m = measure(args.clone())?;
+    report::emit(&m.result, args.common.json.as_deref()).map_err(|e| e.to_string())?;
+    m.error.map_or(Ok(()), Err)
+}
+
+/// Runs the scenario and returns its result without printing the JSON.
+pub fn measure(args: FanoutArgs) -> Result<Measured, String> {
     if args.size < STAMP_LEN {
         return Err(format!("--size must be at least {STAMP_LEN}"));
     }
@@ -185,7 +203,10 @@ async fn worker(
     let mut shards = Vec::with_capacity(conns.len());
     let mut tasks = Vec::with_capacity(conns.len());
     for (_, conn) in conns {
-        fds.push(conn.stream.as_raw_fd());
+        // A duplicate, so the number cannot be reused before the shutdown below; without a
+        // descriptor to spare, the bare number (the receiver must be stopped either way).
+        let raw = conn.stream.as_raw_fd();
+        fds.push(process::dup_socket(raw).map_err(|_| raw));
         shards.push(conn.shard);
         tasks.push(monoio::spawn(receive(conn, sh.clone(), hist.clone())));
     }
@@ -202,7 +223,9 @@ async fn worker(
         None => None,
     };
     // Receivers are parked in reads; shutting the sockets ends those reads.
-    fds.iter().for_each(|&fd| process::shutdown_socket(fd));
+    fds.iter().for_each(|fd| {
+        process::shutdown_socket(fd.as_ref().map_or_else(|&raw| raw, |d| d.as_raw_fd()))
+    });
     let mut subs = Vec::with_capacity(tasks.len());
     for t in tasks {
         subs.push(t.await);
@@ -395,7 +418,7 @@ async fn publish(
     stats
 }
 
-fn summarise(args: &FanoutArgs, sh: &Shared, outs: Vec<WorkerOut>) -> Result<(), String> {
+fn summarise(args: &FanoutArgs, sh: &Shared, outs: Vec<WorkerOut>) -> Result<Measured, String> {
     let mut hist = report::latency_histogram();
     let mut subs = Vec::new();
     let mut publisher = None;
@@ -452,6 +475,7 @@ fn summarise(args: &FanoutArgs, sh: &Shared, outs: Vec<WorkerOut>) -> Result<(),
         "subscribers_ended_early": ended.len(),
         "first_end_reason": ended.first(),
         "publisher_error": p.error,
+        "publish_start_ns": p.start_ns,
         "latency": Latency::from_hist(&hist),
         "server_cpu_us_per_delivery": server_us_per_delivery,
         "server_user_us_per_delivery": split(|c| c.user_us),
@@ -481,10 +505,13 @@ fn summarise(args: &FanoutArgs, sh: &Shared, outs: Vec<WorkerOut>) -> Result<(),
         report::cpu_line(w),
         server_us_per_delivery.map_or(String::new(), |u| format!("; server {u:.3} us/delivery")),
     );
-    report::emit(&result, args.common.json.as_deref()).map_err(|e| e.to_string())?;
-    match &p.error {
-        Some(e) => Err(format!("run failed: {e}")),
-        None if subs.is_empty() => Err("no subscriber connected".into()),
-        None => Ok(()),
+    if let Some(path) = &args.percentiles {
+        report::write_percentiles(&hist, path).map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    let error = match &p.error {
+        Some(e) => Some(format!("run failed: {e}")),
+        None if subs.is_empty() => Some("no subscriber connected".into()),
+        None => None,
+    };
+    Ok(Measured { result, error })
 }

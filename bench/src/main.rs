@@ -2,6 +2,7 @@
 //! for shardcast and its baselines. Each scenario prints JSON (stdout or `--json FILE`) and a
 //! one-line human summary on stderr.
 
+mod adminstats;
 mod clock;
 mod common;
 mod compare;
@@ -10,12 +11,18 @@ mod dial;
 mod fanout;
 mod hlog;
 mod idle;
+mod incident;
 mod naive_server;
+mod plot;
 mod process;
 mod report;
 mod room;
 mod scan;
+#[cfg(test)]
+mod selftest;
 mod seqcheck;
+mod slow;
+mod stalled;
 mod workers;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +46,12 @@ enum Scenario {
     Idle(idle::IdleArgs),
     /// Per-shard latency side by side from --histogram-log files or a live admin URL; flags outlier shards.
     Compare(compare::CompareArgs),
+    /// N subscribers, a fraction of which never read: back-pressure, eviction, server memory.
+    Slow(slow::SlowArgs),
+    /// The slow-client incident at this host's scale: starts shardcast per configuration.
+    Incident(incident::IncidentArgs),
+    /// SVG of latency distributions written by `--percentiles`.
+    Plot(plot::PlotArgs),
     /// Baseline server: one thread, poll(2), a plain send() per subscriber per message.
     NaiveServer(naive_server::NaiveArgs),
 }
@@ -53,6 +66,9 @@ fn main() {
         Scenario::Room(a) => room::run(a),
         Scenario::Connect(a) => connect::run(a),
         Scenario::Idle(a) => idle::run(a),
+        Scenario::Slow(a) => slow::run(a),
+        Scenario::Incident(a) => incident::run(a),
+        Scenario::Plot(a) => plot::run(a),
         Scenario::NaiveServer(a) => naive_server::run(a),
         Scenario::Compare(a) => compare::run(a),
     };
@@ -77,7 +93,11 @@ mod tests {
             Scenario::Room(a) => room::run(a),
             Scenario::Connect(a) => connect::run(a),
             Scenario::Idle(a) => idle::run(a),
-            Scenario::NaiveServer(_) | Scenario::Compare(_) => unreachable!("not a scenario"),
+            Scenario::Slow(a) => slow::run(a),
+            Scenario::NaiveServer(_)
+            | Scenario::Incident(_)
+            | Scenario::Plot(_)
+            | Scenario::Compare(_) => unreachable!("not a scenario"),
         }
         .unwrap();
         serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
@@ -144,5 +164,50 @@ mod tests {
         assert_eq!(i["connected"].as_u64(), Some(50));
         assert!(i["server_memory_after"]["rss"].as_u64().unwrap() > 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `slow` end to end: the naive server drops nothing for the fast subscribers, the stalled
+    /// ones are accounted for (all still open: the naive server never evicts), RSS is sampled.
+    #[test]
+    fn slow_against_the_naive_server() {
+        let mut server = naive_server::NaiveServer::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}", server.local_addr().unwrap());
+        std::thread::spawn(move || server.serve(Some(20_000)));
+        let pid = std::process::id().to_string();
+        let out = std::env::temp_dir().join(format!("shardcast-bench-slow-{pid}.json"));
+        let a = [
+            "slow",
+            "--url",
+            &url,
+            "--cpus",
+            "0",
+            "--server-pid",
+            &pid,
+            "--subscribers",
+            "10",
+            "--slow-fraction",
+            "0.2",
+            "--size",
+            "1024",
+            "--rate",
+            "50",
+            "--duration",
+            "0.5",
+            "--drain-s",
+            "0.3",
+            "--settle-ms",
+            "50",
+            "--sample-ms",
+            "100",
+        ];
+        let r = run_cli(&a, &out);
+        assert_eq!(r["slow_clients"].as_u64(), Some(2));
+        assert_eq!(r["fast"]["subscribers"].as_u64(), Some(8));
+        assert_eq!(r["fast"]["lost"].as_u64(), Some(0));
+        assert!(r["fast"]["messages_sent"].as_u64().unwrap() >= 10);
+        assert_eq!(r["slow"]["outcomes"]["open"].as_u64(), Some(2));
+        assert!(r["server_rss"]["samples"].as_array().unwrap().len() >= 3);
+        assert!(r["server_rss"]["max"].as_u64().unwrap() > 0);
+        let _ = std::fs::remove_file(&out);
     }
 }

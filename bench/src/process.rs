@@ -121,6 +121,16 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur as u64)
 }
 
+/// A second descriptor for the socket `fd`, owned by the caller. Scenarios shut their receivers'
+/// sockets down through such duplicates: a receiver that ended early has closed its own
+/// descriptor, and that number may already belong to another socket (a /stats fetch, a stalled
+/// client), which a shutdown by the bare number would cut.
+pub fn dup_socket(fd: std::os::fd::RawFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: the caller passes a descriptor it holds open for the duration of this call; the
+    // borrow ends before return and only fcntl(F_DUPFD_CLOEXEC) acts on it.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+}
+
 /// Shuts a socket down in both directions so a read pending on it (io_uring or epoll) returns
 /// end-of-stream: how a scenario stops receivers without a timer on every read.
 pub fn shutdown_socket(fd: std::os::fd::RawFd) {
@@ -173,6 +183,22 @@ mod tests {
         assert!(proc_memory(pid).unwrap().rss > 0);
         let soft = raise_nofile_limit().unwrap();
         assert!(soft >= 1);
+    }
+
+    #[test]
+    fn shutdown_through_a_duplicate_outlives_the_original() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let dup = dup_socket(c.as_raw_fd()).unwrap();
+        assert_ne!(dup.as_raw_fd(), c.as_raw_fd());
+        drop(c);
+        // The socket is still open through `dup`; shutting it down reaches the peer as EOF.
+        shutdown_socket(dup.as_raw_fd());
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 8];
+        assert_eq!(s.read(&mut b).unwrap(), 0);
     }
 
     #[test]

@@ -145,6 +145,23 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
 }
 
+/// Writes `h` (ns samples) as CSV `percentile,latency_us`, percentiles in [0, 100], from the
+/// histogram's own quantile steps (denser towards the tail), ending at the maximum.
+pub fn write_percentiles(h: &Histogram<u64>, path: &Path) -> std::io::Result<()> {
+    let mut out = String::from("percentile,latency_us\n");
+    if !h.is_empty() {
+        for v in h.iter_quantiles(4) {
+            let q = v.quantile_iterated_to();
+            out.push_str(&format!(
+                "{},{}\n",
+                q * 100.0,
+                v.value_iterated_to() as f64 / 1000.0
+            ));
+        }
+    }
+    std::fs::write(path, out)
+}
+
 /// Writes the JSON result to `file` or stdout, and warns on stderr if the run was client-bound.
 pub fn emit(result: &Value, file: Option<&Path>) -> std::io::Result<()> {
     if result.get("client_bound").and_then(Value::as_bool) == Some(true) {

@@ -188,7 +188,10 @@ async fn worker(
     let mut fds = Vec::new();
     let mut tasks = Vec::new();
     for (id, conn) in conns {
-        fds.push(conn.stream.as_raw_fd());
+        // A duplicate, so the number cannot be reused before the shutdown below; without a
+        // descriptor to spare, the bare number (the receiver must be stopped either way).
+        let raw = conn.stream.as_raw_fd();
+        fds.push(process::dup_socket(raw).map_err(|_| raw));
         tasks.push(monoio::spawn(client(id, conn, args.clone(), sh.clone())));
     }
     let everyone =
@@ -206,7 +209,9 @@ async fn worker(
     while !sh.stop.load(Ordering::Acquire) && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
-    fds.iter().for_each(|&fd| process::shutdown_socket(fd));
+    fds.iter().for_each(|fd| {
+        process::shutdown_socket(fd.as_ref().map_or_else(|&raw| raw, |d| d.as_raw_fd()))
+    });
     let mut out = Vec::new();
     for t in tasks {
         out.push(t.await);

@@ -35,8 +35,8 @@ impl Stamp {
 /// Why scanning stopped for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
-    /// The server sent a close frame.
-    Closed,
+    /// The server sent a close frame, with its status code when the frame carried one.
+    Closed(Option<u16>),
     /// The stream broke the protocol (reason from proto).
     Protocol(&'static str),
 }
@@ -77,7 +77,17 @@ impl Scanner {
                     on(Stamp::read(&buf[body..body + STAMP_LEN]));
                 }
                 OpCode::Text | OpCode::Binary => self.short += 1,
-                OpCode::Close => return Err(End::Closed),
+                OpCode::Close => {
+                    // The status code is the first two payload bytes (RFC 6455 5.5.1).
+                    if h.payload_len < 2 {
+                        return Err(End::Closed(None));
+                    }
+                    if buf.len() < body + 2 {
+                        return Ok(pos);
+                    }
+                    let code = u16::from_be_bytes([buf[body], buf[body + 1]]);
+                    return Err(End::Closed(Some(code)));
+                }
                 // Continuations of a fragmented message, pings, pongs: nothing to record.
                 _ => {}
             }
@@ -133,7 +143,12 @@ mod tests {
     #[test]
     fn close_and_garbage_end_the_scan() {
         let mut sc = Scanner::default();
-        assert_eq!(sc.scan(&frame(8, b""), |_| {}), Err(End::Closed));
+        assert_eq!(sc.scan(&frame(8, b""), |_| {}), Err(End::Closed(None)));
+        let mut sc = Scanner::default();
+        let close = frame(8, &[0x03, 0xF5, b'x']);
+        // Split inside the code: wait for both bytes, then report 1013.
+        assert_eq!(sc.scan(&close[..3], |_| {}), Ok(0));
+        assert_eq!(sc.scan(&close, |_| {}), Err(End::Closed(Some(1013))));
         let mut sc = Scanner::default();
         assert!(matches!(sc.scan(&[0xF2, 0], |_| {}), Err(End::Protocol(_))));
     }
