@@ -5,6 +5,12 @@ use std::io::Write;
 use clap::Parser;
 use shardcast::{config::Overrides, preflight, rlimit, server, signals};
 
+/// jemalloc instead of glibc malloc: an idle connection is a handful of small long-lived
+/// allocations made between short-lived handshake ones, and glibc keeps ~1-2.5 KB per
+/// connection of that churn resident (docs/ENGINE.md, "Idle connection memory").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let overrides = Overrides::parse();
     let print = overrides.print_config;
