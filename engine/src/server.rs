@@ -16,7 +16,7 @@ use shardcast_proto::{encode_close, CloseCode};
 
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::mesh::{mesh, Envelope, MeshLink};
+use crate::mesh::{mesh, MeshItem, MeshLink};
 use crate::stats::ShardStats;
 use crate::{conn, listener, shard};
 
@@ -64,7 +64,7 @@ pub struct Server {
     handles: Vec<JoinHandle<io::Result<()>>>,
 }
 
-type ShardParts = (std::net::TcpListener, MeshLink<Envelope>);
+type ShardParts = (std::net::TcpListener, MeshLink<MeshItem>);
 
 /// Bind, spawn every shard, and return once all of them are accepting.
 pub fn start(config: Config) -> io::Result<Server> {
@@ -200,7 +200,7 @@ async fn run_shard(
 /// Deliver envelopes from other shards to local subscribers; park when idle, but while
 /// envelopes for other shards wait in overflow, retry on a short timer instead.
 async fn drain_mesh(hub: Rc<Hub>) {
-    let mut batch: Vec<Envelope> = Vec::new();
+    let mut batch: Vec<MeshItem> = Vec::new();
     loop {
         if hub.flush_mesh() > 0 {
             if hub.link().borrow_mut().try_drain(|e| batch.push(e)) == 0 {
@@ -209,8 +209,8 @@ async fn drain_mesh(hub: Rc<Hub>) {
         } else {
             poll_fn(|cx| hub.link().borrow_mut().poll_drain(cx, |e| batch.push(e))).await;
         }
-        for env in batch.drain(..) {
-            hub.deliver(&env.topic, &env.frame, env.stream_frame.as_ref());
+        for item in batch.drain(..) {
+            hub.receive(item);
         }
     }
 }

@@ -20,11 +20,13 @@ pub enum Refusal {
     NotFound,
     /// HTTP publish body over max_message_bytes (413).
     TooLarge,
+    /// HTTP publish to a topic paused by back-pressure (503 with Retry-After).
+    Paused,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::MaxConnections,
         Refusal::HandshakeTimeout,
         Refusal::BadRequest,
@@ -32,6 +34,7 @@ impl Refusal {
         Refusal::Forbidden,
         Refusal::NotFound,
         Refusal::TooLarge,
+        Refusal::Paused,
     ];
 
     /// Stable name for /stats and /metrics.
@@ -44,6 +47,7 @@ impl Refusal {
             Refusal::Forbidden => "forbidden",
             Refusal::NotFound => "not_found",
             Refusal::TooLarge => "too_large",
+            Refusal::Paused => "paused",
         }
     }
 }
@@ -80,7 +84,7 @@ pub struct ShardStats {
     pub connections_active: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
-    refused: [AtomicU64; 7],
+    refused: [AtomicU64; 8],
     /// WebSocket/HTTP messages received from clients.
     pub messages_in: AtomicU64,
     /// Payload bytes received from clients.
@@ -95,6 +99,75 @@ pub struct ShardStats {
     pub overflow_len: AtomicU64,
     protocol_errors: [AtomicU64; 7],
     driver: AtomicU8,
+    /// Bytes retained by queued frames on this shard: each frame once plus queue slots.
+    pub retained_bytes: AtomicU64,
+    /// Logical unsent bytes over this shard's queues (a shared frame counts per queue).
+    pub total_queued_bytes: AtomicU64,
+    /// Queue entries over this shard's queues.
+    pub queued_frames: AtomicU64,
+    /// This shard's share of the queue ceiling.
+    pub queue_ceiling_bytes: AtomicU64,
+    /// The memory limit the ceiling derives from (same on every shard).
+    pub memory_limit: AtomicU64,
+    /// Connections whose queue is above their high-water mark (until below low water).
+    pub slow_clients: AtomicU64,
+    /// Topics currently paused on this shard (by any shard's subscribers).
+    pub paused_topics: AtomicU64,
+    /// Times a subscriber on this shard paused a topic.
+    pub pauses_total: AtomicU64,
+    evictions: [AtomicU64; 3],
+    drops: [AtomicU64; 2],
+}
+
+/// Why a connection was evicted (closed 1013).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// Its queue went over the high-water mark of an `evict` topic.
+    HighWater,
+    /// The shard's share of the queue ceiling was reached; largest queues go first.
+    Ceiling,
+    /// Slow clients exceeded 0.5% of the shard's connections; slowest go first.
+    SlowClients,
+}
+
+impl Eviction {
+    /// Every reason, in counter order.
+    pub const ALL: [Eviction; 3] = [
+        Eviction::HighWater,
+        Eviction::Ceiling,
+        Eviction::SlowClients,
+    ];
+
+    /// Stable name for /stats and /metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Eviction::HighWater => "high_water",
+            Eviction::Ceiling => "ceiling",
+            Eviction::SlowClients => "slow_clients",
+        }
+    }
+}
+
+/// Why queued messages were discarded without closing the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discard {
+    /// `conflate`: replaced by a newer message of the same topic.
+    Conflated,
+    /// `drop-oldest`: beyond the newest `keep` of the topic.
+    DropOldest,
+}
+
+impl Discard {
+    /// Every reason, in counter order.
+    pub const ALL: [Discard; 2] = [Discard::Conflated, Discard::DropOldest];
+
+    /// Stable name for /stats and /metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Discard::Conflated => "conflated",
+            Discard::DropOldest => "drop_oldest",
+        }
+    }
 }
 
 impl ShardStats {
@@ -123,6 +196,26 @@ impl ShardStats {
     /// Protocol errors with `code` (codes not in [`COUNTED_CLOSE_CODES`] share one counter).
     pub fn protocol_errors(&self, code: u16) -> u64 {
         self.protocol_errors[Self::close_slot(code)].load(Relaxed)
+    }
+
+    /// Count an eviction.
+    pub fn evict(&self, why: Eviction) {
+        self.evictions[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Evictions for one reason.
+    pub fn evictions(&self, why: Eviction) -> u64 {
+        self.evictions[why as usize].load(Relaxed)
+    }
+
+    /// Count `n` discarded messages.
+    pub fn drop_messages(&self, why: Discard, n: u64) {
+        self.drops[why as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Discarded messages for one reason.
+    pub fn dropped(&self, why: Discard) -> u64 {
+        self.drops[why as usize].load(Relaxed)
     }
 
     /// Record the driver this shard runs on.
@@ -191,5 +284,16 @@ mod tests {
         for (i, r) in Refusal::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
+        for (i, r) in Eviction::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in Discard::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        s.evict(Eviction::Ceiling);
+        s.drop_messages(Discard::Conflated, 3);
+        assert_eq!(s.evictions(Eviction::Ceiling), 1);
+        assert_eq!(s.evictions(Eviction::HighWater), 0);
+        assert_eq!(s.dropped(Discard::Conflated), 3);
     }
 }
