@@ -73,13 +73,67 @@ pub enum Driver {
     Epoll,
 }
 
+/// Where the admin listener binds, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminListen {
+    /// No admin listener.
+    Off,
+    /// Bind this address (port 0 picks a free port).
+    On(SocketAddr),
+}
+
+impl AdminListen {
+    /// The address, unless off.
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            AdminListen::Off => None,
+            AdminListen::On(a) => Some(a),
+        }
+    }
+}
+
+impl std::str::FromStr for AdminListen {
+    type Err = std::net::AddrParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "" | "off" => Ok(AdminListen::Off),
+            a => a.parse().map(AdminListen::On),
+        }
+    }
+}
+
+impl std::fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminListen::Off => f.write_str("off"),
+            AdminListen::On(a) => a.fmt(f),
+        }
+    }
+}
+
+// As a string in TOML ("off" or an address), so `--print-config` output reads back.
+impl Serialize for AdminListen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminListen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The effective configuration after merging every layer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
     /// Data listener address.
     pub listen: SocketAddr,
-    /// Admin listener address (reserved; not bound yet).
-    pub admin_listen: SocketAddr,
+    /// Admin listener address, or off.
+    pub admin_listen: AdminListen,
+    /// /health reports a shard stalled when its loop has not ticked for this long.
+    pub health_stall_ms: u64,
     /// Number of shards (threads, one per CPU).
     pub shards: usize,
     /// I/O driver.
@@ -141,9 +195,12 @@ pub struct Overrides {
     /// Data listener address [default: 0.0.0.0:8080]
     #[arg(long, env = "SHARDCAST_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Admin listener address, reserved, not bound yet [default: 127.0.0.1:9090]
+    /// Admin listener (/health, /stats, /metrics, /histograms); `off` or empty disables it [default: 127.0.0.1:9090]
     #[arg(long, env = "SHARDCAST_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
+    pub admin_listen: Option<AdminListen>,
+    /// /health answers 503 when a shard's loop has not ticked for this many ms [default: 2000]
+    #[arg(long, env = "SHARDCAST_HEALTH_STALL_MS")]
+    pub health_stall_ms: Option<u64>,
     /// Number of shards, one thread per CPU [default: all CPUs in the affinity mask]
     #[arg(long, env = "SHARDCAST_SHARDS")]
     pub shards: Option<usize>,
@@ -258,6 +315,7 @@ impl Overrides {
         Overrides {
             listen: self.listen.or(lower.listen),
             admin_listen: self.admin_listen.or(lower.admin_listen),
+            health_stall_ms: self.health_stall_ms.or(lower.health_stall_ms),
             shards: self.shards.or(lower.shards),
             driver: self.driver.or(lower.driver),
             publish_token: self.publish_token.or(lower.publish_token),
@@ -349,7 +407,10 @@ impl Overrides {
         }
         let config = Config {
             listen: self.listen.unwrap_or(([0, 0, 0, 0], 8080).into()),
-            admin_listen: self.admin_listen.unwrap_or(([127, 0, 0, 1], 9090).into()),
+            admin_listen: self
+                .admin_listen
+                .unwrap_or(AdminListen::On(([127, 0, 0, 1], 9090).into())),
+            health_stall_ms: self.health_stall_ms.unwrap_or(2000),
             shards,
             driver: self.driver.unwrap_or(Driver::Auto),
             publish_token: self.publish_token,
@@ -432,6 +493,7 @@ mod tests {
         let c = parse(&["--shards", "4"]).resolve().unwrap();
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.health_stall_ms, 2000);
         assert_eq!(c.driver, Driver::Auto);
         assert_eq!(c.max_connections, 1_000_000);
         assert_eq!(c.max_connections_per_shard, 250_000);
@@ -515,6 +577,20 @@ mod tests {
         assert_eq!(back.publish_token.as_deref(), Some("<redacted>"));
         // Every printed key is accepted back as a config-file key.
         toml::from_str::<Overrides>(&text).unwrap();
+    }
+
+    #[test]
+    fn admin_listen_can_be_turned_off() {
+        for off in ["off", ""] {
+            let c = parse(&["--admin-listen", off]).resolve().unwrap();
+            assert_eq!(c.admin_listen, AdminListen::Off);
+            assert_eq!(c.admin_listen.addr(), None);
+            let back: Config = toml::from_str(&c.to_toml()).unwrap();
+            assert_eq!(back.admin_listen, AdminListen::Off);
+        }
+        let c = parse(&["--admin-listen", "127.0.0.1:0"]).resolve().unwrap();
+        assert_eq!(c.admin_listen.addr(), Some("127.0.0.1:0".parse().unwrap()));
+        assert!(Overrides::try_parse_from(["shardcast", "--admin-listen", "nowhere"]).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 use shardcast_proto::handshake::{validate_upgrade, write_rejection, write_switching_protocols};
@@ -27,6 +27,7 @@ use shardcast_proto::{
 
 use crate::control::{self, Subscriptions};
 use crate::hub::{Conn, Hub};
+use crate::latency::LatencyKind;
 use crate::route::{self, authorize_publish, AuthError, Route};
 use crate::sockio;
 use crate::stats::{self, Refusal};
@@ -83,7 +84,13 @@ pub fn admit(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
     }
     hub.active.set(hub.active.get() + 1);
     stats::add(&s.connections_active, 1);
-    monoio::spawn(handshake_task(ActiveGuard(hub.clone()), stream, peer));
+    let accepted_at = Instant::now();
+    monoio::spawn(handshake_task(
+        ActiveGuard(hub.clone()),
+        stream,
+        peer,
+        accepted_at,
+    ));
 }
 
 /// What the handshake decided.
@@ -97,7 +104,12 @@ enum Accepted {
 /// Phase one of a connection: handshake, refusals, HTTP publish. An upgraded connection moves
 /// on to a fresh [`serve_task`] so that none of this phase's state stays allocated for the
 /// (possibly very long) life of an idle subscriber.
-async fn handshake_task(guard: ActiveGuard, stream: TcpStream, peer: SocketAddr) {
+async fn handshake_task(
+    guard: ActiveGuard,
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted_at: Instant,
+) {
     let hub = &guard.0;
     let _ = crate::listener::set_nodelay(&stream);
     let fd = stream.as_raw_fd();
@@ -129,6 +141,8 @@ async fn handshake_task(guard: ActiveGuard, stream: TcpStream, peer: SocketAddr)
         Box::pin(linger(&stream, fd)).await;
         return;
     };
+    hub.latency
+        .record(LatencyKind::Handshake, accepted_at.elapsed());
     let conn = Rc::new(Conn {
         stream_mode: matches!(route, Route::Stream(_)),
         ledger: hub.ledger().clone(),

@@ -17,6 +17,7 @@ use shardcast_proto::{
 
 use crate::config::Config;
 use crate::governor::Governor;
+use crate::latency::LocalLatency;
 use crate::mesh::{Envelope, MeshItem, MeshLink};
 use crate::policy::{Action, Policies, Policy};
 use crate::queue::{Ledger, QueuedFrame, SendQueue, SLOT_BYTES};
@@ -134,6 +135,8 @@ pub struct Hub {
     /// Handshake buffers returned by finished handshakes, reused so that handshakes do not
     /// churn the allocator between the long-lived allocations of idle connections.
     buffers: RefCell<Vec<Vec<u8>>>,
+    /// Latency samples recorded since the last tick.
+    pub latency: LocalLatency,
 }
 
 /// Most handshake buffers kept for reuse per shard.
@@ -209,6 +212,7 @@ impl Hub {
             global_active,
             shutting_down: Cell::new(false),
             buffers: RefCell::new(Vec::new()),
+            latency: LocalLatency::default(),
         }
     }
 

@@ -19,15 +19,22 @@
 //! - [`hub`]: a shard's connections, topics and mesh end; publish and fan-out.
 //! - [`conn`]: one client connection, handshake to close.
 //! - [`server`]: start-up, accept loops, mesh drain, graceful shutdown.
+//! - [`latency`]: per-shard HdrHistograms (shard-local, folded into shared copies per tick).
+//! - [`tick`]: the per-shard 100 ms tick (liveness stamp, histogram publish).
+//! - [`admin`]: the admin listener thread (/health, /stats, /histograms).
+//! - [`metrics`]: Prometheus text for /metrics.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod control;
 pub mod governor;
 pub mod hub;
+pub mod latency;
 pub mod listener;
 pub mod mesh;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod rlimit;
@@ -37,4 +44,5 @@ pub mod shard;
 pub mod signals;
 pub mod sockio;
 pub mod stats;
+pub mod tick;
 pub mod topic;

@@ -50,7 +50,15 @@ fn main() {
         })
         .expect("spawn signal thread");
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "shardcast listening on {}", server.local_addr());
+    // Tests and scripts parse this line: the data address right after the prefix.
+    let _ = match server.admin_addr() {
+        Some(admin) => writeln!(
+            out,
+            "shardcast listening on {} (admin {admin})",
+            server.local_addr()
+        ),
+        None => writeln!(out, "shardcast listening on {}", server.local_addr()),
+    };
     let _ = out.flush();
     drop(out);
     if let Err(e) = server.join() {

@@ -16,9 +16,10 @@ use shardcast_proto::{encode_close, CloseCode};
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::latency::LatencyKind;
 use crate::mesh::{mesh, MeshItem, MeshLink};
-use crate::stats::ShardStats;
-use crate::{conn, listener, shard};
+use crate::stats::{monotonic_ms, ShardStats};
+use crate::{admin, conn, listener, shard, tick};
 
 /// Cross-thread shutdown trigger: a flag plus one waker per shard.
 pub struct Shutdown {
@@ -42,6 +43,11 @@ impl Shutdown {
         }
     }
 
+    /// Whether shutdown was triggered.
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(SeqCst)
+    }
+
     /// Resolves once shutdown was triggered.
     async fn wait(&self, shard: usize) {
         poll_fn(|cx| {
@@ -62,6 +68,7 @@ pub struct Server {
     shutdown: Arc<Shutdown>,
     stats: Arc<[ShardStats]>,
     handles: Vec<JoinHandle<io::Result<()>>>,
+    admin: Option<admin::Admin>,
 }
 
 type ShardParts = (std::net::TcpListener, MeshLink<MeshItem>);
@@ -79,6 +86,18 @@ pub fn start(config: Config) -> io::Result<Server> {
         .collect();
     let parts = Arc::new(Mutex::new(parts));
     let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
+    // Stamped before the shards run, so /health does not see a never-ticked shard as stalled.
+    for s in stats.iter() {
+        s.tick(monotonic_ms());
+    }
+    // Bound before the shards start so a taken admin port fails start-up cleanly.
+    let admin_listener = match config.admin_listen.addr() {
+        Some(addr) => Some(std::net::TcpListener::bind(addr)?),
+        None => None,
+    };
+    let admin_settings = admin::Settings {
+        stall_ms: config.health_stall_ms,
+    };
     let shutdown = Arc::new(Shutdown::new(shards));
     let global = Arc::new(AtomicUsize::new(0));
     let config = Arc::new(config);
@@ -116,11 +135,22 @@ pub fn start(config: Config) -> io::Result<Server> {
             Err(_) => return Err(io::Error::other("a shard exited during start-up")),
         }
     }
+    let admin = match admin_listener {
+        Some(l) => match admin::spawn(l, stats.clone(), shutdown.clone(), admin_settings) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                shutdown.trigger();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     Ok(Server {
         local_addr,
         shutdown,
         stats,
         handles,
+        admin,
     })
 }
 
@@ -128,6 +158,11 @@ impl Server {
     /// The address the data listener is bound to (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the admin listener is bound to, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr())
     }
 
     /// The shutdown trigger (for signal handlers and tests).
@@ -149,6 +184,9 @@ impl Server {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(io::Error::other("a shard panicked")),
             }
+        }
+        if let Some(admin) = self.admin {
+            admin.stop();
         }
         result
     }
@@ -174,6 +212,7 @@ async fn run_shard(
     };
     let _ = ready.send(Ok(()));
     monoio::spawn(drain_mesh(hub.clone()));
+    monoio::spawn(tick::tick_task(hub.clone()));
     loop {
         monoio::select! {
             _ = shutdown.wait(hub.id) => break,
@@ -209,7 +248,15 @@ async fn drain_mesh(hub: Rc<Hub>) {
         } else {
             poll_fn(|cx| hub.link().borrow_mut().poll_drain(cx, |e| batch.push(e))).await;
         }
+        // One clock read per batch: transit is measured to the moment the batch was drained.
+        let drained_at = Instant::now();
         for item in batch.drain(..) {
+            if let MeshItem::Publish(env) = &item {
+                hub.latency.record(
+                    LatencyKind::RingTransit,
+                    drained_at.saturating_duration_since(env.published_at),
+                );
+            }
             hub.receive(item);
         }
     }

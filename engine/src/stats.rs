@@ -2,6 +2,17 @@
 //! enough: one writer, readers only want eventually consistent totals for /stats).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use crate::latency::SharedLatency;
+
+/// Milliseconds on a process-wide monotonic clock (starts near 0 at first use). Shards store
+/// it as their last tick; the admin thread compares it to now.
+pub fn monotonic_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
 
 /// Why a connection or request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +110,10 @@ pub struct ShardStats {
     pub overflow_len: AtomicU64,
     protocol_errors: [AtomicU64; 7],
     driver: AtomicU8,
+    /// [`monotonic_ms`] of the shard's last tick (a stalled shard stops updating it).
+    pub last_tick_ms: AtomicU64,
+    /// Latency histograms, folded in by the shard once per tick.
+    pub latency: SharedLatency,
     /// Bytes retained by queued frames on this shard: each frame once plus queue slots.
     pub retained_bytes: AtomicU64,
     /// Logical unsent bytes over this shard's queues (a shared frame counts per queue).
@@ -117,6 +132,60 @@ pub struct ShardStats {
     pub pauses_total: AtomicU64,
     evictions: [AtomicU64; 3],
     drops: [AtomicU64; 2],
+}
+
+/// A point-in-time copy of one shard's counters: plain numbers for /stats and /metrics.
+/// A new counter is one field here, one line in [`ShardStats::snapshot`], and one entry in
+/// `metrics::SCALARS` (/stats serializes every field by itself).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Snapshot {
+    /// Connections currently open.
+    pub active_connections: u64,
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Refusals, indexed like [`Refusal::ALL`].
+    #[serde(skip)]
+    pub refused: [u64; 8],
+    /// Messages received from clients.
+    pub messages_in: u64,
+    /// Payload bytes received from clients.
+    pub bytes_in: u64,
+    /// Frames queued to clients.
+    pub messages_out: u64,
+    /// Bytes written to client sockets.
+    pub bytes_out: u64,
+    /// Envelopes that spilled into overflow queues.
+    pub ring_overflow_total: u64,
+    /// Envelopes waiting in overflow queues.
+    pub overflow_len: u64,
+    /// Protocol errors, indexed like [`COUNTED_CLOSE_CODES`] plus one slot for other codes.
+    #[serde(skip)]
+    pub protocol_errors: [u64; 7],
+    /// [`monotonic_ms`] of the last tick.
+    #[serde(skip)]
+    pub last_tick_ms: u64,
+    /// Bytes retained by queued frames (each frame once, plus queue slots).
+    pub retained_bytes: u64,
+    /// Logical unsent bytes over every queue.
+    pub total_queued_bytes: u64,
+    /// Queue entries over every queue.
+    pub queued_frames: u64,
+    /// The shard's share of the queue ceiling.
+    pub queue_ceiling_bytes: u64,
+    /// The memory limit the ceiling derives from.
+    pub memory_limit: u64,
+    /// Connections above their high-water mark.
+    pub slow_clients: u64,
+    /// Topics paused on this shard.
+    pub paused_topics: u64,
+    /// Pauses begun by this shard's subscribers.
+    pub pauses_total: u64,
+    /// Evictions, indexed like [`Eviction::ALL`].
+    #[serde(skip)]
+    pub evictions: [u64; 3],
+    /// Discarded messages, indexed like [`Discard::ALL`].
+    #[serde(skip)]
+    pub discarded: [u64; 2],
 }
 
 /// Why a connection was evicted (closed 1013).
@@ -223,6 +292,38 @@ impl ShardStats {
         self.driver.store(d as u8, Relaxed);
     }
 
+    /// Record a tick at `now_ms` ([`monotonic_ms`]).
+    pub fn tick(&self, now_ms: u64) {
+        self.last_tick_ms.store(now_ms, Relaxed);
+    }
+
+    /// Copy every counter (each load is Relaxed: the copy is consistent per counter only).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            active_connections: get(&self.connections_active),
+            accepted: get(&self.connections_accepted),
+            refused: std::array::from_fn(|i| get(&self.refused[i])),
+            messages_in: get(&self.messages_in),
+            bytes_in: get(&self.bytes_in),
+            messages_out: get(&self.messages_out),
+            bytes_out: get(&self.bytes_out),
+            ring_overflow_total: get(&self.ring_overflow_total),
+            overflow_len: get(&self.overflow_len),
+            protocol_errors: std::array::from_fn(|i| get(&self.protocol_errors[i])),
+            last_tick_ms: get(&self.last_tick_ms),
+            retained_bytes: get(&self.retained_bytes),
+            total_queued_bytes: get(&self.total_queued_bytes),
+            queued_frames: get(&self.queued_frames),
+            queue_ceiling_bytes: get(&self.queue_ceiling_bytes),
+            memory_limit: get(&self.memory_limit),
+            slow_clients: get(&self.slow_clients),
+            paused_topics: get(&self.paused_topics),
+            pauses_total: get(&self.pauses_total),
+            evictions: std::array::from_fn(|i| get(&self.evictions[i])),
+            discarded: std::array::from_fn(|i| get(&self.drops[i])),
+        }
+    }
+
     /// The driver this shard runs on.
     pub fn driver(&self) -> DriverKind {
         match self.driver.load(Relaxed) {
@@ -279,6 +380,10 @@ mod tests {
         assert_eq!(get(&s.messages_in), 5);
         assert_eq!(get(&s.connections_active), 2);
         assert_eq!(s.driver().name(), "epoll");
+        let snap = s.snapshot();
+        assert_eq!(snap.refused[Refusal::NotFound as usize], 2);
+        assert_eq!(snap.protocol_errors[COUNTED_CLOSE_CODES.len()], 2);
+        assert_eq!((snap.messages_in, snap.active_connections), (5, 2));
         let names: std::collections::HashSet<_> = Refusal::ALL.iter().map(|r| r.name()).collect();
         assert_eq!(names.len(), Refusal::ALL.len());
         for (i, r) in Refusal::ALL.iter().enumerate() {

@@ -18,10 +18,14 @@ pub type Ws = WebSocket<TcpStream>;
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Admin listener address, when it is on.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Server {
-    /// Start with `--listen 127.0.0.1:0` plus `args` (and `--shards 2` unless given).
+    /// Start with `--listen 127.0.0.1:0` plus `args` (and `--shards 2` and
+    /// `--admin-listen 127.0.0.1:0` unless given: the default admin port would collide between
+    /// parallel tests).
     pub fn start(args: &[&str]) -> Server {
         // SHARDCAST_TEST_BIN runs the suite against another build (e.g. release).
         let bin = std::env::var("SHARDCAST_TEST_BIN")
@@ -33,6 +37,11 @@ impl Server {
             } else {
                 &["--shards", "2"][..]
             })
+            .args(if args.contains(&"--admin-listen") {
+                &[][..]
+            } else {
+                &["--admin-listen", "127.0.0.1:0"][..]
+            })
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -42,13 +51,20 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line
+        // `shardcast listening on ADDR` or `shardcast listening on ADDR (admin ADMIN)`.
+        let rest = line
             .trim()
             .strip_prefix("shardcast listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Server { child, addr }
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let (addr, admin) = match rest.split_once(" (admin ") {
+            Some((a, admin)) => (a, Some(admin.trim_end_matches(')').parse().unwrap())),
+            None => (rest, None),
+        };
+        Server {
+            child,
+            addr: addr.parse().unwrap(),
+            admin,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

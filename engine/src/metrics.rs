@@ -1,0 +1,338 @@
+//! `/metrics`: Prometheus text exposition format 0.0.4.
+//!
+//! Names follow the Prometheus conventions: `shardcast_` prefix, base units in the name
+//! (`_bytes`, `_seconds`), `_total` on counters, one `shard` label per series and `reason`/`code`
+//! labels for breakdowns. Latencies are summaries in seconds with `quantile` labels 0.5, 0.9,
+//! 0.99, 0.999 and 1 (the maximum).
+
+use std::fmt::Write;
+
+use crate::admin::{ProcessReport, ShardReport};
+use crate::latency::LatencyKind;
+use crate::stats::{Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES};
+
+/// Content-Type of the exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Metric type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic counter (name ends in `_total`).
+    Counter,
+    /// Value that goes up and down.
+    Gauge,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+}
+
+/// One per-shard scalar series taken from a [`Snapshot`].
+pub struct Scalar {
+    /// Full metric name.
+    pub name: &'static str,
+    /// Type.
+    pub kind: Kind,
+    /// HELP text.
+    pub help: &'static str,
+    /// Reads the value.
+    pub get: fn(&Snapshot) -> u64,
+}
+
+/// Every per-shard scalar; a new [`Snapshot`] field gets one entry here.
+pub const SCALARS: &[Scalar] = &[
+    Scalar {
+        name: "shardcast_connections_active",
+        kind: Kind::Gauge,
+        help: "Connections currently open (upgraded or in handshake).",
+        get: |s| s.active_connections,
+    },
+    Scalar {
+        name: "shardcast_connections_accepted_total",
+        kind: Kind::Counter,
+        help: "Connections accepted.",
+        get: |s| s.accepted,
+    },
+    Scalar {
+        name: "shardcast_messages_received_total",
+        kind: Kind::Counter,
+        help: "Messages received from clients (WebSocket and HTTP publish).",
+        get: |s| s.messages_in,
+    },
+    Scalar {
+        name: "shardcast_received_bytes_total",
+        kind: Kind::Counter,
+        help: "Payload bytes received from clients.",
+        get: |s| s.bytes_in,
+    },
+    Scalar {
+        name: "shardcast_messages_queued_total",
+        kind: Kind::Counter,
+        help: "Frames queued to clients.",
+        get: |s| s.messages_out,
+    },
+    Scalar {
+        name: "shardcast_sent_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes written to client sockets.",
+        get: |s| s.bytes_out,
+    },
+    Scalar {
+        name: "shardcast_ring_overflow_total",
+        kind: Kind::Counter,
+        help: "Envelopes that found an inter-shard ring full and spilled to the overflow queue.",
+        get: |s| s.ring_overflow_total,
+    },
+    Scalar {
+        name: "shardcast_ring_overflow_pending",
+        kind: Kind::Gauge,
+        help: "Envelopes waiting in inter-shard overflow queues.",
+        get: |s| s.overflow_len,
+    },
+    Scalar {
+        name: "shardcast_queue_retained_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes held by queued frames on the shard: each shared frame once, plus queue slots.",
+        get: |s| s.retained_bytes,
+    },
+    Scalar {
+        name: "shardcast_queue_unsent_bytes",
+        kind: Kind::Gauge,
+        help: "Logical unsent bytes summed over the shard's connection queues.",
+        get: |s| s.total_queued_bytes,
+    },
+    Scalar {
+        name: "shardcast_queue_entries",
+        kind: Kind::Gauge,
+        help: "Queue entries summed over the shard's connection queues.",
+        get: |s| s.queued_frames,
+    },
+    Scalar {
+        name: "shardcast_queue_ceiling_bytes",
+        kind: Kind::Gauge,
+        help: "The shard's share of the queue memory ceiling.",
+        get: |s| s.queue_ceiling_bytes,
+    },
+    Scalar {
+        name: "shardcast_memory_limit_bytes",
+        kind: Kind::Gauge,
+        help: "Memory limit the queue ceiling derives from (cgroup, MemTotal or configured).",
+        get: |s| s.memory_limit,
+    },
+    Scalar {
+        name: "shardcast_slow_clients",
+        kind: Kind::Gauge,
+        help: "Connections whose queue is above its high-water mark.",
+        get: |s| s.slow_clients,
+    },
+    Scalar {
+        name: "shardcast_paused_topics",
+        kind: Kind::Gauge,
+        help: "Topics paused (pause policy) as seen by the shard.",
+        get: |s| s.paused_topics,
+    },
+    Scalar {
+        name: "shardcast_pauses_total",
+        kind: Kind::Counter,
+        help: "Times a subscriber on the shard paused a topic.",
+        get: |s| s.pauses_total,
+    },
+];
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Render every family.
+pub fn render(shards: &[ShardReport], process: &ProcessReport) -> String {
+    let mut out = String::with_capacity(4096 + shards.len() * 2048);
+    family(
+        &mut out,
+        "shardcast_uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+    );
+    let _ = writeln!(out, "shardcast_uptime_seconds {}", process.uptime_seconds);
+    if let Some(rss) = process.rss_bytes {
+        family(
+            &mut out,
+            "shardcast_resident_memory_bytes",
+            "gauge",
+            "Resident set size of the process (VmRSS).",
+        );
+        let _ = writeln!(out, "shardcast_resident_memory_bytes {rss}");
+    }
+    family(
+        &mut out,
+        "shardcast_shard_info",
+        "gauge",
+        "Always 1; the driver label names the shard's I/O driver.",
+    );
+    for (i, r) in shards.iter().enumerate() {
+        let driver = r.driver.name();
+        let _ = writeln!(
+            out,
+            "shardcast_shard_info{{shard=\"{i}\",driver=\"{driver}\"}} 1"
+        );
+    }
+    family(
+        &mut out,
+        "shardcast_shard_tick_age_seconds",
+        "gauge",
+        "Time since the shard's loop last ran its 100 ms tick (high means stalled).",
+    );
+    for (i, r) in shards.iter().enumerate() {
+        let age = r.tick_age_ms as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "shardcast_shard_tick_age_seconds{{shard=\"{i}\"}} {age}"
+        );
+    }
+    for m in SCALARS {
+        family(&mut out, m.name, m.kind.name(), m.help);
+        for (i, r) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{}{{shard=\"{i}\"}} {}", m.name, (m.get)(&r.snap));
+        }
+    }
+    family(
+        &mut out,
+        "shardcast_connections_refused_total",
+        "counter",
+        "Connections or requests refused, by reason.",
+    );
+    for (i, r) in shards.iter().enumerate() {
+        for why in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "shardcast_connections_refused_total{{shard=\"{i}\",reason=\"{}\"}} {}",
+                why.name(),
+                r.snap.refused[why as usize]
+            );
+        }
+    }
+    family(
+        &mut out,
+        "shardcast_protocol_errors_total",
+        "counter",
+        "Connections closed for a protocol error, by close code (other: any other code).",
+    );
+    for (i, r) in shards.iter().enumerate() {
+        let codes = COUNTED_CLOSE_CODES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(["other".to_owned()]);
+        for (code, n) in codes.zip(r.snap.protocol_errors) {
+            let _ = writeln!(
+                out,
+                "shardcast_protocol_errors_total{{shard=\"{i}\",code=\"{code}\"}} {n}"
+            );
+        }
+    }
+    family(
+        &mut out,
+        "shardcast_evictions_total",
+        "counter",
+        "Connections closed 1013 by back-pressure, by reason (and policy).",
+    );
+    for (i, r) in shards.iter().enumerate() {
+        for why in Eviction::ALL {
+            let policy = match why {
+                Eviction::HighWater => "evict",
+                Eviction::Ceiling | Eviction::SlowClients => "any",
+            };
+            let _ = writeln!(
+                out,
+                "shardcast_evictions_total{{shard=\"{i}\",reason=\"{}\",policy=\"{policy}\"}} {}",
+                why.name(),
+                r.snap.evictions[why as usize]
+            );
+        }
+    }
+    family(
+        &mut out,
+        "shardcast_messages_discarded_total",
+        "counter",
+        "Queued messages discarded by back-pressure, by reason (and policy).",
+    );
+    for (i, r) in shards.iter().enumerate() {
+        for why in Discard::ALL {
+            let policy = match why {
+                Discard::Conflated => "conflate",
+                Discard::DropOldest => "drop-oldest",
+            };
+            let _ = writeln!(
+                out,
+                "shardcast_messages_discarded_total{{shard=\"{i}\",reason=\"{}\",policy=\"{policy}\"}} {}",
+                why.name(),
+                r.snap.discarded[why as usize]
+            );
+        }
+    }
+    for kind in LatencyKind::ALL {
+        let name = format!("shardcast_{}_latency_seconds", kind.name());
+        let help = match kind {
+            LatencyKind::Handshake => "Accept to 101 written, since start (quantile 1 = max).",
+            LatencyKind::RingTransit => {
+                "Publish to drained by the receiving shard's ring consumer, since start (quantile 1 = max)."
+            }
+        };
+        family(&mut out, &name, "summary", help);
+        for (i, r) in shards.iter().enumerate() {
+            let s = &r.latency[kind as usize];
+            for (q, us) in s.quantiles() {
+                let secs = us as f64 / 1e6;
+                let _ = writeln!(out, "{name}{{shard=\"{i}\",quantile=\"{q}\"}} {secs}");
+            }
+            // hdrhistogram keeps no exact sum; mean × count is exact to the histogram's 1%.
+            let sum = s.mean * s.count as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {}", s.count);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::latency::Summary;
+    use crate::stats::DriverKind;
+
+    #[test]
+    fn families_are_declared_and_counters_end_in_total() {
+        let snap = Snapshot {
+            messages_in: 7,
+            ..Snapshot::default()
+        };
+        let report = ShardReport {
+            snap,
+            driver: DriverKind::Epoll,
+            latency: [Summary::default(); 2],
+            tick_age_ms: 50,
+        };
+        let text = render(
+            &[report],
+            &ProcessReport {
+                rss_bytes: Some(4096),
+                uptime_seconds: 1.5,
+            },
+        );
+        assert!(text.contains("shardcast_messages_received_total{shard=\"0\"} 7\n"));
+        assert!(text.contains("shardcast_shard_tick_age_seconds{shard=\"0\"} 0.05\n"));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut parts = line.split(' ').skip(2);
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} lacks HELP"
+            );
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+        }
+    }
+}

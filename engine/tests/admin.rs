@@ -1,0 +1,321 @@
+//! The admin listener through the real binary, on both drivers.
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
+use tungstenite::Message;
+
+/// The drivers to run each test on (auto is io_uring where available).
+const DRIVERS: [&str; 2] = ["auto", "epoll"];
+
+/// Send `method path` to the admin listener; returns (status, body).
+fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(tcp, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("complete response");
+    (status(head), body.to_owned())
+}
+
+fn stats(addr: SocketAddr) -> serde_json::Value {
+    let (code, body) = admin(addr, "GET", "/stats");
+    assert_eq!(code, 200);
+    serde_json::from_str(&body).expect("/stats is JSON")
+}
+
+/// Poll /stats until `f` holds (counters are eventually consistent across shards).
+fn stats_until(addr: SocketAddr, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let end = deadline();
+    loop {
+        let s = stats(addr);
+        if f(&s) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "condition never held: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start(driver: &str) -> (Server, SocketAddr) {
+    let server = Server::start(&["--driver", driver]);
+    let admin = server.admin.expect("admin listener is on");
+    (server, admin)
+}
+
+#[test]
+fn health_ok_and_errors() {
+    for driver in DRIVERS {
+        let (_server, addr) = start(driver);
+        assert_eq!(admin(addr, "GET", "/health"), (200, "ok\n".to_owned()));
+        assert_eq!(admin(addr, "GET", "/nope").0, 404);
+        assert_eq!(admin(addr, "POST", "/stats").0, 405);
+        assert_eq!(admin(addr, "DELETE", "/nope").0, 404);
+        assert_eq!(admin(addr, "GET", "/histograms?shard=0&kind=x").0, 400);
+        assert_eq!(admin(addr, "GET", "/histograms?kind=handshake").0, 400);
+        assert_eq!(
+            admin(addr, "GET", "/histograms?shard=9&kind=handshake").0,
+            404
+        );
+        // Garbage is answered by the shared parser with 400, and a huge head with 431.
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        tcp.write_all(b"\x01\x02 nonsense\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = tcp.read_to_string(&mut out);
+        assert_eq!(status(&out), 400, "{out}");
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let big = format!("GET /stats HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(8000));
+        let _ = tcp.write_all(big.as_bytes());
+        let mut out = Vec::new();
+        let _ = tcp.read_to_end(&mut out);
+        assert_eq!(status(&String::from_utf8_lossy(&out)), 431);
+    }
+}
+
+#[test]
+fn admin_can_be_turned_off() {
+    let server = Server::start(&["--admin-listen", "off"]);
+    assert_eq!(server.admin, None);
+    let (mut ws, _) = server.ws("/echo");
+    ws.send(Message::text("still serving")).unwrap();
+    assert_eq!(next_text(&mut ws), "still serving");
+}
+
+#[test]
+fn stats_counts_connections_and_messages() {
+    for driver in DRIVERS {
+        let (server, addr) = start(driver);
+        let mut subs = vec![server.ws_on("/ws/t", 0), server.ws_on("/ws/t", 1)];
+        for s in &mut subs {
+            sync(s);
+        }
+        let mut publisher = server.ws_on("/pub/t", 0);
+        let s = stats_until(addr, |s| s["totals"]["active_connections"] == 3);
+        let shards = s["shards"].as_array().unwrap();
+        assert_eq!(shards.len(), 2, "one entry per shard");
+        for (i, sh) in shards.iter().enumerate() {
+            assert_eq!(sh["shard"], i);
+            let expect = if driver == "epoll" {
+                "epoll"
+            } else {
+                sh["driver"].as_str().unwrap()
+            };
+            assert_eq!(sh["driver"], expect);
+            assert!(["io_uring", "epoll"].contains(&expect));
+            assert!(sh["refused"]["max_connections"].is_u64());
+            assert!(sh["protocol_errors"]["1002"].is_u64());
+            assert!(sh["latency_us"]["handshake"]["p99"].is_u64());
+        }
+        assert!(
+            s["memory_usage"].as_u64().unwrap() > 1 << 20,
+            "RSS in bytes"
+        );
+        assert!(s["uptime_seconds"].as_f64().unwrap() > 0.0);
+        for i in 0..5 {
+            publisher.send(Message::text(format!("m{i}"))).unwrap();
+        }
+        for s in &mut subs {
+            for i in 0..5 {
+                assert_eq!(next_text(s), format!("m{i}"));
+            }
+        }
+        // 2 sync requests + 5 publishes in; 5 messages × 2 subscribers out.
+        let s = stats_until(addr, |s| {
+            s["totals"]["messages_in"] == 7 && s["totals"]["messages_out"] == 10
+        });
+        let per_shard: u64 = s["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|sh| sh["messages_out"].as_u64().unwrap())
+            .sum();
+        assert_eq!(per_shard, 10, "totals are the sum of the shards");
+        // Shard 1 drained the publishes from shard 0's ring; histograms lag at most one tick.
+        let s = stats_until(addr, |s| {
+            s["shards"][1]["latency_us"]["ring_transit"]["count"]
+                .as_u64()
+                .unwrap()
+                >= 5
+        });
+        assert!(s["totals"]["accepted"].as_u64().unwrap() >= 3);
+        drop(subs.pop());
+        stats_until(addr, |s| s["totals"]["active_connections"] == 2);
+    }
+}
+
+/// Every sample is `name{labels} value`, every family has HELP and TYPE, counters end in _total.
+fn check_exposition(text: &str) -> HashMap<String, String> {
+    let mut types = HashMap::new();
+    let mut helps = HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helps.insert(rest.split(' ').next().unwrap().to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge", "summary"].contains(&kind), "{line}");
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+            assert!(helps.contains(name), "TYPE before HELP or no HELP: {line}");
+            types.insert(name.to_owned(), kind.to_owned());
+        }
+    }
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.starts_with("shardcast_")
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let mut samples = 0;
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = match series.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels.strip_suffix('}').expect("labels close");
+                for pair in labels.split(',') {
+                    let (k, v) = pair.split_once('=').unwrap();
+                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                    assert!(
+                        v.starts_with('"') && v.ends_with('"') && v.len() >= 2,
+                        "{line}"
+                    );
+                }
+                name
+            }
+            None => series,
+        };
+        assert!(valid_name(name), "{line}");
+        let family = [
+            name,
+            name.trim_end_matches("_sum"),
+            name.trim_end_matches("_count"),
+        ]
+        .into_iter()
+        .find(|f| types.contains_key(*f))
+        .unwrap_or_else(|| panic!("no TYPE for {line}"));
+        if family != name {
+            assert_eq!(types[family], "summary", "{line}");
+        }
+        samples += 1;
+    }
+    assert!(samples > 20);
+    types
+}
+
+#[test]
+fn metrics_are_well_formed() {
+    for driver in DRIVERS {
+        let (server, addr) = start(driver);
+        let (mut ws, _) = server.ws("/echo");
+        ws.send(Message::text("x")).unwrap();
+        next_text(&mut ws);
+        stats_until(addr, |s| s["totals"]["messages_in"] == 1);
+        let (code, text) = admin(addr, "GET", "/metrics");
+        assert_eq!(code, 200);
+        let types = check_exposition(&text);
+        assert_eq!(types["shardcast_handshake_latency_seconds"], "summary");
+        assert!(text.contains("shardcast_connections_active{shard=\"0\"}"));
+        assert!(text
+            .contains("shardcast_connections_refused_total{shard=\"1\",reason=\"not_found\"} 0"));
+        assert!(text.contains("shardcast_protocol_errors_total{shard=\"0\",code=\"1002\"} 0"));
+        assert!(
+            text.contains("shardcast_ring_transit_latency_seconds{shard=\"1\",quantile=\"0.99\"}")
+        );
+        let received: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("shardcast_messages_received_total{"))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(received, 1);
+    }
+}
+
+#[test]
+fn histograms_are_hdr_v2_logs() {
+    for driver in DRIVERS {
+        let (server, addr) = start(driver);
+        for _ in 0..6 {
+            drop(server.ws("/echo"));
+        }
+        // At least one shard recorded handshakes; wait for its tick to publish them.
+        let s = stats_until(addr, |s| {
+            s["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|sh| sh["latency_us"]["handshake"]["count"].as_u64().unwrap())
+                .sum::<u64>()
+                == 6
+        });
+        let mut total = 0;
+        for shard in 0..2 {
+            let expect = s["shards"][shard]["latency_us"]["handshake"]["count"]
+                .as_u64()
+                .unwrap();
+            let (code, body) = admin(
+                addr,
+                "GET",
+                &format!("/histograms?shard={shard}&kind=handshake"),
+            );
+            assert_eq!(code, 200);
+            let intervals: Vec<_> = IntervalLogIterator::new(body.as_bytes())
+                .map(|e| e.expect("parses as an interval log"))
+                .filter_map(|e| match e {
+                    LogEntry::Interval(h) => Some(h),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(intervals.len(), 1, "{body}");
+            let h = &intervals[0];
+            assert_eq!(h.tag().unwrap().as_str(), format!("shard{shard}_handshake"));
+            let encoded = base64_decode(h.encoded_histogram());
+            let hist: hdrhistogram::Histogram<u64> = Deserializer::new()
+                .deserialize(&mut &encoded[..])
+                .expect("V2 deflate histogram");
+            assert_eq!(hist.len(), expect);
+            total += hist.len();
+        }
+        assert_eq!(total, 6);
+        let (code, body) = admin(addr, "GET", "/histograms?shard=1&kind=ring_transit");
+        assert_eq!(code, 200);
+        assert!(IntervalLogIterator::new(body.as_bytes()).all(|e| e.is_ok()));
+    }
+}
+
+/// Standard base64 (the log's histogram encoding); tiny decoder to avoid a dev-dependency.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("bad base64 {c}"),
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').map(val).collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &b) in chunk.iter().enumerate() {
+            acc |= (b as u32) << (18 - 6 * i);
+        }
+        let n = chunk.len() * 6 / 8;
+        out.extend_from_slice(&acc.to_be_bytes()[1..1 + n]);
+    }
+    out
+}
