@@ -468,6 +468,7 @@ impl WsConn {
             let mut writable: Option<Pin<Box<dyn Future<Output = io::Result<()>> + '_>>> = None;
             // Armed once closing begins (boxed: only closing connections pay for it).
             let mut deadline: Option<Pin<Box<monoio::time::Sleep>>> = None;
+            let mut yield_once = false;
             loop {
                 if writable.is_none() && !self.conn.queue.borrow().is_empty() {
                     match self.write() {
@@ -485,6 +486,14 @@ impl WsConn {
                 let conn = &self.conn;
                 let (hub, role) = (&self.hub, &self.role);
                 let wake = std::future::poll_fn(|cx| {
+                    // After a read turn, let the shard's other tasks run before reading again:
+                    // with epoll a firehose publisher's socket stays readable, and without
+                    // this yield it would starve the mesh drain (which delivers, among other
+                    // things, the pause notices that should stop this very publisher).
+                    if std::mem::take(&mut yield_once) {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     if writable.is_none() && !conn.queue.borrow().is_empty() {
                         return Poll::Ready(Wake::Queued);
                     }
@@ -530,6 +539,7 @@ impl WsConn {
                         if r.is_err() || !self.read() {
                             return false;
                         }
+                        yield_once = true;
                     }
                 }
             }
@@ -598,9 +608,14 @@ impl WsConn {
         true
     }
 
-    /// True for a publisher whose topic is paused.
+    /// True for a publisher whose topic is paused (after taking in pending mesh items, which
+    /// may carry a pause notice from another shard).
     fn publishing_paused(&self) -> bool {
-        matches!(&self.role, ConnRole::Publisher(t) if self.hub.is_paused(t))
+        let ConnRole::Publisher(t) = &self.role else {
+            return false;
+        };
+        self.hub.drain_now();
+        self.hub.is_paused(t)
     }
 
     /// Decode from an owned buffer, keeping the unconsumed tail (and dropping big buffers

@@ -631,6 +631,18 @@ impl Hub {
         true
     }
 
+    /// Handle whatever other shards have sent so far, from inside another task. A publisher
+    /// calls this between reads: a firehose publisher must see a pause notice promptly even
+    /// when the shard's mesh drain task does not get scheduled in between (observed with the
+    /// epoll driver: the notice arrived only after the whole burst had been read).
+    pub fn drain_now(&self) {
+        let mut items = Vec::new();
+        self.link.borrow_mut().try_drain(|i| items.push(i));
+        for i in items {
+            self.receive(i);
+        }
+    }
+
     /// Handle one item from another shard.
     pub fn receive(&self, item: MeshItem) {
         match item {
