@@ -594,6 +594,85 @@ mod tests {
     }
 
     #[test]
+    fn backpressure_options_from_cli_env_and_file() {
+        let c = parse(&[
+            "--topic-policy",
+            "tick.*=conflate,high_water_bytes=64K",
+            "--topic-policy",
+            "book.*=evict",
+            "--default-policy",
+            "drop-oldest",
+            "--high-water-bytes",
+            "2MiB",
+            "--memory-limit",
+            "64M",
+            "--queue-ceiling-pct",
+            "10",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.default_policy, Action::DropOldest);
+        assert_eq!(
+            (c.high_water_bytes, c.low_water_bytes),
+            (2 << 20, 512 << 10)
+        );
+        assert_eq!(
+            (c.memory_limit, c.memory_limit_source.as_str()),
+            (64 << 20, "config")
+        );
+        assert_eq!(c.queue_ceiling(), (64 << 20) / 10);
+        assert_eq!(c.topic_policy.len(), 2);
+        let p = c.policies();
+        assert_eq!(p.lookup("tick.btc").high_water_bytes, 65536);
+        assert_eq!(p.lookup("tick.btc").low_water_bytes, 16384);
+        assert_eq!(p.lookup("book.btc").policy, Action::Evict);
+        assert_eq!(
+            p.lookup("book.btc").high_water_bytes,
+            2 << 20,
+            "inherits the default"
+        );
+        assert_eq!(p.lookup("other").policy, Action::DropOldest);
+        // Printed config round-trips, topic policies included.
+        let text = c.to_toml();
+        assert!(text.contains("[[topic_policy]]"), "{text}");
+        let back = toml::from_str::<Overrides>(&text)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(back.topic_policy, c.topic_policy);
+        assert_eq!(back.memory_limit, c.memory_limit);
+        // Env: ';'-separated (only this test uses this variable).
+        std::env::set_var("SHARDCAST_TOPIC_POLICY", "a*=pause;b=drop-oldest,keep=3");
+        let c = parse(&[]).resolve().unwrap();
+        std::env::remove_var("SHARDCAST_TOPIC_POLICY");
+        let p = c.policies();
+        assert_eq!(p.lookup("ab").policy, Action::Pause);
+        assert_eq!(p.lookup("b").keep, 3);
+        // TOML tables.
+        let dir = std::env::temp_dir().join(format!("shardcast-cfg-bp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "memory_limit = \"1GiB\"\n[[topic_policy]]\npattern = \"x?\"\npolicy = \"conflate\"\nlow_water_bytes = 10\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap()])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.memory_limit, 1 << 30);
+        assert_eq!(c.policies().lookup("xy").policy, Action::Conflate);
+        assert_eq!(c.policies().lookup("xy").low_water_bytes, 10);
+        assert!(
+            parse(&["--low-water-bytes", "2M", "--high-water-bytes", "1M"])
+                .resolve()
+                .is_err()
+        );
+        assert!(parse(&["--queue-ceiling-pct", "0"]).resolve().is_err());
+        assert!(Overrides::try_parse_from(["shardcast", "--memory-limit", "12X"]).is_err());
+    }
+
+    #[test]
     fn rejects_invalid_values() {
         assert!(parse(&["--shards", "0"]).resolve().is_err());
         assert!(parse(&["--ring-capacity", "0"]).resolve().is_err());
