@@ -19,7 +19,9 @@ use shardcast_proto::http::{write_response, Parse, Request, RequestLimits, Reque
 
 use crate::latency::{LatencyKind, Summary};
 use crate::server::Shutdown;
-use crate::stats::{monotonic_ms, DriverKind, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES};
+use crate::stats::{
+    monotonic_ms, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES,
+};
 use crate::{dashboard, metrics};
 
 /// Read and write timeout per admin connection.
@@ -319,6 +321,16 @@ fn counters_json(snap: &Snapshot) -> Map<String, Value> {
         .collect();
     m.insert("refused".into(), refused.into());
     m.insert("protocol_errors".into(), errors.into());
+    let evictions: Map<String, Value> = Eviction::ALL
+        .iter()
+        .map(|e| (e.name().to_owned(), snap.evictions[*e as usize].into()))
+        .collect();
+    let discarded: Map<String, Value> = Discard::ALL
+        .iter()
+        .map(|d| (d.name().to_owned(), snap.discarded[*d as usize].into()))
+        .collect();
+    m.insert("evictions".into(), evictions.into());
+    m.insert("discarded".into(), discarded.into());
     m
 }
 
@@ -353,6 +365,11 @@ fn stats_json(state: &State, snaps: &[Snapshot]) -> Value {
             .collect();
         m.insert("latency_us".into(), latency.into());
         shards.push(Value::Object(m));
+    }
+    // The memory limit is one process-wide number (each shard reports it), not a sum; the
+    // summed queue_ceiling_bytes is the process ceiling.
+    if let Some(first) = snaps.first() {
+        totals.insert("memory_limit".into(), first.memory_limit.into());
     }
     let p = process(state);
     json!({

@@ -13,6 +13,54 @@ use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::latency::Recording;
+use crate::policy::{Action, Policy, TopicPolicy, TopicPolicySpec};
+
+/// A byte count given as a plain number or with a suffix; every suffix is binary, as memory
+/// limits are: `K`/`KiB` = 1024, `M`/`MiB` = 1024², `G`/`GiB` = 1024³.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, suffix) = s.split_at(digits);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a byte count (e.g. 65536, 64K, 64MiB, 2G)"))?;
+        let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            _ => {
+                return Err(format!(
+                    "{s:?}: unknown suffix (use K, M, G, KiB, MiB, GiB)"
+                ))
+            }
+        };
+        n.checked_mul(1 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
 
 /// Which monoio driver each shard runtime uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -135,6 +183,21 @@ pub struct Config {
     pub max_lifetime_ms: u64,
     /// Up to this percentage is taken off each connection's lifetime, spread per connection.
     pub lifetime_jitter_pct: u8,
+    /// Policy for topics no `topic_policy` pattern matches.
+    pub default_policy: Action,
+    /// Default high-water mark of a connection's send queue, in bytes.
+    pub high_water_bytes: usize,
+    /// Default low-water mark, in bytes.
+    pub low_water_bytes: usize,
+    /// Memory limit the queue ceiling is a share of (configured, else cgroup v2 memory.max,
+    /// else MemTotal).
+    pub memory_limit: u64,
+    /// Where `memory_limit` came from: "config", "cgroup" or "meminfo".
+    pub memory_limit_source: String,
+    /// Percent of `memory_limit` that queued frames may hold, process-wide.
+    pub queue_ceiling_pct: u32,
+    /// Per-topic policies, first matching pattern wins (last: TOML tables follow values).
+    pub topic_policy: Vec<TopicPolicy>,
 }
 
 /// One configuration layer: every option optional. Parsed from the CLI (+ env by clap) and
@@ -225,6 +288,28 @@ pub struct Overrides {
     /// Spread lifetimes: each connection loses up to this percentage of max_lifetime_ms, 0-100 [default: 10]
     #[arg(long, env = "SHARDCAST_LIFETIME_JITTER_PCT")]
     pub lifetime_jitter_pct: Option<u8>,
+    /// Policy above the high-water mark for topics no --topic-policy matches: evict (close 1013), conflate, drop-oldest or pause [default: evict]
+    #[arg(long, env = "SHARDCAST_DEFAULT_POLICY")]
+    pub default_policy: Option<Action>,
+    /// Send-queue high-water mark per connection; suffixes K/M/G/KiB/MiB/GiB [default: 1MiB]
+    #[arg(long, env = "SHARDCAST_HIGH_WATER_BYTES")]
+    pub high_water_bytes: Option<ByteSize>,
+    /// Send-queue low-water mark (a paused topic resumes, a slow client counts as caught up, below it) [default: high_water_bytes / 4]
+    #[arg(long, env = "SHARDCAST_LOW_WATER_BYTES")]
+    pub low_water_bytes: Option<ByteSize>,
+    /// Per-topic policy, repeatable, first match wins: 'PATTERN=POLICY[,high_water_bytes=N][,low_water_bytes=N][,keep=N]' with globs (* ?); env: ';'-separated; TOML: [[topic_policy]] tables with the same keys plus pattern and policy [default: none]
+    #[arg(long, env = "SHARDCAST_TOPIC_POLICY", value_delimiter = ';')]
+    pub topic_policy: Option<Vec<TopicPolicySpec>>,
+    /// Memory limit the queue ceiling is a share of; suffixes K/M/G/KiB/MiB/GiB [default: cgroup v2 memory.max, else MemTotal]
+    #[arg(long, env = "SHARDCAST_MEMORY_LIMIT")]
+    pub memory_limit: Option<ByteSize>,
+    /// Percent of the memory limit that queued frames may hold (split evenly over the shards) [default: 5]
+    #[arg(long, env = "SHARDCAST_QUEUE_CEILING_PCT")]
+    pub queue_ceiling_pct: Option<u32>,
+    /// Informational key written by --print-config; ignored on input
+    #[arg(skip)]
+    #[serde(default)]
+    pub memory_limit_source: Option<String>,
     /// TOML file with any of the options above (same names as keys)
     #[arg(long, env = "SHARDCAST_CONFIG")]
     #[serde(skip)]
@@ -248,6 +333,8 @@ pub enum ConfigError {
     Parse(PathBuf, toml::de::Error),
     /// A value is out of range.
     Invalid(&'static str),
+    /// A back-pressure policy is inconsistent.
+    Policy(String),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -256,6 +343,7 @@ impl std::fmt::Display for ConfigError {
             Self::Read(p, e) => write!(f, "cannot read config file {}: {e}", p.display()),
             Self::Parse(p, e) => write!(f, "invalid config file {}: {e}", p.display()),
             Self::Invalid(why) => write!(f, "invalid configuration: {why}"),
+            Self::Policy(why) => write!(f, "invalid policy: {why}"),
         }
     }
 }
@@ -305,6 +393,13 @@ impl Overrides {
             idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
             max_lifetime_ms: self.max_lifetime_ms.or(lower.max_lifetime_ms),
             lifetime_jitter_pct: self.lifetime_jitter_pct.or(lower.lifetime_jitter_pct),
+            default_policy: self.default_policy.or(lower.default_policy),
+            high_water_bytes: self.high_water_bytes.or(lower.high_water_bytes),
+            low_water_bytes: self.low_water_bytes.or(lower.low_water_bytes),
+            topic_policy: self.topic_policy.or(lower.topic_policy),
+            memory_limit: self.memory_limit.or(lower.memory_limit),
+            memory_limit_source: self.memory_limit_source.or(lower.memory_limit_source),
+            queue_ceiling_pct: self.queue_ceiling_pct.or(lower.queue_ceiling_pct),
             config: self.config.or(lower.config),
             print_config: self.print_config || lower.print_config,
             preflight: self.preflight || lower.preflight,
@@ -332,6 +427,41 @@ impl Overrides {
             return Err(ConfigError::Invalid("shards must be at least 1"));
         }
         let max_connections = self.max_connections.unwrap_or(1_000_000);
+        let size = |b: Option<ByteSize>| b.map(|b| b.0 as usize);
+        let default = Policy::resolve(
+            self.default_policy.unwrap_or(Action::Evict),
+            size(self.high_water_bytes),
+            size(self.low_water_bytes),
+            None,
+            crate::policy::DEFAULT_HIGH_WATER,
+        )
+        .map_err(ConfigError::Policy)?;
+        let topic_policy = self
+            .topic_policy
+            .unwrap_or_default()
+            .into_iter()
+            .map(|spec| {
+                let resolved = Policy::resolve(
+                    spec.policy,
+                    size(spec.high_water_bytes),
+                    size(spec.low_water_bytes),
+                    spec.keep,
+                    default.high_water_bytes,
+                )
+                .map_err(|e| ConfigError::Policy(format!("topic_policy {}: {e}", spec.pattern)))?;
+                Ok(TopicPolicy {
+                    pattern: spec.pattern,
+                    resolved,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let (memory_limit, source) = match self.memory_limit {
+            Some(b) => (b.0, "config"),
+            None => crate::governor::detect_memory_limit(),
+        };
+        if memory_limit == 0 {
+            return Err(ConfigError::Invalid("memory_limit must be positive"));
+        }
         let config = Config {
             listen: self.listen.unwrap_or(([0, 0, 0, 0], 8080).into()),
             admin_listen: self
@@ -363,11 +493,21 @@ impl Overrides {
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(0),
             max_lifetime_ms: self.max_lifetime_ms.unwrap_or(0),
             lifetime_jitter_pct: self.lifetime_jitter_pct.unwrap_or(10),
+            default_policy: default.policy,
+            high_water_bytes: default.high_water_bytes,
+            low_water_bytes: default.low_water_bytes,
+            memory_limit,
+            memory_limit_source: source.to_owned(),
+            queue_ceiling_pct: self.queue_ceiling_pct.unwrap_or(5),
+            topic_policy,
         };
         if config.histogram_log_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "histogram_log_interval_ms must be at least 1",
             ));
+        }
+        if !(1..=100).contains(&config.queue_ceiling_pct) {
+            return Err(ConfigError::Invalid("queue_ceiling_pct must be 1..=100"));
         }
         if config.ring_capacity == 0 {
             return Err(ConfigError::Invalid("ring_capacity must be at least 1"));
@@ -381,6 +521,24 @@ impl Overrides {
 }
 
 impl Config {
+    /// The policy table the hubs use.
+    pub fn policies(&self) -> crate::policy::Policies {
+        crate::policy::Policies::new(
+            self.topic_policy.clone(),
+            Policy {
+                policy: self.default_policy,
+                high_water_bytes: self.high_water_bytes,
+                low_water_bytes: self.low_water_bytes,
+                keep: crate::policy::DEFAULT_KEEP,
+            },
+        )
+    }
+
+    /// Process-wide ceiling on bytes retained by queued frames.
+    pub fn queue_ceiling(&self) -> u64 {
+        (self.memory_limit as u128 * self.queue_ceiling_pct as u128 / 100) as u64
+    }
+
     /// The effective configuration as TOML, with the publish token redacted.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
@@ -507,6 +665,85 @@ mod tests {
         let c = parse(&["--admin-listen", "127.0.0.1:0"]).resolve().unwrap();
         assert_eq!(c.admin_listen.addr(), Some("127.0.0.1:0".parse().unwrap()));
         assert!(Overrides::try_parse_from(["shardcast", "--admin-listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn backpressure_options_from_cli_env_and_file() {
+        let c = parse(&[
+            "--topic-policy",
+            "tick.*=conflate,high_water_bytes=64K",
+            "--topic-policy",
+            "book.*=evict",
+            "--default-policy",
+            "drop-oldest",
+            "--high-water-bytes",
+            "2MiB",
+            "--memory-limit",
+            "64M",
+            "--queue-ceiling-pct",
+            "10",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.default_policy, Action::DropOldest);
+        assert_eq!(
+            (c.high_water_bytes, c.low_water_bytes),
+            (2 << 20, 512 << 10)
+        );
+        assert_eq!(
+            (c.memory_limit, c.memory_limit_source.as_str()),
+            (64 << 20, "config")
+        );
+        assert_eq!(c.queue_ceiling(), (64 << 20) / 10);
+        assert_eq!(c.topic_policy.len(), 2);
+        let p = c.policies();
+        assert_eq!(p.lookup("tick.btc").high_water_bytes, 65536);
+        assert_eq!(p.lookup("tick.btc").low_water_bytes, 16384);
+        assert_eq!(p.lookup("book.btc").policy, Action::Evict);
+        assert_eq!(
+            p.lookup("book.btc").high_water_bytes,
+            2 << 20,
+            "inherits the default"
+        );
+        assert_eq!(p.lookup("other").policy, Action::DropOldest);
+        // Printed config round-trips, topic policies included.
+        let text = c.to_toml();
+        assert!(text.contains("[[topic_policy]]"), "{text}");
+        let back = toml::from_str::<Overrides>(&text)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(back.topic_policy, c.topic_policy);
+        assert_eq!(back.memory_limit, c.memory_limit);
+        // Env: ';'-separated (only this test uses this variable).
+        std::env::set_var("SHARDCAST_TOPIC_POLICY", "a*=pause;b=drop-oldest,keep=3");
+        let c = parse(&[]).resolve().unwrap();
+        std::env::remove_var("SHARDCAST_TOPIC_POLICY");
+        let p = c.policies();
+        assert_eq!(p.lookup("ab").policy, Action::Pause);
+        assert_eq!(p.lookup("b").keep, 3);
+        // TOML tables.
+        let dir = std::env::temp_dir().join(format!("shardcast-cfg-bp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "memory_limit = \"1GiB\"\n[[topic_policy]]\npattern = \"x?\"\npolicy = \"conflate\"\nlow_water_bytes = 10\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap()])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.memory_limit, 1 << 30);
+        assert_eq!(c.policies().lookup("xy").policy, Action::Conflate);
+        assert_eq!(c.policies().lookup("xy").low_water_bytes, 10);
+        assert!(
+            parse(&["--low-water-bytes", "2M", "--high-water-bytes", "1M"])
+                .resolve()
+                .is_err()
+        );
+        assert!(parse(&["--queue-ceiling-pct", "0"]).resolve().is_err());
+        assert!(Overrides::try_parse_from(["shardcast", "--memory-limit", "12X"]).is_err());
     }
 
     #[test]

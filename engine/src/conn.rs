@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use monoio::net::TcpStream;
 use shardcast_proto::handshake::{validate_upgrade, write_rejection, write_switching_protocols};
 use shardcast_proto::http::{
@@ -35,6 +34,11 @@ use crate::stats::{self, Refusal};
 
 /// How long a closing connection waits for the peer's close reply / EOF before dropping it.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// How long an evicted (or otherwise closing) connection may take to flush its close frame
+/// before it is dropped without one: a client that never reads must not hold a socket and a
+/// partially written frame forever.
+const CLOSE_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Reads per readiness event before yielding to other connections.
 const READS_PER_TURN: usize = 8;
@@ -69,7 +73,7 @@ pub fn admit(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
         // Best effort, never waits: the socket buffer of a fresh connection has room.
         let mut iov = Vec::with_capacity(1);
         let fd = stream.as_raw_fd();
-        let _ = sockio::send_frames(fd, std::iter::once(&Bytes::from(out)), &mut iov);
+        let _ = sockio::send_frames(fd, std::iter::once(&out[..]), &mut iov);
         // Half-close and discard the request already received, so closing sends FIN rather
         // than a reset that could destroy the 503 before the client reads it.
         // SAFETY: plain syscall on a descriptor we own.
@@ -126,7 +130,7 @@ async fn handshake_task(
                 &mut out,
                 &HttpError::new(Status::RequestTimeout, "handshake timeout"),
             );
-            let _ = sockio::send_frames(fd, std::iter::once(&Bytes::from(out)), &mut Vec::new());
+            let _ = sockio::send_frames(fd, std::iter::once(&out[..]), &mut Vec::new());
             Box::pin(linger(&stream, fd)).await;
             return;
         }
@@ -141,6 +145,7 @@ async fn handshake_task(
         .record(LatencyKind::Handshake, accepted_at.elapsed());
     let conn = Rc::new(Conn {
         stream_mode: matches!(route, Route::Stream(_)),
+        ledger: hub.ledger().clone(),
         ..Conn::default()
     });
     let id = hub.register(conn.clone());
@@ -304,6 +309,17 @@ async fn handshake(
                 refuse(hub, auth_refusal(e), auth_error(e), &mut out);
                 break;
             }
+            if hub.is_paused(&topic) {
+                hub.stats().refuse(Refusal::Paused);
+                write_response(
+                    &mut out,
+                    Status::ServiceUnavailable,
+                    &[("Retry-After", "1")],
+                    "text/plain; charset=utf-8",
+                    b"topic paused by back-pressure, retry later",
+                );
+                break;
+            }
             let length = match length {
                 Ok(Some(n)) => n,
                 Ok(None) => {
@@ -433,6 +449,7 @@ struct WsConn {
 
 enum Wake {
     Queued,
+    Deadline,
     Writable(io::Result<()>),
     Readable(io::Result<()>),
 }
@@ -450,6 +467,9 @@ impl WsConn {
             let mut readable = pin!(stream.readable(false));
             // Allocated only while a write would block, so idle connections do not carry it.
             let mut writable: Option<Pin<Box<dyn Future<Output = io::Result<()>> + '_>>> = None;
+            // Armed once closing begins (boxed: only closing connections pay for it).
+            let mut deadline: Option<Pin<Box<monoio::time::Sleep>>> = None;
+            let mut yield_once = false;
             loop {
                 if writable.is_none() && !self.conn.queue.borrow().is_empty() {
                     match self.write() {
@@ -464,9 +484,20 @@ impl WsConn {
                 if self.conn.closing.get() && self.conn.queue.borrow().is_empty() {
                     return true;
                 }
+                if self.conn.closing.get() && deadline.is_none() {
+                    deadline = Some(Box::pin(monoio::time::sleep(CLOSE_FLUSH_DEADLINE)));
+                }
                 let conn = &self.conn;
-                let reading = !conn.closing.get();
+                let (hub, role) = (&self.hub, &self.role);
                 let wake = std::future::poll_fn(|cx| {
+                    // After a read turn, let the shard's other tasks run before reading again:
+                    // with epoll a firehose publisher's socket stays readable, and without
+                    // this yield it would starve the mesh drain (which delivers, among other
+                    // things, the pause notices that should stop this very publisher).
+                    if std::mem::take(&mut yield_once) {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     if conn.abort.get() || (writable.is_none() && !conn.queue.borrow().is_empty()) {
                         return Poll::Ready(Wake::Queued);
                     }
@@ -479,7 +510,18 @@ impl WsConn {
                             return Poll::Ready(Wake::Writable(r));
                         }
                     }
-                    if reading {
+                    if let Some(d) = deadline.as_mut() {
+                        if d.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Wake::Deadline);
+                        }
+                    }
+                    // A publisher of a paused topic is not read (TCP back-pressure reaches
+                    // the producer); the hub wakes it when the topic resumes.
+                    let paused = match role {
+                        ConnRole::Publisher(t) => hub.poll_paused(t, cx),
+                        _ => false,
+                    };
+                    if !conn.closing.get() && !paused {
                         if let Poll::Ready(r) = readable.as_mut().poll(cx) {
                             return Poll::Ready(Wake::Readable(r));
                         }
@@ -489,6 +531,7 @@ impl WsConn {
                 .await;
                 match wake {
                     Wake::Queued => {}
+                    Wake::Deadline => return false,
                     Wake::Writable(r) => {
                         writable = None;
                         if r.is_err() {
@@ -500,6 +543,7 @@ impl WsConn {
                         if r.is_err() || !self.read() {
                             return false;
                         }
+                        yield_once = true;
                     }
                 }
             }
@@ -508,6 +552,12 @@ impl WsConn {
 
     /// Write queued frames until the queue is empty (true) or the socket is full (false).
     fn write(&mut self) -> io::Result<bool> {
+        let r = self.write_queued();
+        self.hub.after_write(&self.conn);
+        r
+    }
+
+    fn write_queued(&mut self) -> io::Result<bool> {
         let mut queue = self.conn.queue.borrow_mut();
         let mut iovecs = self.hub.iovecs.borrow_mut();
         while !queue.is_empty() {
@@ -537,7 +587,7 @@ impl WsConn {
         let hub = self.hub.clone();
         let mut scratch = hub.scratch.borrow_mut();
         for _ in 0..READS_PER_TURN {
-            if self.conn.closing.get() {
+            if self.conn.closing.get() || self.publishing_paused() {
                 return true;
             }
             let n = match sockio::recv(self.fd, &mut scratch) {
@@ -560,6 +610,16 @@ impl WsConn {
             }
         }
         true
+    }
+
+    /// True for a publisher whose topic is paused (after taking in pending mesh items, which
+    /// may carry a pause notice from another shard).
+    fn publishing_paused(&self) -> bool {
+        let ConnRole::Publisher(t) = &self.role else {
+            return false;
+        };
+        self.hub.drain_now();
+        self.hub.is_paused(t)
     }
 
     /// Decode from an owned buffer, keeping the unconsumed tail (and dropping big buffers
@@ -632,7 +692,7 @@ fn handle_event(hub: &Rc<Hub>, conn: &Rc<Conn>, id: u32, role: &ConnRole, ev: Ev
                             &mut subs,
                             hub.config.max_topics_per_connection,
                         );
-                        conn.push(encode_frame(OpCode::Text, reply.as_bytes()));
+                        hub.push_own(conn, encode_frame(OpCode::Text, reply.as_bytes()));
                     }
                 }
                 ConnRole::Publisher(topic) => {
@@ -645,11 +705,11 @@ fn handle_event(hub: &Rc<Hub>, conn: &Rc<Conn>, id: u32, role: &ConnRole, ev: Ev
                     } else {
                         OpCode::Binary
                     };
-                    conn.push(encode_frame(op, payload));
+                    hub.push_own(conn, encode_frame(op, payload));
                 }
             }
         }
-        Event::Ping(p) => conn.push(encode_frame(OpCode::Pong, p)),
+        Event::Ping(p) => hub.push_own(conn, encode_frame(OpCode::Pong, p)),
         Event::Pong(_) => {}
         Event::Close(code) => {
             let code = code.map_or(CloseCode::NORMAL, |(c, _)| c);

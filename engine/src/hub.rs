@@ -3,26 +3,39 @@
 //! `Cell`/`RefCell` and no locks.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::Waker;
+use std::task::{Context, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use shardcast_proto::{encode_frame, encode_frame_parts, MessageKind, OpCode};
+use shardcast_proto::{
+    encode_close, encode_frame, encode_frame_parts, CloseCode, MessageKind, OpCode,
+};
 
 use crate::config::Config;
+use crate::governor::Governor;
 use crate::heartbeat::{Liveness, ShardHeartbeat};
 use crate::latency::LocalLatency;
-use crate::mesh::{Envelope, MeshLink};
-use crate::queue::SendQueue;
-use crate::stats::{self, ShardStats};
+use crate::mesh::{Envelope, MeshItem, MeshLink};
+use crate::policy::{Action, Policies, Policy};
+use crate::queue::{Ledger, QueuedFrame, SendQueue, SLOT_BYTES};
+use crate::stats::{self, Discard, Eviction, ShardStats};
 use crate::topic::TopicTable;
 
 /// Per-connection state shared between the connection task and fan-out.
 #[derive(Default)]
 pub struct Conn {
+    /// The shard's ledger: frames this connection queues itself (replies, pongs, close) are
+    /// counted there too.
+    pub ledger: Rc<Ledger>,
+    /// Set while the queue is above a high-water mark: the low-water mark that ends it.
+    pub slow_low: Cell<Option<usize>>,
+    /// Topics this connection holds paused (`pause` policy), each with the low-water mark
+    /// that releases it.
+    pub paused: RefCell<Vec<(Arc<str>, usize)>>,
     /// Frames waiting to be written.
     pub queue: RefCell<SendQueue>,
     /// The connection task's waker, taken (and woken) when a frame is queued.
@@ -40,8 +53,18 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Queue a frame and wake the writer (no-op once closing).
+    /// Queue a frame of this connection's own (counted in the shard's ledger, no topic) and
+    /// wake the writer (no-op once closing). Data frames go through [`Hub::deliver`] or
+    /// [`Hub::push_own`], which enforce the limits.
     pub fn push(&self, frame: Bytes) {
+        if self.closing.get() || frame.is_empty() {
+            return;
+        }
+        self.push_frame(self.ledger.frame(frame, None));
+    }
+
+    /// Queue a shared frame and wake the writer (no-op once closing).
+    pub fn push_frame(&self, frame: Rc<QueuedFrame>) {
         if self.closing.get() {
             return;
         }
@@ -59,6 +82,28 @@ impl Conn {
         self.push(frame);
         self.closing.set(true);
     }
+
+    fn close_with_frame(&self, frame: Rc<QueuedFrame>) {
+        if self.closing.get() {
+            return;
+        }
+        self.push_frame(frame);
+        self.closing.set(true);
+    }
+
+    /// Logical unsent bytes.
+    pub fn unsent(&self) -> usize {
+        self.queue.borrow().len_bytes()
+    }
+}
+
+/// A topic paused on this shard: by its own subscribers (`local`) and by how many shards
+/// (this one included) hold it paused; publishers waiting for it to resume.
+#[derive(Default)]
+struct PauseState {
+    local: usize,
+    shards: usize,
+    waiters: Vec<Waker>,
 }
 
 /// Everything one shard owns.
@@ -71,7 +116,17 @@ pub struct Hub {
     conns: RefCell<Vec<Option<Rc<Conn>>>>,
     free: RefCell<Vec<u32>>,
     topics: RefCell<TopicTable<u32>>,
-    link: RefCell<MeshLink<Envelope>>,
+    link: RefCell<MeshLink<MeshItem>>,
+    ledger: Rc<Ledger>,
+    governor: Governor,
+    policies: Policies,
+    /// Registered (upgraded) connections.
+    registered: Cell<usize>,
+    /// Connections with `slow_low` set.
+    slow: Cell<usize>,
+    pauses: RefCell<HashMap<Arc<str>, PauseState>>,
+    /// The 1013 close frame, shared by every eviction so that evicting never adds bytes.
+    evict_close: RefCell<Option<Rc<QueuedFrame>>>,
     /// Per-shard read buffer: connections read into it and keep only partial frames.
     pub scratch: RefCell<Vec<u8>>,
     /// Per-shard iovec scratch for gather writes.
@@ -136,11 +191,22 @@ impl Hub {
         id: usize,
         config: Arc<Config>,
         all_stats: Arc<[ShardStats]>,
-        link: MeshLink<Envelope>,
+        link: MeshLink<MeshItem>,
         global_active: Arc<AtomicUsize>,
     ) -> Self {
         let heartbeat = ShardHeartbeat::new(&config);
+        let governor = Governor::new(config.queue_ceiling(), config.shards);
+        let s = &all_stats[id];
+        s.queue_ceiling_bytes.store(governor.budget as u64, Relaxed);
+        s.memory_limit.store(config.memory_limit, Relaxed);
         Hub {
+            ledger: Rc::new(Ledger::with_stats(all_stats.clone(), id)),
+            governor,
+            policies: config.policies(),
+            registered: Cell::new(0),
+            slow: Cell::new(0),
+            pauses: RefCell::new(HashMap::new()),
+            evict_close: RefCell::new(None),
             id,
             config,
             all_stats,
@@ -170,8 +236,19 @@ impl Hub {
         &self.all_stats[self.id]
     }
 
+    /// This shard's queue accounting (give it to every [`Conn`] of this shard).
+    pub fn ledger(&self) -> &Rc<Ledger> {
+        &self.ledger
+    }
+
+    /// This shard's share of the ceiling.
+    pub fn governor(&self) -> &Governor {
+        &self.governor
+    }
+
     /// Register an upgraded connection; returns its id.
     pub fn register(&self, conn: Rc<Conn>) -> u32 {
+        self.registered.set(self.registered.get() + 1);
         let mut conns = self.conns.borrow_mut();
         match self.free.borrow_mut().pop() {
             Some(id) => {
@@ -185,11 +262,15 @@ impl Hub {
         }
     }
 
-    /// Remove a connection and all its subscriptions.
+    /// Remove a connection and all its subscriptions; release its queue and its pauses.
     pub fn unregister(&self, id: u32) {
         let Some(conn) = self.conns.borrow_mut()[id as usize].take() else {
             return;
         };
+        self.registered.set(self.registered.get() - 1);
+        conn.queue.borrow_mut().clear();
+        self.unslow(&conn);
+        self.release_pauses(&conn, usize::MAX);
         let mut topics = self.topics.borrow_mut();
         for t in conn.topics.borrow_mut().drain(..) {
             topics.unsubscribe(&t, id);
@@ -240,34 +321,346 @@ impl Hub {
         for dest in (0..link.shards()).filter(|&d| d != self.id) {
             link.send(
                 dest,
-                Envelope {
+                MeshItem::Publish(Envelope {
                     topic: topic.clone(),
                     frame: frame.clone(),
                     stream_frame: stream_frame.clone(),
                     published_at,
-                },
+                }),
             );
         }
     }
 
-    /// Queue a published frame to this shard's subscribers of `topic`.
+    /// Queue a published frame to this shard's subscribers of `topic`, applying the topic's
+    /// policy and the shard's ceiling. Each frame is wrapped (and counted) once, however many
+    /// queues take it.
     pub fn deliver(&self, topic: &str, frame: &Bytes, stream_frame: Option<&Bytes>) {
         let topics = self.topics.borrow();
         let subs = topics.subscribers(topic);
         if subs.is_empty() {
             return;
         }
+        let name = topics.name(topic).expect("topic has subscribers");
+        let policy = *self.policies.lookup(topic);
         let conns = self.conns.borrow();
+        let (mut plain, mut wrapped): (Option<Rc<QueuedFrame>>, Option<Rc<QueuedFrame>>) =
+            (None, None);
+        let mut queued = 0u64;
         for &id in subs {
-            if let Some(conn) = &conns[id as usize] {
-                let f = match (conn.stream_mode, stream_frame) {
-                    (true, Some(wrapped)) => wrapped,
-                    _ => frame,
-                };
-                conn.push(f.clone());
+            let Some(conn) = &conns[id as usize] else {
+                continue;
+            };
+            if conn.closing.get() {
+                continue;
+            }
+            let (bytes, slot) = match (conn.stream_mode, stream_frame) {
+                (true, Some(w)) => (w, &mut wrapped),
+                _ => (frame, &mut plain),
+            };
+            if slot.is_none() {
+                if !self.make_room(bytes.len() + SLOT_BYTES, &conns) {
+                    self.evict(conn, Eviction::Ceiling);
+                    continue;
+                }
+                *slot = Some(self.ledger.frame(bytes.clone(), Some(name.clone())));
+            }
+            let qf = slot.as_ref().expect("just set");
+            if self.offer(&conns, conn, qf, &name, &policy) {
+                queued += 1;
             }
         }
-        stats::add(&self.stats().messages_out, subs.len() as u64);
+        stats::add(&self.stats().messages_out, queued);
+    }
+
+    /// Queue one frame to one connection under `policy`; false if it was not queued (the
+    /// connection was evicted).
+    fn offer(
+        &self,
+        conns: &[Option<Rc<Conn>>],
+        conn: &Conn,
+        qf: &Rc<QueuedFrame>,
+        topic: &str,
+        policy: &Policy,
+    ) -> bool {
+        if !self.make_room(SLOT_BYTES, conns) {
+            self.evict(conn, Eviction::Ceiling);
+        }
+        if conn.closing.get() {
+            return false;
+        }
+        if conn.unsent() + qf.len() > policy.high_water_bytes {
+            let s = self.stats();
+            match policy.policy {
+                Action::Evict => {
+                    self.evict(conn, Eviction::HighWater);
+                    return false;
+                }
+                Action::Conflate => {
+                    let n = conn.queue.borrow_mut().keep_newest(topic, 0);
+                    s.drop_messages(Discard::Conflated, n as u64);
+                }
+                Action::DropOldest => {
+                    let n = conn.queue.borrow_mut().keep_newest(topic, policy.keep - 1);
+                    s.drop_messages(Discard::DropOldest, n as u64);
+                }
+                Action::Pause => self.hold_pause(conn, topic, policy.low_water_bytes),
+            }
+        }
+        conn.push_frame(qf.clone());
+        if conn.unsent() > policy.high_water_bytes {
+            self.mark_slow(conns, conn, policy.low_water_bytes);
+        }
+        !conn.closing.get()
+    }
+
+    /// Queue a frame of the connection's own (control reply, echo, pong) under the ceiling
+    /// and the default high-water mark; there is no topic to conflate, so above the mark the
+    /// connection is evicted.
+    pub fn push_own(&self, conn: &Conn, frame: Bytes) {
+        if conn.closing.get() || frame.is_empty() {
+            return;
+        }
+        let conns = self.conns.borrow();
+        if !self.make_room(frame.len() + SLOT_BYTES, &conns) {
+            self.evict(conn, Eviction::Ceiling);
+            return;
+        }
+        if conn.unsent() + frame.len() > self.policies.default_policy().high_water_bytes {
+            self.evict(conn, Eviction::HighWater);
+            return;
+        }
+        conn.push(frame);
+    }
+
+    /// Make room for `extra` more retained bytes: if they would not fit in the shard's
+    /// budget, evict the connections with the most unsent bytes until retained bytes are
+    /// at most [`Governor::evict_to`] and `extra` fits. False if even that was not enough.
+    fn make_room(&self, extra: usize, conns: &[Option<Rc<Conn>>]) -> bool {
+        if self.governor.fits(self.ledger.retained(), extra) {
+            return true;
+        }
+        let candidates = conns
+            .iter()
+            .enumerate()
+            .filter_map(|(id, c)| {
+                let c = c.as_ref()?;
+                let q = c.queue.borrow();
+                // Only connections that have something to release (not just a started head).
+                let droppable = q.len_frames() > usize::from(q.head_started());
+                (!c.closing.get() && droppable).then(|| (q.len_bytes(), id))
+            })
+            .collect();
+        for id in Governor::order(candidates) {
+            if self.governor.relieved(self.ledger.retained(), extra) {
+                break;
+            }
+            if let Some(c) = &conns[id] {
+                self.evict(c, Eviction::Ceiling);
+            }
+        }
+        self.governor.fits(self.ledger.retained(), extra)
+    }
+
+    /// Close a connection with 1013 "try again later": its unstarted frames are released at
+    /// once and the close goes out right after a partially written frame, if any.
+    pub fn evict(&self, conn: &Conn, why: Eviction) {
+        if conn.closing.get() {
+            return;
+        }
+        conn.queue.borrow_mut().clear_unstarted();
+        self.unslow(conn);
+        self.release_pauses(conn, usize::MAX);
+        self.stats().evict(why);
+        let close = self
+            .evict_close
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                self.ledger.frame(
+                    encode_close(CloseCode::TRY_AGAIN_LATER, "try again later"),
+                    None,
+                )
+            })
+            .clone();
+        conn.close_with_frame(close);
+    }
+
+    /// Mark a connection slow (above a high-water mark until below `low`); if slow clients
+    /// now exceed [`Governor::slow_limit`], evict the slowest (most unsent bytes) first.
+    fn mark_slow(&self, conns: &[Option<Rc<Conn>>], conn: &Conn, low: usize) {
+        if conn.slow_low.get().is_none() {
+            self.slow.set(self.slow.get() + 1);
+            self.stats()
+                .slow_clients
+                .store(self.slow.get() as u64, Relaxed);
+        }
+        conn.slow_low.set(Some(low));
+        let limit = Governor::slow_limit(self.registered.get());
+        if self.slow.get() <= limit {
+            return;
+        }
+        let candidates = conns
+            .iter()
+            .enumerate()
+            .filter_map(|(id, c)| {
+                let c = c.as_ref()?;
+                (c.slow_low.get().is_some() && !c.closing.get()).then(|| (c.unsent(), id))
+            })
+            .collect();
+        for id in Governor::order(candidates) {
+            if self.slow.get() <= limit {
+                break;
+            }
+            if let Some(c) = &conns[id] {
+                self.evict(c, Eviction::SlowClients);
+            }
+        }
+    }
+
+    fn unslow(&self, conn: &Conn) {
+        if conn.slow_low.take().is_some() {
+            self.slow.set(self.slow.get() - 1);
+            self.stats()
+                .slow_clients
+                .store(self.slow.get() as u64, Relaxed);
+        }
+    }
+
+    /// After a write: a connection back below its low-water mark is no longer slow and
+    /// releases the topics it held paused.
+    pub fn after_write(&self, conn: &Conn) {
+        let unsent = conn.unsent();
+        if conn.slow_low.get().is_some_and(|low| unsent <= low) {
+            self.unslow(conn);
+        }
+        if !conn.paused.borrow().is_empty() {
+            self.release_pauses(conn, unsent);
+        }
+    }
+
+    /// Slow connections on this shard.
+    pub fn slow_clients(&self) -> usize {
+        self.slow.get()
+    }
+
+    fn hold_pause(&self, conn: &Conn, topic: &str, low: usize) {
+        if conn.paused.borrow().iter().any(|(t, _)| &**t == topic) {
+            return;
+        }
+        let name: Arc<str> = Arc::from(topic);
+        conn.paused.borrow_mut().push((name.clone(), low));
+        stats::add(&self.stats().pauses_total, 1);
+        let first = {
+            let mut map = self.pauses.borrow_mut();
+            let e = map.entry(name.clone()).or_default();
+            e.local += 1;
+            if e.local == 1 {
+                e.shards += 1;
+            }
+            let first = e.local == 1;
+            self.stats().paused_topics.store(map.len() as u64, Relaxed);
+            first
+        };
+        if first {
+            self.notify(|| MeshItem::Pause(name.clone()));
+        }
+    }
+
+    /// Release the pauses `conn` holds whose low-water mark is at least `unsent`.
+    fn release_pauses(&self, conn: &Conn, unsent: usize) {
+        let released: Vec<Arc<str>> = {
+            let mut held = conn.paused.borrow_mut();
+            let mut out = Vec::new();
+            held.retain(|(t, low)| {
+                let keep = unsent != usize::MAX && unsent > *low;
+                if !keep {
+                    out.push(t.clone());
+                }
+                keep
+            });
+            out
+        };
+        for t in released {
+            let last = {
+                let mut map = self.pauses.borrow_mut();
+                let e = map.get_mut(&t).expect("held pause is in the table");
+                e.local -= 1;
+                e.local == 0
+            };
+            if last {
+                self.pause_count(&t, false);
+                self.notify(|| MeshItem::Resume(t.clone()));
+            }
+        }
+    }
+
+    /// One more (`up`) or one fewer shard holds `topic` paused; at zero, wake its publishers.
+    fn pause_count(&self, topic: &Arc<str>, up: bool) {
+        let mut map = self.pauses.borrow_mut();
+        let e = map.entry(topic.clone()).or_default();
+        if up {
+            e.shards += 1;
+        } else {
+            e.shards = e.shards.saturating_sub(1);
+        }
+        if e.shards == 0 && e.local == 0 {
+            for w in map.remove(topic).expect("present").waiters {
+                w.wake();
+            }
+        }
+        self.stats().paused_topics.store(map.len() as u64, Relaxed);
+    }
+
+    fn notify(&self, item: impl Fn() -> MeshItem) {
+        {
+            let mut link = self.link.borrow_mut();
+            for dest in (0..link.shards()).filter(|&d| d != self.id) {
+                link.send(dest, item());
+            }
+        }
+        self.flush_mesh();
+    }
+
+    /// True if some shard holds `topic` paused.
+    pub fn is_paused(&self, topic: &str) -> bool {
+        self.pauses
+            .borrow()
+            .get(topic)
+            .is_some_and(|e| e.shards > 0)
+    }
+
+    /// True if `topic` is paused, in which case the task of `cx` is woken when it resumes.
+    pub fn poll_paused(&self, topic: &str, cx: &mut Context<'_>) -> bool {
+        let mut map = self.pauses.borrow_mut();
+        let Some(e) = map.get_mut(topic).filter(|e| e.shards > 0) else {
+            return false;
+        };
+        if !e.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            e.waiters.push(cx.waker().clone());
+        }
+        true
+    }
+
+    /// Handle whatever other shards have sent so far, from inside another task. A publisher
+    /// calls this between reads: a firehose publisher must see a pause notice promptly even
+    /// when the shard's mesh drain task does not get scheduled in between (observed with the
+    /// epoll driver: the notice arrived only after the whole burst had been read).
+    pub fn drain_now(&self) {
+        let mut items = Vec::new();
+        self.link.borrow_mut().try_drain(|i| items.push(i));
+        for i in items {
+            self.receive(i);
+        }
+    }
+
+    /// Handle one item from another shard.
+    pub fn receive(&self, item: MeshItem) {
+        match item {
+            MeshItem::Publish(env) => {
+                self.deliver(&env.topic, &env.frame, env.stream_frame.as_ref())
+            }
+            MeshItem::Pause(t) => self.pause_count(&t, true),
+            MeshItem::Resume(t) => self.pause_count(&t, false),
+        }
     }
 
     /// Signal other shards about envelopes sent since the last flush and retry overflow;
@@ -282,7 +675,7 @@ impl Hub {
     }
 
     /// The mesh link, for the drain task.
-    pub fn link(&self) -> &RefCell<MeshLink<Envelope>> {
+    pub fn link(&self) -> &RefCell<MeshLink<MeshItem>> {
         &self.link
     }
 
@@ -313,6 +706,302 @@ mod tests {
         let stats: Arc<[ShardStats]> = vec![ShardStats::default()].into();
         let link = crate::mesh::mesh(1, 4).pop().unwrap();
         Hub::new(0, Arc::new(config), stats, link, Default::default())
+    }
+
+    /// `shards` hubs wired through a real mesh, configured by CLI-style `args`.
+    fn hubs(shards: usize, args: &[&str]) -> Vec<Hub> {
+        use clap::Parser;
+        let shards_arg = shards.to_string();
+        let mut argv = vec!["shardcast", "--shards", &shards_arg];
+        argv.extend_from_slice(args);
+        let config = Arc::new(
+            crate::config::Overrides::try_parse_from(argv)
+                .unwrap()
+                .resolve()
+                .unwrap(),
+        );
+        let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
+        crate::mesh::mesh(shards, 64)
+            .into_iter()
+            .enumerate()
+            .map(|(i, link)| Hub::new(i, config.clone(), stats.clone(), link, Default::default()))
+            .collect()
+    }
+
+    /// A registered connection of `hub` subscribed to `topics`.
+    fn sub(hub: &Hub, topics: &[&str]) -> (u32, Rc<Conn>) {
+        let conn = Rc::new(Conn {
+            ledger: hub.ledger().clone(),
+            ..Conn::default()
+        });
+        let id = hub.register(conn.clone());
+        for t in topics {
+            hub.subscribe(id, &conn, t);
+        }
+        (id, conn)
+    }
+
+    /// Deliver queued mesh items on every hub.
+    fn pump(hubs: &[Hub]) {
+        for h in hubs {
+            h.flush_mesh();
+        }
+        for h in hubs {
+            let mut items = Vec::new();
+            h.link().borrow_mut().try_drain(|i| items.push(i));
+            for i in items {
+                h.receive(i);
+            }
+        }
+    }
+
+    /// What a connection still has to send, as whole frames (none partially written).
+    fn frames(c: &Conn) -> Vec<Vec<u8>> {
+        c.queue
+            .borrow()
+            .batch(usize::MAX, usize::MAX)
+            .map(|f| f.to_vec())
+            .collect()
+    }
+
+    /// Simulate the client reading `n` bytes.
+    fn read(hub: &Hub, c: &Conn, n: usize) {
+        c.queue.borrow_mut().advance(n);
+        hub.after_write(c);
+    }
+
+    fn is_evicted(c: &Conn) -> bool {
+        c.closing.get()
+            && frames(c)
+                .last()
+                .is_some_and(|f| f[..4] == [0x88, 17, 0x03, 0xf5])
+    }
+
+    #[test]
+    fn one_frame_to_ten_thousand_queues_counts_once() {
+        let hub = &hubs(1, &[])[0];
+        let conns: Vec<_> = (0..10_000).map(|_| sub(hub, &["t"])).collect();
+        let payload = vec![b'x'; 500];
+        hub.publish(&Arc::from("t"), MessageKind::Binary, &payload);
+        let len = encode_frame(OpCode::Binary, &payload).len();
+        assert_eq!(hub.ledger().retained(), len + 10_000 * SLOT_BYTES);
+        assert_eq!(hub.ledger().queued(), 10_000 * len);
+        let s = hub.stats();
+        assert_eq!(
+            stats::get(&s.retained_bytes),
+            (len + 10_000 * SLOT_BYTES) as u64
+        );
+        assert_eq!(stats::get(&s.total_queued_bytes), (10_000 * len) as u64);
+        assert_eq!(stats::get(&s.messages_out), 10_000);
+        for (_, c) in &conns[..9_999] {
+            read(hub, c, len);
+        }
+        assert_eq!(hub.ledger().retained(), len + SLOT_BYTES);
+        hub.unregister(conns[9_999].0);
+        assert_eq!((hub.ledger().retained(), hub.ledger().queued()), (0, 0));
+    }
+
+    #[test]
+    fn evict_policy_closes_1013_and_keeps_a_started_frame() {
+        let hub = &hubs(1, &["--high-water-bytes", "1000"])[0];
+        let (_, slow) = sub(hub, &["t"]);
+        let (_, fast) = sub(hub, &["t"]);
+        let t: Arc<str> = Arc::from("t");
+        for i in 0..3u8 {
+            hub.publish(&t, MessageKind::Binary, &[i; 298]); // 302-byte frames
+            read(hub, &fast, 302);
+        }
+        read(hub, &slow, 10);
+        assert!(!slow.closing.get());
+        hub.publish(&t, MessageKind::Binary, &[9; 298]); // 896 + 302 > 1000: evict
+        assert!(is_evicted(&slow));
+        let f = frames(&slow);
+        assert_eq!(f.len(), 2, "rest of the started frame, then the close");
+        assert_eq!(f[0].len(), 292);
+        assert_eq!(hub.stats().evictions(Eviction::HighWater), 1);
+        assert_eq!(frames(&fast).len(), 1, "fast subscriber unaffected");
+        hub.publish(&t, MessageKind::Binary, &[1]);
+        assert_eq!(frames(&slow).len(), 2, "nothing queued after the close");
+    }
+
+    #[test]
+    fn conflate_keeps_newest_per_topic_and_counts() {
+        let hub = &hubs(
+            1,
+            &["--topic-policy", "tick.*=conflate,high_water_bytes=100"],
+        )[0];
+        let (_, c) = sub(hub, &["tick.a", "tick.b"]);
+        for i in 0..10u8 {
+            hub.publish(&Arc::from("tick.a"), MessageKind::Binary, &[i; 30]);
+            hub.publish(&Arc::from("tick.b"), MessageKind::Binary, &[100 + i; 30]);
+        }
+        let f = frames(&c);
+        let last: Vec<u8> = f.iter().map(|f| f[2]).collect();
+        // Over 100 bytes each new message replaces the queued one of its topic.
+        assert_eq!(last, vec![9, 109]);
+        assert_eq!(hub.stats().dropped(Discard::Conflated), 18);
+        assert!(!c.closing.get());
+    }
+
+    #[test]
+    fn drop_oldest_keeps_exactly_the_newest_n() {
+        let args = [
+            "--topic-policy",
+            "d=drop-oldest,high_water_bytes=100,keep=3",
+        ];
+        let hub = &hubs(1, &args)[0];
+        let (_, c) = sub(hub, &["d", "other"]);
+        hub.publish(&Arc::from("other"), MessageKind::Binary, &[200; 30]);
+        for i in 0..20u8 {
+            hub.publish(&Arc::from("d"), MessageKind::Binary, &[i; 30]);
+        }
+        let got: Vec<u8> = frames(&c).iter().map(|f| f[2]).collect();
+        assert_eq!(got, vec![200, 17, 18, 19], "other topics untouched");
+        assert_eq!(hub.stats().dropped(Discard::DropOldest), 17);
+    }
+
+    #[test]
+    fn pause_spans_shards_and_releases_below_low_water_or_on_disconnect() {
+        let args = [
+            "--topic-policy",
+            "p=pause,high_water_bytes=100,low_water_bytes=40",
+        ];
+        let hubs = hubs(2, &args);
+        let (id, c) = sub(&hubs[0], &["p"]);
+        let (id2, c2) = sub(&hubs[0], &["p"]);
+        let p: Arc<str> = Arc::from("p");
+        for _ in 0..3 {
+            hubs[1].publish(&p, MessageKind::Binary, &[1; 30]); // 32-byte frames
+        }
+        pump(&hubs);
+        assert!(!hubs[1].is_paused("p"));
+        hubs[1].publish(&p, MessageKind::Binary, &[1; 30]);
+        pump(&hubs);
+        assert!(hubs[0].is_paused("p"), "local subscribers hold it");
+        pump(&hubs);
+        assert!(hubs[1].is_paused("p"), "the notice crossed the mesh");
+        assert!(!hubs[1].is_paused("q"), "other topics unaffected");
+        assert_eq!(frames(&c).len(), 4, "pause drops nothing");
+        assert_eq!(stats::get(&hubs[0].stats().pauses_total), 2);
+        read(&hubs[0], &c, 60); // c at 68 > 40: still holds
+        pump(&hubs);
+        assert!(hubs[1].is_paused("p"));
+        read(&hubs[0], &c, 30); // c at 38: released; c2 still holds
+        pump(&hubs);
+        assert!(hubs[1].is_paused("p"));
+        hubs[0].unregister(id2); // a paused subscriber that disconnects releases its pause
+        drop(c2);
+        pump(&hubs);
+        assert!(!hubs[0].is_paused("p") && !hubs[1].is_paused("p"));
+        assert_eq!(stats::get(&hubs[1].stats().paused_topics), 0);
+        hubs[0].unregister(id);
+    }
+
+    #[test]
+    fn paused_publisher_is_woken_on_resume() {
+        use std::task::Wake;
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Relaxed);
+            }
+        }
+        let args = [
+            "--topic-policy",
+            "p=pause,high_water_bytes=10,low_water_bytes=0",
+        ];
+        let hub = &hubs(1, &args)[0];
+        let (_, c) = sub(hub, &["p"]);
+        hub.publish(&Arc::from("p"), MessageKind::Binary, &[0; 20]);
+        let flag = Arc::new(Flag(Default::default()));
+        let waker = Waker::from(flag.clone());
+        assert!(hub.poll_paused("p", &mut Context::from_waker(&waker)));
+        assert!(!flag.0.load(Relaxed));
+        read(hub, &c, 22);
+        assert!(flag.0.load(Relaxed), "publisher woken");
+        assert!(!hub.poll_paused("p", &mut Context::from_waker(&waker)));
+    }
+
+    #[test]
+    fn ceiling_is_never_exceeded_and_evicts_largest_first() {
+        // 64 MiB at 5% over 1 shard: 3,355,443 bytes.
+        let args = ["--memory-limit", "64MiB", "--high-water-bytes", "100MiB"];
+        let hub = &hubs(1, &args)[0];
+        let budget = hub.governor().budget;
+        assert_eq!(budget, 3_355_443);
+        let conns: Vec<_> = (0..40)
+            .map(|i| sub(hub, &[["a", "b", "c", "d"][i % 4]]))
+            .collect();
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        let mut evicted_order = Vec::new();
+        for step in 0..4000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let topic = ["a", "b", "c", "d"][(x % 4) as usize];
+            let size = 1000 + (x >> 8) as usize % 60_000;
+            let before: Vec<(usize, bool)> = conns
+                .iter()
+                .map(|(_, c)| (c.unsent(), c.closing.get()))
+                .collect();
+            hub.publish(&Arc::from(topic), MessageKind::Binary, &vec![0; size]);
+            assert!(
+                hub.ledger().retained() <= budget,
+                "step {step}: over the ceiling"
+            );
+            // Whoever was evicted now held at least as much as anyone left open.
+            let newly: Vec<usize> = (0..conns.len())
+                .filter(|&i| !before[i].1 && conns[i].1.closing.get())
+                .collect();
+            if let Some(min_evicted) = newly.iter().map(|&i| before[i].0).min() {
+                let max_kept = (0..conns.len())
+                    .filter(|&i| !conns[i].1.closing.get())
+                    .map(|i| before[i].0)
+                    .max()
+                    .unwrap_or(0);
+                assert!(min_evicted >= max_kept, "step {step}: not largest first");
+                evicted_order.extend(newly);
+            }
+            // Some clients read a little, evicted ones are replaced.
+            if step % 7 == 0 {
+                let (_, c) = &conns[(x >> 20) as usize % conns.len()];
+                let n = c.unsent().min(5000);
+                read(hub, c, n);
+                assert!(hub.ledger().retained() <= budget);
+            }
+        }
+        assert!(hub.stats().evictions(Eviction::Ceiling) > 0);
+        assert_eq!(
+            hub.stats().evictions(Eviction::Ceiling),
+            evicted_order.len() as u64
+        );
+    }
+
+    #[test]
+    fn too_many_slow_clients_evicts_the_slowest() {
+        let hub = &hubs(1, &["--high-water-bytes", "100", "--low-water-bytes", "10"])[0];
+        // Every queue goes over 100 bytes; evict would fire first, so use drop-oldest.
+        let args = [
+            "--topic-policy",
+            "*=drop-oldest,high_water_bytes=100,keep=100",
+        ];
+        let hub2 = &hubs(1, &args)[0];
+        let _ = hub;
+        let conns: Vec<_> = (0..20).map(|_| sub(hub2, &["t"])).collect();
+        // Ten slow clients of 20 connections: the limit is max(0.5%, 8) = 8.
+        hub2.publish(&Arc::from("t"), MessageKind::Binary, &[0; 98]);
+        for (_, c) in &conns[10..] {
+            read(hub2, c, 100);
+        }
+        for (i, (_, c)) in conns[..10].iter().enumerate() {
+            read(hub2, c, i); // client i is i bytes ahead: lower i = slower
+        }
+        hub2.publish(&Arc::from("t"), MessageKind::Binary, &[0; 98]);
+        assert_eq!(hub2.slow_clients(), 8);
+        let evicted: Vec<usize> = (0..20).filter(|&i| conns[i].1.closing.get()).collect();
+        assert_eq!(evicted, vec![0, 1], "the two slowest");
+        assert_eq!(hub2.stats().evictions(Eviction::SlowClients), 2);
+        assert_eq!(Governor::slow_limit(20), crate::governor::SLOW_MIN);
     }
 
     #[test]
@@ -355,7 +1044,7 @@ mod tests {
                 .batch(1, usize::MAX)
                 .next()
                 .unwrap()
-                .clone()
+                .to_vec()
         };
         assert_eq!(&first(&plain)[2..], b"1");
         assert_eq!(&first(&stream)[2..], br#"{"stream":"t","data":1}"#);
@@ -370,8 +1059,8 @@ mod tests {
         hub.publish(&Arc::from("t"), MessageKind::Binary, b"\x01");
         assert_eq!(
             plain.queue.borrow().len_frames(),
-            2,
-            "unregistered: no more frames"
+            0,
+            "unregistered: no more frames, queue released"
         );
         assert_eq!(stream.queue.borrow().len_frames(), 3);
         assert!(plain.topics.borrow().is_empty());

@@ -8,7 +8,9 @@
 //! - [`listener`]: SO_REUSEPORT listeners, one per shard.
 //! - [`mesh`]: SPSC rings between shards with park/wake doorbells.
 //! - [`topic`]: topic names and the shard-local topic table.
-//! - [`queue`]: per-connection send queue counted in bytes.
+//! - [`queue`]: per-connection send queues and the shard's exact accounting of queued frames.
+//! - [`policy`]: per-topic back-pressure policies and glob matching.
+//! - [`governor`]: the memory ceiling and eviction decisions.
 //! - [`route`]: request routing and publish authorization.
 //! - [`control`]: Binance-style SUBSCRIBE/UNSUBSCRIBE/LIST_SUBSCRIPTIONS messages.
 //! - [`signals`]: SIGINT/SIGTERM via sigwait on a plain thread.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod dashboard;
+pub mod governor;
 pub mod heartbeat;
 pub mod histlog;
 pub mod hub;
@@ -38,6 +41,7 @@ pub mod latency;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;
+pub mod policy;
 pub mod preflight;
 pub mod queue;
 pub mod rlimit;

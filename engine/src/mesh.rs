@@ -37,6 +37,19 @@ pub struct Envelope {
     pub published_at: Instant,
 }
 
+/// What travels between shards: published messages, and back-pressure notices for the
+/// `pause` policy (a shard tells the others that its subscribers hold a topic paused, or no
+/// longer do; each shard counts the shards holding each topic paused).
+#[derive(Clone, Debug)]
+pub enum MeshItem {
+    /// A published message.
+    Publish(Envelope),
+    /// The sending shard now holds this topic paused.
+    Pause(Arc<str>),
+    /// The sending shard no longer holds this topic paused.
+    Resume(Arc<str>),
+}
+
 /// Per-consumer wake-up state.
 #[derive(Default)]
 struct Doorbell {

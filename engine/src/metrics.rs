@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use crate::admin::{ProcessReport, ShardReport};
 use crate::latency::LatencyKind;
-use crate::stats::{Refusal, Snapshot, COUNTED_CLOSE_CODES};
+use crate::stats::{Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES};
 
 /// Content-Type of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -118,6 +118,54 @@ pub const SCALARS: &[Scalar] = &[
         help: "Connections closed at the end of max_lifetime_ms.",
         get: |s| s.lifetime_closes_total,
     },
+    Scalar {
+        name: "shardcast_queue_retained_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes held by queued frames on the shard: each shared frame once, plus queue slots.",
+        get: |s| s.retained_bytes,
+    },
+    Scalar {
+        name: "shardcast_queue_unsent_bytes",
+        kind: Kind::Gauge,
+        help: "Logical unsent bytes summed over the shard's connection queues.",
+        get: |s| s.total_queued_bytes,
+    },
+    Scalar {
+        name: "shardcast_queue_entries",
+        kind: Kind::Gauge,
+        help: "Queue entries summed over the shard's connection queues.",
+        get: |s| s.queued_frames,
+    },
+    Scalar {
+        name: "shardcast_queue_ceiling_bytes",
+        kind: Kind::Gauge,
+        help: "The shard's share of the queue memory ceiling.",
+        get: |s| s.queue_ceiling_bytes,
+    },
+    Scalar {
+        name: "shardcast_memory_limit_bytes",
+        kind: Kind::Gauge,
+        help: "Memory limit the queue ceiling derives from (cgroup, MemTotal or configured).",
+        get: |s| s.memory_limit,
+    },
+    Scalar {
+        name: "shardcast_slow_clients",
+        kind: Kind::Gauge,
+        help: "Connections whose queue is above its high-water mark.",
+        get: |s| s.slow_clients,
+    },
+    Scalar {
+        name: "shardcast_paused_topics",
+        kind: Kind::Gauge,
+        help: "Topics paused (pause policy) as seen by the shard.",
+        get: |s| s.paused_topics,
+    },
+    Scalar {
+        name: "shardcast_pauses_total",
+        kind: Kind::Counter,
+        help: "Times a subscriber on the shard paused a topic.",
+        get: |s| s.pauses_total,
+    },
 ];
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -207,6 +255,46 @@ pub fn render(shards: &[ShardReport], process: &ProcessReport) -> String {
             let _ = writeln!(
                 out,
                 "shardcast_protocol_errors_total{{shard=\"{i}\",code=\"{code}\"}} {n}"
+            );
+        }
+    }
+    family(
+        &mut out,
+        "shardcast_evictions_total",
+        "counter",
+        "Connections closed 1013 by back-pressure, by reason (and policy).",
+    );
+    for (i, r) in shards.iter().enumerate() {
+        for why in Eviction::ALL {
+            let policy = match why {
+                Eviction::HighWater => "evict",
+                Eviction::Ceiling | Eviction::SlowClients => "any",
+            };
+            let _ = writeln!(
+                out,
+                "shardcast_evictions_total{{shard=\"{i}\",reason=\"{}\",policy=\"{policy}\"}} {}",
+                why.name(),
+                r.snap.evictions[why as usize]
+            );
+        }
+    }
+    family(
+        &mut out,
+        "shardcast_messages_discarded_total",
+        "counter",
+        "Queued messages discarded by back-pressure, by reason (and policy).",
+    );
+    for (i, r) in shards.iter().enumerate() {
+        for why in Discard::ALL {
+            let policy = match why {
+                Discard::Conflated => "conflate",
+                Discard::DropOldest => "drop-oldest",
+            };
+            let _ = writeln!(
+                out,
+                "shardcast_messages_discarded_total{{shard=\"{i}\",reason=\"{}\",policy=\"{policy}\"}} {}",
+                why.name(),
+                r.snap.discarded[why as usize]
             );
         }
     }

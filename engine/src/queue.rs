@@ -1,17 +1,141 @@
-//! Per-connection send queue of shared frames, counted in logical unsent bytes.
+//! Per-connection send queues of shared frames, and the shard's exact accounting of them.
 //!
-//! Frames are `Bytes` clones of a frame encoded once per message; the queue never copies
-//! payloads. After a partial write the head frame is re-sliced (`Bytes::slice`, no copy), so
-//! `len_bytes` is always exactly what is still to be written.
+//! A frame a shard delivers is wrapped once in an `Rc<QueuedFrame>` whose creation adds its
+//! length to the shard's [`Ledger`] (`retained`) and whose drop, when the last queue holding it
+//! lets go, subtracts it: a frame shared by 10,000 queues counts once. Every queue entry also
+//! counts its slot ([`SLOT_BYTES`], the `Rc` pointer). Per connection the queue counts
+//! logical unsent bytes, including the rest of a partially written head frame; the ledger
+//! also keeps the sum of those over the shard.
+//!
+//! A frame queued on several shards (a broadcast arrives on each through the mesh) is counted
+//! by every shard holding it: per shard the count is exact, the process total is conservative
+//! by at most `(shards - 1)` × such frames. That keeps every counter shard-local (no shared
+//! atomic on the hot path).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
+
+use crate::stats::ShardStats;
+
+/// Memory one queue entry takes in the queue itself.
+pub const SLOT_BYTES: usize = std::mem::size_of::<Rc<QueuedFrame>>();
+
+/// One shard's accounting of queued frames. Single-threaded (`Cell`s); mirrored into the
+/// shard's stats gauges when it has them.
+#[derive(Default)]
+pub struct Ledger {
+    frame_bytes: Cell<usize>,
+    entries: Cell<usize>,
+    queued: Cell<usize>,
+    mirror: Option<(Arc<[ShardStats]>, usize)>,
+}
+
+impl Ledger {
+    /// A ledger that mirrors its gauges into `stats[shard]`.
+    pub fn with_stats(stats: Arc<[ShardStats]>, shard: usize) -> Self {
+        Ledger {
+            mirror: Some((stats, shard)),
+            ..Ledger::default()
+        }
+    }
+
+    /// Real bytes retained: every live frame once plus every queue slot.
+    pub fn retained(&self) -> usize {
+        self.frame_bytes.get() + self.entries.get() * SLOT_BYTES
+    }
+
+    /// Bytes of live frames (each counted once).
+    pub fn frame_bytes(&self) -> usize {
+        self.frame_bytes.get()
+    }
+
+    /// Queue entries over every queue.
+    pub fn entries(&self) -> usize {
+        self.entries.get()
+    }
+
+    /// Logical unsent bytes over every queue (a shared frame counts once per queue).
+    pub fn queued(&self) -> usize {
+        self.queued.get()
+    }
+
+    fn gauge(&self, pick: impl Fn(&ShardStats) -> &AtomicU64, v: usize) {
+        if let Some((stats, i)) = &self.mirror {
+            pick(&stats[*i]).store(v as u64, Relaxed);
+        }
+    }
+
+    fn set_frames(&self, v: usize) {
+        self.frame_bytes.set(v);
+        self.gauge(|s| &s.retained_bytes, self.retained());
+    }
+
+    fn set_entries(&self, v: usize) {
+        self.entries.set(v);
+        self.gauge(|s| &s.retained_bytes, self.retained());
+        self.gauge(|s| &s.queued_frames, v);
+    }
+
+    fn set_queued(&self, v: usize) {
+        self.queued.set(v);
+        self.gauge(|s| &s.total_queued_bytes, v);
+    }
+
+    /// Wrap an encoded frame for queueing; it is counted until the last holder drops it.
+    pub fn frame(self: &Rc<Self>, bytes: Bytes, topic: Option<Arc<str>>) -> Rc<QueuedFrame> {
+        self.set_frames(self.frame_bytes.get() + bytes.len());
+        Rc::new(QueuedFrame {
+            bytes,
+            topic,
+            ledger: self.clone(),
+        })
+    }
+}
+
+/// A frame shared by every local queue it is in.
+pub struct QueuedFrame {
+    /// The encoded frame.
+    pub bytes: Bytes,
+    /// The topic it was published to (`None` for a connection's own frames: replies, pongs,
+    /// close), for per-topic conflation.
+    pub topic: Option<Arc<str>>,
+    ledger: Rc<Ledger>,
+}
+
+impl QueuedFrame {
+    /// Encoded length.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True for an empty frame (never queued).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn is_topic(&self, topic: &str) -> bool {
+        self.topic.as_deref() == Some(topic)
+    }
+}
+
+impl Drop for QueuedFrame {
+    fn drop(&mut self) {
+        let l = &self.ledger;
+        l.set_frames(l.frame_bytes.get() - self.bytes.len());
+    }
+}
 
 /// FIFO of frames waiting to be written to one socket.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SendQueue {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Rc<QueuedFrame>>,
+    /// Bytes of the head frame already written.
+    head_sent: usize,
     bytes: usize,
 }
 
@@ -20,24 +144,27 @@ impl SendQueue {
     pub const fn new() -> Self {
         Self {
             frames: VecDeque::new(),
+            head_sent: 0,
             bytes: 0,
         }
     }
 
+    fn counted(&mut self, f: &QueuedFrame, bytes: isize, entries: isize) {
+        let l = &f.ledger;
+        l.set_queued(l.queued.get().wrapping_add_signed(bytes));
+        if entries != 0 {
+            l.set_entries(l.entries.get().wrapping_add_signed(entries));
+        }
+    }
+
     /// Append a frame; empty frames are ignored (nothing to write).
-    pub fn push(&mut self, frame: Bytes) {
+    pub fn push(&mut self, frame: Rc<QueuedFrame>) {
         if frame.is_empty() {
             return;
         }
         self.bytes += frame.len();
+        self.counted(&frame, frame.len() as isize, 1);
         self.frames.push_back(frame);
-    }
-
-    /// Remove the head frame (possibly partially written: the rest of it).
-    pub fn pop(&mut self) -> Option<Bytes> {
-        let f = self.frames.pop_front()?;
-        self.bytes -= f.len();
-        Some(f)
     }
 
     /// Logical unsent bytes, including the rest of a partially written head frame.
@@ -55,14 +182,29 @@ impl SendQueue {
         self.frames.is_empty()
     }
 
+    /// True if the head frame is partly written (it must then be finished before anything
+    /// else, and is never dropped or conflated).
+    pub fn head_started(&self) -> bool {
+        self.head_sent > 0
+    }
+
     /// The first frames that fit in one writev: at most `max_frames` frames and, past the first
     /// frame, at most `max_bytes` bytes in total (the first frame is always included whole so a
-    /// large frame still makes progress).
-    pub fn batch(&self, max_frames: usize, max_bytes: usize) -> impl Iterator<Item = &Bytes> {
+    /// large frame still makes progress). The head comes without its written part.
+    pub fn batch(&self, max_frames: usize, max_bytes: usize) -> impl Iterator<Item = &[u8]> {
         let mut total = 0usize;
+        let head_sent = self.head_sent;
         self.frames
             .iter()
             .take(max_frames)
+            .enumerate()
+            .map(move |(i, f)| {
+                if i == 0 {
+                    &f.bytes[head_sent..]
+                } else {
+                    &f.bytes[..]
+                }
+            })
             .enumerate()
             .take_while(move |(i, f)| {
                 total += f.len();
@@ -71,31 +213,93 @@ impl SendQueue {
             .map(|(_, f)| f)
     }
 
-    /// Drop `n` written bytes from the front: whole frames are popped, a partially written
-    /// head frame is advanced in place. `n` must not exceed `len_bytes`.
+    /// Drop `n` written bytes from the front: whole frames are released, a partially written
+    /// head frame is remembered by offset. `n` must not exceed `len_bytes`.
     pub fn advance(&mut self, mut n: usize) {
         assert!(
             n <= self.bytes,
             "advance {n} past {} queued bytes",
             self.bytes
         );
-        self.bytes -= n;
         while n > 0 {
-            let head = self.frames.front_mut().expect("bytes accounted for");
-            if n >= head.len() {
-                n -= head.len();
+            let head = self.frames.front().expect("bytes accounted for").clone();
+            let rest = head.len() - self.head_sent;
+            if n >= rest {
+                n -= rest;
+                self.bytes -= rest;
+                self.head_sent = 0;
+                self.counted(&head, -(rest as isize), -1);
                 self.frames.pop_front();
             } else {
-                head.advance(n);
+                self.head_sent += n;
+                self.bytes -= n;
+                self.counted(&head, -(n as isize), 0);
                 n = 0;
             }
         }
     }
 
-    /// Drop everything queued.
+    /// Drop everything queued except the rest of a partially written head frame (which
+    /// must go out before anything else can); returns the frames dropped.
+    pub fn clear_unstarted(&mut self) -> usize {
+        let keep = usize::from(self.head_started());
+        let dropped = self.frames.len() - keep;
+        self.remove_where(keep, dropped, |_| true);
+        dropped
+    }
+
+    /// Drop everything queued, a partially written head included (the socket is gone).
     pub fn clear(&mut self) {
-        self.frames.clear();
-        self.bytes = 0;
+        let n = self.frames.len();
+        if let Some(head) = self.frames.front().cloned() {
+            // The head's written part was already subtracted from the logical bytes.
+            self.counted(&head, self.head_sent as isize, 0);
+            self.bytes += self.head_sent;
+        }
+        self.head_sent = 0;
+        self.remove_where(0, n, |_| true);
+    }
+
+    /// Keep only the newest `keep` frames of `topic` (a partially written head is never
+    /// touched); returns the frames dropped.
+    pub fn keep_newest(&mut self, topic: &str, keep: usize) -> usize {
+        let start = usize::from(self.head_started());
+        let of_topic = self
+            .frames
+            .iter()
+            .skip(start)
+            .filter(|f| f.is_topic(topic))
+            .count();
+        let drop = of_topic.saturating_sub(keep);
+        if drop > 0 {
+            self.remove_where(start, drop, |f| f.is_topic(topic));
+        }
+        drop
+    }
+
+    /// Remove the first `count` frames at or after index `from` that match `pred`, keeping
+    /// the order of the rest and the accounting exact.
+    fn remove_where(&mut self, from: usize, mut count: usize, pred: impl Fn(&QueuedFrame) -> bool) {
+        if count == 0 {
+            return;
+        }
+        let mut i = 0usize;
+        let mut removed: Vec<Rc<QueuedFrame>> = Vec::new();
+        self.frames.retain(|f| {
+            let idx = i;
+            i += 1;
+            if idx >= from && count > 0 && pred(f) {
+                count -= 1;
+                removed.push(f.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for f in removed {
+            self.bytes -= f.len();
+            self.counted(&f, -(f.len() as isize), -1);
+        }
     }
 }
 
@@ -103,72 +307,85 @@ impl SendQueue {
 mod tests {
     use super::*;
 
-    fn q(frames: &[&'static [u8]]) -> SendQueue {
+    fn ledger() -> Rc<Ledger> {
+        Rc::new(Ledger::default())
+    }
+
+    fn q(l: &Rc<Ledger>, frames: &[&'static [u8]]) -> SendQueue {
         let mut q = SendQueue::new();
         for f in frames {
-            q.push(Bytes::from_static(f));
+            q.push(l.frame(Bytes::from_static(f), None));
         }
         q
     }
 
+    fn flat(s: &SendQueue) -> Vec<u8> {
+        s.batch(usize::MAX, usize::MAX)
+            .flat_map(|b| b.iter().copied())
+            .collect()
+    }
+
     #[test]
-    fn push_pop_accounting() {
-        let mut s = q(&[b"abc", b"", b"de"]);
+    fn push_advance_accounting() {
+        let l = ledger();
+        let mut s = q(&l, &[b"abc", b"", b"de"]);
         assert_eq!(
             (s.len_bytes(), s.len_frames()),
             (5, 2),
             "empty frame ignored"
         );
-        assert_eq!(s.pop().unwrap(), &b"abc"[..]);
-        assert_eq!(s.len_bytes(), 2);
-        assert_eq!(s.pop().unwrap(), &b"de"[..]);
-        assert!(s.pop().is_none());
-        assert_eq!(s.len_bytes(), 0);
+        assert_eq!(
+            l.retained(),
+            5 + 2 * SLOT_BYTES,
+            "the empty frame was dropped too"
+        );
+        s.advance(3);
+        assert_eq!(
+            (s.len_bytes(), l.queued(), l.retained()),
+            (2, 2, 2 + SLOT_BYTES)
+        );
+        s.advance(2);
         assert!(s.is_empty());
+        assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
     }
 
     #[test]
-    fn partial_writes_reslice_without_copy() {
+    fn partial_writes_keep_the_frame_and_offset() {
+        let l = ledger();
         let shared = Bytes::from_static(b"hello");
         let mut s = SendQueue::new();
-        s.push(shared.clone());
-        s.push(Bytes::from_static(b"world"));
+        s.push(l.frame(shared.clone(), None));
+        s.push(l.frame(Bytes::from_static(b"world"), None));
         s.advance(2);
         assert_eq!(s.len_bytes(), 8);
-        let head = s.batch(1, usize::MAX).next().unwrap().clone();
-        assert_eq!(head, &b"llo"[..]);
+        assert!(s.head_started());
+        let head = s.batch(1, usize::MAX).next().unwrap();
+        assert_eq!(head, b"llo");
         assert_eq!(head.as_ptr(), shared[2..].as_ptr(), "same memory, no copy");
+        assert_eq!(
+            l.retained(),
+            10 + 2 * SLOT_BYTES,
+            "partial frame still held whole"
+        );
+        assert_eq!(l.queued(), 8);
         s.advance(3);
         assert_eq!((s.len_bytes(), s.len_frames()), (5, 1));
         s.advance(4);
-        assert_eq!(s.pop().unwrap(), &b"d"[..]);
-        assert_eq!(s.len_bytes(), 0);
-        s.push(Bytes::from_static(b"xy"));
-        s.advance(0);
-        assert_eq!(s.len_bytes(), 2);
-        s.advance(2);
-        assert!(s.is_empty());
-        assert_eq!(s.len_bytes(), 0);
-    }
-
-    #[test]
-    fn advance_across_many_frames() {
-        let mut s = q(&[b"a", b"bb", b"ccc", b"dddd"]);
-        s.advance(4);
-        assert_eq!(s.len_bytes(), 6);
-        let rest: Vec<&[u8]> = s.batch(10, usize::MAX).map(|b| &b[..]).collect();
-        assert_eq!(rest, vec![&b"cc"[..], &b"dddd"[..]]);
+        assert_eq!(flat(&s), b"d");
+        s.clear();
+        assert_eq!((s.len_bytes(), l.retained(), l.queued()), (0, 0, 0));
     }
 
     #[test]
     #[should_panic(expected = "advance")]
     fn advance_past_end_panics() {
-        q(&[b"ab"]).advance(3);
+        q(&ledger(), &[b"ab"]).advance(3);
     }
 
     #[test]
     fn batch_limits() {
-        let s = q(&[b"aaaa", b"bb", b"cc", b"d"]);
+        let l = ledger();
+        let s = q(&l, &[b"aaaa", b"bb", b"cc", b"d"]);
         let lens = |fr: usize, by: usize| s.batch(fr, by).map(|b| b.len()).collect::<Vec<_>>();
         assert_eq!(lens(2, usize::MAX), vec![4, 2]);
         assert_eq!(lens(10, 6), vec![4, 2]);
@@ -179,9 +396,65 @@ mod tests {
     }
 
     #[test]
-    fn randomized_accounting_matches_model() {
+    fn one_frame_in_ten_thousand_queues_counts_once() {
+        let l = ledger();
+        let frame = l.frame(Bytes::from(vec![7u8; 1000]), None);
+        let mut queues: Vec<SendQueue> = (0..10_000).map(|_| SendQueue::new()).collect();
+        for q in &mut queues {
+            q.push(frame.clone());
+        }
+        drop(frame);
+        assert_eq!(l.retained(), 1000 + 10_000 * SLOT_BYTES);
+        assert_eq!(l.queued(), 10_000 * 1000, "logical bytes count per queue");
+        for q in &mut queues[..9_999] {
+            q.advance(1000);
+        }
+        assert_eq!(
+            l.retained(),
+            1000 + SLOT_BYTES,
+            "held until the last queue lets go"
+        );
+        queues[9_999].advance(999);
+        assert_eq!(l.retained(), 1000 + SLOT_BYTES);
+        queues[9_999].advance(1);
+        assert_eq!((l.retained(), l.queued()), (0, 0));
+    }
+
+    #[test]
+    fn keep_newest_and_clear_never_touch_a_started_head() {
+        let l = ledger();
+        let t: Arc<str> = Arc::from("t");
         let mut s = SendQueue::new();
-        let mut model: Vec<u8> = Vec::new();
+        for i in 0..6u8 {
+            let topic = if i == 3 { None } else { Some(t.clone()) };
+            s.push(l.frame(Bytes::from(vec![i; 4]), topic));
+        }
+        s.advance(1);
+        assert_eq!(s.keep_newest("t", 2), 2, "frames 1 and 2 go; 0 is started");
+        assert_eq!(
+            flat(&s),
+            [&[0u8; 3][..], &[3; 4], &[4; 4], &[5; 4]].concat()
+        );
+        assert_eq!(s.keep_newest("t", 0), 2);
+        assert_eq!(flat(&s), [&[0u8; 3][..], &[3; 4]].concat());
+        assert_eq!(s.len_bytes(), 7);
+        assert_eq!(l.retained(), 8 + 2 * SLOT_BYTES);
+        assert_eq!(s.clear_unstarted(), 1);
+        assert_eq!(flat(&s), [0u8; 3]);
+        assert_eq!((l.retained(), l.queued()), (4 + SLOT_BYTES, 3));
+        s.advance(3);
+        assert_eq!(s.clear_unstarted(), 0);
+        assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
+    }
+
+    #[test]
+    fn randomized_accounting_matches_model() {
+        let l = ledger();
+        let t: Arc<str> = Arc::from("t");
+        let mut s = SendQueue::new();
+        // Model: (frame bytes, is topic t), head offset.
+        let mut model: VecDeque<(Vec<u8>, bool)> = VecDeque::new();
+        let mut sent = 0usize;
         let mut x: u32 = 12345;
         let mut next = |m: u32| {
             x = x.wrapping_mul(1664525).wrapping_add(1013904223);
@@ -189,27 +462,62 @@ mod tests {
         };
         let mut counter = 0u8;
         for _ in 0..5000 {
-            if next(2) == 0 {
-                let len = next(20) as usize;
-                let frame: Vec<u8> = (0..len)
-                    .map(|_| {
-                        counter = counter.wrapping_add(1);
-                        counter
-                    })
-                    .collect();
-                model.extend_from_slice(&frame);
-                s.push(Bytes::from(frame));
-            } else {
-                let n = next(model.len() as u32 + 1) as usize;
-                s.advance(n);
-                model.drain(..n);
+            let total: usize = model.iter().map(|f| f.0.len()).sum::<usize>() - sent;
+            match next(8) {
+                0..=3 => {
+                    let len = 1 + next(20) as usize;
+                    let frame: Vec<u8> = (0..len)
+                        .map(|_| {
+                            counter = counter.wrapping_add(1);
+                            counter
+                        })
+                        .collect();
+                    let is_t = next(2) == 0;
+                    model.push_back((frame.clone(), is_t));
+                    s.push(l.frame(Bytes::from(frame), is_t.then(|| t.clone())));
+                }
+                4..=6 => {
+                    let mut n = next(total as u32 + 1) as usize;
+                    s.advance(n);
+                    while n > 0 {
+                        let rest = model[0].0.len() - sent;
+                        if n >= rest {
+                            n -= rest;
+                            sent = 0;
+                            model.pop_front();
+                        } else {
+                            sent += n;
+                            n = 0;
+                        }
+                    }
+                }
+                _ => {
+                    let keep = next(3) as usize;
+                    s.keep_newest("t", keep);
+                    let start = usize::from(sent > 0);
+                    let of_t = model.iter().skip(start).filter(|f| f.1).count();
+                    let mut drop = of_t.saturating_sub(keep);
+                    let mut i = start;
+                    while drop > 0 {
+                        if model[i].1 {
+                            model.remove(i);
+                            drop -= 1;
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
             }
-            assert_eq!(s.len_bytes(), model.len());
-            let flat: Vec<u8> = s
-                .batch(usize::MAX, usize::MAX)
-                .flat_map(|b| b.iter().copied())
+            let want: Vec<u8> = model
+                .iter()
+                .flat_map(|f| f.0.iter().copied())
+                .skip(sent)
                 .collect();
-            assert_eq!(flat, model);
+            assert_eq!(flat(&s), want);
+            assert_eq!(s.len_bytes(), want.len());
+            assert_eq!(l.queued(), want.len());
+            let frames: usize = model.iter().map(|f| f.0.len()).sum();
+            assert_eq!(l.retained(), frames + model.len() * SLOT_BYTES);
         }
     }
 }

@@ -17,7 +17,7 @@ use shardcast_proto::{encode_close, CloseCode};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::latency::LatencyKind;
-use crate::mesh::{mesh, Envelope, MeshLink};
+use crate::mesh::{mesh, MeshItem, MeshLink};
 use crate::stats::{monotonic_ms, ShardStats};
 use crate::{admin, conn, listener, shard, tick};
 
@@ -71,7 +71,7 @@ pub struct Server {
     admin: Option<admin::Admin>,
 }
 
-type ShardParts = (std::net::TcpListener, MeshLink<Envelope>);
+type ShardParts = (std::net::TcpListener, MeshLink<MeshItem>);
 
 /// Bind, spawn every shard, and return once all of them are accepting.
 pub fn start(config: Config) -> io::Result<Server> {
@@ -240,7 +240,7 @@ async fn run_shard(
 /// Deliver envelopes from other shards to local subscribers; park when idle, but while
 /// envelopes for other shards wait in overflow, retry on a short timer instead.
 async fn drain_mesh(hub: Rc<Hub>) {
-    let mut batch: Vec<Envelope> = Vec::new();
+    let mut batch: Vec<MeshItem> = Vec::new();
     loop {
         if hub.flush_mesh() > 0 {
             if hub.link().borrow_mut().try_drain(|e| batch.push(e)) == 0 {
@@ -251,12 +251,14 @@ async fn drain_mesh(hub: Rc<Hub>) {
         }
         // One clock read per batch: transit is measured to the moment the batch was drained.
         let drained_at = Instant::now();
-        for env in batch.drain(..) {
-            hub.latency.record(
-                LatencyKind::RingTransit,
-                drained_at.saturating_duration_since(env.published_at),
-            );
-            hub.deliver(&env.topic, &env.frame, env.stream_frame.as_ref());
+        for item in batch.drain(..) {
+            if let MeshItem::Publish(env) = &item {
+                hub.latency.record(
+                    LatencyKind::RingTransit,
+                    drained_at.saturating_duration_since(env.published_at),
+                );
+            }
+            hub.receive(item);
         }
     }
 }

@@ -10,8 +10,6 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use bytes::Bytes;
-
 /// Most iovecs per `sendmsg` (Linux IOV_MAX is 1024).
 pub const MAX_IOVECS: usize = 1024;
 
@@ -46,7 +44,7 @@ pub fn recv_append(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize
 /// SIGPIPE). `iovecs` is caller-owned scratch, reused across calls.
 pub fn send_frames<'a>(
     fd: RawFd,
-    frames: impl Iterator<Item = &'a Bytes>,
+    frames: impl Iterator<Item = &'a [u8]>,
     iovecs: &mut Vec<libc::iovec>,
 ) -> io::Result<usize> {
     iovecs.clear();
@@ -63,7 +61,7 @@ pub fn send_frames<'a>(
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iovecs.as_mut_ptr();
     msg.msg_iovlen = iovecs.len() as _;
-    // SAFETY: every iovec points into a `Bytes` borrowed for this call, valid for reads of
+    // SAFETY: every iovec points into a slice borrowed for this call, valid for reads of
     // `iov_len` bytes; the kernel only reads them.
     let n = result(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) });
     iovecs.clear();
@@ -118,6 +116,7 @@ pub async fn read_some(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
@@ -138,7 +137,7 @@ mod tests {
             Bytes::from_static(b"world"),
         ];
         let mut iov = Vec::new();
-        let n = send_frames(b.as_raw_fd(), frames.iter(), &mut iov).unwrap();
+        let n = send_frames(b.as_raw_fd(), frames.iter().map(|f| &f[..]), &mut iov).unwrap();
         assert_eq!(n, 11);
         let mut got = [0u8; 11];
         a.read_exact(&mut got).unwrap();
@@ -184,7 +183,7 @@ mod tests {
         let mut iov = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let err = loop {
-            match send_frames(b.as_raw_fd(), frame.iter(), &mut iov) {
+            match send_frames(b.as_raw_fd(), frame.iter().map(|f| &f[..]), &mut iov) {
                 Ok(_) => assert!(std::time::Instant::now() < deadline),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => break e,
@@ -205,7 +204,7 @@ mod tests {
         b.set_nonblocking(true).unwrap();
         let big = Bytes::from(vec![7u8; 8 << 20]);
         let mut iov = Vec::new();
-        let n = send_frames(b.as_raw_fd(), std::iter::once(&big), &mut iov).unwrap();
+        let n = send_frames(b.as_raw_fd(), std::iter::once(&big[..]), &mut iov).unwrap();
         assert!(n > 0 && n < big.len(), "expected a partial write, got {n}");
         drop(a);
     }

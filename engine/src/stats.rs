@@ -31,11 +31,13 @@ pub enum Refusal {
     NotFound,
     /// HTTP publish body over max_message_bytes (413).
     TooLarge,
+    /// HTTP publish to a topic paused by back-pressure (503 with Retry-After).
+    Paused,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::MaxConnections,
         Refusal::HandshakeTimeout,
         Refusal::BadRequest,
@@ -43,6 +45,7 @@ impl Refusal {
         Refusal::Forbidden,
         Refusal::NotFound,
         Refusal::TooLarge,
+        Refusal::Paused,
     ];
 
     /// Stable name for /stats and /metrics.
@@ -55,6 +58,7 @@ impl Refusal {
             Refusal::Forbidden => "forbidden",
             Refusal::NotFound => "not_found",
             Refusal::TooLarge => "too_large",
+            Refusal::Paused => "paused",
         }
     }
 }
@@ -91,7 +95,7 @@ pub struct ShardStats {
     pub connections_active: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
-    refused: [AtomicU64; 7],
+    refused: [AtomicU64; 8],
     /// WebSocket/HTTP messages received from clients.
     pub messages_in: AtomicU64,
     /// Payload bytes received from clients.
@@ -118,6 +122,24 @@ pub struct ShardStats {
     pub idle_timeouts_total: AtomicU64,
     /// Connections closed at the end of their maximum lifetime.
     pub lifetime_closes_total: AtomicU64,
+    /// Bytes retained by queued frames on this shard: each frame once plus queue slots.
+    pub retained_bytes: AtomicU64,
+    /// Logical unsent bytes over this shard's queues (a shared frame counts per queue).
+    pub total_queued_bytes: AtomicU64,
+    /// Queue entries over this shard's queues.
+    pub queued_frames: AtomicU64,
+    /// This shard's share of the queue ceiling.
+    pub queue_ceiling_bytes: AtomicU64,
+    /// The memory limit the ceiling derives from (same on every shard).
+    pub memory_limit: AtomicU64,
+    /// Connections whose queue is above their high-water mark (until below low water).
+    pub slow_clients: AtomicU64,
+    /// Topics currently paused on this shard (by any shard's subscribers).
+    pub paused_topics: AtomicU64,
+    /// Times a subscriber on this shard paused a topic.
+    pub pauses_total: AtomicU64,
+    evictions: [AtomicU64; 3],
+    drops: [AtomicU64; 2],
 }
 
 /// A point-in-time copy of one shard's counters: plain numbers for /stats and /metrics.
@@ -131,7 +153,7 @@ pub struct Snapshot {
     pub accepted: u64,
     /// Refusals, indexed like [`Refusal::ALL`].
     #[serde(skip)]
-    pub refused: [u64; 7],
+    pub refused: [u64; 8],
     /// Messages received from clients.
     pub messages_in: u64,
     /// Payload bytes received from clients.
@@ -158,6 +180,79 @@ pub struct Snapshot {
     pub idle_timeouts_total: u64,
     /// Connections closed at the end of their maximum lifetime.
     pub lifetime_closes_total: u64,
+    /// Bytes retained by queued frames (each frame once, plus queue slots).
+    pub retained_bytes: u64,
+    /// Logical unsent bytes over every queue.
+    pub total_queued_bytes: u64,
+    /// Queue entries over every queue.
+    pub queued_frames: u64,
+    /// The shard's share of the queue ceiling.
+    pub queue_ceiling_bytes: u64,
+    /// The memory limit the ceiling derives from.
+    pub memory_limit: u64,
+    /// Connections above their high-water mark.
+    pub slow_clients: u64,
+    /// Topics paused on this shard.
+    pub paused_topics: u64,
+    /// Pauses begun by this shard's subscribers.
+    pub pauses_total: u64,
+    /// Evictions, indexed like [`Eviction::ALL`].
+    #[serde(skip)]
+    pub evictions: [u64; 3],
+    /// Discarded messages, indexed like [`Discard::ALL`].
+    #[serde(skip)]
+    pub discarded: [u64; 2],
+}
+
+/// Why a connection was evicted (closed 1013).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// Its queue went over the high-water mark of an `evict` topic.
+    HighWater,
+    /// The shard's share of the queue ceiling was reached; largest queues go first.
+    Ceiling,
+    /// Slow clients exceeded 0.5% of the shard's connections; slowest go first.
+    SlowClients,
+}
+
+impl Eviction {
+    /// Every reason, in counter order.
+    pub const ALL: [Eviction; 3] = [
+        Eviction::HighWater,
+        Eviction::Ceiling,
+        Eviction::SlowClients,
+    ];
+
+    /// Stable name for /stats and /metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Eviction::HighWater => "high_water",
+            Eviction::Ceiling => "ceiling",
+            Eviction::SlowClients => "slow_clients",
+        }
+    }
+}
+
+/// Why queued messages were discarded without closing the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discard {
+    /// `conflate`: replaced by a newer message of the same topic.
+    Conflated,
+    /// `drop-oldest`: beyond the newest `keep` of the topic.
+    DropOldest,
+}
+
+impl Discard {
+    /// Every reason, in counter order.
+    pub const ALL: [Discard; 2] = [Discard::Conflated, Discard::DropOldest];
+
+    /// Stable name for /stats and /metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Discard::Conflated => "conflated",
+            Discard::DropOldest => "drop_oldest",
+        }
+    }
 }
 
 impl ShardStats {
@@ -188,6 +283,26 @@ impl ShardStats {
         self.protocol_errors[Self::close_slot(code)].load(Relaxed)
     }
 
+    /// Count an eviction.
+    pub fn evict(&self, why: Eviction) {
+        self.evictions[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Evictions for one reason.
+    pub fn evictions(&self, why: Eviction) -> u64 {
+        self.evictions[why as usize].load(Relaxed)
+    }
+
+    /// Count `n` discarded messages.
+    pub fn drop_messages(&self, why: Discard, n: u64) {
+        self.drops[why as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Discarded messages for one reason.
+    pub fn dropped(&self, why: Discard) -> u64 {
+        self.drops[why as usize].load(Relaxed)
+    }
+
     /// Record the driver this shard runs on.
     pub fn set_driver(&self, d: DriverKind) {
         self.driver.store(d as u8, Relaxed);
@@ -216,6 +331,16 @@ impl ShardStats {
             heartbeat_timeouts_total: get(&self.heartbeat_timeouts_total),
             idle_timeouts_total: get(&self.idle_timeouts_total),
             lifetime_closes_total: get(&self.lifetime_closes_total),
+            retained_bytes: get(&self.retained_bytes),
+            total_queued_bytes: get(&self.total_queued_bytes),
+            queued_frames: get(&self.queued_frames),
+            queue_ceiling_bytes: get(&self.queue_ceiling_bytes),
+            memory_limit: get(&self.memory_limit),
+            slow_clients: get(&self.slow_clients),
+            paused_topics: get(&self.paused_topics),
+            pauses_total: get(&self.pauses_total),
+            evictions: std::array::from_fn(|i| get(&self.evictions[i])),
+            discarded: std::array::from_fn(|i| get(&self.drops[i])),
         }
     }
 
@@ -284,5 +409,16 @@ mod tests {
         for (i, r) in Refusal::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
+        for (i, r) in Eviction::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in Discard::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        s.evict(Eviction::Ceiling);
+        s.drop_messages(Discard::Conflated, 3);
+        assert_eq!(s.evictions(Eviction::Ceiling), 1);
+        assert_eq!(s.evictions(Eviction::HighWater), 0);
+        assert_eq!(s.dropped(Discard::Conflated), 3);
     }
 }

@@ -1,0 +1,143 @@
+//! The queue ceiling: how much memory queued frames may hold, and which connections to evict
+//! when a shard would go over its share or has too many slow clients. Pure decisions here;
+//! the hub applies them.
+//!
+//! The ceiling is `queue_ceiling_pct` of the memory limit, split statically over the shards:
+//! SO_REUSEPORT spreads connections evenly and every shard receives every broadcast, so the
+//! shards' needs are alike, and a static split needs no shared counter on the hot path.
+
+/// Fraction of its budget a shard evicts down to once it would go over (in percent), so one
+/// eviction round makes room for many messages instead of one.
+pub const EVICT_TO_PCT: usize = 80;
+
+/// Slow clients (queues above their high-water mark) tolerated per 1000 connections.
+pub const SLOW_PER_MILLE: usize = 5;
+
+/// Slow clients always tolerated, whatever the connection count: with 10 connections one slow
+/// client is 10%, but it is not a fleet-wide problem worth evicting for.
+pub const SLOW_MIN: usize = 8;
+
+/// The memory limit when none is configured, and where it came from: cgroup v2
+/// `memory.max` of this process's cgroup when set, else MemTotal.
+pub fn detect_memory_limit() -> (u64, &'static str) {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    if let Some(limit) = read("/proc/self/cgroup")
+        .and_then(|c| cgroup_path(&c))
+        .and_then(|path| read(&format!("/sys/fs/cgroup{path}/memory.max")))
+        .and_then(|m| parse_memory_max(&m))
+    {
+        return (limit, "cgroup");
+    }
+    let total = read("/proc/meminfo")
+        .and_then(|m| parse_mem_total(&m))
+        .unwrap_or(1 << 30);
+    (total, "meminfo")
+}
+
+/// The cgroup v2 path from `/proc/self/cgroup` (the `0::/path` line).
+pub fn cgroup_path(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim().trim_end_matches('/').to_owned())
+}
+
+/// `memory.max` contents: a byte count, or `max` (no limit → `None`).
+pub fn parse_memory_max(text: &str) -> Option<u64> {
+    match text.trim() {
+        "max" => None,
+        n => n.parse().ok().filter(|&n| n > 0),
+    }
+}
+
+/// MemTotal from `/proc/meminfo`, in bytes.
+pub fn parse_mem_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// One shard's share of the ceiling and its eviction rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Governor {
+    /// Bytes this shard's queued frames may retain.
+    pub budget: usize,
+    /// What an eviction round brings retained bytes down to.
+    pub evict_to: usize,
+}
+
+impl Governor {
+    /// The share of `ceiling` for one of `shards` shards.
+    pub fn new(ceiling: u64, shards: usize) -> Self {
+        let budget = (ceiling / shards.max(1) as u64) as usize;
+        Governor {
+            budget,
+            evict_to: budget / 100 * EVICT_TO_PCT + budget % 100 * EVICT_TO_PCT / 100,
+        }
+    }
+
+    /// True if retaining `extra` more bytes on top of `retained` stays within the budget.
+    pub fn fits(&self, retained: usize, extra: usize) -> bool {
+        retained.saturating_add(extra) <= self.budget
+    }
+
+    /// True once an eviction round has done enough: at or below `evict_to` and room for
+    /// `extra`.
+    pub fn relieved(&self, retained: usize, extra: usize) -> bool {
+        retained <= self.evict_to && self.fits(retained, extra)
+    }
+
+    /// Most slow clients tolerated among `connections`: 0.5% (rounded up), at least
+    /// [`SLOW_MIN`].
+    pub fn slow_limit(connections: usize) -> usize {
+        (connections * SLOW_PER_MILLE).div_ceil(1000).max(SLOW_MIN)
+    }
+
+    /// Eviction order: candidates `(unsent bytes, id)` sorted by most unsent bytes first
+    /// (ties: lower id first, so the order is deterministic).
+    pub fn order<K: Ord + Copy>(mut candidates: Vec<(usize, K)>) -> Vec<K> {
+        candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        candidates.into_iter().map(|(_, k)| k).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cgroup_and_meminfo() {
+        assert_eq!(
+            cgroup_path("0::/user.slice/app.scope\n").as_deref(),
+            Some("/user.slice/app.scope")
+        );
+        assert_eq!(cgroup_path("0::/\n").as_deref(), Some(""));
+        assert_eq!(cgroup_path("1:memory:/x\n"), None, "cgroup v1 only");
+        assert_eq!(parse_memory_max("max\n"), None);
+        assert_eq!(parse_memory_max("67108864\n"), Some(64 << 20));
+        assert_eq!(parse_memory_max("junk"), None);
+        let meminfo = "MemTotal:       16318424 kB\nMemFree:         1000 kB\n";
+        assert_eq!(parse_mem_total(meminfo), Some(16318424 * 1024));
+        assert_eq!(parse_mem_total("nothing"), None);
+        let (limit, source) = detect_memory_limit();
+        assert!(limit > 0 && matches!(source, "cgroup" | "meminfo"));
+    }
+
+    #[test]
+    fn budget_split_and_thresholds() {
+        // 64 MiB at 5% = 3,355,443 B over 2 shards.
+        let g = Governor::new((64u64 << 20) * 5 / 100, 2);
+        assert_eq!(g.budget, 1_677_721);
+        assert_eq!(g.evict_to, 1_342_176);
+        assert!(g.fits(g.budget - 10, 10));
+        assert!(!g.fits(g.budget - 10, 11));
+        assert!(!g.relieved(g.evict_to + 1, 0));
+        assert!(g.relieved(g.evict_to, 10));
+        assert_eq!(Governor::slow_limit(10), SLOW_MIN);
+        assert_eq!(Governor::slow_limit(10_000), 50);
+        assert_eq!(Governor::slow_limit(10_001), 51);
+        assert_eq!(
+            Governor::order(vec![(5, 1), (9, 2), (5, 0), (1, 3)]),
+            vec![2, 0, 1, 3]
+        );
+    }
+}
