@@ -551,6 +551,18 @@ mod tests {
         assert!(validate(&config).is_err());
     }
 
+    /// Writes off the head frame of `conn`'s queue as a socket would; returns where its bytes
+    /// live (equal addresses = one shared frame) and a copy of them.
+    fn take_head(conn: &Conn) -> (*const u8, Vec<u8>) {
+        let mut q = conn.queue.borrow_mut();
+        let (ptr, bytes) = {
+            let head = q.batch(1, usize::MAX).next().expect("a queued frame");
+            (head.as_ptr(), head.to_vec())
+        };
+        q.advance(bytes.len());
+        (ptr, bytes)
+    }
+
     #[test]
     fn sweep_queues_the_shared_ping_and_closes_with_counts() {
         let config = crate::config::Overrides {
@@ -576,13 +588,10 @@ mod tests {
         sweep_once(&hub, 100);
         let s = hub.stats();
         assert_eq!(get(&s.pings_sent_total), 3);
-        let frames: Vec<Bytes> = conns
-            .iter()
-            .map(|c| c.queue.borrow_mut().pop().unwrap())
-            .collect();
-        assert_eq!(&frames[0][..], &[0x89, 0x00], "empty ping frame");
+        let frames: Vec<(*const u8, Vec<u8>)> = conns.iter().map(|c| take_head(c)).collect();
+        assert_eq!(&frames[0].1[..], &[0x89, 0x00], "empty ping frame");
         assert!(
-            frames.iter().all(|f| f.as_ptr() == frames[0].as_ptr()),
+            frames.iter().all(|f| f.0 == frames[0].0),
             "one shared frame"
         );
         // conn 0 answers, conn 1 is already closing (skipped), conn 2 stays silent.
@@ -596,7 +605,7 @@ mod tests {
             conns[2].closing.get() && conns[2].abort.get(),
             "dead peer: abort"
         );
-        let close = conns[2].queue.borrow_mut().pop().unwrap();
+        let (_, close) = take_head(&conns[2]);
         assert_eq!(
             &close[..],
             &encode_close(CloseCode::GOING_AWAY, "pong timeout")[..]
@@ -617,7 +626,7 @@ mod tests {
         sweep_once(&hub, 6200);
         assert_eq!(get(&s.lifetime_closes_total), 1);
         assert!(late.closing.get() && !late.abort.get());
-        let close = late.queue.borrow_mut().pop().unwrap();
+        let (_, close) = take_head(&late);
         assert_eq!(
             &close[..],
             &encode_close(CloseCode::GOING_AWAY, "max connection lifetime")[..]
