@@ -273,6 +273,13 @@ async fn receive(conn: WsConn, sh: Arc<Shared>, hist: Rc<RefCell<Histogram<u64>>
                 break;
             }
         }
+        if !scanner.pongs.is_empty() {
+            let pongs = scanner.pongs.split().freeze();
+            if let (Err(e), _) = stream.write_all(pongs).await {
+                st.end = Some(format!("pong: {e}"));
+                break;
+            }
+        }
         if buf.capacity() - buf.len() < READ_BUF / 2 {
             buf.reserve(READ_BUF);
         }

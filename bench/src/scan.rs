@@ -2,6 +2,8 @@
 //! bytes of each data message (send timestamp, sequence). The rest of a payload is skipped, so
 //! any message size costs the same to receive.
 
+use bytes::BytesMut;
+use shardcast_proto::encode_client_frame;
 use shardcast_proto::frame::{parse_header, OpCode, Role};
 
 /// What the generator embeds at the front of every payload.
@@ -47,6 +49,12 @@ pub struct Scanner {
     skip: u64,
     /// Data messages shorter than a stamp (not ours).
     pub short: u64,
+    /// Masked pongs answering the pings scanned so far, for the caller to write: a client
+    /// that ignored pings would be closed by the server's heartbeat (like a dead peer), which
+    /// no real client (browser, tungstenite) is.
+    pub pongs: BytesMut,
+    /// Pings answered.
+    pub pings: u64,
 }
 
 impl Scanner {
@@ -88,7 +96,17 @@ impl Scanner {
                     let code = u16::from_be_bytes([buf[body], buf[body + 1]]);
                     return Err(End::Closed(Some(code)));
                 }
-                // Continuations of a fragmented message, pings, pongs: nothing to record.
+                OpCode::Ping => {
+                    // Control payloads are at most 125 bytes: wait for the whole ping.
+                    let end = body + h.payload_len as usize;
+                    if buf.len() < end {
+                        return Ok(pos);
+                    }
+                    let mask = (self.pings as u32 ^ 0x5A3C_96E1).to_le_bytes();
+                    encode_client_frame(&mut self.pongs, OpCode::Pong, true, &buf[body..end], mask);
+                    self.pings += 1;
+                }
+                // Continuations of a fragmented message, pongs: nothing to record.
                 _ => {}
             }
             pos = body;
@@ -138,6 +156,32 @@ mod tests {
             assert_eq!(seen, vec![1, 2, 3], "chunk {chunk}");
             assert_eq!(sc.short, 1);
         }
+    }
+
+    #[test]
+    fn pings_are_answered_with_masked_pongs_carrying_the_same_payload() {
+        let mut wire = stamped(1, 16);
+        wire.extend(frame(9, b"hb"));
+        wire.extend(stamped(2, 16));
+        let mut sc = Scanner::default();
+        // The ping split mid-payload: nothing answered until it is whole.
+        let cut = wire.len() - 18 - 1;
+        assert_eq!(sc.scan(&wire[..cut], |_| {}), Ok(18));
+        assert!(sc.pongs.is_empty());
+        let mut seen = Vec::new();
+        assert_eq!(
+            sc.scan(&wire[18..], |s| seen.push(s.seq)),
+            Ok(wire.len() - 18)
+        );
+        assert_eq!((seen, sc.pings), (vec![2], 1));
+        // Decode what we would send as the server would.
+        let mut pong = sc.pongs.to_vec();
+        let mut dec = shardcast_proto::Decoder::new(shardcast_proto::DecoderConfig {
+            role: Role::Server,
+            max_message_size: 1024,
+        });
+        let d = dec.decode(&mut pong);
+        assert_eq!(d.result, Ok(Some(shardcast_proto::Event::Pong(&b"hb"[..]))));
     }
 
     #[test]

@@ -239,18 +239,35 @@ fn respond(state: &State, request: &Request<'_>) -> Response {
 }
 
 /// Why the process is unhealthy, one human-readable reason each; empty when healthy. Time is an
-/// input (`now_ms` on the [`monotonic_ms`] clock) so the rule is testable without waiting.
-/// New reasons (e.g. queued bytes near the memory ceiling) go here.
+/// input (`now_ms` on the [`monotonic_ms`] clock) so the rules are testable without waiting:
+/// a shard whose loop has not ticked for more than `stall_ms`, and a shard whose queued frames
+/// hold more than [`OVERLOAD_PCT`]% of its share of the queue ceiling (evictions are about to
+/// start, or are running: a load balancer should stop sending new clients here).
 pub fn unhealthy_reasons(snaps: &[Snapshot], now_ms: u64, stall_ms: u64) -> Vec<String> {
-    snaps
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            let age = now_ms.saturating_sub(s.last_tick_ms);
-            (age > stall_ms).then(|| format!("shard {i} stalled: loop has not ticked for {age} ms"))
-        })
-        .collect()
+    let mut reasons = Vec::new();
+    for (i, s) in snaps.iter().enumerate() {
+        let age = now_ms.saturating_sub(s.last_tick_ms);
+        if age > stall_ms {
+            reasons.push(format!(
+                "shard {i} stalled: loop has not ticked for {age} ms"
+            ));
+        }
+        // u128: retained × 100 cannot overflow for any u64 byte count.
+        if s.queue_ceiling_bytes > 0
+            && u128::from(s.retained_bytes) * 100
+                > u128::from(s.queue_ceiling_bytes) * u128::from(OVERLOAD_PCT)
+        {
+            reasons.push(format!(
+                "shard {i} overloaded: queued frames hold {} of its {} byte ceiling share (> {OVERLOAD_PCT}%)",
+                s.retained_bytes, s.queue_ceiling_bytes
+            ));
+        }
+    }
+    reasons
 }
+
+/// Above this percentage of its ceiling share a shard reports the process overloaded.
+pub const OVERLOAD_PCT: u64 = 90;
 
 /// One shard's numbers for /stats and /metrics.
 pub struct ShardReport {
@@ -454,6 +471,38 @@ mod tests {
         assert!(
             unhealthy_reasons(&[fresh], 5_000, 2000).is_empty(),
             "a tick newer than now is not a stall"
+        );
+    }
+
+    #[test]
+    fn overload_reason_above_90_percent_of_the_ceiling_share() {
+        let at = |retained: u64| Snapshot {
+            last_tick_ms: 10_000,
+            retained_bytes: retained,
+            queue_ceiling_bytes: 1_000,
+            ..Snapshot::default()
+        };
+        assert!(
+            unhealthy_reasons(&[at(900)], 10_000, 2000).is_empty(),
+            "90% is still healthy"
+        );
+        assert_eq!(
+            unhealthy_reasons(&[at(0), at(901)], 10_000, 2000),
+            vec![
+                "shard 1 overloaded: queued frames hold 901 of its 1000 byte ceiling share (> 90%)"
+            ]
+        );
+        let no_ceiling = Snapshot {
+            retained_bytes: u64::MAX,
+            ..at(0)
+        };
+        let unset = Snapshot {
+            queue_ceiling_bytes: 0,
+            ..no_ceiling
+        };
+        assert!(
+            unhealthy_reasons(&[unset], 10_000, 2000).is_empty(),
+            "no ceiling known yet"
         );
     }
 
