@@ -46,20 +46,7 @@ impl RawSub {
     fn connect(addr: SocketAddr, path: &str) -> RawSub {
         let mut tcp = small_rcvbuf_connect(addr);
         tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-        write!(
-            tcp,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            tcp.read_exact(&mut b).unwrap();
-            head.push(b[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let head = upgrade_raw(&mut tcp, path);
         let shard = head
             .lines()
             .find_map(|l| l.strip_prefix("X-Shardcast-Shard: "))

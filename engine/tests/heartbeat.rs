@@ -2,7 +2,7 @@
 //! a silent peer is closed after ping + pong timeout, lifetime and idle timeouts close 1001.
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -45,28 +45,12 @@ fn expect_close(ws: &mut Ws, start: Instant) -> (u16, String, Duration) {
     }
 }
 
-/// Upgrade on a raw socket and return it with any bytes read past the response head.
+/// Upgrade on a raw socket; nothing past the response head has been read yet.
 fn raw_upgrade(server: &Server, path: &str) -> (TcpStream, Vec<u8>) {
     let mut tcp = TcpStream::connect(server.addr).unwrap();
     tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let head = loop {
-        let n = tcp.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed during upgrade");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    assert!(buf.starts_with(b"HTTP/1.1 101"), "{buf:?}");
-    (tcp, buf.split_off(head))
+    upgrade_raw(&mut tcp, path);
+    (tcp, Vec::new())
 }
 
 #[test]

@@ -216,3 +216,23 @@ pub fn stats(addr: SocketAddr) -> serde_json::Value {
     assert_eq!(code, 200);
     serde_json::from_str(&body).expect("/stats is JSON")
 }
+
+/// Sends a WebSocket upgrade for `path` on a raw socket and reads exactly the response head
+/// (byte by byte, so no frame bytes are consumed); asserts 101 and returns the head.
+pub fn upgrade_raw(tcp: &mut TcpStream, path: &str) -> String {
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    head
+}
