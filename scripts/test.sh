@@ -6,6 +6,8 @@
 #   FUZZ_SECONDS=0 scripts/test.sh  # skip fuzzing (default: 20 s per target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# CI has no terminal: packages installed below (chromium, shellcheck) must never prompt.
+export DEBIAN_FRONTEND=noninteractive
 
 step() { printf '\n==> %s\n' "$*"; }
 
