@@ -115,7 +115,8 @@ pub struct Hub {
     all_stats: Arc<[ShardStats]>,
     conns: RefCell<Vec<Option<Rc<Conn>>>>,
     free: RefCell<Vec<u32>>,
-    topics: RefCell<TopicTable<u32>>,
+    /// Live topics, each with its policy resolved once when it got its first subscriber.
+    topics: RefCell<TopicTable<u32, Policy>>,
     link: RefCell<MeshLink<MeshItem>>,
     ledger: Rc<Ledger>,
     governor: Governor,
@@ -212,7 +213,7 @@ impl Hub {
             all_stats,
             conns: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
-            topics: RefCell::new(TopicTable::new()),
+            topics: RefCell::new(TopicTable::default()),
             link: RefCell::new(link),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             iovecs: RefCell::new(Vec::with_capacity(crate::sockio::MAX_IOVECS)),
@@ -281,7 +282,7 @@ impl Hub {
     /// Subscribe connection `id` to `topic`.
     pub fn subscribe(&self, id: u32, conn: &Conn, topic: &str) {
         let mut table = self.topics.borrow_mut();
-        if table.subscribe(topic, id) {
+        if table.subscribe_with(topic, id, |t| *self.policies.lookup(t)) {
             let name = table.name(topic).expect("just subscribed");
             conn.topics.borrow_mut().push(name);
         }
@@ -336,12 +337,9 @@ impl Hub {
     /// queues take it.
     pub fn deliver(&self, topic: &str, frame: &Bytes, stream_frame: Option<&Bytes>) {
         let topics = self.topics.borrow();
-        let subs = topics.subscribers(topic);
-        if subs.is_empty() {
+        let Some((name, subs, policy)) = topics.lookup(topic) else {
             return;
-        }
-        let name = topics.name(topic).expect("topic has subscribers");
-        let policy = *self.policies.lookup(topic);
+        };
         let conns = self.conns.borrow();
         let (mut plain, mut wrapped): (Option<Rc<QueuedFrame>>, Option<Rc<QueuedFrame>>) =
             (None, None);
@@ -365,7 +363,7 @@ impl Hub {
                 *slot = Some(self.ledger.frame(bytes.clone(), Some(name.clone())));
             }
             let qf = slot.as_ref().expect("just set");
-            if self.offer(&conns, conn, qf, &name, &policy) {
+            if self.offer(&conns, conn, qf, name, policy) {
                 queued += 1;
             }
         }

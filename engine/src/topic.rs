@@ -30,21 +30,24 @@ pub fn validate(topic: &str) -> Result<(), String> {
 }
 
 /// Subscribers of one topic: a dense Vec for fan-out plus an index map so removal is a
-/// swap-remove in O(1).
+/// swap-remove in O(1); `meta` is whatever the owner derives once per live topic.
 #[derive(Debug)]
-struct Subscribers<K> {
+struct Subscribers<K, V> {
     list: Vec<K>,
     index: HashMap<K, usize>,
+    meta: V,
 }
 
-/// Shard-local map from topic to subscriber keys (connection ids). Topics with no
-/// subscribers are dropped, so the table only holds live topics.
+/// Shard-local map from topic to subscriber keys (connection ids), plus one value `V` per
+/// topic computed when the topic gets its first subscriber (the hub keeps the topic's
+/// resolved policy there, so fan-out never re-matches patterns). Topics with no subscribers
+/// are dropped, so the table only holds live topics.
 #[derive(Debug)]
-pub struct TopicTable<K> {
-    topics: HashMap<Arc<str>, Subscribers<K>>,
+pub struct TopicTable<K, V = ()> {
+    topics: HashMap<Arc<str>, Subscribers<K, V>>,
 }
 
-impl<K> Default for TopicTable<K> {
+impl<K, V> Default for TopicTable<K, V> {
     fn default() -> Self {
         Self {
             topics: HashMap::new(),
@@ -60,6 +63,14 @@ impl<K: Copy + Eq + Hash> TopicTable<K> {
 
     /// Add `key` to `topic`; returns false if it was already subscribed.
     pub fn subscribe(&mut self, topic: &str, key: K) -> bool {
+        self.subscribe_with(topic, key, |_| ())
+    }
+}
+
+impl<K: Copy + Eq + Hash, V> TopicTable<K, V> {
+    /// Add `key` to `topic`, computing the topic's value with `meta` if this is its first
+    /// subscriber; returns false if `key` was already subscribed.
+    pub fn subscribe_with(&mut self, topic: &str, key: K, meta: impl FnOnce(&str) -> V) -> bool {
         let subs = match self.topics.get_mut(topic) {
             Some(s) => s,
             None => self
@@ -68,6 +79,7 @@ impl<K: Copy + Eq + Hash> TopicTable<K> {
                 .or_insert_with(|| Subscribers {
                     list: Vec::new(),
                     index: HashMap::new(),
+                    meta: meta(topic),
                 }),
         };
         if subs.index.contains_key(&key) {
@@ -104,6 +116,14 @@ impl<K: Copy + Eq + Hash> TopicTable<K> {
     /// The shared name of a live topic (to reuse its `Arc<str>` in envelopes).
     pub fn name(&self, topic: &str) -> Option<Arc<str>> {
         self.topics.get_key_value(topic).map(|(k, _)| k.clone())
+    }
+
+    /// Everything fan-out needs about a live topic in one lookup: its shared name, its
+    /// subscribers and its value.
+    pub fn lookup(&self, topic: &str) -> Option<(&Arc<str>, &[K], &V)> {
+        self.topics
+            .get_key_value(topic)
+            .map(|(name, s)| (name, s.list.as_slice(), &s.meta))
     }
 
     /// Number of topics with at least one subscriber.
