@@ -201,7 +201,7 @@ impl Hub {
         s.queue_ceiling_bytes.store(governor.budget as u64, Relaxed);
         s.memory_limit.store(config.memory_limit, Relaxed);
         Hub {
-            ledger: Rc::new(Ledger::with_stats(all_stats.clone(), id)),
+            ledger: Rc::new(Ledger::default()),
             governor,
             policies: config.policies(),
             registered: Cell::new(0),
@@ -785,6 +785,7 @@ mod tests {
         assert_eq!(hub.ledger().retained(), len + 10_000 * SLOT_BYTES);
         assert_eq!(hub.ledger().queued(), 10_000 * len);
         let s = hub.stats();
+        hub.ledger().publish(s); // what the shard's tick does
         assert_eq!(
             stats::get(&s.retained_bytes),
             (len + 10_000 * SLOT_BYTES) as u64

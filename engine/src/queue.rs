@@ -15,7 +15,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,25 +25,17 @@ use crate::stats::ShardStats;
 /// Memory one queue entry takes in the queue itself.
 pub const SLOT_BYTES: usize = std::mem::size_of::<Rc<QueuedFrame>>();
 
-/// One shard's accounting of queued frames. Single-threaded (`Cell`s); mirrored into the
-/// shard's stats gauges when it has them.
+/// One shard's accounting of queued frames. Single-threaded (`Cell`s): the shard owns it and
+/// enforces its limits from it; the stats gauges are a copy taken once per tick
+/// ([`Ledger::publish`]), so queueing a frame touches no shared cache line.
 #[derive(Default)]
 pub struct Ledger {
     frame_bytes: Cell<usize>,
     entries: Cell<usize>,
     queued: Cell<usize>,
-    mirror: Option<(Arc<[ShardStats]>, usize)>,
 }
 
 impl Ledger {
-    /// A ledger that mirrors its gauges into `stats[shard]`.
-    pub fn with_stats(stats: Arc<[ShardStats]>, shard: usize) -> Self {
-        Ledger {
-            mirror: Some((stats, shard)),
-            ..Ledger::default()
-        }
-    }
-
     /// Real bytes retained: every live frame once plus every queue slot.
     pub fn retained(&self) -> usize {
         self.frame_bytes.get() + self.entries.get() * SLOT_BYTES
@@ -64,31 +56,18 @@ impl Ledger {
         self.queued.get()
     }
 
-    fn gauge(&self, pick: impl Fn(&ShardStats) -> &AtomicU64, v: usize) {
-        if let Some((stats, i)) = &self.mirror {
-            pick(&stats[*i]).store(v as u64, Relaxed);
-        }
-    }
-
-    fn set_frames(&self, v: usize) {
-        self.frame_bytes.set(v);
-        self.gauge(|s| &s.retained_bytes, self.retained());
-    }
-
-    fn set_entries(&self, v: usize) {
-        self.entries.set(v);
-        self.gauge(|s| &s.retained_bytes, self.retained());
-        self.gauge(|s| &s.queued_frames, v);
-    }
-
-    fn set_queued(&self, v: usize) {
-        self.queued.set(v);
-        self.gauge(|s| &s.total_queued_bytes, v);
+    /// Copy the gauges into the shard's stats (called from the shard's tick).
+    pub fn publish(&self, stats: &ShardStats) {
+        stats.retained_bytes.store(self.retained() as u64, Relaxed);
+        stats.queued_frames.store(self.entries() as u64, Relaxed);
+        stats
+            .total_queued_bytes
+            .store(self.queued() as u64, Relaxed);
     }
 
     /// Wrap an encoded frame for queueing; it is counted until the last holder drops it.
     pub fn frame(self: &Rc<Self>, bytes: Bytes, topic: Option<Arc<str>>) -> Rc<QueuedFrame> {
-        self.set_frames(self.frame_bytes.get() + bytes.len());
+        self.frame_bytes.set(self.frame_bytes.get() + bytes.len());
         Rc::new(QueuedFrame {
             bytes,
             topic,
@@ -126,7 +105,7 @@ impl QueuedFrame {
 impl Drop for QueuedFrame {
     fn drop(&mut self) {
         let l = &self.ledger;
-        l.set_frames(l.frame_bytes.get() - self.bytes.len());
+        l.frame_bytes.set(l.frame_bytes.get() - self.bytes.len());
     }
 }
 
@@ -151,10 +130,8 @@ impl SendQueue {
 
     fn counted(&mut self, f: &QueuedFrame, bytes: isize, entries: isize) {
         let l = &f.ledger;
-        l.set_queued(l.queued.get().wrapping_add_signed(bytes));
-        if entries != 0 {
-            l.set_entries(l.entries.get().wrapping_add_signed(entries));
-        }
+        l.queued.set(l.queued.get().wrapping_add_signed(bytes));
+        l.entries.set(l.entries.get().wrapping_add_signed(entries));
     }
 
     /// Append a frame; empty frames are ignored (nothing to write).

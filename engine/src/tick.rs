@@ -28,10 +28,11 @@ pub async fn tick_task(hub: Rc<Hub>) {
     }
 }
 
-/// One tick: stamp, feed the histogram log, then publish histograms.
+/// One tick: stamp, copy the queue gauges, feed the histogram log, then publish histograms.
 pub fn tick_once(hub: &Hub, log: Option<&mut ShardLog>) {
     let stats = hub.stats();
     stats.tick(monotonic_ms());
+    hub.ledger().publish(stats);
     if let Some(log) = log {
         log.on_tick(&hub.latency, Instant::now());
     }
