@@ -7,11 +7,10 @@ use crate::dial::WsConn;
 use crate::report::{self, Latency, Meter, Window};
 use crate::scan::{Scanner, Stamp, STAMP_LEN};
 use crate::seqcheck::SeqTrack;
-use crate::{clock, process, workers};
+use crate::{clock, process, recv, workers};
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use serde_json::json;
 use shardcast_proto::encode::encode_client_frame;
 use shardcast_proto::frame::OpCode;
@@ -239,8 +238,6 @@ async fn worker(
     }
 }
 
-const READ_BUF: usize = 16 * 1024;
-
 async fn receive(conn: WsConn, sh: Arc<Shared>, hist: Rc<RefCell<Histogram<u64>>>) -> SubStats {
     let WsConn {
         mut stream,
@@ -249,59 +246,19 @@ async fn receive(conn: WsConn, sh: Arc<Shared>, hist: Rc<RefCell<Histogram<u64>>
     } = conn;
     let mut st = SubStats::default();
     let mut scanner = Scanner::default();
-    let mut buf = leftover;
-    buf.reserve(READ_BUF);
-    loop {
+    st.end = recv::receive(&mut stream, leftover, &mut scanner, &sh.stop, |sc, buf| {
         let now = clock::now_ns();
-        let scanned = {
-            let mut h = hist.borrow_mut();
-            scanner.scan(&buf, |s: Stamp| {
-                // Latency is clamped at 1 ns: the histogram's lowest bucket.
-                let _ = h.record(now.saturating_sub(s.sent_ns).max(1));
-                let n = s.seq & 0xFFFF_FFFF;
-                st.track.observe(n as u32);
-                st.received += 1;
-                sh.delivered(n);
-            })
-        };
-        match scanned {
-            Ok(used) => {
-                buf.drain(..used);
-            }
-            Err(e) => {
-                st.end = Some(format!("{e:?}"));
-                break;
-            }
-        }
-        if !scanner.pongs.is_empty() {
-            let pongs = scanner.pongs.split().freeze();
-            if let (Err(e), _) = stream.write_all(pongs).await {
-                st.end = Some(format!("pong: {e}"));
-                break;
-            }
-        }
-        if buf.capacity() - buf.len() < READ_BUF / 2 {
-            buf.reserve(READ_BUF);
-        }
-        let len = buf.len();
-        let (res, slice) = stream.read(buf.slice_mut(len..)).await;
-        buf = slice.into_inner();
-        match res {
-            Ok(0) => {
-                if !sh.stop.load(Ordering::Acquire) {
-                    st.end = Some("server closed the connection".into());
-                }
-                break;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if !sh.stop.load(Ordering::Acquire) {
-                    st.end = Some(e.to_string());
-                }
-                break;
-            }
-        }
-    }
+        let mut h = hist.borrow_mut();
+        sc.scan(buf, |s: Stamp| {
+            // Latency is clamped at 1 ns: the histogram's lowest bucket.
+            let _ = h.record(now.saturating_sub(s.sent_ns).max(1));
+            let n = s.seq & 0xFFFF_FFFF;
+            st.track.observe(n as u32);
+            st.received += 1;
+            sh.delivered(n);
+        })
+    })
+    .await;
     st.short = scanner.short;
     st
 }

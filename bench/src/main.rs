@@ -15,6 +15,7 @@ mod incident;
 mod naive_server;
 mod plot;
 mod process;
+mod recv;
 mod report;
 mod room;
 mod scan;

@@ -6,10 +6,9 @@ use crate::dial::{Target, WsConn};
 use crate::report::{self, Meter};
 use crate::scan::{Scanner, Stamp, STAMP_LEN};
 use crate::seqcheck::SeqTrack;
-use crate::{clock, process, workers};
+use crate::{clock, process, recv, workers};
 use bytes::BytesMut;
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncWriteRentExt, Splitable};
 use serde_json::json;
 use shardcast_proto::encode::encode_client_frame;
 use shardcast_proto::frame::OpCode;
@@ -247,8 +246,6 @@ async fn coordinate(args: &RoomArgs, sh: &Shared, deadline: Instant) -> report::
     meter.finish(cores)
 }
 
-const READ_BUF: usize = 16 * 1024;
-
 async fn client(id: u64, conn: WsConn, args: RoomArgs, sh: Arc<Shared>) -> ClientStats {
     let WsConn {
         stream, leftover, ..
@@ -298,11 +295,9 @@ async fn client(id: u64, conn: WsConn, args: RoomArgs, sh: Arc<Shared>) -> Clien
     let mut tracks = vec![SeqTrack::default(); sh.clients];
     let mut st = ClientStats::default();
     let mut scanner = Scanner::default();
-    let mut buf = leftover;
-    buf.reserve(READ_BUF);
-    loop {
+    st.end = recv::receive(&mut rd, leftover, &mut scanner, &sh.stop, |sc, buf| {
         let before = st.received;
-        let scanned = scanner.scan(&buf, |s: Stamp| {
+        let scanned = sc.scan(buf, |s: Stamp| {
             let publisher = (s.seq >> 32) as usize;
             if publisher == id as usize {
                 st.self_received += 1;
@@ -318,37 +313,9 @@ async fn client(id: u64, conn: WsConn, args: RoomArgs, sh: Arc<Shared>) -> Clien
             sh.last_delivery_ns
                 .fetch_max(clock::now_ns(), Ordering::AcqRel);
         }
-        match scanned {
-            Ok(used) => {
-                buf.drain(..used);
-            }
-            Err(e) => {
-                st.end = Some(format!("{e:?}"));
-                break;
-            }
-        }
-        if buf.capacity() - buf.len() < READ_BUF / 2 {
-            buf.reserve(READ_BUF);
-        }
-        let len = buf.len();
-        let (res, slice) = rd.read(buf.slice_mut(len..)).await;
-        buf = slice.into_inner();
-        match res {
-            Ok(0) => {
-                if !sh.stop.load(Ordering::Acquire) {
-                    st.end = Some("server closed the connection".into());
-                }
-                break;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if !sh.stop.load(Ordering::Acquire) {
-                    st.end = Some(e.to_string());
-                }
-                break;
-            }
-        }
-    }
+        scanned
+    })
+    .await;
     let write_half = writer.await;
     drop(write_half);
     // Only clients that connected sent anything; their own stream counts only when echoed.

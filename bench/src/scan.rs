@@ -115,21 +115,24 @@ impl Scanner {
     }
 }
 
+/// An unmasked final server frame with `opcode` (payload < 64 KiB), built by hand rather than
+/// through proto so tests of the receive side do not trust the encoder they exercise.
+#[cfg(test)]
+pub(crate) fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    if payload.len() < 126 {
+        f.push(payload.len() as u8);
+    } else {
+        f.push(126);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![0x80 | opcode];
-        if payload.len() < 126 {
-            f.push(payload.len() as u8);
-        } else {
-            f.push(126);
-            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        }
-        f.extend_from_slice(payload);
-        f
-    }
 
     fn stamped(seq: u64, size: usize) -> Vec<u8> {
         let mut p = vec![0xAB; size];

@@ -42,19 +42,6 @@ fn read_client_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
     Some(p)
 }
 
-/// An unmasked server binary frame (payload < 64 KiB).
-fn server_frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x82];
-    if payload.len() < 126 {
-        f.push(payload.len() as u8);
-    } else {
-        f.push(126);
-        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    f.extend_from_slice(payload);
-    f
-}
-
 /// Reads the upgrade request, answers 101, and returns the request path.
 fn accept_upgrade(s: &mut TcpStream) -> Option<String> {
     let mut req = Vec::new();
@@ -109,7 +96,7 @@ fn planned_server(plan: Plan) -> String {
                         for n in send {
                             let mut q = p.clone();
                             q[8..16].copy_from_slice(&n.to_le_bytes());
-                            let _ = sub.write_all(&server_frame(&q));
+                            let _ = sub.write_all(&crate::scan::frame(2, &q));
                         }
                         if close {
                             let _ = sub.write_all(&[0x88, 0x02, 0x03, 0xF5]);
