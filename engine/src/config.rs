@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::latency::Recording;
 use crate::policy::{Action, Policy, TopicPolicy, TopicPolicySpec};
 
+/// Default `queue_ceiling_pct`: the share of the memory limit queued frames may hold.
+pub const DEFAULT_QUEUE_CEILING_PCT: u32 = 5;
+
 /// A byte count given as a plain number or with a suffix; every suffix is binary, as memory
 /// limits are: `K`/`KiB` = 1024, `M`/`MiB` = 1024², `G`/`GiB` = 1024³.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -498,7 +501,7 @@ impl Overrides {
             low_water_bytes: default.low_water_bytes,
             memory_limit,
             memory_limit_source: source.to_owned(),
-            queue_ceiling_pct: self.queue_ceiling_pct.unwrap_or(5),
+            queue_ceiling_pct: self.queue_ceiling_pct.unwrap_or(DEFAULT_QUEUE_CEILING_PCT),
             topic_policy,
         };
         if config.histogram_log_interval_ms == 0 {

@@ -6,6 +6,8 @@
 //! SO_REUSEPORT spreads connections evenly and every shard receives every broadcast, so the
 //! shards' needs are alike, and a static split needs no shared counter on the hot path.
 
+use crate::preflight::{self, MemoryLimit, MemorySource};
+
 /// Fraction of its budget a shard evicts down to once it would go over (in percent), so one
 /// eviction round makes room for many messages instead of one.
 pub const EVICT_TO_PCT: usize = 80;
@@ -17,43 +19,18 @@ pub const SLOW_PER_MILLE: usize = 5;
 /// client is 10%, but it is not a fleet-wide problem worth evicting for.
 pub const SLOW_MIN: usize = 8;
 
-/// The memory limit when none is configured, and where it came from: cgroup v2
-/// `memory.max` of this process's cgroup when set, else MemTotal.
+/// The memory limit when none is configured, and where it came from ("cgroup" or "meminfo"):
+/// [`preflight::detect_memory_limit`], so the ceiling and the preflight report agree; 1 GiB
+/// when neither the cgroup nor /proc/meminfo is readable.
 pub fn detect_memory_limit() -> (u64, &'static str) {
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    if let Some(limit) = read("/proc/self/cgroup")
-        .and_then(|c| cgroup_path(&c))
-        .and_then(|path| read(&format!("/sys/fs/cgroup{path}/memory.max")))
-        .and_then(|m| parse_memory_max(&m))
-    {
-        return (limit, "cgroup");
+    match preflight::detect_memory_limit() {
+        Some(MemoryLimit {
+            bytes,
+            source: MemorySource::Cgroup,
+        }) => (bytes, "cgroup"),
+        Some(MemoryLimit { bytes, .. }) => (bytes, "meminfo"),
+        None => (1 << 30, "meminfo"),
     }
-    let total = read("/proc/meminfo")
-        .and_then(|m| parse_mem_total(&m))
-        .unwrap_or(1 << 30);
-    (total, "meminfo")
-}
-
-/// The cgroup v2 path from `/proc/self/cgroup` (the `0::/path` line).
-pub fn cgroup_path(text: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| p.trim().trim_end_matches('/').to_owned())
-}
-
-/// `memory.max` contents: a byte count, or `max` (no limit → `None`).
-pub fn parse_memory_max(text: &str) -> Option<u64> {
-    match text.trim() {
-        "max" => None,
-        n => n.parse().ok().filter(|&n| n > 0),
-    }
-}
-
-/// MemTotal from `/proc/meminfo`, in bytes.
-pub fn parse_mem_total(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// One shard's share of the ceiling and its eviction rules.
@@ -105,19 +82,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_cgroup_and_meminfo() {
-        assert_eq!(
-            cgroup_path("0::/user.slice/app.scope\n").as_deref(),
-            Some("/user.slice/app.scope")
-        );
-        assert_eq!(cgroup_path("0::/\n").as_deref(), Some(""));
-        assert_eq!(cgroup_path("1:memory:/x\n"), None, "cgroup v1 only");
-        assert_eq!(parse_memory_max("max\n"), None);
-        assert_eq!(parse_memory_max("67108864\n"), Some(64 << 20));
-        assert_eq!(parse_memory_max("junk"), None);
-        let meminfo = "MemTotal:       16318424 kB\nMemFree:         1000 kB\n";
-        assert_eq!(parse_mem_total(meminfo), Some(16318424 * 1024));
-        assert_eq!(parse_mem_total("nothing"), None);
+    fn detects_a_memory_limit() {
         let (limit, source) = detect_memory_limit();
         assert!(limit > 0 && matches!(source, "cgroup" | "meminfo"));
     }

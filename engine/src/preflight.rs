@@ -21,8 +21,9 @@ pub const NOFILE_PER_SHARD: u64 = 8;
 pub const KERNEL_BYTES_PER_CONNECTION: u64 = 3_800;
 /// shardcast's user-space memory per idle connection: 1.0-1.45 KB measured (docs/ENGINE.md).
 pub const USER_BYTES_PER_CONNECTION: u64 = 1_500;
-/// Share of the memory limit the send-queue ceiling may use on top of idle connections (5%).
-pub const QUEUE_CEILING_PERCENT: u64 = 5;
+/// Share of the memory limit the send-queue ceiling may use on top of idle connections: the
+/// default `queue_ceiling_pct`.
+pub const QUEUE_CEILING_PERCENT: u64 = crate::config::DEFAULT_QUEUE_CEILING_PCT as u64;
 /// Locked memory one shard's io_uring needs on kernels that charge it to RLIMIT_MEMLOCK: 4096
 /// SQEs of 64 B, 8192 CQEs of 16 B, the 4-byte SQ index array and a page of ring headers.
 pub const URING_MEMLOCK_BYTES_PER_SHARD: u64 = 4096 * 64 + 8192 * 16 + 4096 * 4 + 4096;
@@ -336,6 +337,19 @@ pub fn memory_limit(memory_max: &[String], meminfo: &str) -> Option<MemoryLimit>
     }
 }
 
+/// This process's memory limit, read from /proc/self/cgroup, every cgroup v2 ancestor's
+/// memory.max and /proc/meminfo; `None` when none of them is readable.
+pub fn detect_memory_limit() -> Option<MemoryLimit> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let memory_max: Vec<String> = read("/proc/self/cgroup")
+        .map(|c| cgroup_v2_dirs(&c))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| read(&format!("/sys/fs/cgroup/{d}/memory.max")))
+        .collect();
+    memory_limit(&memory_max, &read("/proc/meminfo").unwrap_or_default())
+}
+
 /// Memory `max_connections` idle connections need, with the send-queue ceiling on top.
 pub fn memory_required(max_connections: usize) -> u64 {
     let idle = max_connections as u64 * (KERNEL_BYTES_PER_CONNECTION + USER_BYTES_PER_CONNECTION);
@@ -403,12 +417,6 @@ impl HostFacts {
     /// Read the facts of this host and process.
     pub fn gather() -> Self {
         let read = |p: &str| std::fs::read_to_string(p).ok();
-        let memory_max: Vec<String> = read("/proc/self/cgroup")
-            .map(|c| cgroup_v2_dirs(&c))
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|d| read(&format!("/sys/fs/cgroup/{d}/memory.max")))
-            .collect();
         HostFacts {
             nofile: rlimit::nofile().ok(),
             somaxconn: read("/proc/sys/net/core/somaxconn").and_then(|s| s.trim().parse().ok()),
@@ -419,7 +427,7 @@ impl HostFacts {
             // Same spelling monoio's detect_uring accepts.
             force_legacy: std::env::var("MONOIO_FORCE_LEGACY_DRIVER")
                 .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes")),
-            memory: memory_limit(&memory_max, &read("/proc/meminfo").unwrap_or_default()),
+            memory: detect_memory_limit(),
         }
     }
 }
@@ -614,6 +622,8 @@ mod tests {
             MemorySource::MemTotal
         );
         assert_eq!(memory_limit(&["max".to_owned()], ""), None);
+        assert_eq!(memory_limit(&["junk".to_owned()], ""), None);
+        assert!(detect_memory_limit().is_some_and(|m| m.bytes > 0));
     }
 
     #[test]

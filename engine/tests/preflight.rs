@@ -13,6 +13,20 @@ fn preflight(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run shardcast")
 }
 
+/// `--preflight` for one shard with `max_connections` on `driver`, plus `extra` flags.
+fn one_shard(max_connections: &str, driver: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec![
+        "--shards",
+        "1",
+        "--max-connections",
+        max_connections,
+        "--driver",
+        driver,
+    ];
+    args.extend_from_slice(extra);
+    preflight(&args, env)
+}
+
 /// (level, name, rest) of every report line, asserting the line format.
 fn lines(out: &Output) -> Vec<(String, String, String)> {
     let text = String::from_utf8(out.stdout.clone()).unwrap();
@@ -37,17 +51,7 @@ fn find<'a>(report: &'a [(String, String, String)], name: &str) -> &'a (String, 
 
 #[test]
 fn small_config_on_epoll_passes() {
-    let out = preflight(
-        &[
-            "--shards",
-            "1",
-            "--max-connections",
-            "100",
-            "--driver",
-            "epoll",
-        ],
-        &[],
-    );
+    let out = one_shard("100", "epoll", &[], &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let report = lines(&out);
     let names: Vec<_> = report.iter().map(|l| l.1.as_str()).collect();
@@ -68,17 +72,10 @@ fn small_config_on_epoll_passes() {
 #[test]
 fn shortfalls_warn_with_their_fix() {
     // More descriptors than any test host allows, and a backlog above any somaxconn.
-    let out = preflight(
-        &[
-            "--shards",
-            "1",
-            "--max-connections",
-            "4000000000",
-            "--listen-backlog",
-            "4000000000",
-            "--driver",
-            "epoll",
-        ],
+    let out = one_shard(
+        "4000000000",
+        "epoll",
+        &["--listen-backlog", "4000000000"],
         &[],
     );
     assert_eq!(out.status.code(), Some(0), "warnings alone do not fail");
@@ -99,17 +96,7 @@ fn shortfalls_warn_with_their_fix() {
 
 #[test]
 fn forced_uring_without_io_uring_fails() {
-    let out = preflight(
-        &[
-            "--shards",
-            "1",
-            "--max-connections",
-            "100",
-            "--driver",
-            "uring",
-        ],
-        &[("MONOIO_FORCE_LEGACY_DRIVER", "1")],
-    );
+    let out = one_shard("100", "uring", &[], &[("MONOIO_FORCE_LEGACY_DRIVER", "1")]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let report = lines(&out);
     let (level, _, rest) = find(&report, "driver");
