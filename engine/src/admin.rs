@@ -17,7 +17,8 @@ use hdrhistogram::serialization::V2DeflateSerializer;
 use serde_json::{json, Map, Value};
 use shardcast_proto::http::{write_response, Parse, Request, RequestLimits, RequestParser, Status};
 
-use crate::latency::{LatencyKind, Summary};
+use crate::depth::{DepthSample, DepthSummary};
+use crate::latency::{new_histogram, LatencyKind, Summary, KINDS};
 use crate::server::Shutdown;
 use crate::stats::{
     monotonic_ms, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES,
@@ -276,7 +277,9 @@ pub struct ShardReport {
     /// Driver.
     pub driver: DriverKind,
     /// Latency summaries, indexed like [`LatencyKind::ALL`].
-    pub latency: [Summary; 2],
+    pub latency: [Summary; KINDS],
+    /// The latest queue depth sample.
+    pub depth: DepthSummary,
     /// Milliseconds since the shard's last tick.
     pub tick_age_ms: u64,
 }
@@ -299,6 +302,7 @@ fn reports(state: &State, snaps: &[Snapshot]) -> Vec<ShardReport> {
             snap: *snap,
             driver: s.driver(),
             latency: LatencyKind::ALL.map(|k| s.latency.summary(k)),
+            depth: s.queue_depth.clone_of().summary(),
             tick_age_ms: now.saturating_sub(snap.last_tick_ms),
         })
         .collect()
@@ -367,12 +371,52 @@ fn sum_into(total: &mut Map<String, Value>, v: &Map<String, Value>) {
     }
 }
 
+/// The headline distribution fields of /stats (percentiles, so never summed): broadcast latency
+/// in µs, eviction stall in ms, queue depth in entries and bytes.
+fn percentiles_json(m: &mut Map<String, Value>, latency: &[Summary; KINDS], depth: &DepthSummary) {
+    let b = &latency[LatencyKind::Broadcast as usize];
+    m.insert("broadcast_latency_p50_us".into(), b.p50.into());
+    m.insert("broadcast_latency_p99_us".into(), b.p99.into());
+    m.insert("broadcast_latency_p999_us".into(), b.p999.into());
+    let e = &latency[LatencyKind::EvictionStall as usize];
+    let ms = |us: u64| us.saturating_add(500) / 1000;
+    m.insert("eviction_stall_p50_ms".into(), ms(e.p50).into());
+    m.insert("eviction_stall_p99_ms".into(), ms(e.p99).into());
+    m.insert("eviction_stall_max_ms".into(), ms(e.max).into());
+    let [_, p95, p99] = depth.frames;
+    m.insert("p95_queue_depth".into(), p95.into());
+    m.insert("p99_queue_depth".into(), p99.into());
+    m.insert("max_queue_depth".into(), depth.max_frames.into());
+    let [_, p95, p99] = depth.bytes;
+    m.insert("p95_queue_depth_bytes".into(), p95.into());
+    m.insert("p99_queue_depth_bytes".into(), p99.into());
+    m.insert("max_queue_depth_bytes".into(), depth.max_bytes.into());
+}
+
+/// Process-wide latency summaries and queue depths: every shard's histograms merged.
+fn merged(state: &State) -> ([Summary; KINDS], DepthSummary) {
+    let latency = LatencyKind::ALL.map(|k| {
+        let mut total = new_histogram(k);
+        for s in state.stats.iter() {
+            // Same bounds on both sides, so adding cannot fail.
+            let _ = total.add(s.latency.clone_of(k));
+        }
+        Summary::of(&total)
+    });
+    let mut depth = DepthSample::default();
+    for s in state.stats.iter() {
+        depth.add(&s.queue_depth.clone_of());
+    }
+    (latency, depth.summary())
+}
+
 fn stats_json(state: &State, snaps: &[Snapshot]) -> Value {
     let mut totals = Map::new();
     let mut shards = Vec::with_capacity(snaps.len());
     for (i, r) in reports(state, snaps).iter().enumerate() {
         let mut m = counters_json(&r.snap);
         sum_into(&mut totals, &m);
+        percentiles_json(&mut m, &r.latency, &r.depth);
         m.insert("shard".into(), i.into());
         m.insert("driver".into(), r.driver.name().into());
         m.insert("tick_age_ms".into(), r.tick_age_ms.into());
@@ -388,6 +432,8 @@ fn stats_json(state: &State, snaps: &[Snapshot]) -> Value {
     if let Some(first) = snaps.first() {
         totals.insert("memory_limit".into(), first.memory_limit.into());
     }
+    let (latency, depth) = merged(state);
+    percentiles_json(&mut totals, &latency, &depth);
     let p = process(state);
     json!({
         "uptime_seconds": p.uptime_seconds,
@@ -403,7 +449,7 @@ fn histogram_log(state: &State, shard: Option<&str>, kind: Option<&str>) -> Resp
     let Some(kind) = kind.and_then(LatencyKind::from_name) else {
         return Response::text(
             Status::BadRequest,
-            "kind must be handshake or ring_transit\n",
+            "kind must be handshake, ring_transit, broadcast or eviction_stall\n",
         );
     };
     let Some(shard) = shard.and_then(|s| s.parse::<usize>().ok()) else {
@@ -418,7 +464,7 @@ fn histogram_log(state: &State, shard: Option<&str>, kind: Option<&str>) -> Resp
     let tag = format!("shard{shard}_{}", kind.name());
     let written = IntervalLogWriterBuilder::new()
         .add_comment(&format!(
-            "shardcast shard {shard} {} latency, values in microseconds",
+            "shardcast shard {shard} {}, values in microseconds",
             kind.name()
         ))
         .with_start_time(state.started_wall)

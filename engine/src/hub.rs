@@ -50,6 +50,9 @@ pub struct Conn {
     pub liveness: Cell<Liveness>,
     /// Close without waiting: write what fits now, skip the linger (the peer is presumed dead).
     pub abort: Cell<bool>,
+    /// Shard clock (ms, `ShardHeartbeat`) of the last write that made progress, or of the
+    /// registration: how long an evicted connection had stalled (`conn::record_eviction_stall`).
+    pub write_progress: Cell<u32>,
 }
 
 impl Conn {
@@ -60,7 +63,7 @@ impl Conn {
         if self.closing.get() || frame.is_empty() {
             return;
         }
-        self.push_frame(self.ledger.frame(frame, None));
+        self.push_frame(self.ledger.frame(frame, None, None));
     }
 
     /// Queue a shared frame and wake the writer (no-op once closing).
@@ -317,7 +320,7 @@ impl Hub {
             MessageKind::Binary => (OpCode::Binary, None),
         };
         let frame = encode_frame(opcode, payload);
-        self.deliver(topic, &frame, stream_frame.as_ref());
+        self.deliver(topic, &frame, stream_frame.as_ref(), published_at);
         let mut link = self.link.borrow_mut();
         for dest in (0..link.shards()).filter(|&d| d != self.id) {
             link.send(
@@ -334,8 +337,15 @@ impl Hub {
 
     /// Queue a published frame to this shard's subscribers of `topic`, applying the topic's
     /// policy and the shard's ceiling. Each frame is wrapped (and counted) once, however many
-    /// queues take it.
-    pub fn deliver(&self, topic: &str, frame: &Bytes, stream_frame: Option<&Bytes>) {
+    /// queues take it. `published_at` (when the publish was accepted) travels with the frame
+    /// for the broadcast latency.
+    pub fn deliver(
+        &self,
+        topic: &str,
+        frame: &Bytes,
+        stream_frame: Option<&Bytes>,
+        published_at: Instant,
+    ) {
         let topics = self.topics.borrow();
         let Some((name, subs, policy)) = topics.lookup(topic) else {
             return;
@@ -360,7 +370,11 @@ impl Hub {
                     self.evict(conn, Eviction::Ceiling);
                     continue;
                 }
-                *slot = Some(self.ledger.frame(bytes.clone(), Some(name.clone())));
+                *slot = Some(self.ledger.frame(
+                    bytes.clone(),
+                    Some(name.clone()),
+                    Some(published_at),
+                ));
             }
             let qf = slot.as_ref().expect("just set");
             if self.offer(&conns, conn, qf, name, policy) {
@@ -465,6 +479,7 @@ impl Hub {
         if conn.closing.get() {
             return;
         }
+        crate::conn::record_eviction_stall(self, conn);
         conn.queue.borrow_mut().clear_unstarted();
         self.unslow(conn);
         self.release_pauses(conn, usize::MAX);
@@ -475,6 +490,7 @@ impl Hub {
             .get_or_insert_with(|| {
                 self.ledger.frame(
                     encode_close(CloseCode::TRY_AGAIN_LATER, "try again later"),
+                    None,
                     None,
                 )
             })
@@ -653,9 +669,12 @@ impl Hub {
     /// Handle one item from another shard.
     pub fn receive(&self, item: MeshItem) {
         match item {
-            MeshItem::Publish(env) => {
-                self.deliver(&env.topic, &env.frame, env.stream_frame.as_ref())
-            }
+            MeshItem::Publish(env) => self.deliver(
+                &env.topic,
+                &env.frame,
+                env.stream_frame.as_ref(),
+                env.published_at,
+            ),
             MeshItem::Pause(t) => self.pause_count(&t, true),
             MeshItem::Resume(t) => self.pause_count(&t, false),
         }
@@ -821,6 +840,46 @@ mod tests {
         assert_eq!(frames(&fast).len(), 1, "fast subscriber unaffected");
         hub.publish(&t, MessageKind::Binary, &[1]);
         assert_eq!(frames(&slow).len(), 2, "nothing queued after the close");
+    }
+
+    #[test]
+    fn each_eviction_records_how_long_the_connection_had_stalled() {
+        use crate::latency::LatencyKind;
+        use std::time::Duration;
+        let hub = &hubs(1, &["--high-water-bytes", "1000"])[0];
+        let ago = |s| Instant::now() - Duration::from_secs(s);
+        let frame = encode_frame(OpCode::Binary, &[0; 600]);
+        let stalls = || {
+            hub.latency.publish(&hub.stats().latency);
+            hub.stats().latency.clone_of(LatencyKind::EvictionStall)
+        };
+        let within = |us: u64, secs: u64| us.abs_diff(secs * 1_000_000) <= secs * 20_000;
+        // No write progress for 5 s, oldest unsent frame published 10 s ago: stalled 5 s.
+        let (_, a) = sub(hub, &["a"]);
+        a.write_progress.set(hub.heartbeat.now().wrapping_sub(5000));
+        hub.deliver("a", &frame, None, ago(10));
+        hub.deliver("a", &frame, None, ago(0)); // 1208 > 1000 bytes: evicted
+        assert!(is_evicted(&a));
+        let h = stalls();
+        assert_eq!(h.len(), 1);
+        assert!(within(h.max(), 5), "{}", h.max());
+        // Progress 5 s ago, but the queue only filled 2 s ago: stalled 2 s.
+        let (_, b) = sub(hub, &["b"]);
+        b.write_progress.set(hub.heartbeat.now().wrapping_sub(5000));
+        hub.deliver("b", &frame, None, ago(2));
+        hub.deliver("b", &frame, None, ago(0));
+        let h = stalls();
+        assert_eq!(h.len(), 2);
+        assert!(within(h.min(), 2), "{}", h.min());
+        // One message alone over the mark, on an empty queue: no stall at all.
+        let (_, c) = sub(hub, &["c"]);
+        hub.publish(&Arc::from("c"), MessageKind::Binary, &[0; 2000]);
+        assert!(is_evicted(&c));
+        hub.evict(&c, Eviction::Ceiling); // already closing: not evicted (or recorded) twice
+        let h = stalls();
+        assert_eq!(h.len(), 3, "one sample per eviction");
+        assert_eq!(h.min(), 1, "a zero stall is recorded as the 1 µs floor");
+        assert_eq!(hub.stats().evictions(Eviction::HighWater), 3);
     }
 
     #[test]
