@@ -705,12 +705,25 @@ impl Hub {
 
     /// Visit every registered connection with its id (the heartbeat sweep). `f` must not
     /// register or unregister connections.
-    pub fn for_each_conn(&self, mut f: impl FnMut(u32, &Conn)) {
-        for (id, conn) in self.conns.borrow().iter().enumerate() {
+    pub fn for_each_conn(&self, f: impl FnMut(u32, &Conn)) {
+        self.for_each_conn_in(0..usize::MAX, f);
+    }
+
+    /// Visit the registered connections whose slot is in `slots` (the queue depth sampler
+    /// spreads one pass over several ticks). `f` must not register or unregister connections.
+    pub fn for_each_conn_in(&self, slots: std::ops::Range<usize>, mut f: impl FnMut(u32, &Conn)) {
+        let conns = self.conns.borrow();
+        let slots = slots.start.min(conns.len())..slots.end.min(conns.len());
+        for (id, conn) in conns[slots.clone()].iter().enumerate() {
             if let Some(conn) = conn {
-                f(id as u32, conn);
+                f((slots.start + id) as u32, conn);
             }
         }
+    }
+
+    /// Connection slots (registered connections plus free slots).
+    pub fn conn_slots(&self) -> usize {
+        self.conns.borrow().len()
     }
 }
 

@@ -24,7 +24,7 @@ pub async fn tick_task(hub: Rc<Hub>) {
             .inspect_err(|e| tracing::warn!(shard = hub.id, error = %e, "histogram log disabled"))
             .ok()
     });
-    let mut depth = DepthSampler::new(Instant::now());
+    let mut depth = DepthSampler::default();
     loop {
         tick_once(&hub, log.as_mut(), &mut depth);
         monoio::time::sleep(TICK).await;
@@ -43,6 +43,6 @@ pub fn tick_once(hub: &Hub, log: Option<&mut ShardLog>, depth: &mut DepthSampler
     }
     hub.latency.publish(&stats.latency);
     if hub.latency.is_recording() {
-        depth.on_tick(hub, now);
+        depth.on_tick(hub);
     }
 }
