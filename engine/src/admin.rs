@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use shardcast_proto::http::{write_response, Parse, Request, RequestLimits, RequestParser, Status};
 
 use crate::depth::{DepthSample, DepthSummary};
-use crate::latency::{new_histogram, LatencyKind, Summary, KINDS};
+use crate::latency::{new_histograms, LatencyKind, Summary, KINDS};
 use crate::server::Shutdown;
 use crate::stats::{
     monotonic_ms, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES,
@@ -229,7 +229,7 @@ fn respond(state: &State, request: &Request<'_>) -> Response {
         "/metrics" => Response {
             status: Status::Ok,
             content_type: metrics::CONTENT_TYPE,
-            body: metrics::render(&reports(state, &snaps), &process(state)).into_bytes(),
+            body: metrics::render(&reports(state, &snaps).0, &process(state)).into_bytes(),
         },
         _ => histogram_log(
             state,
@@ -292,20 +292,46 @@ pub struct ProcessReport {
     pub uptime_seconds: f64,
 }
 
-fn reports(state: &State, snaps: &[Snapshot]) -> Vec<ShardReport> {
+/// Process-wide distributions: every shard's histograms merged.
+pub struct Totals {
+    /// Latency summaries, indexed like [`LatencyKind::ALL`].
+    pub latency: [Summary; KINDS],
+    /// Queue depths over every connection.
+    pub depth: DepthSummary,
+}
+
+fn reports(state: &State, snaps: &[Snapshot]) -> (Vec<ShardReport>, Totals) {
     let now = monotonic_ms();
-    state
+    let mut latency = new_histograms();
+    let mut depth = DepthSample::default();
+    let shards = state
         .stats
         .iter()
         .zip(snaps)
-        .map(|(s, snap)| ShardReport {
-            snap: *snap,
-            driver: s.driver(),
-            latency: LatencyKind::ALL.map(|k| s.latency.summary(k)),
-            depth: s.queue_depth.clone_of().summary(),
-            tick_age_ms: now.saturating_sub(snap.last_tick_ms),
+        .map(|(s, snap)| {
+            // Each histogram is copied once, so a shard's numbers and the totals agree even
+            // when the shard publishes in between.
+            let hists = LatencyKind::ALL.map(|k| s.latency.clone_of(k));
+            let sample = s.queue_depth.clone_of();
+            for (total, h) in latency.iter_mut().zip(&hists) {
+                // Same bounds on both sides, so adding cannot fail.
+                let _ = total.add(h);
+            }
+            depth.add(&sample);
+            ShardReport {
+                snap: *snap,
+                driver: s.driver(),
+                latency: hists.each_ref().map(Summary::of),
+                depth: sample.summary(),
+                tick_age_ms: now.saturating_sub(snap.last_tick_ms),
+            }
         })
-        .collect()
+        .collect();
+    let totals = Totals {
+        latency: latency.each_ref().map(Summary::of),
+        depth: depth.summary(),
+    };
+    (shards, totals)
 }
 
 fn process(state: &State) -> ProcessReport {
@@ -372,7 +398,8 @@ fn sum_into(total: &mut Map<String, Value>, v: &Map<String, Value>) {
 }
 
 /// The headline distribution fields of /stats (percentiles, so never summed): broadcast latency
-/// in µs, eviction stall in ms, queue depth in entries and bytes.
+/// in µs, eviction stall in ms, queue depth in entries and bytes (with the number of
+/// connections the depth sample covered).
 fn percentiles_json(m: &mut Map<String, Value>, latency: &[Summary; KINDS], depth: &DepthSummary) {
     let b = &latency[LatencyKind::Broadcast as usize];
     m.insert("broadcast_latency_p50_us".into(), b.p50.into());
@@ -383,6 +410,7 @@ fn percentiles_json(m: &mut Map<String, Value>, latency: &[Summary; KINDS], dept
     m.insert("eviction_stall_p50_ms".into(), ms(e.p50).into());
     m.insert("eviction_stall_p99_ms".into(), ms(e.p99).into());
     m.insert("eviction_stall_max_ms".into(), ms(e.max).into());
+    m.insert("queue_depth_connections".into(), depth.connections.into());
     let [_, p95, p99] = depth.frames;
     m.insert("p95_queue_depth".into(), p95.into());
     m.insert("p99_queue_depth".into(), p99.into());
@@ -393,27 +421,11 @@ fn percentiles_json(m: &mut Map<String, Value>, latency: &[Summary; KINDS], dept
     m.insert("max_queue_depth_bytes".into(), depth.max_bytes.into());
 }
 
-/// Process-wide latency summaries and queue depths: every shard's histograms merged.
-fn merged(state: &State) -> ([Summary; KINDS], DepthSummary) {
-    let latency = LatencyKind::ALL.map(|k| {
-        let mut total = new_histogram(k);
-        for s in state.stats.iter() {
-            // Same bounds on both sides, so adding cannot fail.
-            let _ = total.add(s.latency.clone_of(k));
-        }
-        Summary::of(&total)
-    });
-    let mut depth = DepthSample::default();
-    for s in state.stats.iter() {
-        depth.add(&s.queue_depth.clone_of());
-    }
-    (latency, depth.summary())
-}
-
 fn stats_json(state: &State, snaps: &[Snapshot]) -> Value {
     let mut totals = Map::new();
     let mut shards = Vec::with_capacity(snaps.len());
-    for (i, r) in reports(state, snaps).iter().enumerate() {
+    let (reports, merged) = reports(state, snaps);
+    for (i, r) in reports.iter().enumerate() {
         let mut m = counters_json(&r.snap);
         sum_into(&mut totals, &m);
         percentiles_json(&mut m, &r.latency, &r.depth);
@@ -432,8 +444,7 @@ fn stats_json(state: &State, snaps: &[Snapshot]) -> Value {
     if let Some(first) = snaps.first() {
         totals.insert("memory_limit".into(), first.memory_limit.into());
     }
-    let (latency, depth) = merged(state);
-    percentiles_json(&mut totals, &latency, &depth);
+    percentiles_json(&mut totals, &merged.latency, &merged.depth);
     let p = process(state);
     json!({
         "uptime_seconds": p.uptime_seconds,
