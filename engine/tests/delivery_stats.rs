@@ -67,6 +67,8 @@ fn broadcast_latency_has_one_sample_per_delivery() {
 #[test]
 fn queue_depth_percentiles_single_out_the_never_reading_subscriber() {
     const FAST: usize = 50;
+    // The fast subscribers, the slow one and two publishers.
+    const ALL: u64 = FAST as u64 + 3;
     for driver in DRIVERS {
         // No eviction: this test wants the slow queue to stay and grow.
         let server = Server::start(&["--driver", driver, "--high-water-bytes", "256MiB"]);
@@ -85,23 +87,31 @@ fn queue_depth_percentiles_single_out_the_never_reading_subscriber() {
                 assert_eq!(next_text(f), format!("t{i}"));
             }
         }
-        // Bulk to the slow subscriber only, until its queue holds frames past what the kernel
-        // buffers took (the ledger gauge is copied on every 100 ms tick).
+        // Bulk to the slow subscriber only, until the depth samples (one a second per shard)
+        // see its queue and cover every connection: the kernel's buffers for it take a few MiB
+        // first (its send buffer grows).
         let mut bulk = server.ws("/pub/bulk").0;
         let chunk = vec![7u8; 64 * 1024];
         let end = deadline();
         let mut sent = 0;
-        while u(&stats(addr)["shards"][slow_shard]["queued_frames"]) < 8 {
-            assert!(sent < 1024 && Instant::now() < end, "queue never grew");
+        let s = loop {
+            let s = stats(addr);
+            let t = &s["totals"];
+            if u(&t["p99_queue_depth"]) > 0 && u(&t["queue_depth_connections"]) == ALL {
+                break s;
+            }
+            assert!(
+                sent < 1024 && Instant::now() < end,
+                "{driver}: no queue ever sampled: {s:#}"
+            );
             for _ in 0..16 {
                 bulk.send(Message::binary(chunk.clone())).unwrap();
             }
             sent += 16;
             std::thread::sleep(Duration::from_millis(50));
-        }
-        // 50 fast subscribers, 2 publishers and the slow one: 1 of 53 queues (1.9%) is
-        // non-empty, so the 99th percentile sees it and the 95th does not.
-        let s = stats_until(addr, |s| u(&s["totals"]["p99_queue_depth"]) >= 8);
+        };
+        // 1 of 53 queues (1.9%) is non-empty, so the 99th percentile sees it and the 95th does
+        // not (per shard that depends on how many connections each got, so only totals).
         let t = &s["totals"];
         assert_eq!(
             u(&t["p95_queue_depth"]),
@@ -110,14 +120,13 @@ fn queue_depth_percentiles_single_out_the_never_reading_subscriber() {
         );
         assert_eq!(u(&t["p95_queue_depth_bytes"]), 0, "{driver}");
         assert!(
-            u(&t["p99_queue_depth_bytes"]) >= 8 * 64 * 1024,
+            u(&t["p99_queue_depth_bytes"]) >= 64 * 1024,
             "{driver}: {t:#}"
         );
         assert!(u(&t["max_queue_depth"]) >= u(&t["p99_queue_depth"]));
         let slow = &s["shards"][slow_shard];
         let other = &s["shards"][1 - slow_shard];
-        assert!(u(&slow["p99_queue_depth"]) >= 8, "{driver}: {slow:#}");
-        assert_eq!(u(&slow["p95_queue_depth"]), 0, "{driver}: {slow:#}");
+        assert!(u(&slow["p99_queue_depth"]) > 0, "{driver}: {slow:#}");
         assert_eq!(
             (
                 u(&other["p99_queue_depth"]),
