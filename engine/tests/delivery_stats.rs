@@ -181,3 +181,23 @@ fn each_eviction_records_its_stall() {
         assert_eq!(histogram(addr, 1 - shard, "eviction_stall").len(), 0);
     }
 }
+
+#[test]
+fn recording_off_leaves_every_distribution_empty() {
+    for driver in DRIVERS {
+        let server = Server::start(&["--driver", driver, "--latency-recording", "off"]);
+        let addr = server.admin.unwrap();
+        let _clients = fan_out(&server, 4, 5, 0);
+        stats_until(addr, |s| u(&s["totals"]["messages_out"]) == 20);
+        // Long enough for several ticks and a whole depth sampling period, had they recorded.
+        std::thread::sleep(Duration::from_millis(1300));
+        let s = stats(addr);
+        for kind in ["handshake", "ring_transit", "broadcast", "eviction_stall"] {
+            let n = sum_shards(&s, |sh| u(&sh["latency_us"][kind]["count"]));
+            assert_eq!(n, 0, "{driver}: {kind} recorded with recording off");
+        }
+        let t = &s["totals"];
+        assert_eq!(u(&t["queue_depth_connections"]), 0, "{driver}: {t:#}");
+        assert_eq!(u(&t["broadcast_latency_p99_us"]), 0);
+    }
+}
