@@ -562,10 +562,10 @@ impl WsConn {
         let hub = &self.hub;
         let mut queue = self.conn.queue.borrow_mut();
         let mut iovecs = hub.iovecs.borrow_mut();
-        // One clock read per write call, shared by every frame it completes; none at all with
-        // `--latency-recording off`.
+        // One clock read per write call (as an Instant and on the shard clock), shared by every
+        // frame it completes; none at all with `--latency-recording off`.
         let recording = hub.latency.is_recording();
-        let mut now: Option<Instant> = None;
+        let mut clock: Option<(Instant, u32)> = None;
         while !queue.is_empty() {
             match sockio::send_frames(
                 self.fd,
@@ -573,14 +573,17 @@ impl WsConn {
                 &mut iovecs,
             ) {
                 Ok(n) if recording && n > 0 => {
-                    let now = *now.get_or_insert_with(Instant::now);
+                    let (now, now_ms) = *clock.get_or_insert_with(|| {
+                        let now = Instant::now();
+                        (now, hub.heartbeat.ms_at(now))
+                    });
+                    let mut broadcast = hub.latency.recorder(LatencyKind::Broadcast);
                     queue.advance_with(n, |f| {
-                        if let Some(at) = f.published_at {
-                            let latency = now.saturating_duration_since(at);
-                            hub.latency.record(LatencyKind::Broadcast, latency);
+                        if let (Some(at), Some(r)) = (f.published_at, broadcast.as_mut()) {
+                            r.record(now.saturating_duration_since(at));
                         }
                     });
-                    self.conn.write_progress.set(hub.heartbeat.ms_at(now));
+                    self.conn.write_progress.set(now_ms);
                     stats::add(&hub.stats().bytes_out, n as u64);
                 }
                 Ok(n) => {

@@ -5,7 +5,7 @@
 //! tick it folds them into the [`SharedLatency`] in its stats, the only lock, taken once per tick
 //! by the shard and briefly by the admin thread. Readers therefore see data at most one tick old.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -150,6 +150,16 @@ impl LocalLatency {
             .saturating_record_n(micros(d, kind), n);
     }
 
+    /// A recorder for many samples of one kind with a single `RefCell` borrow (the writer
+    /// records every frame one `sendmsg` completed); `None` when recording is off. Drop it before
+    /// the next [`publish`](Self::publish).
+    pub fn recorder(&self, kind: LatencyKind) -> Option<Recorder<'_>> {
+        self.enabled.get().then(|| Recorder {
+            hist: self.hists[kind as usize].borrow_mut(),
+            kind,
+        })
+    }
+
     /// Move everything recorded since the last call into `shared` (skipped when empty, so an
     /// idle shard never takes the lock).
     pub fn publish(&self, shared: &SharedLatency) {
@@ -163,6 +173,19 @@ impl LocalLatency {
             let _ = total.add(&*local);
             local.reset();
         }
+    }
+}
+
+/// Records samples of one kind while it holds the shard-local histogram borrowed.
+pub struct Recorder<'a> {
+    hist: RefMut<'a, Histogram<u64>>,
+    kind: LatencyKind,
+}
+
+impl Recorder<'_> {
+    /// Record one sample.
+    pub fn record(&mut self, d: Duration) {
+        self.hist.saturating_record(micros(d, self.kind));
     }
 }
 
@@ -281,6 +304,24 @@ mod tests {
             assert_eq!(LatencyKind::from_name(k.name()), Some(k));
         }
         assert_eq!(LatencyKind::from_name("x"), None);
+    }
+
+    #[test]
+    fn recorder_records_into_the_local_histogram_and_respects_off() {
+        let local = LocalLatency::default();
+        let shared = SharedLatency::default();
+        {
+            let mut r = local.recorder(LatencyKind::Broadcast).unwrap();
+            r.record(Duration::from_micros(70));
+            r.record(Duration::from_secs(7200));
+        }
+        local.set_recording(Recording::Off);
+        assert!(local.recorder(LatencyKind::Broadcast).is_none());
+        local.publish(&shared);
+        let b = shared.summary(LatencyKind::Broadcast);
+        assert_eq!(b.count, 2);
+        assert!(b.p50 >= 69 && b.p50 <= 71, "{b:?}");
+        assert!(b.max >= MAX_LONG_US * 99 / 100, "clamped: {b:?}");
     }
 
     #[test]
