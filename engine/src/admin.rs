@@ -14,11 +14,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 use shardcast_proto::http::{write_response, Parse, Request, RequestLimits, RequestParser, Status};
 
 use crate::depth::{DepthSample, DepthSummary};
-use crate::latency::{new_histograms, LatencyKind, Summary, KINDS};
+use crate::latency::{merged_summary, LatencyKind, Summary, KINDS};
 use crate::server::Shutdown;
 use crate::stats::{
     monotonic_ms, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES,
@@ -229,7 +230,8 @@ fn respond(state: &State, request: &Request<'_>) -> Response {
         "/metrics" => Response {
             status: Status::Ok,
             content_type: metrics::CONTENT_TYPE,
-            body: metrics::render(&reports(state, &snaps).0, &process(state)).into_bytes(),
+            body: metrics::render(&reports(state, &snaps, &capture(state)), &process(state))
+                .into_bytes(),
         },
         _ => histogram_log(
             state,
@@ -292,46 +294,39 @@ pub struct ProcessReport {
     pub uptime_seconds: f64,
 }
 
-/// Process-wide distributions: every shard's histograms merged.
-pub struct Totals {
-    /// Latency summaries, indexed like [`LatencyKind::ALL`].
-    pub latency: [Summary; KINDS],
-    /// Queue depths over every connection.
-    pub depth: DepthSummary,
+/// One shard's histograms, copied once per request, so a shard's numbers and the merged totals
+/// agree even when the shard publishes in between.
+struct Captured {
+    latency: [Histogram<u64>; KINDS],
+    depth: DepthSample,
 }
 
-fn reports(state: &State, snaps: &[Snapshot]) -> (Vec<ShardReport>, Totals) {
+fn capture(state: &State) -> Vec<Captured> {
+    state
+        .stats
+        .iter()
+        .map(|s| Captured {
+            latency: LatencyKind::ALL.map(|k| s.latency.clone_of(k)),
+            depth: s.queue_depth.clone_of(),
+        })
+        .collect()
+}
+
+fn reports(state: &State, snaps: &[Snapshot], captured: &[Captured]) -> Vec<ShardReport> {
     let now = monotonic_ms();
-    let mut latency = new_histograms();
-    let mut depth = DepthSample::default();
-    let shards = state
+    state
         .stats
         .iter()
         .zip(snaps)
-        .map(|(s, snap)| {
-            // Each histogram is copied once, so a shard's numbers and the totals agree even
-            // when the shard publishes in between.
-            let hists = LatencyKind::ALL.map(|k| s.latency.clone_of(k));
-            let sample = s.queue_depth.clone_of();
-            for (total, h) in latency.iter_mut().zip(&hists) {
-                // Same bounds on both sides, so adding cannot fail.
-                let _ = total.add(h);
-            }
-            depth.add(&sample);
-            ShardReport {
-                snap: *snap,
-                driver: s.driver(),
-                latency: hists.each_ref().map(Summary::of),
-                depth: sample.summary(),
-                tick_age_ms: now.saturating_sub(snap.last_tick_ms),
-            }
+        .zip(captured)
+        .map(|((s, snap), c)| ShardReport {
+            snap: *snap,
+            driver: s.driver(),
+            latency: c.latency.each_ref().map(Summary::of),
+            depth: c.depth.summary(),
+            tick_age_ms: now.saturating_sub(snap.last_tick_ms),
         })
-        .collect();
-    let totals = Totals {
-        latency: latency.each_ref().map(Summary::of),
-        depth: depth.summary(),
-    };
-    (shards, totals)
+        .collect()
 }
 
 fn process(state: &State) -> ProcessReport {
@@ -400,12 +395,17 @@ fn sum_into(total: &mut Map<String, Value>, v: &Map<String, Value>) {
 /// The headline distribution fields of /stats (percentiles, so never summed): broadcast latency
 /// in µs, eviction stall in ms, queue depth in entries and bytes (with the number of
 /// connections the depth sample covered).
-fn percentiles_json(m: &mut Map<String, Value>, latency: &[Summary; KINDS], depth: &DepthSummary) {
-    let b = &latency[LatencyKind::Broadcast as usize];
+fn percentiles_json(
+    m: &mut Map<String, Value>,
+    broadcast: &Summary,
+    stall: &Summary,
+    depth: &DepthSummary,
+) {
+    let b = broadcast;
     m.insert("broadcast_latency_p50_us".into(), b.p50.into());
     m.insert("broadcast_latency_p99_us".into(), b.p99.into());
     m.insert("broadcast_latency_p999_us".into(), b.p999.into());
-    let e = &latency[LatencyKind::EvictionStall as usize];
+    let e = stall;
     let ms = |us: u64| us.saturating_add(500) / 1000;
     m.insert("eviction_stall_p50_ms".into(), ms(e.p50).into());
     m.insert("eviction_stall_p99_ms".into(), ms(e.p99).into());
@@ -424,11 +424,17 @@ fn percentiles_json(m: &mut Map<String, Value>, latency: &[Summary; KINDS], dept
 fn stats_json(state: &State, snaps: &[Snapshot]) -> Value {
     let mut totals = Map::new();
     let mut shards = Vec::with_capacity(snaps.len());
-    let (reports, merged) = reports(state, snaps);
-    for (i, r) in reports.iter().enumerate() {
+    let captured = capture(state);
+    for (i, r) in reports(state, snaps, &captured).iter().enumerate() {
         let mut m = counters_json(&r.snap);
         sum_into(&mut totals, &m);
-        percentiles_json(&mut m, &r.latency, &r.depth);
+        let latency = |k: LatencyKind| &r.latency[k as usize];
+        percentiles_json(
+            &mut m,
+            latency(LatencyKind::Broadcast),
+            latency(LatencyKind::EvictionStall),
+            &r.depth,
+        );
         m.insert("shard".into(), i.into());
         m.insert("driver".into(), r.driver.name().into());
         m.insert("tick_age_ms".into(), r.tick_age_ms.into());
@@ -444,7 +450,19 @@ fn stats_json(state: &State, snaps: &[Snapshot]) -> Value {
     if let Some(first) = snaps.first() {
         totals.insert("memory_limit".into(), first.memory_limit.into());
     }
-    percentiles_json(&mut totals, &merged.latency, &merged.depth);
+    // Merged only for the kinds the totals show: merging walks whole histograms.
+    let merged =
+        |k: LatencyKind| merged_summary(k, captured.iter().map(|c| &c.latency[k as usize]));
+    let mut depth = DepthSample::default();
+    for c in &captured {
+        depth.add(&c.depth);
+    }
+    percentiles_json(
+        &mut totals,
+        &merged(LatencyKind::Broadcast),
+        &merged(LatencyKind::EvictionStall),
+        &depth.summary(),
+    );
     let p = process(state);
     json!({
         "uptime_seconds": p.uptime_seconds,

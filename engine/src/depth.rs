@@ -54,8 +54,12 @@ impl DepthSample {
         self.bytes.saturating_record(bytes as u64);
     }
 
-    /// Add another shard's sample (for process-wide percentiles).
+    /// Add another shard's sample (for process-wide percentiles); an empty one is skipped
+    /// (adding walks the whole counts array).
     pub fn add(&mut self, other: &DepthSample) {
+        if other.frames.is_empty() {
+            return;
+        }
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.frames.add(&other.frames);
         let _ = self.bytes.add(&other.bytes);
@@ -68,26 +72,19 @@ impl DepthSample {
 
     /// The percentiles /stats and /metrics show.
     pub fn summary(&self) -> DepthSummary {
-        let q = |h: &Histogram<u64>, q: f64| {
-            if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(q)
-            }
+        if self.frames.is_empty() {
+            return DepthSummary::default();
+        }
+        // One scan per histogram for all three quantiles.
+        let at = |h: &Histogram<u64>| {
+            let mut q = h.value_at_quantiles(QUANTILES.map(|(q, _)| q));
+            [(); 3].map(|_| q.next().unwrap_or(0))
         };
         DepthSummary {
             connections: self.frames.len(),
-            frames: [
-                q(&self.frames, 0.5),
-                q(&self.frames, 0.95),
-                q(&self.frames, 0.99),
-            ],
+            frames: at(&self.frames),
             max_frames: self.frames.max(),
-            bytes: [
-                q(&self.bytes, 0.5),
-                q(&self.bytes, 0.95),
-                q(&self.bytes, 0.99),
-            ],
+            bytes: at(&self.bytes),
             max_bytes: self.bytes.max(),
             // hdrhistogram keeps no exact sum; mean × count is within its 1%.
             sum_frames: self.frames.mean() * self.frames.len() as f64,

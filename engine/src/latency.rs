@@ -222,6 +222,20 @@ impl SharedLatency {
     }
 }
 
+/// The summary of `kind` over several shards' histograms merged (empty ones are skipped: adding
+/// walks the whole counts array).
+pub fn merged_summary<'a>(
+    kind: LatencyKind,
+    hists: impl IntoIterator<Item = &'a Histogram<u64>>,
+) -> Summary {
+    let mut total = new_histogram(kind);
+    for h in hists.into_iter().filter(|h| !h.is_empty()) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = total.add(h);
+    }
+    Summary::of(&total)
+}
+
 /// Quantiles of one histogram, in µs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Summary {
@@ -258,13 +272,17 @@ impl Summary {
         if h.is_empty() {
             return Summary::default();
         }
+        // One scan for the four quantiles instead of one each (the admin thread summarizes
+        // every kind of every shard per request).
+        let mut q = h.value_at_quantiles([0.5, 0.9, 0.99, 0.999]);
+        let mut next = || q.next().unwrap_or(0);
         Summary {
             count: h.len(),
+            p50: next(),
+            p90: next(),
+            p99: next(),
+            p999: next(),
             mean: h.mean(),
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
             max: h.max(),
         }
     }
