@@ -1051,6 +1051,55 @@ mod tests {
         );
     }
 
+    /// With a bridge participant (the mesh has one link more than there are shards), a shard
+    /// tells it about its first and last subscriber of a topic, and forwards local publishes
+    /// but not what it receives from the mesh.
+    #[test]
+    fn bridge_gets_interest_transitions_and_local_publishes_only() {
+        use clap::Parser;
+        let config = Arc::new(
+            crate::config::Overrides::try_parse_from(["shardcast", "--shards", "2"])
+                .unwrap()
+                .resolve()
+                .unwrap(),
+        );
+        let stats: Arc<[ShardStats]> = (0..2).map(|_| ShardStats::default()).collect();
+        let mut links = crate::mesh::mesh(3, 64);
+        let mut bridge = links.pop().unwrap();
+        let hubs: Vec<Hub> = links
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| Hub::new(i, config.clone(), stats.clone(), l, Default::default()))
+            .collect();
+        let seen = |bridge: &mut MeshLink<MeshItem>| {
+            let mut out = Vec::new();
+            bridge.try_drain(|i| {
+                out.push(match i {
+                    MeshItem::Interest { topic, shard, on } => format!("{shard}:{topic}:{on}"),
+                    MeshItem::Publish(e) => format!("pub:{}", e.topic),
+                    MeshItem::Pause(t) | MeshItem::Resume(t) => format!("pause:{t}"),
+                })
+            });
+            out
+        };
+        let (a, ca) = sub(&hubs[0], &["t", "u"]);
+        let (b, cb) = sub(&hubs[0], &["t"]);
+        let (c, cc) = sub(&hubs[1], &["t"]);
+        assert_eq!(seen(&mut bridge), ["0:t:true", "0:u:true", "1:t:true"]);
+        hubs[0].unsubscribe(a, &ca, "t"); // b still holds t on shard 0
+        hubs[0].unsubscribe(a, &ca, "t"); // not subscribed any more: nothing
+        assert!(seen(&mut bridge).is_empty());
+        hubs[0].publish(&Arc::from("t"), MessageKind::Text, b"1");
+        pump(&hubs); // shard 1 delivers it; it does not forward it again
+        assert_eq!(seen(&mut bridge), ["pub:t"]);
+        assert_eq!(frames(&cc).len(), 1);
+        hubs[0].unregister(b);
+        hubs[0].unregister(a);
+        hubs[1].unsubscribe(c, &cc, "t");
+        assert_eq!(seen(&mut bridge), ["0:t:false", "0:u:false", "1:t:false"]);
+        drop((cb, ca));
+    }
+
     #[test]
     fn fan_out_shares_one_frame_and_wraps_for_streams() {
         let hub = hub();
