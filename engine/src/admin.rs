@@ -411,6 +411,8 @@ fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>
     });
     if let Some(b) = bridge {
         out["bridge"] = json!(b);
+        let origin = state.bridge.as_ref().and_then(|s| s.origin());
+        out["bridge"]["origin"] = json!(origin);
     }
     out
 }

@@ -584,3 +584,119 @@ fn slow_remote_host_does_not_stall_the_publisher() {
     eprintln!("20,000 x 1 KB published on A with a stuck subscriber on B: {elapsed:?}");
     drop(stuck);
 }
+
+/// A bare NATS protocol client (CONNECT, PUB/HPUB, PING): what a non-shardcast publisher
+/// sends straight to the subjects.
+struct RawNats(TcpStream);
+
+impl RawNats {
+    fn connect(nats: &Nats) -> RawNats {
+        let tcp = TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut c = RawNats(tcp);
+        c.read_until("INFO ");
+        c.0.write_all(b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":false}\r\n")
+            .unwrap();
+        c
+    }
+
+    fn read_until(&mut self, marker: &str) {
+        let mut seen = Vec::new();
+        let mut b = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains(marker) {
+            let n = self.0.read(&mut b).expect("nats-server answers");
+            assert!(
+                n > 0,
+                "nats-server closed: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&b[..n]);
+        }
+    }
+
+    /// Publish with `headers` (name, value) pairs, or a plain PUB without any.
+    fn publish(&mut self, subject: &str, headers: &[(&str, &str)], payload: &[u8]) {
+        let mut out = Vec::new();
+        if headers.is_empty() {
+            write!(out, "PUB {subject} {}\r\n", payload.len()).unwrap();
+        } else {
+            let mut h = String::from("NATS/1.0\r\n");
+            for (k, v) in headers {
+                h += &format!("{k}: {v}\r\n");
+            }
+            h += "\r\n";
+            write!(
+                out,
+                "HPUB {subject} {} {}\r\n{h}",
+                h.len(),
+                h.len() + payload.len()
+            )
+            .unwrap();
+        }
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+        self.0.write_all(&out).unwrap();
+    }
+
+    /// Round trip: everything sent before was processed by the server.
+    fn ping(&mut self) {
+        self.0.write_all(b"PING\r\n").unwrap();
+        self.read_until("PONG");
+    }
+}
+
+#[test]
+fn external_publishers_kinds_and_own_origin() {
+    let nats = Nats::start();
+    let b = host(&nats, &[]);
+    let (mut sub, _) = b.ws("/ws/ext");
+    sync(&mut sub);
+    wait_for("B subscribed", || counter(&b, "subscriptions") == 1);
+    let origin = bridge(&b)["origin"].as_str().unwrap().to_owned();
+    assert_eq!(origin.len(), 16);
+    let mut raw = RawNats::connect(&nats);
+    let subject = "shardcast.ext";
+    // Until the subscription is in place on the server, plain text probes.
+    let end = deadline();
+    loop {
+        assert!(
+            Instant::now() < end,
+            "no delivery from a raw NATS publisher"
+        );
+        raw.publish(subject, &[], b"\"probe\"");
+        raw.ping();
+        if poll(&mut sub, Duration::from_millis(50)).is_some_and(|m| is_probe(&m)) {
+            break;
+        }
+    }
+    while poll(&mut sub, Duration::from_millis(100)).is_some() {}
+    let (in0, invalid0) = (counter(&b, "messages_in"), counter(&b, "in_invalid"));
+    // This host's own origin: ignored (it already delivered its own publishes locally).
+    raw.publish(
+        subject,
+        &[("Shardcast-Origin", &origin), ("Shardcast-Kind", "text")],
+        b"own",
+    );
+    // Labelled text but not UTF-8, and an unknown kind: dropped and counted.
+    raw.publish(subject, &[("Shardcast-Kind", "text")], &[0xff, 0xfe]);
+    raw.publish(subject, &[("Shardcast-Kind", "json")], b"{}");
+    // No kind header: UTF-8 is text, anything else binary; a kind header is obeyed.
+    raw.publish(subject, &[], b"plain");
+    raw.publish(subject, &[], &[0xc3, 0x28]);
+    raw.publish(subject, &[("Shardcast-Kind", "binary")], b"bin");
+    raw.publish(subject, &[("Shardcast-Origin", "someone-else")], b"last");
+    raw.ping();
+    let got: Vec<Message> = (0..4).map(|_| next(&mut sub)).collect();
+    assert_eq!(
+        got,
+        vec![
+            Message::text("plain"),
+            Message::binary(vec![0xc3, 0x28]),
+            Message::binary(b"bin".to_vec()),
+            Message::text("last"),
+        ]
+    );
+    assert_eq!(counter(&b, "own_ignored"), 1);
+    assert_eq!(counter(&b, "in_invalid") - invalid0, 2);
+    assert_eq!(counter(&b, "messages_in") - in0, 4);
+}

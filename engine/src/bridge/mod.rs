@@ -250,6 +250,7 @@ async fn run(ctx: Ctx) {
         stats,
     } = ctx;
     let origin = subject::origin_id();
+    stats.set_origin(&origin);
     let events = stats.clone();
     let reconnect_max_ms = config.nats_reconnect_max_ms;
     let options = ConnectOptions::new()
@@ -322,6 +323,8 @@ async fn run(ctx: Ctx) {
             _ = shutdown.wait(shard_id) => break,
             _ = poll_fn(|cx| st.link.poll_drain(cx, |i| st.batch.push(i))) => {
                 st.handle_items();
+                // A busy mesh re-arms the retry timer below on every turn: retry here too.
+                st.deliver_pending();
                 // Let the forwarder and the client's connection task run: on this one-thread
                 // runtime a steady stream of local publishes would otherwise fill the
                 // outbound buffer before anything drained it.
@@ -522,8 +525,12 @@ impl State {
             return;
         }
         let p = self.pending.take().expect("checked above");
+        let shards = self.interest.shards(&p.env.topic);
         // No interested shard any more (the last subscriber left meanwhile): nothing to do.
-        for &s in self.interest.shards(&p.env.topic) {
+        if shards.is_empty() {
+            return;
+        }
+        for &s in shards {
             self.link.send(s, MeshItem::Publish(p.env.clone()));
         }
         self.link.flush();

@@ -1,6 +1,7 @@
 //! The bridge's counters: written by the bridge thread only, read by the admin thread.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::OnceLock;
 
 use crate::stats::{get, monotonic_ms};
 
@@ -29,6 +30,8 @@ impl LinkState {
 /// Counters of the bridge (one writer: the bridge thread; Relaxed is enough).
 #[derive(Debug, Default)]
 pub struct BridgeStats {
+    /// This process's origin id (the `Shardcast-Origin` header of what it publishes).
+    origin: OnceLock<String>,
     state: AtomicU8,
     /// [`monotonic_ms`] when the link was last seen not up (start, or the last disconnect).
     not_up_since_ms: AtomicU64,
@@ -102,6 +105,16 @@ impl BridgeStats {
         let s = BridgeStats::default();
         s.not_up_since_ms.store(monotonic_ms(), Relaxed);
         s
+    }
+
+    /// Record this process's origin id (once, when the bridge starts).
+    pub fn set_origin(&self, origin: &str) {
+        let _ = self.origin.set(origin.to_owned());
+    }
+
+    /// This process's origin id, once the bridge has started.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.get().map(String::as_str)
     }
 
     /// Record the link state at `now_ms`; the down clock starts at the first not-up sighting.
