@@ -9,7 +9,9 @@
 # the send time on CLOCK_MONOTONIC; one machine, so A -> B latency is exact).
 # Writes JSON to bench/results/<UTC date>-<sha>-nats/ and prints a markdown table.
 # Env: DURATION (s, 10), SUBSCRIBERS (100), SIZE (64), WINDOW (1024), RATE (1000),
-# SERVER_CPU (0), GEN_CPU (1), NO_BUILD (set: use target/release as is).
+# SERVER_CPU (0), GEN_CPU (1), REPEAT (rounds of all six runs, interleaved, 1; the table shows
+# each row's median run by its headline number, max rate: msgs/s, fixed rate: p50, and the
+# range over the rounds), NO_BUILD (set: use target/release as is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,6 +20,7 @@ SUBSCRIBERS=${SUBSCRIBERS:-100}
 SIZE=${SIZE:-64}
 WINDOW=${WINDOW:-1024}
 RATE=${RATE:-1000}
+REPEAT=${REPEAT:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
 OUT="$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-$(git rev-parse --short HEAD)-nats"
@@ -73,21 +76,28 @@ run() { # $1 = result name, $2 subscribers' address, $3 its pid, rest: extra fan
     --subscribers "$SUBSCRIBERS" --size "$SIZE" --duration "$DURATION" --settle-ms 1000 \
     --topic "bench-$name" --json "$OUT/$name.json" "$@"
 }
-run local-max "$C_ADDR" "$C_PID" --window "$WINDOW"
-run same-max "$B_ADDR" "$B_PID" --window "$WINDOW"
-run cross-max "$B_ADDR" "$B_PID" --window "$WINDOW" --publish-url "ws://$A_ADDR"
-run local-rate "$C_ADDR" "$C_PID" --rate "$RATE"
-run same-rate "$B_ADDR" "$B_PID" --rate "$RATE"
-run cross-rate "$B_ADDR" "$B_PID" --rate "$RATE" --publish-url "ws://$A_ADDR"
+for r in $(seq "$REPEAT"); do
+  run "local-max.r$r" "$C_ADDR" "$C_PID" --window "$WINDOW"
+  run "same-max.r$r" "$B_ADDR" "$B_PID" --window "$WINDOW"
+  run "cross-max.r$r" "$B_ADDR" "$B_PID" --window "$WINDOW" --publish-url "ws://$A_ADDR"
+  run "local-rate.r$r" "$C_ADDR" "$C_PID" --rate "$RATE"
+  run "same-rate.r$r" "$B_ADDR" "$B_PID" --rate "$RATE"
+  run "cross-rate.r$r" "$B_ADDR" "$B_PID" --rate "$RATE" --publish-url "ws://$A_ADDR"
+done
 curl -sf "http://$A_ADMIN/stats" >"$OUT/a.stats.json"
 curl -sf "http://$B_ADMIN/stats" >"$OUT/b.stats.json"
 
-python3 - "$OUT" <<'EOF'
+python3 - "$OUT" "$REPEAT" <<'EOF'
 import json, sys, os
-out = sys.argv[1]
-def load(n): return json.load(open(os.path.join(out, n + ".json")))
-print("| path | mode | msgs/s | deliveries/s | p50 µs | p99 µs | p99.9 µs | max µs | lost | dup | reordered |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+out, repeat = sys.argv[1], int(sys.argv[2])
+def runs(n): return [json.load(open(os.path.join(out, f"{n}.r{r}.json"))) for r in range(1, repeat + 1)]
+def headline(r): return r["messages_per_s"] if r["rate"] is None else r["latency"]["p50_us"]
+def load(n):
+    rs = sorted(runs(n), key=headline)
+    return rs[len(rs) // 2], [headline(r) for r in rs]
+print(f"median of {repeat} interleaved round(s); range = min–max of the headline over the rounds\n")
+print("| path | mode | msgs/s | deliveries/s | p50 µs | p99 µs | p99.9 µs | max µs | lost | dup | reordered | range |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 labels = {
     "local": "same host, no bridge (C → C)",
     "same": "same host, bridge on (B → B)",
@@ -95,13 +105,18 @@ labels = {
 }
 for mode in ("max", "rate"):
     for path in ("local", "same", "cross"):
-        r = load(f"{path}-{mode}")
+        r, heads = load(f"{path}-{mode}")
         l = r["latency"]
+        lost = sum(x["lost"] for x in runs(f"{path}-{mode}"))
+        dup = sum(x["duplicated"] for x in runs(f"{path}-{mode}"))
+        reord = sum(x["reordered"] for x in runs(f"{path}-{mode}"))
+        unit = "msgs/s" if mode == "max" else "µs p50"
+        span = f"{min(heads):,.0f}–{max(heads):,.0f} {unit}"
         label = labels[path]
         m = "max rate" if mode == "max" else f'{r["rate"]:.0f} msg/s'
         print(f'| {label} | {m} | {r["messages_per_s"]:,.0f} | {r["deliveries_per_s"]:,.0f} | '
               f'{l["p50_us"]:.0f} | {l["p99_us"]:.0f} | {l["p999_us"]:.0f} | {l["max_us"]:.0f} | '
-              f'{r["lost"]} | {r["duplicated"]} | {r["reordered"]} |')
+              f'{lost} | {dup} | {reord} | {span} |')
 for h in ("a", "b"):
     b = json.load(open(os.path.join(out, f"{h}.stats.json")))["bridge"]
     print(f'\nhost {h.upper()} bridge: out {b["messages_out"]}, in {b["messages_in"]}, '
