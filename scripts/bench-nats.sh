@@ -118,9 +118,11 @@ for mode in ("max", "rate"):
               f'{l["p50_us"]:.0f} | {l["p99_us"]:.0f} | {l["p999_us"]:.0f} | {l["max_us"]:.0f} | '
               f'{lost} | {dup} | {reord} | {span} |')
 for h in ("a", "b"):
-    b = json.load(open(os.path.join(out, f"{h}.stats.json")))["bridge"]
+    st = json.load(open(os.path.join(out, f"{h}.stats.json")))
+    b = st["bridge"]
+    ring = sum(s["bridge_dropped"] for s in st["shards"])
     print(f'\nhost {h.upper()} bridge: out {b["messages_out"]}, in {b["messages_in"]}, '
-          f'out_dropped {b["out_dropped"]}, slow_consumer_drops {b["slow_consumer_drops"]}, '
-          f'in_stalls {b["in_stalls"]}', end="")
+          f'not handed to the bridge (bridge_dropped) {ring}, out_dropped {b["out_dropped"]}, '
+          f'slow_consumer_drops {b["slow_consumer_drops"]}, in_stalls {b["in_stalls"]}', end="")
 print(f"\n\nresults: {out}")
 EOF

@@ -351,6 +351,12 @@ impl Hub {
         // forwards local publishes only; what arrives from NATS is delivered, never re-sent).
         let mut link = self.link.borrow_mut();
         for dest in (0..link.shards()).filter(|&d| d != self.id) {
+            // Toward the bridge the overflow is bounded (one ring's worth): a bridge that cannot
+            // keep up loses forwards, counted, instead of growing this shard's memory.
+            if Some(dest) == self.bridge && link.pending(dest) >= self.config.ring_capacity {
+                stats::add(&self.stats().bridge_dropped, 1);
+                continue;
+            }
             link.send(dest, MeshItem::Publish(env.clone()));
         }
     }
@@ -1098,6 +1104,44 @@ mod tests {
         hubs[1].unsubscribe(c, &cc, "t");
         assert_eq!(seen(&mut bridge), ["0:t:false", "0:u:false", "1:t:false"]);
         drop((cb, ca));
+    }
+
+    /// Forwards to a bridge that does not drain stop at its ring plus one ring's worth of
+    /// overflow, counted; other shards still get everything.
+    #[test]
+    fn forwards_to_a_stuck_bridge_are_bounded_and_counted() {
+        use clap::Parser;
+        let argv = ["shardcast", "--shards", "2", "--ring-capacity", "4"];
+        let config = Arc::new(
+            crate::config::Overrides::try_parse_from(argv)
+                .unwrap()
+                .resolve()
+                .unwrap(),
+        );
+        let stats: Arc<[ShardStats]> = (0..2).map(|_| ShardStats::default()).collect();
+        let mut links = crate::mesh::mesh(3, 4);
+        let mut bridge = links.pop().unwrap();
+        let hubs: Vec<Hub> = links
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| Hub::new(i, config.clone(), stats.clone(), l, Default::default()))
+            .collect();
+        let (_, c) = sub(&hubs[1], &["t"]);
+        let mut notices = 0;
+        bridge.try_drain(|_| notices += 1);
+        assert_eq!(notices, 1, "shard 1's interest in t");
+        for i in 0..20u8 {
+            hubs[0].publish(&Arc::from("t"), MessageKind::Binary, &[i]);
+            pump(&hubs);
+        }
+        assert_eq!(frames(&c).len(), 20, "the other shard lost nothing");
+        assert_eq!(stats::get(&hubs[0].stats().bridge_dropped), 12);
+        let mut forwarded = 0;
+        hubs[0].flush_mesh();
+        bridge.try_drain(|_| forwarded += 1);
+        hubs[0].flush_mesh();
+        bridge.try_drain(|_| forwarded += 1);
+        assert_eq!(forwarded, 8, "ring (4) + overflow (4)");
     }
 
     #[test]

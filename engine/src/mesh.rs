@@ -168,6 +168,11 @@ impl<T> MeshLink<T> {
         self.overflow[dest].is_empty() && self.tx[dest].as_ref().is_some_and(|p| p.slots() > 0)
     }
 
+    /// Items waiting in the overflow queue for `dest`.
+    pub fn pending(&self, dest: usize) -> usize {
+        self.overflow[dest].len()
+    }
+
     /// Queue `item` for shard `dest` (never blocks; never `self.id()`). The consumer is only
     /// signalled by the next [`flush`](Self::flush).
     pub fn send(&mut self, dest: usize, item: T) {

@@ -168,6 +168,12 @@ pub const SCALARS: &[Scalar] = &[
         help: "Times a subscriber on the shard paused a topic.",
         get: |s| s.pauses_total,
     },
+    Scalar {
+        name: "shardcast_bridge_ring_dropped_total",
+        kind: Kind::Counter,
+        help: "Local publishes the shard did not hand to the NATS bridge: its ring and overflow were full.",
+        get: |s| s.bridge_dropped,
+    },
 ];
 
 /// The NATS bridge's series (process-wide, no `shard` label); present only with `--nats-url`.
