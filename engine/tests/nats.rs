@@ -515,8 +515,12 @@ fn nats_outage_keeps_local_delivery_and_cross_host_resumes() {
 fn slow_remote_host_does_not_stall_the_publisher() {
     const N: u64 = 20_000;
     let nats = Nats::start();
-    // A's own subscriber may hold the whole burst (20 MB): this test is about B.
-    let a = host(&nats, &["--high-water-bytes", "64MiB"]);
+    // A's own subscriber may hold the whole burst (20 MB), and A's shard may get that far
+    // ahead of A's bridge on a loaded machine: this test is about B.
+    let a = host(
+        &nats,
+        &["--high-water-bytes", "64MiB", "--ring-capacity", "32768"],
+    );
     // On B the topic pauses its publishers when a subscriber falls behind: the bridge then
     // stops pulling it, and the NATS client drops what exceeds 64 pending messages.
     let b = host(
