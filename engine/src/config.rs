@@ -803,6 +803,41 @@ mod tests {
     }
 
     #[test]
+    fn nats_options() {
+        let c = parse(&[]).resolve().unwrap();
+        assert_eq!(c.nats_url, None, "no bridge unless asked");
+        assert_eq!(c.nats_subject_prefix, "shardcast.");
+        assert_eq!(c.nats_buffer_bytes, 64 << 20);
+        assert_eq!(
+            (c.nats_pending_messages, c.nats_reconnect_max_ms),
+            (8192, 2000)
+        );
+        let c = parse(&[
+            "--nats-url",
+            "nats://a:4222,nats://b:4222",
+            "--nats-subject-prefix",
+            "eu.md.",
+            "--nats-buffer-bytes",
+            "1M",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.nats_url.as_deref(), Some("nats://a:4222,nats://b:4222"));
+        assert_eq!(c.nats_buffer_bytes, 1 << 20);
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c, "printed config reads back");
+        assert_eq!(
+            parse(&["--nats-url", " "]).resolve().unwrap().nats_url,
+            None
+        );
+        assert!(parse(&["--nats-subject-prefix", "no-dot"])
+            .resolve()
+            .is_err());
+        assert!(parse(&["--nats-pending-messages", "0"]).resolve().is_err());
+        assert!(parse(&["--nats-reconnect-max-ms", "0"]).resolve().is_err());
+    }
+
+    #[test]
     fn rejects_invalid_values() {
         assert!(parse(&["--shards", "0"]).resolve().is_err());
         assert!(parse(&["--ring-capacity", "0"]).resolve().is_err());
