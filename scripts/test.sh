@@ -6,7 +6,7 @@
 #   FUZZ_SECONDS=0 scripts/test.sh  # skip fuzzing (default: 20 s per target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# CI has no terminal: packages installed below (chromium, shellcheck) must never prompt.
+# CI has no terminal: packages installed below (chromium, nats-server, shellcheck) must never prompt.
 export DEBIAN_FRONTEND=noninteractive
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -25,6 +25,17 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     step "installing chromium for the dashboard test"
     apt-get install -y chromium || { apt-get update && apt-get install -y chromium; } \
         || echo "warning: chromium could not be installed; the dashboard browser test will SKIP"
+fi
+
+# engine/tests/nats.rs starts a real nats-server; without one those tests fail (they never skip).
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing nats-server for the NATS bridge tests"
+        apt-get install -y nats-server || { apt-get update && apt-get install -y nats-server; }
+    else
+        echo "error: nats-server is missing (Debian: apt-get install nats-server); engine/tests/nats.rs needs it" >&2
+        exit 1
+    fi
 fi
 
 step "tests, default driver (io_uring when available)"

@@ -53,6 +53,10 @@ pub struct FanoutArgs {
     /// Write the latency distribution here as CSV (`percentile,latency_us`), for `plot`.
     #[arg(long)]
     pub(crate) percentiles: Option<std::path::PathBuf>,
+    /// Publish on this server instead of `--url` (`ws://IP:PORT`): subscribers on one host,
+    /// the publisher on another joined to it through NATS (cross-host fan-out).
+    #[arg(long)]
+    pub(crate) publish_url: Option<String>,
 }
 
 /// A finished fan-out run: the JSON result and whether the run itself failed.
@@ -150,6 +154,10 @@ pub fn measure(args: FanoutArgs) -> Result<Measured, String> {
         return Err(format!("--size must be at least {STAMP_LEN}"));
     }
     let target = args.common.target()?;
+    let pub_target = match &args.publish_url {
+        Some(url) => crate::dial::Target::from_url(url, args.common.source_addrs)?,
+        None => target.clone(),
+    };
     let cpus = args.common.cpus()?;
     let ring = match args.rate {
         None => args.window.max(1),
@@ -170,19 +178,22 @@ pub fn measure(args: FanoutArgs) -> Result<Measured, String> {
     let a = args.clone();
     let sh = shared.clone();
     let outs = workers::run(&cpus, move |w| {
-        worker(w, n_workers, a.clone(), target.clone(), sh.clone(), ring)
+        let targets = (target.clone(), pub_target.clone());
+        worker(w, n_workers, a.clone(), targets, sh.clone(), ring)
     });
     summarise(&args, &shared, outs)
 }
 
+/// `targets`: where subscribers connect, where the publisher connects.
 async fn worker(
     w: usize,
     n_workers: usize,
     args: FanoutArgs,
-    target: crate::dial::Target,
+    targets: (crate::dial::Target, crate::dial::Target),
     sh: Arc<Shared>,
     ring: u64,
 ) -> WorkerOut {
+    let (target, pub_target) = targets;
     let c = &args.common;
     let deadline = Instant::now() + Duration::from_secs_f64(c.timeout);
     let path = format!("/ws/{}", c.topic);
@@ -210,8 +221,8 @@ async fn worker(
         tasks.push(monoio::spawn(receive(conn, sh.clone(), hist.clone())));
     }
     let publisher = (w == 0).then(|| {
-        let (args, target, sh) = (args.clone(), target.clone(), sh.clone());
-        monoio::spawn(async move { publish(&args, &target, &sh, ring, deadline).await })
+        let (args, sh) = (args.clone(), sh.clone());
+        monoio::spawn(async move { publish(&args, &pub_target, &sh, ring, deadline).await })
     });
     while !sh.stop.load(Ordering::Acquire) && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
@@ -418,6 +429,7 @@ fn summarise(args: &FanoutArgs, sh: &Shared, outs: Vec<WorkerOut>) -> Result<Mea
         "scenario": "fanout",
         "mode": if args.rate.is_some() { "fixed-rate" } else { "max-rate" },
         "url": args.common.url,
+        "publish_url": args.publish_url,
         "server_pid": args.common.server_pid,
         "subscribers": args.subscribers,
         "subscribers_connected": sh.connected.load(Ordering::Acquire),

@@ -124,7 +124,7 @@ impl NaiveServer {
         let mut slots: Vec<usize> = Vec::new();
         let mut scratch = vec![0u8; 64 * 1024];
         let mut turn = 0u64;
-        while turns.map_or(true, |t| turn < t) {
+        while turns.is_none_or(|t| turn < t) {
             turn += 1;
             fds.clear();
             slots.clear();

@@ -130,6 +130,7 @@ fn run_fanout(url: String, subscribers: usize, topic: &str) -> serde_json::Value
         duration: 5.0,
         settle_ms: 100,
         percentiles: None,
+        publish_url: None,
     };
     fanout::measure(args).unwrap().result
 }

@@ -167,6 +167,7 @@ pub fn measure(args: &SlowArgs) -> Result<(Value, Option<String>), String> {
         duration: args.duration,
         settle_ms: args.settle_ms,
         percentiles: args.percentiles.clone(),
+        publish_url: None,
     };
     let measured = fanout::measure(fan);
     stop.store(true, Ordering::Release);

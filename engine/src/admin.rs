@@ -18,6 +18,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 use shardcast_proto::http::{write_response, Parse, Request, RequestLimits, RequestParser, Status};
 
+use crate::bridge::stats::{BridgeSnapshot, BridgeStats};
 use crate::depth::{DepthSample, DepthSummary};
 use crate::latency::{merged_summary, LatencyKind, Summary, KINDS};
 use crate::server::Shutdown;
@@ -52,16 +53,18 @@ pub struct Admin {
     handle: JoinHandle<()>,
 }
 
-/// Start the admin thread on `listener`.
+/// Start the admin thread on `listener`; `bridge` is the NATS bridge's counters when it is on.
 pub fn spawn(
     listener: TcpListener,
     stats: Arc<[ShardStats]>,
+    bridge: Option<Arc<BridgeStats>>,
     shutdown: Arc<Shutdown>,
     settings: Settings,
 ) -> io::Result<Admin> {
     let addr = listener.local_addr()?;
     let state = State {
         stats,
+        bridge,
         settings,
         started: Instant::now(),
         started_wall: SystemTime::now(),
@@ -117,6 +120,7 @@ impl Admin {
 /// What the admin thread reads from.
 struct State {
     stats: Arc<[ShardStats]>,
+    bridge: Option<Arc<BridgeStats>>,
     settings: Settings,
     started: Instant,
     started_wall: SystemTime,
@@ -213,25 +217,38 @@ fn respond(state: &State, request: &Request<'_>) -> Response {
         };
     }
     let snaps: Vec<Snapshot> = state.stats.iter().map(ShardStats::snapshot).collect();
+    let bridge = state.bridge.as_ref().map(|b| b.snapshot(monotonic_ms()));
     match path {
         "/health" => {
             let reasons = unhealthy_reasons(&snaps, monotonic_ms(), state.settings.stall_ms);
+            // The bridge is a detail, never a reason: with NATS down the host still serves its
+            // own traffic, and a 503 from every host at once would empty the load balancer.
+            let detail = bridge.map(|b| b.health_detail() + "\n").unwrap_or_default();
             if reasons.is_empty() {
-                Response::text(Status::Ok, "ok\n")
+                Response::text(Status::Ok, "ok\n".to_owned() + &detail)
             } else {
-                Response::text(Status::ServiceUnavailable, reasons.join("\n") + "\n")
+                Response::text(
+                    Status::ServiceUnavailable,
+                    reasons.join("\n") + "\n" + &detail,
+                )
             }
         }
         "/stats" => Response {
             status: Status::Ok,
             content_type: "application/json",
-            body: stats_json(state, &snaps).to_string().into_bytes(),
+            body: stats_json(state, &snaps, bridge.as_ref())
+                .to_string()
+                .into_bytes(),
         },
         "/metrics" => Response {
             status: Status::Ok,
             content_type: metrics::CONTENT_TYPE,
-            body: metrics::render(&reports(state, &snaps, &capture(state)), &process(state))
-                .into_bytes(),
+            body: metrics::render(
+                &reports(state, &snaps, &capture(state)),
+                &process(state),
+                bridge.as_ref(),
+            )
+            .into_bytes(),
         },
         _ => histogram_log(
             state,
@@ -421,7 +438,7 @@ fn percentiles_json(
     m.insert("max_queue_depth_bytes".into(), depth.max_bytes.into());
 }
 
-fn stats_json(state: &State, snaps: &[Snapshot]) -> Value {
+fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>) -> Value {
     let mut totals = Map::new();
     let mut shards = Vec::with_capacity(snaps.len());
     let captured = capture(state);
@@ -464,12 +481,18 @@ fn stats_json(state: &State, snaps: &[Snapshot]) -> Value {
         &depth.summary(),
     );
     let p = process(state);
-    json!({
+    let mut out = json!({
         "uptime_seconds": p.uptime_seconds,
         "memory_usage": p.rss_bytes,
         "totals": totals,
         "shards": shards,
-    })
+    });
+    if let Some(b) = bridge {
+        out["bridge"] = json!(b);
+        let origin = state.bridge.as_ref().and_then(|s| s.origin());
+        out["bridge"]["origin"] = json!(origin);
+    }
+    out
 }
 
 /// `/histograms?shard=N&kind=K`: the shard's cumulative histogram as an HdrHistogram V2 interval

@@ -199,6 +199,19 @@ pub struct Config {
     pub memory_limit_source: String,
     /// Percent of `memory_limit` that queued frames may hold, process-wide.
     pub queue_ceiling_pct: u32,
+    /// NATS server(s) the bridge connects to (comma-separated URLs); `None`: no bridge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// Prepended to every topic to form its NATS subject.
+    pub nats_subject_prefix: String,
+    /// Bytes of local publishes held for NATS while it is slow or down (payload + 64 per
+    /// message); more are dropped and counted.
+    pub nats_buffer_bytes: u64,
+    /// Messages from NATS held per topic while the shards cannot take them; more are dropped
+    /// by the NATS client (slow consumer) and counted.
+    pub nats_pending_messages: usize,
+    /// Longest wait between two reconnection attempts to NATS.
+    pub nats_reconnect_max_ms: u64,
     /// Per-topic policies, first matching pattern wins (last: TOML tables follow values).
     pub topic_policy: Vec<TopicPolicy>,
 }
@@ -309,6 +322,21 @@ pub struct Overrides {
     /// Percent of the memory limit that queued frames may hold (split evenly over the shards) [default: 5]
     #[arg(long, env = "SHARDCAST_QUEUE_CEILING_PCT")]
     pub queue_ceiling_pct: Option<u32>,
+    /// Join the topic space of other hosts through NATS: server URL(s), comma-separated (nats://host:4222); without it nothing NATS-related runs [default: none]
+    #[arg(long, env = "SHARDCAST_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// NATS subject prefix: topic T is subject PREFIX + T (empty dot-separated tokens become ~); empty, or tokens each followed by a dot [default: shardcast.]
+    #[arg(long, env = "SHARDCAST_NATS_SUBJECT_PREFIX")]
+    pub nats_subject_prefix: Option<String>,
+    /// Local publishes held for NATS while it is slow or unreachable, in bytes (payload + 64 per message; the forwarder and the client hold up to 192 more messages); beyond that they are dropped and counted; suffixes K/M/G/KiB/MiB/GiB [default: 64MiB]
+    #[arg(long, env = "SHARDCAST_NATS_BUFFER_BYTES")]
+    pub nats_buffer_bytes: Option<ByteSize>,
+    /// Messages from NATS held per topic while the shards cannot take them (rings full, ceiling pressure, topic paused); beyond that NATS drops them as a slow consumer, counted [default: 8192]
+    #[arg(long, env = "SHARDCAST_NATS_PENDING_MESSAGES")]
+    pub nats_pending_messages: Option<usize>,
+    /// Longest wait between reconnection attempts to NATS, in ms (backoff doubles from 50 ms up to this) [default: 2000]
+    #[arg(long, env = "SHARDCAST_NATS_RECONNECT_MAX_MS")]
+    pub nats_reconnect_max_ms: Option<u64>,
     /// Informational key written by --print-config; ignored on input
     #[arg(skip)]
     #[serde(default)]
@@ -403,6 +431,11 @@ impl Overrides {
             memory_limit: self.memory_limit.or(lower.memory_limit),
             memory_limit_source: self.memory_limit_source.or(lower.memory_limit_source),
             queue_ceiling_pct: self.queue_ceiling_pct.or(lower.queue_ceiling_pct),
+            nats_url: self.nats_url.or(lower.nats_url),
+            nats_subject_prefix: self.nats_subject_prefix.or(lower.nats_subject_prefix),
+            nats_buffer_bytes: self.nats_buffer_bytes.or(lower.nats_buffer_bytes),
+            nats_pending_messages: self.nats_pending_messages.or(lower.nats_pending_messages),
+            nats_reconnect_max_ms: self.nats_reconnect_max_ms.or(lower.nats_reconnect_max_ms),
             config: self.config.or(lower.config),
             print_config: self.print_config || lower.print_config,
             preflight: self.preflight || lower.preflight,
@@ -502,6 +535,14 @@ impl Overrides {
             memory_limit,
             memory_limit_source: source.to_owned(),
             queue_ceiling_pct: self.queue_ceiling_pct.unwrap_or(DEFAULT_QUEUE_CEILING_PCT),
+            // An empty URL (e.g. SHARDCAST_NATS_URL= in a unit file) means no bridge.
+            nats_url: self.nats_url.filter(|u| !u.trim().is_empty()),
+            nats_subject_prefix: self
+                .nats_subject_prefix
+                .unwrap_or_else(|| crate::bridge::subject::DEFAULT_PREFIX.to_owned()),
+            nats_buffer_bytes: self.nats_buffer_bytes.map_or(64 << 20, |b| b.0),
+            nats_pending_messages: self.nats_pending_messages.unwrap_or(8192),
+            nats_reconnect_max_ms: self.nats_reconnect_max_ms.unwrap_or(2000),
             topic_policy,
         };
         if config.histogram_log_interval_ms == 0 {
@@ -519,6 +560,18 @@ impl Overrides {
             return Err(ConfigError::Invalid("publish_token must not be empty"));
         }
         crate::heartbeat::validate(&config).map_err(ConfigError::Invalid)?;
+        crate::bridge::subject::validate_prefix(&config.nats_subject_prefix)
+            .map_err(ConfigError::Invalid)?;
+        if config.nats_buffer_bytes == 0 || config.nats_pending_messages == 0 {
+            return Err(ConfigError::Invalid(
+                "nats_buffer_bytes and nats_pending_messages must be at least 1",
+            ));
+        }
+        if config.nats_reconnect_max_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "nats_reconnect_max_ms must be at least 1",
+            ));
+        }
         Ok(config)
     }
 }
@@ -747,6 +800,41 @@ mod tests {
         );
         assert!(parse(&["--queue-ceiling-pct", "0"]).resolve().is_err());
         assert!(Overrides::try_parse_from(["shardcast", "--memory-limit", "12X"]).is_err());
+    }
+
+    #[test]
+    fn nats_options() {
+        let c = parse(&[]).resolve().unwrap();
+        assert_eq!(c.nats_url, None, "no bridge unless asked");
+        assert_eq!(c.nats_subject_prefix, "shardcast.");
+        assert_eq!(c.nats_buffer_bytes, 64 << 20);
+        assert_eq!(
+            (c.nats_pending_messages, c.nats_reconnect_max_ms),
+            (8192, 2000)
+        );
+        let c = parse(&[
+            "--nats-url",
+            "nats://a:4222,nats://b:4222",
+            "--nats-subject-prefix",
+            "eu.md.",
+            "--nats-buffer-bytes",
+            "1M",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.nats_url.as_deref(), Some("nats://a:4222,nats://b:4222"));
+        assert_eq!(c.nats_buffer_bytes, 1 << 20);
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c, "printed config reads back");
+        assert_eq!(
+            parse(&["--nats-url", " "]).resolve().unwrap().nats_url,
+            None
+        );
+        assert!(parse(&["--nats-subject-prefix", "no-dot"])
+            .resolve()
+            .is_err());
+        assert!(parse(&["--nats-pending-messages", "0"]).resolve().is_err());
+        assert!(parse(&["--nats-reconnect-max-ms", "0"]).resolve().is_err());
     }
 
     #[test]

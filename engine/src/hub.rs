@@ -11,9 +11,7 @@ use std::task::{Context, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use shardcast_proto::{
-    encode_close, encode_frame, encode_frame_parts, CloseCode, MessageKind, OpCode,
-};
+use shardcast_proto::{encode_close, CloseCode, MessageKind};
 
 use crate::config::Config;
 use crate::governor::Governor;
@@ -121,6 +119,8 @@ pub struct Hub {
     /// Live topics, each with its policy resolved once when it got its first subscriber.
     topics: RefCell<TopicTable<u32, Policy>>,
     link: RefCell<MeshLink<MeshItem>>,
+    /// The NATS bridge's participant index in the mesh, when the bridge is on.
+    bridge: Option<usize>,
     ledger: Rc<Ledger>,
     governor: Governor,
     policies: Policies,
@@ -203,7 +203,10 @@ impl Hub {
         let s = &all_stats[id];
         s.queue_ceiling_bytes.store(governor.budget as u64, Relaxed);
         s.memory_limit.store(config.memory_limit, Relaxed);
+        // The bridge, when on, is the one participant past the shards (server::start).
+        let bridge = (link.shards() > config.shards).then_some(config.shards);
         Hub {
+            bridge,
             ledger: Rc::new(Ledger::default()),
             governor,
             policies: config.policies(),
@@ -275,26 +278,70 @@ impl Hub {
         conn.queue.borrow_mut().clear();
         self.unslow(&conn);
         self.release_pauses(&conn, usize::MAX);
-        let mut topics = self.topics.borrow_mut();
-        for t in conn.topics.borrow_mut().drain(..) {
-            topics.unsubscribe(&t, id);
+        let mut gone = Vec::new();
+        {
+            let mut topics = self.topics.borrow_mut();
+            for t in conn.topics.borrow_mut().drain(..) {
+                if topics.unsubscribe(&t, id) && topics.name(&t).is_none() {
+                    gone.push(t);
+                }
+            }
+        }
+        for t in gone {
+            self.interest(t, false);
         }
         self.free.borrow_mut().push(id);
     }
 
     /// Subscribe connection `id` to `topic`.
     pub fn subscribe(&self, id: u32, conn: &Conn, topic: &str) {
-        let mut table = self.topics.borrow_mut();
-        if table.subscribe_with(topic, id, |t| *self.policies.lookup(t)) {
+        let first = {
+            let mut table = self.topics.borrow_mut();
+            let first = table.name(topic).is_none();
+            if !table.subscribe_with(topic, id, |t| *self.policies.lookup(t)) {
+                return;
+            }
             let name = table.name(topic).expect("just subscribed");
-            conn.topics.borrow_mut().push(name);
+            conn.topics.borrow_mut().push(name.clone());
+            first.then_some(name)
+        };
+        if let Some(name) = first {
+            self.interest(name, true);
         }
     }
 
     /// Unsubscribe connection `id` from `topic`.
     pub fn unsubscribe(&self, id: u32, conn: &Conn, topic: &str) {
-        if self.topics.borrow_mut().unsubscribe(topic, id) {
-            conn.topics.borrow_mut().retain(|t| &**t != topic);
+        let gone = {
+            let mut table = self.topics.borrow_mut();
+            if !table.unsubscribe(topic, id) {
+                return;
+            }
+            table.name(topic).is_none()
+        };
+        let mut topics = conn.topics.borrow_mut();
+        let pos = topics.iter().position(|t| &**t == topic);
+        let name = pos.map(|p| topics.remove(p));
+        drop(topics);
+        if let (true, Some(name)) = (gone, name) {
+            self.interest(name, false);
+        }
+    }
+
+    /// Tell the NATS bridge (if on) that this shard got its first subscriber of `topic`
+    /// (`on`) or lost its last one; the bridge subscribes the topic's subject while any shard
+    /// is interested.
+    fn interest(&self, topic: Arc<str>, on: bool) {
+        if let Some(bridge) = self.bridge {
+            self.link.borrow_mut().send(
+                bridge,
+                MeshItem::Interest {
+                    topic,
+                    shard: self.id,
+                    on,
+                },
+            );
+            self.flush_mesh();
         }
     }
 
@@ -302,36 +349,24 @@ impl Hub {
     /// clones to local subscribers and send one envelope to every other shard. Call
     /// [`flush_mesh`](Self::flush_mesh) after a batch.
     pub fn publish(&self, topic: &Arc<str>, kind: MessageKind, payload: &[u8]) {
-        let published_at = Instant::now();
-        let (opcode, stream_frame) = match kind {
-            MessageKind::Text => (
-                OpCode::Text,
-                Some(encode_frame_parts(
-                    OpCode::Text,
-                    &[
-                        b"{\"stream\":\"",
-                        topic.as_bytes(),
-                        b"\",\"data\":",
-                        payload,
-                        b"}",
-                    ],
-                )),
-            ),
-            MessageKind::Binary => (OpCode::Binary, None),
-        };
-        let frame = encode_frame(opcode, payload);
-        self.deliver(topic, &frame, stream_frame.as_ref(), published_at);
+        let env = Envelope::encode(topic.clone(), kind, payload);
+        self.deliver(
+            topic,
+            &env.frame,
+            env.stream_frame.as_ref(),
+            env.published_at,
+        );
+        // Every other participant: the other shards, and the NATS bridge when it is on (it
+        // forwards local publishes only; what arrives from NATS is delivered, never re-sent).
         let mut link = self.link.borrow_mut();
         for dest in (0..link.shards()).filter(|&d| d != self.id) {
-            link.send(
-                dest,
-                MeshItem::Publish(Envelope {
-                    topic: topic.clone(),
-                    frame: frame.clone(),
-                    stream_frame: stream_frame.clone(),
-                    published_at,
-                }),
-            );
+            // Toward the bridge the overflow is bounded (one ring's worth): a bridge that cannot
+            // keep up loses forwards, counted, instead of growing this shard's memory.
+            if Some(dest) == self.bridge && link.pending(dest) >= self.config.ring_capacity {
+                stats::add(&self.stats().bridge_dropped, 1);
+                continue;
+            }
+            link.send(dest, MeshItem::Publish(env.clone()));
         }
     }
 
@@ -677,6 +712,8 @@ impl Hub {
             ),
             MeshItem::Pause(t) => self.pause_count(&t, true),
             MeshItem::Resume(t) => self.pause_count(&t, false),
+            // Interest notices are addressed to the bridge only; shards never receive them.
+            MeshItem::Interest { .. } => {}
         }
     }
 
@@ -730,6 +767,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shardcast_proto::{encode_frame, OpCode};
 
     fn hub() -> Hub {
         let config = crate::config::Overrides::default().resolve().unwrap();
@@ -1095,6 +1133,93 @@ mod tests {
             hub.buffers.borrow().is_empty(),
             "oversized buffers are not pooled"
         );
+    }
+
+    /// With a bridge participant (the mesh has one link more than there are shards), a shard
+    /// tells it about its first and last subscriber of a topic, and forwards local publishes
+    /// but not what it receives from the mesh.
+    #[test]
+    fn bridge_gets_interest_transitions_and_local_publishes_only() {
+        use clap::Parser;
+        let config = Arc::new(
+            crate::config::Overrides::try_parse_from(["shardcast", "--shards", "2"])
+                .unwrap()
+                .resolve()
+                .unwrap(),
+        );
+        let stats: Arc<[ShardStats]> = (0..2).map(|_| ShardStats::default()).collect();
+        let mut links = crate::mesh::mesh(3, 64);
+        let mut bridge = links.pop().unwrap();
+        let hubs: Vec<Hub> = links
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| Hub::new(i, config.clone(), stats.clone(), l, Default::default()))
+            .collect();
+        let seen = |bridge: &mut MeshLink<MeshItem>| {
+            let mut out = Vec::new();
+            bridge.try_drain(|i| {
+                out.push(match i {
+                    MeshItem::Interest { topic, shard, on } => format!("{shard}:{topic}:{on}"),
+                    MeshItem::Publish(e) => format!("pub:{}", e.topic),
+                    MeshItem::Pause(t) | MeshItem::Resume(t) => format!("pause:{t}"),
+                })
+            });
+            out
+        };
+        let (a, ca) = sub(&hubs[0], &["t", "u"]);
+        let (b, cb) = sub(&hubs[0], &["t"]);
+        let (c, cc) = sub(&hubs[1], &["t"]);
+        assert_eq!(seen(&mut bridge), ["0:t:true", "0:u:true", "1:t:true"]);
+        hubs[0].unsubscribe(a, &ca, "t"); // b still holds t on shard 0
+        hubs[0].unsubscribe(a, &ca, "t"); // not subscribed any more: nothing
+        assert!(seen(&mut bridge).is_empty());
+        hubs[0].publish(&Arc::from("t"), MessageKind::Text, b"1");
+        pump(&hubs); // shard 1 delivers it; it does not forward it again
+        assert_eq!(seen(&mut bridge), ["pub:t"]);
+        assert_eq!(frames(&cc).len(), 1);
+        hubs[0].unregister(b);
+        hubs[0].unregister(a);
+        hubs[1].unsubscribe(c, &cc, "t");
+        assert_eq!(seen(&mut bridge), ["0:t:false", "0:u:false", "1:t:false"]);
+        drop((cb, ca));
+    }
+
+    /// Forwards to a bridge that does not drain stop at its ring plus one ring's worth of
+    /// overflow, counted; other shards still get everything.
+    #[test]
+    fn forwards_to_a_stuck_bridge_are_bounded_and_counted() {
+        use clap::Parser;
+        let argv = ["shardcast", "--shards", "2", "--ring-capacity", "4"];
+        let config = Arc::new(
+            crate::config::Overrides::try_parse_from(argv)
+                .unwrap()
+                .resolve()
+                .unwrap(),
+        );
+        let stats: Arc<[ShardStats]> = (0..2).map(|_| ShardStats::default()).collect();
+        let mut links = crate::mesh::mesh(3, 4);
+        let mut bridge = links.pop().unwrap();
+        let hubs: Vec<Hub> = links
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| Hub::new(i, config.clone(), stats.clone(), l, Default::default()))
+            .collect();
+        let (_, c) = sub(&hubs[1], &["t"]);
+        let mut notices = 0;
+        bridge.try_drain(|_| notices += 1);
+        assert_eq!(notices, 1, "shard 1's interest in t");
+        for i in 0..20u8 {
+            hubs[0].publish(&Arc::from("t"), MessageKind::Binary, &[i]);
+            pump(&hubs);
+        }
+        assert_eq!(frames(&c).len(), 20, "the other shard lost nothing");
+        assert_eq!(stats::get(&hubs[0].stats().bridge_dropped), 12);
+        let mut forwarded = 0;
+        hubs[0].flush_mesh();
+        bridge.try_drain(|_| forwarded += 1);
+        hubs[0].flush_mesh();
+        bridge.try_drain(|_| forwarded += 1);
+        assert_eq!(forwarded, 8, "ring (4) + overflow (4)");
     }
 
     #[test]

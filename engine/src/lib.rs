@@ -27,9 +27,11 @@
 //! - [`metrics`]: Prometheus text for /metrics.
 //! - [`dashboard`]: the embedded live HTML page for /dashboard.
 //! - [`histlog`]: periodic HdrHistogram interval logs per shard (`--histogram-log`).
+//! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod bridge;
 pub mod config;
 pub mod conn;
 pub mod control;

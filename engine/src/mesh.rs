@@ -22,6 +22,7 @@ use std::time::Instant;
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use rtrb::{Consumer, Producer, PushError, RingBuffer};
+use shardcast_proto::{encode_frame, encode_frame_parts, MessageKind, OpCode};
 
 /// One published message travelling to another shard. Only `Bytes`/`Arc` clones: the frame
 /// was encoded once by the publishing shard.
@@ -37,9 +38,40 @@ pub struct Envelope {
     pub published_at: Instant,
 }
 
-/// What travels between shards: published messages, and back-pressure notices for the
-/// `pause` policy (a shard tells the others that its subscribers hold a topic paused, or no
-/// longer do; each shard counts the shards holding each topic paused).
+impl Envelope {
+    /// Encode a message published to `topic` once: the frame, and for text the
+    /// `{"stream":"<topic>","data":<payload>}` wrapper (the payload is embedded as is).
+    pub fn encode(topic: Arc<str>, kind: MessageKind, payload: &[u8]) -> Envelope {
+        let published_at = Instant::now();
+        let (opcode, stream_frame) = match kind {
+            MessageKind::Text => (
+                OpCode::Text,
+                Some(encode_frame_parts(
+                    OpCode::Text,
+                    &[
+                        b"{\"stream\":\"",
+                        topic.as_bytes(),
+                        b"\",\"data\":",
+                        payload,
+                        b"}",
+                    ],
+                )),
+            ),
+            MessageKind::Binary => (OpCode::Binary, None),
+        };
+        Envelope {
+            frame: encode_frame(opcode, payload),
+            topic,
+            stream_frame,
+            published_at,
+        }
+    }
+}
+
+/// What travels between participants of the mesh (the shards, and the NATS bridge when it is
+/// on): published messages, back-pressure notices for the `pause` policy (a shard tells the
+/// others that its subscribers hold a topic paused, or no longer do; each participant counts
+/// the shards holding each topic paused), and interest notices for the bridge.
 #[derive(Clone, Debug)]
 pub enum MeshItem {
     /// A published message.
@@ -48,6 +80,16 @@ pub enum MeshItem {
     Pause(Arc<str>),
     /// The sending shard no longer holds this topic paused.
     Resume(Arc<str>),
+    /// Sent to the bridge only: the sending shard got its first subscriber of `topic` (`on`)
+    /// or lost its last one.
+    Interest {
+        /// The topic.
+        topic: Arc<str>,
+        /// The sending shard (the bridge delivers a topic only to the shards that want it).
+        shard: usize,
+        /// True at the first subscriber, false when the last one left.
+        on: bool,
+    },
 }
 
 /// Per-consumer wake-up state.
@@ -117,6 +159,18 @@ impl<T> MeshLink<T> {
     /// Items currently waiting in overflow queues.
     pub fn overflow_len(&self) -> usize {
         self.overflow_len
+    }
+
+    /// True if an item for `dest` would go straight into its ring (nothing waits in overflow
+    /// and the ring has a free slot). A producer that must not buffer (the NATS bridge) checks
+    /// this before [`send`](Self::send).
+    pub fn has_room(&self, dest: usize) -> bool {
+        self.overflow[dest].is_empty() && self.tx[dest].as_ref().is_some_and(|p| p.slots() > 0)
+    }
+
+    /// Items waiting in the overflow queue for `dest`.
+    pub fn pending(&self, dest: usize) -> usize {
+        self.overflow[dest].len()
     }
 
     /// Queue `item` for shard `dest` (never blocks; never `self.id()`). The consumer is only

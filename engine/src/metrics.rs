@@ -10,6 +10,7 @@
 use std::fmt::Write;
 
 use crate::admin::{ProcessReport, ShardReport};
+use crate::bridge::stats::BridgeSnapshot;
 use crate::depth::{DepthSummary, QUANTILES as DEPTH_QUANTILES};
 use crate::latency::LatencyKind;
 use crate::stats::{Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES};
@@ -35,8 +36,9 @@ impl Kind {
     }
 }
 
-/// One per-shard scalar series taken from a [`Snapshot`].
-pub struct Scalar {
+/// One scalar series taken from a snapshot `S`: per shard from a [`Snapshot`], or the
+/// bridge's from a [`BridgeSnapshot`].
+pub struct Scalar<S = Snapshot> {
     /// Full metric name.
     pub name: &'static str,
     /// Type.
@@ -44,7 +46,7 @@ pub struct Scalar {
     /// HELP text.
     pub help: &'static str,
     /// Reads the value.
-    pub get: fn(&Snapshot) -> u64,
+    pub get: fn(&S) -> u64,
 }
 
 /// Every per-shard scalar; a new [`Snapshot`] field gets one entry here.
@@ -169,6 +171,88 @@ pub const SCALARS: &[Scalar] = &[
         help: "Times a subscriber on the shard paused a topic.",
         get: |s| s.pauses_total,
     },
+    Scalar {
+        name: "shardcast_bridge_ring_dropped_total",
+        kind: Kind::Counter,
+        help: "Local publishes the shard did not hand to the NATS bridge: its ring and overflow were full.",
+        get: |s| s.bridge_dropped,
+    },
+];
+
+/// The NATS bridge's series (process-wide, no `shard` label); present only with `--nats-url`.
+pub const BRIDGE_SCALARS: &[Scalar<BridgeSnapshot>] = &[
+    Scalar {
+        name: "shardcast_bridge_up",
+        kind: Kind::Gauge,
+        help: "1 while the NATS bridge is connected, else 0.",
+        get: |s| s.up,
+    },
+    Scalar {
+        name: "shardcast_bridge_down_seconds",
+        kind: Kind::Gauge,
+        help: "How long the NATS bridge has not been connected (0 while up).",
+        get: |s| s.down_ms / 1000,
+    },
+    Scalar {
+        name: "shardcast_bridge_messages_out_total",
+        kind: Kind::Counter,
+        help: "Local publishes handed to NATS.",
+        get: |s| s.messages_out,
+    },
+    Scalar {
+        name: "shardcast_bridge_messages_in_total",
+        kind: Kind::Counter,
+        help: "Messages from NATS delivered to the shards (once per message).",
+        get: |s| s.messages_in,
+    },
+    Scalar {
+        name: "shardcast_bridge_out_dropped_total",
+        kind: Kind::Counter,
+        help: "Local publishes not forwarded to NATS: buffer full while NATS was slow or down.",
+        get: |s| s.out_dropped,
+    },
+    Scalar {
+        name: "shardcast_bridge_out_buffered_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes of local publishes waiting for NATS (payload + 64 per message).",
+        get: |s| s.out_buffered_bytes,
+    },
+    Scalar {
+        name: "shardcast_bridge_slow_consumer_drops_total",
+        kind: Kind::Counter,
+        help: "Messages the NATS client dropped because the shards could not take them (slow consumer).",
+        get: |s| s.slow_consumer_drops,
+    },
+    Scalar {
+        name: "shardcast_bridge_reconnects_total",
+        kind: Kind::Counter,
+        help: "Connections to NATS re-established after the first.",
+        get: |s| s.reconnects,
+    },
+    Scalar {
+        name: "shardcast_bridge_subscriptions",
+        kind: Kind::Gauge,
+        help: "NATS subjects subscribed (one per topic with subscribers on this host).",
+        get: |s| s.subscriptions,
+    },
+    Scalar {
+        name: "shardcast_bridge_own_ignored_total",
+        kind: Kind::Counter,
+        help: "This host's own messages that came back from NATS and were ignored.",
+        get: |s| s.own_ignored,
+    },
+    Scalar {
+        name: "shardcast_bridge_in_invalid_total",
+        kind: Kind::Counter,
+        help: "Messages from NATS dropped as invalid (text not UTF-8, unknown kind).",
+        get: |s| s.in_invalid,
+    },
+    Scalar {
+        name: "shardcast_bridge_in_stalls_total",
+        kind: Kind::Counter,
+        help: "Times the bridge stopped pulling from NATS because a shard could not take more.",
+        get: |s| s.in_stalls,
+    },
 ];
 
 /// One queue depth series of a [`DepthSummary`]: (values at the quantiles, max, sum).
@@ -179,8 +263,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Render every family.
-pub fn render(shards: &[ShardReport], process: &ProcessReport) -> String {
+/// Render every family (the bridge's only when it is on).
+pub fn render(
+    shards: &[ShardReport],
+    process: &ProcessReport,
+    bridge: Option<&BridgeSnapshot>,
+) -> String {
     let mut out = String::with_capacity(4096 + shards.len() * 2048);
     family(
         &mut out,
@@ -228,6 +316,12 @@ pub fn render(shards: &[ShardReport], process: &ProcessReport) -> String {
         family(&mut out, m.name, m.kind.name(), m.help);
         for (i, r) in shards.iter().enumerate() {
             let _ = writeln!(out, "{}{{shard=\"{i}\"}} {}", m.name, (m.get)(&r.snap));
+        }
+    }
+    if let Some(b) = bridge {
+        for m in BRIDGE_SCALARS {
+            family(&mut out, m.name, m.kind.name(), m.help);
+            let _ = writeln!(out, "{} {}", m.name, (m.get)(b));
         }
     }
     family(
@@ -387,14 +481,19 @@ mod tests {
             },
             tick_age_ms: 50,
         };
+        let bridge = crate::bridge::stats::BridgeStats::new();
+        crate::stats::add(&bridge.messages_in, 3);
         let text = render(
             &[report],
             &ProcessReport {
                 rss_bytes: Some(4096),
                 uptime_seconds: 1.5,
             },
+            Some(&bridge.snapshot(crate::stats::monotonic_ms())),
         );
         assert!(text.contains("shardcast_messages_received_total{shard=\"0\"} 7\n"));
+        assert!(text.contains("shardcast_bridge_messages_in_total 3\n"));
+        assert!(text.contains("shardcast_bridge_up 0\n"));
         assert!(text.contains("shardcast_shard_tick_age_seconds{shard=\"0\"} 0.05\n"));
         assert!(text.contains("shardcast_queue_depth_messages{shard=\"0\",quantile=\"0.99\"} 5\n"));
         assert!(text.contains("shardcast_queue_depth_messages{shard=\"0\",quantile=\"1\"} 9\n"));

@@ -19,19 +19,20 @@ use crate::hub::Hub;
 use crate::latency::LatencyKind;
 use crate::mesh::{mesh, MeshItem, MeshLink};
 use crate::stats::{monotonic_ms, ShardStats};
-use crate::{admin, conn, listener, shard, tick};
+use crate::{admin, bridge, conn, listener, shard, tick};
 
-/// Cross-thread shutdown trigger: a flag plus one waker per shard.
+/// Cross-thread shutdown trigger: a flag plus one waker per mesh participant (the shards, and
+/// the NATS bridge when it is on).
 pub struct Shutdown {
     flag: AtomicBool,
     wakers: Vec<AtomicWaker>,
 }
 
 impl Shutdown {
-    fn new(shards: usize) -> Self {
+    fn new(participants: usize) -> Self {
         Shutdown {
             flag: AtomicBool::new(false),
-            wakers: (0..shards).map(|_| AtomicWaker::new()).collect(),
+            wakers: (0..participants).map(|_| AtomicWaker::new()).collect(),
         }
     }
 
@@ -48,8 +49,8 @@ impl Shutdown {
         self.flag.load(SeqCst)
     }
 
-    /// Resolves once shutdown was triggered.
-    async fn wait(&self, shard: usize) {
+    /// Resolves once shutdown was triggered (`shard`: the participant's mesh index).
+    pub(crate) async fn wait(&self, shard: usize) {
         poll_fn(|cx| {
             self.wakers[shard].register(cx.waker());
             if self.flag.load(SeqCst) {
@@ -69,6 +70,7 @@ pub struct Server {
     stats: Arc<[ShardStats]>,
     handles: Vec<JoinHandle<io::Result<()>>>,
     admin: Option<admin::Admin>,
+    bridge: Option<bridge::Bridge>,
 }
 
 type ShardParts = (std::net::TcpListener, MeshLink<MeshItem>);
@@ -79,11 +81,16 @@ pub fn start(config: Config) -> io::Result<Server> {
     let shards = config.shards;
     let listeners = listener::bind_all(config.listen, config.listen_backlog, shards)?;
     let local_addr = listeners[0].local_addr()?;
-    let parts: Vec<Option<ShardParts>> = listeners
-        .into_iter()
-        .zip(mesh(shards, config.ring_capacity))
-        .map(Some)
-        .collect();
+    // With --nats-url the bridge is one more mesh participant, the last one (Hub::new).
+    let nats = config
+        .nats_url
+        .as_deref()
+        .map(bridge::servers)
+        .transpose()?;
+    let participants = shards + usize::from(nats.is_some());
+    let mut links = mesh(participants, config.ring_capacity);
+    let bridge_link = nats.is_some().then(|| links.pop().expect("bridge link"));
+    let parts: Vec<Option<ShardParts>> = listeners.into_iter().zip(links).map(Some).collect();
     let parts = Arc::new(Mutex::new(parts));
     let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
     // Stamped before the shards run, so /health does not see a never-ticked shard as stalled.
@@ -98,9 +105,19 @@ pub fn start(config: Config) -> io::Result<Server> {
     let admin_settings = admin::Settings {
         stall_ms: config.health_stall_ms,
     };
-    let shutdown = Arc::new(Shutdown::new(shards));
+    let shutdown = Arc::new(Shutdown::new(participants));
     let global = Arc::new(AtomicUsize::new(0));
     let config = Arc::new(config);
+    let bridge = match (nats, bridge_link) {
+        (Some(servers), Some(link)) => Some(bridge::spawn(
+            servers,
+            link,
+            config.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        )?),
+        _ => None,
+    };
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
     let ready_tx = Arc::new(Mutex::new(ready_tx));
     let handles = {
@@ -136,7 +153,13 @@ pub fn start(config: Config) -> io::Result<Server> {
         }
     }
     let admin = match admin_listener {
-        Some(l) => match admin::spawn(l, stats.clone(), shutdown.clone(), admin_settings) {
+        Some(l) => match admin::spawn(
+            l,
+            stats.clone(),
+            bridge.as_ref().map(bridge::Bridge::stats),
+            shutdown.clone(),
+            admin_settings,
+        ) {
             Ok(a) => Some(a),
             Err(e) => {
                 shutdown.trigger();
@@ -151,6 +174,7 @@ pub fn start(config: Config) -> io::Result<Server> {
         stats,
         handles,
         admin,
+        bridge,
     })
 }
 
@@ -187,6 +211,9 @@ impl Server {
         }
         if let Some(admin) = self.admin {
             admin.stop();
+        }
+        if let Some(bridge) = self.bridge {
+            bridge.join();
         }
         result
     }

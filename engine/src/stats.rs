@@ -141,6 +141,9 @@ pub struct ShardStats {
     pub paused_topics: AtomicU64,
     /// Times a subscriber on this shard paused a topic.
     pub pauses_total: AtomicU64,
+    /// Local publishes not handed to the NATS bridge: its ring and overflow from this shard
+    /// were full (the bridge thread did not keep up).
+    pub bridge_dropped: AtomicU64,
     evictions: [AtomicU64; 3],
     drops: [AtomicU64; 2],
 }
@@ -199,6 +202,8 @@ pub struct Snapshot {
     pub paused_topics: u64,
     /// Pauses begun by this shard's subscribers.
     pub pauses_total: u64,
+    /// Local publishes not handed to the NATS bridge (its ring and overflow were full).
+    pub bridge_dropped: u64,
     /// Evictions, indexed like [`Eviction::ALL`].
     #[serde(skip)]
     pub evictions: [u64; 3],
@@ -342,6 +347,7 @@ impl ShardStats {
             slow_clients: get(&self.slow_clients),
             paused_topics: get(&self.paused_topics),
             pauses_total: get(&self.pauses_total),
+            bridge_dropped: get(&self.bridge_dropped),
             evictions: std::array::from_fn(|i| get(&self.evictions[i])),
             discarded: std::array::from_fn(|i| get(&self.drops[i])),
         }

@@ -1,0 +1,706 @@
+//! The NATS bridge against a real `nats-server` (started here on an ephemeral loopback port):
+//! two shardcast processes, one topic space. Needs `nats-server` on PATH or in /usr/sbin
+//! (Debian's `nats-server` package; scripts/test.sh installs it): without it these tests fail,
+//! they never skip.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tungstenite::Message;
+
+/// A `nats-server` child process on a loopback port; killed on drop.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    monitor: u16,
+}
+
+fn nats_server_bin() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "nats-server not found on PATH or in /usr/sbin: these tests need a real NATS server \
+                 (Debian: apt-get install nats-server; scripts/test.sh installs it)"
+            )
+        })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let mut n = Nats {
+            child: None,
+            port: free_port(),
+            monitor: free_port(),
+        };
+        n.restart();
+        n
+    }
+
+    /// (Re)start on the same ports; returns once it accepts connections.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        wait_for("nats-server accepting", || TcpStream::connect(addr).is_ok());
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Every subject subscribed on the server, over all connections (monitoring `/connz`).
+    fn subjects(&self) -> BTreeSet<String> {
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.monitor)).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        write!(
+            tcp,
+            "GET /connz?subs=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).unwrap();
+        let body = out.split_once("\r\n\r\n").expect("complete response").1;
+        let v: Value = serde_json::from_str(body).expect("connz is JSON");
+        v["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| {
+                c["subscriptions_list"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Poll `cond` every 10 ms until it holds; fail after [`TIMEOUT`].
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = deadline();
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A shardcast host joined to `nats`, with `extra` flags.
+fn host(nats: &Nats, extra: &[&str]) -> Server {
+    let url = nats.url();
+    let mut args = vec!["--nats-url", &url, "--nats-reconnect-max-ms", "100"];
+    args.extend_from_slice(extra);
+    let s = Server::start(&args);
+    wait_for("bridge up", || bridge(&s)["state"] == "up");
+    s
+}
+
+fn bridge(s: &Server) -> Value {
+    stats(s.admin.unwrap())["bridge"].clone()
+}
+
+fn counter(s: &Server, name: &str) -> u64 {
+    bridge(s)[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no bridge.{name}"))
+}
+
+/// Read with a short timeout: `None` when nothing arrived in time.
+fn poll(ws: &mut Ws, within: Duration) -> Option<Message> {
+    ws.get_mut().set_read_timeout(Some(within)).unwrap();
+    let got = loop {
+        match ws.read() {
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(m) => break Some(m),
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                break None
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    };
+    ws.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
+    got
+}
+
+/// Post `"probe"` to `topic` on `from` until `to` receives a probe: the cross-host path for
+/// `topic` is in place (subscription propagated). Other messages are returned in order.
+fn probe(from: &Server, topic: &str, to: &mut Ws) -> Vec<Message> {
+    let mut others = Vec::new();
+    let end = deadline();
+    loop {
+        assert!(Instant::now() < end, "no cross-host delivery on {topic}");
+        assert_eq!(from.post(topic, "application/json", b"\"probe\"", ""), 204);
+        while let Some(m) = poll(to, Duration::from_millis(50)) {
+            if is_probe(&m) {
+                return others;
+            }
+            others.push(m);
+        }
+    }
+}
+
+fn is_probe(m: &Message) -> bool {
+    match m {
+        Message::Text(t) => {
+            let v: Value = serde_json::from_str(t).unwrap_or(Value::Null);
+            v == "probe" || v["data"] == "probe"
+        }
+        _ => false,
+    }
+}
+
+/// Per-topic sequence checker: every sequence exactly once, in order.
+#[derive(Default)]
+struct Seqs(HashMap<String, u64>);
+
+impl Seqs {
+    fn see(&mut self, who: &str, topic: &str, seq: u64) {
+        let next = self.0.entry(topic.to_owned()).or_insert(0);
+        assert_eq!(
+            seq, *next,
+            "{who}: {topic} out of order, duplicated or lost"
+        );
+        *next += 1;
+    }
+
+    fn get(&self, topic: &str) -> u64 {
+        self.0.get(topic).copied().unwrap_or(0)
+    }
+}
+
+/// Reads `ws` (a `/stream` or `/ws/<topic>` subscriber) until every topic in `want` has
+/// reached its count, checking order and exactly-once. Text is `{"seq":N}` (wrapped with its
+/// topic on /stream), binary is an 8-byte big-endian sequence of `binary_topic`. Probes are
+/// skipped.
+fn receive_all(
+    who: &str,
+    ws: &mut Ws,
+    plain_topic: Option<&str>,
+    want: &[(&str, u64)],
+    hosts: &[&Server],
+) {
+    let mut seqs = Seqs::default();
+    let done = |s: &Seqs| want.iter().all(|(t, n)| s.get(t) >= *n);
+    while !done(&seqs) {
+        let Some(m) = poll(ws, TIMEOUT) else {
+            let bridges: Vec<Value> = hosts.iter().map(|h| bridge(h)).collect();
+            panic!("{who}: stuck at {:?}; bridges {bridges:?}", seqs.0);
+        };
+        if is_probe(&m) {
+            continue;
+        }
+        match m {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                let (topic, data) = match plain_topic {
+                    Some(topic) => (topic.to_owned(), v),
+                    None => (v["stream"].as_str().unwrap().to_owned(), v["data"].clone()),
+                };
+                seqs.see(who, &topic, data["seq"].as_u64().unwrap());
+            }
+            Message::Binary(b) => {
+                let seq = u64::from_be_bytes(b[..8].try_into().unwrap());
+                seqs.see(who, BINARY_TOPIC, seq);
+            }
+            m => panic!("{who}: unexpected {m:?}"),
+        }
+    }
+}
+
+const BINARY_TOPIC: &str = "md.bin";
+
+/// A WebSocket client of the server at `addr` (usable from another thread than the
+/// [`Server`] owner's).
+fn ws_at(addr: SocketAddr, path: &str) -> Ws {
+    use tungstenite::client::IntoClientRequest;
+    let req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    match tungstenite::client(req, tcp) {
+        Ok((ws, _)) => ws,
+        Err(e) => panic!("connect {path}: {e}"),
+    }
+}
+
+/// A `/pub/<topic>` publisher on `addr` sending `from..to`: text `{"seq":N,"run":RUN}`, or
+/// 8-byte big-endian binary.
+fn publish_range(addr: SocketAddr, topic: &str, from: u64, to: u64, binary: bool, run: &str) {
+    let mut p = ws_at(addr, &format!("/pub/{topic}"));
+    for i in from..to {
+        let m = if binary {
+            Message::binary(i.to_be_bytes().to_vec())
+        } else {
+            Message::text(format!("{{\"seq\":{i},\"run\":\"{run}\"}}"))
+        };
+        p.send(m).unwrap();
+    }
+    p.close(None).unwrap();
+    // Wait for the close handshake so every message was read by the server.
+    while p.read().is_ok() {}
+}
+
+#[test]
+fn cross_host_delivery_is_ordered_and_exactly_once() {
+    const PER_TOPIC: u64 = 2500;
+    let nats = Nats::start();
+    let a = host(&nats, &[]);
+    let b = host(&nats, &[]);
+    let text_topics = ["md.btc", "md.eth", ".odd..topic"];
+    let all = [text_topics[0], text_topics[1], text_topics[2], BINARY_TOPIC];
+    let streams = format!("/stream?streams={}", all.join("/"));
+    let (mut b_stream, _) = b.ws(&streams);
+    let (mut b_plain, _) = b.ws("/ws/md.btc");
+    let (mut a_stream, _) = a.ws(&streams);
+    let (mut a_back, _) = a.ws("/ws/back");
+    for ws in [&mut b_stream, &mut b_plain, &mut a_stream, &mut a_back] {
+        sync(ws);
+    }
+    wait_for("B subscribed to 4 subjects", || {
+        counter(&b, "subscriptions") == 4
+    });
+    assert_eq!(
+        nats.subjects(),
+        [
+            "shardcast.md.btc",
+            "shardcast.md.eth",
+            "shardcast.~.odd.~.topic",
+            "shardcast.md.bin",
+            "shardcast.back"
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+        "one subscription per topic with subscribers, ill-formed subjects mapped"
+    );
+    for t in all {
+        // Probes of earlier topics may still arrive: probe() skips them all.
+        probe(&a, t, &mut b_stream);
+    }
+    probe(&a, "md.btc", &mut b_plain);
+    probe(&b, "back", &mut a_back);
+    let publishers: Vec<_> = all
+        .iter()
+        .map(|t| {
+            let (addr, t) = (a.addr, t.to_string());
+            std::thread::spawn(move || {
+                publish_range(addr, &t, 0, PER_TOPIC, t == BINARY_TOPIC, "main")
+            })
+        })
+        .collect();
+    let back = {
+        let addr = b.addr;
+        std::thread::spawn(move || publish_range(addr, "back", 0, 1000, false, "main"))
+    };
+    let want: Vec<(&str, u64)> = all.iter().map(|t| (*t, PER_TOPIC)).collect();
+    let hosts = [&a, &b];
+    receive_all("B /stream", &mut b_stream, None, &want, &hosts);
+    receive_all(
+        "B /ws",
+        &mut b_plain,
+        Some("md.btc"),
+        &[("md.btc", PER_TOPIC)],
+        &hosts,
+    );
+    receive_all("A /stream", &mut a_stream, None, &want, &hosts);
+    receive_all(
+        "A /ws/back",
+        &mut a_back,
+        Some("back"),
+        &[("back", 1000)],
+        &hosts,
+    );
+    for p in publishers {
+        p.join().unwrap();
+    }
+    back.join().unwrap();
+    // Nothing more and nothing twice: one more message per topic is the very next one.
+    for t in text_topics {
+        let body = format!("{{\"seq\":{PER_TOPIC}}}");
+        assert_eq!(a.post(t, "application/json", body.as_bytes(), ""), 204);
+    }
+    let want_one_more: Vec<(&str, u64)> = text_topics.iter().map(|t| (*t, 1)).collect();
+    let mut tail = Seqs::default();
+    for t in text_topics {
+        tail.0.insert(t.to_owned(), PER_TOPIC);
+    }
+    while want_one_more
+        .iter()
+        .any(|(t, _)| tail.get(t) < PER_TOPIC + 1)
+    {
+        let m = next(&mut b_stream);
+        if is_probe(&m) {
+            continue;
+        }
+        let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        tail.see(
+            "B tail",
+            v["stream"].as_str().unwrap(),
+            v["data"]["seq"].as_u64().unwrap(),
+        );
+    }
+    let (ba, bb) = (bridge(&a), bridge(&b));
+    assert_eq!(ba["out_dropped"], 0);
+    assert_eq!(bb["slow_consumer_drops"], 0);
+    assert_eq!(
+        ba["own_ignored"], 0,
+        "no_echo: own messages never come back"
+    );
+    assert!(ba["messages_out"].as_u64().unwrap() >= 4 * PER_TOPIC + 3);
+    assert!(bb["messages_in"].as_u64().unwrap() >= 4 * PER_TOPIC + 3);
+    let (code, metrics) = admin(b.admin.unwrap(), "GET", "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("shardcast_bridge_up 1\n"), "{metrics}");
+}
+
+#[test]
+fn subjects_follow_subscriber_interest() {
+    let nats = Nats::start();
+    let b = host(&nats, &[]);
+    let subjects = |want: &[&str]| {
+        let want: BTreeSet<String> = want.iter().map(|s| format!("shardcast.{s}")).collect();
+        wait_for(&format!("NATS subjects {want:?}"), || {
+            nats.subjects() == want
+        });
+        assert_eq!(counter(&b, "subscriptions"), want.len() as u64);
+        assert_eq!(counter(&b, "interested_topics"), want.len() as u64);
+    };
+    subjects(&[]);
+    let (mut c1, _) = b.ws("/stream?streams=x");
+    sync(&mut c1);
+    subjects(&["x"]);
+    // A second subscriber of x (whichever shard it lands on) changes nothing; y is new.
+    let (mut c2, _) = b.ws("/stream?streams=x/y");
+    sync(&mut c2);
+    subjects(&["x", "y"]);
+    let r = control(&mut c2, r#"{"method":"UNSUBSCRIBE","params":["y"],"id":1}"#);
+    assert_eq!(r["id"], 1);
+    subjects(&["x"]);
+    let r = control(&mut c2, r#"{"method":"SUBSCRIBE","params":["z"],"id":2}"#);
+    assert_eq!(r["id"], 2);
+    subjects(&["x", "z"]);
+    drop(c2); // disconnecting releases z; x is still held by c1
+    subjects(&["x"]);
+    drop(c1);
+    subjects(&[]);
+}
+
+#[test]
+fn nats_outage_keeps_local_delivery_and_cross_host_resumes() {
+    let mut nats = Nats::start();
+    let a = host(&nats, &["--nats-buffer-bytes", "32KiB"]);
+    let b = host(&nats, &[]);
+    let (mut a_sub, _) = a.ws("/ws/t");
+    let (mut b_sub, _) = b.ws("/ws/t");
+    sync(&mut a_sub);
+    sync(&mut b_sub);
+    wait_for("B subscribed", || counter(&b, "subscriptions") == 1);
+    probe(&a, "t", &mut b_sub);
+    while poll(&mut a_sub, Duration::from_millis(100)).is_some() {}
+
+    nats.stop();
+    for h in [&a, &b] {
+        wait_for("bridge down", || bridge(h)["state"] == "down");
+        let (code, body) = admin(h.admin.unwrap(), "GET", "/health");
+        assert_eq!(code, 200, "NATS down is not a local failure: {body}");
+        assert!(body.starts_with("ok\nnats bridge: down for "), "{body}");
+        let (_, metrics) = admin(h.admin.unwrap(), "GET", "/metrics");
+        assert!(metrics.contains("shardcast_bridge_up 0\n"));
+    }
+    // Both hosts keep delivering their own traffic.
+    for (h, sub) in [(&a, &mut a_sub), (&b, &mut b_sub)] {
+        for i in 0..20u64 {
+            let body = format!("{{\"seq\":{i}}}");
+            assert_eq!(h.post("t", "application/json", body.as_bytes(), ""), 204);
+            let v: Value = serde_json::from_str(&next_text(sub)).unwrap();
+            assert_eq!(v["seq"], i, "local delivery during the outage");
+        }
+    }
+    // More than the buffer (32 KiB: ~350 of these ~29-byte messages at 64 bytes of overhead
+    // each) plus what the forwarder and the client hold (64 + 128 messages): the rest is
+    // counted.
+    publish_range(a.addr, "t", 20, 2000, false, "outage");
+    wait_for("A counts what it could not forward", || {
+        counter(&a, "out_dropped") > 0
+    });
+    let a_local: Vec<u64> = (0..1980)
+        .map(|_| {
+            let v: Value = serde_json::from_str(&next_text(&mut a_sub)).unwrap();
+            v["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        a_local,
+        (20..2000).collect::<Vec<_>>(),
+        "A's own subscriber got all"
+    );
+
+    nats.restart();
+    for h in [&a, &b] {
+        wait_for("bridge up again", || bridge(h)["state"] == "up");
+        assert!(counter(h, "reconnects") >= 1);
+        let (code, body) = admin(h.admin.unwrap(), "GET", "/health");
+        assert_eq!(
+            (code, body.lines().nth(1).unwrap()),
+            (200, "nats bridge: up (1 subscriptions)")
+        );
+    }
+    // Whatever was buffered during the outage may arrive first; then the path is back.
+    probe(&a, "t", &mut b_sub);
+    let publisher = {
+        let addr = a.addr;
+        // Fewer than the buffer holds: a burst may reach the bridge in one ring drain.
+        std::thread::spawn(move || publish_range(addr, "t", 0, 200, false, "after"))
+    };
+    let mut seqs = Seqs::default();
+    while seqs.get("t") < 200 {
+        let m = next(&mut b_sub);
+        if is_probe(&m) {
+            continue;
+        }
+        let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        // Messages buffered on A during the outage may still be on their way: not this run.
+        if v["run"] == "after" {
+            seqs.see("B after restart", "t", v["seq"].as_u64().unwrap());
+        }
+    }
+    publisher.join().unwrap();
+}
+
+#[test]
+fn slow_remote_host_does_not_stall_the_publisher() {
+    const N: u64 = 20_000;
+    let nats = Nats::start();
+    // A's own subscriber may hold the whole burst (20 MB), and A's shard may get that far
+    // ahead of A's bridge on a loaded machine: this test is about B.
+    let a = host(
+        &nats,
+        &["--high-water-bytes", "64MiB", "--ring-capacity", "32768"],
+    );
+    // On B the topic pauses its publishers when a subscriber falls behind: the bridge then
+    // stops pulling it, and the NATS client drops what exceeds 64 pending messages.
+    let b = host(
+        &nats,
+        &[
+            "--topic-policy",
+            "slow=pause,high_water_bytes=16384",
+            "--nats-pending-messages",
+            "64",
+        ],
+    );
+    let (mut a_sub, _) = a.ws("/ws/slow");
+    sync(&mut a_sub);
+    let (mut b_probe, _) = b.ws("/ws/slow");
+    sync(&mut b_probe);
+    // B's slow subscriber upgrades and never reads again.
+    let mut stuck = TcpStream::connect(b.addr).unwrap();
+    upgrade_raw(&mut stuck, "/ws/slow");
+    wait_for("B subscribed", || counter(&b, "subscriptions") == 1);
+    probe(&a, "slow", &mut b_probe);
+    drop(b_probe);
+    while poll(&mut a_sub, Duration::from_millis(100)).is_some() {}
+
+    let started = Instant::now();
+    let publisher = {
+        let addr = a.addr;
+        std::thread::spawn(move || {
+            let mut p = ws_at(addr, "/pub/slow");
+            let pad = "x".repeat(1000);
+            for i in 0..N {
+                p.send(Message::text(format!("{{\"seq\":{i},\"pad\":\"{pad}\"}}")))
+                    .unwrap();
+            }
+            p.close(None).unwrap();
+            while p.read().is_ok() {}
+        })
+    };
+    receive_all(
+        "A local",
+        &mut a_sub,
+        Some("slow"),
+        &[("slow", N)],
+        &[&a, &b],
+    );
+    publisher.join().unwrap();
+    let elapsed = started.elapsed();
+    wait_for("B's bridge backs off and NATS drops are counted", || {
+        counter(&b, "slow_consumer_drops") > 0
+    });
+    assert!(
+        counter(&b, "messages_in") < N,
+        "B could not take everything"
+    );
+    wait_for("A forwarded everything", || {
+        counter(&a, "messages_out") >= N
+    });
+    assert_eq!(
+        counter(&a, "out_dropped"),
+        0,
+        "the publishing side lost nothing"
+    );
+    let (code, _) = admin(a.admin.unwrap(), "GET", "/health");
+    assert_eq!(code, 200);
+    assert_eq!(bridge(&b)["state"], "up", "B stays connected");
+    eprintln!("20,000 x 1 KB published on A with a stuck subscriber on B: {elapsed:?}");
+    drop(stuck);
+}
+
+/// A bare NATS protocol client (CONNECT, PUB/HPUB, PING): what a non-shardcast publisher
+/// sends straight to the subjects.
+struct RawNats(TcpStream);
+
+impl RawNats {
+    fn connect(nats: &Nats) -> RawNats {
+        let tcp = TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut c = RawNats(tcp);
+        c.read_until("INFO ");
+        c.0.write_all(b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":false}\r\n")
+            .unwrap();
+        c
+    }
+
+    fn read_until(&mut self, marker: &str) {
+        let mut seen = Vec::new();
+        let mut b = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains(marker) {
+            let n = self.0.read(&mut b).expect("nats-server answers");
+            assert!(
+                n > 0,
+                "nats-server closed: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&b[..n]);
+        }
+    }
+
+    /// Publish with `headers` (name, value) pairs, or a plain PUB without any.
+    fn publish(&mut self, subject: &str, headers: &[(&str, &str)], payload: &[u8]) {
+        let mut out = Vec::new();
+        if headers.is_empty() {
+            write!(out, "PUB {subject} {}\r\n", payload.len()).unwrap();
+        } else {
+            let mut h = String::from("NATS/1.0\r\n");
+            for (k, v) in headers {
+                h += &format!("{k}: {v}\r\n");
+            }
+            h += "\r\n";
+            write!(
+                out,
+                "HPUB {subject} {} {}\r\n{h}",
+                h.len(),
+                h.len() + payload.len()
+            )
+            .unwrap();
+        }
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+        self.0.write_all(&out).unwrap();
+    }
+
+    /// Round trip: everything sent before was processed by the server.
+    fn ping(&mut self) {
+        self.0.write_all(b"PING\r\n").unwrap();
+        self.read_until("PONG");
+    }
+}
+
+#[test]
+fn external_publishers_kinds_and_own_origin() {
+    let nats = Nats::start();
+    let b = host(&nats, &[]);
+    let (mut sub, _) = b.ws("/ws/ext");
+    sync(&mut sub);
+    wait_for("B subscribed", || counter(&b, "subscriptions") == 1);
+    let origin = bridge(&b)["origin"].as_str().unwrap().to_owned();
+    assert_eq!(origin.len(), 16);
+    let mut raw = RawNats::connect(&nats);
+    let subject = "shardcast.ext";
+    // Until the subscription is in place on the server, plain text probes.
+    let end = deadline();
+    loop {
+        assert!(
+            Instant::now() < end,
+            "no delivery from a raw NATS publisher"
+        );
+        raw.publish(subject, &[], b"\"probe\"");
+        raw.ping();
+        if poll(&mut sub, Duration::from_millis(50)).is_some_and(|m| is_probe(&m)) {
+            break;
+        }
+    }
+    while poll(&mut sub, Duration::from_millis(100)).is_some() {}
+    let (in0, invalid0) = (counter(&b, "messages_in"), counter(&b, "in_invalid"));
+    // This host's own origin: ignored (it already delivered its own publishes locally).
+    raw.publish(
+        subject,
+        &[("Shardcast-Origin", &origin), ("Shardcast-Kind", "text")],
+        b"own",
+    );
+    // Labelled text but not UTF-8, and an unknown kind: dropped and counted.
+    raw.publish(subject, &[("Shardcast-Kind", "text")], &[0xff, 0xfe]);
+    raw.publish(subject, &[("Shardcast-Kind", "json")], b"{}");
+    // No kind header: UTF-8 is text, anything else binary; a kind header is obeyed.
+    raw.publish(subject, &[], b"plain");
+    raw.publish(subject, &[], &[0xc3, 0x28]);
+    raw.publish(subject, &[("Shardcast-Kind", "binary")], b"bin");
+    raw.publish(subject, &[("Shardcast-Origin", "someone-else")], b"last");
+    raw.ping();
+    let got: Vec<Message> = (0..4).map(|_| next(&mut sub)).collect();
+    assert_eq!(
+        got,
+        vec![
+            Message::text("plain"),
+            Message::binary(vec![0xc3, 0x28]),
+            Message::binary(b"bin".to_vec()),
+            Message::text("last"),
+        ]
+    );
+    assert_eq!(counter(&b, "own_ignored"), 1);
+    assert_eq!(counter(&b, "in_invalid") - invalid0, 2);
+    assert_eq!(counter(&b, "messages_in") - in0, 4);
+}
