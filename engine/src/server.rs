@@ -238,16 +238,27 @@ async fn run_shard(
 }
 
 /// Deliver envelopes from other shards to local subscribers; park when idle, but while
-/// envelopes for other shards wait in overflow, retry on a short timer instead.
+/// envelopes for other shards wait in overflow, or publishers wait for the mesh backlog to
+/// drain, retry the flush on a short timer instead (only a flush sees consumers' progress).
+/// A parked drain task is woken by `Hub::flush_mesh` when such a backlog appears.
 async fn drain_mesh(hub: Rc<Hub>) {
     let mut batch: Vec<MeshItem> = Vec::new();
     loop {
-        if hub.flush_mesh() > 0 {
+        hub.flush_mesh();
+        if hub.mesh_needs_retry() {
             if hub.link().borrow_mut().try_drain(|e| batch.push(e)) == 0 {
                 monoio::time::sleep(Duration::from_micros(200)).await;
             }
         } else {
-            poll_fn(|cx| hub.link().borrow_mut().poll_drain(cx, |e| batch.push(e))).await;
+            poll_fn(|cx| {
+                // Woken by `flush_mesh` for a backlog: back to the loop top to retry it.
+                if hub.mesh_needs_retry() {
+                    return Poll::Ready(0);
+                }
+                hub.park_drain(cx.waker());
+                hub.link().borrow_mut().poll_drain(cx, |e| batch.push(e))
+            })
+            .await;
         }
         // One clock read per batch: transit is measured to the moment the batch was drained.
         let drained_at = Instant::now();
