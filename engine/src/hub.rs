@@ -787,10 +787,13 @@ impl Hub {
         &self.link
     }
 
-    /// Queue `frame` as the final close frame on every connection (graceful shutdown).
+    /// Queue `frame` as the final close frame on every connection (graceful shutdown). One
+    /// counted frame is shared by all of them, so this adds the frame once plus one queue
+    /// slot per connection, outside the ceiling check (shutdown must not turn into 1013s).
     pub fn close_all(&self, frame: &Bytes) {
+        let close = self.ledger.frame(frame.clone(), None);
         for conn in self.conns.borrow().iter().flatten() {
-            conn.close_with(frame.clone());
+            conn.close_with_frame(close.clone());
         }
     }
 
@@ -1086,6 +1089,27 @@ pub(crate) mod tests {
             hub.stats().evictions(Eviction::Ceiling),
             evicted_order.len() as u64
         );
+    }
+
+    #[test]
+    fn close_all_shares_one_counted_close_frame() {
+        let hub = &hubs(1, &[])[0];
+        let conns: Vec<_> = (0..1000).map(|_| sub(hub, &["t"])).collect();
+        let close = encode_close(CloseCode::GOING_AWAY, "");
+        hub.close_all(&close);
+        assert_eq!(
+            (hub.ledger().frame_bytes(), hub.ledger().retained()),
+            (close.len(), close.len() + 1000 * SLOT_BYTES),
+            "one frame, one slot per connection"
+        );
+        for (_, c) in &conns {
+            assert!(c.closing.get());
+            assert_eq!(frames(c), vec![close.to_vec()]);
+        }
+        for (_, c) in &conns {
+            read(hub, c, close.len());
+        }
+        assert_eq!(hub.ledger().retained(), 0);
     }
 
     /// A publisher on shard 0 keeps publishing while shard 1 does not drain its ring: the
