@@ -84,6 +84,7 @@ pub fn admit(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
     }
     hub.active.set(hub.active.get() + 1);
     stats::add(&s.connections_active, 1);
+    hub.poke_mesh();
     let accepted_at = Instant::now();
     monoio::spawn(handshake_task(
         ActiveGuard(hub.clone()),
@@ -559,6 +560,8 @@ impl WsConn {
                     Poll::Pending
                 })
                 .await;
+                // A busy shard may starve the mesh drain task's retry timer: nudge it.
+                self.hub.poke_mesh();
                 match wake {
                     Wake::Queued => {}
                     Wake::Resumed => {

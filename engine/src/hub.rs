@@ -136,9 +136,11 @@ pub struct Hub {
     mesh_stalled: Cell<bool>,
     /// Publishers stopped by the mesh backlog, woken when it drains.
     mesh_waiters: RefCell<Vec<Waker>>,
-    /// The mesh drain task's waker while it is parked, so that a backlog that needs retrying
-    /// (overflow, or stopped publishers) starts its retry timer.
+    /// The mesh drain task's waker while it waits, so that a backlog that needs retrying
+    /// (overflow, or stopped publishers) gets retried: see [`Hub::poke_mesh`].
     drain_waker: Cell<Option<Waker>>,
+    /// As of the last flush: overflow was pending or publishers were stopped.
+    mesh_retry: Cell<bool>,
     /// The 1013 close frame, shared by every eviction so that evicting never adds bytes.
     evict_close: RefCell<Option<Rc<QueuedFrame>>>,
     /// Per-shard read buffer: connections read into it and keep only partial frames.
@@ -223,6 +225,7 @@ impl Hub {
             mesh_stalled: Cell::new(false),
             mesh_waiters: RefCell::new(Vec::new()),
             drain_waker: Cell::new(None),
+            mesh_retry: Cell::new(false),
             evict_close: RefCell::new(None),
             id,
             config,
@@ -356,9 +359,8 @@ impl Hub {
             link.reconcile();
             if self.governor.mesh_over(link.mesh_bytes()) {
                 self.mesh_stalled.set(true);
-                if let Some(w) = self.drain_waker.take() {
-                    w.wake();
-                }
+                self.mesh_retry.set(true);
+                self.poke_mesh();
             }
         }
     }
@@ -724,11 +726,32 @@ impl Hub {
         self.mesh_stalled.get() || self.link.borrow().overflow_len() > 0
     }
 
-    /// Remember the parked mesh drain task (see [`flush_mesh`](Self::flush_mesh)).
+    /// Remember the waiting mesh drain task, to be woken by [`poke_mesh`](Self::poke_mesh).
     pub fn park_drain(&self, waker: &Waker) {
         match self.drain_waker.take() {
             Some(w) if w.will_wake(waker) => self.drain_waker.set(Some(w)),
             _ => self.drain_waker.set(Some(waker.clone())),
+        }
+    }
+
+    /// True while the drain task waits with its waker registered (no poke since).
+    pub fn drain_parked(&self) -> bool {
+        let w = self.drain_waker.take();
+        let parked = w.is_some();
+        self.drain_waker.set(w);
+        parked
+    }
+
+    /// While a backlog needs retrying, wake the waiting drain task so it flushes. Called by
+    /// every flush and, because monoio fires timers only when a shard has nothing else to
+    /// run, by shard activity (each accept, each connection wake-up): on a busy shard the
+    /// drain task's retry timer alone could starve. One `Cell` read when there is no
+    /// backlog; at most one wake-up per drain task turn (the poke takes the waker).
+    pub fn poke_mesh(&self) {
+        if self.mesh_retry.get() {
+            if let Some(w) = self.drain_waker.take() {
+                w.wake();
+            }
         }
     }
 
@@ -758,7 +781,8 @@ impl Hub {
     /// Signal other shards about envelopes sent since the last flush, release what they
     /// consumed and retry overflow; returns the overflow still pending. Publishers stopped
     /// by the mesh backlog are woken once it is back at [`Governor::mesh_resume`]; while
-    /// overflow is pending or publishers are stopped, a parked drain task is woken to retry.
+    /// overflow is pending or publishers are stopped, the waiting drain task is poked to
+    /// retry.
     pub fn flush_mesh(&self) -> usize {
         let (pending, mesh) = {
             let mut link = self.link.borrow_mut();
@@ -774,11 +798,8 @@ impl Hub {
                 w.wake();
             }
         }
-        if pending > 0 || self.mesh_stalled.get() {
-            if let Some(w) = self.drain_waker.take() {
-                w.wake();
-            }
-        }
+        self.mesh_retry.set(pending > 0 || self.mesh_stalled.get());
+        self.poke_mesh();
         pending
     }
 
