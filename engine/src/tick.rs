@@ -32,7 +32,7 @@ pub async fn tick_task(hub: Rc<Hub>) {
 pub fn tick_once(hub: &Hub, log: Option<&mut ShardLog>) {
     let stats = hub.stats();
     stats.tick(monotonic_ms());
-    hub.ledger().publish(stats);
+    hub.publish_gauges();
     if let Some(log) = log {
         log.on_tick(&hub.latency, Instant::now());
     }
