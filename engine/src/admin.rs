@@ -261,8 +261,9 @@ fn respond(state: &State, request: &Request<'_>) -> Response {
 /// Why the process is unhealthy, one human-readable reason each; empty when healthy. Time is an
 /// input (`now_ms` on the [`monotonic_ms`] clock) so the rules are testable without waiting:
 /// a shard whose loop has not ticked for more than `stall_ms`, and a shard whose queued frames
-/// hold more than [`OVERLOAD_PCT`]% of its share of the queue ceiling (evictions are about to
-/// start, or are running: a load balancer should stop sending new clients here).
+/// and mesh backlog (`retained_bytes`) hold more than [`OVERLOAD_PCT`]% of its share of the
+/// queue ceiling (evictions are about to start, or are running: a load balancer should stop
+/// sending new clients here).
 pub fn unhealthy_reasons(snaps: &[Snapshot], now_ms: u64, stall_ms: u64) -> Vec<String> {
     let mut reasons = Vec::new();
     for (i, s) in snaps.iter().enumerate() {
@@ -278,7 +279,7 @@ pub fn unhealthy_reasons(snaps: &[Snapshot], now_ms: u64, stall_ms: u64) -> Vec<
                 > u128::from(s.queue_ceiling_bytes) * u128::from(OVERLOAD_PCT)
         {
             reasons.push(format!(
-                "shard {i} overloaded: queued frames hold {} of its {} byte ceiling share (> {OVERLOAD_PCT}%)",
+                "shard {i} overloaded: queues and mesh backlog hold {} of its {} byte ceiling share (> {OVERLOAD_PCT}%)",
                 s.retained_bytes, s.queue_ceiling_bytes
             ));
         }
@@ -587,7 +588,7 @@ mod tests {
         assert_eq!(
             unhealthy_reasons(&[at(0), at(901)], 10_000, 2000),
             vec![
-                "shard 1 overloaded: queued frames hold 901 of its 1000 byte ceiling share (> 90%)"
+                "shard 1 overloaded: queues and mesh backlog hold 901 of its 1000 byte ceiling share (> 90%)"
             ]
         );
         let no_ceiling = Snapshot {

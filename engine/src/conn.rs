@@ -84,6 +84,7 @@ pub fn admit(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
     }
     hub.active.set(hub.active.get() + 1);
     stats::add(&s.connections_active, 1);
+    hub.poke_mesh();
     let accepted_at = Instant::now();
     monoio::spawn(handshake_task(
         ActiveGuard(hub.clone()),
@@ -310,15 +311,7 @@ async fn handshake(
                 refuse(hub, auth_refusal(e), auth_error(e), &mut out);
                 break;
             }
-            if hub.is_paused(&topic) {
-                hub.stats().refuse(Refusal::Paused);
-                write_response(
-                    &mut out,
-                    Status::ServiceUnavailable,
-                    &[("Retry-After", "1")],
-                    "text/plain; charset=utf-8",
-                    b"topic paused by back-pressure, retry later",
-                );
+            if refuse_publish(hub, &topic, &mut out) {
                 break;
             }
             let length = match length {
@@ -370,6 +363,11 @@ async fn handshake(
             } else {
                 MessageKind::Binary
             };
+            // Asked again now that the body is in: other requests may have filled the
+            // backlog meanwhile, and each may add at most one message past the gate.
+            if refuse_publish(hub, &topic, &mut out) {
+                break;
+            }
             let s = hub.stats();
             stats::add(&s.messages_in, 1);
             stats::add(&s.bytes_in, length as u64);
@@ -411,6 +409,33 @@ async fn handshake(
     Ok(Accepted::Done)
 }
 
+/// Answer an HTTP publish that back-pressure refuses (503 with `Retry-After: 1`, counted):
+/// the topic is paused, or the shard's mesh backlog is over its share. True if refused.
+fn refuse_publish(hub: &Hub, topic: &str, out: &mut Vec<u8>) -> bool {
+    let (why, body): (Refusal, &[u8]) = if hub.mesh_stalled() {
+        (
+            Refusal::MeshBacklog,
+            b"other shards are behind (mesh backlog), retry later",
+        )
+    } else if hub.is_paused(topic) {
+        (
+            Refusal::Paused,
+            b"topic paused by back-pressure, retry later",
+        )
+    } else {
+        return false;
+    };
+    hub.stats().refuse(why);
+    write_response(
+        out,
+        Status::ServiceUnavailable,
+        &[("Retry-After", "1")],
+        "text/plain; charset=utf-8",
+        body,
+    );
+    true
+}
+
 fn auth_refusal(e: AuthError) -> Refusal {
     match e {
         AuthError::Unauthorized => Refusal::Unauthorized,
@@ -450,6 +475,8 @@ struct WsConn {
 
 enum Wake {
     Queued,
+    /// A publisher holding read input may publish again.
+    Resumed,
     Deadline,
     Writable(io::Result<()>),
     Readable(io::Result<()>),
@@ -516,12 +543,16 @@ impl WsConn {
                             return Poll::Ready(Wake::Deadline);
                         }
                     }
-                    // A publisher of a paused topic is not read (TCP back-pressure reaches
-                    // the producer); the hub wakes it when the topic resumes.
+                    // A publisher of a paused topic, or on a shard whose mesh backlog is
+                    // over its share, is not read (TCP back-pressure reaches the producer);
+                    // the hub wakes it when publishing may go on.
                     let paused = match role {
-                        ConnRole::Publisher(t) => hub.poll_paused(t, cx),
+                        ConnRole::Publisher(t) => hub.poll_publish_stopped(t, cx),
                         _ => false,
                     };
+                    if conn.held_input.get() && !paused && !conn.closing.get() {
+                        return Poll::Ready(Wake::Resumed);
+                    }
                     if !conn.closing.get() && !paused {
                         if let Poll::Ready(r) = readable.as_mut().poll(cx) {
                             return Poll::Ready(Wake::Readable(r));
@@ -530,8 +561,16 @@ impl WsConn {
                     Poll::Pending
                 })
                 .await;
+                // A busy shard may starve the mesh drain task's retry timer: nudge it.
+                self.hub.poke_mesh();
                 match wake {
                     Wake::Queued => {}
+                    Wake::Resumed => {
+                        self.conn.held_input.set(false);
+                        let input = std::mem::take(&mut self.leftover);
+                        self.consume(input);
+                        yield_once = true;
+                    }
                     Wake::Deadline => return false,
                     Wake::Writable(r) => {
                         writable = None;
@@ -607,7 +646,7 @@ impl WsConn {
         let hub = self.hub.clone();
         let mut scratch = hub.scratch.borrow_mut();
         for _ in 0..READS_PER_TURN {
-            if self.conn.closing.get() || self.publishing_paused() {
+            if self.conn.closing.get() || self.conn.held_input.get() || self.publishing_stopped() {
                 return true;
             }
             let n = match sockio::recv(self.fd, &mut scratch) {
@@ -632,14 +671,14 @@ impl WsConn {
         true
     }
 
-    /// True for a publisher whose topic is paused (after taking in pending mesh items, which
-    /// may carry a pause notice from another shard).
-    fn publishing_paused(&self) -> bool {
+    /// True for a publisher that must not publish now (after taking in pending mesh items,
+    /// which may carry a pause notice from another shard): see [`Hub::publish_stopped`].
+    fn publishing_stopped(&self) -> bool {
         let ConnRole::Publisher(t) = &self.role else {
             return false;
         };
         self.hub.drain_now();
-        self.hub.is_paused(t)
+        self.hub.publish_stopped(t)
     }
 
     /// Decode from an owned buffer, keeping the unconsumed tail (and dropping big buffers
@@ -669,6 +708,14 @@ impl WsConn {
         let mut published = false;
         let mut seen = false;
         while off < input.len() && !self.conn.closing.get() {
+            // Asked before every frame, so a publisher stopped mid-read publishes at most the
+            // message that stopped it; the rest of what was read waits in `leftover`.
+            if let ConnRole::Publisher(t) = &self.role {
+                if self.hub.publish_stopped(t) {
+                    self.conn.held_input.set(true);
+                    break;
+                }
+            }
             let d = decoder.decode(&mut input[off..]);
             let consumed = d.consumed;
             match d.result {
@@ -795,6 +842,149 @@ impl Subscriptions for Subs<'_> {
 mod tests {
     use super::*;
     use crate::stats::{DriverKind, ShardStats};
+
+    /// A `/pub/t` publisher task on shard 0 of `shards` test hubs, whose client wrote `n`
+    /// numbered 100-byte messages in one go, then nothing more. A subscriber of `t` on the
+    /// last shard reads everything queued each turn (the mesh is pumped); `observe` runs on
+    /// shard 0's hub after every turn of the publisher task. Returns the sequence numbers the
+    /// subscriber got, in order, once all `n` arrived (bounded: 5,000 turns).
+    fn publish_through_task(
+        kind: DriverKind,
+        shards: usize,
+        args: &[&str],
+        n: u32,
+        observe: impl Fn(&Hub),
+    ) -> Vec<u32> {
+        use std::io::Write;
+        crate::shard::block_on(kind, async {
+            let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (stream, _) = l.accept().await.unwrap();
+            let hubs: Vec<Rc<Hub>> = crate::hub::tests::hubs(shards, args)
+                .into_iter()
+                .map(Rc::new)
+                .collect();
+            let last = &hubs[shards - 1];
+            let sub = Rc::new(Conn {
+                ledger: last.ledger().clone(),
+                ..Conn::default()
+            });
+            let sub_id = last.register(sub.clone());
+            last.subscribe(sub_id, &sub, "t");
+            let conn = Rc::new(Conn {
+                ledger: hubs[0].ledger().clone(),
+                ..Conn::default()
+            });
+            let mut ws = WsConn {
+                hub: hubs[0].clone(),
+                id: hubs[0].register(conn.clone()),
+                conn,
+                role: ConnRole::Publisher(Arc::from("t")),
+                fd: stream.as_raw_fd(),
+                decoder: None,
+                leftover: Vec::new(),
+            };
+            let mut input = bytes::BytesMut::new();
+            for i in 0..n {
+                let mut m = [0u8; 100];
+                m[..4].copy_from_slice(&i.to_be_bytes());
+                shardcast_proto::encode_client_frame(
+                    &mut input,
+                    OpCode::Binary,
+                    true,
+                    &m,
+                    [1, 2, 3, 4],
+                );
+            }
+            client.write_all(&input).unwrap();
+            monoio::spawn(async move { ws.run(&stream).await });
+            let mut got = Vec::new();
+            for _ in 0..5000 {
+                monoio::time::sleep(Duration::from_micros(200)).await;
+                observe(&hubs[0]);
+                for h in &hubs {
+                    h.flush_mesh();
+                }
+                for h in &hubs {
+                    h.drain_now();
+                }
+                let queued: Vec<Vec<u8>> = sub
+                    .queue
+                    .borrow()
+                    .batch(usize::MAX, usize::MAX)
+                    .map(|f| f.to_vec())
+                    .collect();
+                for f in &queued {
+                    got.push(u32::from_be_bytes(f[2..6].try_into().unwrap()));
+                }
+                sub.queue
+                    .borrow_mut()
+                    .advance(queued.iter().map(Vec::len).sum());
+                last.after_write(&sub);
+                if got.len() >= n as usize {
+                    break;
+                }
+            }
+            drop(client);
+            got
+        })
+        .unwrap()
+    }
+
+    fn drivers() -> Vec<DriverKind> {
+        let auto = crate::shard::resolve_driver(crate::config::Driver::Auto).unwrap();
+        let mut kinds = vec![DriverKind::Epoll];
+        if auto != DriverKind::Epoll {
+            kinds.push(auto);
+        }
+        kinds
+    }
+
+    /// A paused topic stops its publisher within one message of the pause, even though the
+    /// whole burst was read at once; the rest waits in the connection's read leftover and is
+    /// published, in order, when the subscriber drains (the client sends nothing more).
+    #[test]
+    fn paused_publisher_overshoots_by_at_most_one_message() {
+        let args = [
+            "--topic-policy",
+            "t=pause,high_water_bytes=300,low_water_bytes=0",
+        ];
+        for kind in drivers() {
+            let most = std::cell::Cell::new(0);
+            let got = publish_through_task(kind, 1, &args, 200, |hub| {
+                most.set(most.get().max(hub.ledger().queued()));
+            });
+            assert_eq!(got, (0..200).collect::<Vec<_>>(), "{kind:?}");
+            // 102-byte frames: two fit under 300; the third pauses and is the only overshoot.
+            assert_eq!(most.get(), 3 * 102, "{kind:?}");
+        }
+    }
+
+    /// Shard 1 drains only between publisher turns: shard 0's mesh backlog stops the publisher
+    /// mid-read within one message of its share, the publisher is counted, resumed by the
+    /// drain, and every message arrives in order.
+    #[test]
+    fn mesh_backlog_stops_the_publisher_mid_read_and_resumes_it() {
+        // 1 MiB at 5% over 2 shards: 26,214 B each, a mesh share of 6,553 B.
+        let args = ["--memory-limit", "1MiB"];
+        for kind in drivers() {
+            // (most backlog seen, its limit, publishers stopped)
+            let seen = std::cell::Cell::new((0, 0, 0));
+            let got = publish_through_task(kind, 2, &args, 400, |hub| {
+                let mesh = hub.link().borrow().mesh_bytes();
+                assert!(hub.ledger().retained() + mesh <= hub.governor().budget);
+                let stalls = stats::get(&hub.stats().mesh_stalls_total);
+                let most = seen.get().0.max(mesh);
+                seen.set((most, hub.governor().mesh_limit, stalls));
+            });
+            assert_eq!(got, (0..400).collect::<Vec<_>>(), "{kind:?}");
+            let (most, limit, stalls) = seen.get();
+            // One 102-byte message's charge: payload, record, entry, overflow slot.
+            let one = crate::mesh::MeshLink::<crate::mesh::MeshItem>::broadcast_charge(102, 1);
+            assert!(most <= limit + one, "{kind:?}: {most} > {limit} + {one}");
+            assert!(stalls >= 1, "{kind:?}: never stopped");
+        }
+    }
 
     /// The serve future is what every idle connection keeps allocated: keep it small.
     #[test]

@@ -5,12 +5,22 @@
 //! The ceiling is `queue_ceiling_pct` of the memory limit, split statically over the shards:
 //! SO_REUSEPORT spreads connections evenly and every shard receives every broadcast, so the
 //! shards' needs are alike, and a static split needs no shared counter on the hot path.
+//!
+//! A shard's charge is its local queues' retained bytes plus its mesh backlog (what it keeps
+//! alive for other shards). Evicting local subscribers cannot release the backlog, so the
+//! backlog has its own limit, [`MESH_SHARE_PCT`] of the budget: above it the shard stops
+//! taking publishes until the backlog is back at half that.
 
 use crate::preflight::{self, MemoryLimit, MemorySource};
 
 /// Fraction of its budget a shard evicts down to once it would go over (in percent), so one
 /// eviction round makes room for many messages instead of one.
 pub const EVICT_TO_PCT: usize = 80;
+
+/// Share of its budget a shard's mesh backlog may reach before its publishers are stopped
+/// (in percent). With eviction rounds aiming at [`EVICT_TO_PCT`], local queues keep at least
+/// 80 - 25 = 55% of the budget whatever the other shards' lag.
+pub const MESH_SHARE_PCT: usize = 25;
 
 /// Slow clients (queues above their high-water mark) tolerated per 1000 connections.
 pub const SLOW_PER_MILLE: usize = 5;
@@ -40,16 +50,30 @@ pub struct Governor {
     pub budget: usize,
     /// What an eviction round brings retained bytes down to.
     pub evict_to: usize,
+    /// Mesh backlog above which the shard stops taking publishes.
+    pub mesh_limit: usize,
+    /// Mesh backlog at or below which stopped publishers resume (hysteresis: half the limit,
+    /// so a backlog hovering at the limit does not wake every publisher per message).
+    pub mesh_resume: usize,
 }
 
 impl Governor {
     /// The share of `ceiling` for one of `shards` shards.
     pub fn new(ceiling: u64, shards: usize) -> Self {
         let budget = (ceiling / shards.max(1) as u64) as usize;
+        let pct = |p: usize| budget / 100 * p + budget % 100 * p / 100;
+        let mesh_limit = pct(MESH_SHARE_PCT);
         Governor {
             budget,
-            evict_to: budget / 100 * EVICT_TO_PCT + budget % 100 * EVICT_TO_PCT / 100,
+            evict_to: pct(EVICT_TO_PCT),
+            mesh_limit,
+            mesh_resume: mesh_limit / 2,
         }
+    }
+
+    /// True if a mesh backlog of `mesh` bytes must stop this shard's publishers.
+    pub fn mesh_over(&self, mesh: usize) -> bool {
+        mesh > self.mesh_limit
     }
 
     /// True if retaining `extra` more bytes on top of `retained` stays within the budget.
@@ -93,6 +117,8 @@ mod tests {
         let g = Governor::new((64u64 << 20) * 5 / 100, 2);
         assert_eq!(g.budget, 1_677_721);
         assert_eq!(g.evict_to, 1_342_176);
+        assert_eq!((g.mesh_limit, g.mesh_resume), (419_430, 209_715));
+        assert!(!g.mesh_over(g.mesh_limit) && g.mesh_over(g.mesh_limit + 1));
         assert!(g.fits(g.budget - 10, 10));
         assert!(!g.fits(g.budget - 10, 11));
         assert!(!g.relieved(g.evict_to + 1, 0));

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::governor::Governor;
 use crate::heartbeat::{Liveness, ShardHeartbeat};
 use crate::latency::LocalLatency;
-use crate::mesh::{Envelope, MeshItem, MeshLink};
+use crate::mesh::{Envelope, MeshItem, MeshLink, MeshPayload};
 use crate::policy::{Action, Policies, Policy};
 use crate::queue::{Ledger, QueuedFrame, SendQueue, SLOT_BYTES};
 use crate::stats::{self, Discard, Eviction, ShardStats};
@@ -51,6 +51,11 @@ pub struct Conn {
     /// Shard clock (ms, `ShardHeartbeat`) of the last write that made progress, or of the
     /// registration: how long an evicted connection had stalled (`conn::record_eviction_stall`).
     pub write_progress: Cell<u32>,
+    /// A publisher stopped decoding (paused topic or mesh backlog) with whole frames left in
+    /// its read leftover: they are decoded as soon as publishing may go on, before any new
+    /// read. (Kept here, in `Conn`'s padding, rather than in the task state idle
+    /// connections keep.)
+    pub held_input: Cell<bool>,
 }
 
 impl Conn {
@@ -129,6 +134,16 @@ pub struct Hub {
     /// Connections with `slow_low` set.
     slow: Cell<usize>,
     pauses: RefCell<HashMap<Arc<str>, PauseState>>,
+    /// The mesh backlog went over its share: publishers on this shard are stopped until it is
+    /// back at [`Governor::mesh_resume`].
+    mesh_stalled: Cell<bool>,
+    /// Publishers stopped by the mesh backlog, woken when it drains.
+    mesh_waiters: RefCell<Vec<Waker>>,
+    /// The mesh drain task's waker while it waits, so that a backlog that needs retrying
+    /// (overflow, or stopped publishers) gets retried: see [`Hub::poke_mesh`].
+    drain_waker: Cell<Option<Waker>>,
+    /// As of the last flush: overflow was pending or publishers were stopped.
+    mesh_retry: Cell<bool>,
     /// The 1013 close frame, shared by every eviction so that evicting never adds bytes.
     evict_close: RefCell<Option<Rc<QueuedFrame>>>,
     /// Per-shard read buffer: connections read into it and keep only partial frames.
@@ -213,6 +228,10 @@ impl Hub {
             registered: Cell::new(0),
             slow: Cell::new(0),
             pauses: RefCell::new(HashMap::new()),
+            mesh_stalled: Cell::new(false),
+            mesh_waiters: RefCell::new(Vec::new()),
+            drain_waker: Cell::new(None),
+            mesh_retry: Cell::new(false),
             evict_close: RefCell::new(None),
             id,
             config,
@@ -356,17 +375,38 @@ impl Hub {
             env.stream_frame.as_ref(),
             env.published_at,
         );
+        let participants = self.link.borrow().shards();
         // Every other participant: the other shards, and the NATS bridge when it is on (it
         // forwards local publishes only; what arrives from NATS is delivered, never re-sent).
+        // Toward the bridge the overflow is bounded (one ring's worth): a bridge that cannot
+        // keep up loses forwards, counted, instead of growing this shard's memory.
+        let bridge_full = self
+            .bridge
+            .is_some_and(|b| self.link.borrow().pending(b) >= self.config.ring_capacity);
+        if bridge_full {
+            stats::add(&self.stats().bridge_dropped, 1);
+        }
+        let skip = |d: usize| d == self.id || (bridge_full && Some(d) == self.bridge);
+        let fanout = (0..participants).filter(|&d| !skip(d)).count();
+        if fanout == 0 {
+            return;
+        }
+        let item = MeshItem::Publish(env);
+        // The backlog is charged to this shard's budget like a local frame. The message was
+        // already read, so it goes out even if no room can be made (the gate below then stops
+        // further reads).
+        let charge = MeshLink::<MeshItem>::broadcast_charge(item.payload_bytes(), fanout);
+        self.make_room(charge, &self.conns.borrow());
         let mut link = self.link.borrow_mut();
-        for dest in (0..link.shards()).filter(|&d| d != self.id) {
-            // Toward the bridge the overflow is bounded (one ring's worth): a bridge that cannot
-            // keep up loses forwards, counted, instead of growing this shard's memory.
-            if Some(dest) == self.bridge && link.pending(dest) >= self.config.ring_capacity {
-                stats::add(&self.stats().bridge_dropped, 1);
-                continue;
+        link.broadcast((0..participants).filter(|&d| !skip(d)), item);
+        if !self.mesh_stalled.get() && self.governor.mesh_over(link.mesh_bytes()) {
+            // Only a fresh look at what consumers took can tell a real backlog from a stale one.
+            link.reconcile();
+            if self.governor.mesh_over(link.mesh_bytes()) {
+                self.mesh_stalled.set(true);
+                self.mesh_retry.set(true);
+                self.poke_mesh();
             }
-            link.send(dest, MeshItem::Publish(env.clone()));
         }
     }
 
@@ -479,13 +519,21 @@ impl Hub {
         conn.push(frame);
     }
 
-    /// Make room for `extra` more retained bytes: if they would not fit in the shard's
-    /// budget, evict the connections with the most unsent bytes until retained bytes are
-    /// at most [`Governor::evict_to`] and `extra` fits. False if even that was not enough.
+    /// Make room for `extra` more charged bytes: if they would not fit in the shard's
+    /// budget, evict the connections with the most unsent bytes until the charge (queues +
+    /// mesh backlog) is at most [`Governor::evict_to`] and `extra` fits. Evicting releases only
+    /// local queues: when the backlog alone leaves no room for `extra`, nobody is evicted, and
+    /// when it alone is above `evict_to`, eviction stops once `extra` fits. False if there is
+    /// no room.
     fn make_room(&self, extra: usize, conns: &[Option<Rc<Conn>>]) -> bool {
-        if self.governor.fits(self.ledger.retained(), extra) {
+        if self.governor.fits(self.charged(), extra) {
             return true;
         }
+        let mesh = self.link.borrow().mesh_bytes();
+        if !self.governor.fits(mesh, extra) {
+            return false;
+        }
+        let target_fits_only = mesh > self.governor.evict_to;
         let candidates = conns
             .iter()
             .enumerate()
@@ -498,14 +546,28 @@ impl Hub {
             })
             .collect();
         for id in Governor::order(candidates) {
-            if self.governor.relieved(self.ledger.retained(), extra) {
+            let charged = self.charged();
+            if self.governor.relieved(charged, extra)
+                || (target_fits_only && self.governor.fits(charged, extra))
+            {
                 break;
             }
             if let Some(c) = &conns[id] {
                 self.evict(c, Eviction::Ceiling);
             }
         }
-        self.governor.fits(self.ledger.retained(), extra)
+        self.governor.fits(self.charged(), extra)
+    }
+
+    /// Bytes charged to this shard's budget: its queued frames plus its mesh backlog.
+    pub fn charged(&self) -> usize {
+        self.ledger.retained() + self.link.borrow().mesh_bytes()
+    }
+
+    /// Copy the queue and mesh gauges into the shard's stats (the tick calls this).
+    pub fn publish_gauges(&self) {
+        self.ledger
+            .publish(self.stats(), self.link.borrow().mesh_bytes());
     }
 
     /// Close a connection with 1013 "try again later": its unstarted frames are released at
@@ -689,6 +751,68 @@ impl Hub {
         true
     }
 
+    /// True while this shard takes no publishes because its mesh backlog is over its share.
+    pub fn mesh_stalled(&self) -> bool {
+        self.mesh_stalled.get()
+    }
+
+    /// True if a publisher of `topic` on this shard must not publish now: the topic is
+    /// paused, or the mesh backlog is over its share. Cheap enough to ask per message.
+    pub fn publish_stopped(&self, topic: &str) -> bool {
+        self.mesh_stalled.get() || self.is_paused(topic)
+    }
+
+    /// [`publish_stopped`](Self::publish_stopped), registering the task of `cx` to be woken
+    /// when publishing may go on. Each publisher stopped by the mesh backlog is counted once
+    /// per episode (`mesh_stalls_total`).
+    pub fn poll_publish_stopped(&self, topic: &str, cx: &mut Context<'_>) -> bool {
+        if self.mesh_stalled.get() {
+            let mut waiters = self.mesh_waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+                stats::add(&self.stats().mesh_stalls_total, 1);
+            }
+            return true;
+        }
+        self.poll_paused(topic, cx)
+    }
+
+    /// True while only retrying [`flush_mesh`](Self::flush_mesh) can make progress:
+    /// envelopes wait in overflow, or publishers wait for the backlog to drain. The drain task
+    /// then retries on a timer instead of parking.
+    pub fn mesh_needs_retry(&self) -> bool {
+        self.mesh_stalled.get() || self.link.borrow().overflow_len() > 0
+    }
+
+    /// Remember the waiting mesh drain task, to be woken by [`poke_mesh`](Self::poke_mesh).
+    pub fn park_drain(&self, waker: &Waker) {
+        match self.drain_waker.take() {
+            Some(w) if w.will_wake(waker) => self.drain_waker.set(Some(w)),
+            _ => self.drain_waker.set(Some(waker.clone())),
+        }
+    }
+
+    /// True while the drain task waits with its waker registered (no poke since).
+    pub fn drain_parked(&self) -> bool {
+        let w = self.drain_waker.take();
+        let parked = w.is_some();
+        self.drain_waker.set(w);
+        parked
+    }
+
+    /// While a backlog needs retrying, wake the waiting drain task so it flushes. Called by
+    /// every flush and, because monoio fires timers only when a shard has nothing else to
+    /// run, by shard activity (each accept, each connection wake-up): on a busy shard the
+    /// drain task's retry timer alone could starve. One `Cell` read when there is no
+    /// backlog; at most one wake-up per drain task turn (the poke takes the waker).
+    pub fn poke_mesh(&self) {
+        if self.mesh_retry.get() {
+            if let Some(w) = self.drain_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
     /// Handle whatever other shards have sent so far, from inside another task. A publisher
     /// calls this between reads: a firehose publisher must see a pause notice promptly even
     /// when the shard's mesh drain task does not get scheduled in between (observed with the
@@ -717,14 +841,28 @@ impl Hub {
         }
     }
 
-    /// Signal other shards about envelopes sent since the last flush and retry overflow;
-    /// returns the overflow still pending.
+    /// Signal other shards about envelopes sent since the last flush, release what they
+    /// consumed and retry overflow; returns the overflow still pending. Publishers stopped
+    /// by the mesh backlog are woken once it is back at [`Governor::mesh_resume`]; while
+    /// overflow is pending or publishers are stopped, the waiting drain task is poked to
+    /// retry.
     pub fn flush_mesh(&self) -> usize {
-        let mut link = self.link.borrow_mut();
-        let pending = link.flush();
-        let s = self.stats();
-        s.ring_overflow_total.store(link.overflow_total(), Relaxed);
-        s.overflow_len.store(pending as u64, Relaxed);
+        let (pending, mesh) = {
+            let mut link = self.link.borrow_mut();
+            let pending = link.flush();
+            let s = self.stats();
+            s.ring_overflow_total.store(link.overflow_total(), Relaxed);
+            s.overflow_len.store(pending as u64, Relaxed);
+            (pending, link.mesh_bytes())
+        };
+        if self.mesh_stalled.get() && mesh <= self.governor.mesh_resume {
+            self.mesh_stalled.set(false);
+            for w in self.mesh_waiters.take() {
+                w.wake();
+            }
+        }
+        self.mesh_retry.set(pending > 0 || self.mesh_stalled.get());
+        self.poke_mesh();
         pending
     }
 
@@ -733,10 +871,13 @@ impl Hub {
         &self.link
     }
 
-    /// Queue `frame` as the final close frame on every connection (graceful shutdown).
+    /// Queue `frame` as the final close frame on every connection (graceful shutdown). One
+    /// counted frame is shared by all of them, so this adds the frame once plus one queue
+    /// slot per connection, outside the ceiling check (shutdown must not turn into 1013s).
     pub fn close_all(&self, frame: &Bytes) {
+        let close = self.ledger.frame(frame.clone(), None, None);
         for conn in self.conns.borrow().iter().flatten() {
-            conn.close_with(frame.clone());
+            conn.close_with_frame(close.clone());
         }
     }
 
@@ -765,7 +906,7 @@ impl Hub {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use shardcast_proto::{encode_frame, OpCode};
 
@@ -776,8 +917,8 @@ mod tests {
         Hub::new(0, Arc::new(config), stats, link, Default::default())
     }
 
-    /// `shards` hubs wired through a real mesh, configured by CLI-style `args`.
-    fn hubs(shards: usize, args: &[&str]) -> Vec<Hub> {
+    /// `shards` hubs wired through a real mesh (rings of 64), configured by CLI-style `args`.
+    pub(crate) fn hubs(shards: usize, args: &[&str]) -> Vec<Hub> {
         use clap::Parser;
         let shards_arg = shards.to_string();
         let mut argv = vec!["shardcast", "--shards", &shards_arg];
@@ -807,6 +948,15 @@ mod tests {
             hub.subscribe(id, &conn, t);
         }
         (id, conn)
+    }
+
+    /// A waker that records that it was woken.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Relaxed);
+        }
     }
 
     /// Deliver queued mesh items on every hub.
@@ -855,7 +1005,7 @@ mod tests {
         assert_eq!(hub.ledger().retained(), len + 10_000 * SLOT_BYTES);
         assert_eq!(hub.ledger().queued(), 10_000 * len);
         let s = hub.stats();
-        hub.ledger().publish(s); // what the shard's tick does
+        hub.publish_gauges(); // what the shard's tick does
         assert_eq!(
             stats::get(&s.retained_bytes),
             (len + 10_000 * SLOT_BYTES) as u64
@@ -1008,13 +1158,6 @@ mod tests {
 
     #[test]
     fn paused_publisher_is_woken_on_resume() {
-        use std::task::Wake;
-        struct Flag(std::sync::atomic::AtomicBool);
-        impl Wake for Flag {
-            fn wake(self: Arc<Self>) {
-                self.0.store(true, Relaxed);
-            }
-        }
         let args = [
             "--topic-policy",
             "p=pause,high_water_bytes=10,low_water_bytes=0",
@@ -1084,6 +1227,127 @@ mod tests {
             hub.stats().evictions(Eviction::Ceiling),
             evicted_order.len() as u64
         );
+    }
+
+    #[test]
+    fn close_all_shares_one_counted_close_frame() {
+        let hub = &hubs(1, &[])[0];
+        let conns: Vec<_> = (0..1000).map(|_| sub(hub, &["t"])).collect();
+        let close = encode_close(CloseCode::GOING_AWAY, "");
+        hub.close_all(&close);
+        assert_eq!(
+            (hub.ledger().frame_bytes(), hub.ledger().retained()),
+            (close.len(), close.len() + 1000 * SLOT_BYTES),
+            "one frame, one slot per connection"
+        );
+        for (_, c) in &conns {
+            assert!(c.closing.get());
+            assert_eq!(frames(c), vec![close.to_vec()]);
+        }
+        for (_, c) in &conns {
+            read(hub, c, close.len());
+        }
+        assert_eq!(hub.ledger().retained(), 0);
+    }
+
+    /// A publisher on shard 0 keeps publishing while shard 1 does not drain its ring: the
+    /// backlog is charged to shard 0 (with a local subscriber that never reads), which never
+    /// goes over its budget; the publisher is stopped (and counted) instead of anything being
+    /// dropped, is woken once shard 1 catches up, and every message arrives in order.
+    #[test]
+    fn mesh_backlog_stops_the_publisher_within_budget_and_loses_nothing() {
+        // 64 MiB at 5% over 2 shards: 1,677,721 B each, a mesh share of 419,430 B.
+        let args = ["--memory-limit", "64MiB", "--high-water-bytes", "100MiB"];
+        let hubs = hubs(2, &args);
+        let (h0, h1) = (&hubs[0], &hubs[1]);
+        let budget = h0.governor().budget;
+        let t: Arc<str> = Arc::from("t");
+        let (_, hog) = sub(h0, &["t"]);
+        let (_, local) = sub(h0, &["t"]);
+        let (_, remote) = sub(h1, &["t"]);
+        let seq = |f: &[u8]| u32::from_be_bytes(f[4..8].try_into().unwrap());
+        let (mut got_local, mut got_remote) = (Vec::new(), Vec::new());
+        let take = |hub: &Hub, c: &Conn, got: &mut Vec<u32>| {
+            let f = frames(c);
+            got.extend(f.iter().map(|f| seq(f)));
+            read(hub, c, f.iter().map(Vec::len).sum());
+        };
+        let flag = Arc::new(Flag(Default::default()));
+        let waker = Waker::from(flag.clone());
+        let (mut published, mut stops, mut max_mesh) = (0u32, 0u64, 0usize);
+        const N: u32 = 3000;
+        while published < N {
+            if h0.publish_stopped("t") {
+                assert!(h0.poll_publish_stopped("t", &mut Context::from_waker(&waker)));
+                assert!(h0.mesh_stalled());
+                stops += 1;
+                // Nothing drains shard 1: retrying the flush does not resume the publisher.
+                h0.flush_mesh();
+                assert!(!flag.0.load(Relaxed) && h0.publish_stopped("t"));
+                // Shard 1 catches up.
+                for _ in 0..1000 {
+                    if !h0.publish_stopped("t") {
+                        break;
+                    }
+                    pump(&hubs);
+                    take(h1, &remote, &mut got_remote);
+                }
+                assert!(flag.0.swap(false, Relaxed), "publisher woken");
+                continue;
+            }
+            let mut payload = vec![0u8; 1000];
+            payload[..4].copy_from_slice(&published.to_be_bytes());
+            h0.publish(&t, MessageKind::Binary, &payload);
+            published += 1;
+            if published % 16 == 0 {
+                h0.flush_mesh(); // one flush per read batch, as a publisher does
+            }
+            let mesh = h0.link().borrow().mesh_bytes();
+            max_mesh = max_mesh.max(mesh);
+            let retained = h0.ledger().retained();
+            assert!(retained + mesh <= budget, "{published}: over the budget");
+            assert!(
+                mesh <= h0.governor().mesh_limit + 1100,
+                "{published}: gate missed"
+            );
+            take(h0, &local, &mut got_local);
+        }
+        for _ in 0..1000 {
+            pump(&hubs);
+            take(h1, &remote, &mut got_remote);
+            if got_remote.len() == N as usize {
+                break;
+            }
+        }
+        h0.flush_mesh();
+        assert_eq!(
+            got_remote,
+            (0..N).collect::<Vec<_>>(),
+            "in order, nothing lost"
+        );
+        assert_eq!(got_local, (0..N).collect::<Vec<_>>());
+        assert!(
+            max_mesh > h0.governor().mesh_limit,
+            "the backlog reached the gate"
+        );
+        assert!(stops >= 2, "stopped {stops} times");
+        assert_eq!(h0.link().borrow().mesh_bytes(), 0);
+        assert!(
+            hog.closing.get(),
+            "the never-reading local subscriber made room"
+        );
+        let s = h0.stats();
+        assert_eq!(stats::get(&s.mesh_stalls_total), stops);
+        assert!(s.evictions(Eviction::Ceiling) >= 1);
+        // The backlog shows in the gauges the tick copies.
+        let (_, slow_remote) = sub(h1, &["u"]);
+        h0.publish(&Arc::from("u"), MessageKind::Binary, &[1; 500]);
+        h0.publish_gauges();
+        let (mesh, retained) = (stats::get(&s.mesh_bytes), stats::get(&s.retained_bytes));
+        assert_eq!(mesh as usize, h0.link().borrow().mesh_bytes());
+        assert!(mesh > 500 && retained == mesh + h0.ledger().retained() as u64);
+        pump(&hubs);
+        assert_eq!(frames(&slow_remote).len(), 1);
     }
 
     #[test]

@@ -126,8 +126,20 @@ pub const SCALARS: &[Scalar] = &[
     Scalar {
         name: "shardcast_queue_retained_bytes",
         kind: Kind::Gauge,
-        help: "Bytes held by queued frames on the shard: each shared frame once, plus queue slots.",
+        help: "Bytes charged to the shard's ceiling share: queued frames (each shared frame once, plus queue slots) plus shardcast_mesh_bytes.",
         get: |s| s.retained_bytes,
+    },
+    Scalar {
+        name: "shardcast_mesh_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes the shard keeps alive in the inter-shard rings and overflow until other shards consume them (each broadcast once).",
+        get: |s| s.mesh_bytes,
+    },
+    Scalar {
+        name: "shardcast_mesh_stalls_total",
+        kind: Kind::Counter,
+        help: "WebSocket publishers stopped because the shard's mesh backlog was over its share of the ceiling.",
+        get: |s| s.mesh_stalls_total,
     },
     Scalar {
         name: "shardcast_queue_unsent_bytes",

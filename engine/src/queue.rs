@@ -10,7 +10,11 @@
 //! A frame queued on several shards (a broadcast arrives on each through the mesh) is counted
 //! by every shard holding it: per shard the count is exact, the process total is conservative
 //! by at most `(shards - 1)` × such frames. That keeps every counter shard-local (no shared
-//! atomic on the hot path).
+//! atomic on the hot path). While a broadcast waits in the mesh, the publishing shard's
+//! mesh backlog charges it once more (`mesh::MeshLink::mesh_bytes`), until the last other
+//! shard has taken it: the publisher counts it at most twice (queues + backlog) while at most
+//! `shards - 2` others do, then once while `shards - 1` others do, so the process total stays
+//! conservative by at most `(shards - 1)` × such frames.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -57,9 +61,13 @@ impl Ledger {
         self.queued.get()
     }
 
-    /// Copy the gauges into the shard's stats (called from the shard's tick).
-    pub fn publish(&self, stats: &ShardStats) {
-        stats.retained_bytes.store(self.retained() as u64, Relaxed);
+    /// Copy the gauges into the shard's stats (called from the shard's tick). `mesh` is the
+    /// shard's mesh backlog, charged to the same budget: `retained_bytes` includes it.
+    pub fn publish(&self, stats: &ShardStats, mesh: usize) {
+        stats
+            .retained_bytes
+            .store((self.retained() + mesh) as u64, Relaxed);
+        stats.mesh_bytes.store(mesh as u64, Relaxed);
         stats.queued_frames.store(self.entries() as u64, Relaxed);
         stats
             .total_queued_bytes

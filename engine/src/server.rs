@@ -1,9 +1,10 @@
 //! Server start-up and shutdown: bind the per-shard listeners, build the mesh, spawn the
 //! shards, and run each shard's accept loop and mesh drain task.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
@@ -265,16 +266,27 @@ async fn run_shard(
 }
 
 /// Deliver envelopes from other shards to local subscribers; park when idle, but while
-/// envelopes for other shards wait in overflow, retry on a short timer instead.
+/// envelopes for other shards wait in overflow, or publishers wait for the mesh backlog to
+/// drain, retry the flush (only a flush sees consumers' progress): see [`retry_pause`]. A
+/// parked drain task is poked by `Hub::flush_mesh` when such a backlog appears.
 async fn drain_mesh(hub: Rc<Hub>) {
     let mut batch: Vec<MeshItem> = Vec::new();
     loop {
-        if hub.flush_mesh() > 0 {
+        hub.flush_mesh();
+        if hub.mesh_needs_retry() {
             if hub.link().borrow_mut().try_drain(|e| batch.push(e)) == 0 {
-                monoio::time::sleep(Duration::from_micros(200)).await;
+                retry_pause(&hub).await;
             }
         } else {
-            poll_fn(|cx| hub.link().borrow_mut().poll_drain(cx, |e| batch.push(e))).await;
+            poll_fn(|cx| {
+                // Woken by `flush_mesh` for a backlog: back to the loop top to retry it.
+                if hub.mesh_needs_retry() {
+                    return Poll::Ready(0);
+                }
+                hub.park_drain(cx.waker());
+                hub.link().borrow_mut().poll_drain(cx, |e| batch.push(e))
+            })
+            .await;
         }
         // One clock read per batch: transit is measured to the moment the batch was drained.
         let drained_at = Instant::now();
@@ -286,6 +298,129 @@ async fn drain_mesh(hub: Rc<Hub>) {
                 );
             }
             hub.receive(item);
+        }
+    }
+}
+
+/// Between two retries of the mesh backlog: [`MESH_RETRY`], or less if the shard pokes the
+/// drain task (`Hub::poke_mesh`). monoio fires timers only when a shard has nothing else to
+/// run, so on a busy shard the timer alone could postpone the retry for as long as it stays
+/// busy; the pokes come from that very activity, at most one per drain task turn, so an idle
+/// shard sleeps and a busy one retries once per round of its other work (never a spin).
+async fn retry_pause(hub: &Hub) {
+    let mut sleep = pin!(monoio::time::sleep(MESH_RETRY));
+    let mut parked = false;
+    poll_fn(|cx| {
+        if sleep.as_mut().poll(cx).is_ready() || (parked && !hub.drain_parked()) {
+            return Poll::Ready(());
+        }
+        hub.park_drain(cx.waker());
+        parked = true;
+        Poll::Pending
+    })
+    .await
+}
+
+/// Retry period of a mesh backlog on an idle shard (monoio's timer wheel rounds it up to 1-2 ms).
+const MESH_RETRY: Duration = Duration::from_micros(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::DriverKind;
+    use std::cell::Cell;
+    use std::task::Waker;
+
+    /// Two tasks that keep a shard busy the way I/O does: each turn one wakes the other
+    /// (queued at the back, behind whatever else is runnable) and waits for its turn. Every
+    /// turn pokes the mesh, like a connection wake-up. (A task that wakes itself would not
+    /// do: monoio runs it again at once, ahead of every other task.)
+    struct Busy {
+        turn: Cell<usize>,
+        left: Cell<u32>,
+        wakers: [Cell<Option<Waker>>; 2],
+    }
+
+    async fn busy_player(busy: Rc<Busy>, me: usize, hub: Rc<Hub>) {
+        loop {
+            poll_fn(|cx| {
+                if busy.turn.get() == me {
+                    return Poll::Ready(());
+                }
+                busy.wakers[me].set(Some(cx.waker().clone()));
+                Poll::Pending
+            })
+            .await;
+            let done = busy.left.get() == 0;
+            if !done {
+                busy.left.set(busy.left.get() - 1);
+                hub.poke_mesh();
+            }
+            busy.turn.set(1 - me);
+            if let Some(w) = busy.wakers[1 - me].take() {
+                w.wake();
+            }
+            if done {
+                return;
+            }
+        }
+    }
+
+    /// While other tasks keep a shard runnable, monoio fires no timer (it does so only when
+    /// nothing else can run); the pokes that activity makes still get the mesh backlog
+    /// retried within a few turns instead of after the busy spell.
+    #[test]
+    fn a_busy_shard_still_retries_its_mesh_backlog() {
+        let auto = shard::resolve_driver(crate::config::Driver::Auto).unwrap();
+        for kind in [DriverKind::Epoll, auto] {
+            const TURNS: u32 = 20_000;
+            let (left_at_retry, tick_fired_during_busy) = shard::block_on(kind, async {
+                let hubs: Vec<Rc<Hub>> = crate::hub::tests::hubs(2, &["--memory-limit", "1MiB"])
+                    .into_iter()
+                    .map(Rc::new)
+                    .collect();
+                let h0 = hubs[0].clone();
+                // Shard 1 never drains: shard 0's publishers end up stopped.
+                let t: std::sync::Arc<str> = "t".into();
+                while !h0.mesh_stalled() {
+                    h0.publish(&t, shardcast_proto::MessageKind::Binary, &[0; 100]);
+                }
+                h0.flush_mesh();
+                assert!(h0.mesh_needs_retry());
+                let busy = Rc::new(Busy {
+                    turn: Cell::new(0),
+                    left: Cell::new(TURNS),
+                    wakers: Default::default(),
+                });
+                let players: Vec<_> = (0..2)
+                    .map(|me| monoio::spawn(busy_player(busy.clone(), me, h0.clone())))
+                    .collect();
+                // A plain timer, to show the starvation the pokes work around.
+                let timer = {
+                    let busy = busy.clone();
+                    monoio::spawn(async move {
+                        monoio::time::sleep(Duration::from_millis(1)).await;
+                        busy.left.get() > 0
+                    })
+                };
+                retry_pause(&h0).await;
+                let at_retry = busy.left.get();
+                for p in players {
+                    p.await;
+                }
+                (at_retry, timer.await)
+            })
+            .unwrap();
+            assert!(
+                left_at_retry > TURNS - 10,
+                "{kind:?}: retried only after {} busy turns",
+                TURNS - left_at_retry
+            );
+            // If timers did fire while the shard was busy, this test would prove nothing.
+            assert!(
+                !tick_fired_during_busy,
+                "{kind:?}: a timer fired while busy"
+            );
         }
     }
 }

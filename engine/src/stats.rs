@@ -34,11 +34,14 @@ pub enum Refusal {
     TooLarge,
     /// HTTP publish to a topic paused by back-pressure (503 with Retry-After).
     Paused,
+    /// HTTP publish while the shard's inter-shard backlog is over its share (503 with
+    /// Retry-After).
+    MeshBacklog,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::MaxConnections,
         Refusal::HandshakeTimeout,
         Refusal::BadRequest,
@@ -47,6 +50,7 @@ impl Refusal {
         Refusal::NotFound,
         Refusal::TooLarge,
         Refusal::Paused,
+        Refusal::MeshBacklog,
     ];
 
     /// Stable name for /stats and /metrics.
@@ -60,6 +64,7 @@ impl Refusal {
             Refusal::NotFound => "not_found",
             Refusal::TooLarge => "too_large",
             Refusal::Paused => "paused",
+            Refusal::MeshBacklog => "mesh_backlog",
         }
     }
 }
@@ -96,7 +101,7 @@ pub struct ShardStats {
     pub connections_active: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
-    refused: [AtomicU64; 8],
+    refused: [AtomicU64; 9],
     /// WebSocket/HTTP messages received from clients.
     pub messages_in: AtomicU64,
     /// Payload bytes received from clients.
@@ -125,8 +130,15 @@ pub struct ShardStats {
     pub idle_timeouts_total: AtomicU64,
     /// Connections closed at the end of their maximum lifetime.
     pub lifetime_closes_total: AtomicU64,
-    /// Bytes retained by queued frames on this shard: each frame once plus queue slots.
+    /// Bytes charged to this shard's share of the ceiling: queued frames (each once, plus
+    /// queue slots) plus `mesh_bytes`.
     pub retained_bytes: AtomicU64,
+    /// Bytes this shard keeps alive in the inter-shard mesh (rings and overflow) until the
+    /// other shards have consumed them; part of `retained_bytes`.
+    pub mesh_bytes: AtomicU64,
+    /// Times a WebSocket publisher on this shard was stopped because the mesh backlog was
+    /// over its share (once per publisher per episode).
+    pub mesh_stalls_total: AtomicU64,
     /// Logical unsent bytes over this shard's queues (a shared frame counts per queue).
     pub total_queued_bytes: AtomicU64,
     /// Queue entries over this shard's queues.
@@ -159,7 +171,7 @@ pub struct Snapshot {
     pub accepted: u64,
     /// Refusals, indexed like [`Refusal::ALL`].
     #[serde(skip)]
-    pub refused: [u64; 8],
+    pub refused: [u64; 9],
     /// Messages received from clients.
     pub messages_in: u64,
     /// Payload bytes received from clients.
@@ -186,8 +198,12 @@ pub struct Snapshot {
     pub idle_timeouts_total: u64,
     /// Connections closed at the end of their maximum lifetime.
     pub lifetime_closes_total: u64,
-    /// Bytes retained by queued frames (each frame once, plus queue slots).
+    /// Bytes charged to the ceiling share: queued frames (each once, plus slots) + mesh.
     pub retained_bytes: u64,
+    /// Bytes kept alive in the inter-shard mesh for other shards (part of the above).
+    pub mesh_bytes: u64,
+    /// WebSocket publishers stopped by the mesh backlog.
+    pub mesh_stalls_total: u64,
     /// Logical unsent bytes over every queue.
     pub total_queued_bytes: u64,
     /// Queue entries over every queue.
@@ -340,6 +356,8 @@ impl ShardStats {
             idle_timeouts_total: get(&self.idle_timeouts_total),
             lifetime_closes_total: get(&self.lifetime_closes_total),
             retained_bytes: get(&self.retained_bytes),
+            mesh_bytes: get(&self.mesh_bytes),
+            mesh_stalls_total: get(&self.mesh_stalls_total),
             total_queued_bytes: get(&self.total_queued_bytes),
             queued_frames: get(&self.queued_frames),
             queue_ceiling_bytes: get(&self.queue_ceiling_bytes),

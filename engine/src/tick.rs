@@ -36,7 +36,7 @@ pub async fn tick_task(hub: Rc<Hub>) {
 pub fn tick_once(hub: &Hub, log: Option<&mut ShardLog>, depth: &mut DepthSampler) {
     let stats = hub.stats();
     stats.tick(monotonic_ms());
-    hub.ledger().publish(stats);
+    hub.publish_gauges();
     let now = Instant::now();
     if let Some(log) = log {
         log.on_tick(&hub.latency, now);
