@@ -2,6 +2,10 @@
 # Observability cost: fan-out max rate with latency recording on and off, alternating, REPEAT
 # times each (default 3), server on CPU 0 and generator on CPU 1; prints one line per run and the
 # medians. Results for docs/BENCHMARKS.md ("Observability: cost of recording").
+# `--latency-recording off` switches off every histogram: handshake, ring transit, broadcast
+# latency (one sample per delivery, the one on the fan-out path), eviction stall and the queue
+# depth sampling. Each run reads the broadcast sample count from /stats after the load (the admin
+# listener is polled only then), so a run shows that recording was on (count = deliveries) or off (0).
 #   scripts/bench-obs.sh                       # SHARDS=2 DURATION=10 SUBSCRIBERS=1000 REPEAT=3
 #   RATE=2000 scripts/bench-obs.sh             # fixed rate: compare server CPU µs per delivery
 set -euo pipefail
@@ -14,7 +18,7 @@ SRV=target/release/shardcast GEN=target/release/shardcast-bench
 
 run_once() { # $1 = on|off, $2 = run number
   local log="$OUT/server.$1.$2.log" json="$OUT/fanout.$1.$2.json" addr="" pid
-  taskset -c 0 "$SRV" --listen 127.0.0.1:0 --admin-listen off --shards "$SHARDS" \
+  taskset -c 0 "$SRV" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --shards "$SHARDS" \
     --latency-recording "$1" --log warn >"$log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do
@@ -25,8 +29,11 @@ run_once() { # $1 = on|off, $2 = run number
   taskset -c 1 "$GEN" fanout --url "ws://$addr" --cpus 1 --server-pid "$pid" \
     --subscribers "$SUBSCRIBERS" --size 64 --duration "$DURATION" --topic obs --json "$json" \
     ${RATE:+--rate "$RATE"} 2>/dev/null
+  admin=$(grep -o '(admin [0-9.]*:[0-9]*' "$log" | head -1 | awk '{print $2}')
+  sleep 0.3 # histograms reach /stats on the shards' next 100 ms tick
+  samples=$(python3 -c "import json,urllib.request as u; s=json.load(u.urlopen('http://$admin/stats')); print(sum(x['latency_us']['broadcast']['count'] for x in s['shards']))")
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  python3 -c "import json,sys; j=json.load(open('$json')); print('$1', $2, round(j['deliveries_per_s']), j['lost'], 'load', open('/proc/loadavg').read().split()[0], 'cpu_us_per_delivery', j.get('server_cpu_us_per_delivery'))"
+  python3 -c "import json,sys; j=json.load(open('$json')); print('$1', $2, round(j['deliveries_per_s']), j['lost'], 'load', open('/proc/loadavg').read().split()[0], 'cpu_us_per_delivery', j.get('server_cpu_us_per_delivery'), 'broadcast_samples', $samples)"
 }
 
 for r in $(seq "$REPEAT"); do

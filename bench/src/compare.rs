@@ -1,17 +1,18 @@
 //! `compare`: per-shard latency side by side, from `--histogram-log` files or a live admin
 //! listener, with shards whose p99 strays from the median shard's flagged, and an optional
-//! percentile-distribution plot (SVG).
+//! percentile-distribution plot (SVG and/or PNG; text in the embedded font, see `font.rs`).
 //!
 //! Files are grouped by label, so a shard's rotated files (`shard-0.handshake.1.hlog`,
 //! `shard-0.handshake.hlog`) add up to one row.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io;
+use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
 use hdrhistogram::Histogram;
 use plotters::coord::combinators::{BindKeyPoints, IntoLogRange};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::hlog;
@@ -25,7 +26,7 @@ pub struct CompareArgs {
     /// Label for each file input, in order (default: `shard-N` from the file name)
     #[arg(long)]
     pub label: Vec<String>,
-    /// Latency kind fetched from an admin URL: handshake or ring_transit
+    /// Histogram kind fetched from an admin URL: handshake, ring_transit, broadcast or eviction_stall
     #[arg(long, default_value = "handshake")]
     pub kind: String,
     /// Flag shards whose p99 deviates from the median shard's p99 by more than this many percent
@@ -34,6 +35,9 @@ pub struct CompareArgs {
     /// Write a percentile-distribution plot (one line per shard) to this SVG file
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Write the same plot as a PNG image (960×540)
+    #[arg(long)]
+    pub png: Option<PathBuf>,
 }
 
 /// One shard's (or label's) merged histogram.
@@ -60,6 +64,10 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
     print!("{table}");
     if let Some(path) = &args.svg {
         plot_svg(&series, path).map_err(|e| e.to_string())?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.png {
+        plot_png(&series, path).map_err(|e| e.to_string())?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -218,10 +226,44 @@ fn percent_label(x: f64) -> String {
     format!("{}%", s.trim_end_matches('0').trim_end_matches('.'))
 }
 
+/// Plot size in pixels (SVG user units and PNG pixels alike).
+const PLOT_SIZE: (u32, u32) = (960, 540);
+
+/// [`draw`] into an SVG file.
+pub fn plot_svg(series: &[Series], path: &Path) -> io::Result<()> {
+    crate::font::register();
+    let root = SVGBackend::new(path, PLOT_SIZE).into_drawing_area();
+    draw(&root, series)?;
+    root.present().map_err(plot_error)
+}
+
+/// [`draw`] into an RGB bitmap in memory, then encode it as PNG.
+pub fn plot_png(series: &[Series], path: &Path) -> io::Result<()> {
+    crate::font::register();
+    let (w, h) = PLOT_SIZE;
+    let mut rgb = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, PLOT_SIZE).into_drawing_area();
+        draw(&root, series)?;
+        root.present().map_err(plot_error)?;
+    }
+    let file = BufWriter::new(std::fs::File::create(path)?);
+    let mut encoder = png::Encoder::new(file, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder
+        .write_header()
+        .and_then(|mut w| w.write_image_data(&rgb))
+        .map_err(io::Error::other)
+}
+
+fn plot_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("plot: {e}"))
+}
+
 /// The percentile distribution of every series on the 1/(1-q) log scale (HdrHistogram's
 /// classic plot), y in µs on a log scale.
-pub fn plot_svg(series: &[Series], path: &Path) -> io::Result<()> {
-    let to_io = |e: &dyn std::fmt::Display| io::Error::other(format!("plot: {e}"));
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, series: &[Series]) -> io::Result<()> {
     let curves: Vec<Vec<(f64, f64)>> = series
         .iter()
         .map(|s| {
@@ -249,9 +291,8 @@ pub fn plot_svg(series: &[Series], path: &Path) -> io::Result<()> {
         .max(1) as f64
         / 1.5;
     let y_min = y_min.max(1.0).min(y_max / 10.0);
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| to_io(&e))?;
-    let mut chart = ChartBuilder::on(&root)
+    root.fill(&WHITE).map_err(plot_error)?;
+    let mut chart = ChartBuilder::on(root)
         .caption("Latency by percentile, per shard", ("sans-serif", 22))
         .margin(16)
         .margin_right(48)
@@ -263,7 +304,7 @@ pub fn plot_svg(series: &[Series], path: &Path) -> io::Result<()> {
                 .with_key_points(vec![2.0, 10.0, 100.0, 1000.0, 10_000.0, X_MAX]),
             (y_min..y_max).log_scale(),
         )
-        .map_err(|e| to_io(&e))?;
+        .map_err(plot_error)?;
     chart
         .configure_mesh()
         .x_desc("percentile")
@@ -271,12 +312,12 @@ pub fn plot_svg(series: &[Series], path: &Path) -> io::Result<()> {
         .x_label_formatter(&|x| percent_label(*x))
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
-        .map_err(|e| to_io(&e))?;
+        .map_err(plot_error)?;
     for (i, (s, points)) in series.iter().zip(curves).enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(|e| to_io(&e))?
+            .map_err(plot_error)?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
@@ -286,8 +327,7 @@ pub fn plot_svg(series: &[Series], path: &Path) -> io::Result<()> {
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| to_io(&e))?;
-    root.present().map_err(|e| to_io(&e))?;
+        .map_err(plot_error)?;
     Ok(())
 }
 
@@ -356,12 +396,14 @@ mod tests {
             inputs.push(path.to_str().unwrap().to_owned());
         }
         let svg = dir.join("plot.svg");
+        let png_path = dir.join("plot.png");
         let args = CompareArgs {
             inputs,
             label: vec![],
             kind: "handshake".into(),
             threshold: 50.0,
             svg: Some(svg.clone()),
+            png: Some(png_path.clone()),
         };
         let series = load(&args).unwrap();
         let (table, flagged) = render_table(&series, args.threshold);
@@ -395,7 +437,44 @@ mod tests {
             text.contains("99.99%") && text.contains("50%"),
             "x axis labels"
         );
+        let (size, colors) = png_summary(&png_path);
+        assert_eq!(size, PLOT_SIZE);
+        // White, black text and grid greys, antialiasing, and one colour per shard's line.
+        assert!(colors > 20, "only {colors} colours: nothing drawn?");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A PNG's size and its number of distinct colours.
+    fn png_summary(path: &Path) -> ((u32, u32), usize) {
+        let decoder = png::Decoder::new(io::BufReader::new(std::fs::File::open(path).unwrap()));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        let colors: std::collections::HashSet<&[u8]> =
+            buf[..info.buffer_size()].chunks(3).collect();
+        ((info.width, info.height), colors.len())
+    }
+
+    /// Text needs glyphs: the embedded font covers what the plots write.
+    #[test]
+    fn embedded_font_renders_text_into_the_bitmap() {
+        crate::font::register();
+        let (w, h) = (200u32, 40u32);
+        let mut rgb = vec![0u8; (w * h * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+            root.fill(&WHITE).unwrap();
+            root.draw_text(
+                "p99.9% 42 µs",
+                &("sans-serif", 20).into_font().color(&BLACK),
+                (4, 8),
+            )
+            .unwrap();
+            root.present().unwrap();
+        }
+        let dark = rgb.chunks(3).filter(|p| p.iter().all(|&c| c < 100)).count();
+        assert!(dark > 50, "{dark} dark pixels: text not rasterized");
     }
 
     #[test]
@@ -403,6 +482,10 @@ mod tests {
         assert_eq!(
             label_from_path(Path::new("/x/shard-12.ring_transit.3.hlog")),
             "shard-12"
+        );
+        assert_eq!(
+            label_from_path(Path::new("shard-3.eviction_stall.hlog")),
+            "shard-3"
         );
         assert_eq!(label_from_path(Path::new("other.hlog")), "other");
         let dir = fixture_dir("rotated");
@@ -420,6 +503,7 @@ mod tests {
             kind: "handshake".into(),
             threshold: 50.0,
             svg: None,
+            png: None,
         };
         let series = load(&args).unwrap();
         let labels: Vec<_> = series
@@ -458,9 +542,9 @@ mod tests {
                 }
                 let body: Vec<u8> = if line.starts_with("GET /stats ") {
                     br#"{"shards":[{"shard":0},{"shard":1}]}"#.to_vec()
-                } else if line.starts_with("GET /histograms?shard=0&kind=ring_transit ") {
+                } else if line.starts_with("GET /histograms?shard=0&kind=broadcast ") {
                     logs[0].clone()
-                } else if line.starts_with("GET /histograms?shard=1&kind=ring_transit ") {
+                } else if line.starts_with("GET /histograms?shard=1&kind=broadcast ") {
                     logs[1].clone()
                 } else {
                     panic!("unexpected request {line:?}")
@@ -477,9 +561,10 @@ mod tests {
         let series = load(&CompareArgs {
             inputs: vec![format!("http://{addr}/")],
             label: vec![],
-            kind: "ring_transit".into(),
+            kind: "broadcast".into(),
             threshold: 50.0,
             svg: None,
+            png: None,
         })
         .unwrap();
         server.join().unwrap();

@@ -56,8 +56,11 @@ pub fn http_get(authority: &str, path: &str) -> io::Result<Vec<u8>> {
     let head = String::from_utf8_lossy(&response[..split]);
     let status = head.split(' ').nth(1).unwrap_or("");
     if status != "200" {
+        // The admin listener says why in the body's first line (e.g. the valid kinds).
         let first = head.lines().next().unwrap_or("");
-        return Err(invalid(format!("GET {path}: {first}")));
+        let body = String::from_utf8_lossy(&response[split + 4..]);
+        let why = body.lines().next().unwrap_or("");
+        return Err(invalid(format!("GET {path}: {first}: {why}")));
     }
     Ok(response[split + 4..].to_vec())
 }

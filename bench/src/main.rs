@@ -9,6 +9,7 @@ mod compare;
 mod connect;
 mod dial;
 mod fanout;
+mod font;
 mod hlog;
 mod idle;
 mod incident;

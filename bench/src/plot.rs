@@ -77,6 +77,7 @@ fn draw(
     ymin: f64,
     ymax: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    crate::font::register();
     let root = SVGBackend::new(&args.out, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)

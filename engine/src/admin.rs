@@ -14,11 +14,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 use shardcast_proto::http::{write_response, Parse, Request, RequestLimits, RequestParser, Status};
 
 use crate::bridge::stats::{BridgeSnapshot, BridgeStats};
-use crate::latency::{LatencyKind, Summary};
+use crate::depth::{DepthSample, DepthSummary};
+use crate::latency::{merged_summary, LatencyKind, Summary, KINDS};
 use crate::server::Shutdown;
 use crate::stats::{
     monotonic_ms, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES,
@@ -241,8 +243,12 @@ fn respond(state: &State, request: &Request<'_>) -> Response {
         "/metrics" => Response {
             status: Status::Ok,
             content_type: metrics::CONTENT_TYPE,
-            body: metrics::render(&reports(state, &snaps), &process(state), bridge.as_ref())
-                .into_bytes(),
+            body: metrics::render(
+                &reports(state, &snaps, &capture(state)),
+                &process(state),
+                bridge.as_ref(),
+            )
+            .into_bytes(),
         },
         _ => histogram_log(
             state,
@@ -291,7 +297,9 @@ pub struct ShardReport {
     /// Driver.
     pub driver: DriverKind,
     /// Latency summaries, indexed like [`LatencyKind::ALL`].
-    pub latency: [Summary; 2],
+    pub latency: [Summary; KINDS],
+    /// The latest queue depth sample.
+    pub depth: DepthSummary,
     /// Milliseconds since the shard's last tick.
     pub tick_age_ms: u64,
 }
@@ -304,16 +312,36 @@ pub struct ProcessReport {
     pub uptime_seconds: f64,
 }
 
-fn reports(state: &State, snaps: &[Snapshot]) -> Vec<ShardReport> {
+/// One shard's histograms, copied once per request, so a shard's numbers and the merged totals
+/// agree even when the shard publishes in between.
+struct Captured {
+    latency: [Histogram<u64>; KINDS],
+    depth: DepthSample,
+}
+
+fn capture(state: &State) -> Vec<Captured> {
+    state
+        .stats
+        .iter()
+        .map(|s| Captured {
+            latency: LatencyKind::ALL.map(|k| s.latency.clone_of(k)),
+            depth: s.queue_depth.clone_of(),
+        })
+        .collect()
+}
+
+fn reports(state: &State, snaps: &[Snapshot], captured: &[Captured]) -> Vec<ShardReport> {
     let now = monotonic_ms();
     state
         .stats
         .iter()
         .zip(snaps)
-        .map(|(s, snap)| ShardReport {
+        .zip(captured)
+        .map(|((s, snap), c)| ShardReport {
             snap: *snap,
             driver: s.driver(),
-            latency: LatencyKind::ALL.map(|k| s.latency.summary(k)),
+            latency: c.latency.each_ref().map(Summary::of),
+            depth: c.depth.summary(),
             tick_age_ms: now.saturating_sub(snap.last_tick_ms),
         })
         .collect()
@@ -382,12 +410,49 @@ fn sum_into(total: &mut Map<String, Value>, v: &Map<String, Value>) {
     }
 }
 
+/// The headline distribution fields of /stats (percentiles, so never summed): broadcast latency
+/// in µs, eviction stall in ms, queue depth in entries and bytes (with the number of
+/// connections the depth sample covered).
+fn percentiles_json(
+    m: &mut Map<String, Value>,
+    broadcast: &Summary,
+    stall: &Summary,
+    depth: &DepthSummary,
+) {
+    let b = broadcast;
+    m.insert("broadcast_latency_p50_us".into(), b.p50.into());
+    m.insert("broadcast_latency_p99_us".into(), b.p99.into());
+    m.insert("broadcast_latency_p999_us".into(), b.p999.into());
+    let e = stall;
+    let ms = |us: u64| us.saturating_add(500) / 1000;
+    m.insert("eviction_stall_p50_ms".into(), ms(e.p50).into());
+    m.insert("eviction_stall_p99_ms".into(), ms(e.p99).into());
+    m.insert("eviction_stall_max_ms".into(), ms(e.max).into());
+    m.insert("queue_depth_connections".into(), depth.connections.into());
+    let [_, p95, p99] = depth.frames;
+    m.insert("p95_queue_depth".into(), p95.into());
+    m.insert("p99_queue_depth".into(), p99.into());
+    m.insert("max_queue_depth".into(), depth.max_frames.into());
+    let [_, p95, p99] = depth.bytes;
+    m.insert("p95_queue_depth_bytes".into(), p95.into());
+    m.insert("p99_queue_depth_bytes".into(), p99.into());
+    m.insert("max_queue_depth_bytes".into(), depth.max_bytes.into());
+}
+
 fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>) -> Value {
     let mut totals = Map::new();
     let mut shards = Vec::with_capacity(snaps.len());
-    for (i, r) in reports(state, snaps).iter().enumerate() {
+    let captured = capture(state);
+    for (i, r) in reports(state, snaps, &captured).iter().enumerate() {
         let mut m = counters_json(&r.snap);
         sum_into(&mut totals, &m);
+        let latency = |k: LatencyKind| &r.latency[k as usize];
+        percentiles_json(
+            &mut m,
+            latency(LatencyKind::Broadcast),
+            latency(LatencyKind::EvictionStall),
+            &r.depth,
+        );
         m.insert("shard".into(), i.into());
         m.insert("driver".into(), r.driver.name().into());
         m.insert("tick_age_ms".into(), r.tick_age_ms.into());
@@ -403,6 +468,19 @@ fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>
     if let Some(first) = snaps.first() {
         totals.insert("memory_limit".into(), first.memory_limit.into());
     }
+    // Merged only for the kinds the totals show: merging walks whole histograms.
+    let merged =
+        |k: LatencyKind| merged_summary(k, captured.iter().map(|c| &c.latency[k as usize]));
+    let mut depth = DepthSample::default();
+    for c in &captured {
+        depth.add(&c.depth);
+    }
+    percentiles_json(
+        &mut totals,
+        &merged(LatencyKind::Broadcast),
+        &merged(LatencyKind::EvictionStall),
+        &depth.summary(),
+    );
     let p = process(state);
     let mut out = json!({
         "uptime_seconds": p.uptime_seconds,
@@ -424,7 +502,7 @@ fn histogram_log(state: &State, shard: Option<&str>, kind: Option<&str>) -> Resp
     let Some(kind) = kind.and_then(LatencyKind::from_name) else {
         return Response::text(
             Status::BadRequest,
-            "kind must be handshake or ring_transit\n",
+            "kind must be handshake, ring_transit, broadcast or eviction_stall\n",
         );
     };
     let Some(shard) = shard.and_then(|s| s.parse::<usize>().ok()) else {
@@ -439,7 +517,7 @@ fn histogram_log(state: &State, shard: Option<&str>, kind: Option<&str>) -> Resp
     let tag = format!("shard{shard}_{}", kind.name());
     let written = IntervalLogWriterBuilder::new()
         .add_comment(&format!(
-            "shardcast shard {shard} {} latency, values in microseconds",
+            "shardcast shard {shard} {}, values in microseconds",
             kind.name()
         ))
         .with_start_time(state.started_wall)

@@ -143,7 +143,7 @@ pub struct Config {
     pub histogram_log: Option<PathBuf>,
     /// Period of the interval logs.
     pub histogram_log_interval_ms: u64,
-    /// Whether shards record latency histograms at all.
+    /// Whether shards record histograms (latencies, eviction stalls, queue depths) at all.
     pub latency_recording: Recording,
     /// Number of shards (threads, one per CPU).
     pub shards: usize,
@@ -241,7 +241,7 @@ pub struct Overrides {
     /// Interval of the histogram logs in ms [default: 10000]
     #[arg(long, env = "SHARDCAST_HISTOGRAM_LOG_INTERVAL_MS")]
     pub histogram_log_interval_ms: Option<u64>,
-    /// Record latency histograms (off only to measure their cost; /stats then shows zeros) [default: on]
+    /// Record histograms: latencies, eviction stalls, queue depth samples (off only to measure their cost; /stats then shows zeros) [default: on]
     #[arg(long, env = "SHARDCAST_LATENCY_RECORDING")]
     pub latency_recording: Option<Recording>,
     /// Number of shards, one thread per CPU [default: all CPUs in the affinity mask]

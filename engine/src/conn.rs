@@ -151,6 +151,7 @@ async fn handshake_task(
     });
     let id = hub.register(conn.clone());
     conn.liveness.set(hub.heartbeat.start(hub.id, id));
+    conn.write_progress.set(hub.heartbeat.now());
     let role = match route {
         Route::Subscribe(t) => {
             hub.subscribe(id, &conn, &t);
@@ -597,17 +598,36 @@ impl WsConn {
     }
 
     fn write_queued(&mut self) -> io::Result<bool> {
+        let hub = &self.hub;
         let mut queue = self.conn.queue.borrow_mut();
-        let mut iovecs = self.hub.iovecs.borrow_mut();
+        let mut iovecs = hub.iovecs.borrow_mut();
+        // One clock read per write call (as an Instant and on the shard clock), shared by every
+        // frame it completes; none at all with `--latency-recording off`.
+        let recording = hub.latency.is_recording();
+        let mut clock: Option<(Instant, u32)> = None;
         while !queue.is_empty() {
             match sockio::send_frames(
                 self.fd,
                 queue.batch(sockio::MAX_IOVECS, 1 << 20),
                 &mut iovecs,
             ) {
+                Ok(n) if recording && n > 0 => {
+                    let (now, now_ms) = *clock.get_or_insert_with(|| {
+                        let now = Instant::now();
+                        (now, hub.heartbeat.ms_at(now))
+                    });
+                    let mut broadcast = hub.latency.recorder(LatencyKind::Broadcast);
+                    queue.advance_with(n, |f| {
+                        if let (Some(at), Some(r)) = (f.published_at, broadcast.as_mut()) {
+                            r.record(now.saturating_duration_since(at));
+                        }
+                    });
+                    self.conn.write_progress.set(now_ms);
+                    stats::add(&hub.stats().bytes_out, n as u64);
+                }
                 Ok(n) => {
                     queue.advance(n);
-                    stats::add(&self.hub.stats().bytes_out, n as u64);
+                    stats::add(&hub.stats().bytes_out, n as u64);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -720,6 +740,31 @@ impl WsConn {
         }
         off
     }
+}
+
+/// Record how long `conn`, about to be evicted, had gone without write progress: since its
+/// last write that made progress, or since its oldest unsent frame was published if that is
+/// later (a connection idle for an hour that a burst overran before its writer ran had not
+/// stalled for an hour). An empty queue has not stalled at all (one message alone was over the
+/// high-water mark). Called by [`Hub::evict`], once per eviction.
+pub fn record_eviction_stall(hub: &Hub, conn: &Conn) {
+    if !hub.latency.is_recording() {
+        return;
+    }
+    let now = Instant::now();
+    let idle_ms = hub
+        .heartbeat
+        .ms_at(now)
+        .wrapping_sub(conn.write_progress.get());
+    let since_progress = Duration::from_millis(u64::from(idle_ms));
+    let stall = match conn.queue.borrow().head() {
+        None => Duration::ZERO,
+        Some(head) => match head.published_at {
+            Some(at) => since_progress.min(now.saturating_duration_since(at)),
+            None => since_progress,
+        },
+    };
+    hub.latency.record(LatencyKind::EvictionStall, stall);
 }
 
 /// Act on one event; returns true if it published (so the mesh needs a flush).

@@ -33,6 +33,9 @@ mod tests {
             "queued",
             "evictions",
             "refusals",
+            "broadcast-p99",
+            "depth-p99",
+            "broadcast-charts",
         ] {
             assert!(HTML.contains(&format!("id=\"{id}\"")), "missing #{id}");
         }

@@ -262,7 +262,13 @@ impl ShardHeartbeat {
 
     /// Milliseconds since the shard epoch, wrapping every 49.7 days.
     pub fn now(&self) -> u32 {
-        self.epoch.elapsed().as_millis() as u32
+        self.ms_at(Instant::now())
+    }
+
+    /// `at` on the same clock as [`now`](Self::now), for callers that already read the clock
+    /// (instants before the epoch read as 0).
+    pub fn ms_at(&self, at: Instant) -> u32 {
+        at.saturating_duration_since(self.epoch).as_millis() as u32
     }
 
     /// Liveness for connection `id` of shard `shard` starting now. The jitter seed mixes the

@@ -20,7 +20,7 @@ use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 
-use crate::latency::{new_histogram, LatencyKind, LocalLatency};
+use crate::latency::{new_histogram, new_histograms, LatencyKind, LocalLatency, KINDS};
 
 /// A log file is rotated once it reaches this size.
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -76,7 +76,7 @@ struct Interval {
 /// The shard's side: interval accumulators and the channel to its writer thread.
 pub struct ShardLog {
     interval: Duration,
-    pending: [Histogram<u64>; 2],
+    pending: [Histogram<u64>; KINDS],
     started: Instant,
     started_wall: SystemTime,
     tx: SyncSender<Interval>,
@@ -96,7 +96,7 @@ impl ShardLog {
             .spawn(move || write_loop(shard, &settings, base, rx))?;
         Ok(ShardLog {
             interval,
-            pending: [new_histogram(), new_histogram()],
+            pending: new_histograms(),
             started: Instant::now(),
             started_wall: base,
             tx,
@@ -115,7 +115,7 @@ impl ShardLog {
         }
         let end = self.started_wall + now.duration_since(self.started);
         for kind in LatencyKind::ALL {
-            let hist = std::mem::replace(&mut self.pending[kind as usize], new_histogram());
+            let hist = std::mem::replace(&mut self.pending[kind as usize], new_histogram(kind));
             let record = Interval {
                 kind,
                 hist,
@@ -147,7 +147,7 @@ struct Open {
 }
 
 fn write_loop(shard: usize, settings: &Settings, base: SystemTime, rx: Receiver<Interval>) {
-    let mut files: [Option<Open>; 2] = [None, None];
+    let mut files: [Option<Open>; KINDS] = Default::default();
     let mut serializer = V2DeflateSerializer::new();
     for rec in rx {
         let slot = &mut files[rec.kind as usize];
@@ -185,7 +185,7 @@ fn append(
         // a restart), so timestamps below are always relative to this process's BaseTime.
         builder
             .add_comment(&format!(
-                "shardcast shard {shard} {} latency, values in microseconds",
+                "shardcast shard {shard} {}, values in microseconds",
                 rec.kind.name()
             ))
             .with_start_time(rec.start)
@@ -308,7 +308,9 @@ mod tests {
             "empty interval still written"
         );
         assert!(!p(3).exists(), "keep_files bounds the rotated files");
-        assert!(log_path(&dir, 7, LatencyKind::RingTransit, 0).exists());
+        for kind in LatencyKind::ALL {
+            assert!(log_path(&dir, 7, kind, 0).exists(), "{kind:?}");
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 }

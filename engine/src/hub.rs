@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Waker};
+use std::time::Instant;
 
 use bytes::Bytes;
 use shardcast_proto::{encode_close, CloseCode, MessageKind};
@@ -47,6 +48,9 @@ pub struct Conn {
     pub liveness: Cell<Liveness>,
     /// Close without waiting: write what fits now, skip the linger (the peer is presumed dead).
     pub abort: Cell<bool>,
+    /// Shard clock (ms, `ShardHeartbeat`) of the last write that made progress, or of the
+    /// registration: how long an evicted connection had stalled (`conn::record_eviction_stall`).
+    pub write_progress: Cell<u32>,
     /// A publisher stopped decoding (paused topic or mesh backlog) with whole frames left in
     /// its read leftover: they are decoded as soon as publishing may go on, before any new
     /// read. (Kept here, in `Conn`'s padding, rather than in the task state idle
@@ -62,7 +66,7 @@ impl Conn {
         if self.closing.get() || frame.is_empty() {
             return;
         }
-        self.push_frame(self.ledger.frame(frame, None));
+        self.push_frame(self.ledger.frame(frame, None, None));
     }
 
     /// Queue a shared frame and wake the writer (no-op once closing).
@@ -365,7 +369,12 @@ impl Hub {
     /// [`flush_mesh`](Self::flush_mesh) after a batch.
     pub fn publish(&self, topic: &Arc<str>, kind: MessageKind, payload: &[u8]) {
         let env = Envelope::encode(topic.clone(), kind, payload);
-        self.deliver(topic, &env.frame, env.stream_frame.as_ref());
+        self.deliver(
+            topic,
+            &env.frame,
+            env.stream_frame.as_ref(),
+            env.published_at,
+        );
         let participants = self.link.borrow().shards();
         // Every other participant: the other shards, and the NATS bridge when it is on (it
         // forwards local publishes only; what arrives from NATS is delivered, never re-sent).
@@ -403,8 +412,15 @@ impl Hub {
 
     /// Queue a published frame to this shard's subscribers of `topic`, applying the topic's
     /// policy and the shard's ceiling. Each frame is wrapped (and counted) once, however many
-    /// queues take it.
-    pub fn deliver(&self, topic: &str, frame: &Bytes, stream_frame: Option<&Bytes>) {
+    /// queues take it. `published_at` (when the publish was accepted) travels with the frame
+    /// for the broadcast latency.
+    pub fn deliver(
+        &self,
+        topic: &str,
+        frame: &Bytes,
+        stream_frame: Option<&Bytes>,
+        published_at: Instant,
+    ) {
         let topics = self.topics.borrow();
         let Some((name, subs, policy)) = topics.lookup(topic) else {
             return;
@@ -429,7 +445,11 @@ impl Hub {
                     self.evict(conn, Eviction::Ceiling);
                     continue;
                 }
-                *slot = Some(self.ledger.frame(bytes.clone(), Some(name.clone())));
+                *slot = Some(self.ledger.frame(
+                    bytes.clone(),
+                    Some(name.clone()),
+                    Some(published_at),
+                ));
             }
             let qf = slot.as_ref().expect("just set");
             if self.offer(&conns, conn, qf, name, policy) {
@@ -556,6 +576,7 @@ impl Hub {
         if conn.closing.get() {
             return;
         }
+        crate::conn::record_eviction_stall(self, conn);
         conn.queue.borrow_mut().clear_unstarted();
         self.unslow(conn);
         self.release_pauses(conn, usize::MAX);
@@ -566,6 +587,7 @@ impl Hub {
             .get_or_insert_with(|| {
                 self.ledger.frame(
                     encode_close(CloseCode::TRY_AGAIN_LATER, "try again later"),
+                    None,
                     None,
                 )
             })
@@ -806,9 +828,12 @@ impl Hub {
     /// Handle one item from another shard.
     pub fn receive(&self, item: MeshItem) {
         match item {
-            MeshItem::Publish(env) => {
-                self.deliver(&env.topic, &env.frame, env.stream_frame.as_ref())
-            }
+            MeshItem::Publish(env) => self.deliver(
+                &env.topic,
+                &env.frame,
+                env.stream_frame.as_ref(),
+                env.published_at,
+            ),
             MeshItem::Pause(t) => self.pause_count(&t, true),
             MeshItem::Resume(t) => self.pause_count(&t, false),
             // Interest notices are addressed to the bridge only; shards never receive them.
@@ -850,7 +875,7 @@ impl Hub {
     /// counted frame is shared by all of them, so this adds the frame once plus one queue
     /// slot per connection, outside the ceiling check (shutdown must not turn into 1013s).
     pub fn close_all(&self, frame: &Bytes) {
-        let close = self.ledger.frame(frame.clone(), None);
+        let close = self.ledger.frame(frame.clone(), None, None);
         for conn in self.conns.borrow().iter().flatten() {
             conn.close_with_frame(close.clone());
         }
@@ -858,12 +883,25 @@ impl Hub {
 
     /// Visit every registered connection with its id (the heartbeat sweep). `f` must not
     /// register or unregister connections.
-    pub fn for_each_conn(&self, mut f: impl FnMut(u32, &Conn)) {
-        for (id, conn) in self.conns.borrow().iter().enumerate() {
+    pub fn for_each_conn(&self, f: impl FnMut(u32, &Conn)) {
+        self.for_each_conn_in(0..usize::MAX, f);
+    }
+
+    /// Visit the registered connections whose slot is in `slots` (the queue depth sampler
+    /// spreads one pass over several ticks). `f` must not register or unregister connections.
+    pub fn for_each_conn_in(&self, slots: std::ops::Range<usize>, mut f: impl FnMut(u32, &Conn)) {
+        let conns = self.conns.borrow();
+        let slots = slots.start.min(conns.len())..slots.end.min(conns.len());
+        for (id, conn) in conns[slots.clone()].iter().enumerate() {
             if let Some(conn) = conn {
-                f(id as u32, conn);
+                f((slots.start + id) as u32, conn);
             }
         }
+    }
+
+    /// Connection slots (registered connections plus free slots).
+    pub fn conn_slots(&self) -> usize {
+        self.conns.borrow().len()
     }
 }
 
@@ -1003,6 +1041,46 @@ pub(crate) mod tests {
         assert_eq!(frames(&fast).len(), 1, "fast subscriber unaffected");
         hub.publish(&t, MessageKind::Binary, &[1]);
         assert_eq!(frames(&slow).len(), 2, "nothing queued after the close");
+    }
+
+    #[test]
+    fn each_eviction_records_how_long_the_connection_had_stalled() {
+        use crate::latency::LatencyKind;
+        use std::time::Duration;
+        let hub = &hubs(1, &["--high-water-bytes", "1000"])[0];
+        let ago = |s| Instant::now() - Duration::from_secs(s);
+        let frame = encode_frame(OpCode::Binary, &[0; 600]);
+        let stalls = || {
+            hub.latency.publish(&hub.stats().latency);
+            hub.stats().latency.clone_of(LatencyKind::EvictionStall)
+        };
+        let within = |us: u64, secs: u64| us.abs_diff(secs * 1_000_000) <= secs * 20_000;
+        // No write progress for 5 s, oldest unsent frame published 10 s ago: stalled 5 s.
+        let (_, a) = sub(hub, &["a"]);
+        a.write_progress.set(hub.heartbeat.now().wrapping_sub(5000));
+        hub.deliver("a", &frame, None, ago(10));
+        hub.deliver("a", &frame, None, ago(0)); // 1208 > 1000 bytes: evicted
+        assert!(is_evicted(&a));
+        let h = stalls();
+        assert_eq!(h.len(), 1);
+        assert!(within(h.max(), 5), "{}", h.max());
+        // Progress 5 s ago, but the queue only filled 2 s ago: stalled 2 s.
+        let (_, b) = sub(hub, &["b"]);
+        b.write_progress.set(hub.heartbeat.now().wrapping_sub(5000));
+        hub.deliver("b", &frame, None, ago(2));
+        hub.deliver("b", &frame, None, ago(0));
+        let h = stalls();
+        assert_eq!(h.len(), 2);
+        assert!(within(h.min(), 2), "{}", h.min());
+        // One message alone over the mark, on an empty queue: no stall at all.
+        let (_, c) = sub(hub, &["c"]);
+        hub.publish(&Arc::from("c"), MessageKind::Binary, &[0; 2000]);
+        assert!(is_evicted(&c));
+        hub.evict(&c, Eviction::Ceiling); // already closing: not evicted (or recorded) twice
+        let h = stalls();
+        assert_eq!(h.len(), 3, "one sample per eviction");
+        assert_eq!(h.min(), 1, "a zero stall is recorded as the 1 µs floor");
+        assert_eq!(hub.stats().evictions(Eviction::HighWater), 3);
     }
 
     #[test]

@@ -1,17 +1,22 @@
-//! Per-shard latency histograms (HdrHistogram, microseconds).
+//! Per-shard duration histograms (HdrHistogram, microseconds): latencies, and how long evicted
+//! connections had stalled.
 //!
 //! A shard records into its own [`LocalLatency`] (`RefCell`s, no atomics, no locks); once per
 //! tick it folds them into the [`SharedLatency`] in its stats, the only lock, taken once per tick
 //! by the shard and briefly by the admin thread. Readers therefore see data at most one tick old.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-/// Largest recordable value: one minute in µs (larger samples are clamped to it).
+/// Largest recordable handshake and ring transit: one minute in µs (larger samples are clamped).
 const MAX_US: u64 = 60_000_000;
+
+/// Largest recordable broadcast latency and eviction stall: one hour in µs. A paused or slow
+/// subscriber can hold a frame, or stall, for minutes; the wider range costs ~7 KB per histogram.
+const MAX_LONG_US: u64 = 3_600_000_000;
 
 /// Two significant digits (1% value precision) keep a histogram near 20 KB, four per shard.
 const SIGFIGS: u8 = 2;
@@ -23,17 +28,39 @@ pub enum LatencyKind {
     Handshake,
     /// `Envelope.published_at` to drained by the consuming shard.
     RingTransit,
+    /// Publish accepted to the frame fully written to a subscriber's socket, once per delivery.
+    Broadcast,
+    /// How long an evicted connection had gone without write progress, once per eviction.
+    EvictionStall,
 }
+
+/// Number of [`LatencyKind`]s.
+pub const KINDS: usize = 4;
 
 impl LatencyKind {
     /// Every kind.
-    pub const ALL: [LatencyKind; 2] = [LatencyKind::Handshake, LatencyKind::RingTransit];
+    pub const ALL: [LatencyKind; KINDS] = [
+        LatencyKind::Handshake,
+        LatencyKind::RingTransit,
+        LatencyKind::Broadcast,
+        LatencyKind::EvictionStall,
+    ];
 
     /// Stable name for /stats, /metrics and `/histograms?kind=`.
     pub fn name(self) -> &'static str {
         match self {
             LatencyKind::Handshake => "handshake",
             LatencyKind::RingTransit => "ring_transit",
+            LatencyKind::Broadcast => "broadcast",
+            LatencyKind::EvictionStall => "eviction_stall",
+        }
+    }
+
+    /// Largest recordable value in µs (larger samples are clamped to it).
+    pub fn max_us(self) -> u64 {
+        match self {
+            LatencyKind::Handshake | LatencyKind::RingTransit => MAX_US,
+            LatencyKind::Broadcast | LatencyKind::EvictionStall => MAX_LONG_US,
         }
     }
 
@@ -56,25 +83,30 @@ pub enum Recording {
     Off,
 }
 
-/// An empty histogram with the engine's range and precision.
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_US, SIGFIGS).expect("static bounds are valid")
+/// An empty histogram with the engine's range for `kind` and its precision.
+pub fn new_histogram(kind: LatencyKind) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, kind.max_us(), SIGFIGS).expect("static bounds are valid")
 }
 
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, MAX_US)
+/// One empty histogram per kind, indexed like [`LatencyKind::ALL`].
+pub fn new_histograms() -> [Histogram<u64>; KINDS] {
+    LatencyKind::ALL.map(new_histogram)
+}
+
+fn micros(d: Duration, kind: LatencyKind) -> u64 {
+    (d.as_micros().min(u128::from(u64::MAX)) as u64).clamp(1, kind.max_us())
 }
 
 /// A shard's own histograms, written on its hot path.
 pub struct LocalLatency {
-    hists: [RefCell<Histogram<u64>>; 2],
+    hists: [RefCell<Histogram<u64>>; KINDS],
     enabled: Cell<bool>,
 }
 
 impl Default for LocalLatency {
     fn default() -> Self {
         LocalLatency {
-            hists: [RefCell::new(new_histogram()), RefCell::new(new_histogram())],
+            hists: new_histograms().map(RefCell::new),
             enabled: Cell::new(true),
         }
     }
@@ -86,9 +118,14 @@ impl LocalLatency {
         self.enabled.set(r == Recording::On);
     }
 
+    /// Whether samples are recorded: callers skip their clock reads when not.
+    pub fn is_recording(&self) -> bool {
+        self.enabled.get()
+    }
+
     /// Add the samples not yet published into `out` (indexed like [`LatencyKind::ALL`]); the
     /// histogram log calls this right before [`LocalLatency::publish`] to build its intervals.
-    pub fn add_pending_to(&self, out: &mut [Histogram<u64>; 2]) {
+    pub fn add_pending_to(&self, out: &mut [Histogram<u64>; KINDS]) {
         for kind in LatencyKind::ALL {
             let local = self.hists[kind as usize].borrow();
             if !local.is_empty() {
@@ -110,7 +147,17 @@ impl LocalLatency {
         }
         self.hists[kind as usize]
             .borrow_mut()
-            .saturating_record_n(micros(d), n);
+            .saturating_record_n(micros(d, kind), n);
+    }
+
+    /// A recorder for many samples of one kind with a single `RefCell` borrow (the writer
+    /// records every frame one `sendmsg` completed); `None` when recording is off. Drop it before
+    /// the next [`publish`](Self::publish).
+    pub fn recorder(&self, kind: LatencyKind) -> Option<Recorder<'_>> {
+        self.enabled.get().then(|| Recorder {
+            hist: self.hists[kind as usize].borrow_mut(),
+            kind,
+        })
     }
 
     /// Move everything recorded since the last call into `shared` (skipped when empty, so an
@@ -129,16 +176,29 @@ impl LocalLatency {
     }
 }
 
+/// Records samples of one kind while it holds the shard-local histogram borrowed.
+pub struct Recorder<'a> {
+    hist: RefMut<'a, Histogram<u64>>,
+    kind: LatencyKind,
+}
+
+impl Recorder<'_> {
+    /// Record one sample.
+    pub fn record(&mut self, d: Duration) {
+        self.hist.saturating_record(micros(d, self.kind));
+    }
+}
+
 /// Cumulative histograms since start, readable from other threads.
 #[derive(Debug)]
 pub struct SharedLatency {
-    hists: [Mutex<Histogram<u64>>; 2],
+    hists: [Mutex<Histogram<u64>>; KINDS],
 }
 
 impl Default for SharedLatency {
     fn default() -> Self {
         SharedLatency {
-            hists: [Mutex::new(new_histogram()), Mutex::new(new_histogram())],
+            hists: new_histograms().map(Mutex::new),
         }
     }
 }
@@ -160,6 +220,20 @@ impl SharedLatency {
     pub fn summary(&self, kind: LatencyKind) -> Summary {
         Summary::of(&self.clone_of(kind))
     }
+}
+
+/// The summary of `kind` over several shards' histograms merged (empty ones are skipped: adding
+/// walks the whole counts array).
+pub fn merged_summary<'a>(
+    kind: LatencyKind,
+    hists: impl IntoIterator<Item = &'a Histogram<u64>>,
+) -> Summary {
+    let mut total = new_histogram(kind);
+    for h in hists.into_iter().filter(|h| !h.is_empty()) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = total.add(h);
+    }
+    Summary::of(&total)
 }
 
 /// Quantiles of one histogram, in µs.
@@ -198,13 +272,17 @@ impl Summary {
         if h.is_empty() {
             return Summary::default();
         }
+        // One scan for the four quantiles instead of one each (the admin thread summarizes
+        // every kind of every shard per request).
+        let mut q = h.value_at_quantiles([0.5, 0.9, 0.99, 0.999]);
+        let mut next = || q.next().unwrap_or(0);
         Summary {
             count: h.len(),
+            p50: next(),
+            p90: next(),
+            p99: next(),
+            p999: next(),
             mean: h.mean(),
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
             max: h.max(),
         }
     }
@@ -231,11 +309,37 @@ mod tests {
         let r = shared.summary(LatencyKind::RingTransit);
         assert_eq!(r.count, 3);
         assert!(r.max >= MAX_US * 99 / 100, "clamped near the top: {r:?}");
-        assert_eq!(
-            LatencyKind::from_name("ring_transit"),
-            Some(LatencyKind::RingTransit)
-        );
+        // Broadcast latency and eviction stalls keep up to an hour.
+        local.record(LatencyKind::Broadcast, Duration::from_secs(600));
+        local.record(LatencyKind::EvictionStall, Duration::from_secs(100_000));
+        local.publish(&shared);
+        let b = shared.summary(LatencyKind::Broadcast);
+        assert!((594_000_000..=606_000_000).contains(&b.max), "{b:?}");
+        let e = shared.summary(LatencyKind::EvictionStall);
+        assert!(e.max >= MAX_LONG_US * 99 / 100 && e.count == 1, "{e:?}");
+        for (i, k) in LatencyKind::ALL.into_iter().enumerate() {
+            assert_eq!(k as usize, i);
+            assert_eq!(LatencyKind::from_name(k.name()), Some(k));
+        }
         assert_eq!(LatencyKind::from_name("x"), None);
+    }
+
+    #[test]
+    fn recorder_records_into_the_local_histogram_and_respects_off() {
+        let local = LocalLatency::default();
+        let shared = SharedLatency::default();
+        {
+            let mut r = local.recorder(LatencyKind::Broadcast).unwrap();
+            r.record(Duration::from_micros(70));
+            r.record(Duration::from_secs(7200));
+        }
+        local.set_recording(Recording::Off);
+        assert!(local.recorder(LatencyKind::Broadcast).is_none());
+        local.publish(&shared);
+        let b = shared.summary(LatencyKind::Broadcast);
+        assert_eq!(b.count, 2);
+        assert!(b.p50 >= 69 && b.p50 <= 71, "{b:?}");
+        assert!(b.max >= MAX_LONG_US * 99 / 100, "clamped: {b:?}");
     }
 
     #[test]
@@ -243,7 +347,8 @@ mod tests {
         let local = LocalLatency::default();
         local.set_recording(Recording::Off);
         local.record(LatencyKind::Handshake, Duration::from_micros(5));
-        let mut interval = [new_histogram(), new_histogram()];
+        assert!(!local.is_recording());
+        let mut interval = new_histograms();
         local.add_pending_to(&mut interval);
         assert!(interval[0].is_empty());
         local.set_recording(Recording::On);

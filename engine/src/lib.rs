@@ -21,7 +21,8 @@
 //! - [`conn`]: one client connection, handshake to close.
 //! - [`server`]: start-up, accept loops, mesh drain, graceful shutdown.
 //! - [`latency`]: per-shard HdrHistograms (shard-local, folded into shared copies per tick).
-//! - [`tick`]: the per-shard 100 ms tick (liveness stamp, histogram publish).
+//! - [`depth`]: per-connection queue depth distribution, sampled once per second.
+//! - [`tick`]: the per-shard 100 ms tick (liveness stamp, histogram publish, depth sample).
 //! - [`admin`]: the admin listener thread (/health, /stats, /histograms).
 //! - [`metrics`]: Prometheus text for /metrics.
 //! - [`dashboard`]: the embedded live HTML page for /dashboard.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod dashboard;
+pub mod depth;
 pub mod governor;
 pub mod heartbeat;
 pub mod histlog;

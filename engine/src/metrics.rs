@@ -2,13 +2,16 @@
 //!
 //! Names follow the Prometheus conventions: `shardcast_` prefix, base units in the name
 //! (`_bytes`, `_seconds`), `_total` on counters, one `shard` label per series and `reason`/`code`
-//! labels for breakdowns. Latencies are summaries in seconds with `quantile` labels 0.5, 0.9,
-//! 0.99, 0.999 and 1 (the maximum).
+//! labels for breakdowns. Latencies (and eviction stalls) are summaries in seconds with
+//! `quantile` labels 0.5, 0.9, 0.99, 0.999 and 1 (the maximum), cumulative since start. Queue
+//! depths are summaries of the latest once-per-second sample of every connection, with quantiles
+//! 0.5, 0.95, 0.99 and 1.
 
 use std::fmt::Write;
 
 use crate::admin::{ProcessReport, ShardReport};
 use crate::bridge::stats::BridgeSnapshot;
+use crate::depth::{DepthSummary, QUANTILES as DEPTH_QUANTILES};
 use crate::latency::LatencyKind;
 use crate::stats::{Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES};
 
@@ -264,6 +267,9 @@ pub const BRIDGE_SCALARS: &[Scalar<BridgeSnapshot>] = &[
     },
 ];
 
+/// One queue depth series of a [`DepthSummary`]: (values at the quantiles, max, sum).
+type DepthSeries = fn(&DepthSummary) -> ([u64; 3], u64, f64);
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -405,14 +411,25 @@ pub fn render(
         }
     }
     for kind in LatencyKind::ALL {
-        let name = format!("shardcast_{}_latency_seconds", kind.name());
-        let help = match kind {
-            LatencyKind::Handshake => "Accept to 101 written, since start (quantile 1 = max).",
-            LatencyKind::RingTransit => {
-                "Publish to drained by the receiving shard's ring consumer, since start (quantile 1 = max)."
-            }
+        let (name, help) = match kind {
+            LatencyKind::Handshake => (
+                "shardcast_handshake_latency_seconds",
+                "Accept to 101 written, since start (quantile 1 = max).",
+            ),
+            LatencyKind::RingTransit => (
+                "shardcast_ring_transit_latency_seconds",
+                "Publish to drained by the receiving shard's ring consumer, since start (quantile 1 = max).",
+            ),
+            LatencyKind::Broadcast => (
+                "shardcast_broadcast_latency_seconds",
+                "Publish accepted to the frame fully written to a subscriber's socket, per delivery, since start (quantile 1 = max).",
+            ),
+            LatencyKind::EvictionStall => (
+                "shardcast_eviction_stall_seconds",
+                "Time an evicted connection had gone without write progress, per eviction, since start (quantile 1 = max).",
+            ),
         };
-        family(&mut out, &name, "summary", help);
+        family(&mut out, name, "summary", help);
         for (i, r) in shards.iter().enumerate() {
             let s = &r.latency[kind as usize];
             for (q, us) in s.quantiles() {
@@ -423,6 +440,30 @@ pub fn render(
             let sum = s.mean * s.count as f64 / 1e6;
             let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {sum}");
             let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {}", s.count);
+        }
+    }
+    let depth_families: [(&str, &str, DepthSeries); 2] = [
+        (
+            "shardcast_queue_depth_messages",
+            "Queued messages per connection, latest once-per-second sample of every connection (quantile 1 = max; _sum = all queued).",
+            |d| (d.frames, d.max_frames, d.sum_frames),
+        ),
+        (
+            "shardcast_queue_depth_bytes",
+            "Unsent bytes per connection, latest once-per-second sample of every connection (quantile 1 = max; _sum = all unsent).",
+            |d| (d.bytes, d.max_bytes, d.sum_bytes),
+        ),
+    ];
+    for (name, help, get) in depth_families {
+        family(&mut out, name, "summary", help);
+        for (i, r) in shards.iter().enumerate() {
+            let (at, max, sum) = get(&r.depth);
+            for ((_, q), v) in DEPTH_QUANTILES.iter().zip(at) {
+                let _ = writeln!(out, "{name}{{shard=\"{i}\",quantile=\"{q}\"}} {v}");
+            }
+            let _ = writeln!(out, "{name}{{shard=\"{i}\",quantile=\"1\"}} {max}");
+            let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {}", sum.round());
+            let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {}", r.depth.connections);
         }
     }
     out
@@ -443,7 +484,13 @@ mod tests {
         let report = ShardReport {
             snap,
             driver: DriverKind::Epoll,
-            latency: [Summary::default(); 2],
+            latency: [Summary::default(); crate::latency::KINDS],
+            depth: DepthSummary {
+                connections: 3,
+                frames: [0, 1, 5],
+                max_frames: 9,
+                ..DepthSummary::default()
+            },
             tick_age_ms: 50,
         };
         let bridge = crate::bridge::stats::BridgeStats::new();
@@ -460,6 +507,11 @@ mod tests {
         assert!(text.contains("shardcast_bridge_messages_in_total 3\n"));
         assert!(text.contains("shardcast_bridge_up 0\n"));
         assert!(text.contains("shardcast_shard_tick_age_seconds{shard=\"0\"} 0.05\n"));
+        assert!(text.contains("shardcast_queue_depth_messages{shard=\"0\",quantile=\"0.99\"} 5\n"));
+        assert!(text.contains("shardcast_queue_depth_messages{shard=\"0\",quantile=\"1\"} 9\n"));
+        assert!(text.contains("shardcast_queue_depth_messages_count{shard=\"0\"} 3\n"));
+        assert!(text.contains("shardcast_broadcast_latency_seconds_count{shard=\"0\"} 0\n"));
+        assert!(text.contains("# TYPE shardcast_eviction_stall_seconds summary\n"));
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let mut parts = line.split(' ').skip(2);
             let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());

@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -74,11 +75,19 @@ impl Ledger {
     }
 
     /// Wrap an encoded frame for queueing; it is counted until the last holder drops it.
-    pub fn frame(self: &Rc<Self>, bytes: Bytes, topic: Option<Arc<str>>) -> Rc<QueuedFrame> {
+    /// `published_at` is when a published frame's publish was accepted (`None` for a
+    /// connection's own frames); it is stored once per frame, not per queue entry.
+    pub fn frame(
+        self: &Rc<Self>,
+        bytes: Bytes,
+        topic: Option<Arc<str>>,
+        published_at: Option<Instant>,
+    ) -> Rc<QueuedFrame> {
         self.frame_bytes.set(self.frame_bytes.get() + bytes.len());
         Rc::new(QueuedFrame {
             bytes,
             topic,
+            published_at,
             ledger: self.clone(),
         })
     }
@@ -91,6 +100,9 @@ pub struct QueuedFrame {
     /// The topic it was published to (`None` for a connection's own frames: replies, pongs,
     /// close), for per-topic conflation.
     pub topic: Option<Arc<str>>,
+    /// When the publish was accepted (`None` for a connection's own frames), for the broadcast
+    /// latency recorded when the frame is fully written.
+    pub published_at: Option<Instant>,
     ledger: Rc<Ledger>,
 }
 
@@ -198,9 +210,20 @@ impl SendQueue {
             .map(|(_, f)| f)
     }
 
+    /// The oldest frame not fully written yet.
+    pub fn head(&self) -> Option<&QueuedFrame> {
+        self.frames.front().map(|f| &**f)
+    }
+
     /// Drop `n` written bytes from the front: whole frames are released, a partially written
     /// head frame is remembered by offset. `n` must not exceed `len_bytes`.
-    pub fn advance(&mut self, mut n: usize) {
+    pub fn advance(&mut self, n: usize) {
+        self.advance_with(n, |_| {});
+    }
+
+    /// [`advance`](Self::advance), calling `written` with every frame that is now fully
+    /// written, in order, before it is released.
+    pub fn advance_with(&mut self, mut n: usize, mut written: impl FnMut(&QueuedFrame)) {
         assert!(
             n <= self.bytes,
             "advance {n} past {} queued bytes",
@@ -214,6 +237,7 @@ impl SendQueue {
                 self.bytes -= rest;
                 self.head_sent = 0;
                 self.counted(&head, -(rest as isize), -1);
+                written(&head);
                 self.frames.pop_front();
             } else {
                 self.head_sent += n;
@@ -299,7 +323,7 @@ mod tests {
     fn q(l: &Rc<Ledger>, frames: &[&'static [u8]]) -> SendQueue {
         let mut q = SendQueue::new();
         for f in frames {
-            q.push(l.frame(Bytes::from_static(f), None));
+            q.push(l.frame(Bytes::from_static(f), None, None));
         }
         q
     }
@@ -339,8 +363,8 @@ mod tests {
         let l = ledger();
         let shared = Bytes::from_static(b"hello");
         let mut s = SendQueue::new();
-        s.push(l.frame(shared.clone(), None));
-        s.push(l.frame(Bytes::from_static(b"world"), None));
+        s.push(l.frame(shared.clone(), None, None));
+        s.push(l.frame(Bytes::from_static(b"world"), None, None));
         s.advance(2);
         assert_eq!(s.len_bytes(), 8);
         assert!(s.head_started());
@@ -359,6 +383,28 @@ mod tests {
         assert_eq!(flat(&s), b"d");
         s.clear();
         assert_eq!((s.len_bytes(), l.retained(), l.queued()), (0, 0, 0));
+    }
+
+    #[test]
+    fn advance_reports_each_fully_written_frame_once_in_order() {
+        let l = ledger();
+        let t0 = Instant::now();
+        let t1 = t0 + std::time::Duration::from_millis(1);
+        let mut s = SendQueue::new();
+        s.push(l.frame(Bytes::from_static(b"abc"), None, Some(t0)));
+        s.push(l.frame(Bytes::from_static(b"de"), None, None));
+        s.push(l.frame(Bytes::from_static(b"fgh"), None, Some(t1)));
+        let mut seen = Vec::new();
+        s.advance_with(2, |f| seen.push(f.published_at));
+        assert!(seen.is_empty(), "a partially written head is not reported");
+        assert_eq!(s.head().unwrap().published_at, Some(t0));
+        s.advance_with(4, |f| seen.push(f.published_at));
+        assert_eq!(seen, [Some(t0), None]);
+        assert_eq!(s.head().unwrap().published_at, Some(t1));
+        s.advance_with(2, |f| seen.push(f.published_at));
+        assert_eq!(seen, [Some(t0), None, Some(t1)]);
+        assert!(s.head().is_none());
+        assert_eq!((l.retained(), l.queued()), (0, 0));
     }
 
     #[test]
@@ -383,7 +429,7 @@ mod tests {
     #[test]
     fn one_frame_in_ten_thousand_queues_counts_once() {
         let l = ledger();
-        let frame = l.frame(Bytes::from(vec![7u8; 1000]), None);
+        let frame = l.frame(Bytes::from(vec![7u8; 1000]), None, None);
         let mut queues: Vec<SendQueue> = (0..10_000).map(|_| SendQueue::new()).collect();
         for q in &mut queues {
             q.push(frame.clone());
@@ -412,7 +458,7 @@ mod tests {
         let mut s = SendQueue::new();
         for i in 0..6u8 {
             let topic = if i == 3 { None } else { Some(t.clone()) };
-            s.push(l.frame(Bytes::from(vec![i; 4]), topic));
+            s.push(l.frame(Bytes::from(vec![i; 4]), topic, None));
         }
         s.advance(1);
         assert_eq!(s.keep_newest("t", 2), 2, "frames 1 and 2 go; 0 is started");
@@ -459,7 +505,7 @@ mod tests {
                         .collect();
                     let is_t = next(2) == 0;
                     model.push_back((frame.clone(), is_t));
-                    s.push(l.frame(Bytes::from(frame), is_t.then(|| t.clone())));
+                    s.push(l.frame(Bytes::from(frame), is_t.then(|| t.clone()), None));
                 }
                 4..=6 => {
                     let mut n = next(total as u32 + 1) as usize;

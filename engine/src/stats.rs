@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::depth::SharedDepth;
 use crate::latency::SharedLatency;
 
 /// Milliseconds on a process-wide monotonic clock (starts near 0 at first use). Shards store
@@ -119,6 +120,8 @@ pub struct ShardStats {
     pub last_tick_ms: AtomicU64,
     /// Latency histograms, folded in by the shard once per tick.
     pub latency: SharedLatency,
+    /// The latest per-connection queue depth sample (`depth.rs`, once per second).
+    pub queue_depth: SharedDepth,
     /// Pings sent by the heartbeat sweep.
     pub pings_sent_total: AtomicU64,
     /// Connections closed because no frame answered a ping in time.

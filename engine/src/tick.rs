@@ -1,11 +1,13 @@
 //! The per-shard tick: every [`TICK`] a shard stamps its liveness time into its stats, feeds its
-//! histogram log (when `--histogram-log` is set) and folds its latency histograms into the
-//! shared copies. A shard whose loop is stuck cannot run this task, so an old stamp is how the
-//! admin thread's /health sees a stall.
+//! histogram log (when `--histogram-log` is set), folds its latency histograms into the shared
+//! copies and, once per [`crate::depth::SAMPLE_PERIOD`], samples its queue depths. A shard whose
+//! loop is stuck cannot run this task, so an old stamp is how the admin thread's /health sees a
+//! stall.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::depth::DepthSampler;
 use crate::histlog::{self, ShardLog};
 use crate::hub::Hub;
 use crate::stats::monotonic_ms;
@@ -22,19 +24,25 @@ pub async fn tick_task(hub: Rc<Hub>) {
             .inspect_err(|e| tracing::warn!(shard = hub.id, error = %e, "histogram log disabled"))
             .ok()
     });
+    let mut depth = DepthSampler::default();
     loop {
-        tick_once(&hub, log.as_mut());
+        tick_once(&hub, log.as_mut(), &mut depth);
         monoio::time::sleep(TICK).await;
     }
 }
 
-/// One tick: stamp, copy the queue gauges, feed the histogram log, then publish histograms.
-pub fn tick_once(hub: &Hub, log: Option<&mut ShardLog>) {
+/// One tick: stamp, copy the queue gauges, feed the histogram log, publish histograms, sample
+/// queue depths when due (not with `--latency-recording off`, which turns every histogram off).
+pub fn tick_once(hub: &Hub, log: Option<&mut ShardLog>, depth: &mut DepthSampler) {
     let stats = hub.stats();
     stats.tick(monotonic_ms());
     hub.publish_gauges();
+    let now = Instant::now();
     if let Some(log) = log {
-        log.on_tick(&hub.latency, Instant::now());
+        log.on_tick(&hub.latency, now);
     }
     hub.latency.publish(&stats.latency);
+    if hub.latency.is_recording() {
+        depth.on_tick(hub);
+    }
 }

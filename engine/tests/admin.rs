@@ -4,31 +4,13 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 use common::*;
-use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::serialization::interval_log::IntervalLogIterator;
 use tungstenite::Message;
 
 /// The drivers to run each test on (auto is io_uring where available).
 const DRIVERS: [&str; 2] = ["auto", "epoll"];
-
-/// Poll /stats until `f` holds (counters are eventually consistent across shards).
-fn stats_until(addr: SocketAddr, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let end = deadline();
-    loop {
-        let s = stats(addr);
-        if f(&s) {
-            return s;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "condition never held: {s:#}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn start(driver: &str) -> (Server, SocketAddr) {
     let server = Server::start(&["--driver", driver]);
@@ -250,26 +232,7 @@ fn histograms_are_hdr_v2_logs() {
             let expect = s["shards"][shard]["latency_us"]["handshake"]["count"]
                 .as_u64()
                 .unwrap();
-            let (code, body) = admin(
-                addr,
-                "GET",
-                &format!("/histograms?shard={shard}&kind=handshake"),
-            );
-            assert_eq!(code, 200);
-            let intervals: Vec<_> = IntervalLogIterator::new(body.as_bytes())
-                .map(|e| e.expect("parses as an interval log"))
-                .filter_map(|e| match e {
-                    LogEntry::Interval(h) => Some(h),
-                    _ => None,
-                })
-                .collect();
-            assert_eq!(intervals.len(), 1, "{body}");
-            let h = &intervals[0];
-            assert_eq!(h.tag().unwrap().as_str(), format!("shard{shard}_handshake"));
-            let encoded = base64_decode(h.encoded_histogram());
-            let hist: hdrhistogram::Histogram<u64> = Deserializer::new()
-                .deserialize(&mut &encoded[..])
-                .expect("V2 deflate histogram");
+            let hist = histogram(addr, shard, "handshake");
             assert_eq!(hist.len(), expect);
             total += hist.len();
         }
@@ -278,27 +241,4 @@ fn histograms_are_hdr_v2_logs() {
         assert_eq!(code, 200);
         assert!(IntervalLogIterator::new(body.as_bytes()).all(|e| e.is_ok()));
     }
-}
-
-/// Standard base64 (the log's histogram encoding); tiny decoder to avoid a dev-dependency.
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("bad base64 {c}"),
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').map(val).collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &b) in chunk.iter().enumerate() {
-            acc |= (b as u32) << (18 - 6 * i);
-        }
-        let n = chunk.len() * 6 / 8;
-        out.extend_from_slice(&acc.to_be_bytes()[1..1 + n]);
-    }
-    out
 }

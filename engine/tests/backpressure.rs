@@ -44,16 +44,7 @@ struct Received {
 impl RawSub {
     /// Upgrade `path` with a 4 KiB receive buffer, reading exactly the response head.
     fn connect(addr: SocketAddr, path: &str) -> RawSub {
-        let mut tcp = small_rcvbuf_connect(addr);
-        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let head = upgrade_raw(&mut tcp, path);
-        let shard = head
-            .lines()
-            .find_map(|l| l.strip_prefix("X-Shardcast-Shard: "))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let (tcp, shard) = raw_subscriber(addr, path);
         RawSub { tcp, shard }
     }
 
@@ -81,50 +72,6 @@ impl RawSub {
             }
         }
     }
-}
-
-/// Connect with a 4 KiB receive buffer, set before connecting (setting it later leaves the
-/// already advertised window in place).
-fn small_rcvbuf_connect(addr: SocketAddr) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let SocketAddr::V4(v4) = addr else {
-        panic!("tests listen on 127.0.0.1")
-    };
-    // SAFETY: plain socket(2); the descriptor is owned by the TcpStream built below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0);
-    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
-    let tcp = unsafe { TcpStream::from_raw_fd(fd) };
-    let small: libc::c_int = 4096;
-    // SAFETY: setsockopt with a correctly sized c_int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &small as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `sin` is a valid sockaddr_in for the duration of the call.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    tcp
 }
 
 /// One unmasked server frame from the front of `buf`: (opcode, payload, bytes used).

@@ -48,19 +48,7 @@ fn metrics_parse_and_match_scripted_traffic() {
     const M: usize = 7;
     let server = Server::start(&[]);
     let addr = server.admin.unwrap();
-    let mut subs: Vec<Ws> = (0..N).map(|i| server.ws_on("/ws/t", i % 2)).collect();
-    for s in &mut subs {
-        sync(s);
-    }
-    let mut publisher = server.ws_on("/pub/t", 0);
-    for i in 0..M {
-        publisher.send(Message::text(format!("m{i}"))).unwrap();
-    }
-    for s in &mut subs {
-        for i in 0..M {
-            assert_eq!(next_text(s), format!("m{i}"));
-        }
-    }
+    let _clients = fan_out(&server, N, M, 0);
     // Counters are eventually consistent across shards: poll until they settle.
     let end = deadline();
     let s = loop {
@@ -96,6 +84,53 @@ fn metrics_parse_and_match_scripted_traffic() {
         };
         let qs: Vec<f64> = q.iter().map(|c| c.quantile).collect();
         assert_eq!(qs, [0.5, 0.9, 0.99, 0.999, 1.0]);
+    }
+    // One broadcast latency sample per delivery (histograms lag by up to one 100 ms tick).
+    let end = deadline();
+    let s = loop {
+        let s = scrape(addr);
+        if total(&s, "shardcast_broadcast_latency_seconds_count") >= (N * M) as f64 {
+            break s;
+        }
+        assert!(Instant::now() < end, "broadcast latency never reached N×M");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        total(&s, "shardcast_broadcast_latency_seconds_count"),
+        (N * M) as f64
+    );
+    let quantiles = |metric: &str| -> Vec<(String, Vec<f64>)> {
+        let mut v: Vec<_> = s
+            .samples
+            .iter()
+            .filter(|x| x.metric == metric)
+            .map(|x| {
+                let Value::Summary(q) = &x.value else {
+                    panic!("not a summary: {x:?}")
+                };
+                (
+                    x.labels.get("shard").unwrap().to_owned(),
+                    q.iter().map(|c| c.quantile).collect(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    for shard in ["0", "1"] {
+        let broadcast = quantiles("shardcast_broadcast_latency_seconds");
+        let stall = quantiles("shardcast_eviction_stall_seconds");
+        let depth = quantiles("shardcast_queue_depth_messages");
+        let depth_bytes = quantiles("shardcast_queue_depth_bytes");
+        for (name, got, want) in [
+            ("broadcast", &broadcast, &[0.5, 0.9, 0.99, 0.999, 1.0][..]),
+            ("stall", &stall, &[0.5, 0.9, 0.99, 0.999, 1.0]),
+            ("depth", &depth, &[0.5, 0.95, 0.99, 1.0]),
+            ("depth bytes", &depth_bytes, &[0.5, 0.95, 0.99, 1.0]),
+        ] {
+            let row = got.iter().find(|r| r.0 == shard);
+            assert_eq!(row.map(|r| &r.1[..]), Some(want), "{name} of shard {shard}");
+        }
     }
 }
 
@@ -191,19 +226,7 @@ fn dashboard_renders_live_numbers_in_chromium() {
     };
     let server = Server::start(&[]);
     let admin = server.admin.unwrap();
-    let mut subs: Vec<Ws> = (0..3).map(|i| server.ws_on("/ws/t", i % 2)).collect();
-    for s in &mut subs {
-        sync(s);
-    }
-    let mut publisher = server.ws_on("/pub/t", 1);
-    for i in 0..20 {
-        publisher.send(Message::text(format!("m{i}"))).unwrap();
-    }
-    for s in &mut subs {
-        for i in 0..20 {
-            assert_eq!(next_text(s), format!("m{i}"));
-        }
-    }
+    let (subs, mut publisher) = fan_out(&server, 3, 20, 1);
     let url = format!("http://{admin}/dashboard");
     let dom = run_chromium(&bin, &url, &["--dump-dom"]);
     assert!(
@@ -215,6 +238,23 @@ fn dashboard_renders_live_numbers_in_chromium() {
         dom.contains("chart-ring_transit-p99"),
         "latency charts built"
     );
+    for q in ["p50", "p99", "p999"] {
+        assert!(
+            dom.contains(&format!("chart-broadcast-{q}")),
+            "broadcast {q} chart"
+        );
+    }
+    // 3 subscribers × 20 messages were written: the headline card shows a latency, not "–".
+    let card = dom
+        .split("id=\"broadcast-p99\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or_else(|| panic!("no broadcast card:\n{dom}"));
+    assert!(
+        card.ends_with(" µs") || card.ends_with(" ms") || card.ends_with(" s"),
+        "broadcast p99 card shows {card:?}"
+    );
+    assert!(dom.contains("id=\"depth-p99\">0<"), "queue depth card");
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard.png");
     let _ = std::fs::remove_file(&shot);
     // Keep traffic flowing while the screenshot is taken, so the rate charts have data.

@@ -6,6 +6,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
@@ -235,4 +239,126 @@ pub fn upgrade_raw(tcp: &mut TcpStream, path: &str) -> String {
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     head
+}
+
+/// Poll /stats until `f` holds (counters are eventually consistent across shards).
+pub fn stats_until(addr: SocketAddr, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let end = deadline();
+    loop {
+        let s = stats(addr);
+        if f(&s) {
+            return s;
+        }
+        assert!(Instant::now() < end, "condition never held: {s:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connect with a 4 KiB receive buffer, set before connecting (setting it later leaves the
+/// already advertised window in place).
+pub fn small_rcvbuf_connect(addr: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("tests listen on 127.0.0.1")
+    };
+    // SAFETY: plain socket(2); the descriptor is owned by the TcpStream built below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let tcp = unsafe { TcpStream::from_raw_fd(fd) };
+    let small: libc::c_int = 4096;
+    // SAFETY: setsockopt with a correctly sized c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &small as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sin` is a valid sockaddr_in for the duration of the call.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    tcp
+}
+
+/// A WebSocket subscriber of `path` on a raw socket with a 4 KiB receive buffer (so the server's
+/// queue for it fills after a few frames if it does not read); returns it and its shard.
+pub fn raw_subscriber(addr: SocketAddr, path: &str) -> (TcpStream, usize) {
+    let mut tcp = small_rcvbuf_connect(addr);
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let head = upgrade_raw(&mut tcp, path);
+    let shard = head
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Shardcast-Shard: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (tcp, shard)
+}
+
+/// Scripted fan-out: `n` subscribers of `/ws/t` alternating between shards 0 and 1 (synced), a
+/// publisher on `publisher_shard` sending the text messages `m0` … `m{m-1}`, and every
+/// subscriber reading all of them in order. Returns the subscribers and the publisher.
+pub fn fan_out(server: &Server, n: usize, m: usize, publisher_shard: usize) -> (Vec<Ws>, Ws) {
+    let mut subs: Vec<Ws> = (0..n).map(|i| server.ws_on("/ws/t", i % 2)).collect();
+    for s in &mut subs {
+        sync(s);
+    }
+    let mut publisher = server.ws_on("/pub/t", publisher_shard);
+    for i in 0..m {
+        publisher.send(Message::text(format!("m{i}"))).unwrap();
+    }
+    for s in &mut subs {
+        for i in 0..m {
+            assert_eq!(next_text(s), format!("m{i}"));
+        }
+    }
+    (subs, publisher)
+}
+
+/// `/histograms?shard=N&kind=K` decoded: asserts it is an HdrHistogram log holding one interval
+/// tagged `shardN_K` and returns that interval's histogram.
+pub fn histogram(admin_addr: SocketAddr, shard: usize, kind: &str) -> Histogram<u64> {
+    let (code, body) = admin(
+        admin_addr,
+        "GET",
+        &format!("/histograms?shard={shard}&kind={kind}"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let intervals: Vec<_> = IntervalLogIterator::new(body.as_bytes())
+        .map(|e| e.expect("parses as an interval log"))
+        .filter_map(|e| match e {
+            LogEntry::Interval(i) => Some(i),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(intervals.len(), 1, "{body}");
+    assert_eq!(
+        intervals[0].tag().unwrap().as_str(),
+        format!("shard{shard}_{kind}")
+    );
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(intervals[0].encoded_histogram())
+        .unwrap();
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .expect("V2 deflate histogram")
 }
