@@ -306,7 +306,7 @@ fn table(runs: &[Value]) -> String {
             .map_or("?".into(), |b| format!("{:.1}", b / 1048576.0))
     };
     let mut t = String::from(
-        "| run | server flags | RSS max / final MiB | fast p99 ms (vs control) | fast lost | slow: 1013 / all outcomes | time to eviction p50 / max ms |\n|---|---|---|---|---|---|---|\n",
+        "| run | server flags | RSS max / final MiB | fast p99 ms (vs control) | fast lost | slow: 1013 / all outcomes | time to eviction p50 / max ms | server: evictions; stall before eviction p50 / max ms |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in runs {
         let flags = r["server_args"].as_array().map_or(String::new(), |a| {
@@ -327,11 +327,14 @@ fn table(runs: &[Value]) -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             });
-            t += &format!("| {head} | `{flags}` | not supported by this server build (no {missing}) | | | | |\n");
+            t += &format!("| {head} | `{flags}` | not supported by this server build (no {missing}) | | | | | |\n");
             continue;
         }
         if r.get("fast").is_none() {
-            t += &format!("| {head} | `{flags}` | failed: {} | | | | |\n", r["error"]);
+            t += &format!(
+                "| {head} | `{flags}` | failed: {} | | | | | |\n",
+                r["error"]
+            );
             continue;
         }
         let p99 = r["fast"]["latency"]["p99_us"].as_f64();
@@ -360,8 +363,9 @@ fn table(runs: &[Value]) -> String {
                 tte["max_ms"].as_f64().unwrap_or(0.0)
             )
         };
+        let server = server_evictions(&r["stats_samples"]);
         t += &format!(
-            "| {head} | `{flags}` | {} / {} | {}{vs} | {} | {} / {} | {tte} |\n",
+            "| {head} | `{flags}` | {} / {} | {}{vs} | {} | {} / {} | {tte} | {server} |\n",
             mib(&r["server_rss"]["max"]),
             mib(&r["server_rss"]["final"]),
             p99.map_or("?".into(), |p| format!("{:.1}", p / 1000.0)),
@@ -375,6 +379,26 @@ fn table(runs: &[Value]) -> String {
         );
     }
     t
+}
+
+/// The server's own view of its evictions, from the last /stats sample: how many, and how long
+/// each evicted connection had made no write progress (the generator cannot time an eviction
+/// whose close frame sits behind unread data; the server can).
+fn server_evictions(samples: &Value) -> String {
+    let Some(last) = samples.as_array().and_then(|a| a.last()) else {
+        return "—".into();
+    };
+    let n: u64 = ["high_water", "ceiling", "slow_clients"]
+        .iter()
+        .filter_map(|r| last[format!("totals.evictions.{r}")].as_u64())
+        .sum();
+    match (
+        last["totals.eviction_stall_p50_ms"].as_f64(),
+        last["totals.eviction_stall_max_ms"].as_f64(),
+    ) {
+        (Some(p50), Some(max)) if n > 0 => format!("{n}; {p50:.0} / {max:.0}"),
+        _ => format!("{n}"),
+    }
 }
 
 #[cfg(test)]
@@ -424,6 +448,9 @@ mod tests {
                 "fast": {"latency": {"p99_us": 3000.0}, "lost": 0},
                 "slow": {"outcomes": {"1013": 2}, "closed_1013": 2,
                     "time_to_eviction": {"p50_ms": 10.0, "max_ms": 20.0}},
+                "stats_samples": [{"totals.evictions.high_water": 1},
+                    {"totals.evictions.high_water": 2, "totals.evictions.ceiling": 1,
+                     "totals.eviction_stall_p50_ms": 40.0, "totals.eviction_stall_max_ms": 95.0}],
                 "server_rss": {"max": 2097152, "final": 1048576}}),
             json!({"run": "b", "what": "conflate", "server_args": ["--y"], "supported": false,
                 "missing_flags": ["--y"]}),
@@ -432,6 +459,11 @@ mod tests {
         assert!(t.contains("3.0 (3.00x ⚠ over 2x)"), "{t}");
         assert!(t.contains("| 2.0 / 1.0 |"), "{t}");
         assert!(t.contains("2 / 1013: 2"), "{t}");
+        assert!(
+            t.contains("| 3; 40 / 95 |"),
+            "last sample, all reasons: {t}"
+        );
+        assert!(t.contains("| — | — |"), "control has no samples: {t}");
         assert!(
             t.contains("not supported by this server build (no --y)"),
             "{t}"
