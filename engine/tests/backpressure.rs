@@ -3,7 +3,7 @@
 //! against what the clients observed and against /stats.
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -106,31 +106,6 @@ fn seq(payload: &[u8]) -> u64 {
     u64::from_be_bytes(payload[..8].try_into().unwrap())
 }
 
-fn admin_get(addr: SocketAddr, path: &str) -> String {
-    let mut tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(tcp, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").unwrap().1.to_owned()
-}
-
-fn stats(server: &Server) -> Value {
-    serde_json::from_str(&admin_get(server.admin.unwrap(), "/stats")).unwrap()
-}
-
-fn stats_until(server: &Server, f: impl Fn(&Value) -> bool) -> Value {
-    let end = deadline();
-    loop {
-        let s = stats(server);
-        if f(&s) {
-            return s;
-        }
-        assert!(Instant::now() < end, "condition never held: {s:#}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A tungstenite subscriber on `shard` that reads `n` messages in a thread and returns their
 /// sequence numbers.
 fn fast_sub(server: &Server, path: &str, shard: usize, n: usize) -> thread::JoinHandle<Vec<u64>> {
@@ -166,7 +141,9 @@ fn never_reading_subscriber_is_evicted_1013_and_fast_ones_get_everything() {
         for f in fast {
             assert_eq!(f.join().unwrap(), (0..N).collect::<Vec<_>>(), "{driver}");
         }
-        let s = stats_until(&server, |s| s["totals"]["evictions"]["high_water"] == 1);
+        let s = stats_until(server.admin.unwrap(), |s| {
+            s["totals"]["evictions"]["high_water"] == 1
+        });
         let got = slow.read_all(TIMEOUT);
         assert_eq!(got.close, Some(1013), "{driver}");
         let seqs: Vec<u64> = got.data.iter().map(|d| seq(d)).collect();
@@ -186,7 +163,9 @@ fn slow_then_read(server: &Server, topic: &str, n: u64) -> (Vec<u64>, Value) {
     let slow = RawSub::connect(server.addr, &format!("/ws/{topic}"));
     publish(server, topic, n);
     let shard = slow.shard;
-    let s = stats_until(server, |s| s["shards"][shard]["messages_out"] == n);
+    let s = stats_until(server.admin.unwrap(), |s| {
+        s["shards"][shard]["messages_out"] == n
+    });
     let got = slow.read_all(Duration::from_millis(500));
     assert_eq!(got.close, None, "not evicted");
     (got.data.iter().map(|d| seq(d)).collect(), s)
@@ -261,7 +240,7 @@ fn pause_stalls_ws_publishers_and_refuses_http_until_drained() {
             })
         };
         // Paused on both shards (the notice crossed the mesh).
-        stats_until(&server, |s| s["totals"]["paused_topics"] == 2);
+        stats_until(server.admin.unwrap(), |s| s["totals"]["paused_topics"] == 2);
         let r = server.http(
             b"POST /publish/p HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
         );
@@ -290,7 +269,7 @@ fn pause_stalls_ws_publishers_and_refuses_http_until_drained() {
         assert!(
             (stalled_at as u64) < N,
             "{driver}: stalled only at {stalled_at}: {:#}",
-            stats(&server)["shards"]
+            stats(server.admin.unwrap())["shards"]
         );
         thread::sleep(Duration::from_millis(500));
         assert_eq!(sent.load(SeqCst), stalled_at, "{driver}: still stalled");
@@ -301,7 +280,7 @@ fn pause_stalls_ws_publishers_and_refuses_http_until_drained() {
         let got = reader.join().unwrap();
         let seqs: Vec<u64> = got.data.iter().map(|d| seq(d)).collect();
         assert_eq!(seqs, (0..N).collect::<Vec<_>>(), "{driver}");
-        let s = stats_until(&server, |s| s["totals"]["paused_topics"] == 0);
+        let s = stats_until(server.admin.unwrap(), |s| s["totals"]["paused_topics"] == 0);
         assert!(s["totals"]["pauses_total"].as_u64().unwrap() >= 1);
         assert!(s["totals"]["refused"]["paused"].as_u64().unwrap() >= 1);
         assert_eq!(s["totals"]["evictions"]["high_water"], 0);
@@ -337,7 +316,7 @@ fn ceiling_holds_with_many_slow_clients_and_stats_match_clients() {
             thread::spawn(move || {
                 let mut samples = 0;
                 while stop.load(SeqCst) == 0 {
-                    let s: Value = serde_json::from_str(&admin_get(admin, "/stats")).unwrap();
+                    let s = stats(admin);
                     for sh in s["shards"].as_array().unwrap() {
                         let retained = sh["retained_bytes"].as_u64().unwrap();
                         let budget = sh["queue_ceiling_bytes"].as_u64().unwrap();
@@ -369,7 +348,7 @@ fn ceiling_holds_with_many_slow_clients_and_stats_match_clients() {
             .collect();
         let evicted = closes.iter().filter(|c| **c == Some(1013)).count() as u64;
         assert!(closes.iter().all(|c| c.is_none() || *c == Some(1013)));
-        let s = stats(&server);
+        let s = stats(server.admin.unwrap());
         let t = &s["totals"];
         assert!(evicted > 0, "{driver}: the ceiling never evicted");
         assert_eq!(
@@ -380,7 +359,7 @@ fn ceiling_holds_with_many_slow_clients_and_stats_match_clients() {
         assert_eq!(t["evictions"]["high_water"], 0);
         assert_eq!(t["memory_limit"], 64u64 << 20);
         assert_eq!(t["queue_ceiling_bytes"], 2 * 1_677_721);
-        let metrics = admin_get(server.admin.unwrap(), "/metrics");
+        let (_, metrics) = admin(server.admin.unwrap(), "GET", "/metrics");
         assert!(metrics
             .contains("shardcast_evictions_total{shard=\"0\",reason=\"ceiling\",policy=\"any\"}"));
         assert!(metrics.contains("shardcast_queue_retained_bytes{shard=\"1\"}"));

@@ -12,17 +12,6 @@ use common::*;
 use prometheus_parse::{Scrape, Value};
 use tungstenite::Message;
 
-/// GET `path` from the admin listener; returns (head, body).
-fn get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(tcp, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("complete response");
-    (head.to_owned(), body.to_owned())
-}
-
 /// Sum of every sample of `metric` across shards (counters and gauges).
 fn total(scrape: &Scrape, metric: &str) -> f64 {
     scrape
@@ -37,7 +26,7 @@ fn total(scrape: &Scrape, metric: &str) -> f64 {
 }
 
 fn scrape(addr: SocketAddr) -> Scrape {
-    let (head, body) = get(addr, "/metrics");
+    let (head, body) = admin_response(addr, "GET", "/metrics");
     assert_eq!(status(&head), 200);
     Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("valid exposition")
 }
@@ -137,7 +126,7 @@ fn metrics_parse_and_match_scripted_traffic() {
 #[test]
 fn dashboard_is_served_as_html() {
     let server = Server::start(&[]);
-    let (head, body) = get(server.admin.unwrap(), "/dashboard");
+    let (head, body) = admin_response(server.admin.unwrap(), "GET", "/dashboard");
     assert_eq!(status(&head), 200);
     assert!(
         head.to_ascii_lowercase()

@@ -204,15 +204,21 @@ pub fn deadline() -> Instant {
     Instant::now() + TIMEOUT
 }
 
-/// Send `method path` to the admin listener; returns (status, body).
-pub fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+/// Send `method path` to the admin listener; returns the response (head, body).
+pub fn admin_response(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
     let mut tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
     write!(tcp, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut out = String::new();
     tcp.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").expect("complete response");
-    (status(head), body.to_owned())
+    (head.to_owned(), body.to_owned())
+}
+
+/// Send `method path` to the admin listener; returns (status, body).
+pub fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let (head, body) = admin_response(addr, method, path);
+    (status(&head), body)
 }
 
 pub fn stats(addr: SocketAddr) -> serde_json::Value {
