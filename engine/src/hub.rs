@@ -919,6 +919,19 @@ pub(crate) mod tests {
 
     /// `shards` hubs wired through a real mesh (rings of 64), configured by CLI-style `args`.
     pub(crate) fn hubs(shards: usize, args: &[&str]) -> Vec<Hub> {
+        hubs_on(crate::mesh::mesh(shards, 64), shards, args)
+    }
+
+    /// `shards` hubs plus a NATS-bridge participant (the mesh's last link, returned), with
+    /// rings of `ring` entries.
+    fn bridged_hubs(shards: usize, ring: usize, args: &[&str]) -> (Vec<Hub>, MeshLink<MeshItem>) {
+        let mut links = crate::mesh::mesh(shards + 1, ring);
+        let bridge = links.pop().expect("the bridge's link");
+        (hubs_on(links, shards, args), bridge)
+    }
+
+    /// One hub per shard link, configured by CLI-style `args`.
+    fn hubs_on(links: Vec<MeshLink<MeshItem>>, shards: usize, args: &[&str]) -> Vec<Hub> {
         use clap::Parser;
         let shards_arg = shards.to_string();
         let mut argv = vec!["shardcast", "--shards", &shards_arg];
@@ -930,7 +943,7 @@ pub(crate) mod tests {
                 .unwrap(),
         );
         let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
-        crate::mesh::mesh(shards, 64)
+        links
             .into_iter()
             .enumerate()
             .map(|(i, link)| Hub::new(i, config.clone(), stats.clone(), link, Default::default()))
@@ -1404,21 +1417,7 @@ pub(crate) mod tests {
     /// but not what it receives from the mesh.
     #[test]
     fn bridge_gets_interest_transitions_and_local_publishes_only() {
-        use clap::Parser;
-        let config = Arc::new(
-            crate::config::Overrides::try_parse_from(["shardcast", "--shards", "2"])
-                .unwrap()
-                .resolve()
-                .unwrap(),
-        );
-        let stats: Arc<[ShardStats]> = (0..2).map(|_| ShardStats::default()).collect();
-        let mut links = crate::mesh::mesh(3, 64);
-        let mut bridge = links.pop().unwrap();
-        let hubs: Vec<Hub> = links
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| Hub::new(i, config.clone(), stats.clone(), l, Default::default()))
-            .collect();
+        let (hubs, mut bridge) = bridged_hubs(2, 64, &[]);
         let seen = |bridge: &mut MeshLink<MeshItem>| {
             let mut out = Vec::new();
             bridge.try_drain(|i| {
@@ -1452,22 +1451,7 @@ pub(crate) mod tests {
     /// overflow, counted; other shards still get everything.
     #[test]
     fn forwards_to_a_stuck_bridge_are_bounded_and_counted() {
-        use clap::Parser;
-        let argv = ["shardcast", "--shards", "2", "--ring-capacity", "4"];
-        let config = Arc::new(
-            crate::config::Overrides::try_parse_from(argv)
-                .unwrap()
-                .resolve()
-                .unwrap(),
-        );
-        let stats: Arc<[ShardStats]> = (0..2).map(|_| ShardStats::default()).collect();
-        let mut links = crate::mesh::mesh(3, 4);
-        let mut bridge = links.pop().unwrap();
-        let hubs: Vec<Hub> = links
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| Hub::new(i, config.clone(), stats.clone(), l, Default::default()))
-            .collect();
+        let (hubs, mut bridge) = bridged_hubs(2, 4, &["--ring-capacity", "4"]);
         let (_, c) = sub(&hubs[1], &["t"]);
         let mut notices = 0;
         bridge.try_drain(|_| notices += 1);
