@@ -375,19 +375,22 @@ impl Hub {
             env.stream_frame.as_ref(),
             env.published_at,
         );
-        let participants = self.link.borrow().shards();
         // Every other participant: the other shards, and the NATS bridge when it is on (it
         // forwards local publishes only; what arrives from NATS is delivered, never re-sent).
         // Toward the bridge the overflow is bounded (one ring's worth): a bridge that cannot
         // keep up loses forwards, counted, instead of growing this shard's memory.
-        let bridge_full = self
-            .bridge
-            .is_some_and(|b| self.link.borrow().pending(b) >= self.config.ring_capacity);
-        if bridge_full {
+        let (participants, full_bridge) = {
+            let link = self.link.borrow();
+            let full = self
+                .bridge
+                .filter(|&b| link.pending(b) >= self.config.ring_capacity);
+            (link.shards(), full)
+        };
+        if full_bridge.is_some() {
             stats::add(&self.stats().bridge_dropped, 1);
         }
-        let skip = |d: usize| d == self.id || (bridge_full && Some(d) == self.bridge);
-        let fanout = (0..participants).filter(|&d| !skip(d)).count();
+        let dests = (0..participants).filter(|&d| d != self.id && Some(d) != full_bridge);
+        let fanout = dests.clone().count();
         if fanout == 0 {
             return;
         }
@@ -398,7 +401,7 @@ impl Hub {
         let charge = MeshLink::<MeshItem>::broadcast_charge(item.payload_bytes(), fanout);
         self.make_room(charge, &self.conns.borrow());
         let mut link = self.link.borrow_mut();
-        link.broadcast((0..participants).filter(|&d| !skip(d)), item);
+        link.broadcast(dests, item);
         if !self.mesh_stalled.get() && self.governor.mesh_over(link.mesh_bytes()) {
             // Only a fresh look at what consumers took can tell a real backlog from a stale one.
             link.reconcile();
