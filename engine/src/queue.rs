@@ -148,7 +148,7 @@ impl SendQueue {
         }
     }
 
-    fn counted(&mut self, f: &QueuedFrame, bytes: isize, entries: isize) {
+    fn counted(f: &QueuedFrame, bytes: isize, entries: isize) {
         let l = &f.ledger;
         l.queued.set(l.queued.get().wrapping_add_signed(bytes));
         l.entries.set(l.entries.get().wrapping_add_signed(entries));
@@ -160,7 +160,7 @@ impl SendQueue {
             return;
         }
         self.bytes += frame.len();
-        self.counted(&frame, frame.len() as isize, 1);
+        Self::counted(&frame, frame.len() as isize, 1);
         self.frames.push_back(frame);
     }
 
@@ -230,19 +230,19 @@ impl SendQueue {
             self.bytes
         );
         while n > 0 {
-            let head = self.frames.front().expect("bytes accounted for").clone();
+            let head = self.frames.front().expect("bytes accounted for");
             let rest = head.len() - self.head_sent;
             if n >= rest {
                 n -= rest;
                 self.bytes -= rest;
                 self.head_sent = 0;
-                self.counted(&head, -(rest as isize), -1);
+                let head = self.frames.pop_front().expect("just seen");
+                Self::counted(&head, -(rest as isize), -1);
                 written(&head);
-                self.frames.pop_front();
             } else {
+                Self::counted(head, -(n as isize), 0);
                 self.head_sent += n;
                 self.bytes -= n;
-                self.counted(&head, -(n as isize), 0);
                 n = 0;
             }
         }
@@ -262,7 +262,7 @@ impl SendQueue {
         let n = self.frames.len();
         if let Some(head) = self.frames.front().cloned() {
             // The head's written part was already subtracted from the logical bytes.
-            self.counted(&head, self.head_sent as isize, 0);
+            Self::counted(&head, self.head_sent as isize, 0);
             self.bytes += self.head_sent;
         }
         self.head_sent = 0;
@@ -307,7 +307,7 @@ impl SendQueue {
         });
         for f in removed {
             self.bytes -= f.len();
-            self.counted(&f, -(f.len() as isize), -1);
+            Self::counted(&f, -(f.len() as isize), -1);
         }
     }
 }
