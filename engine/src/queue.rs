@@ -260,9 +260,9 @@ impl SendQueue {
     /// Drop everything queued, a partially written head included (the socket is gone).
     pub fn clear(&mut self) {
         let n = self.frames.len();
-        if let Some(head) = self.frames.front().cloned() {
+        if let Some(head) = self.frames.front() {
             // The head's written part was already subtracted from the logical bytes.
-            Self::counted(&head, self.head_sent as isize, 0);
+            Self::counted(head, self.head_sent as isize, 0);
             self.bytes += self.head_sent;
         }
         self.head_sent = 0;
