@@ -23,7 +23,8 @@ use crate::depth::{DepthSample, DepthSummary};
 use crate::latency::{merged_summary, LatencyKind, Summary, KINDS};
 use crate::server::Shutdown;
 use crate::stats::{
-    monotonic_ms, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES,
+    monotonic_ms, AbortReason, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot,
+    COUNTED_CLOSE_CODES,
 };
 use crate::{dashboard, metrics};
 
@@ -391,6 +392,11 @@ fn counters_json(snap: &Snapshot) -> Map<String, Value> {
         .collect();
     m.insert("evictions".into(), evictions.into());
     m.insert("discarded".into(), discarded.into());
+    let aborts: Map<String, Value> = AbortReason::ALL
+        .iter()
+        .map(|a| (a.name().to_owned(), snap.aborts[*a as usize].into()))
+        .collect();
+    m.insert("aborts".into(), aborts.into());
     m
 }
 

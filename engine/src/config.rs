@@ -174,6 +174,9 @@ pub struct Config {
     pub listen_backlog: u32,
     /// How long shutdown waits for queued frames to flush.
     pub shutdown_grace_ms: u64,
+    /// How long a connection whose close frame is queued may take to flush it (or, during
+    /// shutdown, go without write progress) before it is reset.
+    pub close_flush_timeout_ms: u64,
     /// tracing EnvFilter directive.
     pub log: String,
     /// Ping every this many ms (0 = no pings).
@@ -286,6 +289,9 @@ pub struct Overrides {
     /// Shutdown flush deadline in ms [default: 5000]
     #[arg(long, env = "SHARDCAST_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// A connection whose close frame (eviction 1013, timeout, protocol error, shutdown) is not flushed within this many ms (during shutdown: makes no write progress for this long) is reset (RST), freeing its descriptor and kernel buffers, 1 or more [default: 500]
+    #[arg(long, env = "SHARDCAST_CLOSE_FLUSH_TIMEOUT_MS")]
+    pub close_flush_timeout_ms: Option<u64>,
     /// Log filter, tracing EnvFilter syntax [default: info]
     #[arg(long, env = "SHARDCAST_LOG")]
     pub log: Option<String>,
@@ -418,6 +424,7 @@ impl Overrides {
             ring_capacity: self.ring_capacity.or(lower.ring_capacity),
             listen_backlog: self.listen_backlog.or(lower.listen_backlog),
             shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
+            close_flush_timeout_ms: self.close_flush_timeout_ms.or(lower.close_flush_timeout_ms),
             log: self.log.or(lower.log),
             ping_interval_ms: self.ping_interval_ms.or(lower.ping_interval_ms),
             pong_timeout_ms: self.pong_timeout_ms.or(lower.pong_timeout_ms),
@@ -523,6 +530,7 @@ impl Overrides {
             ring_capacity: self.ring_capacity.unwrap_or(4096),
             listen_backlog: self.listen_backlog.unwrap_or(4096),
             shutdown_grace_ms: self.shutdown_grace_ms.unwrap_or(5000),
+            close_flush_timeout_ms: self.close_flush_timeout_ms.unwrap_or(500),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
             ping_interval_ms: self.ping_interval_ms.unwrap_or(25_000),
             pong_timeout_ms: self.pong_timeout_ms.unwrap_or(10_000),
@@ -560,6 +568,11 @@ impl Overrides {
             return Err(ConfigError::Invalid("publish_token must not be empty"));
         }
         crate::heartbeat::validate(&config).map_err(ConfigError::Invalid)?;
+        if !(1..=crate::heartbeat::MAX_DURATION_MS).contains(&config.close_flush_timeout_ms) {
+            return Err(ConfigError::Invalid(
+                "close_flush_timeout_ms must be 1..=2147483647",
+            ));
+        }
         crate::bridge::subject::validate_prefix(&config.nats_subject_prefix)
             .map_err(ConfigError::Invalid)?;
         if config.nats_buffer_bytes == 0 || config.nats_pending_messages == 0 {

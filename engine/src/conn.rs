@@ -32,13 +32,16 @@ use crate::route::{self, authorize_publish, AuthError, Route};
 use crate::sockio;
 use crate::stats::{self, Refusal};
 
-/// How long a closing connection waits for the peer's close reply / EOF before dropping it.
+/// Longest a closing connection waits for the peer's close reply / EOF before dropping it
+/// (`close_flush_timeout_ms` when shorter).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// How long an evicted (or otherwise closing) connection may take to flush its close frame
-/// before it is dropped without one: a client that never reads must not hold a socket and a
-/// partially written frame forever.
-const CLOSE_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+/// Most bytes a closing connection reads and discards while it lingers: a peer that keeps
+/// sending is not drained on the shard thread (past this, closing resets it).
+const LINGER_MAX_BYTES: usize = 64 * 1024;
+
+/// Most bytes of a refused request read (and discarded) before closing, once, never waiting.
+const REFUSAL_DISCARD_BYTES: usize = 4096;
 
 /// Reads per readiness event before yielding to other connections.
 const READS_PER_TURN: usize = 8;
@@ -70,16 +73,7 @@ pub fn admit(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
             &mut out,
             &HttpError::new(Status::ServiceUnavailable, "server is full"),
         );
-        // Best effort, never waits: the socket buffer of a fresh connection has room.
-        let mut iov = Vec::with_capacity(1);
-        let fd = stream.as_raw_fd();
-        let _ = sockio::send_frames(fd, std::iter::once(&out[..]), &mut iov);
-        // Half-close and discard the request already received, so closing sends FIN rather
-        // than a reset that could destroy the 503 before the client reads it.
-        // SAFETY: plain syscall on a descriptor we own.
-        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-        let mut sink = [0u8; 1024];
-        while matches!(sockio::recv(fd, &mut sink), Ok(n) if n > 0) {}
+        refuse_now(stream.as_raw_fd(), &out);
         return;
     }
     hub.active.set(hub.active.get() + 1);
@@ -92,6 +86,19 @@ pub fn admit(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
         peer,
         accepted_at,
     ));
+}
+
+/// Refuse a connection at once with `response` and never wait: one nonblocking write (the
+/// send buffer of a fresh connection has room), a half-close, one nonblocking read that
+/// discards what the client already sent (so that closing sends FIN rather than a reset that
+/// could destroy the response), and the caller closes. Bounded work on the shard, whatever
+/// the client does (no drain loop).
+pub fn refuse_now(fd: RawFd, response: &[u8]) {
+    let _ = sockio::send(fd, response);
+    // SAFETY: plain syscall on a descriptor the caller owns.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    let mut sink = [0u8; REFUSAL_DISCARD_BYTES];
+    let _ = sockio::recv(fd, &mut sink);
 }
 
 /// What the handshake decided.
@@ -132,14 +139,14 @@ async fn handshake_task(
                 &HttpError::new(Status::RequestTimeout, "handshake timeout"),
             );
             let _ = sockio::send_frames(fd, std::iter::once(&out[..]), &mut Vec::new());
-            Box::pin(linger(&stream, fd)).await;
+            Box::pin(linger(hub, &stream, fd)).await;
             return;
         }
     };
     let Accepted::WebSocket(route, leftover) = accepted else {
         // Answered (refusal or HTTP publish): let the client read it before we close, even
         // if it sent more than we read (e.g. a refused body).
-        Box::pin(linger(&stream, fd)).await;
+        Box::pin(linger(hub, &stream, fd)).await;
         return;
     };
     hub.latency
@@ -172,7 +179,7 @@ async fn handshake_task(
         Route::HttpPublish(_) => unreachable!("handled in the handshake"),
     };
     if hub.shutting_down.get() {
-        conn.close_with(encode_close(CloseCode::GOING_AWAY, ""));
+        hub.close(&conn, encode_close(CloseCode::GOING_AWAY, ""));
     }
     let ws = WsConn {
         hub: hub.clone(),
@@ -196,26 +203,40 @@ fn serve_task(guard: ActiveGuard, stream: TcpStream, mut ws: WsConn) -> impl Fut
     async move {
         let clean = ws.run(&stream).await;
         let (fd, id) = (ws.fd, ws.id);
+        if ws.conn.reset.get() {
+            // The close did not flush in time: reset, so the descriptor and the kernel's
+            // buffers are freed now instead of lingering behind a peer that does not read.
+            let _ = sockio::set_linger_zero(fd);
+        }
         drop(ws);
         guard.0.unregister(id);
         if clean {
             // Boxed: only closing connections pay for the linger state.
-            Box::pin(linger(&stream, fd)).await;
+            Box::pin(linger(&guard.0, &stream, fd)).await;
         }
     }
 }
 
 /// After our close frame went out: half-close and wait briefly for the peer to finish, so the
-/// close frame is not lost to a reset caused by unread data.
-async fn linger(stream: &TcpStream, fd: RawFd) {
+/// close frame is not lost to a reset caused by unread data. Bounded in time and in bytes
+/// read; past the byte bound the connection is reset.
+async fn linger(hub: &Hub, stream: &TcpStream, fd: RawFd) {
     // SAFETY: plain syscall on a descriptor this connection owns.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-    let _ = monoio::time::timeout(CLOSE_LINGER, async {
+    let wait = CLOSE_LINGER.min(Duration::from_millis(hub.config.close_flush_timeout_ms));
+    let _ = monoio::time::timeout(wait, async {
         let mut sink = [0u8; 512];
+        let mut discarded = 0;
         loop {
             match sockio::recv(fd, &mut sink) {
                 Ok(0) => return,
-                Ok(_) => {}
+                Ok(n) => {
+                    discarded += n;
+                    if discarded > LINGER_MAX_BYTES {
+                        let _ = sockio::set_linger_zero(fd);
+                        return;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if stream.readable(false).await.is_err() {
                         return;
@@ -477,7 +498,6 @@ enum Wake {
     Queued,
     /// A publisher holding read input may publish again.
     Resumed,
-    Deadline,
     Writable(io::Result<()>),
     Readable(io::Result<()>),
 }
@@ -495,10 +515,11 @@ impl WsConn {
             let mut readable = pin!(stream.readable(false));
             // Allocated only while a write would block, so idle connections do not carry it.
             let mut writable: Option<Pin<Box<dyn Future<Output = io::Result<()>> + '_>>> = None;
-            // Armed once closing begins (boxed: only closing connections pay for it).
-            let mut deadline: Option<Pin<Box<monoio::time::Sleep>>> = None;
             let mut yield_once = false;
             loop {
+                if self.conn.reset.get() {
+                    return false; // the close did not flush in time (`Hub::sweep_closing`)
+                }
                 if writable.is_none() && !self.conn.queue.borrow().is_empty() {
                     match self.write() {
                         Ok(true) => {}
@@ -512,9 +533,6 @@ impl WsConn {
                 if self.conn.closing.get() && self.conn.queue.borrow().is_empty() {
                     return true;
                 }
-                if self.conn.closing.get() && deadline.is_none() {
-                    deadline = Some(Box::pin(monoio::time::sleep(CLOSE_FLUSH_DEADLINE)));
-                }
                 let conn = &self.conn;
                 let (hub, role) = (&self.hub, &self.role);
                 let wake = std::future::poll_fn(|cx| {
@@ -526,7 +544,8 @@ impl WsConn {
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
-                    if conn.abort.get() || (writable.is_none() && !conn.queue.borrow().is_empty()) {
+                    let abort = conn.abort.get() || conn.reset.get();
+                    if abort || (writable.is_none() && !conn.queue.borrow().is_empty()) {
                         return Poll::Ready(Wake::Queued);
                     }
                     match conn.waker.take() {
@@ -536,11 +555,6 @@ impl WsConn {
                     if let Some(w) = writable.as_mut() {
                         if let Poll::Ready(r) = w.as_mut().poll(cx) {
                             return Poll::Ready(Wake::Writable(r));
-                        }
-                    }
-                    if let Some(d) = deadline.as_mut() {
-                        if d.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Wake::Deadline);
                         }
                     }
                     // A publisher of a paused topic, or on a shard whose mesh backlog is
@@ -571,7 +585,6 @@ impl WsConn {
                         self.consume(input);
                         yield_once = true;
                     }
-                    Wake::Deadline => return false,
                     Wake::Writable(r) => {
                         writable = None;
                         if r.is_err() {
@@ -727,7 +740,7 @@ impl WsConn {
                 }
                 Err(e) => {
                     self.hub.stats().protocol_error(e.code.0);
-                    self.conn.close_with(encode_close(e.code, e.reason));
+                    self.hub.close(&self.conn, encode_close(e.code, e.reason));
                 }
             }
             off += consumed;
@@ -805,7 +818,7 @@ fn handle_event(hub: &Rc<Hub>, conn: &Rc<Conn>, id: u32, role: &ConnRole, ev: Ev
         Event::Pong(_) => {}
         Event::Close(code) => {
             let code = code.map_or(CloseCode::NORMAL, |(c, _)| c);
-            conn.close_with(encode_close(code, ""));
+            hub.close(conn, encode_close(code, ""));
         }
     }
     false

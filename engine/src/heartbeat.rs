@@ -315,21 +315,34 @@ pub fn sweep_once(hub: &Hub, now: u32) {
                 };
                 stats::add(counter, 1);
                 conn.abort.set(reason.abort());
-                conn.close_with(encode_close(reason.code(), reason.text()));
+                hub.close(conn, encode_close(reason.code(), reason.text()));
             }
         }
     });
 }
 
-/// The shard's sweep task (returns at once when every rule is off).
+/// The shard's sweep task: every [`crate::closing::sweep_period`] the closing sweep (resets
+/// connections whose close did not flush in time), and every
+/// [`HeartbeatConfig::sweep_period`] the heartbeat sweep when any heartbeat rule is on.
 pub async fn run(hub: Rc<Hub>) {
-    if !hub.heartbeat.cfg.enabled() {
-        return;
-    }
-    let period = hub.heartbeat.cfg.sweep_period();
+    let flush = hub.config.close_flush_timeout_ms.min(MAX_DURATION_MS) as u32;
+    let closing = crate::closing::sweep_period(flush);
+    let heartbeat = hub
+        .heartbeat
+        .cfg
+        .enabled()
+        .then(|| hub.heartbeat.cfg.sweep_period());
+    let period = heartbeat.map_or(closing, |h| h.min(closing));
+    let mut next_heartbeat = Instant::now() + heartbeat.unwrap_or_default();
     loop {
         monoio::time::sleep(period).await;
-        sweep_once(&hub, hub.heartbeat.now());
+        let at = Instant::now();
+        let now = hub.heartbeat.ms_at(at);
+        hub.sweep_closing(now);
+        if let Some(h) = heartbeat.filter(|_| at >= next_heartbeat) {
+            sweep_once(&hub, now);
+            next_heartbeat = at + h;
+        }
     }
 }
 

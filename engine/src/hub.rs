@@ -13,6 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use shardcast_proto::{encode_close, CloseCode, MessageKind};
 
+use crate::closing::{AbortReason, ClosingSet};
 use crate::config::Config;
 use crate::governor::Governor;
 use crate::heartbeat::{Liveness, ShardHeartbeat};
@@ -48,6 +49,9 @@ pub struct Conn {
     pub liveness: Cell<Liveness>,
     /// Close without waiting: write what fits now, skip the linger (the peer is presumed dead).
     pub abort: Cell<bool>,
+    /// Tear down now with a reset (`SO_LINGER {1, 0}`): the close frame could not be flushed
+    /// in time (`closing.rs`). Set by [`Hub::sweep_closing`].
+    pub reset: Cell<bool>,
     /// Shard clock (ms, `ShardHeartbeat`) of the last write that made progress, or of the
     /// registration: how long an evicted connection had stalled (`conn::record_eviction_stall`).
     pub write_progress: Cell<u32>,
@@ -146,6 +150,8 @@ pub struct Hub {
     mesh_retry: Cell<bool>,
     /// The 1013 close frame, shared by every eviction so that evicting never adds bytes.
     evict_close: RefCell<Option<Rc<QueuedFrame>>>,
+    /// Connections whose close frame is queued, each with its teardown deadline.
+    closing: RefCell<ClosingSet<Rc<Conn>>>,
     /// Per-shard read buffer: connections read into it and keep only partial frames.
     pub scratch: RefCell<Vec<u8>>,
     /// Per-shard iovec scratch for gather writes.
@@ -233,6 +239,11 @@ impl Hub {
             drain_waker: Cell::new(None),
             mesh_retry: Cell::new(false),
             evict_close: RefCell::new(None),
+            closing: RefCell::new(ClosingSet::new(
+                config
+                    .close_flush_timeout_ms
+                    .min(crate::heartbeat::MAX_DURATION_MS) as u32,
+            )),
             id,
             config,
             all_stats,
@@ -467,7 +478,7 @@ impl Hub {
     fn offer(
         &self,
         conns: &[Option<Rc<Conn>>],
-        conn: &Conn,
+        conn: &Rc<Conn>,
         qf: &Rc<QueuedFrame>,
         topic: &str,
         policy: &Policy,
@@ -506,7 +517,7 @@ impl Hub {
     /// Queue a frame of the connection's own (control reply, echo, pong) under the ceiling
     /// and the default high-water mark; there is no topic to conflate, so above the mark the
     /// connection is evicted.
-    pub fn push_own(&self, conn: &Conn, frame: Bytes) {
+    pub fn push_own(&self, conn: &Rc<Conn>, frame: Bytes) {
         if conn.closing.get() || frame.is_empty() {
             return;
         }
@@ -575,7 +586,7 @@ impl Hub {
 
     /// Close a connection with 1013 "try again later": its unstarted frames are released at
     /// once and the close goes out right after a partially written frame, if any.
-    pub fn evict(&self, conn: &Conn, why: Eviction) {
+    pub fn evict(&self, conn: &Rc<Conn>, why: Eviction) {
         if conn.closing.get() {
             return;
         }
@@ -596,6 +607,68 @@ impl Hub {
             })
             .clone();
         conn.close_with_frame(close);
+        self.watch_close(conn);
+    }
+
+    /// Queue `frame` as `conn`'s final close frame (once) and start its teardown deadline.
+    pub fn close(&self, conn: &Rc<Conn>, frame: Bytes) {
+        if conn.closing.get() {
+            return;
+        }
+        conn.close_with(frame);
+        self.watch_close(conn);
+    }
+
+    /// Start the teardown deadline of a connection whose close frame was just queued: the
+    /// close flush timeout, or during shutdown the grace (and the flush timeout without
+    /// progress).
+    fn watch_close(&self, conn: &Rc<Conn>) {
+        let mut closing = self.closing.borrow_mut();
+        let (hard, why) = if self.shutting_down.get() {
+            let grace = self
+                .config
+                .shutdown_grace_ms
+                .min(crate::heartbeat::MAX_DURATION_MS) as u32;
+            (grace.max(closing.flush_timeout_ms()), AbortReason::Shutdown)
+        } else {
+            (closing.flush_timeout_ms(), AbortReason::CloseTimeout)
+        };
+        let now = self.heartbeat.now();
+        closing.handle_close(conn.clone(), now, conn.unsent(), hard, why);
+    }
+
+    /// The closing sweep at `now`: abort (reset) every closing connection past its deadline.
+    pub fn sweep_closing(&self, now: u32) {
+        let expired = self
+            .closing
+            .borrow_mut()
+            .poll_expired(now, |c| (Rc::strong_count(c) > 1).then(|| c.unsent()));
+        for (conn, why) in expired {
+            self.reset(&conn, why);
+        }
+    }
+
+    /// Abort every connection still closing (the end of the shutdown grace).
+    pub fn abort_all(&self) {
+        let left: Vec<_> = self.closing.borrow_mut().drain().collect();
+        for (conn, why) in left {
+            if Rc::strong_count(&conn) > 1 {
+                self.reset(&conn, why);
+            }
+        }
+    }
+
+    /// Connections whose close frame is queued and not yet flushed (or torn down).
+    pub fn closing_len(&self) -> usize {
+        self.closing.borrow().len()
+    }
+
+    fn reset(&self, conn: &Conn, why: AbortReason) {
+        conn.reset.set(true);
+        self.stats().abort(why);
+        if let Some(w) = conn.waker.take() {
+            w.wake();
+        }
     }
 
     /// Mark a connection slow (above a high-water mark until below `low`); if slow clients
@@ -880,19 +953,26 @@ impl Hub {
     pub fn close_all(&self, frame: &Bytes) {
         let close = self.ledger.frame(frame.clone(), None, None);
         for conn in self.conns.borrow().iter().flatten() {
-            conn.close_with_frame(close.clone());
+            if !conn.closing.get() {
+                conn.close_with_frame(close.clone());
+                self.watch_close(conn);
+            }
         }
     }
 
     /// Visit every registered connection with its id (the heartbeat sweep). `f` must not
     /// register or unregister connections.
-    pub fn for_each_conn(&self, f: impl FnMut(u32, &Conn)) {
+    pub fn for_each_conn(&self, f: impl FnMut(u32, &Rc<Conn>)) {
         self.for_each_conn_in(0..usize::MAX, f);
     }
 
     /// Visit the registered connections whose slot is in `slots` (the queue depth sampler
     /// spreads one pass over several ticks). `f` must not register or unregister connections.
-    pub fn for_each_conn_in(&self, slots: std::ops::Range<usize>, mut f: impl FnMut(u32, &Conn)) {
+    pub fn for_each_conn_in(
+        &self,
+        slots: std::ops::Range<usize>,
+        mut f: impl FnMut(u32, &Rc<Conn>),
+    ) {
         let conns = self.conns.borrow();
         let slots = slots.start.min(conns.len())..slots.end.min(conns.len());
         for (id, conn) in conns[slots.clone()].iter().enumerate() {
@@ -1009,6 +1089,39 @@ pub(crate) mod tests {
             && frames(c)
                 .last()
                 .is_some_and(|f| f[..4] == [0x88, 17, 0x03, 0xf5])
+    }
+
+    /// An evicted connection whose close does not flush is reset at the flush deadline,
+    /// counted once; one that ended by itself is forgotten.
+    #[test]
+    fn closing_sweep_resets_what_did_not_flush_in_time() {
+        let hub = &hubs(
+            1,
+            &[
+                "--high-water-bytes",
+                "1000",
+                "--close-flush-timeout-ms",
+                "300",
+            ],
+        )[0];
+        let (_, stuck) = sub(hub, &["t"]);
+        let (gone_id, gone) = sub(hub, &["t"]);
+        let t: Arc<str> = Arc::from("t");
+        let before = hub.heartbeat.now();
+        for _ in 0..4 {
+            hub.publish(&t, MessageKind::Binary, &[0; 298]);
+        }
+        assert!(is_evicted(&stuck) && is_evicted(&gone));
+        let after = hub.heartbeat.now();
+        hub.unregister(gone_id);
+        drop(gone); // its task ended: only the closing set still holds it
+        hub.sweep_closing(before.wrapping_add(250));
+        assert!(!stuck.reset.get());
+        assert_eq!(hub.closing_len(), 1, "the ended one is forgotten");
+        hub.sweep_closing(after.wrapping_add(300));
+        assert!(stuck.reset.get());
+        assert_eq!(hub.stats().aborts(AbortReason::CloseTimeout), 1);
+        assert_eq!(hub.closing_len(), 0);
     }
 
     #[test]

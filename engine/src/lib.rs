@@ -11,6 +11,7 @@
 //! - [`queue`]: per-connection send queues and the shard's exact accounting of queued frames.
 //! - [`policy`]: per-topic back-pressure policies and glob matching.
 //! - [`governor`]: the memory ceiling and eviction decisions.
+//! - [`closing`]: teardown deadlines of closing connections (reset when a close cannot flush).
 //! - [`route`]: request routing and publish authorization.
 //! - [`control`]: Binance-style SUBSCRIBE/UNSUBSCRIBE/LIST_SUBSCRIPTIONS messages.
 //! - [`signals`]: SIGINT/SIGTERM via sigwait on a plain thread.
@@ -32,6 +33,7 @@
 
 pub mod admin;
 pub mod bridge;
+pub mod closing;
 pub mod config;
 pub mod conn;
 pub mod control;

@@ -13,7 +13,7 @@ use crate::admin::{ProcessReport, ShardReport};
 use crate::bridge::stats::BridgeSnapshot;
 use crate::depth::{DepthSummary, QUANTILES as DEPTH_QUANTILES};
 use crate::latency::LatencyKind;
-use crate::stats::{Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES};
+use crate::stats::{AbortReason, Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES};
 
 /// Content-Type of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -407,6 +407,22 @@ pub fn render(
                 "shardcast_messages_discarded_total{{shard=\"{i}\",reason=\"{}\",policy=\"{policy}\"}} {}",
                 why.name(),
                 r.snap.discarded[why as usize]
+            );
+        }
+    }
+    family(
+        &mut out,
+        "shardcast_aborts_total",
+        "counter",
+        "Connections reset (RST) because their close frame was not flushed in time, by reason.",
+    );
+    for (i, r) in shards.iter().enumerate() {
+        for why in AbortReason::ALL {
+            let _ = writeln!(
+                out,
+                "shardcast_aborts_total{{shard=\"{i}\",reason=\"{}\"}} {}",
+                why.name(),
+                r.snap.aborts[why as usize]
             );
         }
     }

@@ -259,8 +259,17 @@ async fn run_shard(
     hub.shutting_down.set(true);
     hub.close_all(&encode_close(CloseCode::GOING_AWAY, ""));
     let deadline = Instant::now() + Duration::from_millis(hub.config.shutdown_grace_ms);
+    // Peers that do not read are reset by the closing sweep (no progress for
+    // close_flush_timeout_ms); whatever is left at the end of the grace is reset here.
     while hub.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if hub.active.get() > 0 {
+        hub.abort_all();
+        let end = Instant::now() + SHUTDOWN_RESET_WAIT;
+        while hub.active.get() > 0 && Instant::now() < end {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     tracing::info!(shard = hub.id, left = hub.active.get(), "shard stopped");
 }
@@ -320,6 +329,10 @@ async fn retry_pause(hub: &Hub) {
     })
     .await
 }
+
+/// After the shutdown grace: how long the connections reset by [`Hub::abort_all`] get to
+/// close their sockets before the runtime (and with it whatever is left) is dropped.
+const SHUTDOWN_RESET_WAIT: Duration = Duration::from_millis(200);
 
 /// Retry period of a mesh backlog on an idle shard (monoio's timer wheel rounds it up to 1-2 ms).
 const MESH_RETRY: Duration = Duration::from_micros(200);

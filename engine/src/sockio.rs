@@ -81,6 +81,30 @@ pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     })
 }
 
+/// Make the next `close` of `fd` reset the connection (`SO_LINGER {on, 0}`): unsent data is
+/// discarded and the socket freed at once instead of lingering behind a peer that does not
+/// read.
+pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` lives across the call and its size is passed alongside the pointer.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Write all of `data` to a nonblocking socket, waiting for writability as needed.
 pub async fn write_all(stream: &monoio::net::TcpStream, fd: RawFd, data: &[u8]) -> io::Result<()> {
     let mut off = 0;

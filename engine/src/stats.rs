@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+pub use crate::closing::AbortReason;
 use crate::depth::SharedDepth;
 use crate::latency::SharedLatency;
 
@@ -158,6 +159,7 @@ pub struct ShardStats {
     pub bridge_dropped: AtomicU64,
     evictions: [AtomicU64; 3],
     drops: [AtomicU64; 2],
+    aborts: [AtomicU64; 2],
 }
 
 /// A point-in-time copy of one shard's counters: plain numbers for /stats and /metrics.
@@ -226,6 +228,10 @@ pub struct Snapshot {
     /// Discarded messages, indexed like [`Discard::ALL`].
     #[serde(skip)]
     pub discarded: [u64; 2],
+    /// Connections reset because their close did not flush in time, indexed like
+    /// [`AbortReason::ALL`].
+    #[serde(skip)]
+    pub aborts: [u64; 2],
 }
 
 /// Why a connection was evicted (closed 1013).
@@ -327,6 +333,16 @@ impl ShardStats {
         self.drops[why as usize].load(Relaxed)
     }
 
+    /// Count a connection reset because its close did not flush in time.
+    pub fn abort(&self, why: AbortReason) {
+        self.aborts[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Resets for one reason.
+    pub fn aborts(&self, why: AbortReason) -> u64 {
+        self.aborts[why as usize].load(Relaxed)
+    }
+
     /// Record the driver this shard runs on.
     pub fn set_driver(&self, d: DriverKind) {
         self.driver.store(d as u8, Relaxed);
@@ -368,6 +384,7 @@ impl ShardStats {
             bridge_dropped: get(&self.bridge_dropped),
             evictions: std::array::from_fn(|i| get(&self.evictions[i])),
             discarded: std::array::from_fn(|i| get(&self.drops[i])),
+            aborts: std::array::from_fn(|i| get(&self.aborts[i])),
         }
     }
 
