@@ -13,6 +13,7 @@ use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::latency::Recording;
+use crate::limits;
 use crate::policy::{Action, Policy, TopicPolicy, TopicPolicySpec};
 
 /// Default `queue_ceiling_pct`: the share of the memory limit queued frames may hold.
@@ -193,6 +194,9 @@ pub struct Config {
     pub default_policy: Action,
     /// Default high-water mark of a connection's send queue, in bytes.
     pub high_water_bytes: usize,
+    /// SO_SNDBUF of every connection (set on the listeners, inherited at accept); 0 leaves
+    /// the kernel's autotuning (up to tcp_wmem's max).
+    pub send_buffer_bytes: usize,
     /// Default low-water mark, in bytes.
     pub low_water_bytes: usize,
     /// Memory limit the queue ceiling is a share of (configured, else cgroup v2 memory.max,
@@ -313,9 +317,12 @@ pub struct Overrides {
     /// Policy above the high-water mark for topics no --topic-policy matches: evict (close 1013), conflate, drop-oldest or pause [default: evict]
     #[arg(long, env = "SHARDCAST_DEFAULT_POLICY")]
     pub default_policy: Option<Action>,
-    /// Send-queue high-water mark per connection; suffixes K/M/G/KiB/MiB/GiB [default: 1MiB]
+    /// High-water mark per connection: kernel send buffer plus what is queued behind the frame being written; must be at least max_message_bytes + 159 + 2.5 x send_buffer_bytes (checked at start); suffixes K/M/G/KiB/MiB/GiB [default: 2MiB, raised to that minimum when larger]
     #[arg(long, env = "SHARDCAST_HIGH_WATER_BYTES")]
     pub high_water_bytes: Option<ByteSize>,
+    /// Kernel send buffer per connection (SO_SNDBUF; the kernel holds up to twice this); 0 leaves autotuning up to tcp_wmem's max; suffixes K/M/G/KiB/MiB/GiB [default: 256KiB]
+    #[arg(long, env = "SHARDCAST_SEND_BUFFER_BYTES")]
+    pub send_buffer_bytes: Option<ByteSize>,
     /// Send-queue low-water mark (a paused topic resumes, a slow client counts as caught up, below it) [default: high_water_bytes / 4]
     #[arg(long, env = "SHARDCAST_LOW_WATER_BYTES")]
     pub low_water_bytes: Option<ByteSize>,
@@ -372,6 +379,8 @@ pub enum ConfigError {
     Invalid(&'static str),
     /// A back-pressure policy is inconsistent.
     Policy(String),
+    /// Size limits that would let one accepted message evict a subscriber.
+    Limits(String),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -381,6 +390,7 @@ impl std::fmt::Display for ConfigError {
             Self::Parse(p, e) => write!(f, "invalid config file {}: {e}", p.display()),
             Self::Invalid(why) => write!(f, "invalid configuration: {why}"),
             Self::Policy(why) => write!(f, "invalid policy: {why}"),
+            Self::Limits(why) => write!(f, "inconsistent limits: {why}"),
         }
     }
 }
@@ -433,6 +443,7 @@ impl Overrides {
             lifetime_jitter_pct: self.lifetime_jitter_pct.or(lower.lifetime_jitter_pct),
             default_policy: self.default_policy.or(lower.default_policy),
             high_water_bytes: self.high_water_bytes.or(lower.high_water_bytes),
+            send_buffer_bytes: self.send_buffer_bytes.or(lower.send_buffer_bytes),
             low_water_bytes: self.low_water_bytes.or(lower.low_water_bytes),
             topic_policy: self.topic_policy.or(lower.topic_policy),
             memory_limit: self.memory_limit.or(lower.memory_limit),
@@ -471,12 +482,19 @@ impl Overrides {
         }
         let max_connections = self.max_connections.unwrap_or(1_000_000);
         let size = |b: Option<ByteSize>| b.map(|b| b.0 as usize);
+        let max_message_bytes = self.max_message_bytes.unwrap_or(1 << 20);
+        let send_buffer_bytes = size(self.send_buffer_bytes).unwrap_or(DEFAULT_SEND_BUFFER);
+        // An unset mark is at least what one accepted message needs (limits.rs).
+        let default_high = crate::policy::DEFAULT_HIGH_WATER.max(limits::min_high_water(
+            max_message_bytes,
+            kernel_allowance(send_buffer_bytes),
+        ));
         let default = Policy::resolve(
             self.default_policy.unwrap_or(Action::Evict),
             size(self.high_water_bytes),
             size(self.low_water_bytes),
             None,
-            crate::policy::DEFAULT_HIGH_WATER,
+            default_high,
         )
         .map_err(ConfigError::Policy)?;
         let topic_policy = self
@@ -524,7 +542,7 @@ impl Overrides {
             handshake_timeout_ms: self.handshake_timeout_ms.unwrap_or(10_000),
             max_header_bytes: self.max_header_bytes.unwrap_or(8192),
             max_headers: self.max_headers.unwrap_or(32),
-            max_message_bytes: self.max_message_bytes.unwrap_or(1 << 20),
+            max_message_bytes,
             max_control_message_bytes: self.max_control_message_bytes.unwrap_or(4096),
             max_topics_per_connection: self.max_topics_per_connection.unwrap_or(1024),
             ring_capacity: self.ring_capacity.unwrap_or(4096),
@@ -539,6 +557,7 @@ impl Overrides {
             lifetime_jitter_pct: self.lifetime_jitter_pct.unwrap_or(10),
             default_policy: default.policy,
             high_water_bytes: default.high_water_bytes,
+            send_buffer_bytes,
             low_water_bytes: default.low_water_bytes,
             memory_limit,
             memory_limit_source: source.to_owned(),
@@ -589,7 +608,37 @@ impl Overrides {
     }
 }
 
+/// Default `send_buffer_bytes` (docs/TUNING.md, "Kernel send buffers").
+pub const DEFAULT_SEND_BUFFER: usize = 256 << 10;
+
+/// Kernel bytes one socket may hold with `send_buffer_bytes` (limits.rs).
+fn kernel_allowance(send_buffer_bytes: usize) -> usize {
+    let wmem_max = if send_buffer_bytes == 0 {
+        limits::host_tcp_wmem_max()
+    } else {
+        0
+    };
+    limits::kernel_allowance(send_buffer_bytes, wmem_max)
+}
+
 impl Config {
+    /// Start-up check of the size limits (limits.rs): the default mark and every `evict` topic
+    /// policy's mark must take one accepted message plus a full kernel send buffer.
+    pub fn check_limits(&self) -> Result<(), ConfigError> {
+        let kernel = kernel_allowance(self.send_buffer_bytes);
+        let max = self.max_message_bytes;
+        limits::check_mark("high_water_bytes", self.high_water_bytes, max, kernel)
+            .map_err(ConfigError::Limits)?;
+        for t in &self.topic_policy {
+            if t.resolved.policy == Action::Evict {
+                let what = format!("topic_policy {} high_water_bytes", t.pattern);
+                limits::check_mark(&what, t.resolved.high_water_bytes, max, kernel)
+                    .map_err(ConfigError::Limits)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The policy table the hubs use.
     pub fn policies(&self) -> crate::policy::Policies {
         crate::policy::Policies::new(
@@ -813,6 +862,49 @@ mod tests {
         );
         assert!(parse(&["--queue-ceiling-pct", "0"]).resolve().is_err());
         assert!(Overrides::try_parse_from(["shardcast", "--memory-limit", "12X"]).is_err());
+    }
+
+    #[test]
+    fn limits_are_consistent_or_refused_at_start() {
+        let c = parse(&[]).resolve().unwrap();
+        assert_eq!(
+            (c.high_water_bytes, c.low_water_bytes),
+            (2 << 20, 512 << 10)
+        );
+        assert_eq!(c.send_buffer_bytes, 256 << 10);
+        c.check_limits().unwrap();
+        // A larger max message raises the unset default mark to what it needs.
+        let c = parse(&["--max-message-bytes", "4194304"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.high_water_bytes, (4 << 20) + 159 + (640 << 10));
+        c.check_limits().unwrap();
+        // An explicit mark below that is refused, with the minimum in the message.
+        let c = parse(&["--high-water-bytes", "1MiB"]).resolve().unwrap();
+        let e = c.check_limits().unwrap_err().to_string();
+        assert!(e.contains("at least 1704095"), "{e}");
+        let c = parse(&["--topic-policy", "b=evict,high_water_bytes=64K"])
+            .resolve()
+            .unwrap();
+        let e = c.check_limits().unwrap_err().to_string();
+        assert!(e.contains("topic_policy b high_water_bytes"), "{e}");
+        // Other policies may use small marks: crossing them never evicts.
+        let c = parse(&["--topic-policy", "b=conflate,high_water_bytes=64K"])
+            .resolve()
+            .unwrap();
+        c.check_limits().unwrap();
+        // A smaller send buffer and message allow a smaller mark.
+        let c = parse(&[
+            "--send-buffer-bytes",
+            "64K",
+            "--max-message-bytes",
+            "65536",
+            "--high-water-bytes",
+            "256K",
+        ])
+        .resolve()
+        .unwrap();
+        c.check_limits().unwrap();
     }
 
     #[test]

@@ -322,7 +322,8 @@ pub fn sweep_once(hub: &Hub, now: u32) {
 }
 
 /// The shard's sweep task: every [`crate::closing::sweep_period`] the closing sweep (resets
-/// connections whose close did not flush in time), and every
+/// connections whose close did not flush in time) and the kernel sweep (samples full
+/// sockets, charges stalled ones to the ceiling), and every
 /// [`HeartbeatConfig::sweep_period`] the heartbeat sweep when any heartbeat rule is on.
 pub async fn run(hub: Rc<Hub>) {
     let flush = hub.config.close_flush_timeout_ms.min(MAX_DURATION_MS) as u32;
@@ -339,6 +340,7 @@ pub async fn run(hub: Rc<Hub>) {
         let at = Instant::now();
         let now = hub.heartbeat.ms_at(at);
         hub.sweep_closing(now);
+        hub.sweep_kernel(now);
         if let Some(h) = heartbeat.filter(|_| at >= next_heartbeat) {
             sweep_once(&hub, now);
             next_heartbeat = at + h;

@@ -17,6 +17,7 @@ use crate::closing::{AbortReason, ClosingSet};
 use crate::config::Config;
 use crate::governor::Governor;
 use crate::heartbeat::{Liveness, ShardHeartbeat};
+use crate::kernelbuf::{FullSockets, Verdict};
 use crate::latency::LocalLatency;
 use crate::mesh::{Envelope, MeshItem, MeshLink, MeshPayload};
 use crate::policy::{Action, Policies, Policy};
@@ -52,6 +53,16 @@ pub struct Conn {
     /// Tear down now with a reset (`SO_LINGER {1, 0}`): the close frame could not be flushed
     /// in time (`closing.rs`). Set by [`Hub::sweep_closing`].
     pub reset: Cell<bool>,
+    /// The socket, for sampling what its kernel send buffer holds.
+    pub fd: SockFd,
+    /// Kernel memory held by this socket's unsent data as last sampled (`SO_MEMINFO`
+    /// `wmem_queued`) while its socket was full; 0 once a write takes everything queued.
+    /// Counted in the shard's ledger: change it only through [`Conn::set_kernel`].
+    pub kernel: Cell<u32>,
+    /// Its kernel bytes are charged to the ceiling (the socket stalled: `kernelbuf.rs`).
+    pub kernel_charged: Cell<bool>,
+    /// In the hub's list of full sockets, sampled on every sweep until drained.
+    pub kernel_watched: Cell<bool>,
     /// Shard clock (ms, `ShardHeartbeat`) of the last write that made progress, or of the
     /// registration: how long an evicted connection had stalled (`conn::record_eviction_stall`).
     pub write_progress: Cell<u32>,
@@ -60,6 +71,16 @@ pub struct Conn {
     /// read. (Kept here, in `Conn`'s padding, rather than in the task state idle
     /// connections keep.)
     pub held_input: Cell<bool>,
+}
+
+/// A connection's socket descriptor (`-1` for none: connections built in tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockFd(pub std::os::fd::RawFd);
+
+impl Default for SockFd {
+    fn default() -> Self {
+        SockFd(-1)
+    }
 }
 
 impl Conn {
@@ -84,13 +105,14 @@ impl Conn {
         }
     }
 
-    /// Queue a final close frame (once) and wake the writer.
+    /// Queue a final close frame (once) and wake the writer. Use [`Hub::close`], which also
+    /// starts the teardown deadline.
     pub fn close_with(&self, frame: Bytes) {
         if self.closing.get() {
             return;
         }
         self.push(frame);
-        self.closing.set(true);
+        self.begin_closing();
     }
 
     fn close_with_frame(&self, frame: Rc<QueuedFrame>) {
@@ -98,12 +120,66 @@ impl Conn {
             return;
         }
         self.push_frame(frame);
+        self.begin_closing();
+    }
+
+    /// From now on this connection is going away: its kernel bytes are bounded by the teardown
+    /// deadline, so the ceiling stops charging them (evicting it must make room at once).
+    fn begin_closing(&self) {
+        self.charge_kernel(false);
         self.closing.set(true);
     }
 
-    /// Logical unsent bytes.
+    /// Record what the kernel holds for this socket's sends (see `kernel`), keeping the
+    /// shard's ledger in step.
+    pub fn set_kernel(&self, bytes: usize) {
+        let bytes = bytes.min(u32::MAX as usize) as u32;
+        let old = self.kernel.replace(bytes);
+        self.ledger
+            .kernel_changed(old as usize, bytes as usize, self.kernel_charged.get());
+    }
+
+    /// Charge this socket's kernel bytes to the ceiling (it stalled) or stop charging them.
+    pub fn charge_kernel(&self, on: bool) {
+        if self.kernel_charged.replace(on) != on {
+            self.ledger.kernel_charge(self.kernel(), on);
+        }
+    }
+
+    /// Kernel bytes as last sampled.
+    pub fn kernel(&self) -> usize {
+        self.kernel.get() as usize
+    }
+
+    /// Sample the kernel's send buffer use of this socket now (no-op without a socket).
+    pub fn sample_kernel(&self) {
+        if self.fd.0 >= 0 {
+            self.set_kernel(crate::sockio::send_buffer_held(self.fd.0));
+        }
+    }
+
+    /// Everything this connection holds unsent: its queue (logical bytes) and what its
+    /// kernel send buffer held when last sampled.
     pub fn unsent(&self) -> usize {
-        self.queue.borrow().len_bytes()
+        self.queue.borrow().len_bytes() + self.kernel()
+    }
+
+    /// What counts against the high-water mark if `extra` more bytes were queued: the kernel's
+    /// bytes plus everything behind the frame being written. The frame in progress is exempt,
+    /// so a frame alone (even one larger than the mark) never makes a connection slow.
+    pub fn backlog_with(&self, extra: usize) -> usize {
+        let q = self.queue.borrow();
+        let behind = if q.is_empty() {
+            0 // `extra` becomes the frame in progress
+        } else {
+            q.len_bytes() - q.head_remaining() + extra
+        };
+        self.kernel() + behind
+    }
+
+    /// [`backlog_with`](Self::backlog_with) nothing more.
+    pub fn backlog(&self) -> usize {
+        self.backlog_with(0)
     }
 }
 
@@ -152,6 +228,8 @@ pub struct Hub {
     evict_close: RefCell<Option<Rc<QueuedFrame>>>,
     /// Connections whose close frame is queued, each with its teardown deadline.
     closing: RefCell<ClosingSet<Rc<Conn>>>,
+    /// Connections whose socket a write found full, sampled on every sweep until drained.
+    full: RefCell<FullSockets<Rc<Conn>>>,
     /// Per-shard read buffer: connections read into it and keep only partial frames.
     pub scratch: RefCell<Vec<u8>>,
     /// Per-shard iovec scratch for gather writes.
@@ -244,6 +322,7 @@ impl Hub {
                     .close_flush_timeout_ms
                     .min(crate::heartbeat::MAX_DURATION_MS) as u32,
             )),
+            full: RefCell::new(FullSockets::default()),
             id,
             config,
             all_stats,
@@ -306,6 +385,8 @@ impl Hub {
         };
         self.registered.set(self.registered.get() - 1);
         conn.queue.borrow_mut().clear();
+        conn.charge_kernel(false);
+        conn.set_kernel(0);
         self.unslow(&conn);
         self.release_pauses(&conn, usize::MAX);
         let mut gone = Vec::new();
@@ -489,7 +570,7 @@ impl Hub {
         if conn.closing.get() {
             return false;
         }
-        if conn.unsent() + qf.len() > policy.high_water_bytes {
+        if conn.backlog_with(qf.len()) > policy.high_water_bytes {
             let s = self.stats();
             match policy.policy {
                 Action::Evict => {
@@ -508,7 +589,7 @@ impl Hub {
             }
         }
         conn.push_frame(qf.clone());
-        if conn.unsent() > policy.high_water_bytes {
+        if conn.backlog() > policy.high_water_bytes {
             self.mark_slow(conns, conn, policy.low_water_bytes);
         }
         !conn.closing.get()
@@ -526,7 +607,7 @@ impl Hub {
             self.evict(conn, Eviction::Ceiling);
             return;
         }
-        if conn.unsent() + frame.len() > self.policies.default_policy().high_water_bytes {
+        if conn.backlog_with(frame.len()) > self.policies.default_policy().high_water_bytes {
             self.evict(conn, Eviction::HighWater);
             return;
         }
@@ -554,9 +635,15 @@ impl Hub {
             .filter_map(|(id, c)| {
                 let c = c.as_ref()?;
                 let q = c.queue.borrow();
-                // Only connections that have something to release (not just a started head).
-                let droppable = q.len_frames() > usize::from(q.head_started());
-                (!c.closing.get() && droppable).then(|| (q.len_bytes(), id))
+                // Only connections that have something to release: more than a started head,
+                // or charged kernel bytes (a stalled socket).
+                let kernel = if c.kernel_charged.get() {
+                    c.kernel()
+                } else {
+                    0
+                };
+                let droppable = q.len_frames() > usize::from(q.head_started()) || kernel > 0;
+                (!c.closing.get() && droppable).then(|| (q.len_bytes() + kernel, id))
             })
             .collect();
         for id in Governor::order(candidates) {
@@ -573,9 +660,10 @@ impl Hub {
         self.governor.fits(self.charged(), extra)
     }
 
-    /// Bytes charged to this shard's budget: its queued frames plus its mesh backlog.
+    /// Bytes charged to this shard's budget: its queued frames, what the kernel holds for its
+    /// live connections' sends, and its mesh backlog.
     pub fn charged(&self) -> usize {
-        self.ledger.retained() + self.link.borrow().mesh_bytes()
+        self.ledger.charged() + self.link.borrow().mesh_bytes()
     }
 
     /// Copy the queue and mesh gauges into the shard's stats (the tick calls this).
@@ -639,13 +727,47 @@ impl Hub {
 
     /// The closing sweep at `now`: abort (reset) every closing connection past its deadline.
     pub fn sweep_closing(&self, now: u32) {
-        let expired = self
-            .closing
-            .borrow_mut()
-            .poll_expired(now, |c| (Rc::strong_count(c) > 1).then(|| c.unsent()));
+        let expired = self.closing.borrow_mut().poll_expired(now, |c| {
+            // Progress shows in the kernel's bytes too once the queue is down to the close.
+            (Rc::strong_count(c) > 1).then(|| {
+                c.sample_kernel();
+                c.unsent()
+            })
+        });
         for (conn, why) in expired {
             self.reset(&conn, why);
         }
+    }
+
+    /// A write found `conn`'s socket full: watch it (the sweep samples what its kernel buffer
+    /// holds and charges it to the ceiling once it stalls).
+    pub fn watch_full(&self, conn: &Rc<Conn>) {
+        if !conn.kernel_watched.replace(true) {
+            self.full
+                .borrow_mut()
+                .handle_full(conn.clone(), self.heartbeat.now());
+        }
+    }
+
+    /// The kernel sweep at `now`: sample every full socket, charge the stalled ones' kernel
+    /// bytes to the ceiling, forget the drained ones.
+    pub fn sweep_kernel(&self, now: u32) {
+        self.full.borrow_mut().poll(
+            now,
+            |c| {
+                if Rc::strong_count(c) == 1 {
+                    return None;
+                }
+                c.sample_kernel();
+                Some((c.unsent(), c.kernel() == 0))
+            },
+            |c, verdict| {
+                c.charge_kernel(verdict == Verdict::Stalled && !c.closing.get());
+                if verdict == Verdict::Drained {
+                    c.kernel_watched.set(false);
+                }
+            },
+        );
     }
 
     /// Abort every connection still closing (the end of the shutdown grace).
@@ -715,7 +837,7 @@ impl Hub {
     /// After a write: a connection back below its low-water mark is no longer slow and
     /// releases the topics it held paused.
     pub fn after_write(&self, conn: &Conn) {
-        let unsent = conn.unsent();
+        let unsent = conn.backlog();
         if conn.slow_low.get().is_some_and(|low| unsent <= low) {
             self.unslow(conn);
         }
@@ -1108,8 +1230,8 @@ pub(crate) mod tests {
         let (gone_id, gone) = sub(hub, &["t"]);
         let t: Arc<str> = Arc::from("t");
         let before = hub.heartbeat.now();
-        for _ in 0..4 {
-            hub.publish(&t, MessageKind::Binary, &[0; 298]);
+        for _ in 0..5 {
+            hub.publish(&t, MessageKind::Binary, &[0; 298]); // the 5th: 1208 behind the head
         }
         assert!(is_evicted(&stuck) && is_evicted(&gone));
         let after = hub.heartbeat.now();
@@ -1155,13 +1277,16 @@ pub(crate) mod tests {
         let (_, slow) = sub(hub, &["t"]);
         let (_, fast) = sub(hub, &["t"]);
         let t: Arc<str> = Arc::from("t");
-        for i in 0..3u8 {
+        for i in 0..4u8 {
             hub.publish(&t, MessageKind::Binary, &[i; 298]); // 302-byte frames
             read(hub, &fast, 302);
         }
         read(hub, &slow, 10);
-        assert!(!slow.closing.get());
-        hub.publish(&t, MessageKind::Binary, &[9; 298]); // 896 + 302 > 1000: evict
+        assert!(
+            !slow.closing.get(),
+            "906 bytes behind the frame being written"
+        );
+        hub.publish(&t, MessageKind::Binary, &[9; 298]); // 906 + 302 > 1000: evict
         assert!(is_evicted(&slow));
         let f = frames(&slow);
         assert_eq!(f.len(), 2, "rest of the started frame, then the close");
@@ -1188,7 +1313,8 @@ pub(crate) mod tests {
         let (_, a) = sub(hub, &["a"]);
         a.write_progress.set(hub.heartbeat.now().wrapping_sub(5000));
         hub.deliver("a", &frame, None, ago(10));
-        hub.deliver("a", &frame, None, ago(0)); // 1208 > 1000 bytes: evicted
+        hub.deliver("a", &frame, None, ago(1));
+        hub.deliver("a", &frame, None, ago(0)); // 1208 > 1000 bytes behind the head: evicted
         assert!(is_evicted(&a));
         let h = stalls();
         assert_eq!(h.len(), 1);
@@ -1197,26 +1323,30 @@ pub(crate) mod tests {
         let (_, b) = sub(hub, &["b"]);
         b.write_progress.set(hub.heartbeat.now().wrapping_sub(5000));
         hub.deliver("b", &frame, None, ago(2));
+        hub.deliver("b", &frame, None, ago(1));
         hub.deliver("b", &frame, None, ago(0));
         let h = stalls();
         assert_eq!(h.len(), 2);
         assert!(within(h.min(), 2), "{}", h.min());
-        // One message alone over the mark, on an empty queue: no stall at all.
+        // One message alone over the mark, on an empty queue, is not a reason to evict; evicted
+        // for the ceiling right away, it had not stalled at all.
         let (_, c) = sub(hub, &["c"]);
         hub.publish(&Arc::from("c"), MessageKind::Binary, &[0; 2000]);
-        assert!(is_evicted(&c));
+        assert!(!c.closing.get(), "a frame alone never makes a client slow");
+        hub.evict(&c, Eviction::Ceiling);
         hub.evict(&c, Eviction::Ceiling); // already closing: not evicted (or recorded) twice
         let h = stalls();
         assert_eq!(h.len(), 3, "one sample per eviction");
         assert_eq!(h.min(), 1, "a zero stall is recorded as the 1 µs floor");
-        assert_eq!(hub.stats().evictions(Eviction::HighWater), 3);
+        assert_eq!(hub.stats().evictions(Eviction::HighWater), 2);
+        assert_eq!(hub.stats().evictions(Eviction::Ceiling), 1);
     }
 
     #[test]
     fn conflate_keeps_newest_per_topic_and_counts() {
         let hub = &hubs(
             1,
-            &["--topic-policy", "tick.*=conflate,high_water_bytes=100"],
+            &["--topic-policy", "tick.*=conflate,high_water_bytes=40"],
         )[0];
         let (_, c) = sub(hub, &["tick.a", "tick.b"]);
         for i in 0..10u8 {
@@ -1225,7 +1355,7 @@ pub(crate) mod tests {
         }
         let f = frames(&c);
         let last: Vec<u8> = f.iter().map(|f| f[2]).collect();
-        // Over 100 bytes each new message replaces the queued one of its topic.
+        // Over 40 bytes behind the head, each new message replaces the queued one of its topic.
         assert_eq!(last, vec![9, 109]);
         assert_eq!(hub.stats().dropped(Discard::Conflated), 18);
         assert!(!c.closing.get());
@@ -1258,23 +1388,23 @@ pub(crate) mod tests {
         let (id, c) = sub(&hubs[0], &["p"]);
         let (id2, c2) = sub(&hubs[0], &["p"]);
         let p: Arc<str> = Arc::from("p");
-        for _ in 0..3 {
+        for _ in 0..4 {
             hubs[1].publish(&p, MessageKind::Binary, &[1; 30]); // 32-byte frames
         }
         pump(&hubs);
-        assert!(!hubs[1].is_paused("p"));
+        assert!(!hubs[1].is_paused("p"), "96 bytes behind the head");
         hubs[1].publish(&p, MessageKind::Binary, &[1; 30]);
         pump(&hubs);
         assert!(hubs[0].is_paused("p"), "local subscribers hold it");
         pump(&hubs);
         assert!(hubs[1].is_paused("p"), "the notice crossed the mesh");
         assert!(!hubs[1].is_paused("q"), "other topics unaffected");
-        assert_eq!(frames(&c).len(), 4, "pause drops nothing");
+        assert_eq!(frames(&c).len(), 5, "pause drops nothing");
         assert_eq!(stats::get(&hubs[0].stats().pauses_total), 2);
-        read(&hubs[0], &c, 60); // c at 68 > 40: still holds
+        read(&hubs[0], &c, 60); // 96 behind the head > 40: still holds
         pump(&hubs);
         assert!(hubs[1].is_paused("p"));
-        read(&hubs[0], &c, 30); // c at 38: released; c2 still holds
+        read(&hubs[0], &c, 40); // 32 behind the head: released; c2 still holds
         pump(&hubs);
         assert!(hubs[1].is_paused("p"));
         hubs[0].unregister(id2); // a paused subscriber that disconnects releases its pause
@@ -1293,6 +1423,8 @@ pub(crate) mod tests {
         ];
         let hub = &hubs(1, &args)[0];
         let (_, c) = sub(hub, &["p"]);
+        hub.publish(&Arc::from("p"), MessageKind::Binary, &[0; 20]);
+        assert!(!hub.is_paused("p"), "a frame alone never pauses");
         hub.publish(&Arc::from("p"), MessageKind::Binary, &[0; 20]);
         let flag = Arc::new(Flag(Default::default()));
         let waker = Waker::from(flag.clone());
@@ -1498,6 +1630,8 @@ pub(crate) mod tests {
         for (i, (_, c)) in conns[..10].iter().enumerate() {
             read(hub2, c, i); // client i is i bytes ahead: lower i = slower
         }
+        hub2.publish(&Arc::from("t"), MessageKind::Binary, &[0; 98]);
+        assert_eq!(hub2.slow_clients(), 0, "100 bytes behind the head");
         hub2.publish(&Arc::from("t"), MessageKind::Binary, &[0; 98]);
         assert_eq!(hub2.slow_clients(), 8);
         let evicted: Vec<usize> = (0..20).filter(|&i| conns[i].1.closing.get()).collect();

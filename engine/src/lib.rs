@@ -10,7 +10,9 @@
 //! - [`topic`]: topic names and the shard-local topic table.
 //! - [`queue`]: per-connection send queues and the shard's exact accounting of queued frames.
 //! - [`policy`]: per-topic back-pressure policies and glob matching.
+//! - [`limits`]: start-up consistency of message size, high-water marks and send buffers.
 //! - [`governor`]: the memory ceiling and eviction decisions.
+//! - [`kernelbuf`]: kernel send buffers in the budget (which full sockets are stalled).
 //! - [`closing`]: teardown deadlines of closing connections (reset when a close cannot flush).
 //! - [`route`]: request routing and publish authorization.
 //! - [`control`]: Binance-style SUBSCRIBE/UNSUBSCRIBE/LIST_SUBSCRIPTIONS messages.
@@ -43,7 +45,9 @@ pub mod governor;
 pub mod heartbeat;
 pub mod histlog;
 pub mod hub;
+pub mod kernelbuf;
 pub mod latency;
+pub mod limits;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;

@@ -26,6 +26,10 @@ fn main() {
         print!("{}", config.to_toml());
         return;
     }
+    if let Err(e) = config.check_limits() {
+        eprintln!("shardcast: {e}");
+        std::process::exit(2);
+    }
     if only_preflight {
         // Same raise as a real start, so the report shows the limit the server would run with.
         let _ = rlimit::raise_nofile();

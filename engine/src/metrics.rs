@@ -126,7 +126,7 @@ pub const SCALARS: &[Scalar] = &[
     Scalar {
         name: "shardcast_queue_retained_bytes",
         kind: Kind::Gauge,
-        help: "Bytes charged to the shard's ceiling share: queued frames (each shared frame once, plus queue slots) plus shardcast_mesh_bytes.",
+        help: "Bytes charged to the shard's ceiling share: queued frames (each shared frame once, plus queue slots), kernel send buffers of live connections, plus shardcast_mesh_bytes.",
         get: |s| s.retained_bytes,
     },
     Scalar {
@@ -134,6 +134,12 @@ pub const SCALARS: &[Scalar] = &[
         kind: Kind::Gauge,
         help: "Bytes the shard keeps alive in the inter-shard rings and overflow until other shards consume them (each broadcast once).",
         get: |s| s.mesh_bytes,
+    },
+    Scalar {
+        name: "shardcast_kernel_send_bytes",
+        kind: Kind::Gauge,
+        help: "Kernel memory held by unsent data of the shard's sockets (SO_MEMINFO wmem_queued, sampled while a socket is full); live connections' part is charged to the ceiling.",
+        get: |s| s.kernel_bytes,
     },
     Scalar {
         name: "shardcast_mesh_stalls_total",

@@ -38,12 +38,55 @@ pub struct Ledger {
     frame_bytes: Cell<usize>,
     entries: Cell<usize>,
     queued: Cell<usize>,
+    /// Kernel send-buffer bytes of stalled live connections (charged to the ceiling).
+    kernel_charged: Cell<usize>,
+    /// Kernel send-buffer bytes of the other full sockets: draining ones, and closing ones
+    /// (bounded in time by their teardown deadline). Reported, not charged.
+    kernel_other: Cell<usize>,
 }
 
 impl Ledger {
     /// Real bytes retained: every live frame once plus every queue slot.
     pub fn retained(&self) -> usize {
         self.frame_bytes.get() + self.entries.get() * SLOT_BYTES
+    }
+
+    /// What the ceiling charges (the mesh backlog aside): [`retained`](Self::retained) plus
+    /// the kernel bytes of stalled live connections (`kernelbuf.rs`).
+    pub fn charged(&self) -> usize {
+        self.retained() + self.kernel_charged.get()
+    }
+
+    /// Kernel send-buffer bytes over every full socket, as last sampled.
+    pub fn kernel(&self) -> usize {
+        self.kernel_charged.get() + self.kernel_other.get()
+    }
+
+    /// Kernel bytes charged to the ceiling.
+    pub fn kernel_charged(&self) -> usize {
+        self.kernel_charged.get()
+    }
+
+    fn kernel_bucket(&self, charged: bool) -> &Cell<usize> {
+        if charged {
+            &self.kernel_charged
+        } else {
+            &self.kernel_other
+        }
+    }
+
+    /// A connection's sampled kernel bytes went from `old` to `new` (in the charged bucket
+    /// or not).
+    pub fn kernel_changed(&self, old: usize, new: usize, charged: bool) {
+        let c = self.kernel_bucket(charged);
+        c.set(c.get() - old + new);
+    }
+
+    /// A connection's `bytes` of kernel memory start (`on`) or stop being charged.
+    pub fn kernel_charge(&self, bytes: usize, on: bool) {
+        let (from, to) = (self.kernel_bucket(!on), self.kernel_bucket(on));
+        from.set(from.get() - bytes);
+        to.set(to.get() + bytes);
     }
 
     /// Bytes of live frames (each counted once).
@@ -66,7 +109,8 @@ impl Ledger {
     pub fn publish(&self, stats: &ShardStats, mesh: usize) {
         stats
             .retained_bytes
-            .store((self.retained() + mesh) as u64, Relaxed);
+            .store((self.charged() + mesh) as u64, Relaxed);
+        stats.kernel_bytes.store(self.kernel() as u64, Relaxed);
         stats.mesh_bytes.store(mesh as u64, Relaxed);
         stats.queued_frames.store(self.entries() as u64, Relaxed);
         stats
@@ -167,6 +211,11 @@ impl SendQueue {
     /// Logical unsent bytes, including the rest of a partially written head frame.
     pub fn len_bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Unsent bytes of the frame being written (the head), 0 when empty.
+    pub fn head_remaining(&self) -> usize {
+        self.frames.front().map_or(0, |f| f.len() - self.head_sent)
     }
 
     /// Frames (or frame remainders) queued.

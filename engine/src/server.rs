@@ -80,7 +80,12 @@ type ShardParts = (std::net::TcpListener, MeshLink<MeshItem>);
 pub fn start(config: Config) -> io::Result<Server> {
     let kind = shard::resolve_driver(config.driver)?;
     let shards = config.shards;
-    let listeners = listener::bind_all(config.listen, config.listen_backlog, shards)?;
+    let listeners = listener::bind_all(
+        config.listen,
+        config.listen_backlog,
+        shards,
+        config.send_buffer_bytes,
+    )?;
     let local_addr = listeners[0].local_addr()?;
     // With --nats-url the bridge is one more mesh participant, the last one (Hub::new).
     let nats = config

@@ -81,6 +81,36 @@ pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     })
 }
 
+/// Kernel memory the socket's unsent (and unacknowledged) data holds: `SO_MEMINFO`'s
+/// `wmem_queued` (skb truesize, what counts against `SO_SNDBUF` and `tcp_mem`); `SIOCOUTQ`
+/// (data bytes only) where `SO_MEMINFO` is unavailable; 0 on error.
+pub fn send_buffer_held(fd: RawFd) -> usize {
+    const SK_MEMINFO_WMEM_QUEUED: usize = 5;
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is valid for writes of `len` bytes and `len` is passed alongside it.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && len as usize > SK_MEMINFO_WMEM_QUEUED * 4 {
+        return info[SK_MEMINFO_WMEM_QUEUED] as usize;
+    }
+    let mut outq: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (same number as TIOCOUTQ) writes one c_int into `outq`.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) };
+    if rc == 0 {
+        outq.max(0) as usize
+    } else {
+        0
+    }
+}
+
 /// Make the next `close` of `fd` reset the connection (`SO_LINGER {on, 0}`): unsent data is
 /// discarded and the socket freed at once instead of lingering behind a peer that does not
 /// read.

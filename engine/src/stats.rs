@@ -137,6 +137,9 @@ pub struct ShardStats {
     /// Bytes this shard keeps alive in the inter-shard mesh (rings and overflow) until the
     /// other shards have consumed them; part of `retained_bytes`.
     pub mesh_bytes: AtomicU64,
+    /// Kernel memory held by this shard's sockets' unsent data, as sampled while they were
+    /// full (live connections' part is in `retained_bytes`).
+    pub kernel_bytes: AtomicU64,
     /// Times a WebSocket publisher on this shard was stopped because the mesh backlog was
     /// over its share (once per publisher per episode).
     pub mesh_stalls_total: AtomicU64,
@@ -204,6 +207,8 @@ pub struct Snapshot {
     pub retained_bytes: u64,
     /// Bytes kept alive in the inter-shard mesh for other shards (part of the above).
     pub mesh_bytes: u64,
+    /// Kernel memory held by unsent data of this shard's sockets, as sampled.
+    pub kernel_bytes: u64,
     /// WebSocket publishers stopped by the mesh backlog.
     pub mesh_stalls_total: u64,
     /// Logical unsent bytes over every queue.
@@ -373,6 +378,7 @@ impl ShardStats {
             lifetime_closes_total: get(&self.lifetime_closes_total),
             retained_bytes: get(&self.retained_bytes),
             mesh_bytes: get(&self.mesh_bytes),
+            kernel_bytes: get(&self.kernel_bytes),
             mesh_stalls_total: get(&self.mesh_stalls_total),
             total_queued_bytes: get(&self.total_queued_bytes),
             queued_frames: get(&self.queued_frames),

@@ -36,8 +36,9 @@ fn u(v: &serde_json::Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
-/// Subscribers that never read (4 KiB receive buffers) are evicted with 1013; the close cannot
-/// flush, so each is reset within close_flush_timeout: the server's end of every socket is gone
+/// Subscribers that never read (4 KiB receive buffers) are evicted with 1013 (over their mark,
+/// or over the ceiling once their stalled kernel buffers are charged); the close cannot flush,
+/// so each is reset within close_flush_timeout: the server's end of every socket is gone
 /// within 2 s, `active_connections` drops, `aborts.close_timeout` counts them, and the good
 /// subscribers on the same topic get every message on time.
 #[test]
@@ -53,13 +54,15 @@ fn never_reading_subscribers_are_released_within_two_seconds() {
         .map(|_| raw_subscriber(server.addr, "/ws/t").0)
         .collect();
     let ports: Vec<u16> = slow.iter().map(port_of).collect();
-    // 16 KiB at 200/s: each slow client crosses the 1 MiB mark (plus its kernel buffers)
-    // within a few hundred ms.
+    // 16 KiB at 200/s: each slow client is over its mark or stalled within a second.
     let publisher = publish_paced(&server, "t", N, 16 * 1024, Duration::from_millis(5));
-    let s = stats_until(admin, |s| {
-        u(&s["totals"]["evictions"]["high_water"]) == SLOW as u64
-    });
-    assert_eq!(u(&s["totals"]["evictions"]["ceiling"]), 0, "{s:#}");
+    // Over their mark (2 MiB of kernel buffer and queue), or over the ceiling first: with a
+    // 1.6 MiB share per shard, the kernel bytes of four stalled sockets are more than it.
+    let evicted = |s: &serde_json::Value| {
+        let e = &s["totals"]["evictions"];
+        u(&e["high_water"]) + u(&e["ceiling"]) + u(&e["slow_clients"])
+    };
+    stats_until(admin, |s| evicted(s) == SLOW as u64);
     let took = wait_server_ends_gone(server.addr.port(), &ports, RELEASE);
     eprintln!("slow sockets released {took:?} after the last eviction was seen");
     let _publisher = publisher.join().unwrap();
@@ -71,6 +74,11 @@ fn never_reading_subscribers_are_released_within_two_seconds() {
         SLOW as u64,
         "{s:#}"
     );
+    assert_eq!(
+        evicted(&s),
+        SLOW as u64,
+        "no good subscriber evicted: {s:#}"
+    );
     assert_rss_within(
         server.pid(),
         base,
@@ -79,4 +87,97 @@ fn never_reading_subscribers_are_released_within_two_seconds() {
         SLACK,
     );
     drop(slow);
+}
+
+/// A message of exactly `max_message_bytes` (the default, 1 MiB) reaches 100 subscribers on
+/// two shards under the default limits: one frame alone never makes a subscriber slow, so
+/// nobody is evicted for it (before: every subscriber of the topic got 1013). Binary to 90
+/// `/ws` subscribers; text of the same size to 10 `/stream` subscribers of another topic,
+/// whose frame also carries the `{"stream":..,"data":..}` wrapper.
+#[test]
+fn a_max_size_message_reaches_a_hundred_subscribers_with_defaults() {
+    let _serial = serial();
+    let server = Server::start(&[]);
+    let admin = server.admin.unwrap();
+    let base = rss(server.pid());
+    let good = GoodSubscribers::start(&server, "/ws/big", 90, 1);
+    let wrapped: Vec<Ws> = (0..10)
+        .map(|i| {
+            let mut ws = server.ws_on("/stream?streams=text", i % 2);
+            sync(&mut ws);
+            ws
+        })
+        .collect();
+    let mut p = server.ws("/pub/big").0;
+    p.send(tungstenite::Message::binary(stamped(0, 1 << 20)))
+        .unwrap();
+    let mut p = server.ws("/pub/text").0;
+    p.send(tungstenite::Message::text("x".repeat(1 << 20)))
+        .unwrap();
+    let readers: Vec<_> = wrapped
+        .into_iter()
+        .map(|mut ws| {
+            std::thread::spawn(move || {
+                let m = next_text(&mut ws);
+                let wrapper = r#"{"stream":"text","data":}"#.len();
+                assert_eq!(m.len(), (1 << 20) + wrapper, "wrapped text");
+                ws
+            })
+        })
+        .collect();
+    let _good = good.assert_all(1, Duration::from_secs(5));
+    for r in readers {
+        r.join().unwrap();
+    }
+    let s = stats(admin);
+    let ev = &s["totals"]["evictions"];
+    assert_eq!(
+        (
+            u(&ev["high_water"]),
+            u(&ev["ceiling"]),
+            u(&ev["slow_clients"])
+        ),
+        (0, 0, 0),
+        "{s:#}"
+    );
+    // The default ceiling is 5% of this host's memory; what these messages hold is three
+    // frames per shard (the binary one, the text one and its /stream form), once each.
+    assert_rss_within(server.pid(), base, 2 * 3 * (1 << 20), 102, SLACK);
+}
+
+/// 1 MiB messages echo back under the defaults (the conformance suite's 1 MiB cases), also
+/// two in a row before reading.
+#[test]
+fn one_mib_echo_round_trips_with_tungstenite() {
+    let _serial = serial();
+    let server = Server::start(&[]);
+    let (mut ws, _) = server.ws("/echo");
+    for round in 0..3u8 {
+        let m = vec![round; 1 << 20];
+        ws.send(tungstenite::Message::binary(m.clone())).unwrap();
+        assert_eq!(next(&mut ws).into_data(), m, "round {round}");
+    }
+    let t = "é".repeat(1 << 19); // 1 MiB of UTF-8
+    ws.send(tungstenite::Message::text(t.clone())).unwrap();
+    ws.send(tungstenite::Message::text(t.clone())).unwrap();
+    assert_eq!(next_text(&mut ws), t);
+    assert_eq!(next_text(&mut ws), t);
+    let s = stats(server.admin.unwrap());
+    assert_eq!(u(&s["totals"]["evictions"]["high_water"]), 0, "{s:#}");
+}
+
+/// Limits under which one accepted message could evict a subscriber are refused at start,
+/// with the minimum mark in the message.
+#[test]
+fn inconsistent_limits_are_refused_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(["--listen", "127.0.0.1:0", "--high-water-bytes", "1MiB"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("high_water_bytes = 1048576") && err.contains("at least"),
+        "{err}"
+    );
 }

@@ -155,7 +155,10 @@ impl GoodSubscribers {
                     let mut seen = Seen::default();
                     ws.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
                     while seen.seqs.len() < expect {
-                        let data = next(&mut ws).into_data();
+                        let data = match next(&mut ws) {
+                            Message::Close(f) => panic!("good subscriber closed: {f:?}"),
+                            m => m.into_data(),
+                        };
                         let now = now_ns();
                         let seq = u64::from_be_bytes(data[..8].try_into().unwrap());
                         let at = u64::from_be_bytes(data[8..16].try_into().unwrap());
