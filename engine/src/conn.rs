@@ -46,6 +46,11 @@ const REFUSAL_DISCARD_BYTES: usize = 4096;
 /// Reads per readiness event before yielding to other connections.
 const READS_PER_TURN: usize = 8;
 
+/// Frames (messages, fragments, control frames) handled per turn before yielding: a client
+/// flooding tiny frames (64 KiB of pings is ~11,000 of them) must not hold the shard for a
+/// whole read batch; the rest waits in the read leftover and is taken up after other tasks ran.
+const FRAMES_PER_TURN: usize = 256;
+
 /// Keeps the connection counters right however the task ends.
 struct ActiveGuard(Rc<Hub>);
 
@@ -540,9 +545,10 @@ impl WsConn {
                     // After a read turn, let the shard's other tasks run before reading again:
                     // with epoll a firehose publisher's socket stays readable, and without
                     // this yield it would starve the mesh drain (which delivers, among other
-                    // things, the pause notices that should stop this very publisher).
+                    // things, the pause notices that should stop this very publisher); a
+                    // client flooding small frames would starve everyone else.
                     if std::mem::take(&mut yield_once) {
-                        cx.waker().wake_by_ref();
+                        hub.yield_turn(cx);
                         return Poll::Pending;
                     }
                     let abort = conn.abort.get() || conn.reset.get();
@@ -576,6 +582,10 @@ impl WsConn {
                     Poll::Pending
                 })
                 .await;
+                // Frames this turn queues to this very connection must not wake its task: a
+                // task woken while it runs is run again at once, ahead of every other task,
+                // which would defeat the yield below (the loop top writes them anyway).
+                drop(self.conn.waker.take());
                 // A busy shard may starve the mesh drain task's retry timer: nudge it.
                 self.hub.poke_mesh();
                 match wake {
@@ -584,6 +594,7 @@ impl WsConn {
                         self.conn.held_input.set(false);
                         let input = std::mem::take(&mut self.leftover);
                         self.consume(input);
+                        self.hub.busy_turn();
                         yield_once = true;
                     }
                     Wake::Writable(r) => {
@@ -597,6 +608,7 @@ impl WsConn {
                         if r.is_err() || !self.read() {
                             return false;
                         }
+                        self.hub.busy_turn();
                         yield_once = true;
                     }
                 }
@@ -728,7 +740,13 @@ impl WsConn {
         let mut off = 0;
         let mut published = false;
         let mut seen = false;
+        let mut frames = 0;
         while off < input.len() && !self.conn.closing.get() {
+            if frames == FRAMES_PER_TURN {
+                self.conn.held_input.set(true); // resumed after a yield (`Wake::Resumed`)
+                break;
+            }
+            frames += 1;
             // Asked before every frame, so a publisher stopped mid-read publishes at most the
             // message that stopped it; the rest of what was read waits in `leftover`.
             if let ConnRole::Publisher(t) = &self.role {
@@ -822,7 +840,7 @@ fn handle_event(hub: &Rc<Hub>, conn: &Rc<Conn>, id: u32, role: &ConnRole, ev: Ev
                 }
             }
         }
-        Event::Ping(p) => hub.push_own(conn, encode_frame(OpCode::Pong, p)),
+        Event::Ping(p) => hub.push_pong(conn, p),
         Event::Pong(_) => {}
         Event::Close(code) => {
             let code = code.map_or(CloseCode::NORMAL, |(c, _)| c);

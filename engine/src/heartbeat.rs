@@ -11,6 +11,7 @@
 //! ([`sweep_once`]): queue the shard's one pre-encoded ping frame (a `Bytes` clone), or queue
 //! a close frame and close.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -294,6 +295,7 @@ pub fn on_inbound(hub: &Hub, conn: &Conn) {
 pub fn sweep_once(hub: &Hub, now: u32) {
     let hb = &hub.heartbeat;
     let s = hub.stats();
+    let mut ping = None;
     hub.for_each_conn(|_, conn| {
         if conn.closing.get() {
             return;
@@ -304,7 +306,10 @@ pub fn sweep_once(hub: &Hub, now: u32) {
         match action {
             Action::None => {}
             Action::SendPing => {
-                conn.push(hb.ping.clone());
+                // One counted frame per sweep, shared by every connection pinged in it.
+                let frame = ping
+                    .get_or_insert_with(|| hub.ledger().shared_frame(hb.ping.clone(), None, None));
+                conn.push_frame(frame.clone());
                 stats::add(&s.pings_sent_total, 1);
             }
             Action::Close(reason) => {
@@ -321,30 +326,67 @@ pub fn sweep_once(hub: &Hub, now: u32) {
     });
 }
 
-/// The shard's sweep task: every [`crate::closing::sweep_period`] the closing sweep (resets
-/// connections whose close did not flush in time) and the kernel sweep (samples full
-/// sockets, charges stalled ones to the ceiling), and every
-/// [`HeartbeatConfig::sweep_period`] the heartbeat sweep when any heartbeat rule is on.
+/// When a shard's sweeps are due: the closing and kernel sweeps every
+/// [`crate::closing::sweep_period`], the heartbeat sweep every
+/// [`HeartbeatConfig::sweep_period`] (when a heartbeat rule is on). Time is an input (shard
+/// ms). Asked by the sweep task on its timer and by busy connection turns (`Hub::busy_turn`):
+/// monoio fires timers only when a shard has nothing else to run, and a client flooding the
+/// shard with work must not stop the sweeps that protect it.
+#[derive(Debug)]
+pub struct SweepSchedule {
+    period: u32,
+    heartbeat: Option<u32>,
+    last: Cell<u32>,
+    last_heartbeat: Cell<u32>,
+}
+
+impl SweepSchedule {
+    /// The schedule for `cfg` with close flush timeout `flush_ms`, starting at `now`.
+    pub fn new(cfg: &HeartbeatConfig, flush_ms: u32, now: u32) -> Self {
+        let ms = |d: Duration| d.as_millis() as u32;
+        SweepSchedule {
+            period: ms(crate::closing::sweep_period(flush_ms)),
+            heartbeat: cfg.enabled().then(|| ms(cfg.sweep_period())),
+            last: Cell::new(now),
+            last_heartbeat: Cell::new(now),
+        }
+    }
+
+    /// How often the sweep task wakes: the shorter of the two periods.
+    pub fn timer_period(&self) -> Duration {
+        Duration::from_millis(u64::from(
+            self.heartbeat.map_or(self.period, |h| h.min(self.period)),
+        ))
+    }
+
+    /// True (once per period) when the closing and kernel sweeps are due at `now`.
+    pub fn closing_due(&self, now: u32) -> bool {
+        Self::due(&self.last, self.period, now)
+    }
+
+    /// True (once per period) when the heartbeat sweep is due at `now`.
+    pub fn heartbeat_due(&self, now: u32) -> bool {
+        self.heartbeat
+            .is_some_and(|h| Self::due(&self.last_heartbeat, h, now))
+    }
+
+    fn due(last: &Cell<u32>, period: u32, now: u32) -> bool {
+        if now.wrapping_sub(last.get()) >= period {
+            last.set(now);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The shard's sweep task: runs whatever sweep is due ([`Hub::run_due_sweeps`]) every
+/// [`SweepSchedule::timer_period`].
 pub async fn run(hub: Rc<Hub>) {
-    let flush = hub.config.close_flush_timeout_ms.min(MAX_DURATION_MS) as u32;
-    let closing = crate::closing::sweep_period(flush);
-    let heartbeat = hub
-        .heartbeat
-        .cfg
-        .enabled()
-        .then(|| hub.heartbeat.cfg.sweep_period());
-    let period = heartbeat.map_or(closing, |h| h.min(closing));
-    let mut next_heartbeat = Instant::now() + heartbeat.unwrap_or_default();
+    let period = hub.sweeps.timer_period();
     loop {
         monoio::time::sleep(period).await;
-        let at = Instant::now();
-        let now = hub.heartbeat.ms_at(at);
-        hub.sweep_closing(now);
-        hub.sweep_kernel(now);
-        if let Some(h) = heartbeat.filter(|_| at >= next_heartbeat) {
-            sweep_once(&hub, now);
-            next_heartbeat = at + h;
-        }
+        hub.run_due_sweeps(hub.heartbeat.now());
     }
 }
 
@@ -378,6 +420,18 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn sweeps_fall_due_once_per_period() {
+        let s = SweepSchedule::new(&cfg(1000, 400, 0, 0, 0), 500, 0);
+        assert_eq!(s.timer_period(), Duration::from_millis(100), "pong 400 / 4");
+        assert!(!s.closing_due(124) && s.closing_due(125) && !s.closing_due(125));
+        assert!(!s.heartbeat_due(99) && s.heartbeat_due(100) && !s.heartbeat_due(150));
+        let off = SweepSchedule::new(&cfg(0, 0, 0, 0, 0), 500, u32::MAX - 10);
+        assert!(!off.heartbeat_due(u32::MAX), "heartbeat off");
+        assert!(off.closing_due(200), "across the clock wrap");
+        assert_eq!(off.timer_period(), Duration::from_millis(125));
     }
 
     #[test]

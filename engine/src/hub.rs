@@ -11,17 +11,17 @@ use std::task::{Context, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use shardcast_proto::{encode_close, CloseCode, MessageKind};
+use shardcast_proto::{encode_close, encode_frame, CloseCode, MessageKind, OpCode};
 
 use crate::closing::{AbortReason, ClosingSet};
 use crate::config::Config;
 use crate::governor::Governor;
-use crate::heartbeat::{Liveness, ShardHeartbeat};
+use crate::heartbeat::{Liveness, ShardHeartbeat, SweepSchedule};
 use crate::kernelbuf::{FullSockets, Verdict};
 use crate::latency::LocalLatency;
 use crate::mesh::{Envelope, MeshItem, MeshLink, MeshPayload};
 use crate::policy::{Action, Policies, Policy};
-use crate::queue::{Ledger, QueuedFrame, SendQueue, SLOT_BYTES};
+use crate::queue::{frame_cost, Ledger, QueuedFrame, SendQueue};
 use crate::stats::{self, Discard, Eviction, ShardStats};
 use crate::topic::TopicTable;
 
@@ -92,6 +92,19 @@ impl Conn {
             return;
         }
         self.push_frame(self.ledger.frame(frame, None, None));
+    }
+
+    /// Queue a pong, replacing one that waits unstarted (see [`SendQueue::push_pong`]), and
+    /// wake the writer (no-op once closing).
+    pub fn push_pong(&self, frame: Bytes) {
+        if self.closing.get() {
+            return;
+        }
+        let f = self.ledger.frame(frame, None, None);
+        self.queue.borrow_mut().push_pong(f);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
     }
 
     /// Queue a shared frame and wake the writer (no-op once closing).
@@ -247,6 +260,30 @@ pub struct Hub {
     pub latency: LocalLatency,
     /// Heartbeat settings, shard clock and the shared ping frame.
     pub heartbeat: ShardHeartbeat,
+    /// When the closing, kernel and heartbeat sweeps are due.
+    pub sweeps: SweepSchedule,
+    /// Tasks that gave up their turn, woken by the yield task ([`run_yields`]) once what was
+    /// queued before them ran.
+    yielded: RefCell<Vec<Waker>>,
+    /// The yield task's waker while it waits.
+    yield_task: Cell<Option<Waker>>,
+    /// A yield task runs on this shard.
+    has_yield_task: Cell<bool>,
+}
+
+/// The shard's yield task: wakes the tasks that gave up their turn ([`Hub::yield_turn`]).
+/// It is itself woken while idle, so it runs after everything queued before it, and the tasks
+/// it wakes (idle too) queue behind whatever is runnable by then.
+pub async fn run_yields(hub: Rc<Hub>) {
+    hub.has_yield_task.set(true);
+    std::future::poll_fn(|cx| {
+        for w in hub.yielded.take() {
+            w.wake();
+        }
+        hub.yield_task.set(Some(cx.waker().clone()));
+        std::task::Poll::<()>::Pending
+    })
+    .await
 }
 
 /// Most handshake buffers kept for reuse per shard.
@@ -298,6 +335,10 @@ impl Hub {
         global_active: Arc<AtomicUsize>,
     ) -> Self {
         let heartbeat = ShardHeartbeat::new(&config);
+        let flush_ms = config
+            .close_flush_timeout_ms
+            .min(crate::heartbeat::MAX_DURATION_MS) as u32;
+        let sweeps = SweepSchedule::new(&heartbeat.cfg, flush_ms, heartbeat.now());
         let governor = Governor::new(config.queue_ceiling(), config.shards);
         let s = &all_stats[id];
         s.queue_ceiling_bytes.store(governor.budget as u64, Relaxed);
@@ -317,11 +358,7 @@ impl Hub {
             drain_waker: Cell::new(None),
             mesh_retry: Cell::new(false),
             evict_close: RefCell::new(None),
-            closing: RefCell::new(ClosingSet::new(
-                config
-                    .close_flush_timeout_ms
-                    .min(crate::heartbeat::MAX_DURATION_MS) as u32,
-            )),
+            closing: RefCell::new(ClosingSet::new(flush_ms)),
             full: RefCell::new(FullSockets::default()),
             id,
             config,
@@ -338,6 +375,10 @@ impl Hub {
             buffers: RefCell::new(Vec::new()),
             latency: LocalLatency::default(),
             heartbeat,
+            sweeps,
+            yielded: RefCell::new(Vec::new()),
+            yield_task: Cell::new(None),
+            has_yield_task: Cell::new(false),
         }
     }
 
@@ -536,11 +577,12 @@ impl Hub {
                 _ => (frame, &mut plain),
             };
             if slot.is_none() {
-                if !self.make_room(bytes.len() + SLOT_BYTES, &conns) {
+                let cost = frame_cost(bytes.len(), true) + conn.queue.borrow().push_cost();
+                if !self.make_room(cost, &conns) {
                     self.evict(conn, Eviction::Ceiling);
                     continue;
                 }
-                *slot = Some(self.ledger.frame(
+                *slot = Some(self.ledger.shared_frame(
                     bytes.clone(),
                     Some(name.clone()),
                     Some(published_at),
@@ -564,7 +606,7 @@ impl Hub {
         topic: &str,
         policy: &Policy,
     ) -> bool {
-        if !self.make_room(SLOT_BYTES, conns) {
+        if !self.make_room(conn.queue.borrow().push_cost(), conns) {
             self.evict(conn, Eviction::Ceiling);
         }
         if conn.closing.get() {
@@ -595,23 +637,41 @@ impl Hub {
         !conn.closing.get()
     }
 
-    /// Queue a frame of the connection's own (control reply, echo, pong) under the ceiling
-    /// and the default high-water mark; there is no topic to conflate, so above the mark the
+    /// Queue a frame of the connection's own (control reply, echo) under the ceiling and the
+    /// default high-water mark; there is no topic to conflate, so above the mark the
     /// connection is evicted.
     pub fn push_own(&self, conn: &Rc<Conn>, frame: Bytes) {
-        if conn.closing.get() || frame.is_empty() {
-            return;
+        if self.admit_own(conn, frame.len()) {
+            conn.push(frame);
+        }
+    }
+
+    /// Answer a ping (RFC 6455 §5.5.3): at most one pong waits per connection, so a newer
+    /// ping's pong replaces one not yet started; same limits as [`push_own`](Self::push_own).
+    pub fn push_pong(&self, conn: &Rc<Conn>, payload: &[u8]) {
+        let frame = encode_frame(OpCode::Pong, payload);
+        if self.admit_own(conn, frame.len()) {
+            conn.push_pong(frame);
+        }
+    }
+
+    /// May `conn` queue an own frame of `len` bytes? Evicts it (ceiling or high-water mark)
+    /// when not.
+    fn admit_own(&self, conn: &Rc<Conn>, len: usize) -> bool {
+        if conn.closing.get() || len == 0 {
+            return false;
         }
         let conns = self.conns.borrow();
-        if !self.make_room(frame.len() + SLOT_BYTES, &conns) {
+        let cost = frame_cost(len, false) + conn.queue.borrow().push_cost();
+        if !self.make_room(cost, &conns) {
             self.evict(conn, Eviction::Ceiling);
-            return;
+            return false;
         }
-        if conn.backlog_with(frame.len()) > self.policies.default_policy().high_water_bytes {
+        if conn.backlog_with(len) > self.policies.default_policy().high_water_bytes {
             self.evict(conn, Eviction::HighWater);
-            return;
+            return false;
         }
-        conn.push(frame);
+        true
     }
 
     /// Make room for `extra` more charged bytes: if they would not fit in the shard's
@@ -768,6 +828,42 @@ impl Hub {
                 }
             },
         );
+    }
+
+    /// Give up the rest of this turn: the task of `cx` runs again after every task queued now.
+    /// (monoio re-runs a task that wakes itself at once, ahead of every other task, so a
+    /// self-wake is no yield: a client flooding its connection would keep the shard.) Without
+    /// a yield task (unit tests driving a task alone) it is a plain self-wake.
+    pub fn yield_turn(&self, cx: &Context<'_>) {
+        if !self.has_yield_task.get() {
+            cx.waker().wake_by_ref();
+            return;
+        }
+        self.yielded.borrow_mut().push(cx.waker().clone());
+        if let Some(w) = self.yield_task.take() {
+            w.wake(); // idle, so queued at the back
+        }
+    }
+
+    /// Run whichever sweeps are due at `now` (see [`SweepSchedule`]).
+    pub fn run_due_sweeps(&self, now: u32) {
+        if self.sweeps.closing_due(now) {
+            self.sweep_closing(now);
+            self.sweep_kernel(now);
+        }
+        if self.sweeps.heartbeat_due(now) {
+            crate::heartbeat::sweep_once(self, now);
+        }
+    }
+
+    /// After a connection turn that did real work (a read, or a turn cut short by its frame
+    /// budget): take in what other shards sent and run the sweeps that are due. monoio fires
+    /// timers and (with io_uring) cross-thread wake-ups only when a shard has nothing else to
+    /// run, so on a shard kept busy by its clients neither the mesh drain task nor the sweep
+    /// task would run; these turns stand in for them.
+    pub fn busy_turn(&self) {
+        self.drain_now();
+        self.run_due_sweeps(self.heartbeat.now());
     }
 
     /// Abort every connection still closing (the end of the shutdown grace).
@@ -1073,7 +1169,7 @@ impl Hub {
     /// counted frame is shared by all of them, so this adds the frame once plus one queue
     /// slot per connection, outside the ceiling check (shutdown must not turn into 1013s).
     pub fn close_all(&self, frame: &Bytes) {
-        let close = self.ledger.frame(frame.clone(), None, None);
+        let close = self.ledger.shared_frame(frame.clone(), None, None);
         for conn in self.conns.borrow().iter().flatten() {
             if !conn.closing.get() {
                 conn.close_with_frame(close.clone());
@@ -1113,7 +1209,7 @@ impl Hub {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use shardcast_proto::{encode_frame, OpCode};
+    use crate::queue::slots_cost;
 
     fn hub() -> Hub {
         let config = crate::config::Overrides::default().resolve().unwrap();
@@ -1246,6 +1342,51 @@ pub(crate) mod tests {
         assert_eq!(hub.closing_len(), 0);
     }
 
+    /// A task that gives up its turn with `yield_turn` lets every task queued meanwhile run
+    /// first; a self-wake (what monoio does without a yield task) does not.
+    #[test]
+    fn yield_turn_lets_the_others_run() {
+        use std::future::poll_fn;
+        use std::task::Poll;
+        for with_yield_task in [true, false] {
+            let ran_at = crate::shard::block_on(crate::stats::DriverKind::Epoll, async move {
+                let hub = Rc::new(hub());
+                if with_yield_task {
+                    monoio::spawn(run_yields(hub.clone()));
+                    monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                let turns = Rc::new(Cell::new(0u32));
+                let busy = {
+                    let (hub, turns) = (hub.clone(), turns.clone());
+                    monoio::spawn(async move {
+                        poll_fn(|cx| {
+                            turns.set(turns.get() + 1);
+                            if turns.get() == 100 {
+                                return Poll::Ready(());
+                            }
+                            hub.yield_turn(cx);
+                            Poll::Pending
+                        })
+                        .await
+                    })
+                };
+                let other = {
+                    let turns = turns.clone();
+                    monoio::spawn(async move { turns.get() })
+                };
+                let at = other.await;
+                busy.await;
+                at
+            })
+            .unwrap();
+            if with_yield_task {
+                assert!(ran_at <= 2, "the other task waited {ran_at} turns");
+            } else {
+                assert_eq!(ran_at, 100, "a self-wake runs again at once (monoio)");
+            }
+        }
+    }
+
     #[test]
     fn one_frame_to_ten_thousand_queues_counts_once() {
         let hub = &hubs(1, &[])[0];
@@ -1253,20 +1394,22 @@ pub(crate) mod tests {
         let payload = vec![b'x'; 500];
         hub.publish(&Arc::from("t"), MessageKind::Binary, &payload);
         let len = encode_frame(OpCode::Binary, &payload).len();
-        assert_eq!(hub.ledger().retained(), len + 10_000 * SLOT_BYTES);
+        // One shared frame, and one entry array (of VecDeque's first 4 slots) per queue.
+        let (frame, slots) = (frame_cost(len, true), slots_cost(4));
+        assert_eq!(hub.ledger().retained(), frame + 10_000 * slots);
         assert_eq!(hub.ledger().queued(), 10_000 * len);
         let s = hub.stats();
         hub.publish_gauges(); // what the shard's tick does
         assert_eq!(
             stats::get(&s.retained_bytes),
-            (len + 10_000 * SLOT_BYTES) as u64
+            (frame + 10_000 * slots) as u64
         );
         assert_eq!(stats::get(&s.total_queued_bytes), (10_000 * len) as u64);
         assert_eq!(stats::get(&s.messages_out), 10_000);
         for (_, c) in &conns[..9_999] {
             read(hub, c, len);
         }
-        assert_eq!(hub.ledger().retained(), len + SLOT_BYTES);
+        assert_eq!(hub.ledger().retained(), frame + slots);
         hub.unregister(conns[9_999].0);
         assert_eq!((hub.ledger().retained(), hub.ledger().queued()), (0, 0));
     }
@@ -1498,8 +1641,11 @@ pub(crate) mod tests {
         hub.close_all(&close);
         assert_eq!(
             (hub.ledger().frame_bytes(), hub.ledger().retained()),
-            (close.len(), close.len() + 1000 * SLOT_BYTES),
-            "one frame, one slot per connection"
+            (
+                frame_cost(close.len(), true),
+                frame_cost(close.len(), true) + 1000 * slots_cost(4)
+            ),
+            "one frame, one entry array per connection"
         );
         for (_, c) in &conns {
             assert!(c.closing.get());

@@ -244,6 +244,7 @@ async fn run_shard(
         }
     };
     let _ = ready.send(Ok(()));
+    monoio::spawn(crate::hub::run_yields(hub.clone()));
     monoio::spawn(drain_mesh(hub.clone()));
     monoio::spawn(tick::tick_task(hub.clone()));
     monoio::spawn(crate::heartbeat::run(hub.clone()));

@@ -57,6 +57,8 @@ pub struct Socket {
     pub state: u8,
     /// Bytes in the send queue.
     pub tx_queue: u64,
+    /// Bytes in the receive queue (not read by the application yet).
+    pub rx_queue: u64,
 }
 
 /// Every TCP socket of the namespace.
@@ -69,12 +71,13 @@ pub fn sockets() -> Vec<Socket> {
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap(), 16).unwrap();
-            let (tx, _) = f[4].split_once(':').unwrap();
+            let (tx, rx) = f[4].split_once(':').unwrap();
             out.push(Socket {
                 local: port(f[1]),
                 remote: port(f[2]),
                 state: u8::from_str_radix(f[3], 16).unwrap(),
                 tx_queue: u64::from_str_radix(tx, 16).unwrap(),
+                rx_queue: u64::from_str_radix(rx, 16).unwrap(),
             });
         }
     }
@@ -240,6 +243,11 @@ impl Stop {
 pub fn assert_rss_within(pid: i32, base: u64, ceiling: u64, conns: u64, slack: u64) -> i64 {
     let now = rss(pid);
     let bound = base + ceiling + conns * PER_CONNECTION + slack;
+    eprintln!(
+        "RSS {now} = base {base} + {}; bound {bound} (margin {})",
+        now as i64 - base as i64,
+        bound as i64 - now as i64
+    );
     assert!(
         now <= bound,
         "server RSS {now} over base {base} + ceiling {ceiling} + {conns} x {PER_CONNECTION} + slack {slack} = {bound}"
@@ -250,3 +258,52 @@ pub fn assert_rss_within(pid: i32, base: u64, ceiling: u64, conns: u64, slack: u
 /// User-space bytes allowed per connection in the RSS bounds: an idle subscriber measures
 /// ~1 KB (engine/tests/memory.rs); this allows a partly used read path and queue as well.
 pub const PER_CONNECTION: u64 = 8 * 1024;
+
+/// Poll until the server has read everything these clients sent (the server's ends hold
+/// nothing unread and the clients' send queues are empty), at most `limit`.
+pub fn wait_server_read_all(server: u16, clients: &[u16], limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let all = sockets();
+        let pending: Vec<&Socket> = all
+            .iter()
+            .filter(|s| {
+                (s.local == server && clients.contains(&s.remote) && s.rx_queue > 0)
+                    || (s.remote == server && clients.contains(&s.local) && s.tx_queue > 0)
+            })
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "server has not read everything after {limit:?}: {pending:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A masked client frame with an empty payload (`op`: 0x9 ping, 0xA pong, ...).
+pub fn empty_client_frame(op: u8) -> [u8; 6] {
+    [0x80 | op, 0x80, 1, 2, 3, 4]
+}
+
+/// A masked client frame of `payload` (`fin` false: a fragment to be continued).
+pub fn client_frame(op: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![if fin { 0x80 | op } else { op }];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = [1u8, 2, 3, 4];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
