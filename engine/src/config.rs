@@ -190,6 +190,10 @@ pub struct Config {
     pub max_lifetime_ms: u64,
     /// Up to this percentage is taken off each connection's lifetime, spread per connection.
     pub lifetime_jitter_pct: u8,
+    /// Close (1008) a connection that leaves a message or frame unfinished this long (0 = off).
+    pub fragment_timeout_ms: u64,
+    /// Most subscriptions over all connections (split evenly over the shards).
+    pub max_subscriptions: usize,
     /// Policy for topics no `topic_policy` pattern matches.
     pub default_policy: Action,
     /// Default high-water mark of a connection's send queue, in bytes.
@@ -314,6 +318,12 @@ pub struct Overrides {
     /// Spread lifetimes: each connection loses up to this percentage of max_lifetime_ms, 0-100 [default: 10]
     #[arg(long, env = "SHARDCAST_LIFETIME_JITTER_PCT")]
     pub lifetime_jitter_pct: Option<u8>,
+    /// Close (1008 "message timeout") a client that leaves a fragmented message, or one frame, unfinished for this many ms, pings in between or not; 0 = never [default: 10000]
+    #[arg(long, env = "SHARDCAST_FRAGMENT_TIMEOUT_MS")]
+    pub fragment_timeout_ms: Option<u64>,
+    /// Most subscriptions over all connections, split evenly over the shards; over it SUBSCRIBE gets error 4 and an upgrade naming topics gets 503 [default: 10% of memory_limit at 512 B per subscription]
+    #[arg(long, env = "SHARDCAST_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
     /// Policy above the high-water mark for topics no --topic-policy matches: evict (close 1013), conflate, drop-oldest or pause [default: evict]
     #[arg(long, env = "SHARDCAST_DEFAULT_POLICY")]
     pub default_policy: Option<Action>,
@@ -441,6 +451,8 @@ impl Overrides {
             idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
             max_lifetime_ms: self.max_lifetime_ms.or(lower.max_lifetime_ms),
             lifetime_jitter_pct: self.lifetime_jitter_pct.or(lower.lifetime_jitter_pct),
+            fragment_timeout_ms: self.fragment_timeout_ms.or(lower.fragment_timeout_ms),
+            max_subscriptions: self.max_subscriptions.or(lower.max_subscriptions),
             default_policy: self.default_policy.or(lower.default_policy),
             high_water_bytes: self.high_water_bytes.or(lower.high_water_bytes),
             send_buffer_bytes: self.send_buffer_bytes.or(lower.send_buffer_bytes),
@@ -555,6 +567,10 @@ impl Overrides {
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(0),
             max_lifetime_ms: self.max_lifetime_ms.unwrap_or(0),
             lifetime_jitter_pct: self.lifetime_jitter_pct.unwrap_or(10),
+            fragment_timeout_ms: self.fragment_timeout_ms.unwrap_or(10_000),
+            max_subscriptions: self
+                .max_subscriptions
+                .unwrap_or_else(|| default_max_subscriptions(memory_limit)),
             default_policy: default.policy,
             high_water_bytes: default.high_water_bytes,
             send_buffer_bytes,
@@ -606,6 +622,19 @@ impl Overrides {
         }
         Ok(config)
     }
+}
+
+/// Bytes one subscription is budgeted in the default `max_subscriptions` (measured 421 B for
+/// a subscription to a topic of its own, the costliest kind: docs/ENGINE.md).
+pub const SUBSCRIPTION_BYTES: u64 = 512;
+
+/// Share of the memory limit the default `max_subscriptions` lets subscriptions take.
+pub const SUBSCRIPTIONS_PCT: u64 = 10;
+
+/// The default `max_subscriptions` for a memory limit: [`SUBSCRIPTIONS_PCT`]% of it at
+/// [`SUBSCRIPTION_BYTES`] each (at least 1024).
+pub fn default_max_subscriptions(memory_limit: u64) -> usize {
+    (memory_limit / 100 * SUBSCRIPTIONS_PCT / SUBSCRIPTION_BYTES).max(1024) as usize
 }
 
 /// Default `send_buffer_bytes` (docs/TUNING.md, "Kernel send buffers").

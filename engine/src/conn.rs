@@ -165,20 +165,22 @@ async fn handshake_task(
     let id = hub.register(conn.clone());
     conn.liveness.set(hub.heartbeat.start(hub.id, id));
     conn.write_progress.set(hub.heartbeat.now());
+    // Room was checked before the 101; another upgrade may have taken it since.
+    let mut subscribed = true;
     let role = match route {
         Route::Subscribe(t) => {
-            hub.subscribe(id, &conn, &t);
+            subscribed &= hub.subscribe(id, &conn, &t);
             ConnRole::Subscriber
         }
         Route::Stream(ts) => {
             for t in ts.iter().take(hub.config.max_topics_per_connection) {
-                hub.subscribe(id, &conn, t);
+                subscribed &= hub.subscribe(id, &conn, t);
             }
             ConnRole::Subscriber
         }
         Route::Publisher(t) => ConnRole::Publisher(Arc::from(t)),
         Route::Room(t) => {
-            hub.subscribe(id, &conn, &t);
+            subscribed &= hub.subscribe(id, &conn, &t);
             ConnRole::Publisher(Arc::from(t))
         }
         Route::Echo => ConnRole::Echo,
@@ -186,6 +188,9 @@ async fn handshake_task(
     };
     if hub.shutting_down.get() {
         hub.close(&conn, encode_close(CloseCode::GOING_AWAY, ""));
+    } else if !subscribed {
+        let close = encode_close(CloseCode::TRY_AGAIN_LATER, "subscription limit reached");
+        hub.close(&conn, close);
     }
     let ws = WsConn {
         hub: hub.clone(),
@@ -195,6 +200,7 @@ async fn handshake_task(
         fd,
         decoder: None,
         leftover,
+        seen: false,
     };
     monoio::spawn(serve_task(guard, stream, ws));
 }
@@ -367,11 +373,25 @@ async fn handshake(
                 break;
             }
             let length = length as usize;
+            // The body is allocated as it arrives (bounded reads, never the declared length
+            // up front) and charged to the ceiling while it is held.
+            let mut held = hub.ledger().hold_inbound();
+            let mut over = false;
             while buf.len() < head_len + length {
-                let want = head_len + length - buf.len();
+                let want = (head_len + length - buf.len()).min(BODY_CHUNK);
+                buf.reserve(want);
+                held.set(buf.capacity());
+                if !hub.inbound_fits() {
+                    over = true;
+                    break;
+                }
                 if sockio::read_some(stream, fd, &mut buf, want).await? == 0 {
                     return Ok(Accepted::Done);
                 }
+            }
+            if over {
+                refuse_memory(hub, &mut out);
+                break;
             }
             let body = &buf[head_len..head_len + length];
             let text =
@@ -410,6 +430,16 @@ async fn handshake(
                 break;
             }
         };
+        if route_topics(&route, cfg.max_topics_per_connection) > hub.subscription_room() {
+            let why = "subscription limit reached (max_subscriptions), retry later";
+            refuse(
+                hub,
+                Refusal::Subscriptions,
+                HttpError::new(Status::ServiceUnavailable, why),
+                &mut out,
+            );
+            break;
+        }
         if route.publishes() {
             if let Err(e) = authorize_publish(
                 cfg.publish_token.as_deref(),
@@ -434,6 +464,31 @@ async fn handshake(
     }
     sockio::write_all(stream, fd, &out).await?;
     Ok(Accepted::Done)
+}
+
+/// Subscriptions an upgrade to `route` asks for.
+fn route_topics(route: &Route, max_per_connection: usize) -> usize {
+    match route {
+        Route::Subscribe(_) | Route::Room(_) => 1,
+        Route::Stream(ts) => ts.len().min(max_per_connection),
+        _ => 0,
+    }
+}
+
+/// Largest read of an HTTP publish body at a time.
+const BODY_CHUNK: usize = 16 * 1024;
+
+/// Refuse an HTTP publish whose body would take the shard over its ceiling share: 503 with
+/// `Retry-After: 1`, counted (`refused{memory}`).
+fn refuse_memory(hub: &Hub, out: &mut Vec<u8>) {
+    hub.stats().refuse(Refusal::Memory);
+    write_response(
+        out,
+        Status::ServiceUnavailable,
+        &[("Retry-After", "1")],
+        "text/plain; charset=utf-8",
+        b"server memory ceiling reached, retry later",
+    );
 }
 
 /// Answer an HTTP publish that back-pressure refuses (503 with `Retry-After: 1`, counted):
@@ -498,6 +553,8 @@ struct WsConn {
     decoder: Option<Box<Decoder>>,
     /// Unconsumed bytes of a partial frame (usually empty).
     leftover: Vec<u8>,
+    /// Frames arrived since the last [`WsConn::after_input`].
+    seen: bool,
 }
 
 enum Wake {
@@ -517,6 +574,7 @@ impl WsConn {
             if !self.leftover.is_empty() {
                 let input = std::mem::take(&mut self.leftover);
                 self.consume(input);
+                self.after_input();
             }
             let mut readable = pin!(stream.readable(false));
             // Allocated only while a write would block, so idle connections do not carry it.
@@ -594,6 +652,7 @@ impl WsConn {
                         self.conn.held_input.set(false);
                         let input = std::mem::take(&mut self.leftover);
                         self.consume(input);
+                        self.after_input();
                         self.hub.busy_turn();
                         yield_once = true;
                     }
@@ -673,9 +732,42 @@ impl WsConn {
         Ok(true)
     }
 
-    /// Read what is available into the shard scratch buffer and process it. False on EOF or
-    /// a socket error.
+    /// Read what is available into the shard scratch buffer and process it, then account for
+    /// what is left unfinished. False on EOF or a socket error.
     fn read(&mut self) -> bool {
+        let ok = self.read_batch();
+        self.after_input();
+        ok
+    }
+
+    /// After a batch of input was handled: what this connection holds for unfinished input
+    /// (the read leftover: a partial frame, or frames waiting for the next turn; the
+    /// decoder's reassembly of a fragmented message) is charged to the ceiling, and its
+    /// heartbeat learns whether frames arrived and whether a message is left unfinished
+    /// (`fragment_timeout_ms`). Over the ceiling, the connection holding the input goes.
+    ///
+    /// "Unfinished" is what the client controls: a frame cut short, or a fragmented message
+    /// not yet complete. Whole frames waiting in the leftover because this side stopped
+    /// decoding (a paused publisher, a turn's frame budget) are charged too but are not the
+    /// client's doing: they neither start the fragment clock nor get the connection evicted.
+    fn after_input(&mut self) {
+        let (reassembly, partial) = self.decoder.as_ref().map_or((0, false), |d| {
+            let partial = d.bytes_needed() > 0 || d.in_fragmented_message();
+            (d.reassembly_bytes(), partial)
+        });
+        let partial = partial && !self.conn.held_input.get();
+        if !self.conn.closing.get() {
+            self.conn.set_inbound(self.leftover.capacity() + reassembly);
+            self.conn.inbound_partial.set(partial);
+        }
+        if partial && !self.hub.inbound_fits() {
+            self.hub.evict(&self.conn, crate::stats::Eviction::Ceiling);
+        }
+        let seen = std::mem::take(&mut self.seen);
+        crate::heartbeat::on_read(&self.hub, &self.conn, seen, partial);
+    }
+
+    fn read_batch(&mut self) -> bool {
         let hub = self.hub.clone();
         let mut scratch = hub.scratch.borrow_mut();
         for _ in 0..READS_PER_TURN {
@@ -774,9 +866,7 @@ impl WsConn {
         if published {
             self.hub.flush_mesh();
         }
-        if seen {
-            crate::heartbeat::on_inbound(&self.hub, &self.conn);
-        }
+        self.seen |= seen;
         off
     }
 }
@@ -872,6 +962,9 @@ impl Subscriptions for Subs<'_> {
     fn subscribe(&mut self, topic: &str) {
         self.hub.subscribe(self.id, self.conn, topic);
     }
+    fn room(&self) -> usize {
+        self.hub.subscription_room()
+    }
     fn unsubscribe(&mut self, topic: &str) {
         self.hub.unsubscribe(self.id, self.conn, topic);
     }
@@ -922,6 +1015,7 @@ mod tests {
                 fd: stream.as_raw_fd(),
                 decoder: None,
                 leftover: Vec::new(),
+                seen: false,
             };
             let mut input = bytes::BytesMut::new();
             for i in 0..n {
@@ -1055,6 +1149,7 @@ mod tests {
                 fd: stream.as_raw_fd(),
                 decoder: None,
                 leftover: Vec::new(),
+                seen: false,
             };
             let fut = serve_task(ActiveGuard(hub.clone()), stream, ws);
             let size = std::mem::size_of_val(&fut);
@@ -1062,8 +1157,14 @@ mod tests {
                 "serve future: {size} bytes; Conn: {}",
                 std::mem::size_of::<Conn>()
             );
-            // Measured 360 B in debug builds; the bound guards against regressions.
+            // Measured 384 B in debug builds; the bound guards against regressions.
             assert!(size <= 400, "serve future is {size} bytes");
+            // Conn lives in an Rc (two counters more): at most 208 B keeps it in jemalloc's
+            // 224-byte class.
+            assert!(
+                std::mem::size_of::<Conn>() <= 208,
+                "Conn grew out of its size class"
+            );
         })
         .unwrap();
     }

@@ -32,7 +32,7 @@ pub struct Conn {
     /// counted there too.
     pub ledger: Rc<Ledger>,
     /// Set while the queue is above a high-water mark: the low-water mark that ends it.
-    pub slow_low: Cell<Option<usize>>,
+    pub slow_low: SlowLow,
     /// Topics this connection holds paused (`pause` policy), each with the low-water mark
     /// that releases it.
     pub paused: RefCell<Vec<(Arc<str>, usize)>>,
@@ -63,6 +63,13 @@ pub struct Conn {
     pub kernel_charged: Cell<bool>,
     /// In the hub's list of full sockets, sampled on every sweep until drained.
     pub kernel_watched: Cell<bool>,
+    /// Bytes held for this connection's unfinished input (read leftover, reassembly),
+    /// counted in the shard's ledger: change it only through [`Conn::set_inbound`].
+    pub inbound: Cell<u32>,
+    /// The input it holds is unfinished by the client (a frame cut short, a fragmented
+    /// message), not whole frames this side stopped decoding: only then is it a reason to
+    /// evict it when the ceiling needs room.
+    pub inbound_partial: Cell<bool>,
     /// Shard clock (ms, `ShardHeartbeat`) of the last write that made progress, or of the
     /// registration: how long an evicted connection had stalled (`conn::record_eviction_stall`).
     pub write_progress: Cell<u32>,
@@ -71,6 +78,35 @@ pub struct Conn {
     /// read. (Kept here, in `Conn`'s padding, rather than in the task state idle
     /// connections keep.)
     pub held_input: Cell<bool>,
+}
+
+/// An optional low-water mark in one word (a `Cell<Option<usize>>` takes two, in a struct
+/// every connection keeps); `usize::MAX` stands for none.
+pub struct SlowLow(Cell<usize>);
+
+impl Default for SlowLow {
+    fn default() -> Self {
+        SlowLow(Cell::new(usize::MAX))
+    }
+}
+
+impl SlowLow {
+    /// The mark, if set.
+    pub fn get(&self) -> Option<usize> {
+        Some(self.0.get()).filter(|&v| v != usize::MAX)
+    }
+
+    /// Set (a mark of `usize::MAX` is stored as one less) or clear it.
+    pub fn set(&self, v: Option<usize>) {
+        self.0.set(v.map_or(usize::MAX, |v| v.min(usize::MAX - 1)));
+    }
+
+    /// Clear it, returning what it was.
+    pub fn take(&self) -> Option<usize> {
+        let v = self.get();
+        self.0.set(usize::MAX);
+        v
+    }
 }
 
 /// A connection's socket descriptor (`-1` for none: connections built in tests).
@@ -136,10 +172,12 @@ impl Conn {
         self.begin_closing();
     }
 
-    /// From now on this connection is going away: its kernel bytes are bounded by the teardown
-    /// deadline, so the ceiling stops charging them (evicting it must make room at once).
+    /// From now on this connection is going away: its kernel bytes and input buffers are
+    /// bounded by the teardown deadline, so the ceiling stops charging them (evicting it must
+    /// make room at once).
     fn begin_closing(&self) {
         self.charge_kernel(false);
+        self.set_inbound(0); // no more input is taken; its buffers go with the connection
         self.closing.set(true);
     }
 
@@ -156,6 +194,16 @@ impl Conn {
     pub fn charge_kernel(&self, on: bool) {
         if self.kernel_charged.replace(on) != on {
             self.ledger.kernel_charge(self.kernel(), on);
+        }
+    }
+
+    /// Record the bytes this connection holds for unfinished input, keeping the ledger in
+    /// step.
+    pub fn set_inbound(&self, bytes: usize) {
+        let bytes = bytes.min(u32::MAX as usize) as u32;
+        let old = self.inbound.replace(bytes);
+        if old != bytes {
+            self.ledger.inbound_changed(old as usize, bytes as usize);
         }
     }
 
@@ -224,6 +272,8 @@ pub struct Hub {
     policies: Policies,
     /// Registered (upgraded) connections.
     registered: Cell<usize>,
+    /// Subscriptions (connection × topic) on this shard.
+    subscriptions: Cell<usize>,
     /// Connections with `slow_low` set.
     slow: Cell<usize>,
     pauses: RefCell<HashMap<Arc<str>, PauseState>>,
@@ -351,6 +401,7 @@ impl Hub {
             governor,
             policies: config.policies(),
             registered: Cell::new(0),
+            subscriptions: Cell::new(0),
             slow: Cell::new(0),
             pauses: RefCell::new(HashMap::new()),
             mesh_stalled: Cell::new(false),
@@ -428,16 +479,21 @@ impl Hub {
         conn.queue.borrow_mut().clear();
         conn.charge_kernel(false);
         conn.set_kernel(0);
+        conn.set_inbound(0);
         self.unslow(&conn);
         self.release_pauses(&conn, usize::MAX);
         let mut gone = Vec::new();
         {
             let mut topics = self.topics.borrow_mut();
-            for t in conn.topics.borrow_mut().drain(..) {
+            let mut mine = conn.topics.borrow_mut();
+            self.subscriptions
+                .set(self.subscriptions.get() - mine.len());
+            for t in mine.drain(..) {
                 if topics.unsubscribe(&t, id) && topics.name(&t).is_none() {
                     gone.push(t);
                 }
             }
+            *mine = Vec::new(); // its memory goes back, not just its entries
         }
         for t in gone {
             self.interest(t, false);
@@ -445,14 +501,28 @@ impl Hub {
         self.free.borrow_mut().push(id);
     }
 
-    /// Subscribe connection `id` to `topic`.
-    pub fn subscribe(&self, id: u32, conn: &Conn, topic: &str) {
+    /// Subscriptions this shard may still take (`max_subscriptions`, split evenly).
+    pub fn subscription_room(&self) -> usize {
+        let limit = self
+            .config
+            .max_subscriptions
+            .div_ceil(self.config.shards.max(1));
+        limit.saturating_sub(self.subscriptions.get())
+    }
+
+    /// Subscribe connection `id` to `topic`; false if the shard's share of
+    /// `max_subscriptions` is used up (already subscribed counts as done).
+    pub fn subscribe(&self, id: u32, conn: &Conn, topic: &str) -> bool {
+        if self.subscription_room() == 0 {
+            return conn.topics.borrow().iter().any(|t| &**t == topic);
+        }
         let first = {
             let mut table = self.topics.borrow_mut();
             let first = table.name(topic).is_none();
             if !table.subscribe_with(topic, id, |t| *self.policies.lookup(t)) {
-                return;
+                return true;
             }
+            self.subscriptions.set(self.subscriptions.get() + 1);
             let name = table.name(topic).expect("just subscribed");
             conn.topics.borrow_mut().push(name.clone());
             first.then_some(name)
@@ -460,6 +530,7 @@ impl Hub {
         if let Some(name) = first {
             self.interest(name, true);
         }
+        true
     }
 
     /// Unsubscribe connection `id` from `topic`.
@@ -469,11 +540,16 @@ impl Hub {
             if !table.unsubscribe(topic, id) {
                 return;
             }
+            self.subscriptions.set(self.subscriptions.get() - 1);
             table.name(topic).is_none()
         };
         let mut topics = conn.topics.borrow_mut();
         let pos = topics.iter().position(|t| &**t == topic);
         let name = pos.map(|p| topics.remove(p));
+        let len = topics.len();
+        if topics.capacity() > 8 && len * 4 <= topics.capacity() {
+            topics.shrink_to(len * 2);
+        }
         drop(topics);
         if let (true, Some(name)) = (gone, name) {
             self.interest(name, false);
@@ -696,14 +772,23 @@ impl Hub {
                 let c = c.as_ref()?;
                 let q = c.queue.borrow();
                 // Only connections that have something to release: more than a started head,
-                // or charged kernel bytes (a stalled socket).
+                // charged kernel bytes (a stalled socket), or unfinished input.
                 let kernel = if c.kernel_charged.get() {
                     c.kernel()
                 } else {
                     0
                 };
-                let droppable = q.len_frames() > usize::from(q.head_started()) || kernel > 0;
-                (!c.closing.get() && droppable).then(|| (q.len_bytes() + kernel, id))
+                // Input held because this side stopped decoding (a paused publisher) is not
+                // the client's doing: not a reason to evict it.
+                let inbound = if c.inbound_partial.get() {
+                    c.inbound.get() as usize
+                } else {
+                    0
+                };
+                let droppable =
+                    q.len_frames() > usize::from(q.head_started()) || kernel + inbound > 0;
+                let held = q.len_bytes() + kernel + inbound;
+                (!c.closing.get() && droppable).then_some((held, id))
             })
             .collect();
         for id in Governor::order(candidates) {
@@ -720,6 +805,12 @@ impl Hub {
         self.governor.fits(self.charged(), extra)
     }
 
+    /// True while what the shard is charged (unfinished client input included) is within its
+    /// budget.
+    pub fn inbound_fits(&self) -> bool {
+        self.governor.fits(self.charged(), 0)
+    }
+
     /// Bytes charged to this shard's budget: its queued frames, what the kernel holds for its
     /// live connections' sends, and its mesh backlog.
     pub fn charged(&self) -> usize {
@@ -730,6 +821,10 @@ impl Hub {
     pub fn publish_gauges(&self) {
         self.ledger
             .publish(self.stats(), self.link.borrow().mesh_bytes());
+        let s = self.stats();
+        s.subscriptions
+            .store(self.subscriptions.get() as u64, Relaxed);
+        s.topics.store(self.topics.borrow().len() as u64, Relaxed);
     }
 
     /// Close a connection with 1013 "try again later": its unstarted frames are released at

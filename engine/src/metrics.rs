@@ -136,6 +136,30 @@ pub const SCALARS: &[Scalar] = &[
         get: |s| s.mesh_bytes,
     },
     Scalar {
+        name: "shardcast_fragment_timeouts_total",
+        kind: Kind::Counter,
+        help: "Connections closed 1008 for leaving a message or frame unfinished for fragment_timeout_ms.",
+        get: |s| s.fragment_timeouts_total,
+    },
+    Scalar {
+        name: "shardcast_inbound_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes held for clients' unfinished input: partial frames, fragmented messages, HTTP publish bodies (charged to the ceiling).",
+        get: |s| s.inbound_bytes,
+    },
+    Scalar {
+        name: "shardcast_subscriptions",
+        kind: Kind::Gauge,
+        help: "Subscriptions (connection x topic) on the shard, limited by max_subscriptions.",
+        get: |s| s.subscriptions,
+    },
+    Scalar {
+        name: "shardcast_topics",
+        kind: Kind::Gauge,
+        help: "Topics with at least one subscriber on the shard.",
+        get: |s| s.topics,
+    },
+    Scalar {
         name: "shardcast_kernel_send_bytes",
         kind: Kind::Gauge,
         help: "Kernel memory held by unsent data of the shard's sockets (SO_MEMINFO wmem_queued, sampled while a socket is full); live connections' part is charged to the ceiling.",

@@ -90,6 +90,8 @@ pub struct Ledger {
     /// Entry arrays of non-empty queues ([`slots_cost`]).
     slot_bytes: Cell<usize>,
     queued: Cell<usize>,
+    /// Bytes held for clients' unfinished input (charged to the ceiling).
+    inbound: Cell<usize>,
     /// Kernel send-buffer bytes of stalled live connections (charged to the ceiling).
     kernel_charged: Cell<usize>,
     /// Kernel send-buffer bytes of the other full sockets: draining ones, and closing ones
@@ -104,10 +106,21 @@ impl Ledger {
         self.frame_bytes.get() + self.slot_bytes.get()
     }
 
-    /// What the ceiling charges (the mesh backlog aside): [`retained`](Self::retained) plus
-    /// the kernel bytes of stalled live connections (`kernelbuf.rs`).
+    /// What the ceiling charges (the mesh backlog aside): [`retained`](Self::retained), the
+    /// kernel bytes of stalled live connections (`kernelbuf.rs`) and unfinished input.
     pub fn charged(&self) -> usize {
-        self.retained() + self.kernel_charged.get()
+        self.retained() + self.kernel_charged.get() + self.inbound.get()
+    }
+
+    /// Bytes held for clients' unfinished input: partial frames, fragmented messages being
+    /// reassembled, HTTP publish bodies being read.
+    pub fn inbound(&self) -> usize {
+        self.inbound.get()
+    }
+
+    /// Unfinished input held for a client went from `old` to `new` bytes.
+    pub fn inbound_changed(&self, old: usize, new: usize) {
+        self.inbound.set(self.inbound.get() - old + new);
     }
 
     /// Kernel send-buffer bytes over every full socket, as last sampled.
@@ -169,6 +182,7 @@ impl Ledger {
             .retained_bytes
             .store((self.charged() + mesh) as u64, Relaxed);
         stats.kernel_bytes.store(self.kernel() as u64, Relaxed);
+        stats.inbound_bytes.store(self.inbound() as u64, Relaxed);
         stats.mesh_bytes.store(mesh as u64, Relaxed);
         stats.queued_frames.store(self.entries() as u64, Relaxed);
         stats
@@ -224,6 +238,37 @@ impl Ledger {
     }
 }
 
+/// Unfinished input held outside a connection's own accounting (an HTTP publish body being
+/// read), charged to the ledger while held and released on drop.
+pub struct InboundHold<'a> {
+    ledger: &'a Ledger,
+    held: usize,
+}
+
+impl InboundHold<'_> {
+    /// Now `bytes` are held.
+    pub fn set(&mut self, bytes: usize) {
+        self.ledger.inbound_changed(self.held, bytes);
+        self.held = bytes;
+    }
+}
+
+impl Drop for InboundHold<'_> {
+    fn drop(&mut self) {
+        self.ledger.inbound_changed(self.held, 0);
+    }
+}
+
+impl Ledger {
+    /// Start holding unfinished input (nothing yet).
+    pub fn hold_inbound(&self) -> InboundHold<'_> {
+        InboundHold {
+            ledger: self,
+            held: 0,
+        }
+    }
+}
+
 /// A frame shared by every local queue it is in.
 pub struct QueuedFrame {
     /// The encoded frame.
@@ -270,10 +315,14 @@ pub struct SendQueue {
     head_sent: usize,
     bytes: usize,
     /// What the entry array is charged now ([`slots_cost`]).
-    slots_charged: usize,
-    /// Index of the pong waiting to be sent (not started), replaced by a newer one.
-    pong: Option<usize>,
+    slots_charged: u32,
+    /// Index of the pong waiting to be sent, replaced by a newer one ([`NO_PONG`]: none).
+    /// (`u32`s: this struct is in every connection.)
+    pong: u32,
 }
+
+/// [`SendQueue`]'s `pong` when no pong waits.
+const NO_PONG: u32 = u32::MAX;
 
 impl SendQueue {
     /// Empty queue (allocates nothing until the first push).
@@ -283,7 +332,7 @@ impl SendQueue {
             head_sent: 0,
             bytes: 0,
             slots_charged: 0,
-            pong: None,
+            pong: NO_PONG,
         }
     }
 
@@ -299,9 +348,9 @@ impl SendQueue {
             self.frames.shrink_to(len * 2);
         }
         let charge = slots_cost(self.frames.capacity());
-        if charge != self.slots_charged {
-            ledger.slots_changed(self.slots_charged, charge);
-            self.slots_charged = charge;
+        if charge != self.slots_charged as usize {
+            ledger.slots_changed(self.slots_charged as usize, charge);
+            self.slots_charged = charge.min(u32::MAX as usize) as u32;
         }
     }
 
@@ -314,7 +363,7 @@ impl SendQueue {
         } else {
             (cap * 2).max(QUEUE_FLOOR)
         };
-        slots_cost(next) - self.slots_charged
+        slots_cost(next) - self.slots_charged as usize
     }
 
     fn counted(f: &QueuedFrame, bytes: isize, entries: isize) {
@@ -338,9 +387,10 @@ impl SendQueue {
     /// Queue a pong (RFC 6455 §5.5.3: only the latest ping needs an answer while one waits):
     /// a pong already waiting and not started is replaced; otherwise it is appended.
     pub fn push_pong(&mut self, frame: Rc<QueuedFrame>) {
-        let waiting = self
-            .pong
-            .filter(|&i| !(i == 0 && self.head_started()) && i < self.frames.len());
+        let i = self.pong as usize;
+        let waiting = (self.pong != NO_PONG && !(i == 0 && self.head_started()))
+            .then_some(i)
+            .filter(|&i| i < self.frames.len());
         match waiting {
             Some(i) => {
                 let old = std::mem::replace(&mut self.frames[i], frame);
@@ -351,7 +401,7 @@ impl SendQueue {
             }
             None => {
                 self.push(frame);
-                self.pong = Some(self.frames.len() - 1);
+                self.pong = (self.frames.len() - 1).min(NO_PONG as usize - 1) as u32;
             }
         }
     }
@@ -434,7 +484,7 @@ impl SendQueue {
                 self.bytes -= rest;
                 self.head_sent = 0;
                 let head = self.frames.pop_front().expect("just seen");
-                self.pong = self.pong.and_then(|i| i.checked_sub(1));
+                self.pong = self.pong.checked_sub(1).unwrap_or(NO_PONG);
                 Self::counted(&head, -(rest as isize), -1);
                 written(&head);
                 let (len, cap) = (self.frames.len(), self.frames.capacity());
@@ -497,7 +547,7 @@ impl SendQueue {
         let mut i = 0usize;
         let mut removed: Vec<Rc<QueuedFrame>> = Vec::new();
         // The waiting pong's index moves down by the removals in front of it (or it goes).
-        let pong = self.pong;
+        let pong = (self.pong != NO_PONG).then_some(self.pong as usize);
         let (mut before_pong, mut pong_removed) = (0, false);
         self.frames.retain(|f| {
             let idx = i;
@@ -515,7 +565,9 @@ impl SendQueue {
                 true
             }
         });
-        self.pong = pong.filter(|_| !pong_removed).map(|p| p - before_pong);
+        self.pong = pong
+            .filter(|_| !pong_removed)
+            .map_or(NO_PONG, |p| (p - before_pong) as u32);
         for f in &removed {
             self.bytes -= f.len();
             Self::counted(f, -(f.len() as isize), -1);
@@ -859,8 +911,8 @@ mod tests {
             assert_eq!(s.len_bytes(), want.len());
             assert_eq!(l.queued(), want.len());
             let frames: usize = model.iter().map(|f| frame_cost(f.0.len(), false)).sum();
-            assert_eq!(l.retained(), frames + s.slots_charged);
-            assert_eq!(s.slots_charged, slots_cost(s.frames.capacity()));
+            assert_eq!(l.retained(), frames + s.slots_charged as usize);
+            assert_eq!(s.slots_charged as usize, slots_cost(s.frames.capacity()));
         }
     }
 }

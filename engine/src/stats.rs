@@ -38,11 +38,16 @@ pub enum Refusal {
     /// HTTP publish while the shard's inter-shard backlog is over its share (503 with
     /// Retry-After).
     MeshBacklog,
+    /// HTTP publish body that would take the shard over its memory ceiling share (503 with
+    /// Retry-After).
+    Memory,
+    /// Upgrade naming more topics than `max_subscriptions` leaves room for (503).
+    Subscriptions,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::MaxConnections,
         Refusal::HandshakeTimeout,
         Refusal::BadRequest,
@@ -52,6 +57,8 @@ impl Refusal {
         Refusal::TooLarge,
         Refusal::Paused,
         Refusal::MeshBacklog,
+        Refusal::Memory,
+        Refusal::Subscriptions,
     ];
 
     /// Stable name for /stats and /metrics.
@@ -66,6 +73,8 @@ impl Refusal {
             Refusal::TooLarge => "too_large",
             Refusal::Paused => "paused",
             Refusal::MeshBacklog => "mesh_backlog",
+            Refusal::Memory => "memory",
+            Refusal::Subscriptions => "subscriptions",
         }
     }
 }
@@ -102,7 +111,7 @@ pub struct ShardStats {
     pub connections_active: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
-    refused: [AtomicU64; 9],
+    refused: [AtomicU64; Refusal::ALL.len()],
     /// WebSocket/HTTP messages received from clients.
     pub messages_in: AtomicU64,
     /// Payload bytes received from clients.
@@ -131,6 +140,15 @@ pub struct ShardStats {
     pub idle_timeouts_total: AtomicU64,
     /// Connections closed at the end of their maximum lifetime.
     pub lifetime_closes_total: AtomicU64,
+    /// Connections closed 1008 for leaving a message or frame unfinished too long.
+    pub fragment_timeouts_total: AtomicU64,
+    /// Bytes held for clients' unfinished input: partial frames, fragmented messages being
+    /// reassembled, HTTP publish bodies being read (charged to the ceiling).
+    pub inbound_bytes: AtomicU64,
+    /// Subscriptions on this shard (one per connection and topic).
+    pub subscriptions: AtomicU64,
+    /// Topics with at least one subscriber on this shard.
+    pub topics: AtomicU64,
     /// Bytes charged to this shard's share of the ceiling: queued frames (each once, plus
     /// queue slots) plus `mesh_bytes`.
     pub retained_bytes: AtomicU64,
@@ -176,7 +194,7 @@ pub struct Snapshot {
     pub accepted: u64,
     /// Refusals, indexed like [`Refusal::ALL`].
     #[serde(skip)]
-    pub refused: [u64; 9],
+    pub refused: [u64; Refusal::ALL.len()],
     /// Messages received from clients.
     pub messages_in: u64,
     /// Payload bytes received from clients.
@@ -203,6 +221,14 @@ pub struct Snapshot {
     pub idle_timeouts_total: u64,
     /// Connections closed at the end of their maximum lifetime.
     pub lifetime_closes_total: u64,
+    /// Connections closed 1008 for leaving a message or frame unfinished too long.
+    pub fragment_timeouts_total: u64,
+    /// Bytes held for clients' unfinished input (charged to the ceiling).
+    pub inbound_bytes: u64,
+    /// Subscriptions on this shard.
+    pub subscriptions: u64,
+    /// Topics with at least one subscriber on this shard.
+    pub topics: u64,
     /// Bytes charged to the ceiling share: queued frames (each once, plus slots) + mesh.
     pub retained_bytes: u64,
     /// Bytes kept alive in the inter-shard mesh for other shards (part of the above).
@@ -376,6 +402,10 @@ impl ShardStats {
             heartbeat_timeouts_total: get(&self.heartbeat_timeouts_total),
             idle_timeouts_total: get(&self.idle_timeouts_total),
             lifetime_closes_total: get(&self.lifetime_closes_total),
+            fragment_timeouts_total: get(&self.fragment_timeouts_total),
+            inbound_bytes: get(&self.inbound_bytes),
+            subscriptions: get(&self.subscriptions),
+            topics: get(&self.topics),
             retained_bytes: get(&self.retained_bytes),
             mesh_bytes: get(&self.mesh_bytes),
             kernel_bytes: get(&self.kernel_bytes),

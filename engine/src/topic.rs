@@ -104,6 +104,9 @@ impl<K: Copy + Eq + Hash, V> TopicTable<K, V> {
         }
         if subs.list.is_empty() {
             self.topics.remove(topic);
+            shrink_map(&mut self.topics);
+        } else if shrink_vec(&mut subs.list) {
+            shrink_map(&mut subs.index);
         }
         true
     }
@@ -135,6 +138,25 @@ impl<K: Copy + Eq + Hash, V> TopicTable<K, V> {
     pub fn is_empty(&self) -> bool {
         self.topics.is_empty()
     }
+}
+
+/// Give back most of a map's table once it is three-quarters empty (a table keeps its
+/// capacity otherwise: the subscriptions of clients that left would stay allocated).
+fn shrink_map<K: Eq + Hash, V>(m: &mut HashMap<K, V>) {
+    let len = m.len();
+    if m.capacity() > 16 && len * 4 <= m.capacity() {
+        m.shrink_to(len * 2);
+    }
+}
+
+/// [`shrink_map`] for a subscriber list; true if it shrank.
+fn shrink_vec<T>(v: &mut Vec<T>) -> bool {
+    let len = v.len();
+    if v.capacity() > 16 && len * 4 <= v.capacity() {
+        v.shrink_to(len * 2);
+        return true;
+    }
+    false
 }
 
 #[cfg(test)]

@@ -233,3 +233,204 @@ fn ping_floods_queue_one_pong_per_connection() {
     let _good = good.assert_all(N, STALL);
     drop(flooders);
 }
+
+/// Read a raw WebSocket client until the server closes: the close code, if a close frame came
+/// (a reset or plain EOF gives `None`). Pongs and other frames are skipped.
+fn close_code(tcp: &mut std::net::TcpStream) -> Option<u16> {
+    use std::io::Read;
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while buf.len() >= 2 {
+            let len = (buf[1] & 0x7f) as usize; // the server's control frames are short
+            if buf.len() < 2 + len {
+                break;
+            }
+            if buf[0] & 0x0f == 0x8 {
+                return (len >= 2).then(|| u16::from_be_bytes([buf[2], buf[3]]));
+            }
+            buf.drain(..2 + len);
+        }
+        match tcp.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Clients that leave a large message unfinished (half of them a non-final fragment, half a
+/// frame cut short) and ping now and then: what they park is counted (`inbound_bytes`,
+/// charged to the ceiling, which evicts them when full) and bounded in time (closed 1008 at
+/// `fragment_timeout_ms`). Before: held forever, uncounted (200 connections, +204 MB).
+#[test]
+fn parked_fragments_are_counted_and_timed_out() {
+    use std::io::Write;
+    let _serial = serial();
+    const PARKERS: usize = 12;
+    const N: u64 = 300;
+    let server = Server::start(&[
+        "--memory-limit",
+        &MEMORY_LIMIT.to_string(),
+        "--fragment-timeout-ms",
+        "1500",
+    ]);
+    let admin = server.admin.unwrap();
+    let base = rss(server.pid());
+    let good = GoodSubscribers::start(&server, "/ws/t", 10, N as usize);
+    let publisher = publish_paced(&server, "t", N, 1024, Duration::from_millis(5));
+    let mut parkers: Vec<_> = (0..PARKERS)
+        .map(|i| {
+            let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
+            upgrade_raw(&mut tcp, "/echo");
+            let part = vec![b'x'; 400 << 10];
+            if i % 2 == 0 {
+                tcp.write_all(&client_frame(0x2, false, &part)).unwrap();
+            } else {
+                // One 1 MiB frame announced, 400 KiB of it sent.
+                let whole = client_frame(0x2, true, &vec![b'x'; 1 << 20]);
+                tcp.write_all(&whole[..part.len() + 14]).unwrap();
+            }
+            tcp
+        })
+        .collect();
+    let ports: Vec<u16> = parkers.iter().map(port_of).collect();
+    // The server holds (or has evicted) every one of them, counted.
+    let s = stats_until(admin, |s| {
+        let t = &s["totals"];
+        u(&t["inbound_bytes"]) >= 400 << 10 || u(&t["evictions"]["ceiling"]) > 0
+    });
+    let held = u(&s["totals"]["inbound_bytes"]);
+    assert!(held <= MEMORY_LIMIT / 20, "{held} held over the ceiling");
+    assert_rss_within(
+        server.pid(),
+        base,
+        MEMORY_LIMIT / 20,
+        (PARKERS + 11) as u64,
+        SLACK,
+    );
+    // Pinging does not keep an unfinished message alive.
+    for p in &mut parkers {
+        let _ = p.write_all(&empty_client_frame(0x9));
+    }
+    let codes: Vec<Option<u16>> = parkers.iter_mut().map(close_code).collect();
+    assert!(
+        codes.iter().all(|c| matches!(c, Some(1008) | Some(1013))),
+        "{codes:?}"
+    );
+    let timed_out = codes.iter().filter(|c| **c == Some(1008)).count() as u64;
+    wait_server_ends_gone(server.addr.port(), &ports, RELEASE);
+    let s = stats_until(admin, |s| u(&s["totals"]["inbound_bytes"]) == 0);
+    let t = &s["totals"];
+    assert_eq!(u(&t["fragment_timeouts_total"]), timed_out, "{t:#}");
+    assert_eq!(
+        u(&t["evictions"]["ceiling"]),
+        PARKERS as u64 - timed_out,
+        "{t:#}"
+    );
+    let _publisher = publisher.join().unwrap();
+    let _good = good.assert_all(N, STALL);
+}
+
+/// HTTP publishers that declare 1 MiB bodies and send a trickle: bodies are allocated as they
+/// arrive (bounded reads), counted in `inbound_bytes`, refused with 503 once the shard's
+/// ceiling share is full. Before: the declared length was reserved up front (200 nearly
+/// complete 1 MiB bodies, +205 MB).
+#[test]
+fn http_bodies_are_allocated_as_they_arrive() {
+    use std::io::Write;
+    let _serial = serial();
+    const SLOW_POSTS: usize = 40;
+    let server = Server::start(&["--memory-limit", &MEMORY_LIMIT.to_string()]);
+    let admin = server.admin.unwrap();
+    let base = rss(server.pid());
+    let posts: Vec<_> = (0..SLOW_POSTS)
+        .map(|_| {
+            let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
+            write!(
+                tcp,
+                "POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n"
+            )
+            .unwrap();
+            tcp.write_all(&[b'y'; 1000]).unwrap();
+            tcp
+        })
+        .collect();
+    let s = stats_until(admin, |s| u(&s["totals"]["inbound_bytes"]) > 0);
+    let held = u(&s["totals"]["inbound_bytes"]);
+    assert!(held <= MEMORY_LIMIT / 20, "{held}");
+    assert_rss_within(
+        server.pid(),
+        base,
+        MEMORY_LIMIT / 20,
+        SLOW_POSTS as u64,
+        SLACK,
+    );
+    // A body that fits still goes through.
+    assert_eq!(server.post("t", "text/plain", b"ok", ""), 204);
+    drop(posts);
+    stats_until(admin, |s| u(&s["totals"]["inbound_bytes"]) == 0);
+}
+
+/// A subscription flood stops at `max_subscriptions`: SUBSCRIBE gets error code 4 and an
+/// upgrade naming a topic gets 503 once the shard's share is used; subscriptions and topics
+/// are counted per shard; when the clients leave both go back to 0.
+#[test]
+fn subscription_floods_stop_at_max_subscriptions() {
+    let _serial = serial();
+    const LIMIT: u64 = 2000;
+    let server = Server::start(&["--max-subscriptions", &LIMIT.to_string()]);
+    let admin = server.admin.unwrap();
+    let mut clients: Vec<Ws> = (0..8).map(|i| server.ws_on("/ws/t", i % 2)).collect();
+    let mut refused = 0;
+    for (c, ws) in clients.iter_mut().enumerate() {
+        for batch in 0..5 {
+            let topics: Vec<String> = (0..100).map(|i| format!("c{c}.b{batch}.t{i}")).collect();
+            let req = serde_json::json!({"method":"SUBSCRIBE","params":topics,"id":batch});
+            let r = control(ws, &req.to_string());
+            if r["error"]["code"] == 4 {
+                refused += 1;
+                assert!(r["error"]["msg"]
+                    .as_str()
+                    .unwrap()
+                    .contains("max_subscriptions"));
+            } else {
+                assert_eq!(r["result"], serde_json::Value::Null, "{r}");
+            }
+        }
+    }
+    assert!(refused > 0, "8 x 500 is over the limit of {LIMIT}");
+    // Fill what is left one topic at a time, until both shards refuse.
+    for (c, ws) in clients.iter_mut().enumerate() {
+        for i in 0..200 {
+            let req =
+                serde_json::json!({"method":"SUBSCRIBE","params":[format!("c{c}.x{i}")],"id":i});
+            if control(ws, &req.to_string())["error"]["code"] == 4 {
+                break;
+            }
+        }
+    }
+    let s = stats_until(admin, |s| {
+        s["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|sh| u(&sh["subscriptions"]) == LIMIT / 2)
+    });
+    assert!(u(&s["totals"]["topics"]) >= LIMIT - 8, "{s:#}");
+    // Full shards refuse upgrades that name topics; one that names none still connects.
+    for _ in 0..4 {
+        match server.try_ws("/ws/more", &[]) {
+            Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+            other => panic!("not refused: {:?}", other.map(|_| ())),
+        }
+    }
+    clients.push(server.ws("/echo").0);
+    let s = stats(admin);
+    assert_eq!(u(&s["totals"]["refused"]["subscriptions"]), 4);
+    drop(clients);
+    let s = stats_until(admin, |s| {
+        u(&s["totals"]["subscriptions"]) == 0 && u(&s["totals"]["topics"]) == 0
+    });
+    assert_eq!(u(&s["totals"]["active_connections"]), 0);
+}

@@ -59,6 +59,16 @@ pub struct Socket {
     pub tx_queue: u64,
     /// Bytes in the receive queue (not read by the application yet).
     pub rx_queue: u64,
+    /// Inode of the socket; 0 once no process holds it (closed, the kernel finishing it).
+    pub inode: u64,
+}
+
+impl Socket {
+    /// Released by its process and holding no data: closed (the kernel may still show it in
+    /// FIN_WAIT2 or TIME_WAIT until the peer closes, owning nothing), or reset and gone.
+    pub fn released(&self) -> bool {
+        self.inode == 0 && self.tx_queue == 0 && self.rx_queue == 0
+    }
 }
 
 /// Every TCP socket of the namespace.
@@ -78,6 +88,7 @@ pub fn sockets() -> Vec<Socket> {
                 state: u8::from_str_radix(f[3], 16).unwrap(),
                 tx_queue: u64::from_str_radix(tx, 16).unwrap(),
                 rx_queue: u64::from_str_radix(rx, 16).unwrap(),
+                inode: f[9].parse().unwrap(),
             });
         }
     }
@@ -91,14 +102,14 @@ pub fn server_end(server: u16, client: u16) -> Option<Socket> {
         .find(|s| s.local == server && s.remote == client)
 }
 
-/// Poll until the server's end of every connection from `clients` is gone (closed and
-/// released: no socket left in any state), at most `limit`; returns how long it took.
+/// Poll until the server's end of every connection from `clients` is gone or released (no
+/// descriptor, no data held: [`Socket::released`]), at most `limit`; returns how long it took.
 pub fn wait_server_ends_gone(server: u16, clients: &[u16], limit: Duration) -> Duration {
     let start = Instant::now();
     loop {
         let left: Vec<Socket> = sockets()
             .into_iter()
-            .filter(|s| s.local == server && clients.contains(&s.remote))
+            .filter(|s| s.local == server && clients.contains(&s.remote) && !s.released())
             .collect();
         if left.is_empty() {
             return start.elapsed();
