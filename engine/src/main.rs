@@ -11,6 +11,26 @@ use shardcast::{config::Overrides, preflight, rlimit, server, signals};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once at its start (docs/ENGINE.md, "Memory returns"): freed
+/// pages go back to the system within about a second (dirty then muzzy decay of 1 s each,
+/// instead of 10 s), and one jemalloc background thread does the purging on that clock, so an
+/// idle shard returns memory as well: without it decay only advances when the arena that
+/// holds the pages allocates again, and after an attack's clients leave nothing may
+/// (measured: RSS still 2x the pre-attack value 5 s later; with it, back within 20% in 1.4 s).
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: MallocConf = MallocConf(
+    c"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:1000"
+        .as_ptr(),
+);
+
+/// A C string pointer jemalloc reads at start-up.
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to an immutable, NUL-terminated static byte string; nothing writes
+// through it.
+unsafe impl Sync for MallocConf {}
+
 fn main() {
     let overrides = Overrides::parse();
     let print = overrides.print_config;
