@@ -88,6 +88,12 @@ fn main() {
                 tracing::info!(signal = sig, "shutting down");
             }
             shutdown.trigger();
+            // A second SIGINT/SIGTERM does not wait for the graceful shutdown: exit now, with
+            // the shell's status for death by that signal (130 SIGINT, 143 SIGTERM).
+            if let Ok(sig) = signals::wait(&signals::TERMINATION) {
+                tracing::warn!(signal = sig, "second signal: exiting without waiting");
+                std::process::exit(128 + sig);
+            }
         })
         .expect("spawn signal thread");
     let mut out = std::io::stdout().lock();

@@ -332,44 +332,44 @@ fn parked_fragments_are_counted_and_timed_out() {
     let _good = good.assert_all(N, STALL);
 }
 
-/// HTTP publishers that declare 1 MiB bodies and send a trickle: bodies are allocated as they
-/// arrive (bounded reads), counted in `inbound_bytes`, refused with 503 once the shard's
-/// ceiling share is full. Before: the declared length was reserved up front (200 nearly
-/// complete 1 MiB bodies, +205 MB).
+/// HTTP publishers that declare 1 MiB bodies and send all but the last 1000 bytes: bodies are
+/// allocated as they arrive (bounded reads), counted in `inbound_bytes` and charged to the
+/// ceiling, so once the shard's share is full the next ones get 503 (`refused{memory}`).
+/// Before: nothing counted them (200 nearly complete bodies, +205 MB).
 #[test]
-fn http_bodies_are_allocated_as_they_arrive() {
+fn http_bodies_are_counted_and_bounded_by_the_ceiling() {
     use std::io::Write;
     let _serial = serial();
-    const SLOW_POSTS: usize = 40;
+    const POSTS: usize = 40;
+    const BODY: usize = 1 << 20;
     let server = Server::start(&["--memory-limit", &MEMORY_LIMIT.to_string()]);
     let admin = server.admin.unwrap();
     let base = rss(server.pid());
-    let posts: Vec<_> = (0..SLOW_POSTS)
+    let writers: Vec<_> = (0..POSTS)
         .map(|_| {
             let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
-            write!(
-                tcp,
-                "POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n"
-            )
-            .unwrap();
-            tcp.write_all(&[b'y'; 1000]).unwrap();
-            tcp
+            std::thread::spawn(move || {
+                let head = format!(
+                    "POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n"
+                );
+                let _ = tcp.write_all(head.as_bytes());
+                // A refused one is answered and reset: its writes fail, which is fine.
+                let _ = tcp.write_all(&vec![b'y'; BODY - 1000]);
+                tcp
+            })
         })
         .collect();
-    let s = stats_until(admin, |s| u(&s["totals"]["inbound_bytes"]) > 0);
+    let posts: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let ports: Vec<u16> = posts.iter().map(port_of).collect();
+    wait_server_read_all(server.addr.port(), &ports, TIMEOUT);
+    assert_rss_within(server.pid(), base, MEMORY_LIMIT / 20, POSTS as u64, SLACK);
+    let s = stats_until(admin, |s| u(&s["totals"]["refused"]["memory"]) > 0);
     let held = u(&s["totals"]["inbound_bytes"]);
     assert!(held <= MEMORY_LIMIT / 20, "{held}");
-    assert_rss_within(
-        server.pid(),
-        base,
-        MEMORY_LIMIT / 20,
-        SLOW_POSTS as u64,
-        SLACK,
-    );
-    // A body that fits still goes through.
-    assert_eq!(server.post("t", "text/plain", b"ok", ""), 204);
+    // A body that fits still goes through once the others are gone.
     drop(posts);
     stats_until(admin, |s| u(&s["totals"]["inbound_bytes"]) == 0);
+    assert_eq!(server.post("t", "text/plain", b"ok", ""), 204);
 }
 
 /// A subscription flood stops at `max_subscriptions`: SUBSCRIBE gets error code 4 and an
@@ -494,4 +494,125 @@ fn memory_returns_after_the_attackers_leave() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(warm);
+}
+
+/// Admin clients that trickle their request a byte at a time, or never send one, hold a slot
+/// each for at most the request deadline (2 s): `/health` keeps answering at once, more than
+/// 16 at a time get an immediate 503, and SIGTERM is not held up by them. Before: one slow
+/// client blocked `/health`, `/metrics` and shutdown for as long as it kept trickling.
+#[test]
+fn slow_admin_clients_hold_nothing() {
+    use std::io::Write;
+    let _serial = serial();
+    let mut server = Server::start(&["--shutdown-grace-ms", "1000"]);
+    let admin = server.admin.unwrap();
+    let stop = Stop::default();
+    let tricklers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut tcp = std::net::TcpStream::connect(admin).unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for b in b"GET /health HTTP/1.1\r\n".iter().take(20) {
+                    if stop.is_set() || tcp.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        assert_eq!(admin_get(admin, "/health").0, 200);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    // Fill every slot with silent clients: the next one is refused at once, and the slots
+    // come back by the deadline.
+    let silent: Vec<_> = (0..16)
+        .map(|_| std::net::TcpStream::connect(admin).unwrap())
+        .collect();
+    let end = std::time::Instant::now() + TIMEOUT;
+    let mut refused = false;
+    while !refused {
+        refused = admin_get(admin, "/health").0 == 503;
+        assert!(std::time::Instant::now() < end, "never refused");
+    }
+    let end = std::time::Instant::now() + TIMEOUT;
+    while admin_get(admin, "/health").0 != 200 {
+        assert!(std::time::Instant::now() < end, "slots never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Shutdown does not wait on admin clients.
+    let t = std::time::Instant::now();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGTERM) }, 0);
+    let status = wait_exit(&mut server, TIMEOUT);
+    assert!(status.success(), "{status}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    stop.set();
+    for t in tricklers {
+        t.join().unwrap();
+    }
+    drop(silent);
+}
+
+/// A second SIGTERM exits at once (status 143) while the graceful shutdown is still waiting
+/// (here on a client stuck in its handshake). Before: the second signal was ignored.
+#[test]
+fn a_second_signal_exits_at_once() {
+    use std::io::Write;
+    let _serial = serial();
+    let mut server = Server::start(&[
+        "--shutdown-grace-ms",
+        "60000",
+        "--handshake-timeout-ms",
+        "60000",
+    ]);
+    let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
+    slow.write_all(b"GET /ws/t HTTP/1.1\r\n").unwrap();
+    stats_until(server.admin.unwrap(), |s| {
+        u(&s["totals"]["active_connections"]) == 1
+    });
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGTERM) }, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "still shutting down"
+    );
+    let t = std::time::Instant::now();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGTERM) }, 0);
+    let status = wait_exit(&mut server, TIMEOUT);
+    assert_eq!(status.code(), Some(143), "{status}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+/// GET `path` from the admin listener with a 2 s bound: (status, body); a refused or cut
+/// connection reads as status 0.
+fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = write!(tcp, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = tcp.read_to_string(&mut out);
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out)
+}
+
+/// Wait (bounded) for the server process to exit.
+fn wait_exit(server: &mut Server, limit: Duration) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < limit, "did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
