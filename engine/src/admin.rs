@@ -28,8 +28,8 @@ use crate::depth::{DepthSample, DepthSummary};
 use crate::latency::{merged_summary, LatencyKind, Summary, KINDS};
 use crate::server::Shutdown;
 use crate::stats::{
-    monotonic_ms, AbortReason, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot,
-    COUNTED_CLOSE_CODES,
+    monotonic_ms, AbortReason, AcceptErrorReason, Discard, DriverKind, Eviction, Refusal,
+    ShardStats, Snapshot, COUNTED_CLOSE_CODES,
 };
 use crate::{dashboard, metrics};
 
@@ -461,6 +461,11 @@ fn counters_json(snap: &Snapshot) -> Map<String, Value> {
         .map(|a| (a.name().to_owned(), snap.aborts[*a as usize].into()))
         .collect();
     m.insert("aborts".into(), aborts.into());
+    let accept_errors: Map<String, Value> = AcceptErrorReason::ALL
+        .iter()
+        .map(|a| (a.name().to_owned(), snap.accept_errors[*a as usize].into()))
+        .collect();
+    m.insert("accept_errors".into(), accept_errors.into());
     m
 }
 

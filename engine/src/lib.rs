@@ -23,6 +23,7 @@
 //! - [`hub`]: a shard's connections, topics and mesh end; publish and fan-out.
 //! - [`conn`]: one client connection, handshake to close.
 //! - [`server`]: start-up, accept loops, mesh drain, graceful shutdown.
+//! - [`accept`]: failed accepts: counting, backoff, a reserve descriptor, a bounded log.
 //! - [`latency`]: per-shard HdrHistograms (shard-local, folded into shared copies per tick).
 //! - [`depth`]: per-connection queue depth distribution, sampled once per second.
 //! - [`tick`]: the per-shard 100 ms tick (liveness stamp, histogram publish, depth sample).
@@ -33,6 +34,7 @@
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
 #![deny(missing_docs)]
 
+pub mod accept;
 pub mod admin;
 pub mod bridge;
 pub mod closing;

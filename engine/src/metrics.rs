@@ -13,7 +13,9 @@ use crate::admin::{ProcessReport, ShardReport};
 use crate::bridge::stats::BridgeSnapshot;
 use crate::depth::{DepthSummary, QUANTILES as DEPTH_QUANTILES};
 use crate::latency::LatencyKind;
-use crate::stats::{AbortReason, Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES};
+use crate::stats::{
+    AbortReason, AcceptErrorReason, Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES,
+};
 
 /// Content-Type of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -453,6 +455,22 @@ pub fn render(
                 "shardcast_aborts_total{{shard=\"{i}\",reason=\"{}\"}} {}",
                 why.name(),
                 r.snap.aborts[why as usize]
+            );
+        }
+    }
+    family(
+        &mut out,
+        "shardcast_accept_errors_total",
+        "counter",
+        "Failed accepts, by reason (emfile, enfile: out of descriptors; memory; other).",
+    );
+    for (i, r) in shards.iter().enumerate() {
+        for why in AcceptErrorReason::ALL {
+            let _ = writeln!(
+                out,
+                "shardcast_accept_errors_total{{shard=\"{i}\",reason=\"{}\"}} {}",
+                why.name(),
+                r.snap.accept_errors[why as usize]
             );
         }
     }

@@ -19,8 +19,11 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::latency::LatencyKind;
 use crate::mesh::{mesh, MeshItem, MeshLink};
-use crate::stats::{monotonic_ms, ShardStats};
-use crate::{admin, bridge, conn, listener, shard, tick};
+use crate::stats::{monotonic_ms, Refusal, ShardStats};
+use crate::{accept, admin, bridge, conn, listener, shard, tick};
+use shardcast_proto::handshake::write_rejection;
+use shardcast_proto::http::{HttpError, Status};
+use std::os::fd::AsRawFd;
 
 /// Cross-thread shutdown trigger: a flag plus one waker per mesh participant (the shards, and
 /// the NATS bridge when it is on).
@@ -248,15 +251,15 @@ async fn run_shard(
     monoio::spawn(drain_mesh(hub.clone()));
     monoio::spawn(tick::tick_task(hub.clone()));
     monoio::spawn(crate::heartbeat::run(hub.clone()));
+    let mut errors = AcceptErrors::new();
     loop {
         monoio::select! {
             _ = shutdown.wait(hub.id) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => conn::admit(&hub, stream, peer),
                 Err(e) => {
-                    // EMFILE/ENFILE and friends: back off instead of spinning.
-                    tracing::warn!(shard = hub.id, error = %e, "accept failed");
-                    monoio::time::sleep(Duration::from_millis(10)).await;
+                    errors.handle(&hub, &e, listener.as_raw_fd());
+                    monoio::time::sleep(accept::BACKOFF).await;
                 }
             },
         }
@@ -278,6 +281,41 @@ async fn run_shard(
         }
     }
     tracing::info!(shard = hub.id, left = hub.active.get(), "shard stopped");
+}
+
+/// A shard's failed accepts: counted, logged at a bounded rate, and when out of descriptors,
+/// pending clients are answered 503 through the reserve descriptor (`accept.rs`).
+struct AcceptErrors {
+    log: accept::LogLimiter,
+    reserve: accept::Reserve,
+}
+
+impl AcceptErrors {
+    fn new() -> Self {
+        AcceptErrors {
+            log: accept::LogLimiter::default(),
+            reserve: accept::Reserve::open(),
+        }
+    }
+
+    fn handle(&mut self, hub: &Hub, e: &io::Error, listener: std::os::fd::RawFd) {
+        let why = accept::AcceptErrorReason::of(e);
+        hub.stats().accept_error(why);
+        if let Some(n) = self.log.handle_error(hub.heartbeat.now()) {
+            tracing::warn!(shard = hub.id, error = %e, errors = n, "accept failed");
+        }
+        if why.out_of_descriptors() {
+            let mut out = Vec::new();
+            let full = HttpError::new(Status::ServiceUnavailable, "server out of descriptors");
+            write_rejection(&mut out, &full);
+            for _ in 0..accept::REFUSE_BATCH {
+                if !self.reserve.refuse_one(listener, &out) {
+                    break;
+                }
+                hub.stats().refuse(Refusal::Descriptors);
+            }
+        }
+    }
 }
 
 /// Deliver envelopes from other shards to local subscribers; park when idle, but while

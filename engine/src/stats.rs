@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+pub use crate::accept::AcceptErrorReason;
 pub use crate::closing::AbortReason;
 use crate::depth::SharedDepth;
 use crate::latency::SharedLatency;
@@ -43,11 +44,13 @@ pub enum Refusal {
     Memory,
     /// Upgrade naming more topics than `max_subscriptions` leaves room for (503).
     Subscriptions,
+    /// Out of file descriptors: answered 503 through the reserve descriptor (`accept.rs`).
+    Descriptors,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::MaxConnections,
         Refusal::HandshakeTimeout,
         Refusal::BadRequest,
@@ -59,6 +62,7 @@ impl Refusal {
         Refusal::MeshBacklog,
         Refusal::Memory,
         Refusal::Subscriptions,
+        Refusal::Descriptors,
     ];
 
     /// Stable name for /stats and /metrics.
@@ -75,6 +79,7 @@ impl Refusal {
             Refusal::MeshBacklog => "mesh_backlog",
             Refusal::Memory => "memory",
             Refusal::Subscriptions => "subscriptions",
+            Refusal::Descriptors => "descriptors",
         }
     }
 }
@@ -181,6 +186,7 @@ pub struct ShardStats {
     evictions: [AtomicU64; 3],
     drops: [AtomicU64; 2],
     aborts: [AtomicU64; 2],
+    accept_errors: [AtomicU64; 4],
 }
 
 /// A point-in-time copy of one shard's counters: plain numbers for /stats and /metrics.
@@ -263,6 +269,9 @@ pub struct Snapshot {
     /// [`AbortReason::ALL`].
     #[serde(skip)]
     pub aborts: [u64; 2],
+    /// Failed accepts, indexed like [`AcceptErrorReason::ALL`].
+    #[serde(skip)]
+    pub accept_errors: [u64; 4],
 }
 
 /// Why a connection was evicted (closed 1013).
@@ -374,6 +383,16 @@ impl ShardStats {
         self.aborts[why as usize].load(Relaxed)
     }
 
+    /// Count a failed accept.
+    pub fn accept_error(&self, why: AcceptErrorReason) {
+        self.accept_errors[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Failed accepts for one reason.
+    pub fn accept_errors(&self, why: AcceptErrorReason) -> u64 {
+        self.accept_errors[why as usize].load(Relaxed)
+    }
+
     /// Record the driver this shard runs on.
     pub fn set_driver(&self, d: DriverKind) {
         self.driver.store(d as u8, Relaxed);
@@ -421,6 +440,7 @@ impl ShardStats {
             evictions: std::array::from_fn(|i| get(&self.evictions[i])),
             discarded: std::array::from_fn(|i| get(&self.drops[i])),
             aborts: std::array::from_fn(|i| get(&self.aborts[i])),
+            accept_errors: std::array::from_fn(|i| get(&self.accept_errors[i])),
         }
     }
 
