@@ -49,7 +49,7 @@ const READS_PER_TURN: usize = 8;
 /// Frames (messages, fragments, control frames) handled per turn before yielding: a client
 /// flooding tiny frames (64 KiB of pings is ~11,000 of them) must not hold the shard for a
 /// whole read batch; the rest waits in the read leftover and is taken up after other tasks ran.
-const FRAMES_PER_TURN: usize = 256;
+const FRAMES_PER_TURN: usize = 64;
 
 /// Keeps the connection counters right however the task ends.
 struct ActiveGuard(Rc<Hub>);
