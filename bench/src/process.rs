@@ -103,6 +103,25 @@ fn parse_status(status: &str) -> Memory {
     }
 }
 
+/// Kernel memory held by every TCP socket of the host (`/proc/net/sockstat` TCP `mem`, in
+/// pages, times the page size), in bytes: socket buffers no process's RSS shows.
+pub fn kernel_tcp_memory() -> io::Result<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat")?;
+    let pages = parse_sockstat_tcp_mem(&s)
+        .ok_or_else(|| io::Error::other("no TCP mem in /proc/net/sockstat"))?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Ok(pages * page.max(1) as u64)
+}
+
+/// The `mem` field (pages) of the `TCP:` line of `/proc/net/sockstat`.
+fn parse_sockstat_tcp_mem(s: &str) -> Option<u64> {
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_ascii_whitespace();
+    it.find(|w| *w == "mem")?;
+    it.next()?.parse().ok()
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     // SAFETY: rlimit is plain old data.
@@ -144,6 +163,15 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn sockstat_tcp_mem() {
+        let s =
+            "sockets: used 292\nTCP: inuse 9 orphan 0 tw 3 alloc 12 mem 41\nUDP: inuse 1 mem 2\n";
+        assert_eq!(parse_sockstat_tcp_mem(s), Some(41));
+        assert_eq!(parse_sockstat_tcp_mem("UDP: inuse 1 mem 2\n"), None);
+        assert!(kernel_tcp_memory().is_ok());
+    }
 
     #[test]
     fn stat_fields_after_command_name() {

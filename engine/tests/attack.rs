@@ -784,3 +784,68 @@ fn out_of_descriptors_answers_503_and_counts() {
     assert!((1..=4).contains(&lines), "{lines} log lines");
     let _ = std::fs::remove_file(&log);
 }
+
+/// Shutdown does not wait on a peer that does not read: its close frame sits behind a full
+/// send buffer, and after `close_flush_timeout_ms` without progress it is reset, so the
+/// process exits long before the 5 s grace. Before: it waited the whole grace.
+#[test]
+fn shutdown_does_not_wait_on_a_peer_that_does_not_read() {
+    let _serial = serial();
+    // A mark high enough that 3.5 MB waiting for it is no reason to evict it.
+    let mut server = Server::start(&["--topic-policy", "t=pause,high_water_bytes=64MiB"]);
+    let admin = server.admin.unwrap();
+    let (stuck, _) = raw_subscriber(server.addr, "/ws/t");
+    let mut p = server.ws("/pub/t").0;
+    for i in 0..56 {
+        p.send(tungstenite::Message::binary(stamped(i, 64 << 10)))
+            .unwrap();
+    }
+    // Its kernel buffer is full and frames wait in its queue.
+    stats_until(admin, |s| u(&s["totals"]["total_queued_bytes"]) > 0);
+    let t = std::time::Instant::now();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGTERM) }, 0);
+    let status = wait_exit(&mut server, TIMEOUT);
+    assert!(status.success(), "{status}");
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    drop((stuck, p));
+}
+
+/// A peer that stops answering pings and reading is closed by the heartbeat (1001 "pong
+/// timeout"); its close stuck behind a full send buffer, it is reset (not closed with a FIN
+/// behind the unsent data, which leaves the kernel holding it in FIN_WAIT1): released, not
+/// held. Before: held until it read.
+#[test]
+fn silent_peers_behind_a_full_buffer_are_released_after_the_pong_timeout() {
+    let _serial = serial();
+    let server = Server::start(&[
+        "--ping-interval-ms",
+        "300",
+        "--pong-timeout-ms",
+        "300",
+        "--topic-policy",
+        "t=pause,high_water_bytes=64MiB",
+    ]);
+    let admin = server.admin.unwrap();
+    let silent: Vec<_> = (0..4)
+        .map(|_| raw_subscriber(server.addr, "/ws/t").0)
+        .collect();
+    let ports: Vec<u16> = silent.iter().map(port_of).collect();
+    let mut p = server.ws("/pub/t").0;
+    for i in 0..56 {
+        p.send(tungstenite::Message::binary(stamped(i, 64 << 10)))
+            .unwrap();
+    }
+    stats_until(admin, |s| u(&s["totals"]["heartbeat_timeouts_total"]) >= 4);
+    wait_server_ends_gone(server.addr.port(), &ports, RELEASE);
+    // Counted as heartbeat timeouts (reset at once: a peer that stopped answering gets no
+    // linger), not evicted. The publisher never reads either: it times out too.
+    let s = stats_until(admin, |s| u(&s["totals"]["active_connections"]) == 0);
+    assert_eq!(u(&s["totals"]["heartbeat_timeouts_total"]), 5, "{s:#}");
+    assert_eq!(u(&s["totals"]["evictions"]["high_water"]), 0, "{s:#}");
+    drop((silent, p));
+}
