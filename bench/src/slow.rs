@@ -68,6 +68,8 @@ struct Watched {
     rss: Vec<(u64, u64)>,
     /// Kernel TCP memory of the host (`/proc/net/sockstat`), sampled with the RSS.
     kernel: Vec<(u64, u64)>,
+    /// What the server's own sockets hold unsent (send queues of the server port).
+    server_send_queues: Vec<(u64, u64)>,
     stats: Vec<Value>,
     stats_error: Option<String>,
     /// When sampling started (`clock::now_ns`): sample times `t_ms` count from here.
@@ -78,6 +80,7 @@ struct Watched {
 /// `sample` until `stop`.
 fn watch(
     mut stalled: Vec<Stalled>,
+    port: u16,
     pid: Option<u32>,
     admin: Option<SocketAddr>,
     sample: Duration,
@@ -88,6 +91,7 @@ fn watch(
         stalled: Vec::new(),
         rss: Vec::new(),
         kernel: Vec::new(),
+        server_send_queues: Vec::new(),
         stats: Vec::new(),
         stats_error: None,
         start_ns: start,
@@ -104,6 +108,9 @@ fn watch(
             }
             if let Ok(k) = process::kernel_tcp_memory() {
                 w.kernel.push((t_ms, k));
+            }
+            if let Ok((tx, _)) = process::port_tcp_queues(port) {
+                w.server_send_queues.push((t_ms, tx));
             }
             if let Some(addr) = admin {
                 match adminstats::fetch_stats(addr, Duration::from_millis(500)) {
@@ -186,7 +193,8 @@ pub fn measure(args: &SlowArgs) -> Result<(Value, Option<String>), String> {
             Duration::from_millis(args.sample_ms),
             stop.clone(),
         );
-        std::thread::spawn(move || watch(stalled, pid, admin, sample, stop))
+        let port = target.addr.port();
+        std::thread::spawn(move || watch(stalled, port, pid, admin, sample, stop))
     };
     let fan = FanoutArgs {
         common: args.common.clone(),
@@ -317,6 +325,10 @@ pub fn measure(args: &SlowArgs) -> Result<(Value, Option<String>), String> {
         },
         "server_rss": rss_summary,
         "kernel_tcp": kernel_summary,
+        "server_send_queues": {
+            "max": watched.server_send_queues.iter().map(|s| s.1).max(),
+            "samples": watched.server_send_queues.iter().map(|(t, b)| json!([t, b])).collect::<Vec<_>>(),
+        },
         "rss_plus_kernel_max": total_max,
         "stats_samples": (!watched.stats.is_empty()).then_some(&watched.stats),
         "stats_error": watched.stats_error,

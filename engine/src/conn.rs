@@ -219,8 +219,8 @@ fn serve_task(guard: ActiveGuard, stream: TcpStream, mut ws: WsConn) -> impl Fut
         // answering, or it went away): reset, so the descriptor and the kernel's buffers are
         // freed now. A plain close would queue a FIN behind that data and leave the kernel
         // holding it for a peer that does not read (an orphaned socket in FIN_WAIT1).
-        let unsent = ws.conn.unsent() > 0 || sockio::send_buffer_held(fd) > 0;
-        if ws.conn.reset.get() || (!clean && unsent) {
+        let unsent = || ws.conn.unsent() > 0 || sockio::send_buffer_held(fd) > 0;
+        if ws.conn.reset.get() || (!clean && unsent()) {
             let _ = sockio::set_linger_zero(fd);
         }
         drop(ws);

@@ -385,6 +385,7 @@ fn subscription_floods_stop_at_max_subscriptions() {
     const LIMIT: u64 = 2000;
     let server = Server::start(&["--max-subscriptions", &LIMIT.to_string()]);
     let admin = server.admin.unwrap();
+    let base = rss(server.pid());
     let mut clients: Vec<Ws> = (0..8).map(|i| server.ws_on("/ws/t", i % 2)).collect();
     let mut refused = 0;
     for (c, ws) in clients.iter_mut().enumerate() {
@@ -432,6 +433,9 @@ fn subscription_floods_stop_at_max_subscriptions() {
     clients.push(server.ws("/echo").0);
     let s = stats(admin);
     assert_eq!(u(&s["totals"]["refused"]["subscriptions"]), 4);
+    // Nothing queued: the bound is the connections and the subscriptions (512 B each).
+    let subs = LIMIT * 512;
+    assert_rss_within(server.pid(), base, subs, clients.len() as u64, SLACK);
     drop(clients);
     let s = stats_until(admin, |s| {
         u(&s["totals"]["subscriptions"]) == 0 && u(&s["totals"]["topics"]) == 0
@@ -645,6 +649,7 @@ fn connection_floods_over_the_limit_are_refused_cheaply() {
     let fillers: Vec<Ws> = (10..LIMIT - 1).map(|_| server.ws("/echo").0).collect();
     let publisher = publish_paced(&server, "t", N, 1024, Duration::from_millis(5));
     stats_until(admin, |s| u(&s["totals"]["active_connections"]) == LIMIT);
+    let base = rss(server.pid());
     let stop = Stop::default();
     let flooders: Vec<_> = (0..4)
         .map(|_| {
@@ -689,6 +694,9 @@ fn connection_floods_over_the_limit_are_refused_cheaply() {
         "{s:#}"
     );
     assert_eq!(u(&s["totals"]["active_connections"]), LIMIT);
+    // The default ceiling is 5% of the host's memory, but nothing here queues more than a few
+    // 1 KiB messages: hold the refusals to the per-connection allowance.
+    assert_rss_within(server.pid(), base, 4 << 20, LIMIT, SLACK);
     drop(fillers);
 }
 
