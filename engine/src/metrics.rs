@@ -307,6 +307,25 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A counter family with a `reason` label: one series per shard and reason, `get(snapshot, i)`
+/// reading the count of `reasons[i]`.
+fn by_reason(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    shards: &[ShardReport],
+    reasons: &[&str],
+    get: impl Fn(&Snapshot, usize) -> u64,
+) {
+    family(out, name, "counter", help);
+    for (i, r) in shards.iter().enumerate() {
+        for (j, why) in reasons.iter().enumerate() {
+            let n = get(&r.snap, j);
+            let _ = writeln!(out, "{name}{{shard=\"{i}\",reason=\"{why}\"}} {n}");
+        }
+    }
+}
+
 /// Render every family (the bridge's only when it is on).
 pub fn render(
     shards: &[ShardReport],
@@ -368,22 +387,14 @@ pub fn render(
             let _ = writeln!(out, "{} {}", m.name, (m.get)(b));
         }
     }
-    family(
+    by_reason(
         &mut out,
         "shardcast_connections_refused_total",
-        "counter",
         "Connections or requests refused, by reason.",
+        shards,
+        &Refusal::ALL.map(Refusal::name),
+        |s, i| s.refused[i],
     );
-    for (i, r) in shards.iter().enumerate() {
-        for why in Refusal::ALL {
-            let _ = writeln!(
-                out,
-                "shardcast_connections_refused_total{{shard=\"{i}\",reason=\"{}\"}} {}",
-                why.name(),
-                r.snap.refused[why as usize]
-            );
-        }
-    }
     family(
         &mut out,
         "shardcast_protocol_errors_total",
@@ -442,38 +453,22 @@ pub fn render(
             );
         }
     }
-    family(
+    by_reason(
         &mut out,
         "shardcast_aborts_total",
-        "counter",
         "Connections reset (RST) because their close frame was not flushed in time, by reason.",
+        shards,
+        &AbortReason::ALL.map(AbortReason::name),
+        |s, i| s.aborts[i],
     );
-    for (i, r) in shards.iter().enumerate() {
-        for why in AbortReason::ALL {
-            let _ = writeln!(
-                out,
-                "shardcast_aborts_total{{shard=\"{i}\",reason=\"{}\"}} {}",
-                why.name(),
-                r.snap.aborts[why as usize]
-            );
-        }
-    }
-    family(
+    by_reason(
         &mut out,
         "shardcast_accept_errors_total",
-        "counter",
         "Failed accepts, by reason (emfile, enfile: out of descriptors; memory; other).",
+        shards,
+        &AcceptErrorReason::ALL.map(AcceptErrorReason::name),
+        |s, i| s.accept_errors[i],
     );
-    for (i, r) in shards.iter().enumerate() {
-        for why in AcceptErrorReason::ALL {
-            let _ = writeln!(
-                out,
-                "shardcast_accept_errors_total{{shard=\"{i}\",reason=\"{}\"}} {}",
-                why.name(),
-                r.snap.accept_errors[why as usize]
-            );
-        }
-    }
     for kind in LatencyKind::ALL {
         let (name, help) = match kind {
             LatencyKind::Handshake => (
