@@ -306,7 +306,7 @@ fn table(runs: &[Value]) -> String {
             .map_or("?".into(), |b| format!("{:.1}", b / 1048576.0))
     };
     let mut t = String::from(
-        "| run | server flags | RSS max / final MiB | server sockets' send queues max MiB | kernel TCP max MiB (host, +over base) | RSS + kernel max MiB | fast p99 ms (vs control) | fast lost | slow: 1013 / all outcomes | time to eviction p50 / max ms | evicted → gone p50 / max ms | server: evictions; stall before eviction p50 / max ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | server flags | RSS max / final MiB | server send queues max MiB: all / to slow clients (at end) | kernel TCP max MiB (host, +over base) | RSS + kernel max MiB | fast p99 ms (vs control) | fast lost | slow: 1013 / all outcomes | time to eviction p50 / max ms | evicted → gone p50 / max ms | server: evictions; stall before eviction p50 / max ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in runs {
         let flags = r["server_args"].as_array().map_or(String::new(), |a| {
@@ -373,10 +373,12 @@ fn table(runs: &[Value]) -> String {
         };
         let server = server_evictions(&r["stats_samples"]);
         t += &format!(
-            "| {head} | `{flags}` | {} / {} | {} | {} ({over_base}) | {} | {}{vs} | {} | {} / {} | {tte} | {gone} | {server} |\n",
+            "| {head} | `{flags}` | {} / {} | {} / {} ({}) | {} ({over_base}) | {} | {}{vs} | {} | {} / {} | {tte} | {gone} | {server} |\n",
             mib(&r["server_rss"]["max"]),
             mib(&r["server_rss"]["final"]),
             mib(&r["server_send_queues"]["max"]),
+            mib(&r["server_send_queues"]["slow_max"]),
+            mib(&r["server_send_queues"]["slow_final"]),
             mib(&k["max"]),
             mib(&r["rss_plus_kernel_max"]),
             p99.map_or("?".into(), |p| format!("{:.1}", p / 1000.0)),
@@ -461,7 +463,7 @@ mod tests {
                     "time_to_eviction": {"p50_ms": 10.0, "max_ms": 20.0},
                     "evicted_to_gone": {"p50_ms": 300.0, "max_ms": 700.0}},
                 "kernel_tcp": {"base": 1048576, "max": 3145728},
-                "server_send_queues": {"max": 524288},
+                "server_send_queues": {"max": 524288, "slow_max": 262144, "slow_final": 0},
                 "rss_plus_kernel_max": 4194304,
                 "stats_samples": [{"totals.evictions.high_water": 1},
                     {"totals.evictions.high_water": 2, "totals.evictions.ceiling": 1,
@@ -472,7 +474,10 @@ mod tests {
         ];
         let t = table(&runs);
         assert!(t.contains("3.0 (3.00x ⚠ over 2x)"), "{t}");
-        assert!(t.contains("| 2.0 / 1.0 | 0.5 | 3.0 (+2.0) | 4.0 |"), "{t}");
+        assert!(
+            t.contains("| 2.0 / 1.0 | 0.5 / 0.2 (0.0) | 3.0 (+2.0) | 4.0 |"),
+            "{t}"
+        );
         assert!(t.contains("| 10 / 20 | 300 / 700 |"), "{t}");
         assert!(t.contains("2 / 1013: 2"), "{t}");
         assert!(
@@ -481,7 +486,7 @@ mod tests {
         );
         assert!(t.contains("| — | — | — |"), "control has no samples: {t}");
         assert!(
-            t.contains("| 1.0 / 1.0 | ? | ? (?) | ? |"),
+            t.contains("| 1.0 / 1.0 | ? / ? (?) | ? (?) | ? |"),
             "no kernel samples: {t}"
         );
         assert!(

@@ -126,30 +126,36 @@ fn parse_sockstat_tcp_mem(s: &str) -> Option<u64> {
 /// is `port` (`/proc/net/tcp` and `tcp6`): the server's side of its connections, which the
 /// host-wide sockstat figure mixes with the generator's and everyone else's. Data bytes, not
 /// truesize (the kernel memory behind them is up to ~1.4× on loopback).
-pub fn port_tcp_queues(port: u16) -> io::Result<(u64, u64)> {
+/// With `remotes` non-empty, only the connections to those remote ports (for instance the
+/// slow clients' sockets).
+pub fn port_tcp_queues(port: u16, remotes: &[u16]) -> io::Result<(u64, u64)> {
     let mut total = (0, 0);
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(file) else {
             continue;
         };
-        let (tx, rx) = sum_port_queues(&text, port);
+        let (tx, rx) = sum_port_queues(&text, port, remotes);
         total = (total.0 + tx, total.1 + rx);
     }
     Ok(total)
 }
 
-fn sum_port_queues(text: &str, port: u16) -> (u64, u64) {
+fn sum_port_queues(text: &str, port: u16, remotes: &[u16]) -> (u64, u64) {
+    let port_of = |a: &str| {
+        a.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
     let mut total = (0, 0);
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split_ascii_whitespace().collect();
-        let (Some(local), Some(queues)) = (f.get(1), f.get(4)) else {
+        let (Some(local), Some(remote), Some(queues)) = (f.get(1), f.get(2), f.get(4)) else {
             continue;
         };
-        let local_port = local
-            .rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok());
-        if local_port != Some(port) {
+        if port_of(local) != Some(port) {
+            continue;
+        }
+        if !remotes.is_empty() && !port_of(remote).is_some_and(|r| remotes.contains(&r)) {
             continue;
         }
         if let Some((tx, rx)) = queues.split_once(':') {
@@ -208,8 +214,9 @@ mod tests {
    0: 0100007F:1F90 0100007F:C350 01 00000010:00000002 00:00000000 00000000 0 0 1\n\
    1: 0100007F:C350 0100007F:1F90 01 00000100:00000000 00:00000000 00000000 0 0 2\n\
    2: 0100007F:1F90 0100007F:C351 01 00000001:00000000 00:00000000 00000000 0 0 3\n";
-        assert_eq!(sum_port_queues(text, 8080), (17, 2));
-        assert!(port_tcp_queues(1).is_ok());
+        assert_eq!(sum_port_queues(text, 8080, &[]), (17, 2));
+        assert_eq!(sum_port_queues(text, 8080, &[0xC351]), (1, 0));
+        assert!(port_tcp_queues(1, &[]).is_ok());
     }
 
     #[test]

@@ -70,6 +70,8 @@ struct Watched {
     kernel: Vec<(u64, u64)>,
     /// What the server's own sockets hold unsent (send queues of the server port).
     server_send_queues: Vec<(u64, u64)>,
+    /// The part of it held for the slow clients.
+    slow_send_queues: Vec<(u64, u64)>,
     stats: Vec<Value>,
     stats_error: Option<String>,
     /// When sampling started (`clock::now_ns`): sample times `t_ms` count from here.
@@ -87,11 +89,13 @@ fn watch(
     stop: Arc<AtomicBool>,
 ) -> Watched {
     let start = clock::now_ns();
+    let slow_ports: Vec<u16> = stalled.iter().filter_map(Stalled::local_port).collect();
     let mut w = Watched {
         stalled: Vec::new(),
         rss: Vec::new(),
         kernel: Vec::new(),
         server_send_queues: Vec::new(),
+        slow_send_queues: Vec::new(),
         stats: Vec::new(),
         stats_error: None,
         start_ns: start,
@@ -109,8 +113,13 @@ fn watch(
             if let Ok(k) = process::kernel_tcp_memory() {
                 w.kernel.push((t_ms, k));
             }
-            if let Ok((tx, _)) = process::port_tcp_queues(port) {
+            if let Ok((tx, _)) = process::port_tcp_queues(port, &[]) {
                 w.server_send_queues.push((t_ms, tx));
+            }
+            if !slow_ports.is_empty() {
+                if let Ok((tx, _)) = process::port_tcp_queues(port, &slow_ports) {
+                    w.slow_send_queues.push((t_ms, tx));
+                }
             }
             if let Some(addr) = admin {
                 match adminstats::fetch_stats(addr, Duration::from_millis(500)) {
@@ -328,6 +337,9 @@ pub fn measure(args: &SlowArgs) -> Result<(Value, Option<String>), String> {
         "server_send_queues": {
             "max": watched.server_send_queues.iter().map(|s| s.1).max(),
             "samples": watched.server_send_queues.iter().map(|(t, b)| json!([t, b])).collect::<Vec<_>>(),
+            // Held for the slow clients: max, and at the end of publishing.
+            "slow_max": watched.slow_send_queues.iter().map(|s| s.1).max(),
+            "slow_final": watched.slow_send_queues.last().map(|s| s.1),
         },
         "rss_plus_kernel_max": total_max,
         "stats_samples": (!watched.stats.is_empty()).then_some(&watched.stats),
