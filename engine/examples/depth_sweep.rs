@@ -10,9 +10,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardcast::depth::{DepthSampler, SLICES};
-use shardcast::hub::{Conn, Hub};
-use shardcast::stats::ShardStats;
+use shardcast::obs::depth::{DepthSampler, SLICES};
+use shardcast::obs::stats::ShardStats;
+use shardcast::shard::hub::{Conn, Hub};
 use shardcast_proto::MessageKind;
 
 fn main() {

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::latency::Recording;
-use crate::policy::{Action, Policy, TopicPolicy, TopicPolicySpec};
+use crate::flow::policy::{Action, Policy, TopicPolicy, TopicPolicySpec};
+use crate::obs::latency::Recording;
 
 /// Default `queue_ceiling_pct`: the share of the memory limit queued frames may hold.
 pub const DEFAULT_QUEUE_CEILING_PCT: u32 = 5;
@@ -469,7 +469,7 @@ impl Overrides {
             size(self.high_water_bytes),
             size(self.low_water_bytes),
             None,
-            crate::policy::DEFAULT_HIGH_WATER,
+            crate::flow::policy::DEFAULT_HIGH_WATER,
         )
         .map_err(ConfigError::Policy)?;
         let topic_policy = self
@@ -493,7 +493,7 @@ impl Overrides {
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let (memory_limit, source) = match self.memory_limit {
             Some(b) => (b.0, "config"),
-            None => crate::governor::detect_memory_limit(),
+            None => crate::flow::governor::detect_memory_limit(),
         };
         if memory_limit == 0 {
             return Err(ConfigError::Invalid("memory_limit must be positive"));
@@ -559,7 +559,7 @@ impl Overrides {
         if config.publish_token.as_deref() == Some("") {
             return Err(ConfigError::Invalid("publish_token must not be empty"));
         }
-        crate::heartbeat::validate(&config).map_err(ConfigError::Invalid)?;
+        crate::conn::heartbeat::validate(&config).map_err(ConfigError::Invalid)?;
         crate::bridge::subject::validate_prefix(&config.nats_subject_prefix)
             .map_err(ConfigError::Invalid)?;
         if config.nats_buffer_bytes == 0 || config.nats_pending_messages == 0 {
@@ -578,14 +578,14 @@ impl Overrides {
 
 impl Config {
     /// The policy table the hubs use.
-    pub fn policies(&self) -> crate::policy::Policies {
-        crate::policy::Policies::new(
+    pub fn policies(&self) -> crate::flow::policy::Policies {
+        crate::flow::policy::Policies::new(
             self.topic_policy.clone(),
             Policy {
                 policy: self.default_policy,
                 high_water_bytes: self.high_water_bytes,
                 low_water_bytes: self.low_water_bytes,
-                keep: crate::policy::DEFAULT_KEEP,
+                keep: crate::flow::policy::DEFAULT_KEEP,
             },
         )
     }

@@ -3,7 +3,10 @@
 use std::io::Write;
 
 use clap::Parser;
-use shardcast::{config::Overrides, preflight, rlimit, server, signals};
+use shardcast::config::Overrides;
+use shardcast::ops::preflight;
+use shardcast::runtime::{rlimit, signals};
+use shardcast::server;
 
 /// jemalloc instead of glibc malloc: an idle connection is a handful of small long-lived
 /// allocations made between short-lived handshake ones, and glibc keeps ~1-2.5 KB per

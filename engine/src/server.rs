@@ -15,12 +15,15 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 use shardcast_proto::{encode_close, CloseCode};
 
+use crate::bridge;
 use crate::config::Config;
-use crate::hub::Hub;
-use crate::latency::LatencyKind;
+use crate::conn::task;
 use crate::mesh::{mesh, MeshItem, MeshLink};
-use crate::stats::{monotonic_ms, ShardStats};
-use crate::{admin, bridge, conn, listener, shard, tick};
+use crate::obs::latency::LatencyKind;
+use crate::obs::stats::{monotonic_ms, ShardStats};
+use crate::obs::{admin, tick};
+use crate::runtime::{listener, monoio as shard_rt};
+use crate::shard::hub::Hub;
 
 /// Cross-thread shutdown trigger: a flag plus one waker per mesh participant (the shards, and
 /// the NATS bridge when it is on).
@@ -78,7 +81,7 @@ type ShardParts = (std::net::TcpListener, MeshLink<MeshItem>);
 
 /// Bind, spawn every shard, and return once all of them are accepting.
 pub fn start(config: Config) -> io::Result<Server> {
-    let kind = shard::resolve_driver(config.driver)?;
+    let kind = shard_rt::resolve_driver(config.driver)?;
     let shards = config.shards;
     let listeners = listener::bind_all(config.listen, config.listen_backlog, shards)?;
     let local_addr = listeners[0].local_addr()?;
@@ -123,7 +126,7 @@ pub fn start(config: Config) -> io::Result<Server> {
     let ready_tx = Arc::new(Mutex::new(ready_tx));
     let handles = {
         let (stats, shutdown) = (stats.clone(), shutdown.clone());
-        shard::spawn(shards, kind, move |i| {
+        shard_rt::spawn(shards, kind, move |i| {
             let (listener, link) = parts.lock().unwrap()[i]
                 .take()
                 .expect("shard parts taken once");
@@ -241,12 +244,12 @@ async fn run_shard(
     let _ = ready.send(Ok(()));
     monoio::spawn(drain_mesh(hub.clone()));
     monoio::spawn(tick::tick_task(hub.clone()));
-    monoio::spawn(crate::heartbeat::run(hub.clone()));
+    monoio::spawn(crate::conn::heartbeat::run(hub.clone()));
     loop {
         monoio::select! {
             _ = shutdown.wait(hub.id) => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => conn::admit(&hub, stream, peer),
+                Ok((stream, peer)) => task::admit(&hub, stream, peer),
                 Err(e) => {
                     // EMFILE/ENFILE and friends: back off instead of spinning.
                     tracing::warn!(shard = hub.id, error = %e, "accept failed");
@@ -327,7 +330,7 @@ const MESH_RETRY: Duration = Duration::from_micros(200);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::DriverKind;
+    use crate::obs::stats::DriverKind;
     use std::cell::Cell;
     use std::task::Waker;
 
@@ -371,14 +374,15 @@ mod tests {
     /// retried within a few turns instead of after the busy spell.
     #[test]
     fn a_busy_shard_still_retries_its_mesh_backlog() {
-        let auto = shard::resolve_driver(crate::config::Driver::Auto).unwrap();
+        let auto = shard_rt::resolve_driver(crate::config::Driver::Auto).unwrap();
         for kind in [DriverKind::Epoll, auto] {
             const TURNS: u32 = 20_000;
-            let (left_at_retry, tick_fired_during_busy) = shard::block_on(kind, async {
-                let hubs: Vec<Rc<Hub>> = crate::hub::tests::hubs(2, &["--memory-limit", "1MiB"])
-                    .into_iter()
-                    .map(Rc::new)
-                    .collect();
+            let (left_at_retry, tick_fired_during_busy) = shard_rt::block_on(kind, async {
+                let hubs: Vec<Rc<Hub>> =
+                    crate::shard::hub::tests::hubs(2, &["--memory-limit", "1MiB"])
+                        .into_iter()
+                        .map(Rc::new)
+                        .collect();
                 let h0 = hubs[0].clone();
                 // Shard 1 never drains: shard 0's publishers end up stopped.
                 let t: std::sync::Arc<str> = "t".into();

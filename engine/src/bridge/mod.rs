@@ -44,8 +44,8 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::mesh::{Envelope, MeshItem, MeshLink};
+use crate::obs::stats::{add, get, monotonic_ms, ShardStats};
 use crate::server::Shutdown;
-use crate::stats::{add, get, monotonic_ms, ShardStats};
 use interest::{Change, Interest};
 use stats::{BridgeStats, LinkState};
 use subject::Inbound;
@@ -569,7 +569,8 @@ impl State {
 fn overloaded(s: &ShardStats) -> bool {
     let (retained, ceiling) = (get(&s.retained_bytes), get(&s.queue_ceiling_bytes));
     ceiling > 0
-        && u128::from(retained) * 100 > u128::from(ceiling) * u128::from(crate::admin::OVERLOAD_PCT)
+        && u128::from(retained) * 100
+            > u128::from(ceiling) * u128::from(crate::obs::admin::OVERLOAD_PCT)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! keeps no per-viewer state.
 
 /// The page, served as is.
-pub const HTML: &str = include_str!("../assets/dashboard.html");
+pub const HTML: &str = include_str!("../../assets/dashboard.html");
 
 /// Content-Type of [`HTML`].
 pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::topic;
+use crate::flow::topic;
 
 /// Error code for an unknown method or invalid params (including an invalid topic).
 pub const INVALID_REQUEST: u32 = 1;

@@ -19,13 +19,13 @@ use serde_json::{json, Map, Value};
 use shardcast_proto::http::{write_response, Parse, Request, RequestLimits, RequestParser, Status};
 
 use crate::bridge::stats::{BridgeSnapshot, BridgeStats};
-use crate::depth::{DepthSample, DepthSummary};
-use crate::latency::{merged_summary, LatencyKind, Summary, KINDS};
-use crate::server::Shutdown;
-use crate::stats::{
+use crate::obs::depth::{DepthSample, DepthSummary};
+use crate::obs::latency::{merged_summary, LatencyKind, Summary, KINDS};
+use crate::obs::stats::{
     monotonic_ms, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES,
 };
-use crate::{dashboard, metrics};
+use crate::server::Shutdown;
+use crate::{obs::dashboard, obs::metrics};
 
 /// Read and write timeout per admin connection.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);

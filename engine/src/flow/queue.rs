@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::stats::ShardStats;
+use crate::obs::stats::ShardStats;
 
 /// Memory one queue entry takes in the queue itself.
 pub const SLOT_BYTES: usize = std::mem::size_of::<Rc<QueuedFrame>>();

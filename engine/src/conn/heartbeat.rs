@@ -18,8 +18,8 @@ use bytes::Bytes;
 use shardcast_proto::{encode_close, encode_frame, CloseCode, OpCode};
 
 use crate::config::Config;
-use crate::hub::{Conn, Hub};
-use crate::stats;
+use crate::obs::stats;
+use crate::shard::hub::{Conn, Hub};
 
 /// Largest accepted duration (ms): deadlines are compared as signed differences of wrapping
 /// `u32` clocks, which is exact for distances below 2^31 ms (24.8 days).
@@ -336,7 +336,7 @@ pub async fn run(hub: Rc<Hub>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{get, ShardStats};
+    use crate::obs::stats::{get, ShardStats};
     use std::sync::Arc;
 
     fn cfg(ping: u32, pong: u32, idle: u32, life: u32, jitter: u8) -> HeartbeatConfig {

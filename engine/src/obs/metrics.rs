@@ -9,11 +9,11 @@
 
 use std::fmt::Write;
 
-use crate::admin::{ProcessReport, ShardReport};
 use crate::bridge::stats::BridgeSnapshot;
-use crate::depth::{DepthSummary, QUANTILES as DEPTH_QUANTILES};
-use crate::latency::LatencyKind;
-use crate::stats::{Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES};
+use crate::obs::admin::{ProcessReport, ShardReport};
+use crate::obs::depth::{DepthSummary, QUANTILES as DEPTH_QUANTILES};
+use crate::obs::latency::LatencyKind;
+use crate::obs::stats::{Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES};
 
 /// Content-Type of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -472,8 +472,8 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::latency::Summary;
-    use crate::stats::DriverKind;
+    use crate::obs::latency::Summary;
+    use crate::obs::stats::DriverKind;
 
     #[test]
     fn families_are_declared_and_counters_end_in_total() {
@@ -484,7 +484,7 @@ mod tests {
         let report = ShardReport {
             snap,
             driver: DriverKind::Epoll,
-            latency: [Summary::default(); crate::latency::KINDS],
+            latency: [Summary::default(); crate::obs::latency::KINDS],
             depth: DepthSummary {
                 connections: 3,
                 frames: [0, 1, 5],
@@ -494,14 +494,14 @@ mod tests {
             tick_age_ms: 50,
         };
         let bridge = crate::bridge::stats::BridgeStats::new();
-        crate::stats::add(&bridge.messages_in, 3);
+        crate::obs::stats::add(&bridge.messages_in, 3);
         let text = render(
             &[report],
             &ProcessReport {
                 rss_bytes: Some(4096),
                 uptime_seconds: 1.5,
             },
-            Some(&bridge.snapshot(crate::stats::monotonic_ms())),
+            Some(&bridge.snapshot(crate::obs::stats::monotonic_ms())),
         );
         assert!(text.contains("shardcast_messages_received_total{shard=\"0\"} 7\n"));
         assert!(text.contains("shardcast_bridge_messages_in_total 3\n"));

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::topic;
+use crate::flow::topic;
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::hub::Hub;
-use crate::tick::TICK;
+use crate::obs::tick::TICK;
+use crate::shard::hub::Hub;
 
 /// How often the distribution is sampled.
 pub const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
@@ -217,11 +217,11 @@ mod tests {
 
     #[test]
     fn one_pass_is_spread_over_the_ticks_of_a_period() {
-        use crate::hub::Conn;
+        use crate::shard::hub::Conn;
         use std::rc::Rc;
         let config = crate::config::Overrides::default().resolve().unwrap();
-        let stats: std::sync::Arc<[crate::stats::ShardStats]> =
-            vec![crate::stats::ShardStats::default()].into();
+        let stats: std::sync::Arc<[crate::obs::stats::ShardStats]> =
+            vec![crate::obs::stats::ShardStats::default()].into();
         let link = crate::mesh::mesh(1, 4).pop().unwrap();
         let hub = Hub::new(0, config.into(), stats, link, Default::default());
         // 30 slots: nine slices of 3, then the last slice takes the rest.

@@ -6,7 +6,7 @@ use std::io;
 use std::thread::JoinHandle;
 
 use crate::config::Driver;
-use crate::stats::DriverKind;
+use crate::obs::stats::DriverKind;
 
 /// io_uring submission queue entries per shard runtime.
 const URING_ENTRIES: u32 = 4096;

@@ -25,12 +25,12 @@ use shardcast_proto::{
     encode_close, encode_frame, CloseCode, Decoder, DecoderConfig, Event, MessageKind, OpCode, Role,
 };
 
-use crate::control::{self, Subscriptions};
-use crate::hub::{Conn, Hub};
-use crate::latency::LatencyKind;
-use crate::route::{self, authorize_publish, AuthError, Route};
-use crate::sockio;
-use crate::stats::{self, Refusal};
+use crate::conn::control::{self, Subscriptions};
+use crate::conn::route::{self, authorize_publish, AuthError, Route};
+use crate::obs::latency::LatencyKind;
+use crate::obs::stats::{self, Refusal};
+use crate::runtime::sockio;
+use crate::shard::hub::{Conn, Hub};
 
 /// How long a closing connection waits for the peer's close reply / EOF before dropping it.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -112,7 +112,7 @@ async fn handshake_task(
     accepted_at: Instant,
 ) {
     let hub = &guard.0;
-    let _ = crate::listener::set_nodelay(&stream);
+    let _ = crate::runtime::listener::set_nodelay(&stream);
     let fd = stream.as_raw_fd();
     let timeout = Duration::from_millis(hub.config.handshake_timeout_ms);
     // Boxed (with its timer) so the handshake's state is freed once it is done instead of
@@ -736,7 +736,7 @@ impl WsConn {
             self.hub.flush_mesh();
         }
         if seen {
-            crate::heartbeat::on_inbound(&self.hub, &self.conn);
+            crate::conn::heartbeat::on_inbound(&self.hub, &self.conn);
         }
         off
     }
@@ -841,7 +841,7 @@ impl Subscriptions for Subs<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{DriverKind, ShardStats};
+    use crate::obs::stats::{DriverKind, ShardStats};
 
     /// A `/pub/t` publisher task on shard 0 of `shards` test hubs, whose client wrote `n`
     /// numbered 100-byte messages in one go, then nothing more. A subscriber of `t` on the
@@ -856,11 +856,11 @@ mod tests {
         observe: impl Fn(&Hub),
     ) -> Vec<u32> {
         use std::io::Write;
-        crate::shard::block_on(kind, async {
+        crate::runtime::monoio::block_on(kind, async {
             let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
             let (stream, _) = l.accept().await.unwrap();
-            let hubs: Vec<Rc<Hub>> = crate::hub::tests::hubs(shards, args)
+            let hubs: Vec<Rc<Hub>> = crate::shard::hub::tests::hubs(shards, args)
                 .into_iter()
                 .map(Rc::new)
                 .collect();
@@ -932,7 +932,7 @@ mod tests {
     }
 
     fn drivers() -> Vec<DriverKind> {
-        let auto = crate::shard::resolve_driver(crate::config::Driver::Auto).unwrap();
+        let auto = crate::runtime::monoio::resolve_driver(crate::config::Driver::Auto).unwrap();
         let mut kinds = vec![DriverKind::Epoll];
         if auto != DriverKind::Epoll {
             kinds.push(auto);
@@ -989,7 +989,7 @@ mod tests {
     /// The serve future is what every idle connection keeps allocated: keep it small.
     #[test]
     fn serve_future_stays_small() {
-        crate::shard::block_on(DriverKind::Epoll, async {
+        crate::runtime::monoio::block_on(DriverKind::Epoll, async {
             let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
             let (stream, _) = l.accept().await.unwrap();

@@ -14,14 +14,14 @@ use bytes::Bytes;
 use shardcast_proto::{encode_close, CloseCode, MessageKind};
 
 use crate::config::Config;
-use crate::governor::Governor;
-use crate::heartbeat::{Liveness, ShardHeartbeat};
-use crate::latency::LocalLatency;
+use crate::conn::heartbeat::{Liveness, ShardHeartbeat};
+use crate::flow::governor::Governor;
+use crate::flow::policy::{Action, Policies, Policy};
+use crate::flow::queue::{Ledger, QueuedFrame, SendQueue, SLOT_BYTES};
+use crate::flow::topic::TopicTable;
 use crate::mesh::{Envelope, MeshItem, MeshLink, MeshPayload};
-use crate::policy::{Action, Policies, Policy};
-use crate::queue::{Ledger, QueuedFrame, SendQueue, SLOT_BYTES};
-use crate::stats::{self, Discard, Eviction, ShardStats};
-use crate::topic::TopicTable;
+use crate::obs::latency::LocalLatency;
+use crate::obs::stats::{self, Discard, Eviction, ShardStats};
 
 /// Per-connection state shared between the connection task and fan-out.
 #[derive(Default)]
@@ -241,7 +241,7 @@ impl Hub {
             topics: RefCell::new(TopicTable::default()),
             link: RefCell::new(link),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
-            iovecs: RefCell::new(Vec::with_capacity(crate::sockio::MAX_IOVECS)),
+            iovecs: RefCell::new(Vec::with_capacity(crate::runtime::sockio::MAX_IOVECS)),
             active: Cell::new(0),
             global_active,
             shutting_down: Cell::new(false),
@@ -579,7 +579,7 @@ impl Hub {
         if conn.closing.get() {
             return;
         }
-        crate::conn::record_eviction_stall(self, conn);
+        crate::conn::task::record_eviction_stall(self, conn);
         conn.queue.borrow_mut().clear_unstarted();
         self.unslow(conn);
         self.release_pauses(conn, usize::MAX);
@@ -1061,7 +1061,7 @@ pub(crate) mod tests {
 
     #[test]
     fn each_eviction_records_how_long_the_connection_had_stalled() {
-        use crate::latency::LatencyKind;
+        use crate::obs::latency::LatencyKind;
         use std::time::Duration;
         let hub = &hubs(1, &["--high-water-bytes", "1000"])[0];
         let ago = |s| Instant::now() - Duration::from_secs(s);
@@ -1390,7 +1390,7 @@ pub(crate) mod tests {
         let evicted: Vec<usize> = (0..20).filter(|&i| conns[i].1.closing.get()).collect();
         assert_eq!(evicted, vec![0, 1], "the two slowest");
         assert_eq!(hub2.stats().evictions(Eviction::SlowClients), 2);
-        assert_eq!(Governor::slow_limit(20), crate::governor::SLOW_MIN);
+        assert_eq!(Governor::slow_limit(20), crate::flow::governor::SLOW_MIN);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! backlog has its own limit, [`MESH_SHARE_PCT`] of the budget: above it the shard stops
 //! taking publishes until the backlog is back at half that.
 
-use crate::preflight::{self, MemoryLimit, MemorySource};
+use crate::ops::preflight::{self, MemoryLimit, MemorySource};
 
 /// Fraction of its budget a shard evicts down to once it would go over (in percent), so one
 /// eviction round makes room for many messages instead of one.

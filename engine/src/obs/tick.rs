@@ -1,16 +1,16 @@
 //! The per-shard tick: every [`TICK`] a shard stamps its liveness time into its stats, feeds its
 //! histogram log (when `--histogram-log` is set), folds its latency histograms into the shared
-//! copies and, once per [`crate::depth::SAMPLE_PERIOD`], samples its queue depths. A shard whose
+//! copies and, once per [`crate::obs::depth::SAMPLE_PERIOD`], samples its queue depths. A shard whose
 //! loop is stuck cannot run this task, so an old stamp is how the admin thread's /health sees a
 //! stall.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::depth::DepthSampler;
-use crate::histlog::{self, ShardLog};
-use crate::hub::Hub;
-use crate::stats::monotonic_ms;
+use crate::obs::depth::DepthSampler;
+use crate::obs::histlog::{self, ShardLog};
+use crate::obs::stats::monotonic_ms;
+use crate::shard::hub::Hub;
 
 /// Tick period.
 pub const TICK: Duration = Duration::from_millis(100);

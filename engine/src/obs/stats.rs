@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use crate::depth::SharedDepth;
-use crate::latency::SharedLatency;
+use crate::obs::depth::SharedDepth;
+use crate::obs::latency::SharedLatency;
 
 /// Milliseconds on a process-wide monotonic clock (starts near 0 at first use). Shards store
 /// it as their last tick; the admin thread compares it to now.

@@ -20,7 +20,7 @@ use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 
-use crate::latency::{new_histogram, new_histograms, LatencyKind, LocalLatency, KINDS};
+use crate::obs::latency::{new_histogram, new_histograms, LatencyKind, LocalLatency, KINDS};
 
 /// A log file is rotated once it reaches this size.
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -273,7 +273,7 @@ mod tests {
         let mut log = ShardLog::start(7, settings).unwrap();
         let latency = LocalLatency::default();
         let t0 = log.started;
-        let shared = crate::latency::SharedLatency::default();
+        let shared = crate::obs::latency::SharedLatency::default();
         let tick = |log: &mut ShardLog, ms: u64| {
             log.on_tick(&latency, t0 + Duration::from_millis(ms));
             latency.publish(&shared);

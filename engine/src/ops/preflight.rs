@@ -8,8 +8,8 @@
 use std::fmt;
 
 use crate::config::{Config, Driver};
-use crate::rlimit;
-use crate::stats::DriverKind;
+use crate::obs::stats::DriverKind;
+use crate::runtime::rlimit;
 
 /// Descriptors needed besides connections: stdio, logs, and per shard its listener, io_uring or
 /// epoll fd, eventfd doorbell and timer.

@@ -1,0 +1,3 @@
+//! Operations: what the host offers against what the configuration needs.
+
+pub mod preflight;

@@ -1,0 +1,3 @@
+//! A shard: its connections, topics and mesh end.
+
+pub mod hub;
