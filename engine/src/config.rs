@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 
 use crate::flow::policy::{Action, Policy, TopicPolicy, TopicPolicySpec};
@@ -65,17 +65,7 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// Which monoio driver each shard runtime uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    /// io_uring when the kernel supports it (and `MONOIO_FORCE_LEGACY_DRIVER` is not set), else epoll.
-    Auto,
-    /// io_uring only; starting fails when it is unavailable.
-    Uring,
-    /// epoll (monoio's legacy driver).
-    Epoll,
-}
+pub use crate::runtime::select::Driver;
 
 /// Where the admin listener binds, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,7 +237,7 @@ pub struct Overrides {
     /// Number of shards, one thread per CPU [default: all CPUs in the affinity mask]
     #[arg(long, env = "SHARDCAST_SHARDS")]
     pub shards: Option<usize>,
-    /// I/O driver; auto picks epoll when io_uring is unusable or MONOIO_FORCE_LEGACY_DRIVER=1 [default: auto]
+    /// I/O driver: auto (io_uring, epoll where the kernel refuses io_uring), uring or epoll [default: auto]
     #[arg(long, env = "SHARDCAST_DRIVER")]
     pub driver: Option<Driver>,
     /// Token publishers must present (Bearer or ?token=) [default: none, only loopback peers may publish]
@@ -493,7 +483,7 @@ impl Overrides {
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let (memory_limit, source) = match self.memory_limit {
             Some(b) => (b.0, "config"),
-            None => crate::flow::governor::detect_memory_limit(),
+            None => crate::ops::host::memory_limit_or_default(),
         };
         if memory_limit == 0 {
             return Err(ConfigError::Invalid("memory_limit must be positive"));
@@ -559,7 +549,26 @@ impl Overrides {
         if config.publish_token.as_deref() == Some("") {
             return Err(ConfigError::Invalid("publish_token must not be empty"));
         }
-        crate::conn::heartbeat::validate(&config).map_err(ConfigError::Invalid)?;
+        let durations = [
+            config.ping_interval_ms,
+            config.pong_timeout_ms,
+            config.idle_timeout_ms,
+            config.max_lifetime_ms,
+        ];
+        // Deadlines are compared as signed differences of a wrapping u32 ms clock.
+        if durations
+            .iter()
+            .any(|&d| d > crate::conn::heartbeat::MAX_DURATION_MS)
+        {
+            return Err(ConfigError::Invalid(
+                "heartbeat durations must be at most 2147483647 ms",
+            ));
+        }
+        if config.lifetime_jitter_pct > 100 {
+            return Err(ConfigError::Invalid(
+                "lifetime_jitter_pct must be at most 100",
+            ));
+        }
         crate::bridge::subject::validate_prefix(&config.nats_subject_prefix)
             .map_err(ConfigError::Invalid)?;
         if config.nats_buffer_bytes == 0 || config.nats_pending_messages == 0 {

@@ -12,6 +12,7 @@
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
 //! - [`server`]: start-up and shutdown: binds, builds the mesh, spawns the shards.
 #![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod bridge;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod obs;
 pub mod ops;
 pub mod runtime;
 pub mod server;
+
 pub mod shard;
 
 pub use runtime::rlimit;

@@ -32,7 +32,7 @@ fn main() {
     if only_preflight {
         // Same raise as a real start, so the report shows the limit the server would run with.
         let _ = rlimit::raise_nofile();
-        let checks = preflight::run(&config, &preflight::HostFacts::gather());
+        let checks = preflight::run(&config, &shardcast::ops::host::HostFacts::gather());
         for c in &checks {
             println!("{c}");
         }
@@ -51,7 +51,10 @@ fn main() {
     if let Err(e) = rlimit::raise_nofile() {
         tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
     }
-    preflight::log(&preflight::run(&config, &preflight::HostFacts::gather()));
+    preflight::log(&preflight::run(
+        &config,
+        &shardcast::ops::host::HostFacts::gather(),
+    ));
     let server = match server::start(config) {
         Ok(s) => s,
         Err(e) => {

@@ -45,7 +45,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::mesh::{Envelope, MeshItem, MeshLink};
 use crate::obs::stats::{add, get, monotonic_ms, ShardStats};
-use crate::server::Shutdown;
+use crate::runtime::shutdown::Shutdown;
 use interest::{Change, Interest};
 use stats::{BridgeStats, LinkState};
 use subject::Inbound;
@@ -504,7 +504,7 @@ impl State {
             Inbound::Invalid => return add(&self.stats.in_invalid, 1),
         };
         self.pending = Some(Pending {
-            env: Envelope::encode(topic, kind, &msg.payload),
+            env: Envelope::encode(topic, kind, &msg.payload, std::time::Instant::now()),
             stalled: false,
         });
         self.deliver_pending();
@@ -567,10 +567,7 @@ impl State {
 /// A shard whose queued frames hold more than the /health overload share of its ceiling
 /// takes nothing more from NATS until it is back under.
 fn overloaded(s: &ShardStats) -> bool {
-    let (retained, ceiling) = (get(&s.retained_bytes), get(&s.queue_ceiling_bytes));
-    ceiling > 0
-        && u128::from(retained) * 100
-            > u128::from(ceiling) * u128::from(crate::obs::admin::OVERLOAD_PCT)
+    crate::obs::health::overloaded(get(&s.retained_bytes), get(&s.queue_ceiling_bytes))
 }
 
 #[cfg(test)]

@@ -6,20 +6,14 @@
 //! [`Liveness::on_inbound`] whenever frames arrive (a pong is just one of them), and
 //! [`Liveness::check`] on every sweep, which says what to do now.
 //!
-//! The I/O side is one coarse timer per shard, not a timer per connection: [`run`] wakes every
-//! [`HeartbeatConfig::sweep_period`], walks the shard's connections and applies the actions
-//! ([`sweep_once`]): queue the shard's one pre-encoded ping frame (a `Bytes` clone), or queue
-//! a close frame and close.
+//! The shard applies it with one coarse sweep, not a timer per connection: every
+//! [`HeartbeatConfig::sweep_period`] the core walks its connections and applies the actions:
+//! queue the shard's one pre-encoded ping frame (a `Bytes` clone), or queue a close frame and
+//! close.
 
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use shardcast_proto::{encode_close, encode_frame, CloseCode, OpCode};
-
-use crate::config::Config;
-use crate::obs::stats;
-use crate::shard::hub::{Conn, Hub};
+use shardcast_proto::CloseCode;
 
 /// Largest accepted duration (ms): deadlines are compared as signed differences of wrapping
 /// `u32` clocks, which is exact for distances below 2^31 ms (24.8 days).
@@ -40,36 +34,7 @@ pub struct HeartbeatConfig {
     pub lifetime_jitter_pct: u8,
 }
 
-/// Check the heartbeat options of a configuration.
-pub fn validate(config: &Config) -> Result<(), &'static str> {
-    let durations = [
-        config.ping_interval_ms,
-        config.pong_timeout_ms,
-        config.idle_timeout_ms,
-        config.max_lifetime_ms,
-    ];
-    if durations.iter().any(|&d| d > MAX_DURATION_MS) {
-        return Err("heartbeat durations must be at most 2147483647 ms");
-    }
-    if config.lifetime_jitter_pct > 100 {
-        return Err("lifetime_jitter_pct must be at most 100");
-    }
-    Ok(())
-}
-
 impl HeartbeatConfig {
-    /// The heartbeat part of a validated configuration.
-    pub fn from_config(config: &Config) -> Self {
-        let ms = |v: u64| v.min(MAX_DURATION_MS) as u32;
-        HeartbeatConfig {
-            ping_interval: ms(config.ping_interval_ms),
-            pong_timeout: ms(config.pong_timeout_ms),
-            idle_timeout: ms(config.idle_timeout_ms),
-            max_lifetime: ms(config.max_lifetime_ms),
-            lifetime_jitter_pct: config.lifetime_jitter_pct.min(100),
-        }
-    }
-
     /// True when any rule is on (otherwise no sweep runs). A pong timeout alone does nothing
     /// without pings.
     pub fn enabled(&self) -> bool {
@@ -241,103 +206,9 @@ impl Liveness {
     }
 }
 
-/// A shard's heartbeat: settings, clock epoch and the ping frame every connection shares.
-#[derive(Debug)]
-pub struct ShardHeartbeat {
-    /// Settings.
-    pub cfg: HeartbeatConfig,
-    epoch: Instant,
-    ping: Bytes,
-}
-
-impl ShardHeartbeat {
-    /// Heartbeat state for a shard running `config`; its clock starts now.
-    pub fn new(config: &Config) -> Self {
-        ShardHeartbeat {
-            cfg: HeartbeatConfig::from_config(config),
-            epoch: Instant::now(),
-            ping: encode_frame(OpCode::Ping, b""),
-        }
-    }
-
-    /// Milliseconds since the shard epoch, wrapping every 49.7 days.
-    pub fn now(&self) -> u32 {
-        self.ms_at(Instant::now())
-    }
-
-    /// `at` on the same clock as [`now`](Self::now), for callers that already read the clock
-    /// (instants before the epoch read as 0).
-    pub fn ms_at(&self, at: Instant) -> u32 {
-        at.saturating_duration_since(self.epoch).as_millis() as u32
-    }
-
-    /// Liveness for connection `id` of shard `shard` starting now. The jitter seed mixes the
-    /// shard, the slot and the start time, so a cohort reconnecting together spreads out.
-    pub fn start(&self, shard: usize, id: u32) -> Liveness {
-        let now = self.now();
-        let seed = (shard as u64) << 48 ^ u64::from(now) << 16 ^ u64::from(id);
-        Liveness::new(now, seed, &self.cfg)
-    }
-}
-
-/// Frames arrived on `conn` (called once per read batch, not per frame).
-pub fn on_inbound(hub: &Hub, conn: &Conn) {
-    if hub.heartbeat.cfg.enabled() {
-        let mut l = conn.liveness.get();
-        l.on_inbound(hub.heartbeat.now());
-        conn.liveness.set(l);
-    }
-}
-
-/// Apply every connection's [`Liveness::check`] at `now`: queue pings, close the dead, idle
-/// and expired (counted per kind).
-pub fn sweep_once(hub: &Hub, now: u32) {
-    let hb = &hub.heartbeat;
-    let s = hub.stats();
-    hub.for_each_conn(|_, conn| {
-        if conn.closing.get() {
-            return;
-        }
-        let mut l = conn.liveness.get();
-        let action = l.check(now, &hb.cfg);
-        conn.liveness.set(l);
-        match action {
-            Action::None => {}
-            Action::SendPing => {
-                conn.push(hb.ping.clone());
-                stats::add(&s.pings_sent_total, 1);
-            }
-            Action::Close(reason) => {
-                let counter = match reason {
-                    Reason::PongTimeout => &s.heartbeat_timeouts_total,
-                    Reason::IdleTimeout => &s.idle_timeouts_total,
-                    Reason::MaxLifetime => &s.lifetime_closes_total,
-                };
-                stats::add(counter, 1);
-                conn.abort.set(reason.abort());
-                conn.close_with(encode_close(reason.code(), reason.text()));
-            }
-        }
-    });
-}
-
-/// The shard's sweep task (returns at once when every rule is off).
-pub async fn run(hub: Rc<Hub>) {
-    if !hub.heartbeat.cfg.enabled() {
-        return;
-    }
-    let period = hub.heartbeat.cfg.sweep_period();
-    loop {
-        monoio::time::sleep(period).await;
-        sweep_once(&hub, hub.heartbeat.now());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::obs::stats::{get, ShardStats};
-    use std::sync::Arc;
 
     fn cfg(ping: u32, pong: u32, idle: u32, life: u32, jitter: u8) -> HeartbeatConfig {
         HeartbeatConfig {
@@ -544,104 +415,5 @@ mod tests {
             1000
         );
         assert_eq!(cfg(1, 1, 0, 0, 0).sweep_period().as_millis(), 10);
-    }
-
-    #[test]
-    fn validate_limits() {
-        let mut config = crate::config::Overrides::default().resolve().unwrap();
-        assert!(validate(&config).is_ok());
-        config.max_lifetime_ms = MAX_DURATION_MS + 1;
-        assert!(validate(&config).is_err());
-        config.max_lifetime_ms = 0;
-        config.lifetime_jitter_pct = 101;
-        assert!(validate(&config).is_err());
-    }
-
-    /// Writes off the head frame of `conn`'s queue as a socket would; returns where its bytes
-    /// live (equal addresses = one shared frame) and a copy of them.
-    fn take_head(conn: &Conn) -> (*const u8, Vec<u8>) {
-        let mut q = conn.queue.borrow_mut();
-        let (ptr, bytes) = {
-            let head = q.batch(1, usize::MAX).next().expect("a queued frame");
-            (head.as_ptr(), head.to_vec())
-        };
-        q.advance(bytes.len());
-        (ptr, bytes)
-    }
-
-    #[test]
-    fn sweep_queues_the_shared_ping_and_closes_with_counts() {
-        let config = crate::config::Overrides {
-            ping_interval_ms: Some(100),
-            pong_timeout_ms: Some(30),
-            idle_timeout_ms: Some(1000),
-            max_lifetime_ms: Some(5000),
-            lifetime_jitter_pct: Some(0),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap();
-        let stats: Arc<[ShardStats]> = vec![ShardStats::default()].into();
-        let link = crate::mesh::mesh(1, 4).pop().unwrap();
-        let hub = Hub::new(0, Arc::new(config), stats, link, Default::default());
-        let c = hub.heartbeat.cfg;
-        let conns: Vec<Rc<Conn>> = (0..3).map(|_| Rc::new(Conn::default())).collect();
-        for (i, conn) in conns.iter().enumerate() {
-            let id = hub.register(conn.clone());
-            conn.liveness.set(Liveness::new(0, u64::from(id), &c));
-            assert_eq!(id as usize, i);
-        }
-        sweep_once(&hub, 100);
-        let s = hub.stats();
-        assert_eq!(get(&s.pings_sent_total), 3);
-        let frames: Vec<(*const u8, Vec<u8>)> = conns.iter().map(|c| take_head(c)).collect();
-        assert_eq!(&frames[0].1[..], &[0x89, 0x00], "empty ping frame");
-        assert!(
-            frames.iter().all(|f| f.0 == frames[0].0),
-            "one shared frame"
-        );
-        // conn 0 answers, conn 1 is already closing (skipped), conn 2 stays silent.
-        on_inbound_at(&conns[0], 120);
-        conns[1].closing.set(true);
-        sweep_once(&hub, 130);
-        assert_eq!(get(&s.heartbeat_timeouts_total), 1);
-        assert!(conns[0].queue.borrow().is_empty() && !conns[0].closing.get());
-        assert!(conns[1].queue.borrow().is_empty() && !conns[1].abort.get());
-        assert!(
-            conns[2].closing.get() && conns[2].abort.get(),
-            "dead peer: abort"
-        );
-        let (_, close) = take_head(&conns[2]);
-        assert_eq!(
-            &close[..],
-            &encode_close(CloseCode::GOING_AWAY, "pong timeout")[..]
-        );
-        // conn 0, silent (no sweep sees its ping) for idle_timeout: orderly close.
-        conns[0].liveness.set(Liveness::new(200, 0, &c));
-        sweep_once(&hub, 1200);
-        assert_eq!(get(&s.idle_timeouts_total), 1);
-        assert!(
-            conns[0].closing.get() && !conns[0].abort.get(),
-            "idle: orderly close"
-        );
-        // A new connection active until just before its lifetime ends.
-        let late = Rc::new(Conn::default());
-        hub.register(late.clone());
-        late.liveness.set(Liveness::new(1200, 0, &c));
-        on_inbound_at(&late, 6199);
-        sweep_once(&hub, 6200);
-        assert_eq!(get(&s.lifetime_closes_total), 1);
-        assert!(late.closing.get() && !late.abort.get());
-        let (_, close) = take_head(&late);
-        assert_eq!(
-            &close[..],
-            &encode_close(CloseCode::GOING_AWAY, "max connection lifetime")[..]
-        );
-    }
-
-    fn on_inbound_at(conn: &Conn, now: u32) {
-        let mut l = conn.liveness.get();
-        l.on_inbound(now);
-        conn.liveness.set(l);
     }
 }

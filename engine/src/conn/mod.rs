@@ -1,6 +1,9 @@
-//! One client connection: routing, publish authorization, in-band control, heartbeats.
+//! One client connection: its state, and the pure decisions about it — admission at accept,
+//! the request head and its route, the HTTP publish body, in-band control, heartbeats.
 
+pub mod admission;
 pub mod control;
 pub mod heartbeat;
 pub mod route;
-pub mod task;
+pub mod state;
+pub mod upgrade;

@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use shardcast_proto::http::query_param;
+
 use crate::flow::topic;
 
 /// What a request asks for.
@@ -50,15 +52,6 @@ fn err(status: u16, reason: impl Into<String>) -> RouteError {
         status,
         reason: reason.into(),
     }
-}
-
-/// First value of `name` in a query string (`a=1&b=2`); no percent-decoding (topic names and
-/// tokens are plain ASCII).
-pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
-    })
 }
 
 fn topic_of(rest: &str) -> Result<String, RouteError> {
@@ -221,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn query_params() {
+    fn query_params_come_from_proto() {
         assert_eq!(
             query_param(Some("a=1&token=xy&token=z"), "token"),
             Some("xy")

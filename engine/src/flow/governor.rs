@@ -11,8 +11,6 @@
 //! backlog has its own limit, [`MESH_SHARE_PCT`] of the budget: above it the shard stops
 //! taking publishes until the backlog is back at half that.
 
-use crate::ops::preflight::{self, MemoryLimit, MemorySource};
-
 /// Fraction of its budget a shard evicts down to once it would go over (in percent), so one
 /// eviction round makes room for many messages instead of one.
 pub const EVICT_TO_PCT: usize = 80;
@@ -28,20 +26,6 @@ pub const SLOW_PER_MILLE: usize = 5;
 /// Slow clients always tolerated, whatever the connection count: with 10 connections one slow
 /// client is 10%, but it is not a fleet-wide problem worth evicting for.
 pub const SLOW_MIN: usize = 8;
-
-/// The memory limit when none is configured, and where it came from ("cgroup" or "meminfo"):
-/// [`preflight::detect_memory_limit`], so the ceiling and the preflight report agree; 1 GiB
-/// when neither the cgroup nor /proc/meminfo is readable.
-pub fn detect_memory_limit() -> (u64, &'static str) {
-    match preflight::detect_memory_limit() {
-        Some(MemoryLimit {
-            bytes,
-            source: MemorySource::Cgroup,
-        }) => (bytes, "cgroup"),
-        Some(MemoryLimit { bytes, .. }) => (bytes, "meminfo"),
-        None => (1 << 30, "meminfo"),
-    }
-}
 
 /// One shard's share of the ceiling and its eviction rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,12 +88,6 @@ impl Governor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn detects_a_memory_limit() {
-        let (limit, source) = detect_memory_limit();
-        assert!(limit > 0 && matches!(source, "cgroup" | "meminfo"));
-    }
 
     #[test]
     fn budget_split_and_thresholds() {

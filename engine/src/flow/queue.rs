@@ -136,6 +136,9 @@ pub struct SendQueue {
     /// Bytes of the head frame already written.
     head_sent: usize,
     bytes: usize,
+    /// Frames at the front covered by a send in flight ([`gather`](Self::gather)): like a
+    /// started head, never dropped or conflated until the send completes ([`unpin`](Self::unpin)).
+    pinned: usize,
 }
 
 impl SendQueue {
@@ -145,6 +148,7 @@ impl SendQueue {
             frames: VecDeque::new(),
             head_sent: 0,
             bytes: 0,
+            pinned: 0,
         }
     }
 
@@ -183,6 +187,41 @@ impl SendQueue {
     /// else, and is never dropped or conflated).
     pub fn head_started(&self) -> bool {
         self.head_sent > 0
+    }
+
+    /// Frames at the front that must go out before anything else and so are never dropped:
+    /// those a send in flight covers, or else a partially written head.
+    pub fn protected(&self) -> usize {
+        self.pinned.max(usize::from(self.head_started()))
+    }
+
+    /// Hand the next batch (as [`batch`](Self::batch) selects it) to `frame(bytes, offset)`
+    /// (`offset`: bytes of that frame already written) and pin it until [`unpin`](Self::unpin):
+    /// a send is in flight over it. Returns (frames, bytes).
+    pub fn gather(
+        &mut self,
+        max_frames: usize,
+        max_bytes: usize,
+        mut frame: impl FnMut(&Bytes, usize),
+    ) -> (usize, usize) {
+        let (mut frames, mut total) = (0usize, 0usize);
+        for (i, f) in self.frames.iter().take(max_frames).enumerate() {
+            let offset = if i == 0 { self.head_sent } else { 0 };
+            let len = f.bytes.len() - offset;
+            if i > 0 && total + len > max_bytes {
+                break;
+            }
+            frame(&f.bytes, offset);
+            frames += 1;
+            total += len;
+        }
+        self.pinned = frames;
+        (frames, total)
+    }
+
+    /// The send in flight completed (after [`advance`](Self::advance) over what it wrote).
+    pub fn unpin(&mut self) {
+        self.pinned = 0;
     }
 
     /// The first frames that fit in one writev: at most `max_frames` frames and, past the first
@@ -236,6 +275,7 @@ impl SendQueue {
                 n -= rest;
                 self.bytes -= rest;
                 self.head_sent = 0;
+                self.pinned = self.pinned.saturating_sub(1);
                 let head = self.frames.pop_front().expect("just seen");
                 Self::counted(&head, -(rest as isize), -1);
                 written(&head);
@@ -251,7 +291,7 @@ impl SendQueue {
     /// Drop everything queued except the rest of a partially written head frame (which
     /// must go out before anything else can); returns the frames dropped.
     pub fn clear_unstarted(&mut self) -> usize {
-        let keep = usize::from(self.head_started());
+        let keep = self.protected();
         let dropped = self.frames.len() - keep;
         self.remove_where(keep, dropped, |_| true);
         dropped
@@ -266,13 +306,14 @@ impl SendQueue {
             self.bytes += self.head_sent;
         }
         self.head_sent = 0;
+        self.pinned = 0;
         self.remove_where(0, n, |_| true);
     }
 
     /// Keep only the newest `keep` frames of `topic` (a partially written head is never
     /// touched); returns the frames dropped.
     pub fn keep_newest(&mut self, topic: &str, keep: usize) -> usize {
-        let start = usize::from(self.head_started());
+        let start = self.protected();
         let of_topic = self
             .frames
             .iter()
@@ -476,6 +517,37 @@ mod tests {
         s.advance(3);
         assert_eq!(s.clear_unstarted(), 0);
         assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
+    }
+
+    #[test]
+    fn frames_of_a_send_in_flight_are_pinned() {
+        let l = ledger();
+        let t: Arc<str> = Arc::from("t");
+        let mut s = SendQueue::new();
+        for i in 0..5u8 {
+            s.push(l.frame(Bytes::from(vec![i; 4]), Some(t.clone()), None));
+        }
+        s.advance(1);
+        let mut seen = Vec::new();
+        let (frames, bytes) = s.gather(3, usize::MAX, |b, off| seen.push((b[0], off)));
+        assert_eq!((frames, bytes), (3, 11));
+        assert_eq!(seen, [(0, 1), (1, 0), (2, 0)]);
+        assert_eq!(s.protected(), 3);
+        assert_eq!(s.keep_newest("t", 0), 2, "only the unpinned frames go");
+        assert_eq!(s.clear_unstarted(), 0);
+        s.advance(7); // the kernel took frame 0's rest and frame 1
+        assert_eq!(s.protected(), 1, "frame 2 is still in flight");
+        s.unpin();
+        assert_eq!(s.protected(), 0);
+        s.advance(2);
+        assert_eq!(s.protected(), 1, "frame 2 is partly written");
+        s.advance(2);
+        assert!(s.is_empty());
+        assert_eq!((l.retained(), l.queued()), (0, 0));
+        // A byte budget stops the gather after the first frame.
+        s.push(l.frame(Bytes::from(vec![9; 10]), None, None));
+        s.push(l.frame(Bytes::from(vec![9; 10]), None, None));
+        assert_eq!(s.gather(10, 5, |_, _| ()), (1, 10));
     }
 
     #[test]

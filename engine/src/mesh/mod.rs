@@ -58,8 +58,13 @@ pub struct Envelope {
 impl Envelope {
     /// Encode a message published to `topic` once: the frame, and for text the
     /// `{"stream":"<topic>","data":<payload>}` wrapper (the payload is embedded as is).
-    pub fn encode(topic: Arc<str>, kind: MessageKind, payload: &[u8]) -> Envelope {
-        let published_at = Instant::now();
+    /// `published_at` is when the publish was accepted (the caller's clock reading).
+    pub fn encode(
+        topic: Arc<str>,
+        kind: MessageKind,
+        payload: &[u8],
+        published_at: Instant,
+    ) -> Envelope {
         let (opcode, stream_frame) = match kind {
             MessageKind::Text => (
                 OpCode::Text,

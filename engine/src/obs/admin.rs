@@ -20,11 +20,12 @@ use shardcast_proto::http::{write_response, Parse, Request, RequestLimits, Reque
 
 use crate::bridge::stats::{BridgeSnapshot, BridgeStats};
 use crate::obs::depth::{DepthSample, DepthSummary};
+use crate::obs::health::{overloaded, OVERLOAD_PCT};
 use crate::obs::latency::{merged_summary, LatencyKind, Summary, KINDS};
 use crate::obs::stats::{
     monotonic_ms, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES,
 };
-use crate::server::Shutdown;
+use crate::runtime::shutdown::Shutdown;
 use crate::{obs::dashboard, obs::metrics};
 
 /// Read and write timeout per admin connection.
@@ -273,11 +274,7 @@ pub fn unhealthy_reasons(snaps: &[Snapshot], now_ms: u64, stall_ms: u64) -> Vec<
                 "shard {i} stalled: loop has not ticked for {age} ms"
             ));
         }
-        // u128: retained × 100 cannot overflow for any u64 byte count.
-        if s.queue_ceiling_bytes > 0
-            && u128::from(s.retained_bytes) * 100
-                > u128::from(s.queue_ceiling_bytes) * u128::from(OVERLOAD_PCT)
-        {
+        if overloaded(s.retained_bytes, s.queue_ceiling_bytes) {
             reasons.push(format!(
                 "shard {i} overloaded: queues and mesh backlog hold {} of its {} byte ceiling share (> {OVERLOAD_PCT}%)",
                 s.retained_bytes, s.queue_ceiling_bytes
@@ -286,9 +283,6 @@ pub fn unhealthy_reasons(snaps: &[Snapshot], now_ms: u64, stall_ms: u64) -> Vec<
     }
     reasons
 }
-
-/// Above this percentage of its ceiling share a shard reports the process overloaded.
-pub const OVERLOAD_PCT: u64 = 90;
 
 /// One shard's numbers for /stats and /metrics.
 pub struct ShardReport {

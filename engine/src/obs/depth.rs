@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::obs::stats::ShardStats;
 use crate::obs::tick::TICK;
-use crate::shard::hub::Hub;
 
 /// How often the distribution is sampled.
 pub const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
@@ -153,38 +153,33 @@ pub struct DepthSampler {
 }
 
 impl DepthSampler {
-    /// Called on every tick: record the next slice of connections; after [`SLICES`] ticks,
-    /// publish the sample. Each connection is recorded once per pass, at the moment its slice
-    /// is visited (connections that come or go during the pass may be missed).
-    pub fn on_tick(&mut self, hub: &Hub) {
+    /// Called on every tick: record the next slice of the `slots` connection slots through
+    /// `visit(range, sample)` (which records every connection in `range`); after [`SLICES`]
+    /// ticks, publish the sample into `stats`. Each connection is recorded once per pass, at the
+    /// moment its slice is visited (connections that come or go during the pass may be missed).
+    pub fn on_tick(
+        &mut self,
+        slots: usize,
+        stats: &ShardStats,
+        visit: impl FnOnce(std::ops::Range<usize>, &mut DepthSample),
+    ) {
         if self.slice == 0 {
             self.scratch.reset();
             self.cursor = 0;
-            self.step = hub.conn_slots().div_ceil(SLICES);
+            self.step = slots.div_ceil(SLICES);
         }
         // The last slice takes whatever the slab grew to meanwhile.
         let end = if self.slice + 1 == SLICES {
-            usize::MAX
+            slots.max(self.cursor)
         } else {
-            self.cursor + self.step
+            (self.cursor + self.step).min(slots.max(self.cursor))
         };
-        let sample = &mut self.scratch;
-        hub.for_each_conn_in(self.cursor..end, |_, conn| {
-            let q = conn.queue.borrow();
-            sample.record(q.len_frames(), q.len_bytes());
-        });
+        visit(self.cursor..end, &mut self.scratch);
         self.cursor = end;
         self.slice += 1;
         if self.slice == SLICES {
             self.slice = 0;
-            hub.stats().queue_depth.swap(&mut self.scratch);
-        }
-    }
-
-    /// One whole pass at once (all [`SLICES`] ticks' worth), then publish.
-    pub fn sample(&mut self, hub: &Hub) {
-        for _ in 0..SLICES - self.slice {
-            self.on_tick(hub);
+            stats.queue_depth.swap(&mut self.scratch);
         }
     }
 }
@@ -217,31 +212,31 @@ mod tests {
 
     #[test]
     fn one_pass_is_spread_over_the_ticks_of_a_period() {
-        use crate::shard::hub::Conn;
-        use std::rc::Rc;
-        let config = crate::config::Overrides::default().resolve().unwrap();
-        let stats: std::sync::Arc<[crate::obs::stats::ShardStats]> =
-            vec![crate::obs::stats::ShardStats::default()].into();
-        let link = crate::mesh::mesh(1, 4).pop().unwrap();
-        let hub = Hub::new(0, config.into(), stats, link, Default::default());
+        let stats = ShardStats::default();
         // 30 slots: nine slices of 3, then the last slice takes the rest.
-        let conns: Vec<Rc<Conn>> = (0..30).map(|_| Rc::new(Conn::default())).collect();
-        for c in &conns {
-            hub.register(c.clone());
-        }
-        conns[29].push(bytes::Bytes::from_static(b"queued"));
+        let mut depths: Vec<(usize, usize)> = vec![(0, 0); 30];
+        depths[29] = (1, 6);
         let mut sampler = DepthSampler::default();
-        let published = || hub.stats().queue_depth.clone_of().summary();
+        let published = || stats.queue_depth.clone_of().summary();
+        let tick = |sampler: &mut DepthSampler, depths: &[(usize, usize)]| {
+            sampler.on_tick(depths.len(), &stats, |range, sample| {
+                for &(f, b) in &depths[range] {
+                    sample.record(f, b);
+                }
+            })
+        };
         for _ in 0..SLICES - 1 {
-            sampler.on_tick(&hub);
+            tick(&mut sampler, &depths);
             assert_eq!(published().connections, 0, "nothing until the pass ends");
         }
-        hub.register(Rc::new(Conn::default())); // joins mid-pass: the last slice takes it
-        sampler.on_tick(&hub);
+        depths.push((0, 0)); // joins mid-pass: the last slice takes it
+        tick(&mut sampler, &depths);
         let d = published();
         assert_eq!(d.connections, 31, "every connection once, zeros included");
         assert_eq!((d.max_frames, d.max_bytes), (1, 6));
-        sampler.sample(&hub);
+        for _ in 0..SLICES {
+            tick(&mut sampler, &depths);
+        }
         assert_eq!(
             published().connections,
             31,

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod dashboard;
 pub mod depth;
+pub mod health;
 pub mod histlog;
 pub mod latency;
 pub mod metrics;

@@ -2,18 +2,12 @@
 //! enough: one writer, readers only want eventually consistent totals for /stats).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use crate::obs::depth::SharedDepth;
 use crate::obs::latency::SharedLatency;
 
-/// Milliseconds on a process-wide monotonic clock (starts near 0 at first use). Shards store
-/// it as their last tick; the admin thread compares it to now.
-pub fn monotonic_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
+pub use crate::runtime::clock::monotonic_ms;
+pub use crate::runtime::select::DriverKind;
 
 /// Why a connection or request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,28 +59,6 @@ impl Refusal {
             Refusal::TooLarge => "too_large",
             Refusal::Paused => "paused",
             Refusal::MeshBacklog => "mesh_backlog",
-        }
-    }
-}
-
-/// The driver a shard runtime ended up with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DriverKind {
-    /// Not started yet.
-    Unknown = 0,
-    /// io_uring.
-    Uring = 1,
-    /// epoll (monoio legacy driver).
-    Epoll = 2,
-}
-
-impl DriverKind {
-    /// Name for logs and /stats.
-    pub fn name(self) -> &'static str {
-        match self {
-            DriverKind::Unknown => "unknown",
-            DriverKind::Uring => "io_uring",
-            DriverKind::Epoll => "epoll",
         }
     }
 }

@@ -9,7 +9,8 @@ use std::fmt;
 
 use crate::config::{Config, Driver};
 use crate::obs::stats::DriverKind;
-use crate::runtime::rlimit;
+use crate::ops::host::{HostFacts, MemoryLimit, MemorySource};
+use crate::runtime::select::resolve;
 
 /// Descriptors needed besides connections: stdio, logs, and per shard its listener, io_uring or
 /// epoll fd, eventfd doorbell and timer.
@@ -148,49 +149,27 @@ pub fn check_somaxconn(somaxconn: Option<u64>, listen_backlog: u32) -> Check {
     }
 }
 
-/// Parse "major.minor" from a kernel release such as "6.8.0-45-generic".
-pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.trim().split(['.', '-']);
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
-/// The soft limit named `name` ("Max locked memory") from /proc/self/limits; `u64::MAX` for
-/// "unlimited".
-pub fn parse_proc_limit(limits: &str, name: &str) -> Option<u64> {
-    let rest = limits.lines().find_map(|l| l.strip_prefix(name))?;
-    match rest.split_whitespace().next()? {
-        "unlimited" => Some(u64::MAX),
-        n => n.parse().ok(),
-    }
-}
-
-/// Which driver `driver` resolves to; `None` when io_uring is demanded but unusable.
-pub fn resolve_driver(driver: Driver, uring_usable: bool) -> Option<DriverKind> {
-    match driver {
-        Driver::Epoll => Some(DriverKind::Epoll),
-        Driver::Auto | Driver::Uring if uring_usable => Some(DriverKind::Uring),
-        Driver::Auto => Some(DriverKind::Epoll),
-        Driver::Uring => None,
-    }
-}
-
-/// Which driver will run; FAIL when `--driver uring` cannot have io_uring.
-pub fn check_driver(driver: Driver, uring_usable: bool, force_legacy: bool) -> Check {
-    let why = if force_legacy {
-        "io_uring disabled by MONOIO_FORCE_LEGACY_DRIVER"
-    } else {
-        "io_uring unusable on this kernel"
+/// Which driver will run; FAIL when `--driver uring` cannot have io_uring. `uring_error`:
+/// why io_uring cannot be set up (`None`: it can); `refused_by`: the environment variable that
+/// refuses it on purpose, if any.
+pub fn check_driver(driver: Driver, uring_error: Option<&str>, refused_by: Option<&str>) -> Check {
+    let why = match (refused_by, uring_error) {
+        (Some(var), _) => format!("io_uring disabled by {var}"),
+        (None, Some(e)) => format!("io_uring unusable: {e}"),
+        (None, None) => String::new(),
     };
-    let enable = if force_legacy {
-        "unset MONOIO_FORCE_LEGACY_DRIVER"
-    } else {
-        "run kernel >= 5.6 with io_uring allowed (sysctl kernel.io_uring_disabled=0; a container's \
-         seccomp profile must allow io_uring_setup)"
+    let enable = match refused_by {
+        Some(var) => format!("unset {var}"),
+        None => "run a kernel >= 6.0 with io_uring allowed (sysctl kernel.io_uring_disabled=0; a \
+                 container's seccomp profile must allow io_uring_setup)"
+            .to_owned(),
     };
     let required = format!("{driver:?}").to_lowercase();
-    match (resolve_driver(driver, uring_usable), driver) {
+    let err = uring_error.map(std::io::Error::other);
+    match (
+        resolve(driver, err.as_ref().map_or(Ok(()), Err)).ok(),
+        driver,
+    ) {
         (Some(DriverKind::Uring), _) => Check::new(
             "driver",
             Level::Ok,
@@ -275,81 +254,6 @@ pub fn check_memlock(
     )
 }
 
-/// Where the memory limit came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemorySource {
-    /// memory.max of this process's cgroup (v2) or an ancestor.
-    Cgroup,
-    /// MemTotal from /proc/meminfo: no cgroup limit is set.
-    MemTotal,
-}
-
-/// The memory this process may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryLimit {
-    /// Bytes.
-    pub bytes: u64,
-    /// Origin.
-    pub source: MemorySource,
-}
-
-/// Cgroup v2 directories (relative to the cgroup2 mount) from this process's cgroup up to the
-/// root, given /proc/self/cgroup; empty when there is no v2 ("0::") entry.
-pub fn cgroup_v2_dirs(proc_self_cgroup: &str) -> Vec<String> {
-    let Some(path) = proc_self_cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
-        return Vec::new();
-    };
-    let mut dirs = Vec::new();
-    let mut dir = path.trim().trim_matches('/').to_owned();
-    loop {
-        dirs.push(dir.clone());
-        match dir.rfind('/') {
-            Some(i) => dir.truncate(i),
-            None if !dir.is_empty() => dir.clear(),
-            None => break,
-        }
-    }
-    dirs
-}
-
-/// The tightest of the cgroup `memory.max` contents ("max" means none) and MemTotal from
-/// /proc/meminfo text.
-pub fn memory_limit(memory_max: &[String], meminfo: &str) -> Option<MemoryLimit> {
-    let cgroup = memory_max
-        .iter()
-        .filter_map(|m| m.trim().parse::<u64>().ok())
-        .min()
-        .map(|bytes| MemoryLimit {
-            bytes,
-            source: MemorySource::Cgroup,
-        });
-    let total = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kb| MemoryLimit {
-            bytes: kb * 1024,
-            source: MemorySource::MemTotal,
-        });
-    match (cgroup, total) {
-        (Some(c), Some(t)) => Some(if c.bytes <= t.bytes { c } else { t }),
-        (c, t) => c.or(t),
-    }
-}
-
-/// This process's memory limit, read from /proc/self/cgroup, every cgroup v2 ancestor's
-/// memory.max and /proc/meminfo; `None` when none of them is readable.
-pub fn detect_memory_limit() -> Option<MemoryLimit> {
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    let memory_max: Vec<String> = read("/proc/self/cgroup")
-        .map(|c| cgroup_v2_dirs(&c))
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|d| read(&format!("/sys/fs/cgroup/{d}/memory.max")))
-        .collect();
-    memory_limit(&memory_max, &read("/proc/meminfo").unwrap_or_default())
-}
-
 /// Memory `max_connections` idle connections need, with the send-queue ceiling on top.
 pub fn memory_required(max_connections: usize) -> u64 {
     let idle = max_connections as u64 * (KERNEL_BYTES_PER_CONNECTION + USER_BYTES_PER_CONNECTION);
@@ -394,44 +298,6 @@ pub fn check_memory(limit: Option<MemoryLimit>, max_connections: usize) -> Check
     )
 }
 
-/// Everything the checks read from the host.
-#[derive(Clone, Debug, Default)]
-pub struct HostFacts {
-    /// RLIMIT_NOFILE soft/hard, after the start-up raise.
-    pub nofile: Option<rlimit::NofileLimit>,
-    /// /proc/sys/net/core/somaxconn.
-    pub somaxconn: Option<u64>,
-    /// Soft RLIMIT_MEMLOCK in bytes (`u64::MAX` = unlimited).
-    pub memlock: Option<u64>,
-    /// Kernel (major, minor).
-    pub kernel: Option<(u32, u32)>,
-    /// `monoio::utils::detect_uring()`: io_uring usable and not disabled by the environment.
-    pub uring_usable: bool,
-    /// MONOIO_FORCE_LEGACY_DRIVER is set to a true value.
-    pub force_legacy: bool,
-    /// Memory limit of this process.
-    pub memory: Option<MemoryLimit>,
-}
-
-impl HostFacts {
-    /// Read the facts of this host and process.
-    pub fn gather() -> Self {
-        let read = |p: &str| std::fs::read_to_string(p).ok();
-        HostFacts {
-            nofile: rlimit::nofile().ok(),
-            somaxconn: read("/proc/sys/net/core/somaxconn").and_then(|s| s.trim().parse().ok()),
-            memlock: read("/proc/self/limits")
-                .and_then(|l| parse_proc_limit(&l, "Max locked memory")),
-            kernel: read("/proc/sys/kernel/osrelease").and_then(|r| parse_kernel_release(&r)),
-            uring_usable: monoio::utils::detect_uring(),
-            // Same spelling monoio's detect_uring accepts.
-            force_legacy: std::env::var("MONOIO_FORCE_LEGACY_DRIVER")
-                .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes")),
-            memory: detect_memory_limit(),
-        }
-    }
-}
-
 /// Every check of `config` against `host`, in report order.
 pub fn run(config: &Config, host: &HostFacts) -> Vec<Check> {
     let nofile = match host.nofile {
@@ -453,10 +319,22 @@ pub fn run(config: &Config, host: &HostFacts) -> Vec<Check> {
         check_memlock(
             host.memlock,
             host.kernel,
-            resolve_driver(config.driver, host.uring_usable),
+            resolve(
+                config.driver,
+                host.uring_error
+                    .as_deref()
+                    .map(std::io::Error::other)
+                    .as_ref()
+                    .map_or(Ok(()), Err),
+            )
+            .ok(),
             config.shards,
         ),
-        check_driver(config.driver, host.uring_usable, host.force_legacy),
+        check_driver(
+            config.driver,
+            host.uring_error.as_deref(),
+            host.uring_refused_by,
+        ),
         check_memory(host.memory, config.max_connections),
     ]
 }
@@ -524,29 +402,6 @@ mod tests {
     }
 
     #[test]
-    fn parses_kernel_and_limits() {
-        assert_eq!(parse_kernel_release("6.8.0-45-generic\n"), Some((6, 8)));
-        assert_eq!(parse_kernel_release("5.4.17"), Some((5, 4)));
-        assert_eq!(parse_kernel_release("6.18-rc1"), Some((6, 18)));
-        assert_eq!(parse_kernel_release("garbage"), None);
-        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
-                      Max open files            1024                 524288               files\n\
-                      Max locked memory         8388608              unlimited            bytes\n";
-        assert_eq!(
-            parse_proc_limit(limits, "Max locked memory"),
-            Some(8_388_608)
-        );
-        assert_eq!(parse_proc_limit(limits, "Max open files"), Some(1024));
-        let unlimited =
-            "Max locked memory         unlimited            unlimited            bytes\n";
-        assert_eq!(
-            parse_proc_limit(unlimited, "Max locked memory"),
-            Some(u64::MAX)
-        );
-        assert_eq!(parse_proc_limit(limits, "Max processes"), None);
-    }
-
-    #[test]
     fn memlock_matters_only_for_io_uring_before_5_12() {
         let uring = Some(DriverKind::Uring);
         let need = URING_MEMLOCK_BYTES_PER_SHARD * 4;
@@ -572,58 +427,18 @@ mod tests {
 
     #[test]
     fn driver_resolution_and_failure() {
-        assert_eq!(check_driver(Driver::Auto, true, false).value, "io_uring");
-        assert_eq!(check_driver(Driver::Epoll, true, false).level, Level::Ok);
-        let fallback = check_driver(Driver::Auto, false, true);
+        assert_eq!(check_driver(Driver::Auto, None, None).value, "io_uring");
+        assert_eq!(check_driver(Driver::Epoll, None, None).level, Level::Ok);
+        let refused = Some("Operation not permitted (os error 1)");
+        let var = Some("SHARDCAST_URING_REFUSE");
+        let fallback = check_driver(Driver::Auto, refused, var);
         assert_eq!(fallback.level, Level::Warn);
-        assert!(fallback.value.contains("MONOIO_FORCE_LEGACY_DRIVER"));
-        assert!(fallback.fix.contains("unset MONOIO_FORCE_LEGACY_DRIVER"));
-        let fail = check_driver(Driver::Uring, false, false);
+        assert!(fallback.value.contains("SHARDCAST_URING_REFUSE"));
+        assert!(fallback.fix.contains("unset SHARDCAST_URING_REFUSE"));
+        let fail = check_driver(Driver::Uring, refused, None);
         assert_eq!(fail.level, Level::Fail);
+        assert!(fail.value.contains("not permitted"), "{}", fail.value);
         assert!(fail.fix.contains("--driver epoll"), "{}", fail.fix);
-        assert_eq!(resolve_driver(Driver::Uring, false), None);
-        assert_eq!(resolve_driver(Driver::Auto, false), Some(DriverKind::Epoll));
-    }
-
-    #[test]
-    fn cgroup_dirs_walk_up_to_the_root() {
-        let v2 = "0::/system.slice/shardcast.service\n";
-        assert_eq!(
-            cgroup_v2_dirs(v2),
-            ["system.slice/shardcast.service", "system.slice", ""]
-        );
-        assert_eq!(cgroup_v2_dirs("0::/\n"), [""]);
-        // cgroup v1 only: no unified hierarchy entry.
-        assert!(cgroup_v2_dirs("4:memory:/docker/abc\n1:cpu:/\n").is_empty());
-    }
-
-    #[test]
-    fn memory_limit_takes_the_tightest() {
-        let meminfo = "MemTotal:       16384000 kB\nMemFree:         1000 kB\n";
-        let total = memory_limit(&[], meminfo).unwrap();
-        assert_eq!(total.bytes, 16_384_000 * 1024);
-        assert_eq!(total.source, MemorySource::MemTotal);
-        let limits = [
-            "max\n".to_owned(),
-            "2147483648\n".into(),
-            "4294967296\n".into(),
-        ];
-        assert_eq!(
-            memory_limit(&limits, meminfo),
-            Some(MemoryLimit {
-                bytes: 2 << 30,
-                source: MemorySource::Cgroup
-            })
-        );
-        // A cgroup limit above the RAM is no limit at all.
-        let huge = ["1099511627776".to_owned()];
-        assert_eq!(
-            memory_limit(&huge, meminfo).unwrap().source,
-            MemorySource::MemTotal
-        );
-        assert_eq!(memory_limit(&["max".to_owned()], ""), None);
-        assert_eq!(memory_limit(&["junk".to_owned()], ""), None);
-        assert!(detect_memory_limit().is_some_and(|m| m.bytes > 0));
     }
 
     #[test]
@@ -649,16 +464,16 @@ mod tests {
     #[test]
     fn report_has_one_line_per_check_and_fails_only_on_fail() {
         let host = HostFacts {
-            nofile: Some(rlimit::NofileLimit {
+            nofile: Some(crate::runtime::rlimit::NofileLimit {
                 soft: 1024,
                 hard: 1024,
             }),
             somaxconn: Some(4096),
             memlock: Some(8 << 20),
             kernel: Some((6, 1)),
-            uring_usable: false,
-            force_legacy: true,
-            memory: memory_limit(&[], "MemTotal: 8000000 kB\n"),
+            uring_error: Some("refused".into()),
+            uring_refused_by: Some("MONOIO_FORCE_LEGACY_DRIVER"),
+            memory: crate::ops::host::memory_limit(&[], "MemTotal: 8000000 kB\n"),
         };
         let checks = run(
             &config(&["--shards", "2", "--max-connections", "100"]),

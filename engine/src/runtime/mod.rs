@@ -1,8 +1,16 @@
-//! What a shard runs on: the I/O drivers (io_uring, epoll) behind one contract, and the
-//! process plumbing around them (listeners, signals, rlimits, the clock, shard threads).
+//! What a shard runs on: the I/O drivers (io_uring, epoll) behind one contract
+//! ([`driver`]), their selection, and the process plumbing around them (listeners, signals,
+//! rlimits, the clock, the doorbell, the shutdown trigger).
 
+pub mod bufring;
+pub mod clock;
+pub mod driver;
+pub mod epoll;
 pub mod listener;
-pub mod monoio;
 pub mod rlimit;
+pub mod select;
+pub mod shutdown;
 pub mod signals;
-pub mod sockio;
+pub mod sock;
+pub mod uring;
+pub mod wake;
