@@ -112,7 +112,7 @@ pub struct HostFacts {
     /// Why io_uring cannot be set up here (`None`: it can), from a real set-up attempt.
     pub uring_error: Option<String>,
     /// The environment variable refusing io_uring on purpose, if one is set.
-    pub uring_refused_by: Option<&'static str>,
+    pub uring_refused_by: Option<String>,
     /// Memory limit of this process.
     pub memory: Option<MemoryLimit>,
 }

@@ -333,7 +333,7 @@ pub fn run(config: &Config, host: &HostFacts) -> Vec<Check> {
         check_driver(
             config.driver,
             host.uring_error.as_deref(),
-            host.uring_refused_by,
+            host.uring_refused_by.as_deref(),
         ),
         check_memory(host.memory, config.max_connections),
     ]
@@ -472,7 +472,7 @@ mod tests {
             memlock: Some(8 << 20),
             kernel: Some((6, 1)),
             uring_error: Some("refused".into()),
-            uring_refused_by: Some("MONOIO_FORCE_LEGACY_DRIVER"),
+            uring_refused_by: Some("MONOIO_FORCE_LEGACY_DRIVER".into()),
             memory: crate::ops::host::memory_limit(&[], "MemTotal: 8000000 kB\n"),
         };
         let checks = run(

@@ -14,3 +14,6 @@ pub mod signals;
 pub mod sock;
 pub mod uring;
 pub mod wake;
+
+#[cfg(test)]
+mod tests;

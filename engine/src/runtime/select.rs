@@ -76,16 +76,13 @@ pub fn refused_by_env() -> Option<io::Error> {
         .then(|| io::Error::from_raw_os_error(libc::EPERM))
 }
 
-/// Which variable refuses io_uring, if one does (for messages).
-pub fn refusing_env() -> Option<&'static str> {
-    let set = |k: &str| std::env::var(k).is_ok_and(|v| truthy(&v));
-    if set(REFUSE_ENV) {
-        Some(REFUSE_ENV)
-    } else if set(LEGACY_ENV) {
-        Some(LEGACY_ENV)
-    } else {
-        None
-    }
+/// The variables refusing io_uring, if any is set (for messages): `A` or `A and B`.
+pub fn refusing_env() -> Option<String> {
+    let set: Vec<&str> = [REFUSE_ENV, LEGACY_ENV]
+        .into_iter()
+        .filter(|k| std::env::var(k).is_ok_and(|v| truthy(&v)))
+        .collect();
+    (!set.is_empty()).then(|| set.join(" and "))
 }
 
 /// Resolve `choice` given whether io_uring can be set up (`uring`: the set-up's result, or

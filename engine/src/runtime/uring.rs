@@ -103,6 +103,10 @@ fn setup(entries: u32) -> io::Result<IoUring> {
     if let Some(e) = crate::runtime::select::refused_by_env() {
         return Err(e);
     }
+    setup_ring(entries)
+}
+
+fn setup_ring(entries: u32) -> io::Result<IoUring> {
     let mut b = IoUring::builder();
     b.setup_cqsize(entries * 2)
         .setup_submit_all()
@@ -133,7 +137,15 @@ fn setup(entries: u32) -> io::Result<IoUring> {
 /// Whether the io_uring driver can run here: a small ring with a provided-buffer ring is set
 /// up and torn down (so a seccomp refusal, a disabled io_uring or an old kernel shows here).
 pub fn probe() -> io::Result<()> {
-    let ring = setup(8)?;
+    if let Some(e) = crate::runtime::select::refused_by_env() {
+        return Err(e);
+    }
+    probe_kernel()
+}
+
+/// [`probe`] without the environment's refusal: what this kernel and sandbox allow.
+pub fn probe_kernel() -> io::Result<()> {
+    let ring = setup_ring(8)?;
     let bufs = BufRing::new(&ring, BUF_GROUP, 1, 64)?;
     drop(ring);
     drop(bufs);

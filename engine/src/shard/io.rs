@@ -75,24 +75,6 @@ impl State {
         let id = self.conns.id_at(slot).expect("occupied");
         self.set_deadline(id, self.now_ms.wrapping_add(wait));
         self.mark_dirty(slot);
-        self.finish_close(id);
-    }
-
-    /// A closing connection whose final frame is written: half-close and linger, or end at once
-    /// (an abort, or the peer already ended its side).
-    pub fn finish_close(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get_mut(id) else {
-            return;
-        };
-        if c.phase != Phase::Closing || !c.queue.is_empty() || c.has(flag::SENDING) {
-            return;
-        }
-        if c.has(flag::ABORT) || c.has(flag::READ_EOF) {
-            return self.request_close(id, CloseMode::Graceful);
-        }
-        c.phase = Phase::Linger;
-        self.io.push_back(IoRequest::ShutdownWrite(id));
-        self.set_deadline(id, self.now_ms.wrapping_add(CLOSE_LINGER_MS));
     }
 
     /// Ask the driver to close `id` (its registrations are released by the caller).
@@ -114,6 +96,24 @@ impl State {
 }
 
 impl Core {
+    /// A closing connection whose final frame is written: half-close and linger, or end at once
+    /// (an abort, or the peer already ended its side).
+    pub fn finish_close(&mut self, id: ConnId) {
+        let st = &mut self.st;
+        let Some(c) = st.conns.get_mut(id) else {
+            return;
+        };
+        if c.phase != Phase::Closing || !c.queue.is_empty() || c.has(flag::SENDING) {
+            return;
+        }
+        if c.has(flag::ABORT) || c.has(flag::READ_EOF) {
+            return self.end(id, CloseMode::Graceful);
+        }
+        c.phase = Phase::Linger;
+        st.io.push_back(IoRequest::ShutdownWrite(id));
+        st.set_deadline(id, st.now_ms.wrapping_add(CLOSE_LINGER_MS));
+    }
+
     /// End `id` now: leave every topic, drop what is queued, and ask the driver to close.
     pub fn end(&mut self, id: ConnId, mode: CloseMode) {
         if self.st.conns.get(id).is_none() {
@@ -192,7 +192,7 @@ impl Core {
                 if more {
                     st.mark_dirty(id.slot);
                 } else {
-                    st.finish_close(id);
+                    self.finish_close(id);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -221,6 +221,9 @@ impl Core {
 
     /// The driver released `id`'s socket and nothing is pending on it: free the slot.
     pub fn handle_closed(&mut self, id: ConnId) {
+        // Every way out unregisters before asking for the close; this keeps a freed slot out
+        // of every topic whatever the path.
+        self.unregister(id.slot);
         if self.st.conns.remove(id).is_none() {
             return;
         }
