@@ -101,7 +101,8 @@ pub struct LogConfig {
     pub window_ms: u64,
     /// A topic with no history and no subscriber is forgotten after this long.
     pub idle_ms: u64,
-    /// Older messages can be fetched from JetStream (`Next::Deep`).
+    /// Older messages can be fetched from JetStream (`Next::Deep`); offered per topic only
+    /// while its numbers are its origin's (`TopicSeq::origin_numbers`).
     pub deep: bool,
 }
 
@@ -318,7 +319,12 @@ impl TopicLogs {
         self.ensure(topic, now_ms);
         let log = self.topics.get_mut(topic).expect("ensured");
         log.touched_ms = now_ms;
-        let answer = resume::serve(&log.seq, &log.ring, ask, self.config.deep);
+        let answer = resume::serve(
+            &log.seq,
+            &log.ring,
+            ask,
+            self.config.deep && log.seq.origin_numbers(),
+        );
         self.stats.asks += 1;
         self.stats.resyncs += u64::from(answer.notice.is_some_and(|n| n.resync.is_some()));
         self.stats.replayed += answer.replay.len() as u64;
@@ -476,5 +482,56 @@ mod tests {
         l.handle_tick(100_000, |t| t == "new");
         assert_eq!(append(&mut l, 100_001, "new", 1), 1);
         assert_eq!(l.get("new").unwrap().seq().epoch(), notice.epoch);
+    }
+
+    #[test]
+    fn deep_history_only_for_origin_numbers() {
+        let mut cfg = config(1 << 30);
+        cfg.deep = true;
+        cfg.rules = HistoryRules::new(
+            Vec::new(),
+            Limits {
+                messages: 2,
+                bytes: 1 << 20,
+                age_ms: 0,
+            },
+        );
+        let mut l = TopicLogs::new(cfg, 1);
+        let a = Epoch::from_u64(0xa);
+        for s in 1..=10 {
+            let p = Position { epoch: a, seq: s };
+            l.append(
+                0,
+                "adopted",
+                Source::Remote(p),
+                MessageKind::Text,
+                text(1),
+                1,
+            );
+            l.append(0, "mixed", Source::Local, MessageKind::Text, text(1), 1);
+        }
+        l.append(0, "mixed", Source::External, MessageKind::Text, text(1), 1);
+        let ask = |epoch, seq| Ask {
+            ticket: 1,
+            after: Some(Position { epoch, seq }),
+            first: true,
+            max_bytes: 1 << 20,
+            max_messages: 100,
+        };
+        let ans = l.serve(0, "adopted", &ask(a, 3));
+        assert_eq!(
+            ans.next,
+            Next::Deep {
+                epoch: a,
+                first: 4,
+                last: 8
+            }
+        );
+        let e = l.get("mixed").unwrap().seq().epoch();
+        let ans = l.serve(0, "mixed", &ask(e, 3));
+        assert_eq!(
+            ans.notice.unwrap().resync,
+            Some(crate::continuity::resume::Reason::Trimmed)
+        );
     }
 }

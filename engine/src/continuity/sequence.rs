@@ -99,6 +99,8 @@ pub struct TopicSeq {
     epoch: Epoch,
     last: Seq,
     mode: Mode,
+    /// This epoch numbered a message from NATS here: its numbers exist on this host only.
+    renumbered: bool,
 }
 
 impl TopicSeq {
@@ -109,6 +111,7 @@ impl TopicSeq {
             epoch: epochs.current(),
             last: 0,
             mode: Mode::Own { candidate: None },
+            renumbered: false,
         }
     }
 
@@ -133,6 +136,12 @@ impl TopicSeq {
     /// True while the numbers are the origin host's.
     pub fn is_adopted(&self) -> bool {
         matches!(self.mode, Mode::Adopted { .. })
+    }
+
+    /// True when every number of this epoch is the one its origin published to NATS (adopted,
+    /// or this host's own publishes only): deep history (JetStream) holds the same numbers.
+    pub fn origin_numbers(&self) -> bool {
+        !self.renumbered
     }
 
     /// Number one message from `source` arriving at `now_ms`; `window_ms` is the handover
@@ -160,10 +169,11 @@ impl TopicSeq {
                 }
                 _ if now_ms.saturating_sub(heard_ms) < window_ms => {
                     // Two live sources: this host numbers everything from now on.
-                    self.own_fresh(epochs, None)
+                    self.own_fresh(epochs, None, source != Source::Local)
                 }
                 Source::Remote(p) => self.adopt(p, now_ms),
-                Source::Local | Source::External => self.own_fresh(epochs, None),
+                Source::Local => self.own_fresh(epochs, None, false),
+                Source::External => self.own_fresh(epochs, None, true),
             },
             Mode::Own { candidate } => match source {
                 Source::Remote(p) if self.last == 0 => self.adopt(p, now_ms),
@@ -173,10 +183,11 @@ impl TopicSeq {
                     {
                         self.adopt(p, now_ms)
                     }
-                    Some((e, _)) if e == p.epoch => self.own_next(epochs, candidate),
-                    _ => self.own_next(epochs, Some((p.epoch, now_ms))),
+                    Some((e, _)) if e == p.epoch => self.own_next(epochs, candidate, true),
+                    _ => self.own_next(epochs, Some((p.epoch, now_ms)), true),
                 },
-                Source::Local | Source::External => self.own_next(epochs, None),
+                Source::Local => self.own_next(epochs, None, false),
+                Source::External => self.own_next(epochs, None, true),
             },
         }
     }
@@ -193,22 +204,35 @@ impl TopicSeq {
         self.epoch = p.epoch;
         self.last = p.seq;
         self.mode = Mode::Adopted { heard_ms: now_ms };
+        self.renumbered = false;
         self.deliver(Some(Change::Epoch))
     }
 
-    fn own_fresh(&mut self, epochs: &mut EpochSource, candidate: Option<(Epoch, u64)>) -> Stamped {
+    fn own_fresh(
+        &mut self,
+        epochs: &mut EpochSource,
+        candidate: Option<(Epoch, u64)>,
+        renumbered: bool,
+    ) -> Stamped {
         self.epoch = epochs.advance();
         self.last = 1;
         self.mode = Mode::Own { candidate };
+        self.renumbered = renumbered;
         self.deliver(Some(Change::Epoch))
     }
 
-    fn own_next(&mut self, epochs: &mut EpochSource, candidate: Option<(Epoch, u64)>) -> Stamped {
+    fn own_next(
+        &mut self,
+        epochs: &mut EpochSource,
+        candidate: Option<(Epoch, u64)>,
+        renumbered: bool,
+    ) -> Stamped {
         if self.last >= MAX_SEQ {
-            return self.own_fresh(epochs, candidate);
+            return self.own_fresh(epochs, candidate, renumbered);
         }
         self.last += 1;
         self.mode = Mode::Own { candidate };
+        self.renumbered |= renumbered;
         self.deliver(None)
     }
 }
@@ -244,9 +268,14 @@ mod tests {
             assert_eq!((s.epoch, s.seq, s.change), (e, i, None));
         }
         // Unnumbered NATS messages are numbered here too, in arrival order.
+        assert!(t.origin_numbers());
         let s = stamp(&mut t, 2000, Source::External, &mut ep);
         assert_eq!((s.epoch, s.seq, s.change), (e, 1001, None));
         assert!(!t.is_adopted());
+        assert!(
+            !t.origin_numbers(),
+            "an unnumbered message was numbered here"
+        );
     }
 
     #[test]
@@ -312,6 +341,10 @@ mod tests {
         assert_eq!((s.seq, s.change), (1, Some(Change::Epoch)));
         let own = s.epoch;
         assert!(own != Epoch::from_u64(0xa) && own != Epoch::from_u64(0xb));
+        assert!(
+            !t.origin_numbers(),
+            "B's message was renumbered: no deep history"
+        );
         // Both keep publishing, interleaved: numbered here, one epoch, no more changes.
         for i in 0..100u64 {
             let origin = if i % 2 == 0 {
@@ -340,7 +373,7 @@ mod tests {
             (1190 + W..1190 + W + 1000).contains(&now),
             "adopted after the window: {now}"
         );
-        assert!(t.is_adopted());
+        assert!(t.is_adopted() && t.origin_numbers());
     }
 
     #[test]
@@ -369,6 +402,7 @@ mod tests {
         let s = stamp(&mut t, W, Source::Local, &mut ep);
         assert_eq!((s.seq, s.change), (1, Some(Change::Epoch)));
         assert_eq!(stamp(&mut t, W + 1, Source::Local, &mut ep).change, None);
+        assert!(t.origin_numbers(), "this host's own publishes only");
         // Back to adopted: a remote origin after the window with no local publishes.
         let mut t = TopicSeq::new(&ep);
         stamp(&mut t, 0, Source::Remote(pos(0xa, 10)), &mut ep);
