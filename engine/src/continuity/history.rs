@@ -276,6 +276,11 @@ impl HistoryRing {
             // Not kept: nothing older may stay either, or the ring would end before the head.
             return self.clear();
         }
+        let mut t = Trimmed::default();
+        // Make room by count before pushing, so a full ring never grows its array.
+        while self.entries.len() >= limits.messages {
+            t.add(self.pop_oldest(false));
+        }
         if self.last().is_some_and(|l| seq != l + 1) {
             self.holes.push_back(seq);
         }
@@ -287,8 +292,7 @@ impl HistoryRing {
             charge,
         });
         self.charged += charge;
-        let mut t = Trimmed::default();
-        while self.entries.len() > limits.messages || self.charged > limits.bytes {
+        while self.charged > limits.bytes {
             t.add(self.pop_oldest(false));
         }
         self.fit();
@@ -438,6 +442,11 @@ mod tests {
             push(&mut r, &l, s * 10, s, 10);
         }
         assert_eq!(seqs(&r), [3, 4, 5]);
+        let mut full = HistoryRing::new();
+        for s in 1..=1000 {
+            push(&mut full, &lim(64, 1 << 20, 0), 0, s, 1);
+        }
+        assert_eq!((full.len(), full.entries.capacity()), (64, 64), "a full ring never grows");
         let t = push(&mut r, &lim(10, 25, 0), 60, 6, 10);
         assert_eq!(seqs(&r), [5, 6], "bytes bound");
         assert_eq!(
