@@ -446,7 +446,11 @@ mod tests {
         for s in 1..=1000 {
             push(&mut full, &lim(64, 1 << 20, 0), 0, s, 1);
         }
-        assert_eq!((full.len(), full.entries.capacity()), (64, 64), "a full ring never grows");
+        assert_eq!(
+            (full.len(), full.entries.capacity()),
+            (64, 64),
+            "a full ring never grows"
+        );
         let t = push(&mut r, &lim(10, 25, 0), 60, 6, 10);
         assert_eq!(seqs(&r), [5, 6], "bytes bound");
         assert_eq!(

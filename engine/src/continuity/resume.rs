@@ -508,6 +508,17 @@ mod tests {
         }
     }
 
+    /// Deep-history results numbered `seqs`.
+    fn fetched(seqs: impl IntoIterator<Item = Seq>) -> Vec<Replayed> {
+        seqs.into_iter()
+            .map(|seq| Replayed {
+                seq,
+                kind: MessageKind::Text,
+                payload: Bytes::new(),
+            })
+            .collect()
+    }
+
     fn ask(after: Option<Position>) -> Ask {
         Ask {
             ticket: 7,
@@ -760,13 +771,7 @@ mod tests {
             }
         );
         // JetStream had all of it.
-        let deep = (13..=40)
-            .map(|s| Replayed {
-                seq: s,
-                kind: MessageKind::Text,
-                payload: Bytes::new(),
-            })
-            .collect();
+        let deep = fetched(13..=40);
         let step = r.handle_deep(deep).unwrap();
         assert_eq!((step.notice, step.replay.len()), (None, 28));
         let a = serve(&t.seq, &t.ring, &r.poll_ask().unwrap(), true);
@@ -778,14 +783,7 @@ mod tests {
         let (mut r, first) = Resume::start(2, Some(Position { epoch: e, seq: 12 }), 1 << 20, 1000);
         r.handle_answer(serve(&t.seq, &t.ring, &first, true))
             .unwrap();
-        let deep = [20, 21, 30, 31, 32]
-            .into_iter()
-            .map(|s| Replayed {
-                seq: s,
-                kind: MessageKind::Text,
-                payload: Bytes::new(),
-            })
-            .collect();
+        let deep = fetched([20, 21, 30, 31, 32]);
         let step = r.handle_deep(deep).unwrap();
         assert_eq!(
             step.notice,

@@ -238,6 +238,11 @@ impl World {
             seen: Vec::new(),
             open: true,
         });
+        self.ask(shard, topic, ask);
+    }
+
+    /// Send a pending subscription's ask from its shard to the topic's home.
+    fn ask(&mut self, shard: usize, topic: usize, ask: Ask) {
         let h = self.home(topic);
         self.send(
             shard,
@@ -256,16 +261,7 @@ impl World {
         if conn.queued == 0 {
             if let Some(ask) = conn.resume.as_mut().unwrap().poll_ask() {
                 let (shard, topic) = (conn.shard, conn.topic);
-                let h = self.home(topic);
-                self.send(
-                    shard,
-                    h,
-                    Msg::Ask {
-                        from: shard,
-                        topic,
-                        ask,
-                    },
-                );
+                self.ask(shard, topic, ask);
             }
         }
     }
