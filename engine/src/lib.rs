@@ -10,6 +10,7 @@
 //! - [`obs`]: counters, histograms, the tick, the admin listener and what it serves.
 //! - [`ops`]: host facts and the start-up preflight.
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
+//! - [`continuity`]: per-topic sequence numbers, history and resume (sans-IO; docs/CONTINUITY.md).
 //! - [`server`]: start-up and shutdown: binds, builds the mesh, spawns the shards.
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -17,13 +18,13 @@
 pub mod bridge;
 pub mod config;
 pub mod conn;
+pub mod continuity;
 pub mod flow;
 pub mod mesh;
 pub mod obs;
 pub mod ops;
 pub mod runtime;
 pub mod server;
-
 pub mod shard;
 
 pub use runtime::rlimit;
