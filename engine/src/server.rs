@@ -29,7 +29,22 @@ pub struct Server {
     stats: Arc<[ShardStats]>,
     handles: Vec<JoinHandle<io::Result<()>>>,
     admin: Option<admin::Admin>,
-    bridge: Option<bridge::Bridge>,
+    bridge: Option<Bridge>,
+}
+
+#[cfg(feature = "nats")]
+use crate::bridge::Bridge;
+
+/// Without the `nats` feature there is never a bridge to join.
+#[cfg(not(feature = "nats"))]
+enum Bridge {}
+
+#[cfg(not(feature = "nats"))]
+impl Bridge {
+    fn stats(&self) -> Arc<crate::bridge::stats::BridgeStats> {
+        match *self {}
+    }
+    fn join(self) {}
 }
 
 /// Which driver `choice` resolves to on this host: a real io_uring set-up is attempted (the
@@ -78,6 +93,7 @@ pub fn start(config: Config) -> io::Result<Server> {
     let shutdown = Arc::new(Shutdown::new(participants));
     let global = Arc::new(AtomicUsize::new(0));
     let config = Arc::new(config);
+    #[cfg(feature = "nats")]
     let bridge = match (nats, bridge_link) {
         (Some(servers), Some(link)) => Some(bridge::spawn(
             servers,
@@ -87,6 +103,11 @@ pub fn start(config: Config) -> io::Result<Server> {
             shutdown.clone(),
         )?),
         _ => None,
+    };
+    #[cfg(not(feature = "nats"))]
+    let bridge: Option<Bridge> = {
+        let _ = (nats, bridge_link);
+        None
     };
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -132,7 +153,7 @@ pub fn start(config: Config) -> io::Result<Server> {
         Some(l) => match admin::spawn(
             l,
             stats.clone(),
-            bridge.as_ref().map(bridge::Bridge::stats),
+            bridge.as_ref().map(Bridge::stats),
             shutdown.clone(),
             admin_settings,
         ) {
