@@ -47,8 +47,6 @@ pub mod flag {
     pub const DIRTY: u16 = 1;
     /// A send is in flight (between `gather` and `sent`).
     pub const SENDING: u16 = 1 << 1;
-    /// The last send would have blocked; waiting for `writable` (epoll).
-    pub const BLOCKED: u16 = 1 << 2;
     /// `/stream`: text messages arrive wrapped with their topic.
     pub const STREAM: u16 = 1 << 3;
     /// A publisher holds undecoded input (its publishing was stopped mid-read).

@@ -9,10 +9,11 @@
 //!    refuses it with a response the driver writes best effort before closing),
 //!    [`Handler::received`] (a slice the handler copies what it keeps out of; the buffer is
 //!    the driver's again when the call returns), [`Handler::read_closed`] (EOF or an error:
-//!    no more input), [`Handler::sent`] (the one send in flight completed: bytes the kernel
-//!    took, or an error), [`Handler::writable`] (epoll only: a send that would have blocked may
-//!    be retried) and [`Handler::closed`] (the socket is released and every operation on it has
-//!    completed: only now may the handler reuse the slot). Per connection, events keep their
+//!    no more input), [`Handler::sent`] (the one send in flight completed: all its bytes were
+//!    taken by the kernel, or an error — a send that would block stays in flight, with its
+//!    frames pinned, until it can finish, as a blocking send does) and [`Handler::closed`] (the
+//!    socket is released and every operation on it has completed: only now may the handler
+//!    reuse the slot). Per connection, events keep their
 //!    order.
 //! 2. **Submissions out.** [`Driver::flush`] asks for work: [`Handler::poll_io`] (start or
 //!    stop reading, half-close, close, stop accepting) and [`Handler::poll_transmit`] (a
@@ -124,8 +125,6 @@ pub trait Handler {
     fn read_closed(&mut self, id: ConnId, error: bool);
     /// The send in flight on `id` completed.
     fn sent(&mut self, id: ConnId, result: io::Result<usize>);
-    /// `id`'s socket has room again after a send reported `WouldBlock` (epoll).
-    fn writable(&mut self, id: ConnId);
     /// `id` is closed and nothing is pending on it any more; its slot may be reused.
     fn closed(&mut self, id: ConnId);
     /// True while the handler wants input from `id` (a driver reading in a loop asks before

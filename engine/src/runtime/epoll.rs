@@ -3,12 +3,16 @@
 //! Contract (`runtime::driver`, in short): events in — accepts (`accept4`, as many as the
 //! listener has), input (after `EPOLLIN`, up to [`READS_PER_TURN`] nonblocking `recv`s into the
 //! shard's 64 KiB scratch buffer, asking the handler before each whether it still wants
-//! input), EOF and errors, send results (synchronous: reported right after the `sendmsg`),
-//! writability (after a send that would have blocked, by a one-shot `EPOLLOUT` interest), and
-//! closes (reported as soon as the descriptor is closed: nothing can be pending on it).
-//! Submissions out — made as syscalls during [`Driver::flush`]: one `sendmsg` gather per
-//! transmit (the iovecs point into the handler's pinned frames and live only for the call),
-//! `EPOLL_CTL_ADD/MOD` for read interest, `shutdown`, `close` (RST with `SO_LINGER` 0).
+//! input), EOF and errors, send completions, and closes (reported as soon as the descriptor is
+//! closed: nothing can be pending on it). Submissions out — made as syscalls during
+//! [`Driver::flush`]: one nonblocking `sendmsg` gather per transmit, `EPOLL_CTL_ADD/MOD` for
+//! read interest, `shutdown`, `close` (RST with `SO_LINGER` 0).
+//!
+//! A send completes as a blocking one would (and as io_uring's does): when all of its gather is
+//! written. One that would block keeps its send record — iovecs plus a `Bytes` clone of every
+//! frame — and its frames stay pinned in the handler's queue; `EPOLLOUT` resumes it where it
+//! stopped. So both drivers present the same in-flight send to the core (a policy cannot drop a
+//! frame between two halves of one send).
 //! Waiting: `epoll_wait` with the loop's timeout; the doorbell eventfd is in the set.
 //!
 //! Level-triggered, so a connection with more input than one turn reads is simply reported
@@ -22,14 +26,18 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::runtime::driver::{
     Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest, MAX_IOVECS,
 };
 use crate::runtime::sock;
 use crate::runtime::wake::Doorbell;
 
-/// Reads per readable connection per turn.
-pub const READS_PER_TURN: usize = 8;
+/// Reads per readable connection per turn: 128 KiB, so one turn's burst from a publisher stays
+/// small next to a high-water mark before the flush writes it (a turn's queueing is corked),
+/// and one firehose cannot starve the rest.
+pub const READS_PER_TURN: usize = 2;
 
 /// Size of the shard's read scratch buffer.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
@@ -46,7 +54,19 @@ const BELL: u64 = u64::MAX - 1;
 /// How long accepting pauses after the process ran out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
-#[derive(Clone, Copy, Default)]
+/// A send that would have blocked: its iovecs (advanced past what was written) and what they
+/// point into.
+#[derive(Default)]
+struct SendRecord {
+    iov: Vec<libc::iovec>,
+    hold: Vec<Bytes>,
+    /// First iovec not fully written.
+    next: usize,
+    /// Bytes written so far.
+    done: usize,
+}
+
+#[derive(Default)]
 struct Sock {
     fd: RawFd,
     gen: u32,
@@ -54,6 +74,8 @@ struct Sock {
     events: u32,
     registered: bool,
     open: bool,
+    /// A send in flight, waiting for `EPOLLOUT`.
+    pending: Option<Box<SendRecord>>,
 }
 
 /// One shard's epoll driver.
@@ -66,7 +88,9 @@ pub struct Epoll {
     events: Vec<libc::epoll_event>,
     ready: usize,
     scratch: Vec<u8>,
-    iov: Vec<libc::iovec>,
+    // Boxed: a record keeps its address while its send waits; the pool reuses them.
+    #[allow(clippy::vec_box)]
+    pool: Vec<Box<SendRecord>>,
 }
 
 fn ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
@@ -113,7 +137,7 @@ impl Epoll {
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
             ready: 0,
             scratch: vec![0; SCRATCH_BYTES],
-            iov: Vec::with_capacity(MAX_IOVECS),
+            pool: Vec::new(),
         })
     }
 
@@ -162,7 +186,7 @@ impl Epoll {
                         sock::set_nodelay(fd);
                         let slot = id.slot as usize;
                         if self.socks.len() <= slot {
-                            self.socks.resize(slot + 1, Sock::default());
+                            self.socks.resize_with(slot + 1, Sock::default);
                         }
                         self.socks[slot] = Sock {
                             fd,
@@ -170,6 +194,7 @@ impl Epoll {
                             events: 0,
                             registered: false,
                             open: true,
+                            pending: None,
                         };
                     }
                     Admit::Refuse(response) => sock::refuse(fd, &response),
@@ -231,6 +256,12 @@ impl Epoll {
                 };
                 let fd = s.fd;
                 s.open = false;
+                // A waiting send ends with the socket; its holds keep its memory valid until here.
+                if let Some(mut rec) = s.pending.take() {
+                    rec.iov.clear();
+                    rec.hold.clear();
+                    self.pool.push(rec);
+                }
                 if mode == CloseMode::Reset {
                     sock::set_linger_zero(fd);
                 }
@@ -254,29 +285,78 @@ impl Epoll {
     }
 
     fn transmit<H: Handler>(&mut self, h: &mut H, id: ConnId) {
+        let mut rec = self.pool.pop().unwrap_or_default();
+        {
+            let SendRecord { iov, hold, .. } = &mut *rec;
+            h.gather(id, &mut |b, offset| {
+                hold.push(b.clone());
+                let held = hold.last().expect("just pushed");
+                iov.push(libc::iovec {
+                    iov_base: held[offset..].as_ptr() as *mut libc::c_void,
+                    iov_len: held.len() - offset,
+                });
+            });
+        }
+        debug_assert!(rec.iov.len() <= MAX_IOVECS);
+        self.resume(h, id, rec);
+    }
+
+    /// Write what is left of `rec`; report the send when it is all written (or failed), else
+    /// keep it for `EPOLLOUT`.
+    fn resume<H: Handler>(&mut self, h: &mut H, id: ConnId, mut rec: Box<SendRecord>) {
         let Some(fd) = self.sock(id).map(|s| s.fd) else {
-            // Closed meanwhile: the handler's send completes with nothing written.
-            h.gather(id, &mut |_, _| {});
-            h.sent(id, Err(io::ErrorKind::NotConnected.into()));
+            self.finish(h, id, rec, Err(io::ErrorKind::NotConnected.into()));
             return;
         };
-        let iov = &mut self.iov;
-        iov.clear();
-        h.gather(id, &mut |b, offset| {
-            iov.push(libc::iovec {
-                iov_base: b[offset..].as_ptr() as *mut libc::c_void,
-                iov_len: b.len() - offset,
-            })
-        });
-        // SAFETY: every iovec points into a frame the handler pinned in its queue at `gather`;
-        // nothing runs between `gather` and this call, so those frames are alive and unchanged.
-        let r = unsafe { sock::sendmsg(fd, iov) };
-        iov.clear();
-        let would_block = matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-        h.sent(id, r);
-        if would_block {
-            self.interest(id, libc::EPOLLOUT as u32, 0);
+        while rec.next < rec.iov.len() {
+            let next = rec.next;
+            // SAFETY: every iovec points into a `Bytes` clone held by `rec` (`hold`), which lives
+            // until the record is recycled, after this call.
+            match unsafe { sock::sendmsg(fd, &mut rec.iov[next..]) } {
+                Ok(0) => return self.finish(h, id, rec, Err(io::ErrorKind::WriteZero.into())),
+                Ok(mut n) => {
+                    rec.done += n;
+                    while n > 0 {
+                        let v = &mut rec.iov[rec.next];
+                        if n >= v.iov_len {
+                            n -= v.iov_len;
+                            rec.next += 1;
+                        } else {
+                            // SAFETY: advancing within the same held buffer (n < iov_len).
+                            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+                            v.iov_len -= n;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(s) = self.sock(id) {
+                        s.pending = Some(rec);
+                    }
+                    self.interest(id, libc::EPOLLOUT as u32, 0);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.finish(h, id, rec, Err(e)),
+            }
         }
+        let done = rec.done;
+        self.finish(h, id, rec, Ok(done));
+    }
+
+    fn finish<H: Handler>(
+        &mut self,
+        h: &mut H,
+        id: ConnId,
+        mut rec: Box<SendRecord>,
+        result: io::Result<usize>,
+    ) {
+        rec.iov.clear();
+        rec.hold.clear();
+        rec.next = 0;
+        rec.done = 0;
+        self.pool.push(rec);
+        h.sent(id, result);
     }
 }
 
@@ -312,18 +392,22 @@ impl Driver for Epoll {
                 BELL => self.bell.clear(),
                 _ => {
                     let (_, id) = ConnId::unpack(data);
-                    let Some(s) = self.sock(id).copied() else {
+                    let Some(s) = self.sock(id) else {
                         continue;
                     };
-                    if revents & libc::EPOLLOUT as u32 != 0 && s.events & libc::EPOLLOUT as u32 != 0
+                    let (fd, events) = (s.fd, s.events);
+                    if revents & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0
+                        && events & libc::EPOLLOUT as u32 != 0
                     {
                         self.interest(id, 0, libc::EPOLLOUT as u32);
-                        h.writable(id);
+                        if let Some(rec) = self.sock(id).and_then(|s| s.pending.take()) {
+                            self.resume(h, id, rec);
+                        }
                     }
                     let input = (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32;
                     if revents & input != 0 {
                         if h.reading(id) {
-                            self.read(h, id, s.fd);
+                            self.read(h, id, fd);
                         } else if revents & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                             // Not reading, but the socket is dead: say so once.
                             self.interest(id, 0, libc::EPOLLIN as u32);

@@ -24,7 +24,6 @@ struct H {
     got: HashMap<ConnId, Vec<u8>>,
     out: HashMap<ConnId, (VecDeque<Bytes>, usize)>,
     sending: Vec<ConnId>,
-    blocked: Vec<ConnId>,
     results: Vec<(ConnId, Result<usize, std::io::ErrorKind>)>,
     eof: Vec<ConnId>,
     closed: Vec<ConnId>,
@@ -60,13 +59,9 @@ impl Handler for H {
     }
     fn sent(&mut self, id: ConnId, result: std::io::Result<usize>) {
         self.sending.retain(|&s| s != id);
-        match &result {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.blocked.push(id),
-            // The socket is gone: what was queued for it is dropped, as the core does.
-            Err(_) => {
-                self.out.remove(&id);
-            }
-            Ok(_) => {}
+        // The socket is gone: what was queued for it is dropped, as the core does.
+        if result.is_err() {
+            self.out.remove(&id);
         }
         self.results
             .push((id, result.as_ref().map(|n| *n).map_err(|e| e.kind())));
@@ -84,9 +79,6 @@ impl Handler for H {
             }
         }
     }
-    fn writable(&mut self, id: ConnId) {
-        self.blocked.retain(|&b| b != id);
-    }
     fn closed(&mut self, id: ConnId) {
         self.closed.push(id);
     }
@@ -100,9 +92,7 @@ impl Handler for H {
         let id = *self
             .out
             .iter()
-            .find(|(id, (q, _))| {
-                !q.is_empty() && !self.sending.contains(id) && !self.blocked.contains(id)
-            })?
+            .find(|(id, (q, _))| !q.is_empty() && !self.sending.contains(id))?
             .0;
         Some(id)
     }

@@ -133,10 +133,7 @@ impl Core {
                 continue;
             };
             c.clear(flag::DIRTY);
-            let ready = !c.queue.is_empty()
-                && !c.has(flag::SENDING)
-                && !c.has(flag::BLOCKED)
-                && c.phase != Phase::Ended;
+            let ready = !c.queue.is_empty() && !c.has(flag::SENDING) && c.phase != Phase::Ended;
             if ready {
                 return st.conns.id_at(slot);
             }
@@ -195,10 +192,6 @@ impl Core {
                     self.finish_close(id);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                c.queue.unpin();
-                c.set(flag::BLOCKED);
-            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 c.queue.unpin();
                 st.mark_dirty(id.slot);
@@ -208,14 +201,6 @@ impl Core {
                 c.queue.unpin();
                 self.end(id, CloseMode::Graceful);
             }
-        }
-    }
-
-    /// `id`'s socket has room again (epoll).
-    pub fn handle_writable(&mut self, id: ConnId) {
-        if let Some(c) = self.st.conns.get_mut(id) {
-            c.clear(flag::BLOCKED);
-            self.st.mark_dirty(id.slot);
         }
     }
 

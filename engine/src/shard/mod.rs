@@ -342,10 +342,6 @@ impl Handler for Core {
         self.handle_sent(id, result);
     }
 
-    fn writable(&mut self, id: ConnId) {
-        self.handle_writable(id);
-    }
-
     fn closed(&mut self, id: ConnId) {
         self.handle_closed(id);
     }

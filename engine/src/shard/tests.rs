@@ -824,6 +824,7 @@ fn heartbeat_sweep_pings_shared_and_closes_with_counts_on_a_virtual_clock() {
     assert_eq!(e.slot, conns[2].slot);
     c.publish(&Arc::from("t"), MessageKind::Text, b"not yours");
     assert!(frames(&c, e).is_empty());
+    c.end(e, CloseMode::Graceful);
     // conn 0 silent from 130 on, and no sweep runs until 1200: idle, an orderly close.
     take(&mut c, conns[0]);
     c.handle_time(at(1200));
