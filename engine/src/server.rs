@@ -203,7 +203,7 @@ fn shard_thread(p: ShardParts, ready: mpsc::Sender<io::Result<()>>) -> io::Resul
     };
     match p.kind {
         DriverKind::Uring => {
-            let driver = match Uring::new(p.listener, &p.config) {
+            let driver = match Uring::new(p.listener) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = ready.send(Err(e));

@@ -2,8 +2,6 @@
 //! its high-water mark, chosen by the topic of the frame being queued. Patterns are globs
 //! (`*` any run of bytes, `?` one byte); the first matching pattern wins, else the default.
 
-use std::str::FromStr;
-
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
@@ -59,67 +57,6 @@ pub struct Policy {
     pub low_water_bytes: usize,
     /// Messages `drop-oldest` keeps.
     pub keep: usize,
-}
-
-/// One `[[topic_policy]]` entry as configured: unset limits fall back to the defaults.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopicPolicySpec {
-    /// Glob over topic names.
-    pub pattern: String,
-    /// Action above the high-water mark.
-    pub policy: Action,
-    /// High-water mark in bytes (default: the global one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub high_water_bytes: Option<crate::config::ByteSize>,
-    /// Low-water mark in bytes (default: a quarter of this entry's high-water mark).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub low_water_bytes: Option<crate::config::ByteSize>,
-    /// Messages `drop-oldest` keeps (default 16).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep: Option<usize>,
-}
-
-impl FromStr for TopicPolicySpec {
-    type Err = String;
-
-    /// `PATTERN=POLICY[,high_water_bytes=N][,low_water_bytes=N][,keep=N]`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (pattern, rest) = s
-            .split_once('=')
-            .ok_or_else(|| format!("{s:?}: expected PATTERN=POLICY[,key=value...]"))?;
-        let mut parts = rest.split(',');
-        let policy = Action::from_str(parts.next().unwrap_or("").trim(), true)
-            .map_err(|_| format!("{s:?}: policy must be evict, conflate, drop-oldest or pause"))?;
-        let mut spec = TopicPolicySpec {
-            pattern: pattern.trim().to_owned(),
-            policy,
-            high_water_bytes: None,
-            low_water_bytes: None,
-            keep: None,
-        };
-        for kv in parts {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| format!("{s:?}: {kv:?} is not key=value"))?;
-            let v = v.trim();
-            match k.trim() {
-                "high_water_bytes" => spec.high_water_bytes = Some(v.parse()?),
-                "low_water_bytes" => spec.low_water_bytes = Some(v.parse()?),
-                "keep" => {
-                    spec.keep = Some(
-                        v.parse()
-                            .map_err(|_| format!("keep: {v:?} is not a number"))?,
-                    )
-                }
-                other => return Err(format!("{s:?}: unknown key {other:?}")),
-            }
-        }
-        if spec.pattern.is_empty() {
-            return Err(format!("{s:?}: empty pattern"));
-        }
-        Ok(spec)
-    }
 }
 
 /// A configured rule with its limits resolved.
@@ -239,25 +176,6 @@ mod tests {
         assert!(!m("exact", "exactly"));
         assert!(m("**x", "x"));
         assert!(m("*a*", "bab"));
-    }
-
-    #[test]
-    fn spec_parsing() {
-        let s: TopicPolicySpec = "ticker.*=conflate".parse().unwrap();
-        assert_eq!(s.pattern, "ticker.*");
-        assert_eq!(s.policy, Action::Conflate);
-        let s: TopicPolicySpec =
-            "b*=drop-oldest,high_water_bytes=64KiB,low_water_bytes=1000,keep=4"
-                .parse()
-                .unwrap();
-        assert_eq!(s.policy, Action::DropOldest);
-        assert_eq!(s.high_water_bytes.unwrap().0, 65536);
-        assert_eq!(s.low_water_bytes.unwrap().0, 1000);
-        assert_eq!(s.keep, Some(4));
-        assert!("x".parse::<TopicPolicySpec>().is_err());
-        assert!("x=nope".parse::<TopicPolicySpec>().is_err());
-        assert!("x=pause,color=red".parse::<TopicPolicySpec>().is_err());
-        assert!("=pause".parse::<TopicPolicySpec>().is_err());
     }
 
     #[test]

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::obs::stats::ShardStats;
-use crate::obs::tick::TICK;
+use crate::runtime::clock::TICK;
 
 /// How often the distribution is sampled.
 pub const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
@@ -155,12 +154,12 @@ pub struct DepthSampler {
 impl DepthSampler {
     /// Called on every tick: record the next slice of the `slots` connection slots through
     /// `visit(range, sample)` (which records every connection in `range`); after [`SLICES`]
-    /// ticks, publish the sample into `stats`. Each connection is recorded once per pass, at the
+    /// ticks, publish the sample into `out` (the shard's stats' `queue_depth`). Each connection is recorded once per pass, at the
     /// moment its slice is visited (connections that come or go during the pass may be missed).
     pub fn on_tick(
         &mut self,
         slots: usize,
-        stats: &ShardStats,
+        out: &SharedDepth,
         visit: impl FnOnce(std::ops::Range<usize>, &mut DepthSample),
     ) {
         if self.slice == 0 {
@@ -179,7 +178,7 @@ impl DepthSampler {
         self.slice += 1;
         if self.slice == SLICES {
             self.slice = 0;
-            stats.queue_depth.swap(&mut self.scratch);
+            out.swap(&mut self.scratch);
         }
     }
 }
@@ -212,14 +211,14 @@ mod tests {
 
     #[test]
     fn one_pass_is_spread_over_the_ticks_of_a_period() {
-        let stats = ShardStats::default();
+        let stats = crate::obs::stats::ShardStats::default();
         // 30 slots: nine slices of 3, then the last slice takes the rest.
         let mut depths: Vec<(usize, usize)> = vec![(0, 0); 30];
         depths[29] = (1, 6);
         let mut sampler = DepthSampler::default();
         let published = || stats.queue_depth.clone_of().summary();
         let tick = |sampler: &mut DepthSampler, depths: &[(usize, usize)]| {
-            sampler.on_tick(depths.len(), &stats, |range, sample| {
+            sampler.on_tick(depths.len(), &stats.queue_depth, |range, sample| {
                 for &(f, b) in &depths[range] {
                     sample.record(f, b);
                 }

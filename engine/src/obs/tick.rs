@@ -14,8 +14,7 @@ use crate::obs::latency::LocalLatency;
 use crate::obs::stats::ShardStats;
 use crate::runtime::clock::monotonic_ms;
 
-/// Tick period.
-pub const TICK: Duration = Duration::from_millis(100);
+pub use crate::runtime::clock::TICK;
 
 /// A shard's tick state: its histogram log and its depth sampler.
 #[derive(Default)]
@@ -56,7 +55,7 @@ impl Ticker {
         }
         latency.publish(&stats.latency);
         if latency.is_recording() {
-            self.depth.on_tick(slots, stats, visit);
+            self.depth.on_tick(slots, &stats.queue_depth, visit);
         }
     }
 
@@ -67,6 +66,6 @@ impl Ticker {
         slots: usize,
         visit: impl FnOnce(std::ops::Range<usize>, &mut DepthSample),
     ) {
-        self.depth.on_tick(slots, stats, visit);
+        self.depth.on_tick(slots, &stats.queue_depth, visit);
     }
 }

@@ -6,7 +6,10 @@
 //! hands it in, so every rule is testable on a virtual clock.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The shard tick's period (stats stamp, gauges, histograms, deadlines: `obs::tick`).
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// Milliseconds on a process-wide monotonic clock (starts near 0 at first use).
 pub fn monotonic_ms() -> u64 {

@@ -220,6 +220,5 @@ fn io_uring_keeps_the_contract() {
     if uring::probe().is_err() {
         return; // refused here (or by SHARDCAST_URING_REFUSE): the epoll test covers the host
     }
-    let config = crate::config::Overrides::default().resolve().unwrap();
-    contract(|l| Uring::new(l, &config).unwrap());
+    contract(|l| Uring::new(l).unwrap());
 }

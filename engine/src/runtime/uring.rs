@@ -27,7 +27,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::config::Config;
 use crate::runtime::bufring::BufRing;
 use crate::runtime::driver::{
     Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest, MAX_IOVECS,
@@ -154,7 +153,7 @@ pub fn probe_kernel() -> io::Result<()> {
 
 impl Uring {
     /// A driver accepting on `listener` (set to blocking mode: the ring waits, not the fd).
-    pub fn new(listener: TcpListener, _config: &Config) -> io::Result<Uring> {
+    pub fn new(listener: TcpListener) -> io::Result<Uring> {
         listener.set_nonblocking(false)?;
         let ring = setup(ENTRIES)?;
         let bufs = BufRing::new(&ring, BUF_GROUP, RECV_BUFFERS, RECV_BUFFER_BYTES)?;
