@@ -39,7 +39,7 @@ server_cmd() { # $1 = base | v2 | naive, $2 = scenario
 
 gen_args() { # $1 = scenario
   case "$1" in
-    idle) echo "idle --connections 10000 --warmup 200" ;;
+    idle) echo "idle --connections 10000 --warmup 500" ;;
     fanout100) echo "fanout --subscribers 1000 --size 64 --rate 100 --duration $DURATION" ;;
     echo) echo "echo --connections 100 --in-flight 1 --size 20 --duration $DURATION" ;;
     connect) echo "connect --connections 10000 --concurrency 256" ;;

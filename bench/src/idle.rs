@@ -24,8 +24,10 @@ pub struct IdleArgs {
     /// Time to hold them after the last one connected before reading memory, ms.
     #[arg(long, default_value_t = 1000)]
     hold_ms: u64,
-    /// Subscribed connections opened and held before the "before" reading (not counted).
-    #[arg(long, default_value_t = 200)]
+    /// Subscribed connections opened and held before the "before" reading (not counted): enough
+    /// handshakes to touch every once-per-shard pool (shardcast's io_uring driver lends 256
+    /// provided receive buffers, touched in ring order).
+    #[arg(long, default_value_t = 500)]
     warmup: usize,
 }
 

@@ -203,7 +203,7 @@ fn shard_thread(p: ShardParts, ready: mpsc::Sender<io::Result<()>>) -> io::Resul
     };
     match p.kind {
         DriverKind::Uring => {
-            let driver = match Uring::new(p.listener) {
+            let driver = match Uring::new(p.listener, p.config.max_connections_per_shard) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -215,7 +215,7 @@ fn shard_thread(p: ShardParts, ready: mpsc::Sender<io::Result<()>>) -> io::Resul
             run::run(driver, core, &p.shutdown)
         }
         _ => {
-            let driver = match Epoll::new(p.listener) {
+            let driver = match Epoll::new(p.listener, p.config.max_connections_per_shard) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = ready.send(Err(e));

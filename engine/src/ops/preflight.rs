@@ -20,8 +20,10 @@ pub const NOFILE_PER_SHARD: u64 = 8;
 /// Kernel memory per idle TCP socket (tcp_sock, socket inode, file): ~3.7 KB of slab measured
 /// over 16,000 idle loopback sockets (docs/TUNING.md), rounded up.
 pub const KERNEL_BYTES_PER_CONNECTION: u64 = 3_800;
-/// shardcast's user-space memory per idle connection: 1.0-1.45 KB measured (docs/ENGINE.md).
-pub const USER_BYTES_PER_CONNECTION: u64 = 1_500;
+/// shardcast's user-space memory per idle connection: ~310 B measured with engine v2
+/// (docs/ENGINE.md, "Per-connection memory budget"), rounded up for a subscription or two and
+/// the allocator's slack.
+pub const USER_BYTES_PER_CONNECTION: u64 = 512;
 /// Share of the memory limit the send-queue ceiling may use on top of idle connections: the
 /// default `queue_ceiling_pct`.
 pub const QUEUE_CEILING_PERCENT: u64 = crate::config::DEFAULT_QUEUE_CEILING_PCT as u64;

@@ -103,8 +103,9 @@ fn ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Res
 }
 
 impl Epoll {
-    /// A driver accepting on `listener` (made nonblocking).
-    pub fn new(listener: TcpListener) -> io::Result<Epoll> {
+    /// A driver accepting on `listener` (made nonblocking), with room for `max_conns` sockets
+    /// reserved up front (address space only, resident as used, never moved).
+    pub fn new(listener: TcpListener, max_conns: usize) -> io::Result<Epoll> {
         // SAFETY: epoll_create1 takes no pointers; the result is checked before use.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if ep < 0 {
@@ -133,7 +134,7 @@ impl Epoll {
             listener: Some(listener),
             accept_paused: None,
             bell,
-            socks: Vec::new(),
+            socks: Vec::with_capacity(max_conns.min(crate::runtime::uring::MAX_RESERVED_SOCKETS)),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
             ready: 0,
             scratch: vec![0; SCRATCH_BYTES],
@@ -355,7 +356,9 @@ impl Epoll {
         rec.hold.clear();
         rec.next = 0;
         rec.done = 0;
-        self.pool.push(rec);
+        if self.pool.len() < 64 && rec.iov.capacity() <= 64 {
+            self.pool.push(rec);
+        }
         h.sent(id, result);
     }
 }

@@ -212,7 +212,7 @@ fn contract<D: Driver>(make: impl Fn(TcpListener) -> D) {
 
 #[test]
 fn epoll_keeps_the_contract() {
-    contract(|l| Epoll::new(l).unwrap());
+    contract(|l| Epoll::new(l, 16).unwrap());
 }
 
 #[test]
@@ -220,5 +220,5 @@ fn io_uring_keeps_the_contract() {
     if uring::probe().is_err() {
         return; // refused here (or by SHARDCAST_URING_REFUSE): the epoll test covers the host
     }
-    contract(|l| Uring::new(l).unwrap());
+    contract(|l| Uring::new(l, 16).unwrap());
 }

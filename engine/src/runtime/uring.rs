@@ -44,6 +44,12 @@ pub const RECV_BUFFER_BYTES: usize = 4096;
 
 const BUF_GROUP: u16 = 0;
 
+/// Send records kept for reuse.
+const POOLED_RECORDS: usize = 64;
+
+/// Most socket slots reserved up front (address space: 24 B each).
+pub const MAX_RESERVED_SOCKETS: usize = 1 << 22;
+
 const OP_ACCEPT: u8 = 1;
 const OP_RECV: u8 = 2;
 const OP_SEND: u8 = 3;
@@ -152,8 +158,10 @@ pub fn probe_kernel() -> io::Result<()> {
 }
 
 impl Uring {
-    /// A driver accepting on `listener` (set to blocking mode: the ring waits, not the fd).
-    pub fn new(listener: TcpListener) -> io::Result<Uring> {
+    /// A driver accepting on `listener` (set to blocking mode: the ring waits, not the fd), with
+    /// room for `max_conns` sockets reserved up front: address space only, resident as slots are
+    /// used, and never moved (a growing table would leave its old copy behind in the allocator).
+    pub fn new(listener: TcpListener, max_conns: usize) -> io::Result<Uring> {
         listener.set_nonblocking(false)?;
         let ring = setup(ENTRIES)?;
         let bufs = BufRing::new(&ring, BUF_GROUP, RECV_BUFFERS, RECV_BUFFER_BYTES)?;
@@ -165,7 +173,7 @@ impl Uring {
             bell: Doorbell::new(false)?,
             bell_buf: Box::new(0),
             bell_armed: false,
-            socks: Vec::new(),
+            socks: Vec::with_capacity(max_conns.min(MAX_RESERVED_SOCKETS)),
             pool: Vec::new(),
             cqes: Vec::with_capacity(ENTRIES as usize * 2),
             rearm: Vec::new(),
@@ -312,13 +320,11 @@ impl Uring {
         let Some(s) = self.sock(id) else {
             return;
         };
-        let Some(mut rec) = s.send.take() else {
+        let Some(rec) = s.send.take() else {
             return;
         };
         let closing = s.closing.is_some();
-        rec.iov.clear();
-        rec.hold.clear();
-        self.pool.push(rec);
+        self.recycle(rec);
         let result = if res >= 0 {
             Ok(res as usize)
         } else {
@@ -327,6 +333,16 @@ impl Uring {
         h.sent(id, result);
         if closing {
             self.try_finish_close(h, id);
+        }
+    }
+
+    /// Keep a finished send record for reuse: at most [`POOLED_RECORDS`], and none that a
+    /// large gather grew (what a storm of concurrent sends allocated is given back).
+    fn recycle(&mut self, mut rec: Box<SendRecord>) {
+        rec.iov.clear();
+        rec.hold.clear();
+        if self.pool.len() < POOLED_RECORDS && rec.iov.capacity() <= 64 {
+            self.pool.push(rec);
         }
     }
 
@@ -388,14 +404,15 @@ impl Uring {
             Box::new(SendRecord {
                 // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
                 msg: unsafe { std::mem::zeroed() },
-                iov: Vec::with_capacity(64),
-                hold: Vec::with_capacity(64),
+                // Small: most sends carry a frame or a few; a burst's record grows as needed.
+                iov: Vec::with_capacity(4),
+                hold: Vec::with_capacity(4),
             })
         });
         let Some(fd) = self.sock(id).filter(|s| s.closing.is_none()).map(|s| s.fd) else {
             h.gather(id, &mut |_, _| {});
             h.sent(id, Err(io::ErrorKind::NotConnected.into()));
-            self.pool.push(rec);
+            self.recycle(rec);
             return;
         };
         {
