@@ -44,8 +44,9 @@ pub const RECV_BUFFER_BYTES: usize = 4096;
 
 const BUF_GROUP: u16 = 0;
 
-/// Send records kept for reuse.
-const POOLED_RECORDS: usize = 64;
+/// Send records kept for reuse: one per connection of a broadcast in flight at once, each small
+/// (a few iovecs) unless a large gather grew it, which is then not kept.
+const POOLED_RECORDS: usize = 4096;
 
 /// Most socket slots reserved up front (address space: 24 B each).
 pub const MAX_RESERVED_SOCKETS: usize = 1 << 22;
