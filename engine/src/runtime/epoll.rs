@@ -26,11 +26,8 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use crate::runtime::driver::{
-    Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest, MAX_IOVECS,
-};
+use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest};
+use crate::runtime::send::{SendPool, SendRecord};
 use crate::runtime::sock;
 use crate::runtime::wake::Doorbell;
 
@@ -54,18 +51,6 @@ const BELL: u64 = u64::MAX - 1;
 /// How long accepting pauses after the process ran out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
-/// A send that would have blocked: its iovecs (advanced past what was written) and what they
-/// point into.
-#[derive(Default)]
-struct SendRecord {
-    iov: Vec<libc::iovec>,
-    hold: Vec<Bytes>,
-    /// First iovec not fully written.
-    next: usize,
-    /// Bytes written so far.
-    done: usize,
-}
-
 #[derive(Default)]
 struct Sock {
     fd: RawFd,
@@ -88,9 +73,7 @@ pub struct Epoll {
     events: Vec<libc::epoll_event>,
     ready: usize,
     scratch: Vec<u8>,
-    // Boxed: a record keeps its address while its send waits; the pool reuses them.
-    #[allow(clippy::vec_box)]
-    pool: Vec<Box<SendRecord>>,
+    pool: SendPool,
 }
 
 fn ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
@@ -138,7 +121,7 @@ impl Epoll {
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
             ready: 0,
             scratch: vec![0; SCRATCH_BYTES],
-            pool: Vec::new(),
+            pool: SendPool::new(64),
         })
     }
 
@@ -258,10 +241,8 @@ impl Epoll {
                 let fd = s.fd;
                 s.open = false;
                 // A waiting send ends with the socket; its holds keep its memory valid until here.
-                if let Some(mut rec) = s.pending.take() {
-                    rec.iov.clear();
-                    rec.hold.clear();
-                    self.pool.push(rec);
+                if let Some(rec) = s.pending.take() {
+                    self.pool.recycle(rec);
                 }
                 if mode == CloseMode::Reset {
                     sock::set_linger_zero(fd);
@@ -286,19 +267,7 @@ impl Epoll {
     }
 
     fn transmit<H: Handler>(&mut self, h: &mut H, id: ConnId) {
-        let mut rec = self.pool.pop().unwrap_or_default();
-        {
-            let SendRecord { iov, hold, .. } = &mut *rec;
-            h.gather(id, &mut |b, offset| {
-                hold.push(b.clone());
-                let held = hold.last().expect("just pushed");
-                iov.push(libc::iovec {
-                    iov_base: held[offset..].as_ptr() as *mut libc::c_void,
-                    iov_len: held.len() - offset,
-                });
-            });
-        }
-        debug_assert!(rec.iov.len() <= MAX_IOVECS);
+        let rec = self.pool.gather(h, id);
         self.resume(h, id, rec);
     }
 
@@ -349,16 +318,10 @@ impl Epoll {
         &mut self,
         h: &mut H,
         id: ConnId,
-        mut rec: Box<SendRecord>,
+        rec: Box<SendRecord>,
         result: io::Result<usize>,
     ) {
-        rec.iov.clear();
-        rec.hold.clear();
-        rec.next = 0;
-        rec.done = 0;
-        if self.pool.len() < 64 && rec.iov.capacity() <= 64 {
-            self.pool.push(rec);
-        }
+        self.pool.recycle(rec);
         h.sent(id, result);
     }
 }

@@ -9,6 +9,7 @@ pub mod epoll;
 pub mod listener;
 pub mod rlimit;
 pub mod select;
+pub mod send;
 pub mod shutdown;
 pub mod signals;
 pub mod sock;

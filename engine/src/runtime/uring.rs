@@ -24,13 +24,11 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
-use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::runtime::bufring::BufRing;
-use crate::runtime::driver::{
-    Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest, MAX_IOVECS,
-};
+use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest};
+use crate::runtime::send::{SendPool, SendRecord};
 use crate::runtime::sock;
 use crate::runtime::wake::Doorbell;
 
@@ -56,13 +54,6 @@ const OP_RECV: u8 = 2;
 const OP_SEND: u8 = 3;
 const OP_BELL: u8 = 4;
 const OP_CANCEL: u8 = 5;
-
-/// A send in flight: what its SQE points into, owned here until the completion.
-struct SendRecord {
-    msg: libc::msghdr,
-    iov: Vec<libc::iovec>,
-    hold: Vec<Bytes>,
-}
 
 #[derive(Default)]
 struct Sock {
@@ -91,9 +82,7 @@ pub struct Uring {
     bell_buf: Box<u64>,
     bell_armed: bool,
     socks: Vec<Sock>,
-    // Boxed: a record keeps its address while its send is in flight; the pool reuses them.
-    #[allow(clippy::vec_box)]
-    pool: Vec<Box<SendRecord>>,
+    pool: SendPool,
     cqes: Vec<(u64, i32, u32)>,
     rearm: Vec<ConnId>,
 }
@@ -175,7 +164,7 @@ impl Uring {
             bell_buf: Box::new(0),
             bell_armed: false,
             socks: Vec::with_capacity(max_conns.min(MAX_RESERVED_SOCKETS)),
-            pool: Vec::new(),
+            pool: SendPool::new(POOLED_RECORDS),
             cqes: Vec::with_capacity(ENTRIES as usize * 2),
             rearm: Vec::new(),
         })
@@ -325,7 +314,7 @@ impl Uring {
             return;
         };
         let closing = s.closing.is_some();
-        self.recycle(rec);
+        self.pool.recycle(rec);
         let result = if res >= 0 {
             Ok(res as usize)
         } else {
@@ -334,16 +323,6 @@ impl Uring {
         h.sent(id, result);
         if closing {
             self.try_finish_close(h, id);
-        }
-    }
-
-    /// Keep a finished send record for reuse: at most [`POOLED_RECORDS`], and none that a
-    /// large gather grew (what a storm of concurrent sends allocated is given back).
-    fn recycle(&mut self, mut rec: Box<SendRecord>) {
-        rec.iov.clear();
-        rec.hold.clear();
-        if self.pool.len() < POOLED_RECORDS && rec.iov.capacity() <= 64 {
-            self.pool.push(rec);
         }
     }
 
@@ -401,35 +380,12 @@ impl Uring {
     }
 
     fn transmit<H: Handler>(&mut self, h: &mut H, id: ConnId) {
-        let mut rec = self.pool.pop().unwrap_or_else(|| {
-            Box::new(SendRecord {
-                // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
-                msg: unsafe { std::mem::zeroed() },
-                // Small: most sends carry a frame or a few; a burst's record grows as needed.
-                iov: Vec::with_capacity(4),
-                hold: Vec::with_capacity(4),
-            })
-        });
         let Some(fd) = self.sock(id).filter(|s| s.closing.is_none()).map(|s| s.fd) else {
             h.gather(id, &mut |_, _| {});
             h.sent(id, Err(io::ErrorKind::NotConnected.into()));
-            self.recycle(rec);
             return;
         };
-        {
-            let SendRecord { iov, hold, .. } = &mut *rec;
-            h.gather(id, &mut |b, offset| {
-                hold.push(b.clone());
-                let held = hold.last().expect("just pushed");
-                iov.push(libc::iovec {
-                    iov_base: held[offset..].as_ptr() as *mut libc::c_void,
-                    iov_len: held.len() - offset,
-                });
-            });
-        }
-        debug_assert!(rec.iov.len() <= MAX_IOVECS);
-        rec.msg.msg_iov = rec.iov.as_mut_ptr();
-        rec.msg.msg_iovlen = rec.iov.len() as _;
+        let rec = self.pool.gather(h, id);
         let msg: *const libc::msghdr = &rec.msg;
         if let Some(s) = self.sock(id) {
             s.send = Some(rec);
