@@ -20,7 +20,7 @@ pub const NOFILE_PER_SHARD: u64 = 8;
 /// Kernel memory per idle TCP socket (tcp_sock, socket inode, file): ~3.7 KB of slab measured
 /// over 16,000 idle loopback sockets (docs/TUNING.md), rounded up.
 pub const KERNEL_BYTES_PER_CONNECTION: u64 = 3_800;
-/// shardcast's user-space memory per idle connection: ~310 B measured with engine v2
+/// shardcast's user-space memory per idle connection: ~250 B measured with engine v2
 /// (docs/ENGINE.md, "Per-connection memory budget"), rounded up for a subscription or two and
 /// the allocator's slack.
 pub const USER_BYTES_PER_CONNECTION: u64 = 512;
