@@ -959,3 +959,30 @@ fn an_idle_connection_keeps_no_buffer_or_decoder() {
     assert!(c.conn(id).unwrap().rx.is_none());
     assert_eq!(&take(&mut c, id)[2..], br#"{"id":1,"result":["t"]}"#);
 }
+
+/// Engine v1 needed activity "pokes" because its runtime fired the backlog retry timer only when
+/// nothing else ran. The loop flushes the mesh every turn; an idle shard with a backlog waits at
+/// most `MESH_RETRY_MS`, and one with nothing pending until its next timer.
+#[test]
+fn a_mesh_backlog_caps_the_wait_and_an_idle_shard_sleeps_until_its_timer() {
+    let mut cs = cores(2, &["--memory-limit", "1MiB"], Instant::now());
+    cs[0].flush_mesh();
+    let idle = cs[0].poll_timeout();
+    assert!(idle > Duration::from_millis(MESH_RETRY_MS), "{idle:?}");
+    let t: Arc<str> = Arc::from("t");
+    while !cs[0].mesh_stalled() {
+        cs[0].publish(&t, MessageKind::Binary, &[0; 100]);
+    }
+    cs[0].flush_mesh();
+    assert!(cs[0].poll_timeout() <= Duration::from_millis(MESH_RETRY_MS));
+    // Shard 1 catches up: the backlog releases and the cap goes away.
+    for _ in 0..100 {
+        pump(&mut cs);
+        if !cs[0].mesh_stalled() {
+            break;
+        }
+    }
+    cs[0].flush_mesh();
+    assert!(!cs[0].mesh_stalled());
+    assert!(cs[0].poll_timeout() > Duration::from_millis(MESH_RETRY_MS));
+}
