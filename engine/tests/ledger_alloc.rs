@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use shardcast::queue::{Ledger, SendQueue};
+use shardcast::flow::queue::{Ledger, SendQueue};
 use shardcast_proto::{encode_frame, OpCode};
 use tikv_jemallocator::Jemalloc;
 
