@@ -383,7 +383,6 @@ fn http_bodies_are_counted_and_bounded_by_the_ceiling() {
 /// upgrade naming a topic gets 503 once the shard's share is used; subscriptions and topics
 /// are counted per shard; when the clients leave both go back to 0.
 #[test]
-#[ignore = "not ported to engine v2 yet: max_subscriptions is not enforced by the core"]
 fn subscription_floods_stop_at_max_subscriptions() {
     let _serial = serial();
     const LIMIT: u64 = 2000;
@@ -451,7 +450,6 @@ fn subscription_floods_stop_at_max_subscriptions() {
 /// before, within a few seconds: the memory they made it hold is returned to the system, not
 /// kept by the allocator (jemalloc decay: docs/ENGINE.md, "Memory returns").
 #[test]
-#[ignore = "not met on engine v2 yet: the topic table does not give back its capacity when subscriptions leave (measured 29.1 MB vs a 25.1 MB bound after 5 s)"]
 fn memory_returns_after_the_attackers_leave() {
     let _serial = serial();
     let server = Server::start(&[

@@ -172,6 +172,27 @@ pub fn malformed(e: HttpError) -> Decision {
     refuse(Refusal::BadRequest, e)
 }
 
+/// The answer to an upgrade naming more topics than the shard's share of `max_subscriptions`
+/// leaves room for (isolation: subscriptions are bounded).
+pub fn no_subscription_room() -> Decision {
+    refuse(
+        Refusal::Subscriptions,
+        HttpError::new(
+            Status::ServiceUnavailable,
+            "server subscription limit reached (max_subscriptions)",
+        ),
+    )
+}
+
+/// Topics an upgrade to `route` subscribes at once (at most `max_topics` of a stream).
+pub fn topics_named(route: &Route, max_topics: usize) -> usize {
+    match route {
+        Route::Subscribe(_) | Route::Room(_) => 1,
+        Route::Stream(ts) => ts.len().min(max_topics),
+        _ => 0,
+    }
+}
+
 fn back_pressure(stopped: Stopped) -> Option<Decision> {
     let (why, body) = stopped?;
     let mut out = Vec::new();

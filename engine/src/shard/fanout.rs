@@ -124,11 +124,19 @@ impl Core {
         if conn.subs.contains(topic) {
             return;
         }
+        // Isolation: callers check the room first (control replies, 503 at upgrade).
+        if st.subscription_room() == 0 {
+            return;
+        }
+        let Some(conn) = st.conns.at_mut(slot) else {
+            return;
+        };
         let policies = &st.policies;
         let (name, pos, first) = topics.insert(topic, slot, |t| *policies.lookup(t));
         conn.subs.push(name.clone(), pos);
         stats::add(&st.stats().subscriptions, 1);
         if first {
+            stats::add(&st.stats().topics, 1);
             st.interest(name, true);
         }
     }
@@ -156,6 +164,7 @@ impl Core {
             }
         }
         if gone {
+            stats::sub(&self.st.stats().topics, 1);
             self.st.interest(name, false);
         }
     }
@@ -199,6 +208,15 @@ impl Core {
 }
 
 impl State {
+    /// Subscriptions this shard may still take: its share of `max_subscriptions`.
+    pub fn subscription_room(&self) -> usize {
+        let limit = self
+            .config
+            .max_subscriptions
+            .div_ceil(self.config.shards.max(1));
+        limit.saturating_sub(stats::get(&self.stats().subscriptions) as usize)
+    }
+
     /// Tell the NATS bridge (if on) that this shard got its first subscriber of `topic`
     /// (`on`) or lost its last one.
     pub fn interest(&mut self, topic: Arc<str>, on: bool) {

@@ -151,6 +151,14 @@ impl Core {
                             });
                             continue;
                         }
+                        Decision::Upgrade(route, _)
+                            if upgrade::topics_named(
+                                &route,
+                                self.st.config.max_topics_per_connection,
+                            ) > self.st.subscription_room() =>
+                        {
+                            upgrade::no_subscription_room()
+                        }
                         Decision::Upgrade(route, response) => {
                             let leftover = http.buf.split_off(head_len);
                             let accepted_at = http.accepted_at;
@@ -445,6 +453,9 @@ impl Subscriptions for SubsOf<'_> {
     }
     fn subscribe(&mut self, topic: &str) {
         self.core.subscribe(self.slot, topic);
+    }
+    fn room(&self) -> usize {
+        self.core.st.subscription_room()
     }
     fn unsubscribe(&mut self, topic: &str) {
         self.core.unsubscribe(self.slot, topic);
