@@ -269,7 +269,6 @@ fn close_code(tcp: &mut std::net::TcpStream) -> Option<u16> {
 /// charged to the ceiling, which evicts them when full) and bounded in time (closed 1008 at
 /// `fragment_timeout_ms`). Before: held forever, uncounted (200 connections, +204 MB).
 #[test]
-#[ignore = "not ported to engine v2 yet: reassembly bytes are not charged and the fragment timeout is not fed by the core"]
 fn parked_fragments_are_counted_and_timed_out() {
     use std::io::Write;
     let _serial = serial();
@@ -343,7 +342,6 @@ fn parked_fragments_are_counted_and_timed_out() {
 /// ceiling, so once the shard's share is full the next ones get 503 (`refused{memory}`).
 /// Before: nothing counted them (200 nearly complete bodies, +205 MB).
 #[test]
-#[ignore = "not ported to engine v2 yet: HTTP body bytes are not charged to the ledger"]
 fn http_bodies_are_counted_and_bounded_by_the_ceiling() {
     use std::io::Write;
     let _serial = serial();

@@ -12,7 +12,7 @@ use shardcast_proto::http::RequestParser;
 use shardcast_proto::Decoder;
 
 use crate::conn::heartbeat::Liveness;
-use crate::flow::queue::SendQueue;
+use crate::flow::queue::{InboundCharge, SendQueue};
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +206,8 @@ pub struct Http {
     pub accepted_at: Instant,
     /// An HTTP publish waiting for its body.
     pub body: Option<Body>,
+    /// `buf`'s capacity, charged to the shard's ledger as unfinished input (isolation).
+    pub charge: InboundCharge,
 }
 
 /// Receive state while a partial frame or a fragmented message is buffered.
@@ -215,6 +217,9 @@ pub struct Rx {
     pub decoder: Decoder,
     /// Received bytes not decoded yet (a partial frame, or input held by a stopped publisher).
     pub leftover: Vec<u8>,
+    /// `leftover`'s capacity plus the reassembly buffer, charged to the shard's ledger as
+    /// unfinished input (isolation).
+    pub charge: InboundCharge,
 }
 
 /// Topics a connection holds paused, each with the low-water mark that releases it.

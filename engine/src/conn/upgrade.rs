@@ -184,6 +184,17 @@ pub fn no_subscription_room() -> Decision {
     )
 }
 
+/// The answer to a request whose unfinished body would take the shard over its share of the
+/// memory ceiling.
+pub fn no_memory() -> Vec<u8> {
+    let mut out = Vec::new();
+    write_rejection(
+        &mut out,
+        &HttpError::new(Status::ServiceUnavailable, "server memory ceiling reached"),
+    );
+    out
+}
+
 /// Topics an upgrade to `route` subscribes at once (at most `max_topics` of a stream).
 pub fn topics_named(route: &Route, max_topics: usize) -> usize {
     match route {

@@ -259,6 +259,42 @@ impl Drop for InboundHold<'_> {
     }
 }
 
+/// [`InboundHold`] that a connection keeps in its boxed receive or request state (so it owns
+/// its `Rc` of the ledger): dropping the state releases the charge, whatever the way out.
+pub struct InboundCharge {
+    ledger: Rc<Ledger>,
+    held: usize,
+}
+
+impl std::fmt::Debug for InboundCharge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundCharge")
+            .field("held", &self.held)
+            .finish()
+    }
+}
+
+impl InboundCharge {
+    /// Nothing held yet.
+    pub fn new(ledger: Rc<Ledger>) -> Self {
+        InboundCharge { ledger, held: 0 }
+    }
+
+    /// Now `bytes` are held; true if that is more than before.
+    pub fn set(&mut self, bytes: usize) -> bool {
+        self.ledger.inbound_changed(self.held, bytes);
+        let grew = bytes > self.held;
+        self.held = bytes;
+        grew
+    }
+}
+
+impl Drop for InboundCharge {
+    fn drop(&mut self) {
+        self.ledger.inbound_changed(self.held, 0);
+    }
+}
+
 impl Ledger {
     /// Start holding unfinished input (nothing yet).
     pub fn hold_inbound(&self) -> InboundHold<'_> {

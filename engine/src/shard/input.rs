@@ -22,8 +22,9 @@ use crate::conn::heartbeat::Liveness;
 use crate::conn::route::Route;
 use crate::conn::state::{flag, Body, Conn, Http, Phase, Role, Rx};
 use crate::conn::upgrade::{self, Decision};
+use crate::flow::queue::InboundCharge;
 use crate::obs::latency::LatencyKind;
-use crate::obs::stats::{self, Refusal};
+use crate::obs::stats::{self, Eviction, Refusal};
 use crate::runtime::driver::{Admit, ConnId, IoRequest};
 use crate::shard::Core;
 
@@ -60,6 +61,7 @@ impl Core {
             peer,
             accepted_at: st.now,
             body: None,
+            charge: InboundCharge::new(st.ledger.clone()),
         });
         let id = st.conns.insert(Conn::accepted(http));
         let timeout = st
@@ -78,8 +80,18 @@ impl Core {
         };
         match c.phase {
             Phase::Http => {
+                let mut grew = false;
                 if let Some(http) = c.http.as_mut() {
                     http.buf.extend_from_slice(data);
+                    grew = http.charge.set(http.buf.capacity());
+                }
+                // Isolation: a request (an HTTP publish body) is charged as it arrives; over
+                // the shard's share of the ceiling it is refused (503).
+                if grew && !self.st.governor.fits(self.st.charged(), 0) {
+                    if let Some(http) = self.st.conns.get_mut(id).and_then(|c| c.http.take()) {
+                        self.st.stats().refuse(Refusal::Memory);
+                        return self.respond(id, http.buf, upgrade::no_memory());
+                    }
                 }
                 self.advance_http(id);
             }
@@ -301,6 +313,7 @@ impl Core {
                     max_message_size: max,
                 }),
                 leftover: Vec::new(),
+                charge: InboundCharge::new(self.st.ledger.clone()),
             })
         });
         // A stopped publisher keeps what still arrives, undecoded, until it may go on.
@@ -319,17 +332,34 @@ impl Core {
             input.drain(..used);
             rx.leftover = input;
         }
+        let now = self.st.now_ms;
         let Some(c) = self.st.conns.get_mut(id) else {
             return;
         };
+        // Whole frames a stopped publisher has not decoded yet are this side's doing, not an
+        // unfinished message of the client's: never timed out or evicted for (still charged).
+        let held_back = c.has(flag::HELD) || c.has(flag::STOPPED);
+        let unfinished =
+            rx.decoder.in_fragmented_message() || (!held_back && !rx.leftover.is_empty());
+        // Isolation: an unfinished message is bounded in time (`fragment_timeout_ms`).
+        c.liveness.on_partial(now, unfinished);
         // Idle connections keep nothing: no decoder, no buffer.
-        if rx.leftover.is_empty() && !rx.decoder.in_fragmented_message() {
+        if (rx.leftover.is_empty() && !rx.decoder.in_fragmented_message()) || c.closing() {
             return;
         }
         if rx.leftover.is_empty() && rx.leftover.capacity() > 4096 {
             rx.leftover = Vec::new();
         }
-        c.rx = Some(rx);
+        // Isolation: unfinished input is charged to the ledger; over the shard's share of the
+        // ceiling, the connection that holds it is evicted (its buffers go with it).
+        let held = rx.leftover.capacity() + rx.decoder.reassembly_bytes();
+        if rx.charge.set(held) && unfinished && !self.st.governor.fits(self.st.charged(), 0) {
+            drop(rx);
+            return self.st.evict(id.slot, Eviction::Ceiling);
+        }
+        if let Some(c) = self.st.conns.get_mut(id) {
+            c.rx = Some(rx);
+        }
     }
 
     /// Decode and handle every complete event in `input`; returns the bytes consumed.

@@ -277,9 +277,10 @@ impl State {
         self.ledger.publish(self.stats(), self.link.mesh_bytes());
     }
 
-    /// Bytes charged to this shard's budget: its queued frames plus its mesh backlog.
+    /// Bytes charged to this shard's budget: its queued frames, unfinished input (isolation)
+    /// and its mesh backlog.
     pub fn charged(&self) -> usize {
-        self.ledger.retained() + self.link.mesh_bytes()
+        self.ledger.charged() + self.link.mesh_bytes()
     }
 
     /// An empty request buffer from the pool (or a new one).
