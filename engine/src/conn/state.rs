@@ -251,6 +251,9 @@ pub struct Conn {
     /// Shard clock (ms) of the phase's deadline (handshake, flush, linger), with
     /// [`flag::TIMED`].
     pub deadline: u32,
+    /// Bytes its kernel send buffer held at the last sample (`Handler::kernel_held`): part of
+    /// its backlog against the high-water mark; charged to the ceiling while it is slow.
+    pub kernel: u32,
     /// [`flag`] bits.
     pub flags: u16,
     /// Where it is in its life.
@@ -271,6 +274,7 @@ impl Conn {
             slow_low: 0,
             write_progress: 0,
             deadline: 0,
+            kernel: 0,
             flags: 0,
             phase: Phase::Http,
         }
@@ -297,21 +301,22 @@ impl Conn {
         !matches!(self.phase, Phase::Http | Phase::Open)
     }
 
-    /// Logical unsent bytes.
+    /// Everything it holds unsent: its queue (logical bytes) and its kernel send buffer as last
+    /// sampled.
     pub fn unsent(&self) -> usize {
-        self.queue.len_bytes()
+        self.queue.len_bytes() + self.kernel as usize
     }
 
-    /// What counts against the high-water mark if `extra` more bytes were queued: everything
-    /// behind the frame being written (kernel send-buffer bytes are not sampled on engine v2
-    /// yet; `SO_SNDBUF` caps them). The frame in progress is exempt,
+    /// What counts against the high-water mark if `extra` more bytes were queued: the kernel's
+    /// bytes plus everything behind the frame being written. The frame in progress is exempt,
     /// so a frame alone (even one larger than the mark) never makes a connection slow.
     pub fn backlog_with(&self, extra: usize) -> usize {
-        if self.queue.is_empty() {
+        let behind = if self.queue.is_empty() {
             0 // `extra` becomes the frame in progress
         } else {
             self.queue.len_bytes() - self.queue.head_remaining() + extra
-        }
+        };
+        self.kernel as usize + behind
     }
 }
 

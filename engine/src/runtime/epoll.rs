@@ -322,6 +322,10 @@ impl Epoll {
         result: io::Result<usize>,
     ) {
         self.pool.recycle(rec);
+        if let (Ok(n), Some(s)) = (&result, self.sock(id)) {
+            let fd = s.fd;
+            h.kernel_held(id, sock::kernel_after_send(fd, *n));
+        }
         h.sent(id, result);
     }
 }

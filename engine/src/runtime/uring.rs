@@ -314,6 +314,9 @@ impl Uring {
             return;
         };
         let closing = s.closing.is_some();
+        if res > 0 && !closing {
+            h.kernel_held(id, sock::kernel_after_send(s.fd, res as usize));
+        }
         self.pool.recycle(rec);
         let result = if res >= 0 {
             Ok(res as usize)

@@ -208,6 +208,19 @@ impl Core {
 }
 
 impl State {
+    /// `id`'s kernel send buffer holds `bytes` (isolation): counted in the ledger, charged to
+    /// the ceiling while the connection is slow (a socket that keeps up fills now and then
+    /// for a moment; only a backlogged one's kernel bytes are a reason to evict).
+    pub fn set_kernel(&mut self, id: crate::runtime::driver::ConnId, bytes: usize) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let new = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let old = std::mem::replace(&mut c.kernel, new);
+        self.ledger
+            .kernel_changed(old as usize, new as usize, c.has(flag::SLOW));
+    }
+
     /// Subscriptions this shard may still take: its share of `max_subscriptions`.
     pub fn subscription_room(&self) -> usize {
         let limit = self
@@ -402,6 +415,7 @@ impl State {
         };
         if !conn.has(flag::SLOW) {
             conn.set(flag::SLOW);
+            self.ledger.kernel_charge(conn.kernel as usize, true);
             self.slow += 1;
             self.stats()
                 .slow_clients
@@ -432,6 +446,7 @@ impl State {
         if let Some(c) = self.conns.at_mut(slot) {
             if c.has(flag::SLOW) {
                 c.clear(flag::SLOW);
+                self.ledger.kernel_charge(c.kernel as usize, false);
                 self.slow -= 1;
                 self.stats()
                     .slow_clients

@@ -89,6 +89,9 @@ impl State {
             return;
         }
         c.phase = Phase::Ended;
+        // Its kernel bytes go with the socket (isolation).
+        let kernel = std::mem::take(&mut c.kernel) as usize;
+        self.ledger.kernel_changed(kernel, 0, c.has(flag::SLOW));
         c.queue.clear();
         c.rx = None;
         if let Some(http) = c.http.take() {

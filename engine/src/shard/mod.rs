@@ -345,6 +345,10 @@ impl Handler for Core {
         self.handle_sent(id, result);
     }
 
+    fn kernel_held(&mut self, id: ConnId, bytes: usize) {
+        self.st.set_kernel(id, bytes);
+    }
+
     fn closed(&mut self, id: ConnId) {
         self.handle_closed(id);
     }

@@ -1011,3 +1011,36 @@ fn a_mesh_backlog_caps_the_wait_and_an_idle_shard_sleeps_until_its_timer() {
     assert!(!cs[0].mesh_stalled());
     assert!(cs[0].poll_timeout() > Duration::from_millis(MESH_RETRY_MS));
 }
+
+/// Isolation: what a socket's kernel send buffer holds (reported by the driver after a large
+/// send) counts toward the high-water mark, and toward the ceiling only while the connection
+/// is slow; it goes with the connection.
+#[test]
+fn kernel_send_buffer_bytes_count_toward_the_mark_and_while_slow_the_ceiling() {
+    let mut c = core(&["--high-water-bytes", "1000"]);
+    let a = sub(&mut c, &["t"]);
+    let b = sub(&mut c, &["t"]);
+    let t: Arc<str> = Arc::from("t");
+    c.publish(&t, MessageKind::Binary, &[0; 298]); // 302-byte frames
+    read(&mut c, a, 302);
+    read(&mut c, b, 302);
+    c.kernel_held(a, 900);
+    assert_eq!(unsent(&c, a), 900);
+    assert_eq!((c.ledger().kernel(), c.ledger().kernel_charged()), (900, 0));
+    c.publish(&t, MessageKind::Binary, &[1; 298]); // the frame in progress: exempt
+    assert!(!closing(&c, a));
+    c.publish(&t, MessageKind::Binary, &[2; 298]); // 900 + 302 behind the head: evicted
+    assert!(closing(&c, a), "the kernel's bytes are part of its backlog");
+    assert!(!closing(&c, b), "b's kernel buffer is empty");
+    // Slow (over a drop-oldest mark): charged to the ceiling until it is no longer slow.
+    let mut c = core(&["--topic-policy", "d=drop-oldest,high_water_bytes=1000"]);
+    let d = sub(&mut c, &["d"]);
+    let dt: Arc<str> = Arc::from("d");
+    c.publish(&dt, MessageKind::Binary, &[0; 298]);
+    c.kernel_held(d, 800);
+    c.publish(&dt, MessageKind::Binary, &[0; 298]);
+    assert_eq!(c.slow_clients(), 1);
+    assert_eq!(c.ledger().kernel_charged(), 800);
+    c.end(d, CloseMode::Reset);
+    assert_eq!((c.ledger().kernel(), c.ledger().kernel_charged()), (0, 0));
+}
