@@ -706,7 +706,6 @@ fn connection_floods_over_the_limit_are_refused_cheaply() {
 /// are counted (`accept_errors{emfile}`, `refused{descriptors}`), the log says so at a
 /// bounded rate, and the server serves again once descriptors are free.
 #[test]
-#[ignore = "not ported to engine v2 yet: the drivers' accept path does not use the reserve descriptor or count accept_errors"]
 fn out_of_descriptors_answers_503_and_counts() {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::os::unix::process::CommandExt;
@@ -778,10 +777,10 @@ fn out_of_descriptors_answers_503_and_counts() {
     let s = stats_until(server.admin.unwrap(), |s| {
         u(&s["totals"]["active_connections"]) == 0
     });
-    assert!(
-        u(&s["totals"]["accept_errors"]["emfile"]) >= refused,
-        "{s:#}"
-    );
+    // One failed accept answers every client pending by then (up to a batch), a client may
+    // arrive while the batch runs, and an accept can fail with nobody left to answer: the
+    // errors are counted, the refusals exactly.
+    assert!(u(&s["totals"]["accept_errors"]["emfile"]) >= 1, "{s:#}");
     assert_eq!(u(&s["totals"]["refused"]["descriptors"]), refused, "{s:#}");
     let (mut ws, _) = server.ws("/echo");
     ws.send(tungstenite::Message::text("back")).unwrap();

@@ -195,6 +195,17 @@ pub fn no_memory() -> Vec<u8> {
     out
 }
 
+/// The answer to a client accepted through the reserve descriptor when the process is out
+/// of descriptors.
+pub fn out_of_descriptors() -> Vec<u8> {
+    let mut out = Vec::new();
+    write_rejection(
+        &mut out,
+        &HttpError::new(Status::ServiceUnavailable, "server out of descriptors"),
+    );
+    out
+}
+
 /// Topics an upgrade to `route` subscribes at once (at most `max_topics` of a stream).
 pub fn topics_named(route: &Route, max_topics: usize) -> usize {
     match route {

@@ -120,6 +120,16 @@ impl Reserve {
     /// it, then take the reserve back. True if a connection was refused; false if none was
     /// pending, or there was no reserve to give up.
     pub fn refuse_one(&mut self, listener: RawFd, response: &[u8]) -> bool {
+        // The io_uring driver keeps its listener blocking: accept only what is pending.
+        let mut pfd = libc::pollfd {
+            fd: listener,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, timeout 0 (never waits).
+        if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
+            return false;
+        }
         if self.0.take().is_none() {
             self.0 = open_dev_null();
             return false;
@@ -142,6 +152,16 @@ impl Reserve {
         }
         self.0 = open_dev_null();
         refused
+    }
+}
+
+impl Reserve {
+    /// [`refuse_one`](Self::refuse_one) up to [`REFUSE_BATCH`] times; returns how many were
+    /// refused.
+    pub fn refuse_batch(&mut self, listener: RawFd, response: &[u8]) -> usize {
+        (0..REFUSE_BATCH)
+            .take_while(|_| self.refuse_one(listener, response))
+            .count()
     }
 }
 

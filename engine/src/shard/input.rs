@@ -73,6 +73,30 @@ impl Core {
         Admit::Accept(id)
     }
 
+    /// An accept failed with `error` (isolation): counted as `accept_errors{reason}`, logged
+    /// at most once per `LOG_INTERVAL_MS` with the count since, and when out of descriptors
+    /// the pending clients are answered 503 through the driver's reserve descriptor
+    /// (`refused{descriptors}`).
+    pub fn handle_accept_failed(
+        &mut self,
+        error: &std::io::Error,
+        refuse: &mut dyn FnMut(&[u8]) -> usize,
+    ) {
+        use crate::runtime::accept::AcceptErrorReason;
+        let st = &mut self.st;
+        let why = AcceptErrorReason::of(error);
+        st.stats().accept_error(why);
+        if let Some(n) = st.accept_log.handle_error(st.now_ms) {
+            tracing::warn!(shard = st.id, error = %error, errors = n, "accept failed");
+        }
+        if why.out_of_descriptors() {
+            let n = refuse(&upgrade::out_of_descriptors());
+            for _ in 0..n {
+                st.stats().refuse(Refusal::Descriptors);
+            }
+        }
+    }
+
     /// `data` arrived on `id`.
     pub fn handle_received(&mut self, id: ConnId, data: &mut [u8]) {
         let Some(c) = self.st.conns.get_mut(id) else {

@@ -125,6 +125,8 @@ pub(crate) struct State {
     pub next_tick: u32,
     pub next_sweep: u32,
     pub ticker: Ticker,
+    /// Failed accepts: one log line per interval (isolation).
+    pub accept_log: crate::runtime::accept::LogLimiter,
 }
 
 impl Core {
@@ -202,6 +204,7 @@ impl Core {
                 next_tick: crate::obs::tick::TICK.as_millis() as u32,
                 next_sweep: sweep,
                 ticker,
+                accept_log: Default::default(),
             },
         }
     }
@@ -351,6 +354,10 @@ impl Handler for Core {
 
     fn closed(&mut self, id: ConnId) {
         self.handle_closed(id);
+    }
+
+    fn accept_failed(&mut self, error: &std::io::Error, refuse: &mut dyn FnMut(&[u8]) -> usize) {
+        self.handle_accept_failed(error, refuse);
     }
 
     fn reading(&self, id: ConnId) -> bool {
