@@ -208,6 +208,27 @@ impl Core {
 }
 
 impl State {
+    /// The shard is over its budget after `slot`'s unfinished input grew to `held` bytes
+    /// (isolation): who holds the most goes first, as for queues — `slot` itself if nobody
+    /// holds more unsent bytes, else the largest queues (`make_room`). False if `slot` must be
+    /// evicted.
+    pub fn room_for_input(&mut self, slot: u32, held: usize) -> bool {
+        if self.governor.fits(self.charged(), 0) {
+            return true;
+        }
+        let largest = (0..self.conns.slots() as u32)
+            .filter(|&s| s != slot)
+            .filter_map(|s| {
+                self.conns
+                    .at(s)
+                    .filter(|c| !c.closing())
+                    .map(|c| c.unsent())
+            })
+            .max()
+            .unwrap_or(0);
+        held < largest && self.make_room(0)
+    }
+
     /// `id`'s kernel send buffer holds `bytes` (isolation): counted in the ledger, charged to
     /// the ceiling while the connection is slow (a socket that keeps up fills now and then
     /// for a moment; only a backlogged one's kernel bytes are a reason to evict).
@@ -461,7 +482,9 @@ impl State {
         let Some(c) = self.conns.at(slot) else {
             return;
         };
-        let unsent = c.backlog_with(0);
+        // Queued bytes only: the kernel's share drains by itself, and a stale sample (no send
+        // since) must not keep a connection slow or a topic paused forever.
+        let unsent = c.backlog_with(0) - c.kernel as usize;
         if c.has(flag::SLOW) && unsent <= c.slow_low as usize {
             self.unslow(slot);
         }

@@ -377,7 +377,7 @@ impl Core {
         // Isolation: unfinished input is charged to the ledger; over the shard's share of the
         // ceiling, the connection that holds it is evicted (its buffers go with it).
         let held = rx.leftover.capacity() + rx.decoder.reassembly_bytes();
-        if rx.charge.set(held) && unfinished && !self.st.governor.fits(self.st.charged(), 0) {
+        if rx.charge.set(held) && unfinished && !self.st.room_for_input(id.slot, held) {
             drop(rx);
             return self.st.evict(id.slot, Eviction::Ceiling);
         }
