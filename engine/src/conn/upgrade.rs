@@ -159,12 +159,7 @@ pub fn published() -> Vec<u8> {
 
 /// The answer to a request that did not complete within `handshake_timeout_ms`.
 pub fn timed_out() -> Vec<u8> {
-    let mut out = Vec::new();
-    write_rejection(
-        &mut out,
-        &HttpError::new(Status::RequestTimeout, "handshake timeout"),
-    );
-    out
+    rejection(HttpError::new(Status::RequestTimeout, "handshake timeout"))
 }
 
 /// A malformed or over-limit request head.
@@ -187,23 +182,19 @@ pub fn no_subscription_room() -> Decision {
 /// The answer to a request whose unfinished body would take the shard over its share of the
 /// memory ceiling.
 pub fn no_memory() -> Vec<u8> {
-    let mut out = Vec::new();
-    write_rejection(
-        &mut out,
-        &HttpError::new(Status::ServiceUnavailable, "server memory ceiling reached"),
-    );
-    out
+    rejection(HttpError::new(
+        Status::ServiceUnavailable,
+        "server memory ceiling reached",
+    ))
 }
 
 /// The answer to a client accepted through the reserve descriptor when the process is out
 /// of descriptors.
 pub fn out_of_descriptors() -> Vec<u8> {
-    let mut out = Vec::new();
-    write_rejection(
-        &mut out,
-        &HttpError::new(Status::ServiceUnavailable, "server out of descriptors"),
-    );
-    out
+    rejection(HttpError::new(
+        Status::ServiceUnavailable,
+        "server out of descriptors",
+    ))
 }
 
 /// Topics an upgrade to `route` subscribes at once (at most `max_topics` of a stream).
@@ -229,9 +220,14 @@ fn back_pressure(stopped: Stopped) -> Option<Decision> {
 }
 
 fn refuse(why: Refusal, err: HttpError) -> Decision {
+    Decision::Refuse(why, rejection(err))
+}
+
+/// The error response for `err`.
+fn rejection(err: HttpError) -> Vec<u8> {
     let mut out = Vec::new();
     write_rejection(&mut out, &err);
-    Decision::Refuse(why, out)
+    out
 }
 
 fn status_of(code: u16) -> Status {

@@ -13,7 +13,7 @@
 //! covers. The I/O (the reserve descriptor, the raw accept) is [`Reserve`].
 
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Pause before accepting again after an error.
@@ -102,12 +102,13 @@ impl LogLimiter {
 
 /// A spare descriptor (`/dev/null`), given up to accept one connection when the process is
 /// out of descriptors.
-pub struct Reserve(Option<OwnedFd>);
+pub struct Reserve(Option<OwnedFd>, Option<OwnedFd>);
 
 impl Reserve {
     /// Open the reserve (none if even that fails).
     pub fn open() -> Self {
-        Reserve(open_dev_null())
+        // The second is never given up: the reserve is taken back by duplicating it.
+        Reserve(open_dev_null(), open_dev_null())
     }
 
     /// True while the reserve is held.
@@ -144,14 +145,29 @@ impl Reserve {
                 libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             )
         };
-        let refused = fd >= 0;
-        if refused {
-            // SAFETY: `fd` was just returned by accept4 and is owned by nothing else.
-            let conn = unsafe { OwnedFd::from_raw_fd(fd) };
-            crate::runtime::sock::refuse(conn.into_raw_fd(), response);
+        if fd < 0 {
+            self.0 = open_dev_null();
+            return false;
         }
-        self.0 = open_dev_null();
-        refused
+        use crate::runtime::sock;
+        let _ = sock::send(fd, response);
+        sock::shutdown_write(fd);
+        let mut sink = [0u8; 4096];
+        let _ = sock::recv(fd, &mut sink);
+        // Close the connection and keep its descriptor number as the new reserve in one step
+        // (dup3 replaces it atomically): closing first would let another thread's accept take
+        // the slot, and this shard would be left without a reserve while its clients wait.
+        let template = self.1.as_ref().map_or(-1, |t| t.as_raw_fd());
+        // SAFETY: `fd` is the connection just accepted, owned here; `template` is open (or -1,
+        // which dup3 refuses).
+        if unsafe { libc::dup3(template, fd, libc::O_CLOEXEC) } == fd {
+            // SAFETY: `fd` now refers to a duplicate of /dev/null, owned by nobody else.
+            self.0 = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        } else {
+            sock::close(fd);
+            self.0 = open_dev_null();
+        }
+        true
     }
 }
 
@@ -212,7 +228,6 @@ mod tests {
     #[test]
     fn the_reserve_refuses_a_pending_connection_with_the_response() {
         use std::io::Read;
-        use std::os::fd::AsRawFd;
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let mut reserve = Reserve::open();
