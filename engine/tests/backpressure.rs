@@ -269,8 +269,15 @@ fn drop_oldest_keeps_exactly_the_newest_n() {
         let (seqs, s) = slow_then_read(&server, "d", N);
         let (head, tail) = seqs.split_at(seqs.len() - 20);
         assert_eq!(tail, (N - 20..N).collect::<Vec<_>>(), "{driver}");
-        // Before the newest five: what the kernel buffers held (and a partly written frame).
-        assert_eq!(head, (0..head.len() as u64).collect::<Vec<_>>(), "{driver}");
+        // Before the newest 20: what the kernel took, and what a send in flight covered when
+        // later messages trimmed the queue (engine v2 pins those frames until the send
+        // completes, so an earlier "newest 20" can survive whole). Which frames those are
+        // depends on when the sends ran: assert only what holds whatever the timing — in
+        // order, no duplicates, and everything delivered or counted.
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{driver}: in order: {head:?}"
+        );
         let dropped = s["totals"]["discarded"]["drop_oldest"].as_u64().unwrap();
         assert_eq!(seqs.len() as u64 + dropped, N, "{driver}");
     }
