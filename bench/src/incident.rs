@@ -306,7 +306,7 @@ fn table(runs: &[Value]) -> String {
             .map_or("?".into(), |b| format!("{:.1}", b / 1048576.0))
     };
     let mut t = String::from(
-        "| run | server flags | RSS max / final MiB | fast p99 ms (vs control) | fast lost | slow: 1013 / all outcomes | time to eviction p50 / max ms | server: evictions; stall before eviction p50 / max ms |\n|---|---|---|---|---|---|---|---|\n",
+        "| run | server flags | RSS max / final MiB | server send queues max MiB: all / to slow clients (at end) | kernel TCP max MiB (host, +over base) | RSS + kernel max MiB | fast p99 ms (vs control) | fast lost | slow: 1013 / all outcomes | time to eviction p50 / max ms | evicted → gone p50 / max ms | server: evictions; stall before eviction p50 / max ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in runs {
         let flags = r["server_args"].as_array().map_or(String::new(), |a| {
@@ -327,12 +327,12 @@ fn table(runs: &[Value]) -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             });
-            t += &format!("| {head} | `{flags}` | not supported by this server build (no {missing}) | | | | | |\n");
+            t += &format!("| {head} | `{flags}` | not supported by this server build (no {missing}) | | | | | | | | | |\n");
             continue;
         }
         if r.get("fast").is_none() {
             t += &format!(
-                "| {head} | `{flags}` | failed: {} | | | | | |\n",
+                "| {head} | `{flags}` | failed: {} | | | | | | | | | |\n",
                 r["error"]
             );
             continue;
@@ -353,21 +353,34 @@ fn table(runs: &[Value]) -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             });
-        let tte = &r["slow"]["time_to_eviction"];
-        let tte = if tte.is_null() {
-            "—".to_string()
-        } else {
-            format!(
-                "{:.0} / {:.0}",
-                tte["p50_ms"].as_f64().unwrap_or(0.0),
-                tte["max_ms"].as_f64().unwrap_or(0.0)
-            )
+        let ms_pair = |v: &Value| {
+            if v.is_null() {
+                "—".to_string()
+            } else {
+                format!(
+                    "{:.0} / {:.0}",
+                    v["p50_ms"].as_f64().unwrap_or(0.0),
+                    v["max_ms"].as_f64().unwrap_or(0.0)
+                )
+            }
+        };
+        let tte = ms_pair(&r["slow"]["time_to_eviction"]);
+        let gone = ms_pair(&r["slow"]["evicted_to_gone"]);
+        let k = &r["kernel_tcp"];
+        let over_base = match (k["max"].as_f64(), k["base"].as_f64()) {
+            (Some(m), Some(b)) => format!("{:+.1}", (m - b) / 1048576.0),
+            _ => "?".into(),
         };
         let server = server_evictions(&r["stats_samples"]);
         t += &format!(
-            "| {head} | `{flags}` | {} / {} | {}{vs} | {} | {} / {} | {tte} | {server} |\n",
+            "| {head} | `{flags}` | {} / {} | {} / {} ({}) | {} ({over_base}) | {} | {}{vs} | {} | {} / {} | {tte} | {gone} | {server} |\n",
             mib(&r["server_rss"]["max"]),
             mib(&r["server_rss"]["final"]),
+            mib(&r["server_send_queues"]["max"]),
+            mib(&r["server_send_queues"]["slow_max"]),
+            mib(&r["server_send_queues"]["slow_final"]),
+            mib(&k["max"]),
+            mib(&r["rss_plus_kernel_max"]),
             p99.map_or("?".into(), |p| format!("{:.1}", p / 1000.0)),
             r["fast"]["lost"],
             r["slow"]["closed_1013"],
@@ -447,7 +460,11 @@ mod tests {
             json!({"run": "a", "what": "evict", "server_args": ["--x"], "supported": true,
                 "fast": {"latency": {"p99_us": 3000.0}, "lost": 0},
                 "slow": {"outcomes": {"1013": 2}, "closed_1013": 2,
-                    "time_to_eviction": {"p50_ms": 10.0, "max_ms": 20.0}},
+                    "time_to_eviction": {"p50_ms": 10.0, "max_ms": 20.0},
+                    "evicted_to_gone": {"p50_ms": 300.0, "max_ms": 700.0}},
+                "kernel_tcp": {"base": 1048576, "max": 3145728},
+                "server_send_queues": {"max": 524288, "slow_max": 262144, "slow_final": 0},
+                "rss_plus_kernel_max": 4194304,
                 "stats_samples": [{"totals.evictions.high_water": 1},
                     {"totals.evictions.high_water": 2, "totals.evictions.ceiling": 1,
                      "totals.eviction_stall_p50_ms": 40.0, "totals.eviction_stall_max_ms": 95.0}],
@@ -457,13 +474,21 @@ mod tests {
         ];
         let t = table(&runs);
         assert!(t.contains("3.0 (3.00x ⚠ over 2x)"), "{t}");
-        assert!(t.contains("| 2.0 / 1.0 |"), "{t}");
+        assert!(
+            t.contains("| 2.0 / 1.0 | 0.5 / 0.2 (0.0) | 3.0 (+2.0) | 4.0 |"),
+            "{t}"
+        );
+        assert!(t.contains("| 10 / 20 | 300 / 700 |"), "{t}");
         assert!(t.contains("2 / 1013: 2"), "{t}");
         assert!(
             t.contains("| 3; 40 / 95 |"),
             "last sample, all reasons: {t}"
         );
-        assert!(t.contains("| — | — |"), "control has no samples: {t}");
+        assert!(t.contains("| — | — | — |"), "control has no samples: {t}");
+        assert!(
+            t.contains("| 1.0 / 1.0 | ? / ? (?) | ? (?) | ? |"),
+            "no kernel samples: {t}"
+        );
         assert!(
             t.contains("not supported by this server build (no --y)"),
             "{t}"

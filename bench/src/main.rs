@@ -229,7 +229,9 @@ mod tests {
         assert_eq!(r["fast"]["lost"].as_u64(), Some(0));
         assert!(r["fast"]["messages_sent"].as_u64().unwrap() >= 10);
         assert_eq!(r["slow"]["outcomes"]["open"].as_u64(), Some(2));
-        assert!(r["server_rss"]["samples"].as_array().unwrap().len() >= 3);
+        // One sample when watching starts and one when it stops, whatever the machine's load
+        // (more in between as time allows: counting those would test the scheduler).
+        assert!(r["server_rss"]["samples"].as_array().unwrap().len() >= 2);
         assert!(r["server_rss"]["max"].as_u64().unwrap() > 0);
         let _ = std::fs::remove_file(&out);
     }

@@ -103,6 +103,69 @@ fn parse_status(status: &str) -> Memory {
     }
 }
 
+/// Kernel memory held by every TCP socket of the host (`/proc/net/sockstat` TCP `mem`, in
+/// pages, times the page size), in bytes: socket buffers no process's RSS shows.
+pub fn kernel_tcp_memory() -> io::Result<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat")?;
+    let pages = parse_sockstat_tcp_mem(&s)
+        .ok_or_else(|| io::Error::other("no TCP mem in /proc/net/sockstat"))?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Ok(pages * page.max(1) as u64)
+}
+
+/// The `mem` field (pages) of the `TCP:` line of `/proc/net/sockstat`.
+fn parse_sockstat_tcp_mem(s: &str) -> Option<u64> {
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_ascii_whitespace();
+    it.find(|w| *w == "mem")?;
+    it.next()?.parse().ok()
+}
+
+/// Bytes the kernel holds in the send and receive queues of every TCP socket whose local port
+/// is `port` (`/proc/net/tcp` and `tcp6`): the server's side of its connections, which the
+/// host-wide sockstat figure mixes with the generator's and everyone else's. Data bytes, not
+/// truesize (the kernel memory behind them is up to ~1.4× on loopback).
+/// With `remotes` non-empty, only the connections to those remote ports (for instance the
+/// slow clients' sockets).
+pub fn port_tcp_queues(port: u16, remotes: &[u16]) -> io::Result<(u64, u64)> {
+    let mut total = (0, 0);
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        let (tx, rx) = sum_port_queues(&text, port, remotes);
+        total = (total.0 + tx, total.1 + rx);
+    }
+    Ok(total)
+}
+
+fn sum_port_queues(text: &str, port: u16, remotes: &[u16]) -> (u64, u64) {
+    let port_of = |a: &str| {
+        a.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let mut total = (0, 0);
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_ascii_whitespace().collect();
+        let (Some(local), Some(remote), Some(queues)) = (f.get(1), f.get(2), f.get(4)) else {
+            continue;
+        };
+        if port_of(local) != Some(port) {
+            continue;
+        }
+        if !remotes.is_empty() && !port_of(remote).is_some_and(|r| remotes.contains(&r)) {
+            continue;
+        }
+        if let Some((tx, rx)) = queues.split_once(':') {
+            total.0 += u64::from_str_radix(tx, 16).unwrap_or(0);
+            total.1 += u64::from_str_radix(rx, 16).unwrap_or(0);
+        }
+    }
+    total
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     // SAFETY: rlimit is plain old data.
@@ -144,6 +207,26 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn port_queues_from_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+   0: 0100007F:1F90 0100007F:C350 01 00000010:00000002 00:00000000 00000000 0 0 1\n\
+   1: 0100007F:C350 0100007F:1F90 01 00000100:00000000 00:00000000 00000000 0 0 2\n\
+   2: 0100007F:1F90 0100007F:C351 01 00000001:00000000 00:00000000 00000000 0 0 3\n";
+        assert_eq!(sum_port_queues(text, 8080, &[]), (17, 2));
+        assert_eq!(sum_port_queues(text, 8080, &[0xC351]), (1, 0));
+        assert!(port_tcp_queues(1, &[]).is_ok());
+    }
+
+    #[test]
+    fn sockstat_tcp_mem() {
+        let s =
+            "sockets: used 292\nTCP: inuse 9 orphan 0 tw 3 alloc 12 mem 41\nUDP: inuse 1 mem 2\n";
+        assert_eq!(parse_sockstat_tcp_mem(s), Some(41));
+        assert_eq!(parse_sockstat_tcp_mem("UDP: inuse 1 mem 2\n"), None);
+        assert!(kernel_tcp_memory().is_ok());
+    }
 
     #[test]
     fn stat_fields_after_command_name() {

@@ -66,26 +66,40 @@ pub fn run(args: SlowArgs) -> Result<(), String> {
 struct Watched {
     stalled: Vec<Stalled>,
     rss: Vec<(u64, u64)>,
+    /// Kernel TCP memory of the host (`/proc/net/sockstat`), sampled with the RSS.
+    kernel: Vec<(u64, u64)>,
+    /// What the server's own sockets hold unsent (send queues of the server port).
+    server_send_queues: Vec<(u64, u64)>,
+    /// The part of it held for the slow clients.
+    slow_send_queues: Vec<(u64, u64)>,
     stats: Vec<Value>,
     stats_error: Option<String>,
+    /// When sampling started (`clock::now_ns`): sample times `t_ms` count from here.
+    start_ns: u64,
 }
 
 /// Polls the stalled clients' TCP state every 50 ms and samples memory and /stats every
 /// `sample` until `stop`.
 fn watch(
     mut stalled: Vec<Stalled>,
+    port: u16,
     pid: Option<u32>,
     admin: Option<SocketAddr>,
     sample: Duration,
     stop: Arc<AtomicBool>,
 ) -> Watched {
+    let start = clock::now_ns();
+    let slow_ports: Vec<u16> = stalled.iter().filter_map(Stalled::local_port).collect();
     let mut w = Watched {
         stalled: Vec::new(),
         rss: Vec::new(),
+        kernel: Vec::new(),
+        server_send_queues: Vec::new(),
+        slow_send_queues: Vec::new(),
         stats: Vec::new(),
         stats_error: None,
+        start_ns: start,
     };
-    let start = clock::now_ns();
     let mut next_sample = Instant::now();
     loop {
         let done = stop.load(Ordering::Acquire);
@@ -95,6 +109,17 @@ fn watch(
             let t_ms = (clock::now_ns() - start) / 1_000_000;
             if let Some(m) = pid.and_then(|p| process::proc_memory(p).ok()) {
                 w.rss.push((t_ms, m.rss));
+            }
+            if let Ok(k) = process::kernel_tcp_memory() {
+                w.kernel.push((t_ms, k));
+            }
+            if let Ok((tx, _)) = process::port_tcp_queues(port, &[]) {
+                w.server_send_queues.push((t_ms, tx));
+            }
+            if !slow_ports.is_empty() {
+                if let Ok((tx, _)) = process::port_tcp_queues(port, &slow_ports) {
+                    w.slow_send_queues.push((t_ms, tx));
+                }
             }
             if let Some(addr) = admin {
                 match adminstats::fetch_stats(addr, Duration::from_millis(500)) {
@@ -114,6 +139,26 @@ fn watch(
     }
     w.stalled = stalled;
     w
+}
+
+/// Each eviction's time (ms from the publish start): a /stats sample whose eviction count
+/// went up, once per eviction; `offset_ms` converts sample times to publish-start times.
+fn eviction_times_ms(samples: &[Value], offset_ms: f64) -> Vec<f64> {
+    let count = |s: &Value| -> u64 {
+        ["high_water", "ceiling", "slow_clients"]
+            .iter()
+            .filter_map(|r| s[format!("totals.evictions.{r}")].as_u64())
+            .sum()
+    };
+    let mut out = Vec::new();
+    let mut seen = 0;
+    for s in samples {
+        let n = count(s);
+        let t = s["t_ms"].as_f64().unwrap_or(0.0) + offset_ms;
+        out.extend(std::iter::repeat_n(t, n.saturating_sub(seen) as usize));
+        seen = seen.max(n);
+    }
+    out
 }
 
 fn percentiles_ms(mut v: Vec<f64>) -> Value {
@@ -137,6 +182,8 @@ pub fn measure(args: &SlowArgs) -> Result<(Value, Option<String>), String> {
         ((args.subscribers as f64 * args.slow_fraction).round() as usize).min(args.subscribers);
     let n_fast = args.subscribers - n_slow;
     let path = format!("/ws/{}", args.common.topic);
+    // Kernel TCP memory is host-wide: what it held before any client connected is the base.
+    let kernel_base = process::kernel_tcp_memory().ok();
     let mut stalled = Vec::with_capacity(n_slow);
     let mut slow_failed = 0usize;
     for _ in 0..n_slow {
@@ -155,7 +202,8 @@ pub fn measure(args: &SlowArgs) -> Result<(Value, Option<String>), String> {
             Duration::from_millis(args.sample_ms),
             stop.clone(),
         );
-        std::thread::spawn(move || watch(stalled, pid, admin, sample, stop))
+        let port = target.addr.port();
+        std::thread::spawn(move || watch(stalled, port, pid, admin, sample, stop))
     };
     let fan = FanoutArgs {
         common: args.common.clone(),
@@ -220,6 +268,31 @@ pub fn measure(args: &SlowArgs) -> Result<(Value, Option<String>), String> {
             "samples": watched.rss.iter().map(|(t, b)| json!([t, b])).collect::<Vec<_>>(),
         })
     });
+    let kernel: Vec<u64> = watched.kernel.iter().map(|k| k.1).collect();
+    let kernel_summary = (!kernel.is_empty()).then(|| {
+        json!({
+            "base": kernel_base, "max": kernel.iter().max(), "final": kernel.last(),
+            "samples": watched.kernel.iter().map(|(t, b)| json!([t, b])).collect::<Vec<_>>(),
+        })
+    });
+    // RSS and kernel memory sampled together: their sum at each sample.
+    let total_max = watched
+        .rss
+        .iter()
+        .zip(&watched.kernel)
+        .map(|((_, r), (_, k))| r + k.saturating_sub(kernel_base.unwrap_or(0)))
+        .max();
+    // When the server evicted (from its /stats samples) against when each slow client saw
+    // its connection end (FIN or RST), both from the publish start, matched in order.
+    let offset_ms = watched.start_ns as f64 / 1e6 - start_ns as f64 / 1e6;
+    let evicted_ms = eviction_times_ms(&watched.stats, offset_ms);
+    let mut ended_ms = evict_ms.clone();
+    ended_ms.sort_by(f64::total_cmp);
+    let gone_after: Vec<f64> = evicted_ms
+        .iter()
+        .zip(&ended_ms)
+        .map(|(e, g)| (g - e).max(0.0))
+        .collect();
     let lost = fast["lost"].as_u64().unwrap_or(0);
     let closed_1013 = codes.get("1013").copied().unwrap_or(0);
     let result = json!({
@@ -253,10 +326,22 @@ pub fn measure(args: &SlowArgs) -> Result<(Value, Option<String>), String> {
             // Seen leaving ESTABLISHED (FIN or RST) while not reading; a close queued behind
             // unread data is only seen at the drain, so those are counted apart.
             "time_to_eviction": percentiles_ms(evict_ms),
+            // Server eviction (a /stats sample, so up to sample_ms late) to the client seeing
+            // its connection end: the close flush deadline plus the sampling granularity.
+            "evicted_to_gone": percentiles_ms(gone_after),
             "ended_seen_only_at_drain": ended_unseen,
             "drain_started_ms_after_publish_start": drained_at.saturating_sub(start_ns) / 1_000_000,
         },
         "server_rss": rss_summary,
+        "kernel_tcp": kernel_summary,
+        "server_send_queues": {
+            "max": watched.server_send_queues.iter().map(|s| s.1).max(),
+            "samples": watched.server_send_queues.iter().map(|(t, b)| json!([t, b])).collect::<Vec<_>>(),
+            // Held for the slow clients: max, and at the end of publishing.
+            "slow_max": watched.slow_send_queues.iter().map(|s| s.1).max(),
+            "slow_final": watched.slow_send_queues.last().map(|s| s.1),
+        },
+        "rss_plus_kernel_max": total_max,
         "stats_samples": (!watched.stats.is_empty()).then_some(&watched.stats),
         "stats_error": watched.stats_error,
         "client_bound": fast["client_bound"],

@@ -84,6 +84,11 @@ impl Stalled {
         })
     }
 
+    /// The client's local port (the server sees it as the remote port).
+    pub fn local_port(&self) -> Option<u16> {
+        self.stream.local_addr().ok().map(|a| a.port())
+    }
+
     /// Checks (without reading) whether the connection left ESTABLISHED; records when first seen.
     pub fn poll_state(&mut self) {
         if self.left_established_ns.is_none() && tcp_state(&self.stream) != Some(TCP_ESTABLISHED) {

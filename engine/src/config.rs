@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::flow::limits;
 use crate::flow::policy::{Action, Policy, TopicPolicy};
 use crate::obs::latency::Recording;
 
@@ -225,6 +226,9 @@ pub struct Config {
     pub listen_backlog: u32,
     /// How long shutdown waits for queued frames to flush.
     pub shutdown_grace_ms: u64,
+    /// How long a connection whose close frame is queued may take to flush it (or, during
+    /// shutdown, go without write progress) before it is reset.
+    pub close_flush_timeout_ms: u64,
     /// tracing EnvFilter directive.
     pub log: String,
     /// Ping every this many ms (0 = no pings).
@@ -237,10 +241,17 @@ pub struct Config {
     pub max_lifetime_ms: u64,
     /// Up to this percentage is taken off each connection's lifetime, spread per connection.
     pub lifetime_jitter_pct: u8,
+    /// Close (1008) a connection that leaves a message or frame unfinished this long (0 = off).
+    pub fragment_timeout_ms: u64,
+    /// Most subscriptions over all connections (split evenly over the shards).
+    pub max_subscriptions: usize,
     /// Policy for topics no `topic_policy` pattern matches.
     pub default_policy: Action,
     /// Default high-water mark of a connection's send queue, in bytes.
     pub high_water_bytes: usize,
+    /// SO_SNDBUF of every connection (set on the listeners, inherited at accept); 0 leaves
+    /// the kernel's autotuning (up to tcp_wmem's max).
+    pub send_buffer_bytes: usize,
     /// Default low-water mark, in bytes.
     pub low_water_bytes: usize,
     /// Memory limit the queue ceiling is a share of (configured, else cgroup v2 memory.max,
@@ -337,6 +348,9 @@ pub struct Overrides {
     /// Shutdown flush deadline in ms [default: 5000]
     #[arg(long, env = "SHARDCAST_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// A connection whose close frame (eviction 1013, timeout, protocol error, shutdown) is not flushed within this many ms (during shutdown: makes no write progress for this long) is reset (RST), freeing its descriptor and kernel buffers, 1 or more [default: 500]
+    #[arg(long, env = "SHARDCAST_CLOSE_FLUSH_TIMEOUT_MS")]
+    pub close_flush_timeout_ms: Option<u64>,
     /// Log filter, tracing EnvFilter syntax [default: info]
     #[arg(long, env = "SHARDCAST_LOG")]
     pub log: Option<String>,
@@ -355,12 +369,21 @@ pub struct Overrides {
     /// Spread lifetimes: each connection loses up to this percentage of max_lifetime_ms, 0-100 [default: 10]
     #[arg(long, env = "SHARDCAST_LIFETIME_JITTER_PCT")]
     pub lifetime_jitter_pct: Option<u8>,
+    /// Close (1008 "message timeout") a client that leaves a fragmented message, or one frame, unfinished for this many ms, pings in between or not; 0 = never [default: 10000]
+    #[arg(long, env = "SHARDCAST_FRAGMENT_TIMEOUT_MS")]
+    pub fragment_timeout_ms: Option<u64>,
+    /// Most subscriptions over all connections, split evenly over the shards; over it SUBSCRIBE gets error 4 and an upgrade naming topics gets 503 [default: 10% of memory_limit at 512 B per subscription]
+    #[arg(long, env = "SHARDCAST_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
     /// Policy above the high-water mark for topics no --topic-policy matches: evict (close 1013), conflate, drop-oldest or pause [default: evict]
     #[arg(long, env = "SHARDCAST_DEFAULT_POLICY")]
     pub default_policy: Option<Action>,
-    /// Send-queue high-water mark per connection; suffixes K/M/G/KiB/MiB/GiB [default: 1MiB]
+    /// High-water mark per connection: kernel send buffer plus what is queued behind the frame being written; must be at least max_message_bytes + 159 + 2.5 x send_buffer_bytes (checked at start); suffixes K/M/G/KiB/MiB/GiB [default: 2MiB, raised to that minimum when larger]
     #[arg(long, env = "SHARDCAST_HIGH_WATER_BYTES")]
     pub high_water_bytes: Option<ByteSize>,
+    /// Kernel send buffer per connection (SO_SNDBUF; the kernel holds up to twice this); 0 leaves autotuning up to tcp_wmem's max; suffixes K/M/G/KiB/MiB/GiB [default: 256KiB]
+    #[arg(long, env = "SHARDCAST_SEND_BUFFER_BYTES")]
+    pub send_buffer_bytes: Option<ByteSize>,
     /// Send-queue low-water mark (a paused topic resumes, a slow client counts as caught up, below it) [default: high_water_bytes / 4]
     #[arg(long, env = "SHARDCAST_LOW_WATER_BYTES")]
     pub low_water_bytes: Option<ByteSize>,
@@ -417,6 +440,8 @@ pub enum ConfigError {
     Invalid(&'static str),
     /// A back-pressure policy is inconsistent.
     Policy(String),
+    /// Size limits that would let one accepted message evict a subscriber.
+    Limits(String),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -426,6 +451,7 @@ impl std::fmt::Display for ConfigError {
             Self::Parse(p, e) => write!(f, "invalid config file {}: {e}", p.display()),
             Self::Invalid(why) => write!(f, "invalid configuration: {why}"),
             Self::Policy(why) => write!(f, "invalid policy: {why}"),
+            Self::Limits(why) => write!(f, "inconsistent limits: {why}"),
         }
     }
 }
@@ -469,14 +495,18 @@ impl Overrides {
             ring_capacity: self.ring_capacity.or(lower.ring_capacity),
             listen_backlog: self.listen_backlog.or(lower.listen_backlog),
             shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
+            close_flush_timeout_ms: self.close_flush_timeout_ms.or(lower.close_flush_timeout_ms),
             log: self.log.or(lower.log),
             ping_interval_ms: self.ping_interval_ms.or(lower.ping_interval_ms),
             pong_timeout_ms: self.pong_timeout_ms.or(lower.pong_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
             max_lifetime_ms: self.max_lifetime_ms.or(lower.max_lifetime_ms),
             lifetime_jitter_pct: self.lifetime_jitter_pct.or(lower.lifetime_jitter_pct),
+            fragment_timeout_ms: self.fragment_timeout_ms.or(lower.fragment_timeout_ms),
+            max_subscriptions: self.max_subscriptions.or(lower.max_subscriptions),
             default_policy: self.default_policy.or(lower.default_policy),
             high_water_bytes: self.high_water_bytes.or(lower.high_water_bytes),
+            send_buffer_bytes: self.send_buffer_bytes.or(lower.send_buffer_bytes),
             low_water_bytes: self.low_water_bytes.or(lower.low_water_bytes),
             topic_policy: self.topic_policy.or(lower.topic_policy),
             memory_limit: self.memory_limit.or(lower.memory_limit),
@@ -515,12 +545,19 @@ impl Overrides {
         }
         let max_connections = self.max_connections.unwrap_or(1_000_000);
         let size = |b: Option<ByteSize>| b.map(|b| b.0 as usize);
+        let max_message_bytes = self.max_message_bytes.unwrap_or(1 << 20);
+        let send_buffer_bytes = size(self.send_buffer_bytes).unwrap_or(DEFAULT_SEND_BUFFER);
+        // An unset mark is at least what one accepted message needs (limits.rs).
+        let default_high = crate::flow::policy::DEFAULT_HIGH_WATER.max(limits::min_high_water(
+            max_message_bytes,
+            kernel_allowance(send_buffer_bytes),
+        ));
         let default = Policy::resolve(
             self.default_policy.unwrap_or(Action::Evict),
             size(self.high_water_bytes),
             size(self.low_water_bytes),
             None,
-            crate::flow::policy::DEFAULT_HIGH_WATER,
+            default_high,
         )
         .map_err(ConfigError::Policy)?;
         let topic_policy = self
@@ -568,20 +605,26 @@ impl Overrides {
             handshake_timeout_ms: self.handshake_timeout_ms.unwrap_or(10_000),
             max_header_bytes: self.max_header_bytes.unwrap_or(8192),
             max_headers: self.max_headers.unwrap_or(32),
-            max_message_bytes: self.max_message_bytes.unwrap_or(1 << 20),
+            max_message_bytes,
             max_control_message_bytes: self.max_control_message_bytes.unwrap_or(4096),
             max_topics_per_connection: self.max_topics_per_connection.unwrap_or(1024),
             ring_capacity: self.ring_capacity.unwrap_or(4096),
             listen_backlog: self.listen_backlog.unwrap_or(4096),
             shutdown_grace_ms: self.shutdown_grace_ms.unwrap_or(5000),
+            close_flush_timeout_ms: self.close_flush_timeout_ms.unwrap_or(500),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
             ping_interval_ms: self.ping_interval_ms.unwrap_or(25_000),
             pong_timeout_ms: self.pong_timeout_ms.unwrap_or(10_000),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(0),
             max_lifetime_ms: self.max_lifetime_ms.unwrap_or(0),
             lifetime_jitter_pct: self.lifetime_jitter_pct.unwrap_or(10),
+            fragment_timeout_ms: self.fragment_timeout_ms.unwrap_or(10_000),
+            max_subscriptions: self
+                .max_subscriptions
+                .unwrap_or_else(|| default_max_subscriptions(memory_limit)),
             default_policy: default.policy,
             high_water_bytes: default.high_water_bytes,
+            send_buffer_bytes,
             low_water_bytes: default.low_water_bytes,
             memory_limit,
             memory_limit_source: source.to_owned(),
@@ -615,6 +658,7 @@ impl Overrides {
             config.pong_timeout_ms,
             config.idle_timeout_ms,
             config.max_lifetime_ms,
+            config.fragment_timeout_ms,
         ];
         // Deadlines are compared as signed differences of a wrapping u32 ms clock.
         if durations
@@ -628,6 +672,11 @@ impl Overrides {
         if config.lifetime_jitter_pct > 100 {
             return Err(ConfigError::Invalid(
                 "lifetime_jitter_pct must be at most 100",
+            ));
+        }
+        if !(1..=crate::conn::heartbeat::MAX_DURATION_MS).contains(&config.close_flush_timeout_ms) {
+            return Err(ConfigError::Invalid(
+                "close_flush_timeout_ms must be 1..=2147483647",
             ));
         }
         crate::bridge::subject::validate_prefix(&config.nats_subject_prefix)
@@ -646,7 +695,50 @@ impl Overrides {
     }
 }
 
+/// Bytes one subscription is budgeted in the default `max_subscriptions` (measured 421 B for
+/// a subscription to a topic of its own, the costliest kind: docs/ENGINE.md).
+pub const SUBSCRIPTION_BYTES: u64 = 512;
+
+/// Share of the memory limit the default `max_subscriptions` lets subscriptions take.
+pub const SUBSCRIPTIONS_PCT: u64 = 10;
+
+/// The default `max_subscriptions` for a memory limit: [`SUBSCRIPTIONS_PCT`]% of it at
+/// [`SUBSCRIPTION_BYTES`] each (at least 1024).
+pub fn default_max_subscriptions(memory_limit: u64) -> usize {
+    (memory_limit / 100 * SUBSCRIPTIONS_PCT / SUBSCRIPTION_BYTES).max(1024) as usize
+}
+
+/// Default `send_buffer_bytes` (docs/TUNING.md, "Kernel send buffers").
+pub const DEFAULT_SEND_BUFFER: usize = 256 << 10;
+
+/// Kernel bytes one socket may hold with `send_buffer_bytes` (limits.rs).
+fn kernel_allowance(send_buffer_bytes: usize) -> usize {
+    let wmem_max = if send_buffer_bytes == 0 {
+        limits::host_tcp_wmem_max()
+    } else {
+        0
+    };
+    limits::kernel_allowance(send_buffer_bytes, wmem_max)
+}
+
 impl Config {
+    /// Start-up check of the size limits (limits.rs): the default mark and every `evict` topic
+    /// policy's mark must take one accepted message plus a full kernel send buffer.
+    pub fn check_limits(&self) -> Result<(), ConfigError> {
+        let kernel = kernel_allowance(self.send_buffer_bytes);
+        let max = self.max_message_bytes;
+        limits::check_mark("high_water_bytes", self.high_water_bytes, max, kernel)
+            .map_err(ConfigError::Limits)?;
+        for t in &self.topic_policy {
+            if t.resolved.policy == Action::Evict {
+                let what = format!("topic_policy {} high_water_bytes", t.pattern);
+                limits::check_mark(&what, t.resolved.high_water_bytes, max, kernel)
+                    .map_err(ConfigError::Limits)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The policy table the hubs use.
     pub fn policies(&self) -> crate::flow::policy::Policies {
         crate::flow::policy::Policies::new(
@@ -889,6 +981,49 @@ mod tests {
         );
         assert!(parse(&["--queue-ceiling-pct", "0"]).resolve().is_err());
         assert!(Overrides::try_parse_from(["shardcast", "--memory-limit", "12X"]).is_err());
+    }
+
+    #[test]
+    fn limits_are_consistent_or_refused_at_start() {
+        let c = parse(&[]).resolve().unwrap();
+        assert_eq!(
+            (c.high_water_bytes, c.low_water_bytes),
+            (2 << 20, 512 << 10)
+        );
+        assert_eq!(c.send_buffer_bytes, 256 << 10);
+        c.check_limits().unwrap();
+        // A larger max message raises the unset default mark to what it needs.
+        let c = parse(&["--max-message-bytes", "4194304"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.high_water_bytes, (4 << 20) + 159 + (640 << 10));
+        c.check_limits().unwrap();
+        // An explicit mark below that is refused, with the minimum in the message.
+        let c = parse(&["--high-water-bytes", "1MiB"]).resolve().unwrap();
+        let e = c.check_limits().unwrap_err().to_string();
+        assert!(e.contains("at least 1704095"), "{e}");
+        let c = parse(&["--topic-policy", "b=evict,high_water_bytes=64K"])
+            .resolve()
+            .unwrap();
+        let e = c.check_limits().unwrap_err().to_string();
+        assert!(e.contains("topic_policy b high_water_bytes"), "{e}");
+        // Other policies may use small marks: crossing them never evicts.
+        let c = parse(&["--topic-policy", "b=conflate,high_water_bytes=64K"])
+            .resolve()
+            .unwrap();
+        c.check_limits().unwrap();
+        // A smaller send buffer and message allow a smaller mark.
+        let c = parse(&[
+            "--send-buffer-bytes",
+            "64K",
+            "--max-message-bytes",
+            "65536",
+            "--high-water-bytes",
+            "256K",
+        ])
+        .resolve()
+        .unwrap();
+        c.check_limits().unwrap();
     }
 
     #[test]

@@ -66,7 +66,12 @@ pub fn resolve_driver(choice: Driver) -> io::Result<DriverKind> {
 pub fn start(config: Config) -> io::Result<Server> {
     let kind = resolve_driver(config.driver)?;
     let shards = config.shards;
-    let listeners = listener::bind_all(config.listen, config.listen_backlog, shards)?;
+    let listeners = listener::bind_all(
+        config.listen,
+        config.listen_backlog,
+        shards,
+        config.send_buffer_bytes,
+    )?;
     let local_addr = listeners[0].local_addr()?;
     // With --nats-url the bridge is one more mesh participant, the last one.
     let nats = config

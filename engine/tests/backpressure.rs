@@ -34,11 +34,13 @@ struct RawSub {
     shard: usize,
 }
 
-/// What a raw subscriber received: data payloads, then maybe a close code.
+/// What a raw subscriber received: data payloads, then maybe a close code, or a reset (an
+/// evicted client that did not read its close in time is reset: close_flush_timeout_ms).
 #[derive(Debug, Default)]
 struct Received {
     data: Vec<Vec<u8>>,
     close: Option<u16>,
+    reset: bool,
 }
 
 impl RawSub {
@@ -48,9 +50,14 @@ impl RawSub {
         RawSub { tcp, shard }
     }
 
-    /// Read frames until a close frame, EOF, or `idle` without data.
-    fn read_all(mut self, idle: Duration) -> Received {
-        self.tcp.set_read_timeout(Some(idle)).unwrap();
+    /// Read frames until `done` holds for what arrived, a close frame, EOF or a reset: the
+    /// state the caller waits for, bounded by [`TIMEOUT`] (never a guessed quiet period).
+    fn read_until_done(self, done: impl Fn(&Received) -> bool) -> Received {
+        self.read_until(done)
+    }
+
+    fn read_until(mut self, done: impl Fn(&Received) -> bool) -> Received {
+        self.tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
         let mut buf = Vec::new();
         let mut chunk = vec![0u8; 256 * 1024];
         let mut out = Received::default();
@@ -58,7 +65,12 @@ impl RawSub {
             while let Some((op, payload, used)) = parse_frame(&buf) {
                 buf.drain(..used);
                 match op {
-                    0x1 | 0x2 => out.data.push(payload),
+                    0x1 | 0x2 => {
+                        out.data.push(payload);
+                        if done(&out) {
+                            return out;
+                        }
+                    }
                     0x8 => {
                         out.close = Some(u16::from_be_bytes([payload[0], payload[1]]));
                         return out;
@@ -67,7 +79,11 @@ impl RawSub {
                 }
             }
             match self.tcp.read(&mut chunk) {
-                Ok(0) | Err(_) => return out,
+                Ok(0) => return out,
+                Err(e) => {
+                    out.reset = e.kind() == std::io::ErrorKind::ConnectionReset;
+                    return out;
+                }
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
@@ -107,22 +123,58 @@ fn seq(payload: &[u8]) -> u64 {
 }
 
 /// A tungstenite subscriber on `shard` that reads `n` messages in a thread and returns their
-/// sequence numbers.
-fn fast_sub(server: &Server, path: &str, shard: usize, n: usize) -> thread::JoinHandle<Vec<u64>> {
+/// sequence numbers; `progress` counts what it has read (the publisher waits on it).
+fn fast_sub(
+    server: &Server,
+    path: &str,
+    shard: usize,
+    n: usize,
+    progress: &Progress,
+) -> thread::JoinHandle<Vec<u64>> {
     let mut ws = server.ws_on(path, shard);
     sync(&mut ws);
-    thread::spawn(move || (0..n).map(|_| seq(&next(&mut ws).into_data())).collect())
+    let read = Arc::new(AtomicUsize::new(0));
+    progress.lock().unwrap().push(read.clone());
+    thread::spawn(move || {
+        (0..n)
+            .map(|_| {
+                let s = seq(&next(&mut ws).into_data());
+                read.fetch_add(1, SeqCst);
+                s
+            })
+            .collect()
+    })
 }
 
-/// Publish `n` messages, paced (at most about 32 MB/s) so that the fast subscribers, debug-built
-/// tungstenite readers, stay within their high-water mark while the slow one falls behind.
-fn publish(server: &Server, topic: &str, n: u64) {
+/// How many messages each fast subscriber has read.
+type Progress = std::sync::Mutex<Vec<Arc<AtomicUsize>>>;
+
+/// Messages a publisher may be ahead of the slowest fast subscriber: 32 × 16 KiB = 512 KiB,
+/// well under a high-water mark, whatever the machine's load (a fast subscriber is a debug
+/// build reading on a shared machine: pacing by the clock would be a guess).
+const WINDOW: usize = 32;
+
+/// Wait (bounded) until every fast subscriber has read at least `i - window` messages.
+fn within_window(progress: &Progress, i: usize, window: usize) {
+    let end = deadline();
+    while progress
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|p| p.load(SeqCst) + window < i)
+    {
+        assert!(Instant::now() < end, "fast subscribers stopped reading");
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Publish `n` messages, never more than [`WINDOW`] ahead of the fast subscribers (none:
+/// unpaced), so they stay within their high-water mark while a slow one falls behind.
+fn publish(server: &Server, topic: &str, n: u64, progress: &Progress) {
     let mut p = server.ws(&format!("/pub/{topic}")).0;
     for i in 0..n {
+        within_window(progress, i as usize, WINDOW);
         p.send(Message::binary(msg(i))).unwrap();
-        if i % 2 == 1 {
-            thread::sleep(Duration::from_millis(1));
-        }
     }
     p.flush().unwrap();
 }
@@ -134,18 +186,21 @@ fn never_reading_subscriber_is_evicted_1013_and_fast_ones_get_everything() {
     for driver in DRIVERS {
         let server = Server::start(&["--driver", driver]);
         let slow = RawSub::connect(server.addr, "/ws/t");
+        let progress = Progress::default();
         let fast: Vec<_> = (0..2)
-            .map(|s| fast_sub(&server, "/ws/t", s, N as usize))
+            .map(|s| fast_sub(&server, "/ws/t", s, N as usize, &progress))
             .collect();
-        publish(&server, "t", N);
+        publish(&server, "t", N, &progress);
         for f in fast {
             assert_eq!(f.join().unwrap(), (0..N).collect::<Vec<_>>(), "{driver}");
         }
         let s = stats_until(server.admin.unwrap(), |s| {
             s["totals"]["evictions"]["high_water"] == 1
         });
-        let got = slow.read_all(TIMEOUT);
-        assert_eq!(got.close, Some(1013), "{driver}");
+        // Its 1013 goes out if it can; a client that does not take it in time is reset
+        // (close_flush_timeout_ms): either way it ends, which is what this waits for.
+        let got = slow.read_until_done(|_| false);
+        assert!(got.close == Some(1013) || got.reset, "{driver}: {got:?}");
         let seqs: Vec<u64> = got.data.iter().map(|d| seq(d)).collect();
         assert_eq!(
             seqs,
@@ -159,15 +214,21 @@ fn never_reading_subscriber_is_evicted_1013_and_fast_ones_get_everything() {
 
 /// Publish `n` messages to `topic` while a raw subscriber does not read, then let it read
 /// once its shard has queued all of them (its only subscriber, so `messages_out` == n).
+/// It reads until every message not discarded has arrived (from /stats once all were
+/// queued): the state asserted, not a quiet period.
 fn slow_then_read(server: &Server, topic: &str, n: u64) -> (Vec<u64>, Value) {
     let slow = RawSub::connect(server.addr, &format!("/ws/{topic}"));
-    publish(server, topic, n);
+    publish(server, topic, n, &Progress::default());
     let shard = slow.shard;
     let s = stats_until(server.admin.unwrap(), |s| {
         s["shards"][shard]["messages_out"] == n
     });
-    let got = slow.read_all(Duration::from_millis(500));
+    let d = &s["totals"]["discarded"];
+    let discarded = d["conflated"].as_u64().unwrap() + d["drop_oldest"].as_u64().unwrap();
+    let expect = (n - discarded) as usize;
+    let got = slow.read_until_done(|g| g.data.len() >= expect);
     assert_eq!(got.close, None, "not evicted");
+    assert!(!got.reset, "not evicted");
     (got.data.iter().map(|d| seq(d)).collect(), s)
 }
 
@@ -208,8 +269,15 @@ fn drop_oldest_keeps_exactly_the_newest_n() {
         let (seqs, s) = slow_then_read(&server, "d", N);
         let (head, tail) = seqs.split_at(seqs.len() - 20);
         assert_eq!(tail, (N - 20..N).collect::<Vec<_>>(), "{driver}");
-        // Before the newest five: what the kernel buffers held (and a partly written frame).
-        assert_eq!(head, (0..head.len() as u64).collect::<Vec<_>>(), "{driver}");
+        // Before the newest 20: what the kernel took, and what a send in flight covered when
+        // later messages trimmed the queue (engine v2 pins those frames until the send
+        // completes, so an earlier "newest 20" can survive whole). Which frames those are
+        // depends on when the sends ran: assert only what holds whatever the timing — in
+        // order, no duplicates, and everything delivered or counted.
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{driver}: in order: {head:?}"
+        );
         let dropped = s["totals"]["discarded"]["drop_oldest"].as_u64().unwrap();
         assert_eq!(seqs.len() as u64 + dropped, N, "{driver}");
     }
@@ -275,11 +343,18 @@ fn pause_stalls_ws_publishers_and_refuses_http_until_drained() {
         assert_eq!(sent.load(SeqCst), stalled_at, "{driver}: still stalled");
         // Reading drains the queue below the low-water mark: the publisher resumes and every
         // message arrives, in order (pause drops nothing).
-        let reader = thread::spawn(move || slow.read_all(Duration::from_secs(3)));
+        let reader = thread::spawn(move || slow.read_until_done(|g| g.data.len() >= N as usize));
         publisher.join().unwrap();
         let got = reader.join().unwrap();
         let seqs: Vec<u64> = got.data.iter().map(|d| seq(d)).collect();
-        assert_eq!(seqs, (0..N).collect::<Vec<_>>(), "{driver}");
+        assert_eq!(
+            seqs,
+            (0..N).collect::<Vec<_>>(),
+            "{driver}: close {:?} reset {}: {:#}",
+            got.close,
+            got.reset,
+            stats(server.admin.unwrap())["totals"]
+        );
         let s = stats_until(server.admin.unwrap(), |s| s["totals"]["paused_topics"] == 0);
         assert!(s["totals"]["pauses_total"].as_u64().unwrap() >= 1);
         assert!(s["totals"]["refused"]["paused"].as_u64().unwrap() >= 1);
@@ -308,7 +383,8 @@ fn ceiling_holds_with_many_slow_clients_and_stats_match_clients() {
         let slow: Vec<RawSub> = (0..SLOW)
             .map(|_| RawSub::connect(server.addr, "/ws/c"))
             .collect();
-        let fast = fast_sub(&server, "/ws/c", 0, N as usize);
+        let progress = Progress::default();
+        let fast = fast_sub(&server, "/ws/c", 0, N as usize, &progress);
         let stop = Arc::new(AtomicUsize::new(0));
         let watcher = {
             let admin = server.admin.unwrap();
@@ -330,24 +406,31 @@ fn ceiling_holds_with_many_slow_clients_and_stats_match_clients() {
         };
         let mut p = server.ws("/pub/c").0;
         for i in 0..N {
+            // 8 × 64 KiB ahead at most: the fast subscriber never holds the most unsent
+            // bytes, so the ceiling evicts slow ones only, whatever the load.
+            within_window(&progress, i as usize, 8);
             let mut m = vec![0u8; 64 * 1024];
             m[..8].copy_from_slice(&i.to_be_bytes());
             p.send(Message::binary(m)).unwrap();
-            thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(fast.join().unwrap(), (0..N).collect::<Vec<_>>(), "{driver}");
         stop.store(1, SeqCst);
         assert!(watcher.join().unwrap() > 0);
+        // 400 × 64 KiB is far over the ceiling: every slow client is evicted; each reader
+        // waits for its end (1013, or a reset when it did not take the close in time).
         let readers: Vec<_> = slow
             .into_iter()
-            .map(|s| thread::spawn(move || s.read_all(Duration::from_millis(500))))
+            .map(|s| thread::spawn(move || s.read_until_done(|_| false)))
             .collect();
-        let closes: Vec<Option<u16>> = readers
-            .into_iter()
-            .map(|r| r.join().unwrap().close)
-            .collect();
-        let evicted = closes.iter().filter(|c| **c == Some(1013)).count() as u64;
-        assert!(closes.iter().all(|c| c.is_none() || *c == Some(1013)));
+        let got: Vec<Received> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+        // Evicted: the 1013 close arrived, or (not read in time) the connection was reset.
+        let evicted = got
+            .iter()
+            .filter(|g| g.close == Some(1013) || g.reset)
+            .count() as u64;
+        assert!(got
+            .iter()
+            .all(|g| g.close.is_none() || g.close == Some(1013)));
         let s = stats(server.admin.unwrap());
         let t = &s["totals"];
         assert!(evicted > 0, "{driver}: the ceiling never evicted");

@@ -5,17 +5,8 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
+use common::hostile::rss;
 use common::*;
-
-fn rss_bytes(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
 
 fn open(server: &Server, n: usize) -> Vec<TcpStream> {
     let req = b"GET /ws/idle HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
@@ -47,10 +38,10 @@ fn idle_subscriber_bytes() {
     // memory.
     let warm = open(&server, 200);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let before = rss_bytes(server.pid());
+    let before = rss(server.pid());
     let conns = open(&server, N);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let after = rss_bytes(server.pid());
+    let after = rss(server.pid());
     let per_conn = after.saturating_sub(before) as f64 / N as f64;
     println!("idle subscriber: {per_conn:.0} bytes/connection (RSS {before} -> {after})");
     assert!(per_conn < 4096.0, "{per_conn} bytes per idle connection");

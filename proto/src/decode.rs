@@ -136,6 +136,15 @@ impl Decoder {
         self.fragments.is_some()
     }
 
+    /// Heap bytes held for the fragmented message in progress (the reassembly buffer's
+    /// capacity and its state), 0 when none: what a client parks on the server by leaving a
+    /// message unfinished.
+    pub fn reassembly_bytes(&self) -> usize {
+        self.fragments
+            .as_ref()
+            .map_or(0, |f| f.buf.capacity() + std::mem::size_of::<Reassembly>())
+    }
+
     /// Decodes at most one event from the front of `input` (the caller's unconsumed bytes).
     ///
     /// Contract: bytes not consumed must be presented again unchanged (possibly with more

@@ -369,6 +369,7 @@ fn single_frame_is_borrowed_fragmented_is_assembled() {
     let r = d.decode(&mut bytes);
     assert_eq!((r.consumed, r.result), (7, Ok(None)));
     assert!(d.in_fragmented_message());
+    assert!(d.reassembly_bytes() >= 1, "the parked fragment is visible");
     let r = d.decode(&mut bytes[7..]);
     assert!(matches!(
         r.result,
@@ -377,4 +378,5 @@ fn single_frame_is_borrowed_fragmented_is_assembled() {
             ..
         })))
     ));
+    assert_eq!(d.reassembly_bytes(), 0, "freed with the message");
 }

@@ -4,7 +4,8 @@
 //! `{"error":{"code":N,"msg":"..."},"id":...}`.
 //!
 //! Error codes: 1 = unknown method or invalid params/topic, 2 = invalid JSON, 4 = too many
-//! subscriptions. A request that fails changes nothing (all topics are validated first).
+//! subscriptions (this connection's `max_topics_per_connection`, or the server's
+//! `max_subscriptions`). A request that fails changes nothing (all topics are validated first).
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -37,6 +38,11 @@ pub trait Subscriptions {
     fn subscribe(&mut self, topic: &str);
     /// Unsubscribe from `topic` (subscribed).
     fn unsubscribe(&mut self, topic: &str);
+    /// New subscriptions the server still takes (its `max_subscriptions`); unlimited by
+    /// default.
+    fn room(&self) -> usize {
+        usize::MAX
+    }
 }
 
 fn error(code: u32, msg: impl Into<String>, id: &Value) -> String {
@@ -98,6 +104,13 @@ pub fn handle(text: &[u8], subs: &mut impl Subscriptions, max_topics: usize) -> 
                     return error(
                         TOO_MANY_SUBSCRIPTIONS,
                         format!("too many subscriptions: {have} + {new} > {max_topics}"),
+                        &id,
+                    );
+                }
+                if new > subs.room() {
+                    return error(
+                        TOO_MANY_SUBSCRIPTIONS,
+                        "server subscription limit reached (max_subscriptions), try later",
                         &id,
                     );
                 }

@@ -1,9 +1,11 @@
-//! Heartbeats and connection timeouts: pings, pong timeout, idle timeout, maximum lifetime.
+//! Heartbeats and connection timeouts: pings, pong timeout, idle timeout, maximum lifetime,
+//! and the time a message may stay unfinished (fragment timeout).
 //!
 //! The decisions are sans-IO: [`Liveness`] is a connection's 16-byte state and time is an
 //! input (milliseconds since the shard's epoch, a wrapping `u32`), so every rule is tested on a
 //! virtual clock. Call order for one connection: [`Liveness::new`] when it is registered,
-//! [`Liveness::on_inbound`] whenever frames arrive (a pong is just one of them), and
+//! [`Liveness::on_inbound`] whenever frames arrive (a pong is just one of them),
+//! [`Liveness::on_partial`] after each read batch (is a message, or a frame, unfinished?), and
 //! [`Liveness::check`] on every sweep, which says what to do now.
 //!
 //! The shard applies it with one coarse sweep, not a timer per connection: every
@@ -32,13 +34,18 @@ pub struct HeartbeatConfig {
     pub max_lifetime: u32,
     /// Up to this percentage of `max_lifetime` is taken off, spread per connection.
     pub lifetime_jitter_pct: u8,
+    /// Close when a message (or a frame) stays unfinished this long.
+    pub fragment_timeout: u32,
 }
 
 impl HeartbeatConfig {
     /// True when any rule is on (otherwise no sweep runs). A pong timeout alone does nothing
     /// without pings.
     pub fn enabled(&self) -> bool {
-        self.ping_interval > 0 || self.idle_timeout > 0 || self.max_lifetime > 0
+        self.ping_interval > 0
+            || self.idle_timeout > 0
+            || self.max_lifetime > 0
+            || self.fragment_timeout > 0
     }
 
     /// How often the shard sweep runs: a quarter of the shortest enabled duration, between
@@ -56,6 +63,7 @@ impl HeartbeatConfig {
             pong,
             self.idle_timeout,
             self.max_lifetime,
+            self.fragment_timeout,
         ]
         .into_iter()
         .filter(|&d| d > 0)
@@ -94,14 +102,21 @@ pub enum Reason {
     IdleTimeout,
     /// The connection reached its lifetime.
     MaxLifetime,
+    /// A message (or a frame) stayed unfinished for `fragment_timeout`.
+    FragmentTimeout,
 }
 
 impl Reason {
     /// The close code: always 1001 (see docs/ENGINE.md): the server ends the connection and the
     /// client should reconnect. 1008 reads as a permanent refusal (auth, rate limit) to many
     /// clients; 1011 would report a server fault.
+    /// An unfinished message past its time is a policy violation (1008): the client holds
+    /// server memory without completing what it started.
     pub fn code(self) -> CloseCode {
-        CloseCode::GOING_AWAY
+        match self {
+            Reason::FragmentTimeout => CloseCode::POLICY,
+            _ => CloseCode::GOING_AWAY,
+        }
     }
 
     /// The close reason text.
@@ -110,6 +125,7 @@ impl Reason {
             Reason::PongTimeout => "pong timeout",
             Reason::IdleTimeout => "idle timeout",
             Reason::MaxLifetime => "max connection lifetime",
+            Reason::FragmentTimeout => "message timeout",
         }
     }
 
@@ -134,8 +150,10 @@ pub enum Action {
 const AWAITING: u8 = 1;
 /// `expires` is set.
 const EXPIRES: u8 = 2;
+/// A message or frame is unfinished since `partial_since`.
+const PARTIAL: u8 = 4;
 
-/// One connection's heartbeat state: 16 bytes. Times are ms since the shard epoch, wrapping.
+/// One connection's heartbeat state: 20 bytes. Times are ms since the shard epoch, wrapping.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Liveness {
     /// When the last frame arrived (or the connection started).
@@ -145,6 +163,8 @@ pub struct Liveness {
     ping_at: u32,
     /// Lifetime deadline (with [`EXPIRES`]).
     expires: u32,
+    /// When the unfinished message began (with [`PARTIAL`]).
+    partial_since: u32,
     flags: u8,
 }
 
@@ -166,6 +186,7 @@ impl Liveness {
             last_inbound: now,
             ping_at: now,
             expires: now.wrapping_add(lifetime),
+            partial_since: 0,
             flags: if lifetime > 0 { EXPIRES } else { 0 },
         }
     }
@@ -175,6 +196,19 @@ impl Liveness {
     pub fn on_inbound(&mut self, now: u32) {
         self.last_inbound = now;
         self.flags &= !AWAITING;
+    }
+
+    /// After a read batch at `now`: is a message (or frame) left unfinished? Its clock starts
+    /// when it first is, and stops when it no longer is.
+    pub fn on_partial(&mut self, now: u32, partial: bool) {
+        match (partial, self.flags & PARTIAL != 0) {
+            (true, false) => {
+                self.partial_since = now;
+                self.flags |= PARTIAL;
+            }
+            (false, true) => self.flags &= !PARTIAL,
+            _ => {}
+        }
     }
 
     /// True while a ping is unanswered.
@@ -195,6 +229,10 @@ impl Liveness {
         }
         if self.flags & EXPIRES != 0 && reached(now, self.expires) {
             return Action::Close(Reason::MaxLifetime);
+        }
+        let partial = self.flags & PARTIAL != 0 && cfg.fragment_timeout > 0;
+        if partial && elapsed(now, self.partial_since) >= cfg.fragment_timeout {
+            return Action::Close(Reason::FragmentTimeout);
         }
         // While a ping is unanswered, another one would move the pong deadline: wait.
         if cfg.ping_interval > 0 && !awaiting && elapsed(now, self.ping_at) >= cfg.ping_interval {
@@ -217,6 +255,7 @@ mod tests {
             idle_timeout: idle,
             max_lifetime: life,
             lifetime_jitter_pct: jitter,
+            fragment_timeout: 0,
         }
     }
 
@@ -237,8 +276,31 @@ mod tests {
     }
 
     #[test]
-    fn state_is_16_bytes() {
-        assert_eq!(std::mem::size_of::<Liveness>(), 16);
+    fn state_is_20_bytes() {
+        assert_eq!(std::mem::size_of::<Liveness>(), 20);
+    }
+
+    #[test]
+    fn an_unfinished_message_is_closed_1008_at_the_fragment_timeout() {
+        let mut c = cfg(0, 0, 0, 0, 0);
+        c.fragment_timeout = 1000;
+        let mut l = Liveness::new(0, 0, &c);
+        l.on_partial(100, true);
+        l.on_inbound(900); // a ping now and then does not extend it
+        l.on_partial(900, true);
+        assert_eq!(l.check(1099, &c), Action::None);
+        let a = l.check(1100, &c);
+        assert_eq!(a, Action::Close(Reason::FragmentTimeout));
+        assert_eq!(Reason::FragmentTimeout.code(), CloseCode::POLICY);
+        // Finished in time, then a new one: its own clock.
+        let mut l = Liveness::new(0, 0, &c);
+        l.on_partial(0, true);
+        l.on_partial(999, false);
+        l.on_partial(1500, true);
+        assert_eq!(l.check(2499, &c), Action::None);
+        assert_eq!(l.check(2500, &c), Action::Close(Reason::FragmentTimeout));
+        c.fragment_timeout = 0;
+        assert_eq!(l.check(100_000, &c), Action::None, "off");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! the request head and its route, the HTTP publish body, in-band control, heartbeats.
 
 pub mod admission;
+// Isolation (issue 12): teardown deadlines of closing connections.
+pub mod closing;
 pub mod control;
 pub mod heartbeat;
 pub mod route;

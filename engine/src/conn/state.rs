@@ -12,7 +12,7 @@ use shardcast_proto::http::RequestParser;
 use shardcast_proto::Decoder;
 
 use crate::conn::heartbeat::Liveness;
-use crate::flow::queue::SendQueue;
+use crate::flow::queue::{InboundCharge, SendQueue};
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +206,8 @@ pub struct Http {
     pub accepted_at: Instant,
     /// An HTTP publish waiting for its body.
     pub body: Option<Body>,
+    /// `buf`'s capacity, charged to the shard's ledger as unfinished input (isolation).
+    pub charge: InboundCharge,
 }
 
 /// Receive state while a partial frame or a fragmented message is buffered.
@@ -215,6 +217,9 @@ pub struct Rx {
     pub decoder: Decoder,
     /// Received bytes not decoded yet (a partial frame, or input held by a stopped publisher).
     pub leftover: Vec<u8>,
+    /// `leftover`'s capacity plus the reassembly buffer, charged to the shard's ledger as
+    /// unfinished input (isolation).
+    pub charge: InboundCharge,
 }
 
 /// Topics a connection holds paused, each with the low-water mark that releases it.
@@ -246,6 +251,9 @@ pub struct Conn {
     /// Shard clock (ms) of the phase's deadline (handshake, flush, linger), with
     /// [`flag::TIMED`].
     pub deadline: u32,
+    /// Bytes its kernel send buffer held at the last sample (`Handler::kernel_held`): part of
+    /// its backlog against the high-water mark; charged to the ceiling while it is slow.
+    pub kernel: u32,
     /// [`flag`] bits.
     pub flags: u16,
     /// Where it is in its life.
@@ -266,6 +274,7 @@ impl Conn {
             slow_low: 0,
             write_progress: 0,
             deadline: 0,
+            kernel: 0,
             flags: 0,
             phase: Phase::Http,
         }
@@ -292,9 +301,22 @@ impl Conn {
         !matches!(self.phase, Phase::Http | Phase::Open)
     }
 
-    /// Logical unsent bytes.
+    /// Everything it holds unsent: its queue (logical bytes) and its kernel send buffer as last
+    /// sampled.
     pub fn unsent(&self) -> usize {
-        self.queue.len_bytes()
+        self.queue.len_bytes() + self.kernel as usize
+    }
+
+    /// What counts against the high-water mark if `extra` more bytes were queued: the kernel's
+    /// bytes plus everything behind the frame being written. The frame in progress is exempt,
+    /// so a frame alone (even one larger than the mark) never makes a connection slow.
+    pub fn backlog_with(&self, extra: usize) -> usize {
+        let behind = if self.queue.is_empty() {
+            0 // `extra` becomes the frame in progress
+        } else {
+            self.queue.len_bytes() - self.queue.head_remaining() + extra
+        };
+        self.kernel as usize + behind
     }
 }
 
@@ -307,7 +329,9 @@ mod tests {
     fn slot_stays_within_budget() {
         let size = std::mem::size_of::<Conn>();
         eprintln!("Conn: {size} bytes");
-        assert!(size <= 160, "Conn is {size} bytes");
+        // 160 in engine v2; isolation adds 16: the queue's waiting-pong index and entry-array
+        // charge (8), the fragment clock in `Liveness` (4) and padding.
+        assert!(size <= 176, "Conn is {size} bytes");
         assert!(std::mem::size_of::<Subs>() <= 24);
     }
 

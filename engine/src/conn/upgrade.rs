@@ -159,17 +159,51 @@ pub fn published() -> Vec<u8> {
 
 /// The answer to a request that did not complete within `handshake_timeout_ms`.
 pub fn timed_out() -> Vec<u8> {
-    let mut out = Vec::new();
-    write_rejection(
-        &mut out,
-        &HttpError::new(Status::RequestTimeout, "handshake timeout"),
-    );
-    out
+    rejection(HttpError::new(Status::RequestTimeout, "handshake timeout"))
 }
 
 /// A malformed or over-limit request head.
 pub fn malformed(e: HttpError) -> Decision {
     refuse(Refusal::BadRequest, e)
+}
+
+/// The answer to an upgrade naming more topics than the shard's share of `max_subscriptions`
+/// leaves room for (isolation: subscriptions are bounded).
+pub fn no_subscription_room() -> Decision {
+    refuse(
+        Refusal::Subscriptions,
+        HttpError::new(
+            Status::ServiceUnavailable,
+            "server subscription limit reached (max_subscriptions)",
+        ),
+    )
+}
+
+/// The answer to a request whose unfinished body would take the shard over its share of the
+/// memory ceiling.
+pub fn no_memory() -> Vec<u8> {
+    rejection(HttpError::new(
+        Status::ServiceUnavailable,
+        "server memory ceiling reached",
+    ))
+}
+
+/// The answer to a client accepted through the reserve descriptor when the process is out
+/// of descriptors.
+pub fn out_of_descriptors() -> Vec<u8> {
+    rejection(HttpError::new(
+        Status::ServiceUnavailable,
+        "server out of descriptors",
+    ))
+}
+
+/// Topics an upgrade to `route` subscribes at once (at most `max_topics` of a stream).
+pub fn topics_named(route: &Route, max_topics: usize) -> usize {
+    match route {
+        Route::Subscribe(_) | Route::Room(_) => 1,
+        Route::Stream(ts) => ts.len().min(max_topics),
+        _ => 0,
+    }
 }
 
 fn back_pressure(stopped: Stopped) -> Option<Decision> {
@@ -186,9 +220,14 @@ fn back_pressure(stopped: Stopped) -> Option<Decision> {
 }
 
 fn refuse(why: Refusal, err: HttpError) -> Decision {
+    Decision::Refuse(why, rejection(err))
+}
+
+/// The error response for `err`.
+fn rejection(err: HttpError) -> Vec<u8> {
     let mut out = Vec::new();
     write_rejection(&mut out, &err);
-    Decision::Refuse(why, out)
+    out
 }
 
 fn status_of(code: u16) -> Status {

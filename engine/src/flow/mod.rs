@@ -2,6 +2,8 @@
 //! topic table and the memory ceiling.
 
 pub mod governor;
+// Isolation (issue 12): start-up consistency of the size limits.
+pub mod limits;
 pub mod policy;
 pub mod queue;
 pub mod topic;

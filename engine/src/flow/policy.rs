@@ -41,8 +41,9 @@ impl Action {
     }
 }
 
-/// Default high-water mark per connection queue.
-pub const DEFAULT_HIGH_WATER: usize = 1 << 20;
+/// Default high-water mark per connection (raised when one accepted message plus a full
+/// kernel send buffer needs more: limits.rs).
+pub const DEFAULT_HIGH_WATER: usize = 2 << 20;
 /// Default number of messages `drop-oldest` keeps.
 pub const DEFAULT_KEEP: usize = 16;
 

@@ -1,11 +1,16 @@
 //! Per-connection send queues of shared frames, and the shard's exact accounting of them.
 //!
-//! A frame a shard delivers is wrapped once in an `Rc<QueuedFrame>` whose creation adds its
-//! length to the shard's [`Ledger`] (`retained`) and whose drop, when the last queue holding it
-//! lets go, subtracts it: a frame shared by 10,000 queues counts once. Every queue entry also
-//! counts its slot ([`SLOT_BYTES`], the `Rc` pointer). Per connection the queue counts
-//! logical unsent bytes, including the rest of a partially written head frame; the ledger
-//! also keeps the sum of those over the shard.
+//! A frame a shard delivers is wrapped once in an `Rc<QueuedFrame>` whose creation adds what
+//! it really holds to the shard's [`Ledger`] (`retained`) and whose drop, when the last queue
+//! holding it lets go, subtracts it: a frame shared by 10,000 queues counts once. What a frame
+//! holds ([`frame_cost`]): its encoded buffer at the allocator's size class, the `bytes`
+//! crate's shared header when the buffer is shared, and the `Rc<QueuedFrame>` allocation.
+//! Each queue also counts its entry array (the `VecDeque` buffer, spare capacity included, at
+//! its size class) beyond [`QUEUE_FLOOR`] entries: the floor is a per-connection cost outside
+//! the ceiling (docs/ENGINE.md), which an empty queue shrinks back to. `engine/tests/ledger_alloc.rs` checks
+//! the ledger against a counting global allocator. Per connection the queue counts logical
+//! unsent bytes, including the rest of a partially written head frame; the ledger also keeps
+//! the sum of those over the shard.
 //!
 //! A frame queued on several shards (a broadcast arrives on each through the mesh) is counted
 //! by every shard holding it: per shard the count is exact, the process total is conservative
@@ -27,8 +32,53 @@ use bytes::Bytes;
 
 use crate::obs::stats::ShardStats;
 
-/// Memory one queue entry takes in the queue itself.
+/// Memory one queue entry takes in the queue itself (spare capacity aside).
 pub const SLOT_BYTES: usize = std::mem::size_of::<Rc<QueuedFrame>>();
+
+/// The allocator's size class for `n` bytes: what an allocation of `n` really takes. These are
+/// jemalloc's classes (the binary's allocator; 16-byte quantum, four classes per doubling):
+/// 8, 16, 32, 48, …, 128, 160, 192, 224, 256, 320, …, 16 KiB, 20 KiB, ….
+pub const fn size_class(n: usize) -> usize {
+    if n <= 8 {
+        return 8;
+    }
+    if n <= 128 {
+        return (n + 15) & !15;
+    }
+    let lg = usize::BITS - 1 - (n - 1).leading_zeros();
+    let delta = 1usize << (lg - 2);
+    (n + delta - 1) & !(delta - 1)
+}
+
+/// The `Rc<QueuedFrame>` allocation (two counters and the frame).
+pub const FRAME_HEADER: usize =
+    size_class(2 * std::mem::size_of::<usize>() + std::mem::size_of::<QueuedFrame>());
+
+/// The `bytes` crate's header of a shared buffer (pointer, capacity, reference count),
+/// allocated when a `Vec`-backed `Bytes` is first cloned.
+pub const SHARED_HEADER: usize = size_class(3 * std::mem::size_of::<usize>());
+
+/// What a queued frame of `len` encoded bytes holds: its buffer, its `Rc` wrapper, and the
+/// shared header if its buffer is shared (a published frame, also held by the mesh or by
+/// other shards; the shared ping or close).
+pub const fn frame_cost(len: usize, shared: bool) -> usize {
+    size_class(len) + FRAME_HEADER + if shared { SHARED_HEADER } else { 0 }
+}
+
+/// Capacity (entries) an empty queue keeps: `VecDeque`'s first allocation, so a connection
+/// that receives now and then does not reallocate per message. Not charged to the ceiling
+/// (docs/ENGINE.md counts it per connection).
+pub const QUEUE_FLOOR: usize = 4;
+
+/// What a queue's entry array of `capacity` entries holds beyond the [`QUEUE_FLOOR`] every
+/// connection that ever received keeps.
+pub const fn slots_cost(capacity: usize) -> usize {
+    if capacity <= QUEUE_FLOOR {
+        0
+    } else {
+        size_class(capacity * SLOT_BYTES) - size_class(QUEUE_FLOOR * SLOT_BYTES)
+    }
+}
 
 /// One shard's accounting of queued frames. Single-threaded (`Cell`s): the shard owns it and
 /// enforces its limits from it; the stats gauges are a copy taken once per tick
@@ -37,18 +87,82 @@ pub const SLOT_BYTES: usize = std::mem::size_of::<Rc<QueuedFrame>>();
 pub struct Ledger {
     frame_bytes: Cell<usize>,
     entries: Cell<usize>,
+    /// Entry arrays of non-empty queues ([`slots_cost`]).
+    slot_bytes: Cell<usize>,
     queued: Cell<usize>,
+    /// Bytes held for clients' unfinished input (charged to the ceiling).
+    inbound: Cell<usize>,
+    /// Kernel send-buffer bytes of stalled live connections (charged to the ceiling).
+    kernel_charged: Cell<usize>,
+    /// Kernel send-buffer bytes of the other full sockets: draining ones, and closing ones
+    /// (bounded in time by their teardown deadline). Reported, not charged.
+    kernel_other: Cell<usize>,
 }
 
 impl Ledger {
-    /// Real bytes retained: every live frame once plus every queue slot.
+    /// Real bytes retained: every live frame once ([`frame_cost`]) plus the entry arrays of
+    /// every non-empty queue.
     pub fn retained(&self) -> usize {
-        self.frame_bytes.get() + self.entries.get() * SLOT_BYTES
+        self.frame_bytes.get() + self.slot_bytes.get()
     }
 
-    /// Bytes of live frames (each counted once).
+    /// What the ceiling charges (the mesh backlog aside): [`retained`](Self::retained), the
+    /// kernel bytes of stalled live connections and unfinished input (not fed on engine v2 yet).
+    pub fn charged(&self) -> usize {
+        self.retained() + self.kernel_charged.get() + self.inbound.get()
+    }
+
+    /// Bytes held for clients' unfinished input: partial frames, fragmented messages being
+    /// reassembled, HTTP publish bodies being read.
+    pub fn inbound(&self) -> usize {
+        self.inbound.get()
+    }
+
+    /// Unfinished input held for a client went from `old` to `new` bytes.
+    pub fn inbound_changed(&self, old: usize, new: usize) {
+        self.inbound.set(self.inbound.get() - old + new);
+    }
+
+    /// Kernel send-buffer bytes over every full socket, as last sampled.
+    pub fn kernel(&self) -> usize {
+        self.kernel_charged.get() + self.kernel_other.get()
+    }
+
+    /// Kernel bytes charged to the ceiling.
+    pub fn kernel_charged(&self) -> usize {
+        self.kernel_charged.get()
+    }
+
+    fn kernel_bucket(&self, charged: bool) -> &Cell<usize> {
+        if charged {
+            &self.kernel_charged
+        } else {
+            &self.kernel_other
+        }
+    }
+
+    /// A connection's sampled kernel bytes went from `old` to `new` (in the charged bucket
+    /// or not).
+    pub fn kernel_changed(&self, old: usize, new: usize, charged: bool) {
+        let c = self.kernel_bucket(charged);
+        c.set(c.get() - old + new);
+    }
+
+    /// A connection's `bytes` of kernel memory start (`on`) or stop being charged.
+    pub fn kernel_charge(&self, bytes: usize, on: bool) {
+        let (from, to) = (self.kernel_bucket(!on), self.kernel_bucket(on));
+        from.set(from.get() - bytes);
+        to.set(to.get() + bytes);
+    }
+
+    /// Bytes held by live frames (each counted once, at [`frame_cost`]).
     pub fn frame_bytes(&self) -> usize {
         self.frame_bytes.get()
+    }
+
+    /// Bytes held by the entry arrays of non-empty queues.
+    pub fn slot_bytes(&self) -> usize {
+        self.slot_bytes.get()
     }
 
     /// Queue entries over every queue.
@@ -66,7 +180,9 @@ impl Ledger {
     pub fn publish(&self, stats: &ShardStats, mesh: usize) {
         stats
             .retained_bytes
-            .store((self.retained() + mesh) as u64, Relaxed);
+            .store((self.charged() + mesh) as u64, Relaxed);
+        stats.kernel_bytes.store(self.kernel() as u64, Relaxed);
+        stats.inbound_bytes.store(self.inbound() as u64, Relaxed);
         stats.mesh_bytes.store(mesh as u64, Relaxed);
         stats.queued_frames.store(self.entries() as u64, Relaxed);
         stats
@@ -74,22 +190,118 @@ impl Ledger {
             .store(self.queued() as u64, Relaxed);
     }
 
-    /// Wrap an encoded frame for queueing; it is counted until the last holder drops it.
-    /// `published_at` is when a published frame's publish was accepted (`None` for a
-    /// connection's own frames); it is stored once per frame, not per queue entry.
+    /// Wrap an encoded frame that owns its buffer (a connection's own reply, pong, close) for
+    /// queueing; it is counted until the last holder drops it. `published_at` is when a
+    /// published frame's publish was accepted (`None` for a connection's own frames); it is
+    /// stored once per frame, not per queue entry.
     pub fn frame(
         self: &Rc<Self>,
         bytes: Bytes,
         topic: Option<Arc<str>>,
         published_at: Option<Instant>,
     ) -> Rc<QueuedFrame> {
-        self.frame_bytes.set(self.frame_bytes.get() + bytes.len());
+        self.wrap(bytes, topic, published_at, false)
+    }
+
+    /// [`frame`](Self::frame) for a buffer shared with other holders (a published frame,
+    /// which the envelope, the mesh or other shards also hold; a frame queued to many
+    /// connections at once).
+    pub fn shared_frame(
+        self: &Rc<Self>,
+        bytes: Bytes,
+        topic: Option<Arc<str>>,
+        published_at: Option<Instant>,
+    ) -> Rc<QueuedFrame> {
+        self.wrap(bytes, topic, published_at, true)
+    }
+
+    fn wrap(
+        self: &Rc<Self>,
+        bytes: Bytes,
+        topic: Option<Arc<str>>,
+        published_at: Option<Instant>,
+        shared: bool,
+    ) -> Rc<QueuedFrame> {
+        let charge = frame_cost(bytes.len(), shared);
+        self.frame_bytes.set(self.frame_bytes.get() + charge);
         Rc::new(QueuedFrame {
             bytes,
             topic,
             published_at,
             ledger: self.clone(),
+            charge,
         })
+    }
+
+    fn slots_changed(&self, old: usize, new: usize) {
+        self.slot_bytes.set(self.slot_bytes.get() - old + new);
+    }
+}
+
+/// Unfinished input held outside a connection's own accounting (an HTTP publish body being
+/// read), charged to the ledger while held and released on drop.
+pub struct InboundHold<'a> {
+    ledger: &'a Ledger,
+    held: usize,
+}
+
+impl InboundHold<'_> {
+    /// Now `bytes` are held.
+    pub fn set(&mut self, bytes: usize) {
+        self.ledger.inbound_changed(self.held, bytes);
+        self.held = bytes;
+    }
+}
+
+impl Drop for InboundHold<'_> {
+    fn drop(&mut self) {
+        self.ledger.inbound_changed(self.held, 0);
+    }
+}
+
+/// [`InboundHold`] that a connection keeps in its boxed receive or request state (so it owns
+/// its `Rc` of the ledger): dropping the state releases the charge, whatever the way out.
+pub struct InboundCharge {
+    ledger: Rc<Ledger>,
+    held: usize,
+}
+
+impl std::fmt::Debug for InboundCharge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundCharge")
+            .field("held", &self.held)
+            .finish()
+    }
+}
+
+impl InboundCharge {
+    /// Nothing held yet.
+    pub fn new(ledger: Rc<Ledger>) -> Self {
+        InboundCharge { ledger, held: 0 }
+    }
+
+    /// Now `bytes` are held; true if that is more than before.
+    pub fn set(&mut self, bytes: usize) -> bool {
+        self.ledger.inbound_changed(self.held, bytes);
+        let grew = bytes > self.held;
+        self.held = bytes;
+        grew
+    }
+}
+
+impl Drop for InboundCharge {
+    fn drop(&mut self) {
+        self.ledger.inbound_changed(self.held, 0);
+    }
+}
+
+impl Ledger {
+    /// Start holding unfinished input (nothing yet).
+    pub fn hold_inbound(&self) -> InboundHold<'_> {
+        InboundHold {
+            ledger: self,
+            held: 0,
+        }
     }
 }
 
@@ -104,6 +316,8 @@ pub struct QueuedFrame {
     /// latency recorded when the frame is fully written.
     pub published_at: Option<Instant>,
     ledger: Rc<Ledger>,
+    /// What it was charged ([`frame_cost`]), given back on drop.
+    charge: usize,
 }
 
 impl QueuedFrame {
@@ -125,7 +339,7 @@ impl QueuedFrame {
 impl Drop for QueuedFrame {
     fn drop(&mut self) {
         let l = &self.ledger;
-        l.frame_bytes.set(l.frame_bytes.get() - self.bytes.len());
+        l.frame_bytes.set(l.frame_bytes.get() - self.charge);
     }
 }
 
@@ -136,10 +350,18 @@ pub struct SendQueue {
     /// Bytes of the head frame already written.
     head_sent: usize,
     bytes: usize,
+    /// What the entry array is charged now ([`slots_cost`]).
+    slots_charged: u32,
+    /// Index of the pong waiting to be sent, replaced by a newer one ([`NO_PONG`]: none).
+    /// (`u32`s: this struct is in every connection.)
+    pong: u32,
     /// Frames at the front covered by a send in flight ([`gather`](Self::gather)): like a
     /// started head, never dropped or conflated until the send completes ([`unpin`](Self::unpin)).
     pinned: usize,
 }
+
+/// [`SendQueue`]'s `pong` when no pong waits.
+const NO_PONG: u32 = u32::MAX;
 
 impl SendQueue {
     /// Empty queue (allocates nothing until the first push).
@@ -148,8 +370,40 @@ impl SendQueue {
             frames: VecDeque::new(),
             head_sent: 0,
             bytes: 0,
+            slots_charged: 0,
+            pong: NO_PONG,
             pinned: 0,
         }
+    }
+
+    /// Bring the entry array's charge in line with its capacity (after any change to the
+    /// queue), shrinking an array that is mostly spare: an empty queue keeps [`QUEUE_FLOOR`]
+    /// entries, a non-empty one at most four times what it holds.
+    fn recharge(&mut self, ledger: &Ledger) {
+        let len = self.frames.len();
+        let cap = self.frames.capacity();
+        if len == 0 && cap > QUEUE_FLOOR {
+            self.frames.shrink_to(QUEUE_FLOOR);
+        } else if cap > 4 * QUEUE_FLOOR && len * 4 <= cap {
+            self.frames.shrink_to(len * 2);
+        }
+        let charge = slots_cost(self.frames.capacity());
+        if charge != self.slots_charged as usize {
+            ledger.slots_changed(self.slots_charged as usize, charge);
+            self.slots_charged = charge.min(u32::MAX as usize) as u32;
+        }
+    }
+
+    /// What the next [`push`](Self::push) adds to the entry array's charge (the array grows
+    /// when full).
+    pub fn push_cost(&self) -> usize {
+        let (len, cap) = (self.frames.len(), self.frames.capacity());
+        let next = if len < cap {
+            cap
+        } else {
+            (cap * 2).max(QUEUE_FLOOR)
+        };
+        slots_cost(next) - self.slots_charged as usize
     }
 
     fn counted(f: &QueuedFrame, bytes: isize, entries: isize) {
@@ -165,12 +419,41 @@ impl SendQueue {
         }
         self.bytes += frame.len();
         Self::counted(&frame, frame.len() as isize, 1);
+        let ledger = frame.ledger.clone();
         self.frames.push_back(frame);
+        self.recharge(&ledger);
+    }
+
+    /// Queue a pong (RFC 6455 §5.5.3: only the latest ping needs an answer while one waits):
+    /// a pong already waiting and not started is replaced; otherwise it is appended.
+    pub fn push_pong(&mut self, frame: Rc<QueuedFrame>) {
+        let i = self.pong as usize;
+        let waiting = (self.pong != NO_PONG && i >= self.protected())
+            .then_some(i)
+            .filter(|&i| i < self.frames.len());
+        match waiting {
+            Some(i) => {
+                let old = std::mem::replace(&mut self.frames[i], frame);
+                let new = &self.frames[i];
+                self.bytes = self.bytes - old.len() + new.len();
+                Self::counted(&old, -(old.len() as isize), 0);
+                Self::counted(new, new.len() as isize, 0);
+            }
+            None => {
+                self.push(frame);
+                self.pong = (self.frames.len() - 1).min(NO_PONG as usize - 1) as u32;
+            }
+        }
     }
 
     /// Logical unsent bytes, including the rest of a partially written head frame.
     pub fn len_bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Unsent bytes of the frame being written (the head), 0 when empty.
+    pub fn head_remaining(&self) -> usize {
+        self.frames.front().map_or(0, |f| f.len() - self.head_sent)
     }
 
     /// Frames (or frame remainders) queued.
@@ -277,8 +560,13 @@ impl SendQueue {
                 self.head_sent = 0;
                 self.pinned = self.pinned.saturating_sub(1);
                 let head = self.frames.pop_front().expect("just seen");
+                self.pong = self.pong.checked_sub(1).unwrap_or(NO_PONG);
                 Self::counted(&head, -(rest as isize), -1);
                 written(&head);
+                let (len, cap) = (self.frames.len(), self.frames.capacity());
+                if len == 0 || (cap > 4 * QUEUE_FLOOR && len * 4 <= cap) {
+                    self.recharge(&head.ledger);
+                }
             } else {
                 Self::counted(head, -(n as isize), 0);
                 self.head_sent += n;
@@ -335,20 +623,36 @@ impl SendQueue {
         }
         let mut i = 0usize;
         let mut removed: Vec<Rc<QueuedFrame>> = Vec::new();
+        // The waiting pong's index moves down by the removals in front of it (or it goes).
+        let pong = (self.pong != NO_PONG).then_some(self.pong as usize);
+        let (mut before_pong, mut pong_removed) = (0, false);
         self.frames.retain(|f| {
             let idx = i;
             i += 1;
             if idx >= from && count > 0 && pred(f) {
                 count -= 1;
                 removed.push(f.clone());
+                match pong {
+                    Some(p) if p == idx => pong_removed = true,
+                    Some(p) if idx < p => before_pong += 1,
+                    _ => {}
+                }
                 false
             } else {
                 true
             }
         });
-        for f in removed {
+        self.pong = pong
+            .filter(|_| !pong_removed)
+            .map_or(NO_PONG, |p| (p - before_pong) as u32);
+        for f in &removed {
             self.bytes -= f.len();
-            Self::counted(&f, -(f.len() as isize), -1);
+            Self::counted(f, -(f.len() as isize), -1);
+        }
+        if let Some(f) = removed.first() {
+            let ledger = f.ledger.clone();
+            drop(removed);
+            self.recharge(&ledger);
         }
     }
 }
@@ -369,6 +673,14 @@ mod tests {
         q
     }
 
+    /// What own (unshared) frames of these lengths are charged.
+    fn cost(lens: &[usize]) -> usize {
+        lens.iter().map(|&n| frame_cost(n, false)).sum()
+    }
+
+    /// The entry array of a queue that holds at most four frames: its floor, not charged.
+    const SLOTS: usize = slots_cost(QUEUE_FLOOR);
+
     fn flat(s: &SendQueue) -> Vec<u8> {
         s.batch(usize::MAX, usize::MAX)
             .flat_map(|b| b.iter().copied())
@@ -386,13 +698,13 @@ mod tests {
         );
         assert_eq!(
             l.retained(),
-            5 + 2 * SLOT_BYTES,
+            cost(&[3, 2]) + SLOTS,
             "the empty frame was dropped too"
         );
         s.advance(3);
         assert_eq!(
             (s.len_bytes(), l.queued(), l.retained()),
-            (2, 2, 2 + SLOT_BYTES)
+            (2, 2, cost(&[2]) + SLOTS)
         );
         s.advance(2);
         assert!(s.is_empty());
@@ -414,7 +726,7 @@ mod tests {
         assert_eq!(head.as_ptr(), shared[2..].as_ptr(), "same memory, no copy");
         assert_eq!(
             l.retained(),
-            10 + 2 * SLOT_BYTES,
+            cost(&[5, 5]) + SLOTS,
             "partial frame still held whole"
         );
         assert_eq!(l.queued(), 8);
@@ -470,24 +782,25 @@ mod tests {
     #[test]
     fn one_frame_in_ten_thousand_queues_counts_once() {
         let l = ledger();
-        let frame = l.frame(Bytes::from(vec![7u8; 1000]), None, None);
+        let frame = l.shared_frame(Bytes::from(vec![7u8; 1000]), None, None);
         let mut queues: Vec<SendQueue> = (0..10_000).map(|_| SendQueue::new()).collect();
         for q in &mut queues {
             q.push(frame.clone());
         }
         drop(frame);
-        assert_eq!(l.retained(), 1000 + 10_000 * SLOT_BYTES);
+        let one = frame_cost(1000, true);
+        assert_eq!(l.retained(), one + 10_000 * SLOTS);
         assert_eq!(l.queued(), 10_000 * 1000, "logical bytes count per queue");
         for q in &mut queues[..9_999] {
             q.advance(1000);
         }
         assert_eq!(
             l.retained(),
-            1000 + SLOT_BYTES,
+            one + SLOTS,
             "held until the last queue lets go"
         );
         queues[9_999].advance(999);
-        assert_eq!(l.retained(), 1000 + SLOT_BYTES);
+        assert_eq!(l.retained(), one + SLOTS);
         queues[9_999].advance(1);
         assert_eq!((l.retained(), l.queued()), (0, 0));
     }
@@ -510,13 +823,99 @@ mod tests {
         assert_eq!(s.keep_newest("t", 0), 2);
         assert_eq!(flat(&s), [&[0u8; 3][..], &[3; 4]].concat());
         assert_eq!(s.len_bytes(), 7);
-        assert_eq!(l.retained(), 8 + 2 * SLOT_BYTES);
+        // Six frames grew the array to 8 entries; two left in it shrink nothing yet.
+        assert_eq!(l.retained(), cost(&[4, 4]) + slots_cost(8));
         assert_eq!(s.clear_unstarted(), 1);
         assert_eq!(flat(&s), [0u8; 3]);
-        assert_eq!((l.retained(), l.queued()), (4 + SLOT_BYTES, 3));
+        assert_eq!((l.retained(), l.queued()), (cost(&[4]) + slots_cost(8), 3));
         s.advance(3);
         assert_eq!(s.clear_unstarted(), 0);
         assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
+    }
+
+    #[test]
+    fn size_classes_are_jemallocs() {
+        let classes = [
+            (1, 8),
+            (8, 8),
+            (9, 16),
+            (17, 32),
+            (100, 112),
+            (128, 128),
+            (129, 160),
+            (200, 224),
+            (257, 320),
+            (1000, 1024),
+            (1025, 1280),
+            (14_337, 16_384),
+            (16_385, 20_480),
+            ((1 << 20) + 10, (1 << 20) + (1 << 18)),
+        ];
+        for (n, class) in classes {
+            assert_eq!(size_class(n), class, "{n}");
+        }
+        assert_eq!(SHARED_HEADER, 32);
+        assert!(FRAME_HEADER >= 16 + std::mem::size_of::<QueuedFrame>());
+    }
+
+    #[test]
+    fn a_ping_flood_queues_one_pong_and_a_started_pong_is_left_alone() {
+        let l = ledger();
+        let mut s = SendQueue::new();
+        let pong = |p: &'static [u8]| l.frame(Bytes::from_static(p), None, None);
+        s.push(l.frame(Bytes::from_static(b"data"), None, None));
+        for p in [b"\x8a\x01a", b"\x8a\x01b", b"\x8a\x01c"] {
+            s.push_pong(pong(p));
+        }
+        assert_eq!(flat(&s), b"data\x8a\x01c", "the latest ping answered, once");
+        assert_eq!((s.len_frames(), l.entries(), l.queued()), (2, 2, 7));
+        assert_eq!(l.retained(), cost(&[4, 3]) + SLOTS);
+        // The data goes out and the pong starts: a newer pong waits behind it.
+        s.advance(5);
+        s.push_pong(pong(b"\x8a\x01d"));
+        s.push_pong(pong(b"\x8a\x01e"));
+        assert_eq!(flat(&s), b"\x01c\x8a\x01e");
+        // Removals in front keep the index right.
+        let t: Arc<str> = Arc::from("t");
+        s.advance(2);
+        s.push(l.frame(Bytes::from_static(b"t1"), Some(t.clone()), None));
+        s.push_pong(pong(b"\x8a\x01f"));
+        assert_eq!(flat(&s), b"\x8a\x01ft1");
+        s.push(l.frame(Bytes::from_static(b"t2"), Some(t.clone()), None));
+        s.advance(1);
+        s.push_pong(pong(b"\x8a\x01g")); // the waiting pong is started: appended
+        s.keep_newest("t", 0);
+        s.push_pong(pong(b"\x8a\x01h"));
+        assert_eq!(flat(&s), b"\x01f\x8a\x01h");
+        s.clear();
+        s.push_pong(pong(b"\x8a\x01i"));
+        assert_eq!(flat(&s), b"\x8a\x01i");
+        s.advance(3);
+        assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
+    }
+
+    #[test]
+    fn the_entry_array_is_charged_while_used_and_shrinks() {
+        let l = ledger();
+        let mut s = SendQueue::new();
+        assert_eq!(s.push_cost(), 0, "the floor is a per-connection cost");
+        for _ in 0..1000 {
+            s.push(l.frame(Bytes::from_static(b"x"), None, None));
+        }
+        let big = s.frames.capacity();
+        assert!(big >= 1000);
+        assert_eq!(l.slot_bytes(), slots_cost(big));
+        s.advance(990);
+        assert!(s.frames.capacity() <= 40, "mostly spare: shrunk");
+        assert_eq!(l.slot_bytes(), slots_cost(s.frames.capacity()));
+        s.advance(10);
+        assert_eq!(
+            s.frames.capacity(),
+            QUEUE_FLOOR,
+            "an empty queue keeps the floor"
+        );
+        assert_eq!(l.slot_bytes(), 0, "not charged while empty");
+        assert_eq!(l.retained(), 0);
     }
 
     #[test]
@@ -619,8 +1018,9 @@ mod tests {
             assert_eq!(flat(&s), want);
             assert_eq!(s.len_bytes(), want.len());
             assert_eq!(l.queued(), want.len());
-            let frames: usize = model.iter().map(|f| f.0.len()).sum();
-            assert_eq!(l.retained(), frames + model.len() * SLOT_BYTES);
+            let frames: usize = model.iter().map(|f| frame_cost(f.0.len(), false)).sum();
+            assert_eq!(l.retained(), frames + s.slots_charged as usize);
+            assert_eq!(s.slots_charged as usize, slots_cost(s.frames.capacity()));
         }
     }
 }

@@ -105,8 +105,20 @@ impl<K: Copy + Eq, V> TopicTable<K, V> {
         let moved = subs.list.get(pos).copied();
         if subs.list.is_empty() {
             self.topics.remove(topic);
+            shrink(
+                &mut self.topics,
+                |m| m.capacity(),
+                |m, n| m.shrink_to(n),
+                |m| m.len(),
+            );
             return (None, true);
         }
+        shrink(
+            &mut subs.list,
+            |v| v.capacity(),
+            |v, n| v.shrink_to(n),
+            |v| v.len(),
+        );
         (moved, false)
     }
 
@@ -136,6 +148,21 @@ impl<K: Copy + Eq, V> TopicTable<K, V> {
     /// True when no topic has subscribers.
     pub fn is_empty(&self) -> bool {
         self.topics.is_empty()
+    }
+}
+
+/// Give back most of a table's (or list's) capacity once it is three-quarters empty: a table
+/// keeps its capacity otherwise, and the subscriptions of clients that left would stay
+/// allocated (isolation: memory returns after a subscription flood).
+fn shrink<T>(
+    t: &mut T,
+    capacity: impl Fn(&T) -> usize,
+    shrink_to: impl Fn(&mut T, usize),
+    len: impl Fn(&T) -> usize,
+) {
+    let (len, cap) = (len(t), capacity(t));
+    if cap > 16 && len * 4 <= cap {
+        shrink_to(t, len * 2);
     }
 }
 

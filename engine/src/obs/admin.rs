@@ -1,13 +1,18 @@
 //! The admin listener: `/health`, `/stats`, `/metrics`, `/histograms`, `/dashboard`.
 //!
-//! It runs off the shards on one plain thread with a blocking std listener, one request per
-//! connection (`Connection: close`), and reads only the shards' atomics and their per-tick
-//! histogram copies, so observing the server never slows the data path. Requests go through the
-//! data path's own [`RequestParser`] with a small head limit and a read timeout, so a slow or
-//! hostile admin client holds the thread for at most [`IO_TIMEOUT`].
+//! It runs off the shards: one plain thread accepts (a blocking std listener) and each
+//! connection is served on a thread of its own, at most [`MAX_CONNECTIONS`] at once (more get
+//! an immediate 503), one request per connection (`Connection: close`). It reads only the
+//! shards' atomics and their per-tick histogram copies, so observing the server never slows
+//! the data path. Requests go through the data path's own [`RequestParser`] with a small head
+//! limit, and the whole exchange (request in, response out) has one deadline,
+//! [`REQUEST_DEADLINE`], not a timeout per read: a client trickling a byte at a time holds one
+//! slot for at most that long and never blocks `/health` for anyone else. Shutdown stops the
+//! accepting thread only; connection threads end by their deadline.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -23,13 +28,20 @@ use crate::obs::depth::{DepthSample, DepthSummary};
 use crate::obs::health::{overloaded, OVERLOAD_PCT};
 use crate::obs::latency::{merged_summary, LatencyKind, Summary, KINDS};
 use crate::obs::stats::{
-    monotonic_ms, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES,
+    monotonic_ms, AbortReason, AcceptErrorReason, Discard, DriverKind, Eviction, Refusal,
+    ShardStats, Snapshot, COUNTED_CLOSE_CODES,
 };
 use crate::runtime::shutdown::Shutdown;
 use crate::{obs::dashboard, obs::metrics};
 
-/// Read and write timeout per admin connection.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most an admin exchange (reading the request, writing the response) may take.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Admin connections served at once; more are answered 503 at once and closed.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// How long [`Admin::stop`] waits to connect to its own listener to wake the accepting thread.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a closing connection waits for the client to finish sending.
 const LINGER: Duration = Duration::from_millis(200);
@@ -63,14 +75,15 @@ pub fn spawn(
     settings: Settings,
 ) -> io::Result<Admin> {
     let addr = listener.local_addr()?;
-    let state = State {
+    let state = Arc::new(State {
         stats,
         bridge,
         settings,
         started: Instant::now(),
         started_wall: SystemTime::now(),
-    };
+    });
     let stop = shutdown.clone();
+    let busy = Arc::new(AtomicUsize::new(0));
     let handle = std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
@@ -79,11 +92,7 @@ pub fn spawn(
                     break;
                 }
                 match stream {
-                    Ok(s) => {
-                        if let Err(e) = serve(&state, s) {
-                            tracing::debug!(error = %e, "admin request failed");
-                        }
-                    }
+                    Ok(s) => dispatch(&state, &busy, s),
                     // EMFILE and friends: back off instead of spinning.
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -96,13 +105,68 @@ pub fn spawn(
     })
 }
 
+/// One admin connection's slot: released when its thread ends, however it ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serve `stream` on a thread of its own if a slot is free, else answer 503 at once.
+fn dispatch(state: &Arc<State>, busy: &Arc<AtomicUsize>, stream: TcpStream) {
+    if busy.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+        busy.fetch_sub(1, Ordering::Relaxed);
+        let mut out = Vec::new();
+        write_response(
+            &mut out,
+            Status::ServiceUnavailable,
+            &[("Retry-After", "1"), ("Cache-Control", "no-store")],
+            "text/plain; charset=utf-8",
+            b"admin listener busy\n",
+        );
+        // Never wait on this client: one nonblocking write, then close.
+        let _ = stream.set_nonblocking(true);
+        let _ = (&stream).write(&out);
+        return;
+    }
+    let slot = Slot(busy.clone());
+    let state = state.clone();
+    let spawned = std::thread::Builder::new()
+        .name("admin-conn".into())
+        .spawn(move || {
+            let _slot = slot;
+            if let Err(e) = serve(&state, stream) {
+                tracing::debug!(error = %e, "admin request failed");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start an admin connection thread");
+    }
+}
+
+/// Time left before `deadline`, or a timeout error once it passed.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "admin request deadline",
+        ));
+    }
+    Ok(left)
+}
+
 impl Admin {
     /// The bound address (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Stop the thread: trigger shutdown (idempotent), then one connection wakes its accept.
+    /// Stop accepting: trigger shutdown (idempotent), then one connection wakes the accepting
+    /// thread, which is joined. Connection threads are not waited for: each ends by its
+    /// [`REQUEST_DEADLINE`], or with the process.
     pub fn stop(self) {
         self.shutdown.trigger();
         let mut wake = self.addr;
@@ -112,7 +176,7 @@ impl Admin {
                 SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        if TcpStream::connect_timeout(&wake, IO_TIMEOUT).is_ok() {
+        if TcpStream::connect_timeout(&wake, WAKE_TIMEOUT).is_ok() {
             let _ = self.handle.join();
         }
     }
@@ -148,10 +212,9 @@ impl Response {
     }
 }
 
-/// Read one request (bounded, with a timeout), answer it, close.
+/// Read one request (bounded in size and, with the response, in time), answer it, close.
 fn serve(state: &State, mut stream: TcpStream) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut parser = RequestParser::new(RequestLimits {
         max_head_bytes: MAX_HEAD_BYTES,
         max_headers: 32,
@@ -159,6 +222,7 @@ fn serve(state: &State, mut stream: TcpStream) -> io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     let response = loop {
+        stream.set_read_timeout(Some(left(deadline)?))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
@@ -183,6 +247,7 @@ fn serve(state: &State, mut stream: TcpStream) -> io::Result<()> {
         response.content_type,
         &response.body,
     );
+    stream.set_write_timeout(Some(left(deadline)?))?;
     stream.write_all(&out)?;
     // Half-close, then discard what the client still sends (bounded in bytes and time):
     // closing with unread input would reset the connection and could destroy the response.
@@ -385,6 +450,16 @@ fn counters_json(snap: &Snapshot) -> Map<String, Value> {
         .collect();
     m.insert("evictions".into(), evictions.into());
     m.insert("discarded".into(), discarded.into());
+    let aborts: Map<String, Value> = AbortReason::ALL
+        .iter()
+        .map(|a| (a.name().to_owned(), snap.aborts[*a as usize].into()))
+        .collect();
+    m.insert("aborts".into(), aborts.into());
+    let accept_errors: Map<String, Value> = AcceptErrorReason::ALL
+        .iter()
+        .map(|a| (a.name().to_owned(), snap.accept_errors[*a as usize].into()))
+        .collect();
+    m.insert("accept_errors".into(), accept_errors.into());
     m
 }
 

@@ -13,7 +13,9 @@ use crate::bridge::stats::BridgeSnapshot;
 use crate::obs::admin::{ProcessReport, ShardReport};
 use crate::obs::depth::{DepthSummary, QUANTILES as DEPTH_QUANTILES};
 use crate::obs::latency::LatencyKind;
-use crate::obs::stats::{Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES};
+use crate::obs::stats::{
+    AbortReason, AcceptErrorReason, Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES,
+};
 
 /// Content-Type of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -126,7 +128,7 @@ pub const SCALARS: &[Scalar] = &[
     Scalar {
         name: "shardcast_queue_retained_bytes",
         kind: Kind::Gauge,
-        help: "Bytes charged to the shard's ceiling share: queued frames (each shared frame once, plus queue slots) plus shardcast_mesh_bytes.",
+        help: "Bytes charged to the shard's ceiling share: queued frames (each shared frame once, plus queue slots), kernel send buffers of live connections, plus shardcast_mesh_bytes.",
         get: |s| s.retained_bytes,
     },
     Scalar {
@@ -134,6 +136,36 @@ pub const SCALARS: &[Scalar] = &[
         kind: Kind::Gauge,
         help: "Bytes the shard keeps alive in the inter-shard rings and overflow until other shards consume them (each broadcast once).",
         get: |s| s.mesh_bytes,
+    },
+    Scalar {
+        name: "shardcast_fragment_timeouts_total",
+        kind: Kind::Counter,
+        help: "Connections closed 1008 for leaving a message or frame unfinished for fragment_timeout_ms.",
+        get: |s| s.fragment_timeouts_total,
+    },
+    Scalar {
+        name: "shardcast_inbound_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes held for clients' unfinished input: partial frames, fragmented messages, HTTP publish bodies (charged to the ceiling).",
+        get: |s| s.inbound_bytes,
+    },
+    Scalar {
+        name: "shardcast_subscriptions",
+        kind: Kind::Gauge,
+        help: "Subscriptions (connection x topic) on the shard, limited by max_subscriptions.",
+        get: |s| s.subscriptions,
+    },
+    Scalar {
+        name: "shardcast_topics",
+        kind: Kind::Gauge,
+        help: "Topics with at least one subscriber on the shard.",
+        get: |s| s.topics,
+    },
+    Scalar {
+        name: "shardcast_kernel_send_bytes",
+        kind: Kind::Gauge,
+        help: "Kernel memory held by unsent data of the shard's sockets (SO_MEMINFO wmem_queued, sampled while a socket is full); live connections' part is charged to the ceiling.",
+        get: |s| s.kernel_bytes,
     },
     Scalar {
         name: "shardcast_mesh_stalls_total",
@@ -275,6 +307,25 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A counter family with a `reason` label: one series per shard and reason, `get(snapshot, i)`
+/// reading the count of `reasons[i]`.
+fn by_reason(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    shards: &[ShardReport],
+    reasons: &[&str],
+    get: impl Fn(&Snapshot, usize) -> u64,
+) {
+    family(out, name, "counter", help);
+    for (i, r) in shards.iter().enumerate() {
+        for (j, why) in reasons.iter().enumerate() {
+            let n = get(&r.snap, j);
+            let _ = writeln!(out, "{name}{{shard=\"{i}\",reason=\"{why}\"}} {n}");
+        }
+    }
+}
+
 /// Render every family (the bridge's only when it is on).
 pub fn render(
     shards: &[ShardReport],
@@ -336,22 +387,14 @@ pub fn render(
             let _ = writeln!(out, "{} {}", m.name, (m.get)(b));
         }
     }
-    family(
+    by_reason(
         &mut out,
         "shardcast_connections_refused_total",
-        "counter",
         "Connections or requests refused, by reason.",
+        shards,
+        &Refusal::ALL.map(Refusal::name),
+        |s, i| s.refused[i],
     );
-    for (i, r) in shards.iter().enumerate() {
-        for why in Refusal::ALL {
-            let _ = writeln!(
-                out,
-                "shardcast_connections_refused_total{{shard=\"{i}\",reason=\"{}\"}} {}",
-                why.name(),
-                r.snap.refused[why as usize]
-            );
-        }
-    }
     family(
         &mut out,
         "shardcast_protocol_errors_total",
@@ -410,6 +453,22 @@ pub fn render(
             );
         }
     }
+    by_reason(
+        &mut out,
+        "shardcast_aborts_total",
+        "Connections reset (RST) because their close frame was not flushed in time, by reason.",
+        shards,
+        &AbortReason::ALL.map(AbortReason::name),
+        |s, i| s.aborts[i],
+    );
+    by_reason(
+        &mut out,
+        "shardcast_accept_errors_total",
+        "Failed accepts, by reason (emfile, enfile: out of descriptors; memory; other).",
+        shards,
+        &AcceptErrorReason::ALL.map(AcceptErrorReason::name),
+        |s, i| s.accept_errors[i],
+    );
     for kind in LatencyKind::ALL {
         let (name, help) = match kind {
             LatencyKind::Handshake => (

@@ -3,8 +3,10 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
+pub use crate::conn::closing::AbortReason;
 use crate::obs::depth::SharedDepth;
 use crate::obs::latency::SharedLatency;
+pub use crate::runtime::accept::AcceptErrorReason;
 
 pub use crate::runtime::clock::monotonic_ms;
 pub use crate::runtime::select::DriverKind;
@@ -31,11 +33,18 @@ pub enum Refusal {
     /// HTTP publish while the shard's inter-shard backlog is over its share (503 with
     /// Retry-After).
     MeshBacklog,
+    /// HTTP publish body that would take the shard over its memory ceiling share (503 with
+    /// Retry-After).
+    Memory,
+    /// Upgrade naming more topics than `max_subscriptions` leaves room for (503).
+    Subscriptions,
+    /// Out of file descriptors: answered 503 through the reserve descriptor (`accept.rs`).
+    Descriptors,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::MaxConnections,
         Refusal::HandshakeTimeout,
         Refusal::BadRequest,
@@ -45,6 +54,9 @@ impl Refusal {
         Refusal::TooLarge,
         Refusal::Paused,
         Refusal::MeshBacklog,
+        Refusal::Memory,
+        Refusal::Subscriptions,
+        Refusal::Descriptors,
     ];
 
     /// Stable name for /stats and /metrics.
@@ -59,6 +71,9 @@ impl Refusal {
             Refusal::TooLarge => "too_large",
             Refusal::Paused => "paused",
             Refusal::MeshBacklog => "mesh_backlog",
+            Refusal::Memory => "memory",
+            Refusal::Subscriptions => "subscriptions",
+            Refusal::Descriptors => "descriptors",
         }
     }
 }
@@ -73,7 +88,7 @@ pub struct ShardStats {
     pub connections_active: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
-    refused: [AtomicU64; 9],
+    refused: [AtomicU64; Refusal::ALL.len()],
     /// WebSocket/HTTP messages received from clients.
     pub messages_in: AtomicU64,
     /// Payload bytes received from clients.
@@ -102,12 +117,24 @@ pub struct ShardStats {
     pub idle_timeouts_total: AtomicU64,
     /// Connections closed at the end of their maximum lifetime.
     pub lifetime_closes_total: AtomicU64,
+    /// Connections closed 1008 for leaving a message or frame unfinished too long.
+    pub fragment_timeouts_total: AtomicU64,
+    /// Bytes held for clients' unfinished input: partial frames, fragmented messages being
+    /// reassembled, HTTP publish bodies being read (charged to the ceiling).
+    pub inbound_bytes: AtomicU64,
+    /// Subscriptions on this shard (one per connection and topic).
+    pub subscriptions: AtomicU64,
+    /// Topics with at least one subscriber on this shard.
+    pub topics: AtomicU64,
     /// Bytes charged to this shard's share of the ceiling: queued frames (each once, plus
     /// queue slots) plus `mesh_bytes`.
     pub retained_bytes: AtomicU64,
     /// Bytes this shard keeps alive in the inter-shard mesh (rings and overflow) until the
     /// other shards have consumed them; part of `retained_bytes`.
     pub mesh_bytes: AtomicU64,
+    /// Kernel memory held by this shard's sockets' unsent data, as sampled while they were
+    /// full (live connections' part is in `retained_bytes`).
+    pub kernel_bytes: AtomicU64,
     /// Times a WebSocket publisher on this shard was stopped because the mesh backlog was
     /// over its share (once per publisher per episode).
     pub mesh_stalls_total: AtomicU64,
@@ -130,6 +157,8 @@ pub struct ShardStats {
     pub bridge_dropped: AtomicU64,
     evictions: [AtomicU64; 3],
     drops: [AtomicU64; 2],
+    aborts: [AtomicU64; 2],
+    accept_errors: [AtomicU64; 4],
 }
 
 /// A point-in-time copy of one shard's counters: plain numbers for /stats and /metrics.
@@ -143,7 +172,7 @@ pub struct Snapshot {
     pub accepted: u64,
     /// Refusals, indexed like [`Refusal::ALL`].
     #[serde(skip)]
-    pub refused: [u64; 9],
+    pub refused: [u64; Refusal::ALL.len()],
     /// Messages received from clients.
     pub messages_in: u64,
     /// Payload bytes received from clients.
@@ -170,10 +199,20 @@ pub struct Snapshot {
     pub idle_timeouts_total: u64,
     /// Connections closed at the end of their maximum lifetime.
     pub lifetime_closes_total: u64,
+    /// Connections closed 1008 for leaving a message or frame unfinished too long.
+    pub fragment_timeouts_total: u64,
+    /// Bytes held for clients' unfinished input (charged to the ceiling).
+    pub inbound_bytes: u64,
+    /// Subscriptions on this shard.
+    pub subscriptions: u64,
+    /// Topics with at least one subscriber on this shard.
+    pub topics: u64,
     /// Bytes charged to the ceiling share: queued frames (each once, plus slots) + mesh.
     pub retained_bytes: u64,
     /// Bytes kept alive in the inter-shard mesh for other shards (part of the above).
     pub mesh_bytes: u64,
+    /// Kernel memory held by unsent data of this shard's sockets, as sampled.
+    pub kernel_bytes: u64,
     /// WebSocket publishers stopped by the mesh backlog.
     pub mesh_stalls_total: u64,
     /// Logical unsent bytes over every queue.
@@ -198,6 +237,13 @@ pub struct Snapshot {
     /// Discarded messages, indexed like [`Discard::ALL`].
     #[serde(skip)]
     pub discarded: [u64; 2],
+    /// Connections reset because their close did not flush in time, indexed like
+    /// [`AbortReason::ALL`].
+    #[serde(skip)]
+    pub aborts: [u64; 2],
+    /// Failed accepts, indexed like [`AcceptErrorReason::ALL`].
+    #[serde(skip)]
+    pub accept_errors: [u64; 4],
 }
 
 /// Why a connection was evicted (closed 1013).
@@ -299,6 +345,26 @@ impl ShardStats {
         self.drops[why as usize].load(Relaxed)
     }
 
+    /// Count a connection reset because its close did not flush in time.
+    pub fn abort(&self, why: AbortReason) {
+        self.aborts[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Resets for one reason.
+    pub fn aborts(&self, why: AbortReason) -> u64 {
+        self.aborts[why as usize].load(Relaxed)
+    }
+
+    /// Count a failed accept.
+    pub fn accept_error(&self, why: AcceptErrorReason) {
+        self.accept_errors[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Failed accepts for one reason.
+    pub fn accept_errors(&self, why: AcceptErrorReason) -> u64 {
+        self.accept_errors[why as usize].load(Relaxed)
+    }
+
     /// Record the driver this shard runs on.
     pub fn set_driver(&self, d: DriverKind) {
         self.driver.store(d as u8, Relaxed);
@@ -327,8 +393,13 @@ impl ShardStats {
             heartbeat_timeouts_total: get(&self.heartbeat_timeouts_total),
             idle_timeouts_total: get(&self.idle_timeouts_total),
             lifetime_closes_total: get(&self.lifetime_closes_total),
+            fragment_timeouts_total: get(&self.fragment_timeouts_total),
+            inbound_bytes: get(&self.inbound_bytes),
+            subscriptions: get(&self.subscriptions),
+            topics: get(&self.topics),
             retained_bytes: get(&self.retained_bytes),
             mesh_bytes: get(&self.mesh_bytes),
+            kernel_bytes: get(&self.kernel_bytes),
             mesh_stalls_total: get(&self.mesh_stalls_total),
             total_queued_bytes: get(&self.total_queued_bytes),
             queued_frames: get(&self.queued_frames),
@@ -340,6 +411,8 @@ impl ShardStats {
             bridge_dropped: get(&self.bridge_dropped),
             evictions: std::array::from_fn(|i| get(&self.evictions[i])),
             discarded: std::array::from_fn(|i| get(&self.drops[i])),
+            aborts: std::array::from_fn(|i| get(&self.aborts[i])),
+            accept_errors: std::array::from_fn(|i| get(&self.accept_errors[i])),
         }
     }
 

@@ -125,6 +125,15 @@ pub trait Handler {
     fn read_closed(&mut self, id: ConnId, error: bool);
     /// The send in flight on `id` completed.
     fn sent(&mut self, id: ConnId, result: io::Result<usize>);
+    /// Reported just before a successful [`sent`](Self::sent): what `id`'s kernel send buffer
+    /// holds now (`sock::kernel_after_send`: sampled after a large send, else 0). Isolation:
+    /// it counts toward the connection's high-water mark (and, while it is slow, the ceiling).
+    fn kernel_held(&mut self, _id: ConnId, _bytes: usize) {}
+    /// An accept on the listener failed with `error` (isolation): the handler counts and logs
+    /// it; out of descriptors it calls `refuse(response)`, which answers pending clients
+    /// through the driver's reserve descriptor and returns how many it refused. The driver
+    /// backs off accepting for `runtime::accept::BACKOFF` either way.
+    fn accept_failed(&mut self, _error: &io::Error, _refuse: &mut dyn FnMut(&[u8]) -> usize) {}
     /// `id` is closed and nothing is pending on it any more; its slot may be reused.
     fn closed(&mut self, id: ConnId);
     /// True while the handler wants input from `id` (a driver reading in a loop asks before

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+use crate::runtime::accept;
 use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest};
 use crate::runtime::send::{SendPool, SendRecord};
 use crate::runtime::sock;
@@ -49,7 +50,6 @@ const LISTENER: u64 = u64::MAX;
 const BELL: u64 = u64::MAX - 1;
 
 /// How long accepting pauses after the process ran out of descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 #[derive(Default)]
 struct Sock {
@@ -68,6 +68,8 @@ pub struct Epoll {
     ep: OwnedFd,
     listener: Option<TcpListener>,
     accept_paused: Option<Instant>,
+    /// A spare descriptor to answer clients 503 when out of descriptors (isolation).
+    reserve: accept::Reserve,
     bell: Arc<Doorbell>,
     socks: Vec<Sock>,
     events: Vec<libc::epoll_event>,
@@ -116,6 +118,7 @@ impl Epoll {
             ep,
             listener: Some(listener),
             accept_paused: None,
+            reserve: accept::Reserve::open(),
             bell,
             socks: Vec::with_capacity(max_conns.min(crate::runtime::uring::MAX_RESERVED_SOCKETS)),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
@@ -186,11 +189,13 @@ impl Epoll {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // EMFILE/ENFILE and friends: back off instead of spinning on a listener
-                    // that stays readable.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE/ENFILE and friends: counted, answered through the reserve
+                    // descriptor (isolation), and a back-off instead of spinning on a
+                    // listener that stays readable.
+                    let reserve = &mut self.reserve;
+                    h.accept_failed(&e, &mut |r| reserve.refuse_batch(lfd, r));
                     let _ = ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, lfd, 0, LISTENER);
-                    self.accept_paused = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.accept_paused = Some(Instant::now() + accept::BACKOFF);
                     return;
                 }
             }
@@ -322,6 +327,10 @@ impl Epoll {
         result: io::Result<usize>,
     ) {
         self.pool.recycle(rec);
+        if let (Ok(n), Some(s)) = (&result, self.sock(id)) {
+            let fd = s.fd;
+            h.kernel_held(id, sock::kernel_after_send(fd, *n));
+        }
         h.sent(id, result);
     }
 }
@@ -435,7 +444,10 @@ impl Driver for Epoll {
 
 impl Drop for Epoll {
     fn drop(&mut self) {
+        // What is still open when the shard stops (the end of the shutdown grace) is reset:
+        // never left to the kernel in FIN_WAIT1 behind a peer that does not read.
         for s in self.socks.iter().filter(|s| s.open) {
+            sock::set_linger_zero(s.fd);
             sock::close(s.fd);
         }
     }

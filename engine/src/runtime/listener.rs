@@ -67,8 +67,14 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-/// Bind a nonblocking listener with SO_REUSEADDR and SO_REUSEPORT set, listening with `backlog`.
-pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+/// Bind a nonblocking listener with SO_REUSEADDR and SO_REUSEPORT set, listening with `backlog`;
+/// a non-zero `send_buffer` sets SO_SNDBUF, which accepted sockets inherit (no syscall per
+/// accept; the kernel holds up to twice the value and stops autotuning it).
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    backlog: u32,
+    send_buffer: usize,
+) -> io::Result<TcpListener> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -86,6 +92,10 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener>
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    if send_buffer > 0 {
+        let v = send_buffer.min(libc::c_int::MAX as usize) as libc::c_int;
+        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, v)?;
+    }
     let (storage, len) = sockaddr(&addr);
     // SAFETY: `storage` holds a valid sockaddr of length `len`.
     check(unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) })?;
@@ -97,12 +107,17 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener>
 
 /// Bind `shards` listeners on `addr`: the first resolves port 0 to a real port, the rest bind
 /// that resolved address.
-pub fn bind_all(addr: SocketAddr, backlog: u32, shards: usize) -> io::Result<Vec<TcpListener>> {
-    let first = bind_reuseport(addr, backlog)?;
+pub fn bind_all(
+    addr: SocketAddr,
+    backlog: u32,
+    shards: usize,
+    send_buffer: usize,
+) -> io::Result<Vec<TcpListener>> {
+    let first = bind_reuseport(addr, backlog, send_buffer)?;
     let resolved = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..shards {
-        all.push(bind_reuseport(resolved, backlog)?);
+        all.push(bind_reuseport(resolved, backlog, send_buffer)?);
     }
     Ok(all)
 }
@@ -135,7 +150,7 @@ mod tests {
 
     #[test]
     fn port_zero_resolves_and_all_share_it() {
-        let all = bind_all("127.0.0.1:0".parse().unwrap(), 128, 3).unwrap();
+        let all = bind_all("127.0.0.1:0".parse().unwrap(), 128, 3, 64 << 10).unwrap();
         let port = all[0].local_addr().unwrap().port();
         assert_ne!(port, 0);
         for l in &all {
@@ -165,6 +180,11 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
         set_nodelay(&accepted).unwrap();
+        // The send buffer cap is inherited (the kernel reports twice what was set).
+        assert_eq!(
+            get_int_opt(accepted.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap(),
+            128 << 10
+        );
         assert_eq!(
             get_int_opt(accepted.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap(),
             1
@@ -178,7 +198,7 @@ mod tests {
     #[test]
     fn ipv6_loopback_binds() {
         // Hosts without IPv6 fail with EADDRNOTAVAIL; only assert when it is available.
-        if let Ok(l) = bind_reuseport("[::1]:0".parse().unwrap(), 16) {
+        if let Ok(l) = bind_reuseport("[::1]:0".parse().unwrap(), 16, 0) {
             assert!(l.local_addr().unwrap().is_ipv6());
         }
     }

@@ -2,6 +2,8 @@
 //! ([`driver`]), their selection, and the process plumbing around them (listeners, signals,
 //! rlimits, the clock, the doorbell, the shutdown trigger).
 
+// Isolation (issue 12): failed accepts (classify, count, reserve descriptor, bounded log).
+pub mod accept;
 pub mod bufring;
 pub mod clock;
 pub mod driver;

@@ -56,6 +56,51 @@ pub fn shutdown_write(fd: RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
 }
 
+/// Sends at least this large are followed by a sample of the socket's kernel send buffer
+/// ([`send_buffer_held`]): a large gather is what a backlogged connection sends, and a small
+/// one costs no extra syscall.
+pub const KERNEL_SAMPLE_MIN: usize = 16 << 10;
+
+/// Kernel memory the socket's unsent (and unacknowledged) data holds: `SO_MEMINFO`'s
+/// `wmem_queued` (skb truesize, what counts against `SO_SNDBUF` and `tcp_mem`); `SIOCOUTQ`
+/// (data bytes only) where `SO_MEMINFO` is unavailable; 0 on error.
+pub fn send_buffer_held(fd: RawFd) -> usize {
+    const SK_MEMINFO_WMEM_QUEUED: usize = 5;
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is valid for writes of `len` bytes and `len` is passed alongside it.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && len as usize > SK_MEMINFO_WMEM_QUEUED * 4 {
+        return info[SK_MEMINFO_WMEM_QUEUED] as usize;
+    }
+    let mut outq: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (same number as TIOCOUTQ) writes one c_int into `outq`.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) };
+    if rc == 0 {
+        outq.max(0) as usize
+    } else {
+        0
+    }
+}
+
+/// What a driver reports as `fd`'s kernel send-buffer bytes after a send of `n` bytes
+/// completed: a sample after a large send, else 0 (isolation: `Handler::kernel_held`).
+pub fn kernel_after_send(fd: RawFd, n: usize) -> usize {
+    if n >= KERNEL_SAMPLE_MIN {
+        send_buffer_held(fd)
+    } else {
+        0
+    }
+}
+
 /// `SO_LINGER` with a zero timeout: the next `close` sends an RST and drops the socket buffer.
 pub fn set_linger_zero(fd: RawFd) {
     let l = libc::linger {
@@ -163,12 +208,13 @@ pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
 
 /// Refuse a just-accepted connection: write `response` if the socket takes it now, half-close,
 /// discard what the client already sent (so the close is a FIN rather than a reset that could
-/// destroy the response), close. Never waits.
+/// destroy the response), close. Never waits, and bounded: one read of what already arrived,
+/// never a drain loop (a client streaming into a refused connection must not hold the shard).
 pub fn refuse(fd: RawFd, response: &[u8]) {
     let _ = send(fd, response);
     shutdown_write(fd);
-    let mut sink = [0u8; 1024];
-    while matches!(recv(fd, &mut sink), Ok(n) if n > 0) {}
+    let mut sink = [0u8; 4096];
+    let _ = recv(fd, &mut sink);
     close(fd);
 }
 
@@ -244,6 +290,26 @@ mod tests {
             err.kind(),
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
         ));
+    }
+
+    /// A socket whose peer does not read holds what it took in its kernel send buffer; the
+    /// sample sees it (both drivers report it through `kernel_after_send`).
+    #[test]
+    fn the_kernel_send_buffer_of_a_peer_that_does_not_read_is_sampled() {
+        let (a, _b) = pair();
+        a.set_nonblocking(true).unwrap();
+        let fd = a.as_raw_fd();
+        assert_eq!(send_buffer_held(fd), 0);
+        let chunk = vec![0u8; 64 << 10];
+        let mut sent = 0;
+        while let Ok(n) = send(fd, &chunk) {
+            sent += n;
+        }
+        assert!(sent > 0);
+        let held = send_buffer_held(fd);
+        assert!(held > 0, "{sent} sent, nothing held");
+        assert_eq!(kernel_after_send(fd, 100), 0, "small sends are not sampled");
+        assert_eq!(kernel_after_send(fd, KERNEL_SAMPLE_MIN), held);
     }
 
     #[test]

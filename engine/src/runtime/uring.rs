@@ -22,10 +22,11 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use crate::runtime::accept;
 use crate::runtime::bufring::BufRing;
 use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest};
 use crate::runtime::send::{SendPool, SendRecord};
@@ -78,6 +79,10 @@ pub struct Uring {
     bufs: BufRing,
     listener: Option<TcpListener>,
     accept_armed: bool,
+    /// Accepting resumes at this time after a failed accept (isolation).
+    accept_paused: Option<Instant>,
+    /// A spare descriptor to answer clients 503 when out of descriptors (isolation).
+    reserve: accept::Reserve,
     bell: Arc<Doorbell>,
     bell_buf: Box<u64>,
     bell_armed: bool,
@@ -160,6 +165,8 @@ impl Uring {
             bufs,
             listener: Some(listener),
             accept_armed: false,
+            accept_paused: None,
+            reserve: accept::Reserve::open(),
             bell: Doorbell::new(false)?,
             bell_buf: Box::new(0),
             bell_armed: false,
@@ -242,7 +249,14 @@ impl Uring {
         }
         if res < 0 {
             if res != -libc::ECANCELED {
-                tracing::warn!(error = %io::Error::from_raw_os_error(-res), "accept failed");
+                // Counted, answered through the reserve descriptor when out of descriptors,
+                // and accepting backs off (isolation).
+                let e = io::Error::from_raw_os_error(-res);
+                if let Some(lfd) = self.listener.as_ref().map(|l| l.as_raw_fd()) {
+                    let reserve = &mut self.reserve;
+                    h.accept_failed(&e, &mut |r| reserve.refuse_batch(lfd, r));
+                }
+                self.accept_paused = Some(Instant::now() + accept::BACKOFF);
             }
             return;
         }
@@ -314,6 +328,9 @@ impl Uring {
             return;
         };
         let closing = s.closing.is_some();
+        if res > 0 && !closing {
+            h.kernel_held(id, sock::kernel_after_send(s.fd, res as usize));
+        }
         self.pool.recycle(rec);
         let result = if res >= 0 {
             Ok(res as usize)
@@ -443,7 +460,10 @@ impl Driver for Uring {
         for id in std::mem::take(&mut self.rearm) {
             self.arm_recv(id);
         }
-        if !self.accept_armed {
+        if self.accept_paused.is_some_and(|at| Instant::now() < at) {
+            // Backing off after a failed accept.
+        } else if !self.accept_armed {
+            self.accept_paused = None;
             if let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) {
                 self.accept_armed = true;
                 self.push(
@@ -466,6 +486,11 @@ impl Driver for Uring {
     }
 
     fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let mut timeout = timeout;
+        if let Some(at) = self.accept_paused {
+            let left = at.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
         let r = match timeout {
             None => self.ring.submit_and_wait(1),
             Some(t) => {
@@ -493,7 +518,10 @@ impl Driver for Uring {
 
 impl Drop for Uring {
     fn drop(&mut self) {
+        // What is still open when the shard stops (the end of the shutdown grace) is reset:
+        // never left to the kernel in FIN_WAIT1 behind a peer that does not read.
         for s in self.socks.iter().filter(|s| s.open) {
+            sock::set_linger_zero(s.fd);
             sock::close(s.fd);
         }
     }

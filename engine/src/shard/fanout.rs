@@ -15,7 +15,7 @@ use std::rc::Rc;
 use crate::conn::state::flag;
 use crate::flow::governor::Governor;
 use crate::flow::policy::{Action, Policy};
-use crate::flow::queue::{QueuedFrame, SLOT_BYTES};
+use crate::flow::queue::{frame_cost, QueuedFrame};
 use crate::mesh::{Envelope, MeshItem, MeshLink, MeshPayload};
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats::{self, Discard, Eviction};
@@ -96,11 +96,12 @@ impl Core {
                 _ => (frame, &mut plain),
             };
             if shared.is_none() {
-                if !st.make_room(bytes.len() + SLOT_BYTES) {
+                // Real cost (isolation): buffer, `Rc` wrapper and the shared header.
+                if !st.make_room(frame_cost(bytes.len(), true)) {
                     st.evict(slot, Eviction::Ceiling);
                     continue;
                 }
-                *shared = Some(st.ledger.frame(
+                *shared = Some(st.ledger.shared_frame(
                     bytes.clone(),
                     Some(name.clone()),
                     Some(published_at),
@@ -123,10 +124,19 @@ impl Core {
         if conn.subs.contains(topic) {
             return;
         }
+        // Isolation: callers check the room first (control replies, 503 at upgrade).
+        if st.subscription_room() == 0 {
+            return;
+        }
+        let Some(conn) = st.conns.at_mut(slot) else {
+            return;
+        };
         let policies = &st.policies;
         let (name, pos, first) = topics.insert(topic, slot, |t| *policies.lookup(t));
         conn.subs.push(name.clone(), pos);
+        stats::add(&st.stats().subscriptions, 1);
         if first {
+            stats::add(&st.stats().topics, 1);
             st.interest(name, true);
         }
     }
@@ -146,12 +156,15 @@ impl Core {
 
     fn remove_subscriber(&mut self, slot: u32, name: Arc<str>, pos: u32) {
         let (moved, gone) = self.topics.remove_at(&name, pos);
+        // Isolation: subscriptions are counted per shard (/stats `subscriptions`).
+        stats::sub(&self.st.stats().subscriptions, 1);
         if let Some(m) = moved.filter(|&m| m != slot) {
             if let Some(c) = self.st.conns.at_mut(m) {
                 c.subs.set_position(&name, pos);
             }
         }
         if gone {
+            stats::sub(&self.st.stats().topics, 1);
             self.st.interest(name, false);
         }
     }
@@ -180,7 +193,7 @@ impl Core {
     /// counted frame is shared by all of them, so this adds the frame once plus one queue slot
     /// per connection, outside the ceiling check (shutdown must not turn into 1013s).
     pub fn close_all(&mut self, frame: &Bytes) {
-        let close = self.st.ledger.frame(frame.clone(), None, None);
+        let close = self.st.ledger.shared_frame(frame.clone(), None, None);
         for slot in 0..self.st.conns.slots() as u32 {
             if self
                 .st
@@ -195,6 +208,49 @@ impl Core {
 }
 
 impl State {
+    /// The shard is over its budget after `slot`'s unfinished input grew to `held` bytes
+    /// (isolation): who holds the most goes first, as for queues — `slot` itself if nobody
+    /// holds more unsent bytes, else the largest queues (`make_room`). False if `slot` must be
+    /// evicted.
+    pub fn room_for_input(&mut self, slot: u32, held: usize) -> bool {
+        if self.governor.fits(self.charged(), 0) {
+            return true;
+        }
+        let largest = (0..self.conns.slots() as u32)
+            .filter(|&s| s != slot)
+            .filter_map(|s| {
+                self.conns
+                    .at(s)
+                    .filter(|c| !c.closing())
+                    .map(|c| c.unsent())
+            })
+            .max()
+            .unwrap_or(0);
+        held < largest && self.make_room(0)
+    }
+
+    /// `id`'s kernel send buffer holds `bytes` (isolation): counted in the ledger, charged to
+    /// the ceiling while the connection is slow (a socket that keeps up fills now and then
+    /// for a moment; only a backlogged one's kernel bytes are a reason to evict).
+    pub fn set_kernel(&mut self, id: crate::runtime::driver::ConnId, bytes: usize) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let new = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let old = std::mem::replace(&mut c.kernel, new);
+        self.ledger
+            .kernel_changed(old as usize, new as usize, c.has(flag::SLOW));
+    }
+
+    /// Subscriptions this shard may still take: its share of `max_subscriptions`.
+    pub fn subscription_room(&self) -> usize {
+        let limit = self
+            .config
+            .max_subscriptions
+            .div_ceil(self.config.shards.max(1));
+        limit.saturating_sub(stats::get(&self.stats().subscriptions) as usize)
+    }
+
     /// Tell the NATS bridge (if on) that this shard got its first subscriber of `topic`
     /// (`on`) or lost its last one.
     pub fn interest(&mut self, topic: Arc<str>, on: bool) {
@@ -208,7 +264,8 @@ impl State {
     /// Queue one frame to one connection under `policy`; false if it was not queued (the
     /// connection was evicted).
     pub fn offer(&mut self, slot: u32, qf: &Rc<QueuedFrame>, topic: &str, policy: &Policy) -> bool {
-        if !self.make_room(SLOT_BYTES) {
+        let slot_cost = self.conns.at(slot).map_or(0, |c| c.queue.push_cost());
+        if !self.make_room(slot_cost) {
             self.evict(slot, Eviction::Ceiling);
         }
         let Some(conn) = self.conns.at_mut(slot) else {
@@ -217,7 +274,8 @@ impl State {
         if conn.closing() {
             return false;
         }
-        if conn.unsent() + qf.len() > policy.high_water_bytes {
+        // Isolation: the frame being written is exempt (a frame alone never makes a client slow).
+        if conn.backlog_with(qf.len()) > policy.high_water_bytes {
             match policy.policy {
                 Action::Evict => {
                     self.evict(slot, Eviction::HighWater);
@@ -235,8 +293,8 @@ impl State {
             }
         }
         self.push_frame(slot, qf.clone());
-        let unsent = self.conns.at(slot).map_or(0, |c| c.unsent());
-        if unsent > policy.high_water_bytes {
+        let backlog = self.conns.at(slot).map_or(0, |c| c.backlog_with(0));
+        if backlog > policy.high_water_bytes {
             self.mark_slow(slot, policy.low_water_bytes);
         }
         self.conns.at(slot).is_some_and(|c| !c.closing())
@@ -246,19 +304,38 @@ impl State {
     /// the default high-water mark; there is no topic to conflate, so above the mark the
     /// connection is evicted.
     pub fn push_own(&mut self, slot: u32, frame: Bytes) {
+        self.push_own_as(slot, frame, false);
+    }
+
+    /// [`push_own`](Self::push_own) for a pong: RFC 6455 §5.5.3 lets only the latest ping be
+    /// answered while a pong waits, so a waiting (unwritten) pong is replaced, never added to:
+    /// a ping flood queues at most one pong.
+    pub fn push_pong(&mut self, slot: u32, frame: Bytes) {
+        self.push_own_as(slot, frame, true);
+    }
+
+    fn push_own_as(&mut self, slot: u32, frame: Bytes, pong: bool) {
         let Some(conn) = self.conns.at(slot) else {
             return;
         };
         if conn.closing() || frame.is_empty() {
             return;
         }
-        let unsent = conn.unsent();
-        if !self.make_room(frame.len() + SLOT_BYTES) {
+        let backlog = conn.backlog_with(frame.len());
+        if !self.make_room(frame_cost(frame.len(), false) + conn.queue.push_cost()) {
             self.evict(slot, Eviction::Ceiling);
             return;
         }
-        if unsent + frame.len() > self.policies.default_policy().high_water_bytes {
+        if backlog > self.policies.default_policy().high_water_bytes {
             self.evict(slot, Eviction::HighWater);
+            return;
+        }
+        if pong {
+            let qf = self.ledger.frame(frame, None, None);
+            if let Some(c) = self.conns.at_mut(slot) {
+                c.queue.push_pong(qf);
+                self.mark_dirty(slot);
+            }
             return;
         }
         self.push_bytes(slot, frame);
@@ -319,7 +396,7 @@ impl State {
         let close = self
             .evict_close
             .get_or_insert_with(|| {
-                ledger.frame(
+                ledger.shared_frame(
                     encode_close(CloseCode::TRY_AGAIN_LATER, "try again later"),
                     None,
                     None,
@@ -359,6 +436,7 @@ impl State {
         };
         if !conn.has(flag::SLOW) {
             conn.set(flag::SLOW);
+            self.ledger.kernel_charge(conn.kernel as usize, true);
             self.slow += 1;
             self.stats()
                 .slow_clients
@@ -389,6 +467,7 @@ impl State {
         if let Some(c) = self.conns.at_mut(slot) {
             if c.has(flag::SLOW) {
                 c.clear(flag::SLOW);
+                self.ledger.kernel_charge(c.kernel as usize, false);
                 self.slow -= 1;
                 self.stats()
                     .slow_clients
@@ -403,7 +482,9 @@ impl State {
         let Some(c) = self.conns.at(slot) else {
             return;
         };
-        let unsent = c.unsent();
+        // Queued bytes only: the kernel's share drains by itself, and a stale sample (no send
+        // since) must not keep a connection slow or a topic paused forever.
+        let unsent = c.backlog_with(0) - c.kernel as usize;
         if c.has(flag::SLOW) && unsent <= c.slow_low as usize {
             self.unslow(slot);
         }

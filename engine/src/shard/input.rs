@@ -22,8 +22,9 @@ use crate::conn::heartbeat::Liveness;
 use crate::conn::route::Route;
 use crate::conn::state::{flag, Body, Conn, Http, Phase, Role, Rx};
 use crate::conn::upgrade::{self, Decision};
+use crate::flow::queue::InboundCharge;
 use crate::obs::latency::LatencyKind;
-use crate::obs::stats::{self, Refusal};
+use crate::obs::stats::{self, Eviction, Refusal};
 use crate::runtime::driver::{Admit, ConnId, IoRequest};
 use crate::shard::Core;
 
@@ -60,6 +61,7 @@ impl Core {
             peer,
             accepted_at: st.now,
             body: None,
+            charge: InboundCharge::new(st.ledger.clone()),
         });
         let id = st.conns.insert(Conn::accepted(http));
         let timeout = st
@@ -71,6 +73,30 @@ impl Core {
         Admit::Accept(id)
     }
 
+    /// An accept failed with `error` (isolation): counted as `accept_errors{reason}`, logged
+    /// at most once per `LOG_INTERVAL_MS` with the count since, and when out of descriptors
+    /// the pending clients are answered 503 through the driver's reserve descriptor
+    /// (`refused{descriptors}`).
+    pub fn handle_accept_failed(
+        &mut self,
+        error: &std::io::Error,
+        refuse: &mut dyn FnMut(&[u8]) -> usize,
+    ) {
+        use crate::runtime::accept::AcceptErrorReason;
+        let st = &mut self.st;
+        let why = AcceptErrorReason::of(error);
+        st.stats().accept_error(why);
+        if let Some(n) = st.accept_log.handle_error(st.now_ms) {
+            tracing::warn!(shard = st.id, error = %error, errors = n, "accept failed");
+        }
+        if why.out_of_descriptors() {
+            let n = refuse(&upgrade::out_of_descriptors());
+            for _ in 0..n {
+                st.stats().refuse(Refusal::Descriptors);
+            }
+        }
+    }
+
     /// `data` arrived on `id`.
     pub fn handle_received(&mut self, id: ConnId, data: &mut [u8]) {
         let Some(c) = self.st.conns.get_mut(id) else {
@@ -78,8 +104,18 @@ impl Core {
         };
         match c.phase {
             Phase::Http => {
+                let mut grew = false;
                 if let Some(http) = c.http.as_mut() {
                     http.buf.extend_from_slice(data);
+                    grew = http.charge.set(http.buf.capacity());
+                }
+                // Isolation: a request (an HTTP publish body) is charged as it arrives; over
+                // the shard's share of the ceiling it is refused (503).
+                if grew && !self.st.governor.fits(self.st.charged(), 0) {
+                    if let Some(http) = self.st.conns.get_mut(id).and_then(|c| c.http.take()) {
+                        self.st.stats().refuse(Refusal::Memory);
+                        return self.respond(id, http.buf, upgrade::no_memory());
+                    }
                 }
                 self.advance_http(id);
             }
@@ -150,6 +186,14 @@ impl Core {
                                 length,
                             });
                             continue;
+                        }
+                        Decision::Upgrade(route, _)
+                            if upgrade::topics_named(
+                                &route,
+                                self.st.config.max_topics_per_connection,
+                            ) > self.st.subscription_room() =>
+                        {
+                            upgrade::no_subscription_room()
                         }
                         Decision::Upgrade(route, response) => {
                             let leftover = http.buf.split_off(head_len);
@@ -293,6 +337,7 @@ impl Core {
                     max_message_size: max,
                 }),
                 leftover: Vec::new(),
+                charge: InboundCharge::new(self.st.ledger.clone()),
             })
         });
         // A stopped publisher keeps what still arrives, undecoded, until it may go on.
@@ -311,17 +356,34 @@ impl Core {
             input.drain(..used);
             rx.leftover = input;
         }
+        let now = self.st.now_ms;
         let Some(c) = self.st.conns.get_mut(id) else {
             return;
         };
+        // Whole frames a stopped publisher has not decoded yet are this side's doing, not an
+        // unfinished message of the client's: never timed out or evicted for (still charged).
+        let held_back = c.has(flag::HELD) || c.has(flag::STOPPED);
+        let unfinished =
+            rx.decoder.in_fragmented_message() || (!held_back && !rx.leftover.is_empty());
+        // Isolation: an unfinished message is bounded in time (`fragment_timeout_ms`).
+        c.liveness.on_partial(now, unfinished);
         // Idle connections keep nothing: no decoder, no buffer.
-        if rx.leftover.is_empty() && !rx.decoder.in_fragmented_message() {
+        if (rx.leftover.is_empty() && !rx.decoder.in_fragmented_message()) || c.closing() {
             return;
         }
         if rx.leftover.is_empty() && rx.leftover.capacity() > 4096 {
             rx.leftover = Vec::new();
         }
-        c.rx = Some(rx);
+        // Isolation: unfinished input is charged to the ledger; over the shard's share of the
+        // ceiling, the connection that holds it is evicted (its buffers go with it).
+        let held = rx.leftover.capacity() + rx.decoder.reassembly_bytes();
+        if rx.charge.set(held) && unfinished && !self.st.room_for_input(id.slot, held) {
+            drop(rx);
+            return self.st.evict(id.slot, Eviction::Ceiling);
+        }
+        if let Some(c) = self.st.conns.get_mut(id) {
+            c.rx = Some(rx);
+        }
     }
 
     /// Decode and handle every complete event in `input`; returns the bytes consumed.
@@ -411,7 +473,7 @@ impl Core {
                     }
                 }
             }
-            Event::Ping(p) => self.st.push_own(id.slot, encode_frame(OpCode::Pong, p)),
+            Event::Ping(p) => self.st.push_pong(id.slot, encode_frame(OpCode::Pong, p)),
             Event::Pong(_) => {}
             Event::Close(code) => {
                 let code = code.map_or(CloseCode::NORMAL, |(c, _)| c);
@@ -445,6 +507,9 @@ impl Subscriptions for SubsOf<'_> {
     }
     fn subscribe(&mut self, topic: &str) {
         self.core.subscribe(self.slot, topic);
+    }
+    fn room(&self) -> usize {
+        self.core.st.subscription_room()
     }
     fn unsubscribe(&mut self, topic: &str) {
         self.core.unsubscribe(self.slot, topic);

@@ -19,13 +19,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 use shardcast_proto::{encode_close, CloseCode};
 
+use crate::conn::closing::AbortReason;
 use crate::conn::state::{flag, Phase};
 use crate::flow::queue::QueuedFrame;
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats;
 use crate::runtime::clock::reached;
 use crate::runtime::driver::{CloseMode, ConnId, IoRequest, MAX_GATHER_BYTES, MAX_IOVECS};
-use crate::shard::{Core, State, CLOSE_FLUSH_MS, CLOSE_LINGER_MS};
+use crate::shard::{Core, State, CLOSE_LINGER_MS};
 
 impl State {
     /// Queue a shared frame on `slot` (no-op once it is closing) and mark it dirty.
@@ -67,10 +68,12 @@ impl State {
         c.http = None;
         c.queue.push(frame);
         c.phase = Phase::Closing;
+        // Isolation: a close that does not flush within close_flush_timeout_ms is reset
+        // (`timers.rs`, `conn::closing`).
         let wait = if c.has(flag::ABORT) {
             0
         } else {
-            CLOSE_FLUSH_MS
+            self.close_flush_ms()
         };
         let id = self.conns.id_at(slot).expect("occupied");
         self.set_deadline(id, self.now_ms.wrapping_add(wait));
@@ -86,6 +89,9 @@ impl State {
             return;
         }
         c.phase = Phase::Ended;
+        // Its kernel bytes go with the socket (isolation).
+        let kernel = std::mem::take(&mut c.kernel) as usize;
+        self.ledger.kernel_changed(kernel, 0, c.has(flag::SLOW));
         c.queue.clear();
         c.rx = None;
         if let Some(http) = c.http.take() {
@@ -178,10 +184,11 @@ impl Core {
                                 broadcast.record(now.saturating_duration_since(at));
                             }
                         });
-                        c.write_progress = st.now_ms;
                     }
                     None => c.queue.advance(n),
                 }
+                // Progress also extends a draining connection's shutdown flush (`conn::closing`).
+                c.write_progress = st.now_ms;
                 c.queue.unpin();
                 stats::add(&st.all_stats[st.id].bytes_out, n as u64);
                 let more = !c.queue.is_empty();
@@ -233,6 +240,14 @@ impl Core {
         self.st.shutdown_deadline = self.st.now_ms.wrapping_add(grace);
         self.st.io.push_back(IoRequest::StopAccepting);
         self.close_all(&encode_close(CloseCode::GOING_AWAY, ""));
+    }
+
+    /// At the end of the shutdown grace: the connections still here are dropped by the driver
+    /// with a reset (its teardown sets `SO_LINGER` 0); count them as aborts.
+    pub fn count_abandoned(&self) {
+        for _ in 0..self.st.conns.len() {
+            self.st.stats().abort(AbortReason::Shutdown);
+        }
     }
 
     /// True once shutdown began and every connection is gone, or the grace period is over.

@@ -50,10 +50,6 @@ use slab::Slab;
 
 pub use pause::PauseState;
 
-/// How long a closing connection may take to flush its final frame before it is closed without
-/// it: a client that never reads must not hold a socket and a partially written frame forever.
-pub const CLOSE_FLUSH_MS: u32 = 5000;
-
 /// How long a flushed, half-closed connection waits for the peer's EOF before it is closed.
 pub const CLOSE_LINGER_MS: u32 = 1000;
 
@@ -129,6 +125,8 @@ pub(crate) struct State {
     pub next_tick: u32,
     pub next_sweep: u32,
     pub ticker: Ticker,
+    /// Failed accepts: one log line per interval (isolation).
+    pub accept_log: crate::runtime::accept::LogLimiter,
 }
 
 impl Core {
@@ -156,6 +154,7 @@ impl Core {
             idle_timeout: ms(config.idle_timeout_ms),
             max_lifetime: ms(config.max_lifetime_ms),
             lifetime_jitter_pct: config.lifetime_jitter_pct.min(100),
+            fragment_timeout: ms(config.fragment_timeout_ms),
         };
         let latency = LocalLatency::default();
         latency.set_recording(config.latency_recording);
@@ -205,6 +204,7 @@ impl Core {
                 next_tick: crate::obs::tick::TICK.as_millis() as u32,
                 next_sweep: sweep,
                 ticker,
+                accept_log: Default::default(),
             },
         }
     }
@@ -280,9 +280,10 @@ impl State {
         self.ledger.publish(self.stats(), self.link.mesh_bytes());
     }
 
-    /// Bytes charged to this shard's budget: its queued frames plus its mesh backlog.
+    /// Bytes charged to this shard's budget: its queued frames, unfinished input (isolation)
+    /// and its mesh backlog.
     pub fn charged(&self) -> usize {
-        self.ledger.retained() + self.link.mesh_bytes()
+        self.ledger.charged() + self.link.mesh_bytes()
     }
 
     /// An empty request buffer from the pool (or a new one).
@@ -299,6 +300,11 @@ impl State {
             buf.clear();
             self.buffers.push(buf);
         }
+    }
+
+    /// `close_flush_timeout_ms` on the shard clock (isolation: the longest a close may take).
+    pub fn close_flush_ms(&self) -> u32 {
+        self.config.close_flush_timeout_ms.min(MAX_DURATION_MS) as u32
     }
 
     /// Flush `slot` this turn (once, however many frames it gets).
@@ -342,8 +348,16 @@ impl Handler for Core {
         self.handle_sent(id, result);
     }
 
+    fn kernel_held(&mut self, id: ConnId, bytes: usize) {
+        self.st.set_kernel(id, bytes);
+    }
+
     fn closed(&mut self, id: ConnId) {
         self.handle_closed(id);
+    }
+
+    fn accept_failed(&mut self, error: &std::io::Error, refuse: &mut dyn FnMut(&[u8]) -> usize) {
+        self.handle_accept_failed(error, refuse);
     }
 
     fn reading(&self, id: ConnId) -> bool {

@@ -40,6 +40,7 @@ pub fn run<D: Driver>(mut driver: D, mut core: Core, shutdown: &Shutdown) -> io:
         };
         driver.enter(Some(timeout))?;
     }
+    core.count_abandoned();
     tracing::info!(shard = core.id(), left = core.active(), "shard stopped");
     Ok(())
 }

@@ -14,8 +14,9 @@ use shardcast_proto::{
 };
 
 use super::*;
+use crate::conn::closing::AbortReason;
 use crate::conn::state::{flag, Phase};
-use crate::flow::queue::SLOT_BYTES;
+use crate::flow::queue::frame_cost;
 use crate::mesh::MeshLink;
 use crate::obs::stats::{self, Discard, Eviction};
 use crate::runtime::driver::{Admit, CloseMode};
@@ -224,19 +225,18 @@ fn one_frame_to_ten_thousand_queues_counts_once() {
     let payload = vec![b'x'; 500];
     c.publish(&Arc::from("t"), MessageKind::Binary, &payload);
     let len = encode_frame(OpCode::Binary, &payload).len();
-    assert_eq!(c.ledger().retained(), len + 10_000 * SLOT_BYTES);
+    // Real costs: one shared frame; each queue's entry array stays within its floor.
+    let frame = frame_cost(len, true);
+    assert_eq!(c.ledger().retained(), frame);
     assert_eq!(c.ledger().queued(), 10_000 * len);
     c.publish_gauges();
     let s = c.stats();
-    assert_eq!(
-        stats::get(&s.retained_bytes),
-        (len + 10_000 * SLOT_BYTES) as u64
-    );
+    assert_eq!(stats::get(&s.retained_bytes), frame as u64);
     assert_eq!(stats::get(&s.messages_out), 10_000);
     for &id in &conns[..9_999] {
         read(&mut c, id, len);
     }
-    assert_eq!(c.ledger().retained(), len + SLOT_BYTES);
+    assert_eq!(c.ledger().retained(), frame);
     c.end(conns[9_999], CloseMode::Graceful);
     assert_eq!((c.ledger().retained(), c.ledger().queued()), (0, 0));
 }
@@ -294,13 +294,16 @@ fn evict_policy_closes_1013_and_keeps_a_started_frame() {
     let slow = sub(&mut c, &["t"]);
     let fast = sub(&mut c, &["t"]);
     let t: Arc<str> = Arc::from("t");
-    for i in 0..3u8 {
+    for i in 0..4u8 {
         c.publish(&t, MessageKind::Binary, &[i; 298]); // 302-byte frames
         read(&mut c, fast, 302);
     }
     read(&mut c, slow, 10);
-    assert!(!closing(&c, slow));
-    c.publish(&t, MessageKind::Binary, &[9; 298]); // 896 + 302 > 1000: evict
+    assert!(
+        !closing(&c, slow),
+        "906 bytes behind the frame being written"
+    );
+    c.publish(&t, MessageKind::Binary, &[9; 298]); // 906 + 302 > 1000: evict
     assert!(is_evicted(&c, slow));
     let f = frames(&c, slow);
     assert_eq!(f.len(), 2, "rest of the started frame, then the close");
@@ -328,25 +331,30 @@ fn each_eviction_records_how_long_the_connection_had_stalled() {
     let now = t0 + Duration::from_secs(20);
     c.handle_time(now);
     c.deliver("a", &frame, None, now - Duration::from_secs(10));
-    c.deliver("a", &frame, None, now); // 1208 > 1000 bytes: evicted
+    c.deliver("a", &frame, None, now - Duration::from_millis(1));
+    c.deliver("a", &frame, None, now); // 1208 > 1000 bytes behind the head: evicted
     assert!(is_evicted(&c, a));
     let h = stalls(&c);
     assert_eq!(h.len(), 1);
     assert!(within(h.max(), 10), "{}", h.max());
     // b: its queue filled only 2 s ago.
     c.deliver("b", &frame, None, now - Duration::from_secs(2));
+    c.deliver("b", &frame, None, now - Duration::from_millis(1));
     c.deliver("b", &frame, None, now);
     let h = stalls(&c);
     assert!(within(h.min(), 2), "{}", h.min());
-    // One message alone over the mark, on an empty queue: no stall at all.
+    // One message alone over the mark, on an empty queue, is no reason to evict (isolation);
+    // evicted for the ceiling right away, it had not stalled at all.
     let d = sub(&mut c, &["d"]);
     c.publish(&Arc::from("d"), MessageKind::Binary, &[0; 2000]);
+    assert!(!closing(&c, d), "a frame alone never makes a client slow");
+    c.st.evict(d.slot, Eviction::Ceiling);
     assert!(is_evicted(&c, d));
     c.st.evict(d.slot, Eviction::Ceiling); // already closing: not evicted (or recorded) twice
     let h = stalls(&c);
     assert_eq!(h.len(), 3, "one sample per eviction");
     assert_eq!(h.min(), 1, "a zero stall is recorded as the 1 µs floor");
-    assert_eq!(c.stats().evictions(Eviction::HighWater), 3);
+    assert_eq!(c.stats().evictions(Eviction::HighWater), 2);
     let _ = b;
 }
 
@@ -390,8 +398,9 @@ fn pause_spans_shards_and_releases_below_low_water_or_on_disconnect() {
     let a = sub(&mut cs[0], &["p"]);
     let b = sub(&mut cs[0], &["p"]);
     let p: Arc<str> = Arc::from("p");
-    for _ in 0..3 {
-        cs[1].publish(&p, MessageKind::Binary, &[1; 30]); // 32-byte frames
+    // 32-byte frames; the one being written does not count (isolation): 4 fit under 100.
+    for _ in 0..4 {
+        cs[1].publish(&p, MessageKind::Binary, &[1; 30]);
     }
     pump(&mut cs);
     assert!(!cs[1].is_paused("p"));
@@ -401,12 +410,12 @@ fn pause_spans_shards_and_releases_below_low_water_or_on_disconnect() {
     pump(&mut cs);
     assert!(cs[1].is_paused("p"), "the notice crossed the mesh");
     assert!(!cs[1].is_paused("q"), "other topics unaffected");
-    assert_eq!(frames(&cs[0], a).len(), 4, "pause drops nothing");
+    assert_eq!(frames(&cs[0], a).len(), 5, "pause drops nothing");
     assert_eq!(stats::get(&cs[0].stats().pauses_total), 2);
-    read(&mut cs[0], a, 60); // a at 68 > 40: still holds
+    read(&mut cs[0], a, 60); // a: 96 behind its head > 40: still holds
     pump(&mut cs);
     assert!(cs[1].is_paused("p"));
-    read(&mut cs[0], a, 30); // a at 38: released; b still holds
+    read(&mut cs[0], a, 60); // a: 32 behind its head: released; b still holds
     pump(&mut cs);
     assert!(cs[1].is_paused("p"));
     cs[0].end(b, CloseMode::Graceful); // a paused subscriber that leaves releases its pause
@@ -433,8 +442,9 @@ fn paused_publisher_overshoots_by_at_most_one_message_and_resumes() {
         burst.extend(client_frame(OpCode::Binary, &m));
     }
     c.handle_received(p, &mut burst);
-    // 102-byte frames: two fit under 300; the third pauses and is the only overshoot.
-    assert_eq!(c.ledger().queued(), 3 * 102);
+    // 102-byte frames: three fit under 300 (the one being written does not count); the
+    // fourth pauses and is the only overshoot.
+    assert_eq!(c.ledger().queued(), 4 * 102);
     assert!(c.conn(p).unwrap().has(flag::STOPPED));
     let mut reqs = Vec::new();
     while let Some(r) = c.poll_io() {
@@ -522,7 +532,7 @@ fn close_all_shares_one_counted_close_frame() {
     c.close_all(&close);
     assert_eq!(
         (c.ledger().frame_bytes(), c.ledger().retained()),
-        (close.len(), close.len() + 1000 * SLOT_BYTES),
+        (frame_cost(close.len(), true), frame_cost(close.len(), true)),
         "one frame, one slot per connection"
     );
     for &id in &conns {
@@ -676,6 +686,12 @@ fn too_many_slow_clients_evicts_the_slowest() {
     for (i, &id) in conns[..10].iter().enumerate() {
         read(&mut c, id, i); // client i is i bytes ahead: lower i = slower
     }
+    c.publish(&Arc::from("t"), MessageKind::Binary, &[0; 98]);
+    assert_eq!(
+        c.slow_clients(),
+        0,
+        "100 behind the head: at the mark, not over"
+    );
     c.publish(&Arc::from("t"), MessageKind::Binary, &[0; 98]);
     assert_eq!(c.slow_clients(), 8);
     let evicted: Vec<usize> = (0..20).filter(|&i| closing(&c, conns[i])).collect();
@@ -902,20 +918,29 @@ fn close_path_and_slot_reuse_on_a_virtual_clock() {
         frames(&c, next).is_empty(),
         "nothing reached the new occupant"
     );
-    // A client that never reads: its close frame cannot go out; the flush deadline ends it.
+    // A client that never reads: its close frame cannot go out; the flush deadline resets it
+    // (isolation: its fd and kernel buffers are freed at once), counted as an abort.
     c.handle_time(at(1000));
     c.st.close_with_bytes(next.slot, encode_close(CloseCode::NORMAL, ""));
     assert_eq!(c.poll_transmit(), Some(next));
     c.gather_into(next, &mut |_, _| ());
-    c.handle_time(at(1000 + u64::from(CLOSE_FLUSH_MS) + 200));
+    let flush = c.st.close_flush_ms();
+    c.handle_time(at(1000 + u64::from(flush) - 100));
+    let early: Vec<_> = std::iter::from_fn(|| c.poll_io()).collect();
+    assert!(
+        !early.iter().any(|r| matches!(r, IoRequest::Close(..))),
+        "not before the deadline: {early:?}"
+    );
+    c.handle_time(at(1000 + u64::from(flush) + 100));
     let mut reqs = Vec::new();
     while let Some(r) = c.poll_io() {
         reqs.push(r);
     }
     assert!(
-        reqs.contains(&IoRequest::Close(next, CloseMode::Graceful)),
+        reqs.contains(&IoRequest::Close(next, CloseMode::Reset)),
         "{reqs:?}"
     );
+    assert_eq!(c.stats().aborts(AbortReason::CloseTimeout), 1);
     c.handle_sent(next, Err(std::io::ErrorKind::Interrupted.into())); // the cancelled send
     c.handle_closed(next);
     assert_eq!((c.active(), c.ledger().retained()), (0, 0));
@@ -985,4 +1010,37 @@ fn a_mesh_backlog_caps_the_wait_and_an_idle_shard_sleeps_until_its_timer() {
     cs[0].flush_mesh();
     assert!(!cs[0].mesh_stalled());
     assert!(cs[0].poll_timeout() > Duration::from_millis(MESH_RETRY_MS));
+}
+
+/// Isolation: what a socket's kernel send buffer holds (reported by the driver after a large
+/// send) counts toward the high-water mark, and toward the ceiling only while the connection
+/// is slow; it goes with the connection.
+#[test]
+fn kernel_send_buffer_bytes_count_toward_the_mark_and_while_slow_the_ceiling() {
+    let mut c = core(&["--high-water-bytes", "1000"]);
+    let a = sub(&mut c, &["t"]);
+    let b = sub(&mut c, &["t"]);
+    let t: Arc<str> = Arc::from("t");
+    c.publish(&t, MessageKind::Binary, &[0; 298]); // 302-byte frames
+    read(&mut c, a, 302);
+    read(&mut c, b, 302);
+    c.kernel_held(a, 900);
+    assert_eq!(unsent(&c, a), 900);
+    assert_eq!((c.ledger().kernel(), c.ledger().kernel_charged()), (900, 0));
+    c.publish(&t, MessageKind::Binary, &[1; 298]); // the frame in progress: exempt
+    assert!(!closing(&c, a));
+    c.publish(&t, MessageKind::Binary, &[2; 298]); // 900 + 302 behind the head: evicted
+    assert!(closing(&c, a), "the kernel's bytes are part of its backlog");
+    assert!(!closing(&c, b), "b's kernel buffer is empty");
+    // Slow (over a drop-oldest mark): charged to the ceiling until it is no longer slow.
+    let mut c = core(&["--topic-policy", "d=drop-oldest,high_water_bytes=1000"]);
+    let d = sub(&mut c, &["d"]);
+    let dt: Arc<str> = Arc::from("d");
+    c.publish(&dt, MessageKind::Binary, &[0; 298]);
+    c.kernel_held(d, 800);
+    c.publish(&dt, MessageKind::Binary, &[0; 298]);
+    assert_eq!(c.slow_clients(), 1);
+    assert_eq!(c.ledger().kernel_charged(), 800);
+    c.end(d, CloseMode::Reset);
+    assert_eq!((c.ledger().kernel(), c.ledger().kernel_charged()), (0, 0));
 }

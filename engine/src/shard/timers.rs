@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use shardcast_proto::encode_close;
 
+use crate::conn::closing::{on_flush_deadline, Decision};
 use crate::conn::heartbeat::{Action, Reason};
 use crate::conn::state::{flag, Phase};
 use crate::obs::stats;
@@ -93,8 +94,26 @@ impl Core {
         for id in expired {
             match self.st.conns.get(id).map(|c| c.phase) {
                 Some(Phase::Http) => self.handshake_timed_out(id),
-                Some(Phase::Closing | Phase::Linger) => self.end(id, CloseMode::Graceful),
+                Some(Phase::Closing) => self.flush_deadline(id),
+                Some(Phase::Linger) => self.end(id, CloseMode::Graceful),
                 _ => {}
+            }
+        }
+    }
+
+    /// A closing connection did not flush its final frame in time: reset it, or during
+    /// shutdown look again while it keeps draining (`conn::closing`).
+    fn flush_deadline(&mut self, id: ConnId) {
+        let Some(c) = self.st.conns.get(id) else {
+            return;
+        };
+        let end = self.st.shutting_down.then_some(self.st.shutdown_deadline);
+        let flush = self.st.close_flush_ms();
+        match on_flush_deadline(self.st.now_ms, c.write_progress, flush, end) {
+            Decision::Recheck(at) => self.st.set_deadline(id, at),
+            Decision::Abort(why) => {
+                self.st.stats().abort(why);
+                self.end(id, CloseMode::Reset);
             }
         }
     }
@@ -124,6 +143,7 @@ impl Core {
                         Reason::PongTimeout => &s.heartbeat_timeouts_total,
                         Reason::IdleTimeout => &s.idle_timeouts_total,
                         Reason::MaxLifetime => &s.lifetime_closes_total,
+                        Reason::FragmentTimeout => &s.fragment_timeouts_total,
                     };
                     stats::add(counter, 1);
                     if reason.abort() {
