@@ -152,10 +152,14 @@ pub struct Config {
     /// Token publishers must present; `None` lets only loopback peers publish.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_token: Option<String>,
-    /// Global connection limit.
+    /// Global connection limit (one process-wide counter checked at accept).
     pub max_connections: usize,
-    /// Per-shard connection limit.
-    pub max_connections_per_shard: usize,
+    /// Where `max_connections` came from: "config", or the limit its default derives from,
+    /// "nofile" (RLIMIT_NOFILE) or "memory" (`memory_limit`).
+    pub max_connections_source: String,
+    /// Per-shard connection limit; `None`: only the global limit applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_shard: Option<usize>,
     /// Time a client has to complete the HTTP upgrade.
     pub handshake_timeout_ms: u64,
     /// Largest accepted HTTP request head.
@@ -253,10 +257,10 @@ pub struct Overrides {
     /// Token publishers must present (Bearer or ?token=) [default: none, only loopback peers may publish]
     #[arg(long, env = "SHARDCAST_PUBLISH_TOKEN")]
     pub publish_token: Option<String>,
-    /// Global connection limit [default: 1000000]
+    /// Global connection limit, one process-wide count checked at accept (over it: 503) [default: what RLIMIT_NOFILE (hard, minus 64 + 8 per shard) and memory_limit (95% / 5300 B per connection) both allow]
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Per-shard connection limit [default: max_connections divided over the shards]
+    /// Per-shard connection limit, on top of the global one [default: none]
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS_PER_SHARD")]
     pub max_connections_per_shard: Option<usize>,
     /// Time a client has to complete the upgrade, in ms [default: 10000]
@@ -341,6 +345,10 @@ pub struct Overrides {
     #[arg(skip)]
     #[serde(default)]
     pub memory_limit_source: Option<String>,
+    /// Informational key written by --print-config; ignored on input
+    #[arg(skip)]
+    #[serde(default)]
+    pub max_connections_source: Option<String>,
     /// TOML file with any of the options above (same names as keys)
     #[arg(long, env = "SHARDCAST_CONFIG")]
     #[serde(skip)]
@@ -430,6 +438,7 @@ impl Overrides {
             topic_policy: self.topic_policy.or(lower.topic_policy),
             memory_limit: self.memory_limit.or(lower.memory_limit),
             memory_limit_source: self.memory_limit_source.or(lower.memory_limit_source),
+            max_connections_source: self.max_connections_source.or(lower.max_connections_source),
             queue_ceiling_pct: self.queue_ceiling_pct.or(lower.queue_ceiling_pct),
             nats_url: self.nats_url.or(lower.nats_url),
             nats_subject_prefix: self.nats_subject_prefix.or(lower.nats_subject_prefix),
@@ -462,7 +471,6 @@ impl Overrides {
         if shards == 0 {
             return Err(ConfigError::Invalid("shards must be at least 1"));
         }
-        let max_connections = self.max_connections.unwrap_or(1_000_000);
         let size = |b: Option<ByteSize>| b.map(|b| b.0 as usize);
         let default = Policy::resolve(
             self.default_policy.unwrap_or(Action::Evict),
@@ -498,6 +506,14 @@ impl Overrides {
         if memory_limit == 0 {
             return Err(ConfigError::Invalid("memory_limit must be positive"));
         }
+        let (max_connections, max_connections_source) = match self.max_connections {
+            Some(n) => (n, "config"),
+            None => crate::preflight::default_max_connections(
+                crate::rlimit::nofile().ok().map(|n| n.hard),
+                shards,
+                memory_limit,
+            ),
+        };
         let config = Config {
             listen: self.listen.unwrap_or(([0, 0, 0, 0], 8080).into()),
             admin_listen: self
@@ -511,9 +527,8 @@ impl Overrides {
             driver: self.driver.unwrap_or(Driver::Auto),
             publish_token: self.publish_token,
             max_connections,
-            max_connections_per_shard: self
-                .max_connections_per_shard
-                .unwrap_or(max_connections.div_ceil(shards)),
+            max_connections_source: max_connections_source.to_owned(),
+            max_connections_per_shard: self.max_connections_per_shard,
             handshake_timeout_ms: self.handshake_timeout_ms.unwrap_or(10_000),
             max_header_bytes: self.max_header_bytes.unwrap_or(8192),
             max_headers: self.max_headers.unwrap_or(32),
@@ -622,8 +637,17 @@ mod tests {
         assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(c.health_stall_ms, 2000);
         assert_eq!(c.driver, Driver::Auto);
-        assert_eq!(c.max_connections, 1_000_000);
-        assert_eq!(c.max_connections_per_shard, 250_000);
+        let nofile = crate::rlimit::nofile().unwrap().hard;
+        assert_eq!(
+            (c.max_connections, c.max_connections_source.as_str()),
+            crate::preflight::default_max_connections(Some(nofile), 4, c.memory_limit)
+        );
+        assert_eq!(c.max_connections_per_shard, None, "only the global limit");
+        let c = parse(&["--max-connections", "7"]).resolve().unwrap();
+        assert_eq!(
+            (c.max_connections, c.max_connections_source.as_str()),
+            (7, "config")
+        );
         assert_eq!(c.max_message_bytes, 1_048_576);
         assert_eq!(c.max_control_message_bytes, 4096);
         assert_eq!(c.ring_capacity, 4096);

@@ -60,7 +60,7 @@ pub fn admit(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
     stats::add(&s.connections_accepted, 1);
     let global = hub.global_active.fetch_add(1, Relaxed);
     if global >= hub.config.max_connections
-        || hub.active.get() >= hub.config.max_connections_per_shard
+        || (hub.config.max_connections_per_shard).is_some_and(|m| hub.active.get() >= m)
         || hub.shutting_down.get()
     {
         hub.global_active.fetch_sub(1, Relaxed);
@@ -172,7 +172,10 @@ async fn handshake_task(
         Route::HttpPublish(_) => unreachable!("handled in the handshake"),
     };
     if hub.shutting_down.get() {
-        conn.close_with(encode_close(CloseCode::GOING_AWAY, ""));
+        conn.close_with(encode_close(
+            CloseCode::GOING_AWAY,
+            crate::server::SHUTDOWN_REASON,
+        ));
     }
     let ws = WsConn {
         hub: hub.clone(),
@@ -245,13 +248,7 @@ fn status_of(code: u16) -> Status {
 }
 
 fn refusal_of(status: Status) -> Refusal {
-    match status {
-        Status::NotFound => Refusal::NotFound,
-        Status::Unauthorized => Refusal::Unauthorized,
-        Status::Forbidden => Refusal::Forbidden,
-        Status::PayloadTooLarge => Refusal::TooLarge,
-        _ => Refusal::BadRequest,
-    }
+    Refusal::for_status(status.code())
 }
 
 /// Read and answer the request head. Every refusal is written here.
@@ -276,7 +273,7 @@ async fn handshake(
             Ok(Parse::Partial) => continue,
             Ok(Parse::Complete { request, head_len }) => (request, head_len),
             Err(e) => {
-                refuse(hub, Refusal::BadRequest, e, &mut out);
+                refuse(hub, refusal_of(e.status), e, &mut out);
                 break;
             }
         };
@@ -326,7 +323,7 @@ async fn handshake(
                     break;
                 }
                 Err(e) => {
-                    refuse(hub, Refusal::BadRequest, e, &mut out);
+                    refuse(hub, refusal_of(e.status), e, &mut out);
                     break;
                 }
             };
@@ -379,7 +376,7 @@ async fn handshake(
         let upgrade = match validate_upgrade(&request) {
             Ok(u) => u,
             Err(e) => {
-                refuse(hub, Refusal::BadRequest, e, &mut out);
+                refuse(hub, refusal_of(e.status), e, &mut out);
                 break;
             }
         };

@@ -22,6 +22,9 @@ use crate::mesh::{mesh, MeshItem, MeshLink};
 use crate::stats::{monotonic_ms, ShardStats};
 use crate::{admin, bridge, conn, listener, shard, tick};
 
+/// The reason text of the 1001 close every client gets at shutdown.
+pub const SHUTDOWN_REASON: &str = "server shutting down";
+
 /// Cross-thread shutdown trigger: a flag plus one waker per mesh participant (the shards, and
 /// the NATS bridge when it is on).
 pub struct Shutdown {
@@ -257,7 +260,7 @@ async fn run_shard(
     }
     drop(listener);
     hub.shutting_down.set(true);
-    hub.close_all(&encode_close(CloseCode::GOING_AWAY, ""));
+    hub.close_all(&encode_close(CloseCode::GOING_AWAY, SHUTDOWN_REASON));
     let deadline = Instant::now() + Duration::from_millis(hub.config.shutdown_grace_ms);
     while hub.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
