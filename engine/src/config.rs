@@ -134,6 +134,9 @@ impl<'de> Deserialize<'de> for AdminListen {
 pub struct Config {
     /// Data listener address.
     pub listen: SocketAddr,
+    /// Join a data port other SO_REUSEPORT listeners already use (zero-downtime handover)
+    /// instead of refusing to start.
+    pub reuse_port_handover: bool,
     /// Admin listener address, or off.
     pub admin_listen: AdminListen,
     /// /health reports a shard stalled when its loop has not ticked for this long.
@@ -233,6 +236,9 @@ pub struct Overrides {
     /// Data listener address [default: 0.0.0.0:8080]
     #[arg(long, env = "SHARDCAST_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Share the data port with listeners already on it (another shardcast, for a zero-downtime handover: start the new one with this flag, then stop the old one); without it start-up refuses a port another process listens on [default: false]
+    #[arg(long, env = "SHARDCAST_REUSE_PORT_HANDOVER", num_args = 0..=1, default_missing_value = "true")]
+    pub reuse_port_handover: Option<bool>,
     /// Admin listener (/health, /stats, /metrics, /histograms, /dashboard); `off` or empty disables it [default: 127.0.0.1:9090]
     #[arg(long, env = "SHARDCAST_ADMIN_LISTEN")]
     pub admin_listen: Option<AdminListen>,
@@ -399,6 +405,7 @@ impl Overrides {
     fn or(self, lower: Overrides) -> Overrides {
         Overrides {
             listen: self.listen.or(lower.listen),
+            reuse_port_handover: self.reuse_port_handover.or(lower.reuse_port_handover),
             admin_listen: self.admin_listen.or(lower.admin_listen),
             health_stall_ms: self.health_stall_ms.or(lower.health_stall_ms),
             histogram_log: self.histogram_log.or(lower.histogram_log),
@@ -516,6 +523,7 @@ impl Overrides {
         };
         let config = Config {
             listen: self.listen.unwrap_or(([0, 0, 0, 0], 8080).into()),
+            reuse_port_handover: self.reuse_port_handover.unwrap_or(false),
             admin_listen: self
                 .admin_listen
                 .unwrap_or(AdminListen::On(([127, 0, 0, 1], 9090).into())),

@@ -83,7 +83,13 @@ type ShardParts = (std::net::TcpListener, MeshLink<MeshItem>);
 pub fn start(config: Config) -> io::Result<Server> {
     let kind = shard::resolve_driver(config.driver)?;
     let shards = config.shards;
-    let listeners = listener::bind_all(config.listen, config.listen_backlog, shards)?;
+    let sharing = if config.reuse_port_handover {
+        tracing::info!(addr = %config.listen, "--reuse-port-handover: joining the listeners already on the port, if any");
+        listener::Sharing::Handover
+    } else {
+        listener::Sharing::Exclusive
+    };
+    let listeners = listener::bind_all(config.listen, config.listen_backlog, shards, sharing)?;
     let local_addr = listeners[0].local_addr()?;
     // With --nats-url the bridge is one more mesh participant, the last one (Hub::new).
     let nats = config
@@ -103,7 +109,12 @@ pub fn start(config: Config) -> io::Result<Server> {
     }
     // Bound before the shards start so a taken admin port fails start-up cleanly.
     let admin_listener = match config.admin_listen.addr() {
-        Some(addr) => Some(std::net::TcpListener::bind(addr)?),
+        Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot bind the admin listener {addr}: {e}"),
+            )
+        })?),
         None => None,
     };
     let admin_settings = admin::Settings {

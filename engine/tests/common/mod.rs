@@ -27,15 +27,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start with `--listen 127.0.0.1:0` plus `args` (and `--shards 2` and
-    /// `--admin-listen 127.0.0.1:0` unless given: the default admin port would collide between
+    /// Start with `args` plus `--listen 127.0.0.1:0`, `--shards 2` and
+    /// `--admin-listen 127.0.0.1:0` unless given (the default ports would collide between
     /// parallel tests).
     pub fn start(args: &[&str]) -> Server {
-        // SHARDCAST_TEST_BIN runs the suite against another build (e.g. release).
-        let bin = std::env::var("SHARDCAST_TEST_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardcast").to_owned());
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--log", "warn"])
+        let mut child = Command::new(bin())
+            .args(["--log", "warn"])
+            .args(if args.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .args(if args.contains(&"--shards") {
                 &[][..]
             } else {
@@ -367,4 +369,61 @@ pub fn histogram(admin_addr: SocketAddr, shard: usize, kind: &str) -> Histogram<
     Deserializer::new()
         .deserialize(&mut bytes.as_slice())
         .expect("V2 deflate histogram")
+}
+
+/// The binary under test (`SHARDCAST_TEST_BIN` runs the suite against another build, e.g.
+/// release).
+pub fn bin() -> String {
+    std::env::var("SHARDCAST_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardcast").to_owned())
+}
+
+/// What a process that was expected to exit printed.
+pub struct Exited {
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run the binary with `args` and `env` until it exits; panics (after killing it) if it is still
+/// running after [`TIMEOUT`], e.g. because it started when it should have refused to.
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> Exited {
+    let mut child = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shardcast");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let readers = (
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        }),
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        }),
+    );
+    let end = deadline();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shardcast {args:?} did not exit within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Exited {
+        code: status.code(),
+        stdout: readers.0.join().unwrap(),
+        stderr: readers.1.join().unwrap(),
+    }
 }
