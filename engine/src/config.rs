@@ -13,6 +13,7 @@ use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::latency::Recording;
+use crate::logging::LogFormat;
 use crate::policy::{Action, Policy, TopicPolicy, TopicPolicySpec};
 
 /// Default `queue_ceiling_pct`: the share of the memory limit queued frames may hold.
@@ -183,6 +184,8 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// tracing EnvFilter directive.
     pub log: String,
+    /// Log line format.
+    pub log_format: LogFormat,
     /// Ping every this many ms (0 = no pings).
     pub ping_interval_ms: u64,
     /// Close a client that sends nothing within this many ms of a ping (0 = never).
@@ -299,6 +302,9 @@ pub struct Overrides {
     /// Log filter, tracing EnvFilter syntax [default: info]
     #[arg(long, env = "SHARDCAST_LOG")]
     pub log: Option<String>,
+    /// Log line format on stderr: text (coloured only on a terminal, never with NO_COLOR set) or json (one object per line with timestamp, level, target, fields) [default: text]
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Send a ping every this many ms; 0 disables pings [default: 25000]
     #[arg(long, env = "SHARDCAST_PING_INTERVAL_MS")]
     pub ping_interval_ms: Option<u64>,
@@ -434,6 +440,7 @@ impl Overrides {
             listen_backlog: self.listen_backlog.or(lower.listen_backlog),
             shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
             log: self.log.or(lower.log),
+            log_format: self.log_format.or(lower.log_format),
             ping_interval_ms: self.ping_interval_ms.or(lower.ping_interval_ms),
             pong_timeout_ms: self.pong_timeout_ms.or(lower.pong_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
@@ -547,6 +554,7 @@ impl Overrides {
             listen_backlog: self.listen_backlog.unwrap_or(4096),
             shutdown_grace_ms: self.shutdown_grace_ms.unwrap_or(5000),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
+            log_format: self.log_format.unwrap_or(LogFormat::Text),
             ping_interval_ms: self.ping_interval_ms.unwrap_or(25_000),
             pong_timeout_ms: self.pong_timeout_ms.unwrap_or(10_000),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(0),

@@ -4,6 +4,7 @@
 //! Modules, one concern each:
 //! - [`config`]: options from CLI, env and TOML, with precedence and defaults.
 //! - [`rlimit`]: raise RLIMIT_NOFILE at start.
+//! - [`logging`]: log format, colour rules and rate-limited warnings.
 //! - [`preflight`]: host limits vs configuration, with the fix for each shortfall.
 //! - [`listener`]: SO_REUSEPORT listeners, one per shard.
 //! - [`mesh`]: SPSC rings between shards with park/wake doorbells.
@@ -43,6 +44,7 @@ pub mod histlog;
 pub mod hub;
 pub mod latency;
 pub mod listener;
+pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod policy;

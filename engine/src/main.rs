@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use clap::Parser;
-use shardcast::{config::Overrides, preflight, rlimit, server, signals};
+use shardcast::{config::Overrides, logging, preflight, rlimit, server, signals};
 
 /// jemalloc instead of glibc malloc: an idle connection is a handful of small long-lived
 /// allocations made between short-lived handshake ones, and glibc keeps ~1-2.5 KB per
@@ -35,10 +35,7 @@ fn main() {
         }
         std::process::exit(i32::from(preflight::has_failure(&checks)));
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
-        .init();
+    logging::init(config.log_format, &config.log);
     // Blocked before any thread starts so every thread inherits the mask and only the
     // sigwait thread ever sees SIGINT/SIGTERM.
     if let Err(e) = signals::block(&signals::TERMINATION) {

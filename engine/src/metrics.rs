@@ -242,6 +242,12 @@ pub const BRIDGE_SCALARS: &[Scalar<BridgeSnapshot>] = &[
         get: |s| s.reconnects,
     },
     Scalar {
+        name: "shardcast_bridge_connect_failures_total",
+        kind: Kind::Counter,
+        help: "Rounds of connection attempts to NATS that failed (each retried with backoff; logged once per outage).",
+        get: |s| s.connect_failures,
+    },
+    Scalar {
         name: "shardcast_bridge_subscriptions",
         kind: Kind::Gauge,
         help: "NATS subjects subscribed (one per topic with subscribers on this host).",

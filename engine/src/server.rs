@@ -263,7 +263,7 @@ async fn run_shard(
                 Ok((stream, peer)) => conn::admit(&hub, stream, peer),
                 Err(e) => {
                     // EMFILE/ENFILE and friends: back off instead of spinning.
-                    tracing::warn!(shard = hub.id, error = %e, "accept failed");
+                    crate::warn_limited!("accept failed", shard = hub.id, error = %e);
                     monoio::time::sleep(Duration::from_millis(10)).await;
                 }
             },

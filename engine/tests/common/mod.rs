@@ -27,32 +27,59 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start with `args` plus `--listen 127.0.0.1:0`, `--shards 2` and
+    /// Start with `args` plus `--listen 127.0.0.1:0`, `--shards 2`, `--log warn` and
     /// `--admin-listen 127.0.0.1:0` unless given (the default ports would collide between
-    /// parallel tests).
+    /// parallel tests); stderr goes to the test's.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(bin())
-            .args(["--log", "warn"])
-            .args(if args.contains(&"--listen") {
-                &[][..]
-            } else {
-                &["--listen", "127.0.0.1:0"][..]
-            })
-            .args(if args.contains(&"--shards") {
-                &[][..]
-            } else {
-                &["--shards", "2"][..]
-            })
-            .args(if args.contains(&"--admin-listen") {
-                &[][..]
-            } else {
-                &["--admin-listen", "127.0.0.1:0"][..]
-            })
-            .args(args)
+        let mut cmd = Server::command(args);
+        cmd.stderr(Stdio::inherit());
+        Server::spawn(cmd)
+    }
+
+    /// Like [`Server::start`], with stderr captured into the returned [`Log`].
+    pub fn start_logged(args: &[&str], env: &[(&str, &str)]) -> (Server, Log) {
+        let mut cmd = Server::command(args);
+        cmd.envs(env.iter().copied()).stderr(Stdio::piped());
+        Server::spawn_logged(cmd)
+    }
+
+    /// The command [`Server::start`] runs.
+    pub fn command(args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        for (flag, default) in [
+            ("--log", "warn"),
+            ("--listen", "127.0.0.1:0"),
+            ("--shards", "2"),
+            ("--admin-listen", "127.0.0.1:0"),
+        ] {
+            if !args.contains(&flag) {
+                cmd.args([flag, default]);
+            }
+        }
+        cmd.args(args);
+        cmd
+    }
+
+    /// Spawn `cmd` (its stdout is taken over) and wait for its listening line.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let child = cmd.stdout(Stdio::piped()).spawn().expect("spawn shardcast");
+        Server::from_child(child)
+    }
+
+    /// Spawn `cmd` with its stderr (and stdout) piped; returns it with its stderr's [`Log`].
+    pub fn spawn_logged(mut cmd: Command) -> (Server, Log) {
+        let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn shardcast");
+        // Read from the start, so a full stderr pipe never blocks the server.
+        let log = Log::capture(child.stderr.take().unwrap());
+        (Server::from_child(child), log)
+    }
+
+    /// Wait for the listening line of a child whose stdout is piped.
+    pub fn from_child(mut child: Child) -> Server {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -70,6 +97,21 @@ impl Server {
             child,
             addr: addr.parse().unwrap(),
             admin,
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    pub fn terminate(&mut self) {
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0);
+        let end = deadline();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}");
+                return;
+            }
+            assert!(Instant::now() < end, "did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -425,5 +467,67 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> Exited {
         code: status.code(),
         stdout: readers.0.join().unwrap(),
         stderr: readers.1.join().unwrap(),
+    }
+}
+
+/// A child's stderr, read into memory by a thread as it arrives.
+#[derive(Clone)]
+pub struct Log {
+    text: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Log {
+    /// Start reading `from` until it ends.
+    pub fn capture(mut from: impl Read + Send + 'static) -> Log {
+        let log = Log {
+            text: Default::default(),
+            done: Default::default(),
+        };
+        let l = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                l.text.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+            l.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        log
+    }
+
+    /// Everything read so far, raw.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Everything read so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+
+    /// Wait (bounded by `within`) until the text so far satisfies `f`; returns it.
+    pub fn wait_for(&self, within: Duration, f: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + within;
+        loop {
+            let t = self.text();
+            if f(&t) {
+                return t;
+            }
+            assert!(Instant::now() < end, "log never matched; so far:\n{t}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait (bounded) until the writer closed its end (the process exited); returns the text.
+    pub fn finish(&self) -> String {
+        let end = deadline();
+        while !self.done.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(Instant::now() < end, "stderr never closed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.text()
     }
 }
