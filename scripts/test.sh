@@ -38,6 +38,12 @@ if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
     fi
 fi
 
+# engine/tests/prometheus.rs lints /metrics with promtool; without it that test fails (never skips).
+if ! command -v promtool >/dev/null && [ ! -x "${CARGO_TARGET_DIR:-target}/tools/promtool" ]; then
+    step "fetching promtool (Debian's prometheus package, unpacked into target/tools)"
+    scripts/fetch-promtool.sh
+fi
+
 step "tests, default driver (io_uring when available)"
 cargo test --workspace
 

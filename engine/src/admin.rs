@@ -21,6 +21,8 @@ use shardcast_proto::http::{write_response, Parse, Request, RequestLimits, Reque
 use crate::bridge::stats::{BridgeSnapshot, BridgeStats};
 use crate::depth::{DepthSample, DepthSummary};
 use crate::latency::{merged_summary, LatencyKind, Summary, KINDS};
+use crate::procstat::{self, ProcessStats};
+use crate::promhist::{latency_bounds, Buckets};
 use crate::server::Shutdown;
 use crate::stats::{
     monotonic_ms, Discard, DriverKind, Eviction, Refusal, ShardStats, Snapshot, COUNTED_CLOSE_CODES,
@@ -245,7 +247,11 @@ fn respond(state: &State, request: &Request<'_>) -> Response {
             content_type: metrics::CONTENT_TYPE,
             body: metrics::render(
                 &reports(state, &snaps, &capture(state)),
-                &process(state),
+                &ProcessReport {
+                    // Only here: it lists /proc/self/fd, one entry per connection.
+                    process: procstat::read(),
+                    ..process(state)
+                },
                 bridge.as_ref(),
             )
             .into_bytes(),
@@ -300,8 +306,31 @@ pub struct ShardReport {
     pub latency: [Summary; KINDS],
     /// The latest queue depth sample.
     pub depth: DepthSummary,
+    /// Latency histograms in Prometheus buckets, indexed like [`LatencyKind::ALL`].
+    pub latency_buckets: [Buckets; KINDS],
+    /// Every queue depth sample so far in buckets: [messages, bytes].
+    pub depth_buckets: [Buckets; 2],
+    /// Connections accepted + closed per second over the last 10 s.
+    pub churn_per_second: f64,
     /// Milliseconds since the shard's last tick.
     pub tick_age_ms: u64,
+}
+
+impl ShardReport {
+    /// Queued frames and mesh backlog over the shard's share of the ceiling (1.0: evictions
+    /// start); 0 while no ceiling is known.
+    pub fn buffer_fill_ratio(&self) -> f64 {
+        fill_ratio(self.snap.retained_bytes, self.snap.queue_ceiling_bytes)
+    }
+}
+
+/// `retained` over `ceiling`, 0 when there is no ceiling.
+pub fn fill_ratio(retained: u64, ceiling: u64) -> f64 {
+    if ceiling == 0 {
+        0.0
+    } else {
+        retained as f64 / ceiling as f64
+    }
 }
 
 /// Process-wide numbers.
@@ -310,6 +339,8 @@ pub struct ProcessReport {
     pub rss_bytes: Option<u64>,
     /// Seconds since start.
     pub uptime_seconds: f64,
+    /// The `process_*` figures, when /proc is readable.
+    pub process: Option<ProcessStats>,
 }
 
 /// One shard's histograms, copied once per request, so a shard's numbers and the merged totals
@@ -317,6 +348,7 @@ pub struct ProcessReport {
 struct Captured {
     latency: [Histogram<u64>; KINDS],
     depth: DepthSample,
+    depth_buckets: [Buckets; 2],
 }
 
 fn capture(state: &State) -> Vec<Captured> {
@@ -326,6 +358,7 @@ fn capture(state: &State) -> Vec<Captured> {
         .map(|s| Captured {
             latency: LatencyKind::ALL.map(|k| s.latency.clone_of(k)),
             depth: s.queue_depth.clone_of(),
+            depth_buckets: s.queue_depth.cumulative(),
         })
         .collect()
 }
@@ -342,6 +375,10 @@ fn reports(state: &State, snaps: &[Snapshot], captured: &[Captured]) -> Vec<Shar
             driver: s.driver(),
             latency: c.latency.each_ref().map(Summary::of),
             depth: c.depth.summary(),
+            latency_buckets: LatencyKind::ALL
+                .map(|k| Buckets::of(&c.latency[k as usize], latency_bounds(k))),
+            depth_buckets: c.depth_buckets.clone(),
+            churn_per_second: s.churn.get(),
             tick_age_ms: now.saturating_sub(snap.last_tick_ms),
         })
         .collect()
@@ -351,6 +388,7 @@ fn process(state: &State) -> ProcessReport {
     ProcessReport {
         rss_bytes: rss_bytes(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
+        process: None,
     }
 }
 
@@ -391,7 +429,15 @@ fn counters_json(snap: &Snapshot) -> Map<String, Value> {
         .collect();
     m.insert("evictions".into(), evictions.into());
     m.insert("discarded".into(), discarded.into());
+    // The seed names: slow clients, and closed connections (every accepted one no longer open).
+    m.insert("slow_client_count".into(), snap.slow_clients.into());
+    m.insert("connections_closed".into(), connections_closed(snap).into());
     m
+}
+
+/// Connections accepted and no longer open (refused at accept included).
+pub fn connections_closed(snap: &Snapshot) -> u64 {
+    snap.accepted.saturating_sub(snap.active_connections)
 }
 
 /// Add every number of `v` into `total`, recursing into objects.
@@ -443,6 +489,7 @@ fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>
     let mut totals = Map::new();
     let mut shards = Vec::with_capacity(snaps.len());
     let captured = capture(state);
+    let mut churn = 0.0;
     for (i, r) in reports(state, snaps, &captured).iter().enumerate() {
         let mut m = counters_json(&r.snap);
         sum_into(&mut totals, &m);
@@ -454,6 +501,12 @@ fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>
             &r.depth,
         );
         m.insert("shard".into(), i.into());
+        m.insert("buffer_fill_ratio".into(), r.buffer_fill_ratio().into());
+        m.insert(
+            "connection_churn_per_second".into(),
+            r.churn_per_second.into(),
+        );
+        churn += r.churn_per_second;
         m.insert("driver".into(), r.driver.name().into());
         m.insert("tick_age_ms".into(), r.tick_age_ms.into());
         let latency: Map<String, Value> = LatencyKind::ALL
@@ -468,6 +521,11 @@ fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>
     if let Some(first) = snaps.first() {
         totals.insert("memory_limit".into(), first.memory_limit.into());
     }
+    // Ratios and rates are not summed: the process's fill is all retained over all ceilings.
+    let sum = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
+    let fill = fill_ratio(sum(|s| s.retained_bytes), sum(|s| s.queue_ceiling_bytes));
+    totals.insert("buffer_fill_ratio".into(), fill.into());
+    totals.insert("connection_churn_per_second".into(), churn.into());
     // Merged only for the kinds the totals show: merging walks whole histograms.
     let merged =
         |k: LatencyKind| merged_summary(k, captured.iter().map(|c| &c.latency[k as usize]));

@@ -23,6 +23,9 @@
 //! - [`server`]: start-up, accept loops, mesh drain, graceful shutdown.
 //! - [`latency`]: per-shard HdrHistograms (shard-local, folded into shared copies per tick).
 //! - [`depth`]: per-connection queue depth distribution, sampled once per second.
+//! - [`churn`]: connections accepted + closed per second, per shard.
+//! - [`promhist`]: Prometheus histogram buckets from the HdrHistograms.
+//! - [`procstat`]: the `process_*` metrics from /proc.
 //! - [`tick`]: the per-shard 100 ms tick (liveness stamp, histogram publish, depth sample).
 //! - [`admin`]: the admin listener thread (/health, /stats, /histograms).
 //! - [`metrics`]: Prometheus text for /metrics.
@@ -33,6 +36,7 @@
 
 pub mod admin;
 pub mod bridge;
+pub mod churn;
 pub mod config;
 pub mod conn;
 pub mod control;
@@ -49,6 +53,8 @@ pub mod mesh;
 pub mod metrics;
 pub mod policy;
 pub mod preflight;
+pub mod procstat;
+pub mod promhist;
 pub mod queue;
 pub mod rlimit;
 pub mod route;

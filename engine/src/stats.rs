@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::churn::ChurnGauge;
 use crate::depth::SharedDepth;
 use crate::latency::SharedLatency;
 
@@ -158,6 +159,8 @@ pub struct ShardStats {
     pub latency: SharedLatency,
     /// The latest per-connection queue depth sample (`depth.rs`, once per second).
     pub queue_depth: SharedDepth,
+    /// Connections accepted + closed per second over the last 10 s (`churn.rs`).
+    pub churn: ChurnGauge,
     /// Pings sent by the heartbeat sweep.
     pub pings_sent_total: AtomicU64,
     /// Connections closed because no frame answered a ping in time.

@@ -7,6 +7,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::churn::ChurnMeter;
 use crate::depth::DepthSampler;
 use crate::histlog::{self, ShardLog};
 use crate::hub::Hub;
@@ -25,9 +26,21 @@ pub async fn tick_task(hub: Rc<Hub>) {
             .ok()
     });
     let mut depth = DepthSampler::default();
+    let mut churn = ChurnMeter::default();
     loop {
         tick_once(&hub, log.as_mut(), &mut depth);
+        churn_tick(&hub, &mut churn);
         monoio::time::sleep(TICK).await;
+    }
+}
+
+/// Update the churn rate: accepted plus closed (every accepted connection no longer open).
+fn churn_tick(hub: &Hub, meter: &mut ChurnMeter) {
+    let s = hub.stats();
+    let accepted = crate::stats::get(&s.connections_accepted);
+    let closed = accepted.saturating_sub(crate::stats::get(&s.connections_active));
+    if let Some(rate) = meter.handle_tick(monotonic_ms(), accepted + closed) {
+        s.churn.set(rate);
     }
 }
 
