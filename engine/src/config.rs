@@ -299,7 +299,7 @@ pub struct Overrides {
     /// Shutdown flush deadline in ms [default: 5000]
     #[arg(long, env = "SHARDCAST_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
-    /// Log filter, tracing EnvFilter syntax [default: info]
+    /// Log filter, tracing EnvFilter syntax; the NATS client (async_nats) is capped at warn unless the filter names it [default: info]
     #[arg(long, env = "SHARDCAST_LOG")]
     pub log: Option<String>,
     /// Log line format on stderr: text (coloured only on a terminal, never with NO_COLOR set) or json (one object per line with timestamp, level, target, fields) [default: text]
