@@ -17,15 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
 
-passed=0
-ok() {
-    passed=$((passed + 1))
-    printf '  ok   %s\n' "$*"
-}
-die() {
-    printf '  FAIL %s\n' "$*" >&2
-    exit 1
-}
+# shellcheck source=scripts/testlib.sh
+. scripts/testlib.sh
 
 unit=sysctl/shardcast.service
 

@@ -522,55 +522,55 @@ fn histogram(
 
 /// The standard `process_*` families (the names every Prometheus client library uses).
 fn process_families(out: &mut String, p: &ProcessStats) {
-    let mut one = |name: &str, kind: &str, help: &str, value: String| {
-        family(out, name, kind, help);
-        let _ = writeln!(out, "{name} {value}");
-    };
-    one(
-        "process_cpu_seconds_total",
-        "counter",
-        "Total user and system CPU time spent in seconds.",
-        p.cpu_seconds.to_string(),
-    );
-    one(
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory size in bytes.",
-        p.resident_bytes.to_string(),
-    );
-    one(
-        "process_virtual_memory_bytes",
-        "gauge",
-        "Virtual memory size in bytes.",
-        p.virtual_bytes.to_string(),
-    );
-    one(
-        "process_start_time_seconds",
-        "gauge",
-        "Start time of the process since unix epoch in seconds.",
-        p.start_time_seconds.to_string(),
-    );
-    one(
-        "process_threads",
-        "gauge",
-        "Number of OS threads in the process.",
-        p.threads.to_string(),
-    );
-    if let Some(n) = p.open_fds {
-        one(
+    let rows = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            Some(p.cpu_seconds.to_string()),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            Some(p.resident_bytes.to_string()),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            Some(p.virtual_bytes.to_string()),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            Some(p.start_time_seconds.to_string()),
+        ),
+        (
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+            Some(p.threads.to_string()),
+        ),
+        (
             "process_open_fds",
             "gauge",
             "Number of open file descriptors.",
-            n.to_string(),
-        );
-    }
-    if let Some(n) = p.max_fds {
-        one(
+            p.open_fds.map(|n| n.to_string()),
+        ),
+        (
             "process_max_fds",
             "gauge",
             "Maximum number of open file descriptors.",
-            n.to_string(),
-        );
+            p.max_fds.map(|n| n.to_string()),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        if let Some(value) = value {
+            family(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use crate::latency::LatencyKind;
 
 /// Handshake (accept → 101 written), µs: ~50 µs on an idle host, milliseconds in a reconnect
 /// storm, up to the 10 s handshake timeout.
+#[rustfmt::skip]
 pub const HANDSHAKE_US: &[u64] = &[
     25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000, 5_000_000, 10_000_000,
@@ -25,76 +26,38 @@ pub const HANDSHAKE_US: &[u64] = &[
 
 /// Ring transit (publish → drained by another shard), µs: a few µs while consumers are awake;
 /// milliseconds mean a shard too busy to drain its rings.
+#[rustfmt::skip]
 pub const RING_TRANSIT_US: &[u64] = &[
     1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
 ];
 
 /// Broadcast (publish → written to a subscriber's socket), µs: tens of µs for a fast client, up
 /// to minutes for one a `pause` or `drop-oldest` policy keeps behind.
+#[rustfmt::skip]
 pub const BROADCAST_US: &[u64] = &[
-    10,
-    25,
-    50,
-    100,
-    250,
-    500,
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    30_000_000,
-    60_000_000,
-    300_000_000,
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000, 300_000_000,
 ];
 
 /// Eviction stall (no write progress before a 1013), µs: ~0 when one message alone was over
 /// the mark, else typically 100 ms to a few seconds; minutes for a heartbeat-era dead peer.
+#[rustfmt::skip]
 pub const EVICTION_STALL_US: &[u64] = &[
-    1_000,
-    10_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    30_000_000,
-    60_000_000,
-    300_000_000,
+    1_000, 10_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+    30_000_000, 60_000_000, 300_000_000,
 ];
 
 /// Queue depth in messages per connection: 0 (caught up) matters most, then powers of two.
+#[rustfmt::skip]
 pub const DEPTH_MESSAGES: &[u64] = &[
     0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1_024, 4_096, 16_384, 65_536,
 ];
 
 /// Queue depth in unsent bytes per connection, around the default 1 MiB high-water mark.
+#[rustfmt::skip]
 pub const DEPTH_BYTES: &[u64] = &[
-    0,
-    1 << 10,
-    4 << 10,
-    16 << 10,
-    64 << 10,
-    256 << 10,
-    512 << 10,
-    1 << 20,
-    2 << 20,
-    4 << 20,
-    16 << 20,
-    64 << 20,
-    256 << 20,
-    1 << 30,
+    0, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20,
+    16 << 20, 64 << 20, 256 << 20, 1 << 30,
 ];
 
 /// The bounds of a latency kind, in µs.

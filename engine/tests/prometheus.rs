@@ -136,22 +136,19 @@ struct Selector {
     labels: Vec<String>,
 }
 
-const KEYWORDS: &[&str] = &[
+/// Keywords followed by a list of label names in parentheses.
+const LABEL_LISTS: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "Inf",
-    "NaN",
-    "inf",
-    "nan",
+];
+
+/// Other words that are never metric names.
+const KEYWORDS: &[&str] = &[
+    "bool", "and", "or", "unless", "offset", "Inf", "NaN", "inf", "nan",
 ];
 
 const AGGREGATIONS: &[&str] = &[
@@ -230,15 +227,7 @@ fn parse_promql(expr: &str) -> (Vec<Selector>, Vec<String>) {
             }
             let word = &expr[start..i];
             let next = skip_ws(i);
-            let list = [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ];
-            if list.contains(&word) && next < b.len() && b[next] == b'(' {
+            if LABEL_LISTS.contains(&word) && next < b.len() && b[next] == b'(' {
                 let close = next + expr[next..].find(')').expect("closed label list");
                 grouping.extend(
                     expr[next + 1..close]
@@ -248,6 +237,7 @@ fn parse_promql(expr: &str) -> (Vec<Selector>, Vec<String>) {
                 );
                 i = close + 1;
             } else if KEYWORDS.contains(&word)
+                || LABEL_LISTS.contains(&word)
                 || (next < b.len() && b[next] == b'(')
                 || (AGGREGATIONS.contains(&word)
                     && (expr[next..].starts_with("by") || expr[next..].starts_with("without")))
