@@ -32,6 +32,7 @@
 //! - [`dashboard`]: the embedded live HTML page for /dashboard.
 //! - [`histlog`]: periodic HdrHistogram interval logs per shard (`--histogram-log`).
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
+//! - [`continuity`]: per-topic sequence numbers, history and resume (sans-IO; docs/CONTINUITY.md).
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -39,6 +40,7 @@ pub mod bridge;
 pub mod churn;
 pub mod config;
 pub mod conn;
+pub mod continuity;
 pub mod control;
 pub mod dashboard;
 pub mod depth;
