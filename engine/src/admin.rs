@@ -246,7 +246,7 @@ fn respond(state: &State, request: &Request<'_>) -> Response {
             status: Status::Ok,
             content_type: metrics::CONTENT_TYPE,
             body: metrics::render(
-                &reports(state, &snaps, &capture(state)),
+                &reports(state, &snaps, &capture(state), Buckets::of),
                 &ProcessReport {
                     // Only here: it lists /proc/self/fd, one entry per connection.
                     process: procstat::read(),
@@ -306,7 +306,8 @@ pub struct ShardReport {
     pub latency: [Summary; KINDS],
     /// The latest queue depth sample.
     pub depth: DepthSummary,
-    /// Latency histograms in Prometheus buckets, indexed like [`LatencyKind::ALL`].
+    /// Latency histograms in Prometheus buckets, indexed like [`LatencyKind::ALL`] (empty in
+    /// the reports /stats builds).
     pub latency_buckets: [Buckets; KINDS],
     /// Every queue depth sample so far in buckets: [messages, bytes].
     pub depth_buckets: [Buckets; 2],
@@ -363,7 +364,14 @@ fn capture(state: &State) -> Vec<Captured> {
         .collect()
 }
 
-fn reports(state: &State, snaps: &[Snapshot], captured: &[Captured]) -> Vec<ShardReport> {
+/// `buckets` folds a latency histogram into its bounds: [`Buckets::of`] for /metrics; /stats,
+/// which shows none, skips the walk with `|_, b| Buckets::empty(b)`.
+fn reports(
+    state: &State,
+    snaps: &[Snapshot],
+    captured: &[Captured],
+    buckets: fn(&Histogram<u64>, &[u64]) -> Buckets,
+) -> Vec<ShardReport> {
     let now = monotonic_ms();
     state
         .stats
@@ -376,7 +384,7 @@ fn reports(state: &State, snaps: &[Snapshot], captured: &[Captured]) -> Vec<Shar
             latency: c.latency.each_ref().map(Summary::of),
             depth: c.depth.summary(),
             latency_buckets: LatencyKind::ALL
-                .map(|k| Buckets::of(&c.latency[k as usize], latency_bounds(k))),
+                .map(|k| buckets(&c.latency[k as usize], latency_bounds(k))),
             depth_buckets: c.depth_buckets.clone(),
             churn_per_second: s.churn.get(),
             tick_age_ms: now.saturating_sub(snap.last_tick_ms),
@@ -490,7 +498,11 @@ fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>
     let mut shards = Vec::with_capacity(snaps.len());
     let captured = capture(state);
     let mut churn = 0.0;
-    for (i, r) in reports(state, snaps, &captured).iter().enumerate() {
+    let no_buckets = |_: &Histogram<u64>, b: &[u64]| Buckets::empty(b);
+    for (i, r) in reports(state, snaps, &captured, no_buckets)
+        .iter()
+        .enumerate()
+    {
         let mut m = counters_json(&r.snap);
         sum_into(&mut totals, &m);
         let latency = |k: LatencyKind| &r.latency[k as usize];
