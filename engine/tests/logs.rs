@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A start with nothing but ephemeral ports given: every other option at its default.
+/// A start with nothing but ephemeral ports given: every other option at its default. The
+/// suite's epoll pass sets MONOIO_FORCE_LEGACY_DRIVER, which preflight rightly reports as a
+/// shortfall (`driver`): not a default start, so it is left out here.
 fn default_command() -> Command {
     let mut cmd = Command::new(bin());
     cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .env_remove("NO_COLOR");
+        .env_remove("NO_COLOR")
+        .env_remove("MONOIO_FORCE_LEGACY_DRIVER");
     cmd
 }
 
