@@ -31,7 +31,19 @@ impl Server {
     /// `--admin-listen 127.0.0.1:0` unless given (the default ports would collide between
     /// parallel tests); stderr goes to the test's.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// [`start`](Self::start) with environment variables set (an empty value removes one).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Server::command(args);
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
         cmd.stderr(Stdio::inherit());
         Server::spawn(cmd)
     }
