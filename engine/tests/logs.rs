@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// A start with nothing but ephemeral ports given: every other option at its default. The
-/// suite's epoll pass sets MONOIO_FORCE_LEGACY_DRIVER, which preflight rightly reports as a
-/// shortfall (`driver`): not a default start, so it is left out here.
+/// suite's epoll pass refuses io_uring (SHARDCAST_URING_REFUSE), which start-up rightly warns
+/// about (the fallback to epoll, and preflight's `driver` check): not a default start, so the
+/// variables refusing io_uring are left out here.
 fn default_command() -> Command {
     let mut cmd = Command::new(bin());
     cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .env_remove("NO_COLOR")
+        .env_remove("SHARDCAST_URING_REFUSE")
         .env_remove("MONOIO_FORCE_LEGACY_DRIVER");
     cmd
 }

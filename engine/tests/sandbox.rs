@@ -2,9 +2,13 @@
 //! allows every system call the server makes: the server runs under `strace -f` through a
 //! start, traffic of every kind (subscribers on both shards, publishers, an HTTP publish,
 //! refusals, every admin endpoint, histogram logs, the NATS bridge retrying), and a graceful
-//! shutdown, on both drivers; each system call it made must be in the filter's allow list as
-//! `systemd-analyze syscall-filter` expands it. A call outside it would kill the service
-//! (SystemCallErrorNumber=EPERM makes it fail instead, which is no better).
+//! shutdown, on both drivers (io_uring, where the kernel allows it: the run must then have set up
+//! its rings, `io_uring_setup`/`io_uring_register`/`io_uring_enter`; and epoll, with io_uring
+//! refused by `SHARDCAST_URING_REFUSE` as a seccomp profile would); each system call it made must
+//! be in the filter's allow list as `systemd-analyze syscall-filter` expands it. A call outside
+//! it would kill the service (SystemCallErrorNumber=EPERM makes it fail instead, which is no
+//! better). Only system calls are filtered: what io_uring runs from its SQEs (accept, receive,
+//! send) never passes seccomp.
 //! Needs strace and systemd-analyze (scripts/test.sh installs them); fails without them.
 mod common;
 
@@ -87,12 +91,13 @@ impl Drop for Tracee {
     }
 }
 
-/// The system calls the server makes under `env`, from `strace -f -c`.
-fn traced_calls(env: &[(&str, &str)]) -> BTreeSet<String> {
+/// The system calls the server makes with `refuse_uring` (or with io_uring allowed), from
+/// `strace -f -c`, and the driver its shards ran on.
+fn traced_calls(refuse_uring: bool) -> (BTreeSet<String>, String) {
     let dir = std::env::temp_dir().join(format!(
         "shardcast-sandbox-{}-{}",
         std::process::id(),
-        env.len()
+        refuse_uring
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let summary = dir.join("strace.txt");
@@ -111,8 +116,13 @@ fn traced_calls(env: &[(&str, &str)]) -> BTreeSet<String> {
         .arg("--histogram-log")
         .arg(&hlog)
         .args(["--histogram-log-interval-ms", "100"])
-        .envs(env.iter().copied())
+        // The suite's second pass refuses io_uring for the whole process tree: set it per run.
+        .env_remove("MONOIO_FORCE_LEGACY_DRIVER")
+        .env_remove("SHARDCAST_URING_REFUSE")
         .stderr(Stdio::null());
+    if refuse_uring {
+        cmd.env("SHARDCAST_URING_REFUSE", "1");
+    }
     let mut server = Server::spawn(cmd);
     let strace_pid = server.pid();
     let children =
@@ -121,6 +131,10 @@ fn traced_calls(env: &[(&str, &str)]) -> BTreeSet<String> {
     let pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
     let guard = Tracee(pid);
     let adm = server.admin.unwrap();
+    let driver = stats(adm)["shards"][0]["driver"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (mut subs, mut publisher) = fan_out(&server, 4, 3, 1);
     publisher
         .send(tungstenite::Message::binary(vec![1u8; 100_000]))
@@ -165,12 +179,14 @@ fn traced_calls(env: &[(&str, &str)]) -> BTreeSet<String> {
     let text = std::fs::read_to_string(&summary).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     // The summary table: "% time seconds usecs/call calls [errors] syscall", then a total.
-    text.lines()
+    let calls = text
+        .lines()
         .skip_while(|l| !l.starts_with("------"))
         .skip(1)
         .take_while(|l| !l.starts_with("------"))
         .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
-        .collect()
+        .collect();
+    (calls, driver)
 }
 
 fn require_strace() {
@@ -186,13 +202,30 @@ fn every_system_call_the_server_makes_passes_the_units_filter() {
     require_strace();
     let allowed = allowed_by_unit();
     assert!(allowed.contains("io_uring_enter") && !allowed.contains("setuid"));
-    let mut made = traced_calls(&[]);
+    for call in [
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "eventfd2",
+    ] {
+        assert!(allowed.contains(call), "{call}");
+    }
+    let (mut made, driver) = traced_calls(false);
     assert!(made.len() > 20, "{made:?}");
-    made.extend(traced_calls(&[("MONOIO_FORCE_LEGACY_DRIVER", "1")]));
+    // Where the kernel refuses io_uring the first run fell back to epoll (driver.rs covers it).
+    if driver == "io_uring" {
+        for call in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+            assert!(made.contains(call), "io_uring run without {call}: {made:?}");
+        }
+    }
+    let (epoll, driver) = traced_calls(true);
+    assert_eq!(driver, "epoll");
     assert!(
-        made.contains("epoll_wait") || made.contains("epoll_pwait"),
-        "{made:?}"
+        epoll.contains("epoll_wait") || epoll.contains("epoll_pwait"),
+        "{epoll:?}"
     );
+    assert!(!epoll.contains("io_uring_enter"), "{epoll:?}");
+    made.extend(epoll);
     let refused: Vec<_> = made.difference(&allowed).collect();
     assert!(
         refused.is_empty(),

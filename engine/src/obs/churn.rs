@@ -26,6 +26,14 @@ pub struct ChurnMeter {
 }
 
 impl ChurnMeter {
+    /// A meter for a shard starting at `now_ms` with no events yet, so what happens before its
+    /// first tick (a tick is 100 ms away) is counted too.
+    pub fn new(now_ms: u64) -> ChurnMeter {
+        ChurnMeter {
+            samples: VecDeque::from([(now_ms, 0)]),
+        }
+    }
+
     /// A tick at `now_ms` with `events` accepted + closed since start; the new rate (events per
     /// second) when a sample was taken, else `None`.
     pub fn handle_tick(&mut self, now_ms: u64, events: u64) -> Option<f64> {
@@ -96,6 +104,10 @@ mod tests {
             last = m.handle_tick(t + s * 1_000, 1_500).unwrap();
         }
         assert_eq!(last, 0.0);
+        // Events before the first tick count against the start.
+        let mut m = ChurnMeter::new(5_000);
+        assert_eq!(m.handle_tick(5_100, 11), None);
+        assert_eq!(m.handle_tick(6_000, 11), Some(11.0));
         let g = ChurnGauge::default();
         assert_eq!(g.get(), 0.0);
         g.set(12.5);

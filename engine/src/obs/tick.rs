@@ -36,7 +36,8 @@ impl Ticker {
         });
         Ticker {
             log,
-            ..Ticker::default()
+            depth: DepthSampler::default(),
+            churn: ChurnMeter::new(monotonic_ms()),
         }
     }
 
