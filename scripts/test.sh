@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: formatting, lints, the host-tuning script tests (scripts/tune),
-# the Markdown link check, the whole suite under the io_uring driver and again with io_uring
-# refused (epoll), the Debian package and systemd unit tests, then a short fuzz run of every proto
-# fuzz target.
+# the Markdown link check, the raw-benchmark-output check, the whole suite under the io_uring
+# driver and again with io_uring refused (epoll), the Debian package and systemd unit tests, then
+# a short fuzz run of every proto fuzz target.
 #   scripts/test.sh                 # everything
 #   FUZZ_SECONDS=0 scripts/test.sh  # skip fuzzing (default: 20 s per target)
 set -euo pipefail
@@ -24,6 +24,9 @@ scripts/tune-test.sh
 
 step "docs: every relative Markdown link resolves"
 scripts/check-links.py
+
+step "repository: raw benchmark output stays out of git"
+scripts/check-bench-output.sh
 
 step "clients/js: npm ci, tsc, node --test"
 scripts/test-js.sh
