@@ -317,7 +317,7 @@ pub struct Overrides {
     /// Token publishers must present (Bearer or ?token=) [default: none, only loopback peers may publish]
     #[arg(long, env = "SHARDCAST_PUBLISH_TOKEN")]
     pub publish_token: Option<String>,
-    /// Global connection limit, one process-wide count checked at accept (over it: 503) [default: what RLIMIT_NOFILE (hard, minus 64 + 8 per shard) and memory_limit (95% / 5300 B per connection) both allow]
+    /// Global connection limit, one process-wide count checked at accept (over it: 503) [default: what RLIMIT_NOFILE (hard, minus 64 + 8 per shard) and memory_limit (95% / 4312 B per connection) both allow]
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Per-shard connection limit, on top of the global one [default: none]
