@@ -220,15 +220,7 @@ fn histograms_are_hdr_v2_logs() {
             drop(server.ws("/echo"));
         }
         // At least one shard recorded handshakes; wait for its tick to publish them.
-        let s = stats_until(addr, |s| {
-            s["shards"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|sh| sh["latency_us"]["handshake"]["count"].as_u64().unwrap())
-                .sum::<u64>()
-                == 6
-        });
+        let s = stats_until(addr, |s| latency_count(s, "handshake") == 6);
         let mut total = 0;
         for shard in 0..2 {
             let expect = s["shards"][shard]["latency_us"]["handshake"]["count"]

@@ -58,13 +58,7 @@ fn busy_server() -> (Server, String) {
     // Histograms and depth samples are published by the shards' ticks; wait for them.
     stats_until(adm, |s| {
         s["totals"]["queue_depth_connections"].as_u64() > Some(0)
-            && s["shards"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|sh| sh["latency_us"]["broadcast"]["count"].as_u64().unwrap())
-                .sum::<u64>()
-                == 24
+            && latency_count(s, "broadcast") == 24
     });
     let (code, text) = admin(adm, "GET", "/metrics");
     assert_eq!(code, 200);

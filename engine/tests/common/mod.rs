@@ -303,6 +303,17 @@ pub fn upgrade_raw(tcp: &mut TcpStream, path: &str) -> String {
     head
 }
 
+/// Samples of latency histogram `kind` (`handshake`, `broadcast`, ...) over every shard of a
+/// /stats document.
+pub fn latency_count(s: &serde_json::Value, kind: &str) -> u64 {
+    s["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sh| sh["latency_us"][kind]["count"].as_u64().unwrap())
+        .sum()
+}
+
 /// Poll /stats until `f` holds (counters are eventually consistent across shards).
 pub fn stats_until(addr: SocketAddr, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let end = deadline();
