@@ -79,7 +79,6 @@ def loads():
         return "?"
 
 
-rel = os.path.relpath(out_dir, root)
 table = subprocess.run([sys.executable, os.path.join(root, "scripts", "bench-table.py"), out_dir] + servers,
                        capture_output=True, text=True).stdout
 gen_driver, srv_driver = drivers()
@@ -115,7 +114,8 @@ lines = [
     f"{server_cpus} (`taskset`), generator on CPUs {gen_cpus}",
     f"- Driver: generator {gen_driver}; shardcast {srv_driver}",
     f"- Load average (1 min) at the start of the runs: {loads()} (the generator and server count ~2)",
-    f"- Raw JSON, server logs, latency CSVs and plots: `{rel}/`",
+    f"- Raw JSON, server logs, latency CSVs and plots: run `{os.path.basename(os.path.normpath(out_dir))}`"
+    " (written to the git-ignored `bench/results/`; the plots are copied to `docs/bench/`)",
     "",
     "Commands:",
     "",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Engine benchmark: shardcast and the baselines under the same generator, same run.
-# Server pinned to CPU 0, generator to CPU 1. Writes JSON to bench/results/<UTC date>-<sha>/
+# Server pinned to CPU 0, generator to CPU 1. Writes JSON to bench/results/<UTC date>-<sha>/ (git-ignored)
 # and prints a markdown table. Env: SERVERS (default "shardcast tokio-tungstenite node-ws naive"), DURATION (s, 10),
 # SERVER_CPU (0), GEN_CPU (1), NO_BUILD (set: skip cargo build), RESULTS_TAG (dir suffix),
 # REPEAT (runs per scenario, 1; the table shows the run with the median headline number).

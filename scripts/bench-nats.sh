@@ -7,7 +7,7 @@
 # Each scenario runs in both modes back to back: max rate (window of WINDOW messages not yet
 # received by every subscriber) and a fixed RATE with per-delivery latency (the payload carries
 # the send time on CLOCK_MONOTONIC; one machine, so A -> B latency is exact).
-# Writes JSON to bench/results/<UTC date>-<sha>-nats/ and prints a markdown table.
+# Writes JSON to bench/results/<UTC date>-<sha>-nats/ (git-ignored) and prints a markdown table.
 # Env: DURATION (s, 10), SUBSCRIBERS (100), SIZE (64), WINDOW (1024), RATE (1000),
 # SERVER_CPU (0), GEN_CPU (1), REPEAT (rounds of all six runs, interleaved, 1; the table shows
 # each row's median run by its headline number, max rate: msgs/s, fixed rate: p50, and the

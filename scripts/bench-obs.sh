@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARDS=${SHARDS:-2} DURATION=${DURATION:-10} SUBSCRIBERS=${SUBSCRIBERS:-1000} REPEAT=${REPEAT:-3}
-OUT=${OUT:-target/bench-obs}
+OUT=${OUT:-"bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-$(git rev-parse --short HEAD)-obs"}
 mkdir -p "$OUT"
 [ -n "${NO_BUILD:-}" ] || timeout 1500 cargo build --release -p shardcast -p shardcast-bench >&2
 SRV=target/release/shardcast GEN=target/release/shardcast-bench

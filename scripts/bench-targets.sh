@@ -9,7 +9,7 @@
 #     because one 10 s run of each varies by more than their difference.
 # Server on SERVER_CPU (0), generator on GEN_CPU (1); release binaries must be built.
 # Env: RATE (msg/s to 1000 subscribers; default 3150 = half of 6.3 M deliveries/s), ROUNDS (3), PORT (18080),
-# ADMIN_PORT (19090). Writes JSON to bench/results/<UTC date>-<sha>-targets/.
+# ADMIN_PORT (19090). Writes JSON to bench/results/<UTC date>-<sha>-targets/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-3150} ROUNDS=${ROUNDS:-3} PORT=${PORT:-18080} ADMIN_PORT=${ADMIN_PORT:-19090}

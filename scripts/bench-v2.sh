@@ -15,7 +15,7 @@ ROOT=$PWD
 : "${BASE:?BASE must name the baseline shardcast binary (release build of the commit to compare with)}"
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10} SERVER_CPU=${SERVER_CPU:-0} GEN_CPU=${GEN_CPU:-1}
 SCENARIOS=${SCENARIOS:-"idle fanout100 echo connect room100 room1000 fanoutmax"}
-OUT=${OUT:-"$ROOT/target/bench-v2/$(date -u +%Y-%m-%dT%H%M%SZ)-$(git rev-parse --short HEAD)"}
+OUT=${OUT:-"$ROOT/bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-$(git rev-parse --short HEAD)-v2"}
 mkdir -p "$OUT"
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10600 ]; then
   echo "ulimit -n is $(ulimit -n): idle and connect need at least 10600 descriptors" >&2

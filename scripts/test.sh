@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: formatting, lints, the host-tuning script tests (scripts/tune),
-# the whole suite under the io_uring driver and again with io_uring refused (epoll), then a short
-# fuzz run of every proto fuzz target.
+# the Markdown link check, the raw-benchmark-output check, the whole suite under the io_uring
+# driver and again with io_uring refused (epoll), the Debian package and systemd unit tests, then
+# a short fuzz run of every proto fuzz target.
 #   scripts/test.sh                 # everything
 #   FUZZ_SECONDS=0 scripts/test.sh  # skip fuzzing (default: 20 s per target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# CI has no terminal: packages installed below (chromium, nats-server, shellcheck) must never prompt.
+# CI has no terminal: packages installed below (chromium, nats-server, shellcheck, strace, systemd)
+# must never prompt.
 export DEBIAN_FRONTEND=noninteractive
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -19,6 +21,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "ops: tune script tests"
 scripts/tune-test.sh
+
+step "docs: every relative Markdown link resolves"
+scripts/check-links.py
+
+step "repository: raw benchmark output stays out of git"
+scripts/check-bench-output.sh
 
 step "clients/js: npm ci, tsc, node --test"
 scripts/test-js.sh
@@ -41,6 +49,29 @@ if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
     fi
 fi
 
+# install_for CMD PACKAGE WHY: apt-get install PACKAGE when CMD is missing (as root); the tests
+# that need it fail without it, they never skip.
+install_for() {
+    command -v "$1" >/dev/null && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing $2 for $3"
+        apt-get install -y "$2" || { apt-get update && apt-get install -y "$2"; }
+    else
+        echo "error: $1 is missing (Debian: apt-get install $2); $3 needs it" >&2
+        exit 1
+    fi
+}
+# engine/tests/sandbox.rs traces the server's system calls against the unit's filter, which
+# systemd-analyze expands; scripts/package-test.sh rates the unit with it too.
+install_for strace strace "engine/tests/sandbox.rs"
+install_for systemd-analyze systemd "engine/tests/sandbox.rs and scripts/package-test.sh"
+
+# engine/tests/prometheus.rs lints /metrics with promtool; without it that test fails (never skips).
+if ! command -v promtool >/dev/null && [ ! -x "${CARGO_TARGET_DIR:-target}/tools/promtool" ]; then
+    step "fetching promtool (Debian's prometheus package, unpacked into target/tools)"
+    scripts/fetch-promtool.sh
+fi
+
 step "tests, default driver (io_uring when available)"
 cargo test --workspace
 
@@ -48,6 +79,9 @@ cargo test --workspace
 # EPERM), so `--driver auto` falls back to epoll everywhere: the whole suite on the epoll driver.
 step "tests, io_uring refused (SHARDCAST_URING_REFUSE=1: auto falls back to epoll)"
 SHARDCAST_URING_REFUSE=1 cargo test --workspace
+
+step "package: the .deb (one release build), installed into a throwaway root; the unit's hardening"
+scripts/package-test.sh
 
 fuzz_seconds="${FUZZ_SECONDS:-20}"
 if [ "$fuzz_seconds" != "0" ]; then

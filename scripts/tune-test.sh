@@ -9,15 +9,8 @@ cd "$(dirname "$0")/.."
 tune="$PWD/scripts/tune"
 profiles="$PWD/sysctl/profiles"
 
-passed=0
-ok() {
-    passed=$((passed + 1))
-    printf '  ok   %s\n' "$*"
-}
-die() {
-    printf '  FAIL %s\n' "$*" >&2
-    exit 1
-}
+# shellcheck source=scripts/testlib.sh
+. scripts/testlib.sh
 # run CMD...: run it, keep stdout+stderr in $out and the exit status in $rc.
 run() {
     set +e

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::flow::limits;
 use crate::flow::policy::{Action, Policy, TopicPolicy};
 use crate::obs::latency::Recording;
+use crate::obs::logging::LogFormat;
 
 /// Default `queue_ceiling_pct`: the share of the memory limit queued frames may hold.
 pub const DEFAULT_QUEUE_CEILING_PCT: u32 = 5;
@@ -186,6 +187,9 @@ impl<'de> Deserialize<'de> for AdminListen {
 pub struct Config {
     /// Data listener address.
     pub listen: SocketAddr,
+    /// Join a data port other SO_REUSEPORT listeners already use (zero-downtime handover)
+    /// instead of refusing to start.
+    pub reuse_port_handover: bool,
     /// Admin listener address, or off.
     pub admin_listen: AdminListen,
     /// /health reports a shard stalled when its loop has not ticked for this long.
@@ -204,10 +208,14 @@ pub struct Config {
     /// Token publishers must present; `None` lets only loopback peers publish.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_token: Option<String>,
-    /// Global connection limit.
+    /// Global connection limit (one process-wide counter checked at accept).
     pub max_connections: usize,
-    /// Per-shard connection limit.
-    pub max_connections_per_shard: usize,
+    /// Where `max_connections` came from: "config", or the limit its default derives from,
+    /// "nofile" (RLIMIT_NOFILE) or "memory" (`memory_limit`).
+    pub max_connections_source: String,
+    /// Per-shard connection limit; `None`: only the global limit applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_shard: Option<usize>,
     /// Time a client has to complete the HTTP upgrade.
     pub handshake_timeout_ms: u64,
     /// Largest accepted HTTP request head.
@@ -231,6 +239,8 @@ pub struct Config {
     pub close_flush_timeout_ms: u64,
     /// tracing EnvFilter directive.
     pub log: String,
+    /// Log line format.
+    pub log_format: LogFormat,
     /// Ping every this many ms (0 = no pings).
     pub ping_interval_ms: u64,
     /// Close a client that sends nothing within this many ms of a ping (0 = never).
@@ -291,6 +301,9 @@ pub struct Overrides {
     /// Data listener address [default: 0.0.0.0:8080]
     #[arg(long, env = "SHARDCAST_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Share the data port with listeners already on it (another shardcast, for a zero-downtime handover: start the new one with this flag, then stop the old one); without it start-up refuses a port another process listens on [default: false]
+    #[arg(long, env = "SHARDCAST_REUSE_PORT_HANDOVER", num_args = 0..=1, default_missing_value = "true")]
+    pub reuse_port_handover: Option<bool>,
     /// Admin listener (/health, /stats, /metrics, /histograms, /dashboard); `off` or empty disables it [default: 127.0.0.1:9090]
     #[arg(long, env = "SHARDCAST_ADMIN_LISTEN")]
     pub admin_listen: Option<AdminListen>,
@@ -315,10 +328,10 @@ pub struct Overrides {
     /// Token publishers must present (Bearer or ?token=) [default: none, only loopback peers may publish]
     #[arg(long, env = "SHARDCAST_PUBLISH_TOKEN")]
     pub publish_token: Option<String>,
-    /// Global connection limit [default: 1000000]
+    /// Global connection limit, one process-wide count checked at accept (over it: 503) [default: what RLIMIT_NOFILE (hard, minus 64 + 8 per shard) and memory_limit (95% / 4312 B per connection) both allow]
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Per-shard connection limit [default: max_connections divided over the shards]
+    /// Per-shard connection limit, on top of the global one [default: none]
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS_PER_SHARD")]
     pub max_connections_per_shard: Option<usize>,
     /// Time a client has to complete the upgrade, in ms [default: 10000]
@@ -351,9 +364,12 @@ pub struct Overrides {
     /// A connection whose close frame (eviction 1013, timeout, protocol error, shutdown) is not flushed within this many ms (during shutdown: makes no write progress for this long) is reset (RST), freeing its descriptor and kernel buffers, 1 or more [default: 500]
     #[arg(long, env = "SHARDCAST_CLOSE_FLUSH_TIMEOUT_MS")]
     pub close_flush_timeout_ms: Option<u64>,
-    /// Log filter, tracing EnvFilter syntax [default: info]
+    /// Log filter, tracing EnvFilter syntax; the NATS client (async_nats) is capped at warn unless the filter names it [default: info]
     #[arg(long, env = "SHARDCAST_LOG")]
     pub log: Option<String>,
+    /// Log line format on stderr: text (coloured only on a terminal, never with NO_COLOR set) or json (one object per line with timestamp, level, target, fields) [default: text]
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Send a ping every this many ms; 0 disables pings [default: 25000]
     #[arg(long, env = "SHARDCAST_PING_INTERVAL_MS")]
     pub ping_interval_ms: Option<u64>,
@@ -415,6 +431,10 @@ pub struct Overrides {
     #[arg(skip)]
     #[serde(default)]
     pub memory_limit_source: Option<String>,
+    /// Informational key written by --print-config; ignored on input
+    #[arg(skip)]
+    #[serde(default)]
+    pub max_connections_source: Option<String>,
     /// TOML file with any of the options above (same names as keys)
     #[arg(long, env = "SHARDCAST_CONFIG")]
     #[serde(skip)]
@@ -468,6 +488,7 @@ impl Overrides {
     fn or(self, lower: Overrides) -> Overrides {
         Overrides {
             listen: self.listen.or(lower.listen),
+            reuse_port_handover: self.reuse_port_handover.or(lower.reuse_port_handover),
             admin_listen: self.admin_listen.or(lower.admin_listen),
             health_stall_ms: self.health_stall_ms.or(lower.health_stall_ms),
             histogram_log: self.histogram_log.or(lower.histogram_log),
@@ -497,6 +518,7 @@ impl Overrides {
             shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
             close_flush_timeout_ms: self.close_flush_timeout_ms.or(lower.close_flush_timeout_ms),
             log: self.log.or(lower.log),
+            log_format: self.log_format.or(lower.log_format),
             ping_interval_ms: self.ping_interval_ms.or(lower.ping_interval_ms),
             pong_timeout_ms: self.pong_timeout_ms.or(lower.pong_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
@@ -511,6 +533,7 @@ impl Overrides {
             topic_policy: self.topic_policy.or(lower.topic_policy),
             memory_limit: self.memory_limit.or(lower.memory_limit),
             memory_limit_source: self.memory_limit_source.or(lower.memory_limit_source),
+            max_connections_source: self.max_connections_source.or(lower.max_connections_source),
             queue_ceiling_pct: self.queue_ceiling_pct.or(lower.queue_ceiling_pct),
             nats_url: self.nats_url.or(lower.nats_url),
             nats_subject_prefix: self.nats_subject_prefix.or(lower.nats_subject_prefix),
@@ -543,7 +566,6 @@ impl Overrides {
         if shards == 0 {
             return Err(ConfigError::Invalid("shards must be at least 1"));
         }
-        let max_connections = self.max_connections.unwrap_or(1_000_000);
         let size = |b: Option<ByteSize>| b.map(|b| b.0 as usize);
         let max_message_bytes = self.max_message_bytes.unwrap_or(1 << 20);
         let send_buffer_bytes = size(self.send_buffer_bytes).unwrap_or(DEFAULT_SEND_BUFFER);
@@ -586,8 +608,17 @@ impl Overrides {
         if memory_limit == 0 {
             return Err(ConfigError::Invalid("memory_limit must be positive"));
         }
+        let (max_connections, max_connections_source) = match self.max_connections {
+            Some(n) => (n, "config"),
+            None => crate::ops::preflight::default_max_connections(
+                crate::rlimit::nofile().ok().map(|n| n.hard),
+                shards,
+                memory_limit,
+            ),
+        };
         let config = Config {
             listen: self.listen.unwrap_or(([0, 0, 0, 0], 8080).into()),
+            reuse_port_handover: self.reuse_port_handover.unwrap_or(false),
             admin_listen: self
                 .admin_listen
                 .unwrap_or(AdminListen::On(([127, 0, 0, 1], 9090).into())),
@@ -599,9 +630,8 @@ impl Overrides {
             driver: self.driver.unwrap_or(Driver::Auto),
             publish_token: self.publish_token,
             max_connections,
-            max_connections_per_shard: self
-                .max_connections_per_shard
-                .unwrap_or(max_connections.div_ceil(shards)),
+            max_connections_source: max_connections_source.to_owned(),
+            max_connections_per_shard: self.max_connections_per_shard,
             handshake_timeout_ms: self.handshake_timeout_ms.unwrap_or(10_000),
             max_header_bytes: self.max_header_bytes.unwrap_or(8192),
             max_headers: self.max_headers.unwrap_or(32),
@@ -613,6 +643,7 @@ impl Overrides {
             shutdown_grace_ms: self.shutdown_grace_ms.unwrap_or(5000),
             close_flush_timeout_ms: self.close_flush_timeout_ms.unwrap_or(500),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
+            log_format: self.log_format.unwrap_or(LogFormat::Text),
             ping_interval_ms: self.ping_interval_ms.unwrap_or(25_000),
             pong_timeout_ms: self.pong_timeout_ms.unwrap_or(10_000),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(0),
@@ -803,8 +834,17 @@ mod tests {
         assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(c.health_stall_ms, 2000);
         assert_eq!(c.driver, Driver::Auto);
-        assert_eq!(c.max_connections, 1_000_000);
-        assert_eq!(c.max_connections_per_shard, 250_000);
+        let nofile = crate::rlimit::nofile().unwrap().hard;
+        assert_eq!(
+            (c.max_connections, c.max_connections_source.as_str()),
+            crate::ops::preflight::default_max_connections(Some(nofile), 4, c.memory_limit)
+        );
+        assert_eq!(c.max_connections_per_shard, None, "only the global limit");
+        let c = parse(&["--max-connections", "7"]).resolve().unwrap();
+        assert_eq!(
+            (c.max_connections, c.max_connections_source.as_str()),
+            (7, "config")
+        );
         assert_eq!(c.max_message_bytes, 1_048_576);
         assert_eq!(c.max_control_message_bytes, 4096);
         assert_eq!(c.ring_capacity, 4096);

@@ -7,7 +7,7 @@
 //! - [`shard`]: a shard's core: connections, fan-out, pause, the loop turn.
 //! - [`flow`]: send queues and their accounting, policies, topics, the memory ceiling.
 //! - [`conn`]: one connection: admission, upgrade, HTTP publish, roles, control, heartbeats.
-//! - [`obs`]: counters, histograms, the tick, the admin listener and what it serves.
+//! - [`obs`]: counters, histograms, logs, the tick, the admin listener and what it serves.
 //! - [`ops`]: host facts and the start-up preflight.
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
 //! - [`continuity`]: per-topic sequence numbers, history and resume (sans-IO; docs/CONTINUITY.md).

@@ -4,6 +4,7 @@ use std::io::Write;
 
 use clap::Parser;
 use shardcast::config::Overrides;
+use shardcast::obs::logging;
 use shardcast::ops::preflight;
 use shardcast::runtime::{rlimit, signals};
 use shardcast::server;
@@ -62,10 +63,7 @@ fn main() {
         }
         std::process::exit(i32::from(preflight::has_failure(&checks)));
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
-        .init();
+    logging::init(config.log_format, &config.log);
     // Blocked before any thread starts so every thread inherits the mask and only the
     // sigwait thread ever sees SIGINT/SIGTERM.
     if let Err(e) = signals::block(&signals::TERMINATION) {

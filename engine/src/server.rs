@@ -66,10 +66,17 @@ pub fn resolve_driver(choice: Driver) -> io::Result<DriverKind> {
 pub fn start(config: Config) -> io::Result<Server> {
     let kind = resolve_driver(config.driver)?;
     let shards = config.shards;
+    let sharing = if config.reuse_port_handover {
+        tracing::info!(addr = %config.listen, "--reuse-port-handover: joining the listeners already on the port, if any");
+        listener::Sharing::Handover
+    } else {
+        listener::Sharing::Exclusive
+    };
     let listeners = listener::bind_all(
         config.listen,
         config.listen_backlog,
         shards,
+        sharing,
         config.send_buffer_bytes,
     )?;
     let local_addr = listeners[0].local_addr()?;
@@ -89,7 +96,12 @@ pub fn start(config: Config) -> io::Result<Server> {
     }
     // Bound before the shards start so a taken admin port fails start-up cleanly.
     let admin_listener = match config.admin_listen.addr() {
-        Some(addr) => Some(std::net::TcpListener::bind(addr)?),
+        Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot bind the admin listener {addr}: {e}"),
+            )
+        })?),
         None => None,
     };
     let admin_settings = admin::Settings {
@@ -206,9 +218,15 @@ fn shard_thread(p: ShardParts, ready: mpsc::Sender<io::Result<()>>) -> io::Resul
         p.stats[p.id].set_driver(kind);
         tracing::info!(shard = p.id, driver = kind.name(), "shard starting");
     };
+    // What this shard may hold, for the driver's socket table (reserved address space, not a
+    // limit: admission enforces those). Under the global count alone one shard may hold all.
+    let expected = p
+        .config
+        .max_connections_per_shard
+        .unwrap_or(p.config.max_connections);
     match p.kind {
         DriverKind::Uring => {
-            let driver = match Uring::new(p.listener, p.config.max_connections_per_shard) {
+            let driver = match Uring::new(p.listener, expected) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -220,7 +238,7 @@ fn shard_thread(p: ShardParts, ready: mpsc::Sender<io::Result<()>>) -> io::Resul
             run::run(driver, core, &p.shutdown)
         }
         _ => {
-            let driver = match Epoll::new(p.listener, p.config.max_connections_per_shard) {
+            let driver = match Epoll::new(p.listener, expected) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = ready.send(Err(e));

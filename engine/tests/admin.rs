@@ -129,7 +129,7 @@ fn check_exposition(text: &str) -> HashMap<String, String> {
             helps.insert(rest.split(' ').next().unwrap().to_owned());
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert!(["counter", "gauge", "summary"].contains(&kind), "{line}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
             assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
             assert!(helps.contains(name), "TYPE before HELP or no HELP: {line}");
             types.insert(name.to_owned(), kind.to_owned());
@@ -137,7 +137,7 @@ fn check_exposition(text: &str) -> HashMap<String, String> {
     }
     let valid_name = |n: &str| {
         !n.is_empty()
-            && n.starts_with("shardcast_")
+            && (n.starts_with("shardcast_") || n.starts_with("process_"))
             && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
     let mut samples = 0;
@@ -169,12 +169,13 @@ fn check_exposition(text: &str) -> HashMap<String, String> {
             name,
             name.trim_end_matches("_sum"),
             name.trim_end_matches("_count"),
+            name.trim_end_matches("_bucket"),
         ]
         .into_iter()
         .find(|f| types.contains_key(*f))
         .unwrap_or_else(|| panic!("no TYPE for {line}"));
         if family != name {
-            assert_eq!(types[family], "summary", "{line}");
+            assert_eq!(types[family], "histogram", "{line}");
         }
         samples += 1;
     }
@@ -193,14 +194,15 @@ fn metrics_are_well_formed() {
         let (code, text) = admin(addr, "GET", "/metrics");
         assert_eq!(code, 200);
         let types = check_exposition(&text);
-        assert_eq!(types["shardcast_handshake_latency_seconds"], "summary");
+        assert_eq!(types["shardcast_handshake_latency_seconds"], "histogram");
+        assert_eq!(types["process_cpu_seconds_total"], "counter");
         assert!(text.contains("shardcast_connections_active{shard=\"0\"}"));
         assert!(text
             .contains("shardcast_connections_refused_total{shard=\"1\",reason=\"not_found\"} 0"));
         assert!(text.contains("shardcast_protocol_errors_total{shard=\"0\",code=\"1002\"} 0"));
-        assert!(
-            text.contains("shardcast_ring_transit_latency_seconds{shard=\"1\",quantile=\"0.99\"}")
-        );
+        assert!(text.contains(
+            "shardcast_ring_transit_latency_seconds_bucket{shard=\"1\",le=\"0.000001\"}"
+        ));
         let received: u64 = text
             .lines()
             .filter(|l| l.starts_with("shardcast_messages_received_total{"))
@@ -218,15 +220,7 @@ fn histograms_are_hdr_v2_logs() {
             drop(server.ws("/echo"));
         }
         // At least one shard recorded handshakes; wait for its tick to publish them.
-        let s = stats_until(addr, |s| {
-            s["shards"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|sh| sh["latency_us"]["handshake"]["count"].as_u64().unwrap())
-                .sum::<u64>()
-                == 6
-        });
+        let s = stats_until(addr, |s| latency_count(s, "handshake") == 6);
         let mut total = 0;
         for shard in 0..2 {
             let expect = s["shards"][shard]["latency_us"]["handshake"]["count"]
@@ -241,4 +235,51 @@ fn histograms_are_hdr_v2_logs() {
         assert_eq!(code, 200);
         assert!(IntervalLogIterator::new(body.as_bytes()).all(|e| e.is_ok()));
     }
+}
+
+/// The seed names: `slow_client_count`, `buffer_fill_ratio` and the churn rate in /stats (per
+/// shard and in totals), with their /metrics counterparts.
+#[test]
+fn stats_and_metrics_carry_churn_fill_and_slow_clients() {
+    let (server, addr) = start("auto");
+    let kept: Vec<_> = (0..3).map(|_| server.ws("/ws/t").0).collect();
+    for _ in 0..4 {
+        drop(server.ws("/ws/t"));
+    }
+    // 7 accepted, 4 closed: the next churn sample (once a second per shard) sees them.
+    let s = stats_until(addr, |s| {
+        let t = &s["totals"];
+        t["connections_closed"] == 4
+            && t["active_connections"] == 3
+            && t["connection_churn_per_second"].as_f64() > Some(0.0)
+    });
+    let t = &s["totals"];
+    assert_eq!(t["slow_client_count"], 0);
+    assert_eq!(t["slow_client_count"], t["slow_clients"]);
+    let fill = t["buffer_fill_ratio"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&fill), "{fill}");
+    let mut churn = 0.0;
+    for sh in s["shards"].as_array().unwrap() {
+        assert!(sh["buffer_fill_ratio"].as_f64().is_some(), "{sh}");
+        churn += sh["connection_churn_per_second"].as_f64().unwrap();
+        assert_eq!(
+            sh["connections_closed"].as_u64().unwrap(),
+            sh["accepted"].as_u64().unwrap() - sh["active_connections"].as_u64().unwrap()
+        );
+    }
+    // serde_json's float parsing may be off by an ulp: compare, do not match bits.
+    let total = t["connection_churn_per_second"].as_f64().unwrap();
+    assert!((churn - total).abs() <= total * 1e-9, "{churn} vs {total}");
+    let (_, text) = admin(addr, "GET", "/metrics");
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("shardcast_connections_closed_total"), 4.0);
+    assert!(sum("shardcast_connection_churn_per_second") > 0.0);
+    assert!(text.contains("shardcast_buffer_fill_ratio{shard=\"1\"} "));
+    assert!(text.contains("shardcast_slow_clients{shard=\"0\"} 0\n"));
+    drop(kept);
 }

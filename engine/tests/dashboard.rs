@@ -66,14 +66,22 @@ fn metrics_parse_and_match_scripted_traffic() {
         .iter()
         .filter(|x| x.metric == "shardcast_handshake_latency_seconds")
         .collect();
-    assert_eq!(handshake.len(), 2, "one summary per shard");
-    for h in handshake {
-        let Value::Summary(q) = &h.value else {
-            panic!("not a summary: {h:?}")
-        };
-        let qs: Vec<f64> = q.iter().map(|c| c.quantile).collect();
-        assert_eq!(qs, [0.5, 0.9, 0.99, 0.999, 1.0]);
-    }
+    assert_eq!(handshake.len(), 2, "one histogram per shard");
+    let handshakes: f64 = handshake
+        .iter()
+        .map(|h| {
+            let Value::Histogram(b) = &h.value else {
+                panic!("not a histogram: {h:?}")
+            };
+            assert!(b.windows(2).all(|w| w[0].count <= w[1].count), "cumulative");
+            assert_eq!(b.last().unwrap().less_than, f64::INFINITY);
+            b.last().unwrap().count
+        })
+        .sum();
+    assert_eq!(
+        handshakes,
+        total(&s, "shardcast_handshake_latency_seconds_count")
+    );
     // One broadcast latency sample per delivery (histograms lag by up to one 100 ms tick).
     let end = deadline();
     let s = loop {
@@ -88,39 +96,40 @@ fn metrics_parse_and_match_scripted_traffic() {
         total(&s, "shardcast_broadcast_latency_seconds_count"),
         (N * M) as f64
     );
-    let quantiles = |metric: &str| -> Vec<(String, Vec<f64>)> {
-        let mut v: Vec<_> = s
-            .samples
-            .iter()
-            .filter(|x| x.metric == metric)
-            .map(|x| {
-                let Value::Summary(q) = &x.value else {
-                    panic!("not a summary: {x:?}")
-                };
-                (
-                    x.labels.get("shard").unwrap().to_owned(),
-                    q.iter().map(|c| c.quantile).collect(),
-                )
-            })
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    for shard in ["0", "1"] {
-        let broadcast = quantiles("shardcast_broadcast_latency_seconds");
-        let stall = quantiles("shardcast_eviction_stall_seconds");
-        let depth = quantiles("shardcast_queue_depth_messages");
-        let depth_bytes = quantiles("shardcast_queue_depth_bytes");
-        for (name, got, want) in [
-            ("broadcast", &broadcast, &[0.5, 0.9, 0.99, 0.999, 1.0][..]),
-            ("stall", &stall, &[0.5, 0.9, 0.99, 0.999, 1.0]),
-            ("depth", &depth, &[0.5, 0.95, 0.99, 1.0]),
-            ("depth bytes", &depth_bytes, &[0.5, 0.95, 0.99, 1.0]),
-        ] {
-            let row = got.iter().find(|r| r.0 == shard);
-            assert_eq!(row.map(|r| &r.1[..]), Some(want), "{name} of shard {shard}");
+    // Every histogram family has the same fixed bounds on every shard (what makes
+    // `sum by (le)` across shards and hosts valid), ending in +Inf = _count.
+    for (metric, bounds) in [
+        ("shardcast_broadcast_latency_seconds", 23),
+        ("shardcast_handshake_latency_seconds", 19),
+        ("shardcast_ring_transit_latency_seconds", 17),
+        ("shardcast_eviction_stall_seconds", 14),
+        ("shardcast_queue_depth_messages", 15),
+        ("shardcast_queue_depth_bytes", 15),
+    ] {
+        let mut les: Vec<Vec<f64>> = Vec::new();
+        let mut counts = 0.0;
+        for x in s.samples.iter().filter(|x| x.metric == metric) {
+            let Value::Histogram(b) = &x.value else {
+                panic!("not a histogram: {x:?}")
+            };
+            les.push(b.iter().map(|c| c.less_than).collect());
+            counts += b.last().unwrap().count;
         }
+        assert_eq!(les.len(), 2, "{metric}: one per shard");
+        assert_eq!(les[0], les[1], "{metric}: same bounds on every shard");
+        assert_eq!(les[0].len(), bounds, "{metric}");
+        assert_eq!(counts, total(&s, &format!("{metric}_count")), "{metric}");
     }
+    let delivered: f64 = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == "shardcast_broadcast_latency_seconds")
+        .map(|x| match &x.value {
+            Value::Histogram(b) => b.last().unwrap().count,
+            _ => unreachable!(),
+        })
+        .sum();
+    assert_eq!(delivered, (N * M) as f64);
 }
 
 #[test]

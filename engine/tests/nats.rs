@@ -710,3 +710,50 @@ fn external_publishers_kinds_and_own_origin() {
     assert_eq!(counter(&b, "in_invalid") - invalid0, 2);
     assert_eq!(counter(&b, "messages_in") - in0, 4);
 }
+
+/// Each change of the bridge's link state is one line, however many reconnect attempts an
+/// outage takes: down once at start (NATS not there yet), up once, down once when NATS goes
+/// away, up once when it is back; nothing from the NATS client itself at INFO.
+#[test]
+fn bridge_logs_each_link_state_change_once() {
+    let mut nats = Nats::start();
+    nats.stop();
+    let url = nats.url();
+    let (mut s, log) = Server::start_logged(
+        &[
+            "--nats-url",
+            &url,
+            "--nats-reconnect-max-ms",
+            "50",
+            "--log",
+            "info",
+        ],
+        &[],
+    );
+    let failures = |s: &Server| counter(s, "connect_failures");
+    wait_for("repeated failed attempts", || failures(&s) >= 10);
+    nats.restart();
+    wait_for("bridge up", || bridge(&s)["state"] == "up");
+    nats.stop();
+    wait_for("bridge down", || bridge(&s)["state"] == "down");
+    let before = failures(&s);
+    wait_for("more failed attempts", || failures(&s) >= before + 10);
+    nats.restart();
+    wait_for("bridge up again", || bridge(&s)["state"] == "up");
+    s.terminate();
+    let text = log.finish();
+    let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("nats bridge: down"), 2, "{text}");
+    assert_eq!(count("nats bridge: up"), 2, "{text}");
+    assert_eq!(count("async_nats"), 0, "the client's own lines: {text}");
+    assert!(
+        text.contains("nats bridge: down (cannot connect"),
+        "the first line says why: {text}"
+    );
+    assert!(
+        text.contains("nats bridge: down (connection lost)"),
+        "{text}"
+    );
+    assert!(text.contains("failed_attempts="), "{text}");
+    assert!(!text.contains("ERROR"), "{text}");
+}

@@ -11,6 +11,7 @@ fn expect_close_1001(ws: &mut Ws) {
         match ws.read() {
             Ok(Message::Close(Some(f))) => {
                 assert_eq!(u16::from(f.code), 1001);
+                assert_eq!(f.reason, "server shutting down");
                 return;
             }
             Ok(Message::Close(None)) => panic!("close without code"),
@@ -64,7 +65,7 @@ fn print_config_prints_toml_and_exits() {
         .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
     assert!(
-        help.contains("--max-connections-per-shard") && help.contains("[default: 1000000]"),
+        help.contains("--max-connections-per-shard") && help.contains("[default: none]"),
         "{help}"
     );
 }

@@ -24,6 +24,7 @@
 //! builds (the admin listener reads [`stats`]), but `--nats-url` is refused at start-up.
 
 pub mod interest;
+pub mod linklog;
 #[cfg(feature = "nats")]
 mod run;
 pub mod stats;

@@ -21,6 +21,7 @@ use shardcast_proto::{MessageKind, OpCode};
 use tokio::sync::mpsc;
 
 use super::interest::{Change, Interest};
+use super::linklog::{self, LinkEvent};
 use super::stats::{BridgeStats, LinkState};
 use super::subject::{self, Inbound};
 use crate::config::Config;
@@ -231,6 +232,7 @@ async fn run(ctx: Ctx) {
     stats.set_origin(&origin);
     let events = stats.clone();
     let reconnect_max_ms = config.nats_reconnect_max_ms;
+    let link_log = Arc::new(std::sync::Mutex::new(linklog::LinkLog::new(monotonic_ms())));
     let options = ConnectOptions::new()
         .name(format!("shardcast-{origin}"))
         .no_echo()
@@ -242,15 +244,31 @@ async fn run(ctx: Ctx) {
         .ping_interval(PING_INTERVAL)
         .connection_timeout(Duration::from_secs(2))
         .event_callback(move |event| {
-            let stats = events.clone();
+            let (stats, link_log) = (events.clone(), link_log.clone());
             async move {
-                match event {
-                    async_nats::Event::SlowConsumer(_) => add(&stats.slow_consumer_drops, 1),
-                    async_nats::Event::Connected => tracing::info!("nats bridge: connected"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("nats bridge: disconnected, reconnecting")
+                let link = match event {
+                    async_nats::Event::SlowConsumer(_) => {
+                        add(&stats.slow_consumer_drops, 1);
+                        None
                     }
-                    e => tracing::debug!(event = %e, "nats bridge event"),
+                    async_nats::Event::Connected => Some(LinkEvent::Connected),
+                    async_nats::Event::Disconnected => Some(LinkEvent::Disconnected),
+                    // The client reports each failed round of connection attempts this way.
+                    async_nats::Event::ClientError(async_nats::ClientError::Other(e)) => {
+                        add(&stats.connect_failures, 1);
+                        Some(LinkEvent::ConnectFailed(e))
+                    }
+                    e => {
+                        tracing::debug!(event = %e, "nats bridge event");
+                        None
+                    }
+                };
+                let line = link.and_then(|ev| {
+                    let mut log = link_log.lock().unwrap_or_else(|e| e.into_inner());
+                    log.handle(ev, monotonic_ms())
+                });
+                if let Some(line) = line {
+                    line.log(reconnect_max_ms);
                 }
             }
         });
@@ -417,7 +435,7 @@ impl State {
                             Some(sub)
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, topic = %topic, "nats bridge: subscribe failed");
+                            crate::warn_limited!("nats bridge: subscribe failed", error = %e, topic = %topic);
                             None
                         }
                     };

@@ -47,6 +47,8 @@ pub struct BridgeStats {
     pub slow_consumer_drops: AtomicU64,
     /// Connections to NATS re-established after the first.
     pub reconnects: AtomicU64,
+    /// Rounds of connection attempts that failed (the client then retries with backoff).
+    pub connect_failures: AtomicU64,
     /// Topics whose subject is subscribed (the subscription was sent and the server answered
     /// a flush after it, or the client re-sends it on reconnect).
     pub subscriptions: AtomicU64,
@@ -83,6 +85,8 @@ pub struct BridgeSnapshot {
     pub slow_consumer_drops: u64,
     /// Reconnections.
     pub reconnects: u64,
+    /// Failed rounds of connection attempts.
+    pub connect_failures: u64,
     /// Subscribed subjects.
     pub subscriptions: u64,
     /// Topics with subscribers on some shard.
@@ -151,6 +155,7 @@ impl BridgeStats {
             out_buffered_bytes: get(&self.out_buffered_bytes),
             slow_consumer_drops: get(&self.slow_consumer_drops),
             reconnects: get(&self.reconnects),
+            connect_failures: get(&self.connect_failures),
             subscriptions: get(&self.subscriptions),
             interested_topics: get(&self.interested_topics),
             own_ignored: get(&self.own_ignored),

@@ -14,15 +14,18 @@ pub struct Load {
     pub shard: usize,
     /// `max_connections`.
     pub max_global: usize,
-    /// `max_connections_per_shard`.
-    pub max_shard: usize,
+    /// `max_connections_per_shard`, if set (otherwise only the global limit applies).
+    pub max_shard: Option<usize>,
     /// Graceful shutdown has begun.
     pub shutting_down: bool,
 }
 
 /// `Ok` to admit, or the 503 response to write.
 pub fn admit(load: Load) -> Result<(), Vec<u8>> {
-    if load.global >= load.max_global || load.shard >= load.max_shard || load.shutting_down {
+    if load.global >= load.max_global
+        || load.max_shard.is_some_and(|m| load.shard >= m)
+        || load.shutting_down
+    {
         let mut out = Vec::new();
         write_rejection(
             &mut out,
@@ -43,10 +46,17 @@ mod tests {
             global: 9,
             shard: 4,
             max_global: 10,
-            max_shard: 5,
+            max_shard: Some(5),
             shutting_down: false,
         };
         assert!(admit(load).is_ok());
+        // Without a per-shard limit a full shard still admits while the global count has room.
+        assert!(admit(Load {
+            shard: 5,
+            max_shard: None,
+            ..load
+        })
+        .is_ok());
         for l in [
             Load { global: 10, ..load },
             Load { shard: 5, ..load },

@@ -82,7 +82,7 @@ pub fn decide(
                     HttpError::new(Status::BadRequest, "Content-Length required"),
                 )
             }
-            Err(e) => return refuse(Refusal::BadRequest, e),
+            Err(e) => return refuse(refusal_of(e.status), e),
         };
         if length > cfg.max_message_bytes as u64 {
             return refuse(
@@ -104,7 +104,7 @@ pub fn decide(
     }
     let upgrade = match validate_upgrade(request) {
         Ok(u) => u,
-        Err(e) => return refuse(Refusal::BadRequest, e),
+        Err(e) => return refuse(refusal_of(e.status), e),
     };
     if route.publishes() {
         if let Err(e) = authorize_publish(
@@ -164,7 +164,7 @@ pub fn timed_out() -> Vec<u8> {
 
 /// A malformed or over-limit request head.
 pub fn malformed(e: HttpError) -> Decision {
-    refuse(Refusal::BadRequest, e)
+    refuse(refusal_of(e.status), e)
 }
 
 /// The answer to an upgrade naming more topics than the shard's share of `max_subscriptions`
@@ -242,13 +242,7 @@ fn status_of(code: u16) -> Status {
 }
 
 fn refusal_of(status: Status) -> Refusal {
-    match status {
-        Status::NotFound => Refusal::NotFound,
-        Status::Unauthorized => Refusal::Unauthorized,
-        Status::Forbidden => Refusal::Forbidden,
-        Status::PayloadTooLarge => Refusal::TooLarge,
-        _ => Refusal::BadRequest,
-    }
+    Refusal::for_status(status.code())
 }
 
 fn auth_refusal(e: AuthError) -> Refusal {

@@ -27,6 +27,8 @@ use crate::bridge::stats::{BridgeSnapshot, BridgeStats};
 use crate::obs::depth::{DepthSample, DepthSummary};
 use crate::obs::health::{overloaded, OVERLOAD_PCT};
 use crate::obs::latency::{merged_summary, LatencyKind, Summary, KINDS};
+use crate::obs::procstat::{self, ProcessStats};
+use crate::obs::promhist::{latency_bounds, Buckets};
 use crate::obs::stats::{
     monotonic_ms, AbortReason, AcceptErrorReason, Discard, DriverKind, Eviction, Refusal,
     ShardStats, Snapshot, COUNTED_CLOSE_CODES,
@@ -310,8 +312,12 @@ fn respond(state: &State, request: &Request<'_>) -> Response {
             status: Status::Ok,
             content_type: metrics::CONTENT_TYPE,
             body: metrics::render(
-                &reports(state, &snaps, &capture(state)),
-                &process(state),
+                &reports(state, &snaps, &capture(state), Buckets::of),
+                &ProcessReport {
+                    // Only here: it lists /proc/self/fd, one entry per connection.
+                    process: procstat::read(),
+                    ..process(state)
+                },
                 bridge.as_ref(),
             )
             .into_bytes(),
@@ -359,8 +365,32 @@ pub struct ShardReport {
     pub latency: [Summary; KINDS],
     /// The latest queue depth sample.
     pub depth: DepthSummary,
+    /// Latency histograms in Prometheus buckets, indexed like [`LatencyKind::ALL`] (empty in
+    /// the reports /stats builds).
+    pub latency_buckets: [Buckets; KINDS],
+    /// Every queue depth sample so far in buckets: [messages, bytes].
+    pub depth_buckets: [Buckets; 2],
+    /// Connections accepted + closed per second over the last 10 s.
+    pub churn_per_second: f64,
     /// Milliseconds since the shard's last tick.
     pub tick_age_ms: u64,
+}
+
+impl ShardReport {
+    /// Queued frames and mesh backlog over the shard's share of the ceiling (1.0: evictions
+    /// start); 0 while no ceiling is known.
+    pub fn buffer_fill_ratio(&self) -> f64 {
+        fill_ratio(self.snap.retained_bytes, self.snap.queue_ceiling_bytes)
+    }
+}
+
+/// `retained` over `ceiling`, 0 when there is no ceiling.
+pub fn fill_ratio(retained: u64, ceiling: u64) -> f64 {
+    if ceiling == 0 {
+        0.0
+    } else {
+        retained as f64 / ceiling as f64
+    }
 }
 
 /// Process-wide numbers.
@@ -369,6 +399,8 @@ pub struct ProcessReport {
     pub rss_bytes: Option<u64>,
     /// Seconds since start.
     pub uptime_seconds: f64,
+    /// The `process_*` figures, when /proc is readable.
+    pub process: Option<ProcessStats>,
 }
 
 /// One shard's histograms, copied once per request, so a shard's numbers and the merged totals
@@ -376,6 +408,7 @@ pub struct ProcessReport {
 struct Captured {
     latency: [Histogram<u64>; KINDS],
     depth: DepthSample,
+    depth_buckets: [Buckets; 2],
 }
 
 fn capture(state: &State) -> Vec<Captured> {
@@ -385,11 +418,19 @@ fn capture(state: &State) -> Vec<Captured> {
         .map(|s| Captured {
             latency: LatencyKind::ALL.map(|k| s.latency.clone_of(k)),
             depth: s.queue_depth.clone_of(),
+            depth_buckets: s.queue_depth.cumulative(),
         })
         .collect()
 }
 
-fn reports(state: &State, snaps: &[Snapshot], captured: &[Captured]) -> Vec<ShardReport> {
+/// `buckets` folds a latency histogram into its bounds: [`Buckets::of`] for /metrics; /stats,
+/// which shows none, skips the walk with `|_, b| Buckets::empty(b)`.
+fn reports(
+    state: &State,
+    snaps: &[Snapshot],
+    captured: &[Captured],
+    buckets: fn(&Histogram<u64>, &[u64]) -> Buckets,
+) -> Vec<ShardReport> {
     let now = monotonic_ms();
     state
         .stats
@@ -401,6 +442,10 @@ fn reports(state: &State, snaps: &[Snapshot], captured: &[Captured]) -> Vec<Shar
             driver: s.driver(),
             latency: c.latency.each_ref().map(Summary::of),
             depth: c.depth.summary(),
+            latency_buckets: LatencyKind::ALL
+                .map(|k| buckets(&c.latency[k as usize], latency_bounds(k))),
+            depth_buckets: c.depth_buckets.clone(),
+            churn_per_second: s.churn.get(),
             tick_age_ms: now.saturating_sub(snap.last_tick_ms),
         })
         .collect()
@@ -410,6 +455,7 @@ fn process(state: &State) -> ProcessReport {
     ProcessReport {
         rss_bytes: rss_bytes(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
+        process: None,
     }
 }
 
@@ -460,7 +506,15 @@ fn counters_json(snap: &Snapshot) -> Map<String, Value> {
         .map(|a| (a.name().to_owned(), snap.accept_errors[*a as usize].into()))
         .collect();
     m.insert("accept_errors".into(), accept_errors.into());
+    // The seed names: slow clients, and closed connections (every accepted one no longer open).
+    m.insert("slow_client_count".into(), snap.slow_clients.into());
+    m.insert("connections_closed".into(), connections_closed(snap).into());
     m
+}
+
+/// Connections accepted and no longer open (refused at accept included).
+pub fn connections_closed(snap: &Snapshot) -> u64 {
+    snap.accepted.saturating_sub(snap.active_connections)
 }
 
 /// Add every number of `v` into `total`, recursing into objects.
@@ -512,7 +566,12 @@ fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>
     let mut totals = Map::new();
     let mut shards = Vec::with_capacity(snaps.len());
     let captured = capture(state);
-    for (i, r) in reports(state, snaps, &captured).iter().enumerate() {
+    let mut churn = 0.0;
+    let no_buckets = |_: &Histogram<u64>, b: &[u64]| Buckets::empty(b);
+    for (i, r) in reports(state, snaps, &captured, no_buckets)
+        .iter()
+        .enumerate()
+    {
         let mut m = counters_json(&r.snap);
         sum_into(&mut totals, &m);
         let latency = |k: LatencyKind| &r.latency[k as usize];
@@ -523,6 +582,12 @@ fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>
             &r.depth,
         );
         m.insert("shard".into(), i.into());
+        m.insert("buffer_fill_ratio".into(), r.buffer_fill_ratio().into());
+        m.insert(
+            "connection_churn_per_second".into(),
+            r.churn_per_second.into(),
+        );
+        churn += r.churn_per_second;
         m.insert("driver".into(), r.driver.name().into());
         m.insert("tick_age_ms".into(), r.tick_age_ms.into());
         let latency: Map<String, Value> = LatencyKind::ALL
@@ -537,6 +602,11 @@ fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>
     if let Some(first) = snaps.first() {
         totals.insert("memory_limit".into(), first.memory_limit.into());
     }
+    // Ratios and rates are not summed: the process's fill is all retained over all ceilings.
+    let sum = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
+    let fill = fill_ratio(sum(|s| s.retained_bytes), sum(|s| s.queue_ceiling_bytes));
+    totals.insert("buffer_fill_ratio".into(), fill.into());
+    totals.insert("connection_churn_per_second".into(), churn.into());
     // Merged only for the kinds the totals show: merging walks whole histograms.
     let merged =
         |k: LatencyKind| merged_summary(k, captured.iter().map(|c| &c.latency[k as usize]));

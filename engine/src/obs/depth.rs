@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::obs::promhist::{Buckets, DEPTH_BYTES, DEPTH_MESSAGES};
 use crate::runtime::clock::TICK;
 
 /// How often the distribution is sampled.
@@ -114,10 +115,13 @@ pub struct DepthSummary {
     pub sum_bytes: f64,
 }
 
-/// The latest sample of one shard, readable from the admin thread.
+/// The latest sample of one shard, readable from the admin thread, and every sample so far
+/// folded into Prometheus buckets (connection-samples by depth: `rate()` of them over a window
+/// is the depth distribution over that window, aggregatable across shards and hosts).
 #[derive(Debug, Default)]
 pub struct SharedDepth {
     latest: Mutex<DepthSample>,
+    cumulative: Mutex<Option<[Buckets; 2]>>,
 }
 
 impl SharedDepth {
@@ -131,9 +135,32 @@ impl SharedDepth {
         self.lock().clone()
     }
 
-    /// Publish `sample`; `sample` gets the previous one back to reuse (no allocation).
+    /// Publish `sample`; `sample` gets the previous one back to reuse (no allocation). The
+    /// sample is also added to the cumulative buckets.
     pub fn swap(&self, sample: &mut DepthSample) {
+        // Folded before taking the lock: a walk over the sample's recorded bins.
+        let add = [
+            Buckets::of(&sample.frames, DEPTH_MESSAGES),
+            Buckets::of(&sample.bytes, DEPTH_BYTES),
+        ];
         std::mem::swap(&mut *self.lock(), sample);
+        let mut total = self.cumulative.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *total {
+            Some([frames, bytes]) => {
+                frames.add(&add[0]);
+                bytes.add(&add[1]);
+            }
+            none => *none = Some(add),
+        }
+    }
+
+    /// Every sample so far in buckets: [messages over [`DEPTH_MESSAGES`], bytes over
+    /// [`DEPTH_BYTES`]].
+    pub fn cumulative(&self) -> [Buckets; 2] {
+        let total = self.cumulative.lock().unwrap_or_else(|e| e.into_inner());
+        total
+            .clone()
+            .unwrap_or_else(|| [Buckets::empty(DEPTH_MESSAGES), Buckets::empty(DEPTH_BYTES)])
     }
 }
 
@@ -251,5 +278,11 @@ mod tests {
         shared.swap(&mut s);
         assert_eq!(shared.clone_of().summary().max_frames, 3);
         assert!(s.frames.is_empty(), "got the empty previous sample back");
+        // Both samples (one connection at 3 entries / 30 bytes, then one idle) accumulate.
+        s.record(0, 0);
+        shared.swap(&mut s);
+        let [frames, bytes] = shared.cumulative();
+        assert_eq!((frames.count, frames.le[0], frames.le[3]), (2, 1, 2));
+        assert_eq!((bytes.le[0], bytes.le[1], bytes.sum), (1, 2, 30.0));
     }
 }

@@ -126,9 +126,9 @@ impl ShardLog {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     self.dropped += 1;
-                    tracing::warn!(
-                        dropped = self.dropped,
-                        "histogram log writer is behind; interval dropped"
+                    crate::warn_limited!(
+                        "histogram log writer is behind; interval dropped",
+                        dropped = self.dropped
                     );
                 }
                 // The writer gave up (its error was logged); keep the shard running.
@@ -152,7 +152,7 @@ fn write_loop(shard: usize, settings: &Settings, base: SystemTime, rx: Receiver<
     for rec in rx {
         let slot = &mut files[rec.kind as usize];
         if let Err(e) = append(shard, settings, base, slot, &mut serializer, &rec) {
-            tracing::warn!(shard, kind = rec.kind.name(), error = %e, "histogram log write failed");
+            crate::warn_limited!("histogram log write failed", shard, kind = rec.kind.name(), error = %e);
             // Reopen on the next interval (the directory may have come back).
             *slot = None;
         }

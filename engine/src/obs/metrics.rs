@@ -2,17 +2,18 @@
 //!
 //! Names follow the Prometheus conventions: `shardcast_` prefix, base units in the name
 //! (`_bytes`, `_seconds`), `_total` on counters, one `shard` label per series and `reason`/`code`
-//! labels for breakdowns. Latencies (and eviction stalls) are summaries in seconds with
-//! `quantile` labels 0.5, 0.9, 0.99, 0.999 and 1 (the maximum), cumulative since start. Queue
-//! depths are summaries of the latest once-per-second sample of every connection, with quantiles
-//! 0.5, 0.95, 0.99 and 1.
+//! labels for breakdowns. Latencies (and eviction stalls) are histograms in seconds, queue depths
+//! histograms of connection-samples (every connection once per second) by depth: cumulative
+//! `_bucket{le}` counters over the fixed bounds of `promhist`, so `rate()` gives any window and
+//! `sum by (le)` aggregates shards and hosts. The standard `process_*` metrics come from /proc.
 
 use std::fmt::Write;
 
 use crate::bridge::stats::BridgeSnapshot;
 use crate::obs::admin::{ProcessReport, ShardReport};
-use crate::obs::depth::{DepthSummary, QUANTILES as DEPTH_QUANTILES};
 use crate::obs::latency::LatencyKind;
+use crate::obs::procstat::ProcessStats;
+use crate::obs::promhist::{latency_bounds, Buckets, DEPTH_BYTES, DEPTH_MESSAGES};
 use crate::obs::stats::{
     AbortReason, AcceptErrorReason, Discard, Eviction, Refusal, Snapshot, COUNTED_CLOSE_CODES,
 };
@@ -64,6 +65,12 @@ pub const SCALARS: &[Scalar] = &[
         kind: Kind::Counter,
         help: "Connections accepted.",
         get: |s| s.accepted,
+    },
+    Scalar {
+        name: "shardcast_connections_closed_total",
+        kind: Kind::Counter,
+        help: "Connections accepted and since closed (refused ones included); churn = rate(accepted) + rate(closed).",
+        get: crate::obs::admin::connections_closed,
     },
     Scalar {
         name: "shardcast_messages_received_total",
@@ -198,9 +205,11 @@ pub const SCALARS: &[Scalar] = &[
         get: |s| s.memory_limit,
     },
     Scalar {
+        // /stats calls it slow_client_count; Prometheus keeps the `_count` suffix for
+        // histograms and summaries (promtool refuses it on a gauge).
         name: "shardcast_slow_clients",
         kind: Kind::Gauge,
-        help: "Connections whose queue is above its high-water mark.",
+        help: "Connections whose queue is above its high-water mark (until back below low water); slow_client_count in /stats.",
         get: |s| s.slow_clients,
     },
     Scalar {
@@ -220,6 +229,30 @@ pub const SCALARS: &[Scalar] = &[
         kind: Kind::Counter,
         help: "Local publishes the shard did not hand to the NATS bridge: its ring and overflow were full.",
         get: |s| s.bridge_dropped,
+    },
+];
+
+/// A per-shard gauge that is a ratio or a rate, computed from a whole [`ShardReport`].
+pub struct Ratio {
+    /// Full metric name.
+    pub name: &'static str,
+    /// HELP text.
+    pub help: &'static str,
+    /// Reads the value.
+    pub get: fn(&ShardReport) -> f64,
+}
+
+/// Every per-shard ratio and rate.
+pub const RATIOS: &[Ratio] = &[
+    Ratio {
+        name: "shardcast_buffer_fill_ratio",
+        help: "Queued frames and mesh backlog over the shard's share of the queue ceiling (1 = evictions start).",
+        get: ShardReport::buffer_fill_ratio,
+    },
+    Ratio {
+        name: "shardcast_connection_churn_per_second",
+        help: "Connections accepted + closed per second over the last 10 s.",
+        get: |r| r.churn_per_second,
     },
 ];
 
@@ -274,6 +307,12 @@ pub const BRIDGE_SCALARS: &[Scalar<BridgeSnapshot>] = &[
         get: |s| s.reconnects,
     },
     Scalar {
+        name: "shardcast_bridge_connect_failures_total",
+        kind: Kind::Counter,
+        help: "Rounds of connection attempts to NATS that failed (each retried with backoff; logged once per outage).",
+        get: |s| s.connect_failures,
+    },
+    Scalar {
         name: "shardcast_bridge_subscriptions",
         kind: Kind::Gauge,
         help: "NATS subjects subscribed (one per topic with subscribers on this host).",
@@ -298,9 +337,6 @@ pub const BRIDGE_SCALARS: &[Scalar<BridgeSnapshot>] = &[
         get: |s| s.in_stalls,
     },
 ];
-
-/// One queue depth series of a [`DepthSummary`]: (values at the quantiles, max, sum).
-type DepthSeries = fn(&DepthSummary) -> ([u64; 3], u64, f64);
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -340,14 +376,8 @@ pub fn render(
         "Seconds since the server started.",
     );
     let _ = writeln!(out, "shardcast_uptime_seconds {}", process.uptime_seconds);
-    if let Some(rss) = process.rss_bytes {
-        family(
-            &mut out,
-            "shardcast_resident_memory_bytes",
-            "gauge",
-            "Resident set size of the process (VmRSS).",
-        );
-        let _ = writeln!(out, "shardcast_resident_memory_bytes {rss}");
+    if let Some(p) = &process.process {
+        process_families(&mut out, p);
     }
     family(
         &mut out,
@@ -361,6 +391,12 @@ pub fn render(
             out,
             "shardcast_shard_info{{shard=\"{i}\",driver=\"{driver}\"}} 1"
         );
+    }
+    for g in RATIOS {
+        family(&mut out, g.name, "gauge", g.help);
+        for (i, r) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{}{{shard=\"{i}\"}} {}", g.name, (g.get)(r));
+        }
     }
     family(
         &mut out,
@@ -473,104 +509,223 @@ pub fn render(
         let (name, help) = match kind {
             LatencyKind::Handshake => (
                 "shardcast_handshake_latency_seconds",
-                "Accept to 101 written, since start (quantile 1 = max).",
+                "Accept to 101 written, since start.",
             ),
             LatencyKind::RingTransit => (
                 "shardcast_ring_transit_latency_seconds",
-                "Publish to drained by the receiving shard's ring consumer, since start (quantile 1 = max).",
+                "Publish to drained by the receiving shard's ring consumer, since start.",
             ),
             LatencyKind::Broadcast => (
                 "shardcast_broadcast_latency_seconds",
-                "Publish accepted to the frame fully written to a subscriber's socket, per delivery, since start (quantile 1 = max).",
+                "Publish accepted to the frame fully written to a subscriber's socket, per delivery, since start.",
             ),
             LatencyKind::EvictionStall => (
                 "shardcast_eviction_stall_seconds",
-                "Time an evicted connection had gone without write progress, per eviction, since start (quantile 1 = max).",
+                "Time an evicted connection had gone without write progress, per eviction, since start.",
             ),
         };
-        family(&mut out, name, "summary", help);
-        for (i, r) in shards.iter().enumerate() {
-            let s = &r.latency[kind as usize];
-            for (q, us) in s.quantiles() {
-                let secs = us as f64 / 1e6;
-                let _ = writeln!(out, "{name}{{shard=\"{i}\",quantile=\"{q}\"}} {secs}");
-            }
-            // hdrhistogram keeps no exact sum; mean × count is exact to the histogram's 1%.
-            let sum = s.mean * s.count as f64 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {sum}");
-            let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {}", s.count);
-        }
+        let bounds = latency_bounds(kind);
+        histogram(&mut out, name, help, shards, bounds, 1e6, |r| {
+            &r.latency_buckets[kind as usize]
+        });
     }
-    let depth_families: [(&str, &str, DepthSeries); 2] = [
+    histogram(
+        &mut out,
+        "shardcast_queue_depth_messages",
+        "Queued messages per connection, every connection sampled once per second since start (rate() over a window: the depth distribution over that window).",
+        shards,
+        DEPTH_MESSAGES,
+        1.0,
+        |r| &r.depth_buckets[0],
+    );
+    histogram(
+        &mut out,
+        "shardcast_queue_depth_bytes",
+        "Unsent bytes per connection, every connection sampled once per second since start (rate() over a window: the depth distribution over that window).",
+        shards,
+        DEPTH_BYTES,
+        1.0,
+        |r| &r.depth_buckets[1],
+    );
+    out
+}
+
+/// One histogram family, one series set per shard: `bounds` in the buckets' unit, `per_unit`
+/// of which make the family's unit (µs per second: 1e6). Dividing by an exact power of ten
+/// prints round bounds as such (`0.000025`, not `2.4999999999999998e-5`).
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    shards: &[ShardReport],
+    bounds: &[u64],
+    per_unit: f64,
+    get: impl Fn(&ShardReport) -> &Buckets,
+) {
+    family(out, name, "histogram", help);
+    for (i, r) in shards.iter().enumerate() {
+        let b = get(r);
+        for (bound, n) in bounds.iter().zip(&b.le) {
+            let le = *bound as f64 / per_unit;
+            let _ = writeln!(out, "{name}_bucket{{shard=\"{i}\",le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {}",
+            b.count
+        );
+        let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {}", b.sum / per_unit);
+        let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {}", b.count);
+    }
+}
+
+/// The standard `process_*` families (the names every Prometheus client library uses).
+fn process_families(out: &mut String, p: &ProcessStats) {
+    let rows = [
         (
-            "shardcast_queue_depth_messages",
-            "Queued messages per connection, latest once-per-second sample of every connection (quantile 1 = max; _sum = all queued).",
-            |d| (d.frames, d.max_frames, d.sum_frames),
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            Some(p.cpu_seconds.to_string()),
         ),
         (
-            "shardcast_queue_depth_bytes",
-            "Unsent bytes per connection, latest once-per-second sample of every connection (quantile 1 = max; _sum = all unsent).",
-            |d| (d.bytes, d.max_bytes, d.sum_bytes),
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            Some(p.resident_bytes.to_string()),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            Some(p.virtual_bytes.to_string()),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            Some(p.start_time_seconds.to_string()),
+        ),
+        (
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+            Some(p.threads.to_string()),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            p.open_fds.map(|n| n.to_string()),
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            p.max_fds.map(|n| n.to_string()),
         ),
     ];
-    for (name, help, get) in depth_families {
-        family(&mut out, name, "summary", help);
-        for (i, r) in shards.iter().enumerate() {
-            let (at, max, sum) = get(&r.depth);
-            for ((_, q), v) in DEPTH_QUANTILES.iter().zip(at) {
-                let _ = writeln!(out, "{name}{{shard=\"{i}\",quantile=\"{q}\"}} {v}");
-            }
-            let _ = writeln!(out, "{name}{{shard=\"{i}\",quantile=\"1\"}} {max}");
-            let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {}", sum.round());
-            let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {}", r.depth.connections);
+    for (name, kind, help, value) in rows {
+        if let Some(value) = value {
+            family(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
         }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::obs::depth::DepthSummary;
     use crate::obs::latency::Summary;
     use crate::obs::stats::DriverKind;
 
-    #[test]
-    fn families_are_declared_and_counters_end_in_total() {
+    fn report() -> ShardReport {
         let snap = Snapshot {
             messages_in: 7,
+            accepted: 10,
+            active_connections: 4,
+            retained_bytes: 250,
+            queue_ceiling_bytes: 1000,
             ..Snapshot::default()
         };
-        let report = ShardReport {
+        let mut broadcast = crate::obs::latency::new_histogram(LatencyKind::Broadcast);
+        broadcast.record_n(20, 3).unwrap();
+        broadcast.record(2_000).unwrap();
+        let mut depth = crate::obs::depth::DepthSample::default();
+        depth.record(0, 0);
+        depth.record(5, 3000);
+        ShardReport {
             snap,
             driver: DriverKind::Epoll,
             latency: [Summary::default(); crate::obs::latency::KINDS],
-            depth: DepthSummary {
-                connections: 3,
-                frames: [0, 1, 5],
-                max_frames: 9,
-                ..DepthSummary::default()
-            },
+            depth: DepthSummary::default(),
+            latency_buckets: LatencyKind::ALL.map(|k| {
+                let h = if k == LatencyKind::Broadcast {
+                    broadcast.clone()
+                } else {
+                    crate::obs::latency::new_histogram(k)
+                };
+                Buckets::of(&h, latency_bounds(k))
+            }),
+            depth_buckets: [
+                Buckets::of(&depth.frames, DEPTH_MESSAGES),
+                Buckets::of(&depth.bytes, DEPTH_BYTES),
+            ],
+            churn_per_second: 1.5,
             tick_age_ms: 50,
-        };
+        }
+    }
+
+    #[test]
+    fn families_are_declared_and_counters_end_in_total() {
         let bridge = crate::bridge::stats::BridgeStats::new();
         crate::obs::stats::add(&bridge.messages_in, 3);
         let text = render(
-            &[report],
+            &[report()],
             &ProcessReport {
                 rss_bytes: Some(4096),
                 uptime_seconds: 1.5,
+                process: crate::obs::procstat::read(),
             },
             Some(&bridge.snapshot(crate::obs::stats::monotonic_ms())),
         );
-        assert!(text.contains("shardcast_messages_received_total{shard=\"0\"} 7\n"));
-        assert!(text.contains("shardcast_bridge_messages_in_total 3\n"));
-        assert!(text.contains("shardcast_bridge_up 0\n"));
-        assert!(text.contains("shardcast_shard_tick_age_seconds{shard=\"0\"} 0.05\n"));
-        assert!(text.contains("shardcast_queue_depth_messages{shard=\"0\",quantile=\"0.99\"} 5\n"));
-        assert!(text.contains("shardcast_queue_depth_messages{shard=\"0\",quantile=\"1\"} 9\n"));
-        assert!(text.contains("shardcast_queue_depth_messages_count{shard=\"0\"} 3\n"));
-        assert!(text.contains("shardcast_broadcast_latency_seconds_count{shard=\"0\"} 0\n"));
-        assert!(text.contains("# TYPE shardcast_eviction_stall_seconds summary\n"));
+        for line in [
+            "shardcast_messages_received_total{shard=\"0\"} 7",
+            "shardcast_connections_closed_total{shard=\"0\"} 6",
+            "shardcast_buffer_fill_ratio{shard=\"0\"} 0.25",
+            "shardcast_connection_churn_per_second{shard=\"0\"} 1.5",
+            "shardcast_slow_clients{shard=\"0\"} 0",
+            "shardcast_bridge_messages_in_total 3",
+            "shardcast_bridge_up 0",
+            "shardcast_shard_tick_age_seconds{shard=\"0\"} 0.05",
+            "# TYPE shardcast_broadcast_latency_seconds histogram",
+            "shardcast_broadcast_latency_seconds_bucket{shard=\"0\",le=\"0.00001\"} 0",
+            "shardcast_broadcast_latency_seconds_bucket{shard=\"0\",le=\"0.000025\"} 3",
+            "shardcast_broadcast_latency_seconds_bucket{shard=\"0\",le=\"0.0025\"} 4",
+            "shardcast_broadcast_latency_seconds_bucket{shard=\"0\",le=\"+Inf\"} 4",
+            "shardcast_broadcast_latency_seconds_count{shard=\"0\"} 4",
+            "shardcast_eviction_stall_seconds_count{shard=\"0\"} 0",
+            "# TYPE shardcast_queue_depth_messages histogram",
+            "shardcast_queue_depth_messages_bucket{shard=\"0\",le=\"0\"} 1",
+            "shardcast_queue_depth_messages_bucket{shard=\"0\",le=\"4\"} 1",
+            "shardcast_queue_depth_messages_bucket{shard=\"0\",le=\"8\"} 2",
+            "shardcast_queue_depth_bytes_sum{shard=\"0\"} 3000",
+            "# TYPE process_cpu_seconds_total counter",
+            "# TYPE process_open_fds gauge",
+        ] {
+            assert!(
+                text.contains(&format!("{line}\n")),
+                "{line} missing:\n{text}"
+            );
+        }
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("shardcast_broadcast_latency_seconds_sum{shard=\"0\"} "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 0.00206).abs() < 0.00206 * 0.01, "{sum}");
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let mut parts = line.split(' ').skip(2);
             let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
@@ -579,6 +734,7 @@ mod tests {
                 "{name} lacks HELP"
             );
             assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+            assert_ne!(kind, "summary", "no summaries: {line}");
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
 pub use crate::conn::closing::AbortReason;
+use crate::obs::churn::ChurnGauge;
 use crate::obs::depth::SharedDepth;
 use crate::obs::latency::SharedLatency;
 pub use crate::runtime::accept::AcceptErrorReason;
@@ -18,8 +19,16 @@ pub enum Refusal {
     MaxConnections,
     /// The upgrade did not complete in time (408 or silent close).
     HandshakeTimeout,
-    /// Malformed request or failed upgrade validation (400/405/426/431).
+    /// Malformed request or failed upgrade validation (400).
     BadRequest,
+    /// A method the route does not take (405).
+    MethodNotAllowed,
+    /// An upgrade with an unsupported `Sec-WebSocket-Version` (426).
+    UpgradeRequired,
+    /// A request head over `max_header_bytes` or `max_headers` (431).
+    HeadersTooLarge,
+    /// A request using what the server does not implement, e.g. `Transfer-Encoding` (501).
+    NotImplemented,
     /// Missing or malformed publish credentials (401).
     Unauthorized,
     /// Wrong token or non-loopback peer without a token (403).
@@ -44,10 +53,14 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; REFUSALS] = [
         Refusal::MaxConnections,
         Refusal::HandshakeTimeout,
         Refusal::BadRequest,
+        Refusal::MethodNotAllowed,
+        Refusal::UpgradeRequired,
+        Refusal::HeadersTooLarge,
+        Refusal::NotImplemented,
         Refusal::Unauthorized,
         Refusal::Forbidden,
         Refusal::NotFound,
@@ -65,6 +78,10 @@ impl Refusal {
             Refusal::MaxConnections => "max_connections",
             Refusal::HandshakeTimeout => "handshake_timeout",
             Refusal::BadRequest => "bad_request",
+            Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::UpgradeRequired => "upgrade_required",
+            Refusal::HeadersTooLarge => "headers_too_large",
+            Refusal::NotImplemented => "not_implemented",
             Refusal::Unauthorized => "unauthorized",
             Refusal::Forbidden => "forbidden",
             Refusal::NotFound => "not_found",
@@ -76,7 +93,27 @@ impl Refusal {
             Refusal::Descriptors => "descriptors",
         }
     }
+
+    /// The reason an HTTP error status answered before the upgrade is counted under. 503 is
+    /// not mapped here: its causes (limit, pause, backlog) are told apart where it is sent.
+    pub fn for_status(code: u16) -> Refusal {
+        match code {
+            401 => Refusal::Unauthorized,
+            403 => Refusal::Forbidden,
+            404 => Refusal::NotFound,
+            405 => Refusal::MethodNotAllowed,
+            408 => Refusal::HandshakeTimeout,
+            413 => Refusal::TooLarge,
+            426 => Refusal::UpgradeRequired,
+            431 => Refusal::HeadersTooLarge,
+            501 => Refusal::NotImplemented,
+            _ => Refusal::BadRequest,
+        }
+    }
 }
+
+/// Number of [`Refusal`] reasons.
+pub const REFUSALS: usize = 16;
 
 /// Close codes with their own protocol-error counter; anything else lands in `other`.
 pub const COUNTED_CLOSE_CODES: [u16; 6] = [1002, 1003, 1007, 1008, 1009, 1011];
@@ -88,7 +125,7 @@ pub struct ShardStats {
     pub connections_active: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
-    refused: [AtomicU64; Refusal::ALL.len()],
+    refused: [AtomicU64; REFUSALS],
     /// WebSocket/HTTP messages received from clients.
     pub messages_in: AtomicU64,
     /// Payload bytes received from clients.
@@ -109,6 +146,8 @@ pub struct ShardStats {
     pub latency: SharedLatency,
     /// The latest per-connection queue depth sample (`depth.rs`, once per second).
     pub queue_depth: SharedDepth,
+    /// Connections accepted + closed per second over the last 10 s (`churn.rs`).
+    pub churn: ChurnGauge,
     /// Pings sent by the heartbeat sweep.
     pub pings_sent_total: AtomicU64,
     /// Connections closed because no frame answered a ping in time.
@@ -172,7 +211,7 @@ pub struct Snapshot {
     pub accepted: u64,
     /// Refusals, indexed like [`Refusal::ALL`].
     #[serde(skip)]
-    pub refused: [u64; Refusal::ALL.len()],
+    pub refused: [u64; REFUSALS],
     /// Messages received from clients.
     pub messages_in: u64,
     /// Payload bytes received from clients.
@@ -480,6 +519,16 @@ mod tests {
         assert_eq!(names.len(), Refusal::ALL.len());
         for (i, r) in Refusal::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
+        }
+        for (code, name) in [
+            (400, "bad_request"),
+            (405, "method_not_allowed"),
+            (426, "upgrade_required"),
+            (431, "headers_too_large"),
+            (501, "not_implemented"),
+            (413, "too_large"),
+        ] {
+            assert_eq!(Refusal::for_status(code).name(), name);
         }
         for (i, r) in Eviction::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);

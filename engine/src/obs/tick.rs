@@ -1,26 +1,28 @@
 //! The per-shard tick: every [`TICK`] a shard stamps its liveness time into its stats, copies its
 //! queue gauges, feeds its histogram log (when `--histogram-log` is set), folds its latency
-//! histograms into the shared copies and, once per [`crate::obs::depth::SAMPLE_PERIOD`],
-//! samples its queue depths. A shard whose loop is stuck does not tick, so an old stamp is how
+//! histograms into the shared copies, updates its connection churn rate and, once per
+//! [`crate::obs::depth::SAMPLE_PERIOD`], samples its queue depths. A shard whose loop is stuck does not tick, so an old stamp is how
 //! the admin thread's /health sees a stall. The shard core calls [`Ticker::on_tick`] from its
 //! `handle_time` when a tick is due.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::obs::churn::ChurnMeter;
 use crate::obs::depth::{DepthSample, DepthSampler};
 use crate::obs::histlog::{self, ShardLog};
 use crate::obs::latency::LocalLatency;
-use crate::obs::stats::ShardStats;
+use crate::obs::stats::{self, ShardStats};
 use crate::runtime::clock::monotonic_ms;
 
 pub use crate::runtime::clock::TICK;
 
-/// A shard's tick state: its histogram log and its depth sampler.
+/// A shard's tick state: its histogram log, its depth sampler and its churn meter.
 #[derive(Default)]
 pub struct Ticker {
     log: Option<ShardLog>,
     depth: DepthSampler,
+    churn: ChurnMeter,
 }
 
 impl Ticker {
@@ -35,6 +37,7 @@ impl Ticker {
         Ticker {
             log,
             depth: DepthSampler::default(),
+            churn: ChurnMeter::new(monotonic_ms()),
         }
     }
 
@@ -49,13 +52,24 @@ impl Ticker {
         slots: usize,
         visit: impl FnOnce(std::ops::Range<usize>, &mut DepthSample),
     ) {
-        stats.tick(monotonic_ms());
+        let now_ms = monotonic_ms();
+        stats.tick(now_ms);
+        self.churn_tick(stats, now_ms);
         if let Some(log) = self.log.as_mut() {
             log.on_tick(latency, now);
         }
         latency.publish(&stats.latency);
         if latency.is_recording() {
             self.depth.on_tick(slots, &stats.queue_depth, visit);
+        }
+    }
+
+    /// Update the churn rate: accepted plus closed (every accepted connection no longer open).
+    fn churn_tick(&mut self, s: &ShardStats, now_ms: u64) {
+        let accepted = stats::get(&s.connections_accepted);
+        let closed = accepted.saturating_sub(stats::get(&s.connections_active));
+        if let Some(rate) = self.churn.handle_tick(now_ms, accepted + closed) {
+            s.churn.set(rate);
         }
     }
 

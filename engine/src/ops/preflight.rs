@@ -101,6 +101,31 @@ pub fn nofile_required(max_connections: usize, shards: usize) -> u64 {
     max_connections as u64 + NOFILE_HEADROOM + NOFILE_PER_SHARD * shards as u64
 }
 
+/// The default `max_connections`: as many connections as both the descriptor limit and the
+/// memory limit allow, so a default start never promises more than the host can hold (and the
+/// nofile and memory checks below pass). `nofile_hard` is the hard RLIMIT_NOFILE, which the
+/// server raises its soft limit to at start, minus the non-connection headroom; the memory
+/// side is [`memory_required`] inverted. Returns the limit and which of the two set it
+/// ("nofile" or "memory"); at least 1.
+pub fn default_max_connections(
+    nofile_hard: Option<u64>,
+    shards: usize,
+    memory_limit: u64,
+) -> (usize, &'static str) {
+    let per = KERNEL_BYTES_PER_CONNECTION + USER_BYTES_PER_CONNECTION;
+    let by_memory =
+        u128::from(memory_limit) * u128::from(100 - QUEUE_CEILING_PERCENT) / 100 / u128::from(per);
+    let by_nofile = nofile_hard.map(|hard| {
+        hard.saturating_sub(nofile_required(0, shards))
+            .min(usize::MAX as u64) as u128
+    });
+    let (n, source) = match by_nofile {
+        Some(f) if f <= by_memory => (f, "nofile"),
+        _ => (by_memory, "memory"),
+    };
+    ((n.min(usize::MAX as u128) as usize).max(1), source)
+}
+
 /// RLIMIT_NOFILE (soft, after the start-up raise to the hard limit) against what
 /// `max_connections` over `shards` need.
 pub fn check_nofile(soft: u64, hard: u64, max_connections: usize, shards: usize) -> Check {
@@ -389,6 +414,31 @@ mod tests {
             short.fix.ends_with("--max-connections to 999"),
             "{}",
             short.fix
+        );
+    }
+
+    #[test]
+    fn default_max_connections_fits_both_limits_so_the_checks_pass() {
+        let gib = 1u64 << 30;
+        // The unit's LimitNOFILE on a 24 GiB host: descriptors bound it.
+        let (n, why) = default_max_connections(Some(1_048_576), 8, 24 * gib);
+        assert_eq!((n, why), (1_048_576 - 64 - 64, "nofile"));
+        assert_eq!(check_nofile(1_048_576, 1_048_576, n, 8).level, Level::Ok);
+        // The same on a 2 GiB host: memory bounds it.
+        let two = MemoryLimit {
+            bytes: 2 * gib,
+            source: MemorySource::MemTotal,
+        };
+        let (n, why) = default_max_connections(Some(1_048_576), 8, two.bytes);
+        assert_eq!(why, "memory");
+        assert_eq!(check_memory(Some(two), n).level, Level::Ok);
+        assert_eq!(check_memory(Some(two), n + 2).level, Level::Warn);
+        // An unlimited or unknown descriptor limit leaves memory; a tiny one still gives 1.
+        assert_eq!(default_max_connections(Some(u64::MAX), 2, two.bytes).0, n);
+        assert_eq!(default_max_connections(None, 2, two.bytes).0, n);
+        assert_eq!(
+            default_max_connections(Some(20), 2, two.bytes),
+            (1, "nofile")
         );
     }
 

@@ -1,5 +1,12 @@
 //! Per-shard listening sockets sharing one port through SO_REUSEPORT, so the kernel spreads
 //! incoming connections over the shards without a shared accept queue.
+//!
+//! SO_REUSEPORT also lets any other socket of the same user with the option set join the port
+//! silently and take a share of new connections (a second instance started by mistake). So the
+//! first listener binds *without* SO_REUSEPORT, which fails with EADDRINUSE when anything else
+//! listens on the port, and sets it only after the bind, before `listen`, so the other shards'
+//! listeners can join it. [`Sharing::Handover`] skips that check, for a zero-downtime handover
+//! to a new instance on purpose.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -67,12 +74,24 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-/// Bind a nonblocking listener with SO_REUSEADDR and SO_REUSEPORT set, listening with `backlog`;
-/// a non-zero `send_buffer` sets SO_SNDBUF, which accepted sockets inherit (no syscall per
-/// accept; the kernel holds up to twice the value and stops autotuning it).
+/// Whether the first listener may join a port other sockets already listen on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// Refuse (EADDRINUSE) when another socket listens on the port: the default.
+    Exclusive,
+    /// Join other SO_REUSEPORT listeners of the same user (`--reuse-port-handover`).
+    Handover,
+}
+
+/// Bind a nonblocking listener with SO_REUSEADDR and SO_REUSEPORT set, listening with `backlog`.
+/// With [`Sharing::Exclusive`] SO_REUSEPORT is set only after the bind, so the bind fails when
+/// another socket already listens on the port. A non-zero `send_buffer` sets SO_SNDBUF, which
+/// accepted sockets inherit (no syscall per accept; the kernel holds up to twice the value and
+/// stops autotuning it).
 pub fn bind_reuseport(
     addr: SocketAddr,
     backlog: u32,
+    sharing: Sharing,
     send_buffer: usize,
 ) -> io::Result<TcpListener> {
     let domain = if addr.is_ipv4() {
@@ -91,7 +110,9 @@ pub fn bind_reuseport(
     // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    if sharing == Sharing::Handover {
+        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
     if send_buffer > 0 {
         let v = send_buffer.min(libc::c_int::MAX as usize) as libc::c_int;
         set_int_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, v)?;
@@ -99,27 +120,51 @@ pub fn bind_reuseport(
     let (storage, len) = sockaddr(&addr);
     // SAFETY: `storage` holds a valid sockaddr of length `len`.
     check(unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) })?;
+    // Set before listen(2), which is when the socket joins (or forms) the port's group.
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     let backlog = backlog.min(libc::c_int::MAX as u32) as libc::c_int;
     // SAFETY: plain syscall on a socket we own.
     check(unsafe { libc::listen(fd, backlog) })?;
     Ok(TcpListener::from(owned))
 }
 
-/// Bind `shards` listeners on `addr`: the first resolves port 0 to a real port, the rest bind
-/// that resolved address.
+/// Bind `shards` listeners on `addr`: the first resolves port 0 to a real port (and, unless
+/// `sharing` is [`Sharing::Handover`], proves nothing else listens there), the rest join it.
+/// Errors name the address and, for a port in use, what to do about it.
 pub fn bind_all(
     addr: SocketAddr,
     backlog: u32,
     shards: usize,
+    sharing: Sharing,
     send_buffer: usize,
 ) -> io::Result<Vec<TcpListener>> {
-    let first = bind_reuseport(addr, backlog, send_buffer)?;
+    let named = |e: io::Error| bind_error(addr, sharing, e);
+    let first = bind_reuseport(addr, backlog, sharing, send_buffer).map_err(named)?;
     let resolved = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..shards {
-        all.push(bind_reuseport(resolved, backlog, send_buffer)?);
+        let next = bind_reuseport(resolved, backlog, Sharing::Handover, send_buffer);
+        all.push(next.map_err(named)?);
     }
     Ok(all)
+}
+
+/// `e` from binding `addr`, with the address and, for EADDRINUSE, the cause and the way out.
+pub fn bind_error(addr: SocketAddr, sharing: Sharing, e: io::Error) -> io::Error {
+    let text = match (e.kind(), sharing) {
+        (io::ErrorKind::AddrInUse, Sharing::Exclusive) => format!(
+            "cannot listen on {addr}: another process already listens on it (refusing to \
+             share the port: SO_REUSEPORT would silently split new connections between the \
+             two); stop it, choose another --listen, or pass --reuse-port-handover to share \
+             it on purpose for a zero-downtime handover"
+        ),
+        (io::ErrorKind::AddrInUse, Sharing::Handover) => format!(
+            "cannot listen on {addr}: it is in use by a socket that does not allow sharing \
+             (no SO_REUSEPORT, or another user), so --reuse-port-handover cannot join it"
+        ),
+        _ => format!("cannot listen on {addr}: {e}"),
+    };
+    io::Error::new(e.kind(), text)
 }
 
 /// Disable Nagle on an accepted socket: frames are already batched by the writer.
@@ -150,7 +195,8 @@ mod tests {
 
     #[test]
     fn port_zero_resolves_and_all_share_it() {
-        let all = bind_all("127.0.0.1:0".parse().unwrap(), 128, 3, 64 << 10).unwrap();
+        let any = "127.0.0.1:0".parse().unwrap();
+        let all = bind_all(any, 128, 3, Sharing::Exclusive, 64 << 10).unwrap();
         let port = all[0].local_addr().unwrap().port();
         assert_ne!(port, 0);
         for l in &all {
@@ -198,8 +244,31 @@ mod tests {
     #[test]
     fn ipv6_loopback_binds() {
         // Hosts without IPv6 fail with EADDRNOTAVAIL; only assert when it is available.
-        if let Ok(l) = bind_reuseport("[::1]:0".parse().unwrap(), 16, 0) {
+        if let Ok(l) = bind_reuseport("[::1]:0".parse().unwrap(), 16, Sharing::Exclusive, 0) {
             assert!(l.local_addr().unwrap().is_ipv6());
         }
+    }
+
+    #[test]
+    fn a_port_someone_else_listens_on_is_refused_unless_handing_over() {
+        // Another instance, SO_REUSEPORT and all.
+        let other = bind_all("127.0.0.1:0".parse().unwrap(), 16, 2, Sharing::Exclusive, 0).unwrap();
+        let addr = other[0].local_addr().unwrap();
+        let e = bind_all(addr, 16, 2, Sharing::Exclusive, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        assert!(e.to_string().contains("--reuse-port-handover"), "{e}");
+        // A handover joins it, and the kernel then spreads connections over both.
+        let joined = bind_all(addr, 16, 2, Sharing::Handover, 0).unwrap();
+        assert_eq!(joined[0].local_addr().unwrap(), addr);
+        // A plain listener (no SO_REUSEPORT) refuses both, and the error says so.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let plain_addr = plain.local_addr().unwrap();
+        assert!(bind_all(plain_addr, 16, 1, Sharing::Exclusive, 0).is_err());
+        let e = bind_all(plain_addr, 16, 1, Sharing::Handover, 0).unwrap_err();
+        assert!(e.to_string().contains("does not allow sharing"), "{e}");
+        // Once the others are gone the port is free again.
+        drop((other, joined));
+        bind_all(addr, 16, 2, Sharing::Exclusive, 0).unwrap();
     }
 }

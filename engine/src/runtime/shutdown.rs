@@ -7,6 +7,9 @@ use std::task::{Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 
+/// The reason text of the 1001 close every client gets at shutdown.
+pub const SHUTDOWN_REASON: &str = "server shutting down";
+
 /// Begins graceful shutdown everywhere, once.
 pub struct Shutdown {
     flag: AtomicBool,

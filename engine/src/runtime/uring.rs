@@ -250,7 +250,8 @@ impl Uring {
         if res < 0 {
             if res != -libc::ECANCELED {
                 // Counted, answered through the reserve descriptor when out of descriptors,
-                // and accepting backs off (isolation).
+                // and accepting backs off (isolation). (Logged at most once per
+                // LOG_INTERVAL_MS by the shard.)
                 let e = io::Error::from_raw_os_error(-res);
                 if let Some(lfd) = self.listener.as_ref().map(|l| l.as_raw_fd()) {
                     let reserve = &mut self.reserve;

@@ -26,6 +26,7 @@ use crate::flow::queue::InboundCharge;
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats::{self, Eviction, Refusal};
 use crate::runtime::driver::{Admit, ConnId, IoRequest};
+use crate::runtime::shutdown::SHUTDOWN_REASON;
 use crate::shard::Core;
 
 impl Core {
@@ -310,8 +311,10 @@ impl Core {
             c.role = role;
         }
         if self.st.shutting_down {
-            self.st
-                .close_with_bytes(id.slot, encode_close(CloseCode::GOING_AWAY, ""));
+            self.st.close_with_bytes(
+                id.slot,
+                encode_close(CloseCode::GOING_AWAY, SHUTDOWN_REASON),
+            );
         }
         if !leftover.is_empty() {
             self.handle_ws_input(id, &mut leftover);

@@ -26,6 +26,7 @@ use crate::obs::latency::LatencyKind;
 use crate::obs::stats;
 use crate::runtime::clock::reached;
 use crate::runtime::driver::{CloseMode, ConnId, IoRequest, MAX_GATHER_BYTES, MAX_IOVECS};
+use crate::runtime::shutdown::SHUTDOWN_REASON;
 use crate::shard::{Core, State, CLOSE_LINGER_MS};
 
 impl State {
@@ -239,7 +240,7 @@ impl Core {
             .min(crate::conn::heartbeat::MAX_DURATION_MS) as u32;
         self.st.shutdown_deadline = self.st.now_ms.wrapping_add(grace);
         self.st.io.push_back(IoRequest::StopAccepting);
-        self.close_all(&encode_close(CloseCode::GOING_AWAY, ""));
+        self.close_all(&encode_close(CloseCode::GOING_AWAY, SHUTDOWN_REASON));
     }
 
     /// At the end of the shutdown grace: the connections still here are dropped by the driver

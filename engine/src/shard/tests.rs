@@ -58,18 +58,13 @@ fn cores_on(
             .unwrap(),
     );
     let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
+    // One open-connection count over the cores, as `server::start` shares it.
+    let global = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     links
         .into_iter()
         .enumerate()
         .map(|(i, link)| {
-            let mut c = Core::new(
-                i,
-                config.clone(),
-                stats.clone(),
-                link,
-                Default::default(),
-                t0,
-            );
+            let mut c = Core::new(i, config.clone(), stats.clone(), link, global.clone(), t0);
             c.handle_time(t0);
             c
         })
@@ -944,6 +939,27 @@ fn close_path_and_slot_reuse_on_a_virtual_clock() {
     c.handle_sent(next, Err(std::io::ErrorKind::Interrupted.into())); // the cancelled send
     c.handle_closed(next);
     assert_eq!((c.active(), c.ledger().retained()), (0, 0));
+}
+
+#[test]
+fn max_connections_is_one_count_over_the_shards() {
+    // A limit of 3 over 2 shards: one shard may hold all 3 (no per-shard share), the fourth is
+    // refused whichever shard accepts it, and a close anywhere makes room everywhere.
+    let mut c = cores(2, &["--max-connections", "3"], Instant::now());
+    let held: Vec<ConnId> = (0..3).map(|_| sub(&mut c[0], &["t"])).collect();
+    for core in c.iter_mut() {
+        let Admit::Refuse(r) = core.handle_accepted(LOOPBACK.parse().unwrap()) else {
+            panic!("over the global limit")
+        };
+        assert!(r.starts_with(b"HTTP/1.1 503"));
+        assert_eq!(
+            core.stats()
+                .refused(crate::obs::stats::Refusal::MaxConnections),
+            1
+        );
+    }
+    c[0].handle_closed(held[0]);
+    sub(&mut c[1], &["t"]);
 }
 
 #[test]

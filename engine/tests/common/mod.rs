@@ -29,19 +29,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start with `--listen 127.0.0.1:0` plus `args` (and `--shards 2` and
-    /// `--admin-listen 127.0.0.1:0` unless given: the default admin port would collide between
-    /// parallel tests).
+    /// Start with `args` plus `--listen 127.0.0.1:0`, `--shards 2`, `--log warn` and
+    /// `--admin-listen 127.0.0.1:0` unless given (the default ports would collide between
+    /// parallel tests); stderr goes to the test's.
     pub fn start(args: &[&str]) -> Server {
         Server::start_with_env(args, &[])
     }
 
     /// [`start`](Self::start) with environment variables set (an empty value removes one).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        // SHARDCAST_TEST_BIN runs the suite against another build (e.g. release).
-        let bin = std::env::var("SHARDCAST_TEST_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardcast").to_owned());
-        let mut cmd = Command::new(bin);
+        let mut cmd = Server::command(args);
         for (k, v) in env {
             if v.is_empty() {
                 cmd.env_remove(k);
@@ -49,23 +46,54 @@ impl Server {
                 cmd.env(k, v);
             }
         }
+        cmd.stderr(Stdio::inherit());
+        Server::spawn(cmd)
+    }
+
+    /// Like [`Server::start`], with stderr captured into the returned [`Log`].
+    pub fn start_logged(args: &[&str], env: &[(&str, &str)]) -> (Server, Log) {
+        let mut cmd = Server::command(args);
+        cmd.envs(env.iter().copied()).stderr(Stdio::piped());
+        Server::spawn_logged(cmd)
+    }
+
+    /// The command [`Server::start`] runs.
+    pub fn command(args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        for (flag, default) in [
+            ("--log", "warn"),
+            ("--listen", "127.0.0.1:0"),
+            ("--shards", "2"),
+            ("--admin-listen", "127.0.0.1:0"),
+        ] {
+            if !args.contains(&flag) {
+                cmd.args([flag, default]);
+            }
+        }
+        cmd.args(args);
+        cmd
+    }
+
+    /// Spawn `cmd` (its stdout is taken over) and wait for its listening line.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let child = cmd.stdout(Stdio::piped()).spawn().expect("spawn shardcast");
+        Server::from_child(child)
+    }
+
+    /// Spawn `cmd` with its stderr (and stdout) piped; returns it with its stderr's [`Log`].
+    pub fn spawn_logged(mut cmd: Command) -> (Server, Log) {
         let mut child = cmd
-            .args(["--listen", "127.0.0.1:0", "--log", "warn"])
-            .args(if args.contains(&"--shards") {
-                &[][..]
-            } else {
-                &["--shards", "2"][..]
-            })
-            .args(if args.contains(&"--admin-listen") {
-                &[][..]
-            } else {
-                &["--admin-listen", "127.0.0.1:0"][..]
-            })
-            .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn shardcast");
+        // Read from the start, so a full stderr pipe never blocks the server.
+        let log = Log::capture(child.stderr.take().unwrap());
+        (Server::from_child(child), log)
+    }
+
+    /// Wait for the listening line of a child whose stdout is piped.
+    pub fn from_child(mut child: Child) -> Server {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -83,6 +111,21 @@ impl Server {
             child,
             addr: addr.parse().unwrap(),
             admin,
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    pub fn terminate(&mut self) {
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0);
+        let end = deadline();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}");
+                return;
+            }
+            assert!(Instant::now() < end, "did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -262,6 +305,17 @@ pub fn upgrade_raw(tcp: &mut TcpStream, path: &str) -> String {
     head
 }
 
+/// Samples of latency histogram `kind` (`handshake`, `broadcast`, ...) over every shard of a
+/// /stats document.
+pub fn latency_count(s: &serde_json::Value, kind: &str) -> u64 {
+    s["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sh| sh["latency_us"][kind]["count"].as_u64().unwrap())
+        .sum()
+}
+
 /// Poll /stats until `f` holds (counters are eventually consistent across shards).
 pub fn stats_until(addr: SocketAddr, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let end = deadline();
@@ -382,4 +436,123 @@ pub fn histogram(admin_addr: SocketAddr, shard: usize, kind: &str) -> Histogram<
     Deserializer::new()
         .deserialize(&mut bytes.as_slice())
         .expect("V2 deflate histogram")
+}
+
+/// The binary under test (`SHARDCAST_TEST_BIN` runs the suite against another build, e.g.
+/// release).
+pub fn bin() -> String {
+    std::env::var("SHARDCAST_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardcast").to_owned())
+}
+
+/// What a process that was expected to exit printed.
+pub struct Exited {
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run the binary with `args` and `env` until it exits; panics (after killing it) if it is still
+/// running after [`TIMEOUT`], e.g. because it started when it should have refused to.
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> Exited {
+    let mut child = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shardcast");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let readers = (
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        }),
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        }),
+    );
+    let end = deadline();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shardcast {args:?} did not exit within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Exited {
+        code: status.code(),
+        stdout: readers.0.join().unwrap(),
+        stderr: readers.1.join().unwrap(),
+    }
+}
+
+/// A child's stderr, read into memory by a thread as it arrives.
+#[derive(Clone)]
+pub struct Log {
+    text: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Log {
+    /// Start reading `from` until it ends.
+    pub fn capture(mut from: impl Read + Send + 'static) -> Log {
+        let log = Log {
+            text: Default::default(),
+            done: Default::default(),
+        };
+        let l = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                l.text.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+            l.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        log
+    }
+
+    /// Everything read so far, raw.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Everything read so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+
+    /// Wait (bounded by `within`) until the text so far satisfies `f`; returns it.
+    pub fn wait_for(&self, within: Duration, f: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + within;
+        loop {
+            let t = self.text();
+            if f(&t) {
+                return t;
+            }
+            assert!(Instant::now() < end, "log never matched; so far:\n{t}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait (bounded) until the writer closed its end (the process exited); returns the text.
+    pub fn finish(&self) -> String {
+        let end = deadline();
+        while !self.done.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(Instant::now() < end, "stderr never closed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.text()
+    }
 }
