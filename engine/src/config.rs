@@ -77,6 +77,18 @@ pub enum Driver {
     Epoll,
 }
 
+/// A named set of defaults (`--profile`); explicit options still win.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// shardcast's own defaults.
+    Default,
+    /// Binance's spot stream contract: ping every 20 s, pong within 60 s, 24 h connection
+    /// lifetime (the inbound limits already default to Binance's 5 messages/s, 1024 streams
+    /// and 300 connection attempts per 5 minutes).
+    Binance,
+}
+
 /// Where the admin listener binds, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdminListen {
@@ -174,6 +186,10 @@ pub struct Config {
     pub listen_backlog: u32,
     /// How long shutdown waits for queued frames to flush.
     pub shutdown_grace_ms: u64,
+    /// On shutdown, how long after the `serverShutdown` event clients are closed.
+    pub shutdown_notice_ms: u64,
+    /// The defaults profile in effect.
+    pub profile: Profile,
     /// tracing EnvFilter directive.
     pub log: String,
     /// Ping every this many ms (0 = no pings).
@@ -212,6 +228,9 @@ pub struct Config {
     pub nats_pending_messages: usize,
     /// Longest wait between two reconnection attempts to NATS.
     pub nats_reconnect_max_ms: u64,
+    /// Access control and inbound limits (`access/config.rs`).
+    #[serde(flatten)]
+    pub access: crate::access::config::AccessConfig,
     /// Per-topic policies, first matching pattern wins (last: TOML tables follow values).
     pub topic_policy: Vec<TopicPolicy>,
 }
@@ -286,6 +305,12 @@ pub struct Overrides {
     /// Shutdown flush deadline in ms [default: 5000]
     #[arg(long, env = "SHARDCAST_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// On SIGINT/SIGTERM every client first gets the text event {"e":"serverShutdown","E":<ms>}; clients are closed (1001) this many ms later [default: 0]
+    #[arg(long, env = "SHARDCAST_SHUTDOWN_NOTICE_MS")]
+    pub shutdown_notice_ms: Option<u64>,
+    /// Defaults profile: binance = ping every 20 s, pong within 60 s, 24 h lifetime (explicit options still win) [default: default]
+    #[arg(long, env = "SHARDCAST_PROFILE")]
+    pub profile: Option<Profile>,
     /// Log filter, tracing EnvFilter syntax [default: info]
     #[arg(long, env = "SHARDCAST_LOG")]
     pub log: Option<String>,
@@ -337,6 +362,10 @@ pub struct Overrides {
     /// Longest wait between reconnection attempts to NATS, in ms (backoff doubles from 50 ms up to this) [default: 2000]
     #[arg(long, env = "SHARDCAST_NATS_RECONNECT_MAX_MS")]
     pub nats_reconnect_max_ms: Option<u64>,
+    /// Access control and inbound limits.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub access: crate::access::config::AccessOverrides,
     /// Informational key written by --print-config; ignored on input
     #[arg(skip)]
     #[serde(default)]
@@ -366,6 +395,8 @@ pub enum ConfigError {
     Invalid(&'static str),
     /// A back-pressure policy is inconsistent.
     Policy(String),
+    /// An access option is invalid (or a key file unreadable).
+    Access(String),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -375,6 +406,7 @@ impl std::fmt::Display for ConfigError {
             Self::Parse(p, e) => write!(f, "invalid config file {}: {e}", p.display()),
             Self::Invalid(why) => write!(f, "invalid configuration: {why}"),
             Self::Policy(why) => write!(f, "invalid policy: {why}"),
+            Self::Access(why) => write!(f, "invalid access configuration: {why}"),
         }
     }
 }
@@ -418,6 +450,9 @@ impl Overrides {
             ring_capacity: self.ring_capacity.or(lower.ring_capacity),
             listen_backlog: self.listen_backlog.or(lower.listen_backlog),
             shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
+            shutdown_notice_ms: self.shutdown_notice_ms.or(lower.shutdown_notice_ms),
+            profile: self.profile.or(lower.profile),
+            access: self.access.or(lower.access),
             log: self.log.or(lower.log),
             ping_interval_ms: self.ping_interval_ms.or(lower.ping_interval_ms),
             pong_timeout_ms: self.pong_timeout_ms.or(lower.pong_timeout_ms),
@@ -458,6 +493,8 @@ impl Overrides {
 
     /// Apply defaults to whatever is still unset and validate.
     fn finish(self) -> Result<Config, ConfigError> {
+        let profile = self.profile.unwrap_or(Profile::Default);
+        let binance = profile == Profile::Binance;
         let shards = self.shards.unwrap_or_else(available_cpus);
         if shards == 0 {
             return Err(ConfigError::Invalid("shards must be at least 1"));
@@ -523,11 +560,21 @@ impl Overrides {
             ring_capacity: self.ring_capacity.unwrap_or(4096),
             listen_backlog: self.listen_backlog.unwrap_or(4096),
             shutdown_grace_ms: self.shutdown_grace_ms.unwrap_or(5000),
+            shutdown_notice_ms: self.shutdown_notice_ms.unwrap_or(0),
+            profile,
             log: self.log.unwrap_or_else(|| "info".to_owned()),
-            ping_interval_ms: self.ping_interval_ms.unwrap_or(25_000),
-            pong_timeout_ms: self.pong_timeout_ms.unwrap_or(10_000),
+            ping_interval_ms: self.ping_interval_ms.unwrap_or(if binance {
+                20_000
+            } else {
+                25_000
+            }),
+            pong_timeout_ms: self
+                .pong_timeout_ms
+                .unwrap_or(if binance { 60_000 } else { 10_000 }),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(0),
-            max_lifetime_ms: self.max_lifetime_ms.unwrap_or(0),
+            max_lifetime_ms: self
+                .max_lifetime_ms
+                .unwrap_or(if binance { 86_400_000 } else { 0 }),
             lifetime_jitter_pct: self.lifetime_jitter_pct.unwrap_or(10),
             default_policy: default.policy,
             high_water_bytes: default.high_water_bytes,
@@ -543,6 +590,7 @@ impl Overrides {
             nats_buffer_bytes: self.nats_buffer_bytes.map_or(64 << 20, |b| b.0),
             nats_pending_messages: self.nats_pending_messages.unwrap_or(8192),
             nats_reconnect_max_ms: self.nats_reconnect_max_ms.unwrap_or(2000),
+            access: self.access.finish().map_err(ConfigError::Access)?,
             topic_policy,
         };
         if config.histogram_log_interval_ms == 0 {
@@ -601,6 +649,7 @@ impl Config {
         if shown.publish_token.is_some() {
             shown.publish_token = Some("<redacted>".to_owned());
         }
+        shown.access = shown.access.redacted();
         toml::to_string(&shown).expect("Config always serializes")
     }
 }

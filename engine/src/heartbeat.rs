@@ -38,6 +38,9 @@ pub struct HeartbeatConfig {
     pub max_lifetime: u32,
     /// Up to this percentage of `max_lifetime` is taken off, spread per connection.
     pub lifetime_jitter_pct: u8,
+    /// Connections may carry a token expiry (`access`): the sweep must run even when every
+    /// other rule is off.
+    pub token_expiry: bool,
 }
 
 /// Check the heartbeat options of a configuration.
@@ -67,13 +70,17 @@ impl HeartbeatConfig {
             idle_timeout: ms(config.idle_timeout_ms),
             max_lifetime: ms(config.max_lifetime_ms),
             lifetime_jitter_pct: config.lifetime_jitter_pct.min(100),
+            token_expiry: false,
         }
     }
 
     /// True when any rule is on (otherwise no sweep runs). A pong timeout alone does nothing
     /// without pings.
     pub fn enabled(&self) -> bool {
-        self.ping_interval > 0 || self.idle_timeout > 0 || self.max_lifetime > 0
+        self.ping_interval > 0
+            || self.idle_timeout > 0
+            || self.max_lifetime > 0
+            || self.token_expiry
     }
 
     /// How often the shard sweep runs: a quarter of the shortest enabled duration, between
@@ -129,14 +136,19 @@ pub enum Reason {
     IdleTimeout,
     /// The connection reached its lifetime.
     MaxLifetime,
+    /// The token that admitted the connection expired (plus the grace).
+    TokenExpired,
 }
 
 impl Reason {
-    /// The close code: always 1001 (see docs/ENGINE.md): the server ends the connection and the
-    /// client should reconnect. 1008 reads as a permanent refusal (auth, rate limit) to many
-    /// clients; 1011 would report a server fault.
+    /// The close code: 1001 for the timeouts and the lifetime (see docs/ENGINE.md): the server
+    /// ends the connection and the client should reconnect; 1008 (policy) for an expired token:
+    /// reconnecting needs a new token.
     pub fn code(self) -> CloseCode {
-        CloseCode::GOING_AWAY
+        match self {
+            Reason::TokenExpired => CloseCode::POLICY,
+            _ => CloseCode::GOING_AWAY,
+        }
     }
 
     /// The close reason text.
@@ -145,6 +157,7 @@ impl Reason {
             Reason::PongTimeout => "pong timeout",
             Reason::IdleTimeout => "idle timeout",
             Reason::MaxLifetime => "max connection lifetime",
+            Reason::TokenExpired => "token expired",
         }
     }
 
@@ -169,6 +182,8 @@ pub enum Action {
 const AWAITING: u8 = 1;
 /// `expires` is set.
 const EXPIRES: u8 = 2;
+/// `expires` is the token's expiry (sooner than the lifetime), not the lifetime.
+const TOKEN: u8 = 4;
 
 /// One connection's heartbeat state: 16 bytes. Times are ms since the shard epoch, wrapping.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -212,6 +227,21 @@ impl Liveness {
         self.flags &= !AWAITING;
     }
 
+    /// The connection's token expires `in_ms` from `now`: close it then (1008) unless its
+    /// lifetime ends first. Deadlines beyond [`MAX_DURATION_MS`] cannot be represented on the
+    /// wrapping clock and are not enforced on the live connection (its handshake checked `exp`).
+    pub fn expire_token(&mut self, now: u32, in_ms: u64) {
+        if in_ms > MAX_DURATION_MS {
+            return;
+        }
+        let at = now.wrapping_add(in_ms as u32);
+        let sooner = self.flags & EXPIRES == 0 || (at.wrapping_sub(self.expires) as i32) < 0;
+        if sooner {
+            self.expires = at;
+            self.flags |= EXPIRES | TOKEN;
+        }
+    }
+
     /// True while a ping is unanswered.
     pub fn awaiting_pong(&self) -> bool {
         self.flags & AWAITING != 0
@@ -229,7 +259,11 @@ impl Liveness {
             return Action::Close(Reason::IdleTimeout);
         }
         if self.flags & EXPIRES != 0 && reached(now, self.expires) {
-            return Action::Close(Reason::MaxLifetime);
+            return Action::Close(if self.flags & TOKEN != 0 {
+                Reason::TokenExpired
+            } else {
+                Reason::MaxLifetime
+            });
         }
         // While a ping is unanswered, another one would move the pong deadline: wait.
         if cfg.ping_interval > 0 && !awaiting && elapsed(now, self.ping_at) >= cfg.ping_interval {
@@ -251,10 +285,14 @@ pub struct ShardHeartbeat {
 }
 
 impl ShardHeartbeat {
-    /// Heartbeat state for a shard running `config`; its clock starts now.
-    pub fn new(config: &Config) -> Self {
+    /// Heartbeat state for a shard running `config`; its clock starts now. `token_expiry`:
+    /// connections may carry a token deadline.
+    pub fn new(config: &Config, token_expiry: bool) -> Self {
         ShardHeartbeat {
-            cfg: HeartbeatConfig::from_config(config),
+            cfg: HeartbeatConfig {
+                token_expiry,
+                ..HeartbeatConfig::from_config(config)
+            },
             epoch: Instant::now(),
             ping: encode_frame(OpCode::Ping, b""),
         }
@@ -312,6 +350,7 @@ pub fn sweep_once(hub: &Hub, now: u32) {
                     Reason::PongTimeout => &s.heartbeat_timeouts_total,
                     Reason::IdleTimeout => &s.idle_timeouts_total,
                     Reason::MaxLifetime => &s.lifetime_closes_total,
+                    Reason::TokenExpired => &s.access.token_expired,
                 };
                 stats::add(counter, 1);
                 conn.abort.set(reason.abort());
@@ -346,6 +385,7 @@ mod tests {
             idle_timeout: idle,
             max_lifetime: life,
             lifetime_jitter_pct: jitter,
+            token_expiry: false,
         }
     }
 
@@ -490,6 +530,49 @@ mod tests {
     }
 
     #[test]
+    fn token_expiry_closes_with_1008_unless_the_lifetime_is_sooner() {
+        // Only tokens: the sweep runs, and the token deadline closes exactly when reached.
+        let c = HeartbeatConfig {
+            token_expiry: true,
+            ..cfg(0, 0, 0, 0, 0)
+        };
+        assert!(c.enabled());
+        let mut l = Liveness::new(100, 0, &c);
+        l.expire_token(100, 500);
+        assert_eq!(
+            run_clock(&mut l, &c, 100, 1000),
+            vec![(600, Action::Close(Reason::TokenExpired))]
+        );
+        assert_eq!(Reason::TokenExpired.code(), CloseCode::POLICY);
+        assert!(!Reason::TokenExpired.abort());
+        // The lifetime ends first: it wins, and says so.
+        let c = cfg(0, 0, 0, 300, 0);
+        let mut l = Liveness::new(0, 0, &c);
+        l.expire_token(0, 500);
+        assert_eq!(
+            run_clock(&mut l, &c, 0, 1000),
+            vec![(300, Action::Close(Reason::MaxLifetime))]
+        );
+        // The token ends first, across the clock's wrap.
+        let start = u32::MAX - 50;
+        let c = cfg(0, 0, 0, 10_000, 0);
+        let mut l = Liveness::new(start, 0, &c);
+        l.expire_token(start, 100);
+        assert_eq!(
+            run_clock(&mut l, &c, start, 200),
+            vec![(start.wrapping_add(100), Action::Close(Reason::TokenExpired))]
+        );
+        // Already expired (grace used up during the handshake): closes on the next sweep.
+        let mut l = Liveness::new(7, 0, &c);
+        l.expire_token(7, 0);
+        assert_eq!(l.check(7, &c), Action::Close(Reason::TokenExpired));
+        // Too far to represent: not enforced here.
+        let mut l = Liveness::new(0, 0, &cfg(0, 0, 0, 0, 0));
+        l.expire_token(0, MAX_DURATION_MS + 1);
+        assert_eq!(l.check(u32::MAX / 2, &c), Action::None);
+    }
+
+    #[test]
     fn everything_off_when_zero() {
         let c = cfg(0, 0, 0, 0, 10);
         assert!(!c.enabled());
@@ -585,6 +668,7 @@ mod tests {
         let link = crate::mesh::mesh(1, 4).pop().unwrap();
         let hub = Hub::new(0, Arc::new(config), stats, link, Default::default());
         let c = hub.heartbeat.cfg;
+        assert!(!c.token_expiry, "no JWT key configured");
         let conns: Vec<Rc<Conn>> = (0..3).map(|_| Rc::new(Conn::default())).collect();
         for (i, conn) in conns.iter().enumerate() {
             let id = hub.register(conn.clone());

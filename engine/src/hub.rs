@@ -40,8 +40,9 @@ pub struct Conn {
     pub waker: Cell<Option<Waker>>,
     /// A close frame is queued: flush, then close; queue nothing more.
     pub closing: Cell<bool>,
-    /// `/stream` connection: text messages arrive wrapped with their topic.
-    pub stream_mode: bool,
+    /// Combined stream (`/stream`, or `SET_PROPERTY combined`): text messages arrive wrapped
+    /// with their topic.
+    pub stream_mode: Cell<bool>,
     /// Subscribed topics, in subscription order.
     pub topics: RefCell<Vec<Arc<str>>>,
     /// Heartbeat and timeout state, driven by the shard's sweep (`heartbeat.rs`).
@@ -163,6 +164,8 @@ pub struct Hub {
     pub latency: LocalLatency,
     /// Heartbeat settings, shard clock and the shared ping frame.
     pub heartbeat: ShardHeartbeat,
+    /// Access policy and per-address limits, shared by every shard.
+    pub access: Arc<crate::access::Access>,
 }
 
 /// Most handshake buffers kept for reuse per shard.
@@ -205,7 +208,7 @@ impl Drop for PooledBuf<'_> {
 pub const SCRATCH_BYTES: usize = 64 * 1024;
 
 impl Hub {
-    /// A hub for shard `id`.
+    /// A hub for shard `id` with an access policy of its own (tests; `server` shares one).
     pub fn new(
         id: usize,
         config: Arc<Config>,
@@ -213,7 +216,20 @@ impl Hub {
         link: MeshLink<MeshItem>,
         global_active: Arc<AtomicUsize>,
     ) -> Self {
-        let heartbeat = ShardHeartbeat::new(&config);
+        let access = crate::access::Access::new(&config).expect("access configuration");
+        Self::with_access(id, config, all_stats, link, global_active, Arc::new(access))
+    }
+
+    /// A hub for shard `id` under the process-wide `access` policy.
+    pub fn with_access(
+        id: usize,
+        config: Arc<Config>,
+        all_stats: Arc<[ShardStats]>,
+        link: MeshLink<MeshItem>,
+        global_active: Arc<AtomicUsize>,
+        access: Arc<crate::access::Access>,
+    ) -> Self {
+        let heartbeat = ShardHeartbeat::new(&config, access.tokens_expire());
         let governor = Governor::new(config.queue_ceiling(), config.shards);
         let s = &all_stats[id];
         s.queue_ceiling_bytes.store(governor.budget as u64, Relaxed);
@@ -248,6 +264,7 @@ impl Hub {
             buffers: RefCell::new(Vec::new()),
             latency: LocalLatency::default(),
             heartbeat,
+            access,
         }
     }
 
@@ -327,6 +344,11 @@ impl Hub {
         if let Some(name) = first {
             self.interest(name, true);
         }
+    }
+
+    /// True if connection `id` is subscribed to `topic` (O(1)).
+    pub fn is_subscribed(&self, id: u32, topic: &str) -> bool {
+        self.topics.borrow().contains(topic, id)
     }
 
     /// Unsubscribe connection `id` from `topic`.
@@ -439,7 +461,7 @@ impl Hub {
             if conn.closing.get() {
                 continue;
             }
-            let (bytes, slot) = match (conn.stream_mode, stream_frame) {
+            let (bytes, slot) = match (conn.stream_mode.get(), stream_frame) {
                 (true, Some(w)) => (w, &mut wrapped),
                 _ => (frame, &mut plain),
             };
@@ -881,6 +903,16 @@ impl Hub {
         let close = self.ledger.frame(frame.clone(), None, None);
         for conn in self.conns.borrow().iter().flatten() {
             conn.close_with_frame(close.clone());
+        }
+    }
+
+    /// Queue `frame` (a connection's own, e.g. the `serverShutdown` event) on every
+    /// connection: one counted frame shared by all, outside the ceiling check like
+    /// [`close_all`](Self::close_all).
+    pub fn push_all(&self, frame: &Bytes) {
+        let shared = self.ledger.frame(frame.clone(), None, None);
+        for conn in self.conns.borrow().iter().flatten() {
+            conn.push_frame(shared.clone());
         }
     }
 
@@ -1478,7 +1510,7 @@ pub(crate) mod tests {
         let hub = hub();
         let plain = Rc::new(Conn::default());
         let stream = Rc::new(Conn {
-            stream_mode: true,
+            stream_mode: Cell::new(true),
             ..Conn::default()
         });
         let (a, b) = (hub.register(plain.clone()), hub.register(stream.clone()));

@@ -11,8 +11,10 @@
 //! - [`queue`]: per-connection send queues and the shard's exact accounting of queued frames.
 //! - [`policy`]: per-topic back-pressure policies and glob matching.
 //! - [`governor`]: the memory ceiling and eviction decisions.
-//! - [`route`]: request routing and publish authorization.
-//! - [`control`]: Binance-style SUBSCRIBE/UNSUBSCRIBE/LIST_SUBSCRIPTIONS messages.
+//! - [`route`]: request routing.
+//! - [`access`]: tokens and grants, origin allow-list, implicit trust, inbound and per-address
+//!   limits (sans-IO; the connection code calls in).
+//! - [`control`]: the Binance stream control messages (SUBSCRIBE … GET_PROPERTY) and events.
 //! - [`signals`]: SIGINT/SIGTERM via sigwait on a plain thread.
 //! - [`stats`]: per-shard counters.
 //! - [`shard`]: shard threads and their runtimes.
@@ -30,6 +32,7 @@
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod admin;
 pub mod bridge;
 pub mod config;

@@ -352,6 +352,7 @@ pub fn render(
             );
         }
     }
+    crate::access::stats::render_metrics(&mut out, shards.iter().map(|r| &r.snap.access));
     family(
         &mut out,
         "shardcast_protocol_errors_total",

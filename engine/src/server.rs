@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
-use shardcast_proto::{encode_close, CloseCode};
+use shardcast_proto::{encode_close, CloseCode, OpCode};
 
 use crate::config::Config;
 use crate::hub::Hub;
@@ -108,6 +108,7 @@ pub fn start(config: Config) -> io::Result<Server> {
     };
     let shutdown = Arc::new(Shutdown::new(participants));
     let global = Arc::new(AtomicUsize::new(0));
+    let access = Arc::new(crate::access::Access::new(&config).map_err(io::Error::other)?);
     let config = Arc::new(config);
     let bridge = match (nats, bridge_link) {
         (Some(servers), Some(link)) => Some(bridge::spawn(
@@ -129,12 +130,13 @@ pub fn start(config: Config) -> io::Result<Server> {
                 .expect("shard parts taken once");
             let ready = ready_tx.lock().unwrap().clone();
             let ctx = ShardCtx {
-                hub: Rc::new(Hub::new(
+                hub: Rc::new(Hub::with_access(
                     i,
                     config.clone(),
                     stats.clone(),
                     link,
                     global.clone(),
+                    access.clone(),
                 )),
                 shutdown: shutdown.clone(),
             };
@@ -257,6 +259,16 @@ async fn run_shard(
     }
     drop(listener);
     hub.shutting_down.set(true);
+    // Binance's contract: a `serverShutdown` event, then (after the notice) the close.
+    let unix_ms = crate::access::token::unix_now_ms();
+    let event = crate::control::server_shutdown_event(unix_ms);
+    hub.push_all(&shardcast_proto::encode_frame(
+        OpCode::Text,
+        event.as_bytes(),
+    ));
+    if hub.config.shutdown_notice_ms > 0 {
+        monoio::time::sleep(Duration::from_millis(hub.config.shutdown_notice_ms)).await;
+    }
     hub.close_all(&encode_close(CloseCode::GOING_AWAY, ""));
     let deadline = Instant::now() + Duration::from_millis(hub.config.shutdown_grace_ms);
     while hub.active.get() > 0 && Instant::now() < deadline {

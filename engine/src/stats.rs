@@ -37,11 +37,13 @@ pub enum Refusal {
     /// HTTP publish while the shard's inter-shard backlog is over its share (503 with
     /// Retry-After).
     MeshBacklog,
+    /// Per-address connection limits (429 with Retry-After; reason in `access.refused`).
+    TooManyRequests,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::MaxConnections,
         Refusal::HandshakeTimeout,
         Refusal::BadRequest,
@@ -51,6 +53,7 @@ impl Refusal {
         Refusal::TooLarge,
         Refusal::Paused,
         Refusal::MeshBacklog,
+        Refusal::TooManyRequests,
     ];
 
     /// Stable name for /stats and /metrics.
@@ -65,6 +68,7 @@ impl Refusal {
             Refusal::TooLarge => "too_large",
             Refusal::Paused => "paused",
             Refusal::MeshBacklog => "mesh_backlog",
+            Refusal::TooManyRequests => "too_many_requests",
         }
     }
 }
@@ -101,7 +105,7 @@ pub struct ShardStats {
     pub connections_active: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
-    refused: [AtomicU64; 9],
+    refused: [AtomicU64; Refusal::ALL.len()],
     /// WebSocket/HTTP messages received from clients.
     pub messages_in: AtomicU64,
     /// Payload bytes received from clients.
@@ -158,6 +162,8 @@ pub struct ShardStats {
     pub bridge_dropped: AtomicU64,
     evictions: [AtomicU64; 3],
     drops: [AtomicU64; 2],
+    /// Access refusals and closes (`access/stats.rs`).
+    pub access: crate::access::stats::AccessStats,
 }
 
 /// A point-in-time copy of one shard's counters: plain numbers for /stats and /metrics.
@@ -171,7 +177,7 @@ pub struct Snapshot {
     pub accepted: u64,
     /// Refusals, indexed like [`Refusal::ALL`].
     #[serde(skip)]
-    pub refused: [u64; 9],
+    pub refused: [u64; Refusal::ALL.len()],
     /// Messages received from clients.
     pub messages_in: u64,
     /// Payload bytes received from clients.
@@ -226,6 +232,8 @@ pub struct Snapshot {
     /// Discarded messages, indexed like [`Discard::ALL`].
     #[serde(skip)]
     pub discarded: [u64; 2],
+    /// Access refusals and closes (an object of its own in /stats).
+    pub access: crate::access::stats::AccessSnapshot,
 }
 
 /// Why a connection was evicted (closed 1013).
@@ -368,6 +376,7 @@ impl ShardStats {
             bridge_dropped: get(&self.bridge_dropped),
             evictions: std::array::from_fn(|i| get(&self.evictions[i])),
             discarded: std::array::from_fn(|i| get(&self.drops[i])),
+            access: self.access.snapshot(),
         }
     }
 

@@ -108,6 +108,13 @@ impl<K: Copy + Eq + Hash, V> TopicTable<K, V> {
         true
     }
 
+    /// True if `key` is subscribed to `topic` (O(1)).
+    pub fn contains(&self, topic: &str, key: K) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|s| s.index.contains_key(&key))
+    }
+
     /// Subscribers of `topic` (empty if none), for fan-out.
     pub fn subscribers(&self, topic: &str) -> &[K] {
         self.topics.get(topic).map_or(&[], |s| &s.list)
@@ -160,6 +167,7 @@ mod tests {
             assert!(t.subscribe("a", k));
         }
         assert!(!t.subscribe("a", 3));
+        assert!(t.contains("a", 3) && !t.contains("a", 9) && !t.contains("zz", 3));
         assert!(t.subscribe("b", 1));
         assert_eq!(t.len(), 2);
         assert!(t.unsubscribe("a", 1));
