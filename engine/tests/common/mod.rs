@@ -368,3 +368,42 @@ pub fn histogram(admin_addr: SocketAddr, shard: usize, kind: &str) -> Histogram<
         .deserialize(&mut bytes.as_slice())
         .expect("V2 deflate histogram")
 }
+
+/// A raw WebSocket upgrade request for `path` with `extra` header lines (each ending in CRLF).
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// Read until the server's close frame; returns its code and reason. Panics on EOF without
+/// one or after [`TIMEOUT`] (the socket's read timeout).
+pub fn close_of(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Close(None)) => panic!("close without a code"),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+/// An HS256 access token with `claims` (a JSON object) signed with `secret`.
+pub fn hs256(claims: serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
