@@ -84,8 +84,9 @@ pub enum Profile {
     /// shardcast's own defaults.
     Default,
     /// Binance's spot stream contract: ping every 20 s, pong within 60 s, 24 h connection
-    /// lifetime (the inbound limits already default to Binance's 5 messages/s, 1024 streams
-    /// and 300 connection attempts per 5 minutes).
+    /// lifetime, control messages up to 64 KiB (a SUBSCRIBE of 1024 streams); the inbound
+    /// limits already default to Binance's 5 messages/s, 1024 streams and 300 connection
+    /// attempts per 5 minutes.
     Binance,
 }
 
@@ -308,7 +309,7 @@ pub struct Overrides {
     /// On SIGINT/SIGTERM every client first gets the text event {"e":"serverShutdown","E":<ms>}; clients are closed (1001) this many ms later [default: 0]
     #[arg(long, env = "SHARDCAST_SHUTDOWN_NOTICE_MS")]
     pub shutdown_notice_ms: Option<u64>,
-    /// Defaults profile: binance = ping every 20 s, pong within 60 s, 24 h lifetime (explicit options still win) [default: default]
+    /// Defaults profile: binance = ping every 20 s, pong within 60 s, 24 h lifetime, 64 KiB control messages (explicit options still win) [default: default]
     #[arg(long, env = "SHARDCAST_PROFILE")]
     pub profile: Option<Profile>,
     /// Log filter, tracing EnvFilter syntax [default: info]
@@ -555,7 +556,12 @@ impl Overrides {
             max_header_bytes: self.max_header_bytes.unwrap_or(8192),
             max_headers: self.max_headers.unwrap_or(32),
             max_message_bytes: self.max_message_bytes.unwrap_or(1 << 20),
-            max_control_message_bytes: self.max_control_message_bytes.unwrap_or(4096),
+            // Binance clients SUBSCRIBE up to 1024 streams in one message.
+            max_control_message_bytes: self.max_control_message_bytes.unwrap_or(if binance {
+                65_536
+            } else {
+                4096
+            }),
             max_topics_per_connection: self.max_topics_per_connection.unwrap_or(1024),
             ring_capacity: self.ring_capacity.unwrap_or(4096),
             listen_backlog: self.listen_backlog.unwrap_or(4096),
