@@ -20,7 +20,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "ops: tune script tests"
 scripts/tune-test.sh
 
-# engine/tests/dashboard.rs renders /dashboard in a real headless Chromium; install it when we can.
+# engine/tests/dashboard.rs and browser.rs use a real headless Chromium; install it when we can.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     step "installing chromium for the dashboard test"
     apt-get install -y chromium || { apt-get update && apt-get install -y chromium; } \
@@ -37,6 +37,11 @@ if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
         exit 1
     fi
 fi
+
+# engine/tests/binance.rs and browser.rs run third-party clients (binance-connector,
+# python-binance, @binance/spot, playwright-core) from target/clients: install them once.
+step "installing the Binance clients and playwright-core (scripts/clients.sh)"
+scripts/clients.sh
 
 step "tests, default driver (io_uring when available)"
 cargo test --workspace
