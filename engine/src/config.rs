@@ -162,7 +162,7 @@ pub struct Config {
     pub shards: usize,
     /// I/O driver.
     pub driver: Driver,
-    /// Token publishers must present; `None` lets only loopback peers publish.
+    /// Static token that may publish and subscribe anything (`access`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_token: Option<String>,
     /// Global connection limit.
@@ -270,7 +270,7 @@ pub struct Overrides {
     /// I/O driver; auto picks epoll when io_uring is unusable or MONOIO_FORCE_LEGACY_DRIVER=1 [default: auto]
     #[arg(long, env = "SHARDCAST_DRIVER")]
     pub driver: Option<Driver>,
-    /// Token publishers must present (Bearer or ?token=) [default: none, only loopback peers may publish]
+    /// Static token that may publish (and subscribe) anything: Authorization: Bearer, ?token= or the subprotocol shardcast.token.<token> [default: none]
     #[arg(long, env = "SHARDCAST_PUBLISH_TOKEN")]
     pub publish_token: Option<String>,
     /// Global connection limit [default: 1000000]
