@@ -688,6 +688,33 @@ mod tests {
         assert_eq!((c.idle_timeout_ms, c.max_lifetime_ms), (0, 0));
         assert_eq!(c.lifetime_jitter_pct, 10);
         assert!(parse(&[]).resolve().unwrap().shards >= 1);
+        let a = &c.access;
+        assert_eq!(
+            a.public_topics,
+            ["*"],
+            "everything public without a JWT key"
+        );
+        assert_eq!((a.subscriber_rate, a.subscriber_burst), (5, 10));
+        assert_eq!((a.publisher_rate, a.publisher_burst), (100_000, 100_000));
+        assert_eq!((a.ip_connect_limit, a.ip_connect_window_ms), (300, 300_000));
+        assert_eq!(a.ip_max_connections, 0);
+        assert_eq!(c.profile, Profile::Default);
+        assert_eq!(c.shutdown_notice_ms, 0);
+        let b = parse(&["--profile", "binance", "--pong-timeout-ms", "5"])
+            .resolve()
+            .unwrap();
+        assert_eq!((b.ping_interval_ms, b.pong_timeout_ms), (20_000, 5));
+        assert_eq!(b.max_lifetime_ms, 86_400_000);
+        assert_eq!(b.max_control_message_bytes, 65_536);
+        assert!(parse(&["--jwt-secret", "a", "--jwt-secret-file", "/x"])
+            .resolve()
+            .is_err());
+        assert!(parse(&["--allowed-origins", "example.com"])
+            .resolve()
+            .is_err());
+        assert!(parse(&["--jwt-public-key", "/nonexistent.pem"])
+            .resolve()
+            .is_err());
     }
 
     #[test]
@@ -752,11 +779,30 @@ mod tests {
 
     #[test]
     fn print_config_round_trips_and_redacts() {
-        let c = parse(&["--shards", "2", "--publish-token", "s3cret"])
-            .resolve()
-            .unwrap();
+        let c = parse(&[
+            "--shards",
+            "2",
+            "--publish-token",
+            "s3cret",
+            "--jwt-secret",
+            "jwt-s3cret",
+            "--allowed-origins",
+            "https://a.example,https://*.b.example",
+            "--profile",
+            "binance",
+        ])
+        .resolve()
+        .unwrap();
         let text = c.to_toml();
-        assert!(!text.contains("s3cret"));
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("allowed_origins = [\"https://a.example\", \"https://*.b.example\"]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("public_topics = []"),
+            "a JWT key makes nothing public: {text}"
+        );
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back.shards, 2);
         assert_eq!(back.publish_token.as_deref(), Some("<redacted>"));
