@@ -5,11 +5,10 @@
 //! installed under target/clients by scripts/clients.sh.
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -162,32 +161,10 @@ fn clients() -> &'static Path {
     })
 }
 
-/// Run `cmd` (bounded: killed after 90 s); returns (success, stdout).
+/// Run a client (bounded: 90 s); returns (success, stdout).
 fn run(mut cmd: Command) -> (bool, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn client");
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let end = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("client did not finish within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status.success(), reader.join().unwrap())
+    let (status, out) = run_bounded(cmd.stderr(Stdio::inherit()), Duration::from_secs(90));
+    (status.success(), out)
 }
 
 fn urls(server: &Server) -> [String; 2] {

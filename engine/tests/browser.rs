@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -77,28 +77,13 @@ fn load(url: &str) -> Value {
         .status()
         .expect("scripts/clients.sh");
     assert!(status.success());
-    let mut child = Command::new("node")
-        .arg(root.join("engine/tests/clients/node/origin_page.js"))
-        .arg(url)
-        .env("NODE_PATH", root.join("target/clients/node/node_modules"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let end = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("the browser did not finish within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let (_, out) = run_bounded(
+        Command::new("node")
+            .arg(root.join("engine/tests/clients/node/origin_page.js"))
+            .arg(url)
+            .env("NODE_PATH", root.join("target/clients/node/node_modules")),
+        Duration::from_secs(90),
+    );
     serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("page said {out:?}"))
 }
 

@@ -9,23 +9,17 @@ import json
 import sys
 import threading
 import time
-import urllib.request
 
 from binance.websocket.spot.websocket_stream import SpotWebsocketStreamClient
+
+import shardcast_http
 
 WS, HTTP = sys.argv[1], sys.argv[2]
 DEADLINE = time.time() + 30
 
 
 def publish(topic, payload):
-    req = urllib.request.Request(
-        f"{HTTP}/publish/{topic}",
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=5) as r:
-        assert r.status == 204, r.status
+    shardcast_http.publish(HTTP, topic, payload)
 
 
 def run(combined):

@@ -7,24 +7,17 @@ over HTTP until each message arrives (the subscription is registered right after
 handshake, so the first publish may race it), checks the payloads, exits 0 on success.
 """
 import asyncio
-import json
 import sys
-import urllib.request
 
 from binance import AsyncClient, BinanceSocketManager
+
+import shardcast_http
 
 WS, HTTP = sys.argv[1], sys.argv[2]
 
 
 def publish(topic, payload):
-    req = urllib.request.Request(
-        f"{HTTP}/publish/{topic}",
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=5) as r:
-        assert r.status == 204, r.status
+    shardcast_http.publish(HTTP, topic, payload)
 
 
 async def receive(socket, topic, payload):
