@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::origin::AllowedOrigins;
 use super::token::Verifier;
 use super::trust::TrustLoopback;
-use crate::latency::Recording as OnOff;
+use crate::obs::latency::Recording as OnOff;
 
 /// Default inbound rate of subscribers (frames per second): Binance's 5 messages/s.
 pub const SUBSCRIBER_RATE: u32 = 5;

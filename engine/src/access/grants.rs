@@ -1,14 +1,14 @@
 //! What one identity may do: topic globs it may subscribe to and publish into.
 //!
 //! Contract: patterns are the same globs as `--topic-policy` (`*` any run, `?` one byte;
-//! [`crate::policy::glob`]), checked in order, linear in the number of patterns and the topic
+//! [`crate::flow::policy::glob`]), checked in order, linear in the number of patterns and the topic
 //! length. [`Grants::all`] (trusted peers, the static publish token) allows everything. A
 //! connection keeps its grants behind one `Rc` (8 bytes): in-band SUBSCRIBE is checked
 //! against them; connections without a credential keep none and may use public topics only.
 
 use std::rc::Rc;
 
-use crate::policy::glob;
+use crate::flow::policy::glob;
 
 /// Topic globs for subscribing and publishing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 //! [`key_of`]: an IPv4 address (or IPv4-mapped IPv6) by itself, an IPv6 address by its /64
 //! (one subscriber line or host usually owns a whole /64). [`IpTable::handle_attempt`] is
 //! called once per accepted TCP connection and either admits it (the caller must call
-//! [`IpTable::release`] with the returned ticket when it closes) or refuses it with the time
+//! [`IpTable::release`] with the returned ticket when it closes; the ticket is 0, nothing to
+//! release, unless a concurrent limit is on) or refuses it with the time
 //! until the window resets (`429` + `Retry-After`). Windows are fixed: they start at the
 //! first attempt after the previous window ended. Every attempt counts, refused ones too.
 //!
@@ -172,6 +173,11 @@ impl IpTable {
         }
         if limits.concurrent > 0 && slot.concurrent >= limits.concurrent {
             return (Verdict::TooManyConcurrent, effects);
+        }
+        // Open connections are tracked only under a concurrent limit: without one the
+        // connection needs no ticket (nothing to release at close, nothing kept per connection).
+        if limits.concurrent == 0 {
+            return (Verdict::Admit { ticket: 0 }, effects);
         }
         slot.concurrent += 1;
         (Verdict::Admit { ticket: key }, effects)
@@ -349,6 +355,10 @@ mod tests {
 
     #[test]
     fn entries_with_open_connections_are_never_evicted() {
+        const L: IpLimits = IpLimits {
+            concurrent: 100,
+            ..super::tests::L
+        };
         let mut t = IpTable::new(8); // one bucket
         for key in 1..=8u64 {
             admit(t.handle_attempt(key, 0, 0, &L).0);

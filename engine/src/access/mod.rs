@@ -21,6 +21,7 @@ pub mod grants;
 pub mod ipguard;
 pub mod origin;
 pub mod rate;
+pub mod state;
 pub mod stats;
 pub mod token;
 pub mod trust;
@@ -30,7 +31,7 @@ use std::rc::Rc;
 
 use shardcast_proto::http::{Request, Status};
 
-use crate::latency::Recording as OnOff;
+use crate::obs::latency::Recording as OnOff;
 use grants::{matches_any, Grants};
 use ipguard::{Effects, IpGuard, IpLimits, Verdict};
 use origin::AllowedOrigins;

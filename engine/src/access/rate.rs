@@ -59,6 +59,12 @@ pub struct Bucket {
 }
 
 impl Bucket {
+    /// True when the bucket is as if no frame had arrived, at `now` under `limit` (it may
+    /// then be forgotten: a default bucket behaves the same).
+    pub fn is_full(&self, limit: &Limit, now: u64) -> bool {
+        !limit.is_on() || self.tat <= now
+    }
+
     /// May one more frame arrive at `now` under `limit`? Charges it if so.
     pub fn allow(&mut self, limit: &Limit, now: u64) -> bool {
         if !limit.is_on() {
