@@ -350,3 +350,101 @@ fn refusals_close_the_connection() {
     assert_eq!(status(&out), 401, "{out}");
     assert!(out.contains("Connection: close"));
 }
+
+#[test]
+fn cors_preflight_for_publish_follows_the_allow_list() {
+    let token = "cors-token";
+    let server = Server::start(&[
+        "--publish-token",
+        token,
+        "--allowed-origins",
+        "https://app.example",
+    ]);
+    let preflight = |server: &Server, origin: &str| {
+        server.http(
+            format!(
+                "OPTIONS /publish/t HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\n\
+                 Access-Control-Request-Method: POST\r\n\
+                 Access-Control-Request-Headers: authorization,content-type\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    let ok = preflight(&server, "https://app.example");
+    assert_eq!(status(&ok), 204, "{ok}");
+    for header in [
+        "Access-Control-Allow-Origin: https://app.example\r\n",
+        "Access-Control-Allow-Methods: POST\r\n",
+        "Access-Control-Allow-Headers: authorization, content-type\r\n",
+        "Access-Control-Max-Age: 600\r\n",
+        "Vary: Origin\r\n",
+    ] {
+        assert!(ok.contains(header), "{header:?} in {ok}");
+    }
+    let no = preflight(&server, "https://evil.example");
+    assert_eq!(status(&no), 403, "{no}");
+    assert!(!no.contains("Access-Control-Allow-Origin"), "{no}");
+    // Not CORS without Origin: the methods the route takes.
+    let plain = server.http(b"OPTIONS /publish/t HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status(&plain), 204, "{plain}");
+    assert!(plain.contains("Allow: POST, OPTIONS\r\n"), "{plain}");
+    // The publish itself from the listed origin: checked as always, and readable by the page.
+    let (mut sub, _) = server.ws("/ws/t");
+    sync(&mut sub);
+    let body = b"\"from-page\"";
+    let mut req = format!(
+        "POST /publish/t HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    let r = server.http(&req);
+    assert_eq!(status(&r), 204, "{r}");
+    assert!(
+        r.contains("Access-Control-Allow-Origin: https://app.example\r\n"),
+        "{r}"
+    );
+    assert_eq!(next_text(&mut sub), "\"from-page\"");
+    stats_until(server.admin.unwrap(), |s| refused(s, "origin") == 1);
+    // Without an allow-list cross-origin publishing is never granted.
+    let open = Server::start(&["--publish-token", token]);
+    let r = preflight(&open, "https://app.example");
+    assert_eq!(status(&r), 403, "{r}");
+}
+
+#[test]
+fn ipv6_loopback_end_to_end() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("\n\n!!! SKIPPED ipv6_loopback_end_to_end: no IPv6 loopback here !!!\n");
+        return;
+    }
+    let server = Server::start(&[
+        "--listen",
+        "[::1]:0",
+        "--ip-connect-limit",
+        "4",
+        "--ip-limit-loopback",
+        "on",
+    ]);
+    assert!(server.addr.is_ipv6(), "{}", server.addr);
+    let (mut sub, _) = server.ws("/ws/t");
+    sync(&mut sub);
+    // ::1 is loopback: a plain request is trusted as from 127.0.0.1 (the README tour) ...
+    assert_eq!(post_with(&server, "t", ""), 204);
+    assert_eq!(next_text(&mut sub), "x");
+    // ... but not with a forwarding header (a same-host proxy).
+    assert_eq!(
+        post_with(&server, "t", "X-Forwarded-For: 203.0.113.9\r\n"),
+        403
+    );
+    // The per-address limits key ::1 by its /64: the 5th attempt is refused.
+    let (mut other, _) = server.ws("/ws/t");
+    sync(&mut other);
+    let r = server.http(upgrade_request("/ws/t", "").as_bytes());
+    assert_eq!(status(&r), 429, "{r}");
+    assert!(r.contains("Retry-After: "), "{r}");
+    let s = stats_until(server.admin.unwrap(), |s| refused(s, "ip_attempts") == 1);
+    assert_eq!(refused(&s, "untrusted"), 1);
+}

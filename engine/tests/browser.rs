@@ -2,7 +2,9 @@
 //! from target/clients) loads a page served by this test from `http://127.0.0.1:<page port>`
 //! that opens a WebSocket publisher and sends a `fetch` POST (`no-cors`, as an attacking page
 //! would) to shardcast. Refused without credentials (browsers are never trusted), refused
-//! with credentials from an origin that is not allowed, accepted from an allowed one.
+//! with credentials from an origin that is not allowed, accepted from an allowed one. A CORS
+//! `fetch` (with `Authorization`: preflighted) publishes only from an origin the allow-list
+//! grants.
 mod common;
 
 use std::io::{Read, Write};
@@ -34,6 +36,17 @@ fetch("http://TARGET/publish/browser" + (token ? "?token=" + token : ""), {
   method: "POST", mode: "no-cors", body: "from-fetch", headers: { "Content-Type": "text/plain" },
 }).then(() => { window.result.fetch = "sent"; finish(); },
         () => { window.result.fetch = "failed"; finish(); });
+</script></body></html>"#;
+
+/// A page that publishes with a CORS `fetch` (an `Authorization` header and a JSON body: the
+/// browser sends a preflight `OPTIONS` first) and records the status it could read.
+const CORS_PAGE: &str = r#"<!doctype html><html><body><script>
+window.result = {};
+fetch("http://TARGET/publish/browser", {
+  method: "POST", body: JSON.stringify("from-cors"),
+  headers: { "Authorization": "Bearer TOKEN", "Content-Type": "application/json" },
+}).then((r) => { window.result.cors = r.status; window.done = true; },
+        () => { window.result.cors = "failed"; window.done = true; });
 </script></body></html>"#;
 
 /// A loopback port for the page, bound first so its origin is known before shardcast starts.
@@ -87,14 +100,24 @@ fn load(url: &str) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("page said {out:?}"))
 }
 
-fn page_for(server: &Server, token: &str) -> String {
-    PAGE.replace("TARGET", &server.addr.to_string())
+fn page_for(page: &str, server: &Server, token: &str) -> String {
+    page.replace("TARGET", &server.addr.to_string())
         .replace("TOKEN", token)
 }
 
 /// Open `page`'s origin in the browser, with the page rendered for `server`.
 fn visit(listener: TcpListener, origin: &str, server: &Server, token: &str) -> Value {
-    serve_page(listener, page_for(server, token));
+    visit_page(PAGE, listener, origin, server, token)
+}
+
+fn visit_page(
+    page: &str,
+    listener: TcpListener,
+    origin: &str,
+    server: &Server,
+    token: &str,
+) -> Value {
+    serve_page(listener, page_for(page, server, token));
     load(&format!("{origin}/"))
 }
 
@@ -165,4 +188,44 @@ fn a_page_on_another_origin_cannot_publish_unless_allowed_and_credentialed() {
     let mut got = [next_text(&mut sub), next_text(&mut sub)];
     got.sort();
     assert_eq!(got, ["from-fetch", "from-ws"]);
+}
+
+#[test]
+fn cors_publish_needs_a_preflight_granted_by_the_allow_list() {
+    let Some(_) = chromium() else {
+        eprintln!("\n\n!!! SKIPPED cors_publish...: no chromium at /usr/bin/chromium !!!\n");
+        return;
+    };
+    let token = "cors-token";
+    // From an origin that is not listed: the preflight is refused, the POST never sent.
+    let (listener, origin) = page_origin();
+    let server = Server::start(&[
+        "--publish-token",
+        token,
+        "--allowed-origins",
+        "https://app.example",
+    ]);
+    let (mut sub, _) = server.ws("/ws/browser");
+    sync(&mut sub);
+    let r = visit_page(CORS_PAGE, listener, &origin, &server, token);
+    assert_eq!(r["cors"], "failed", "{r}");
+    stats_until(server.admin.unwrap(), |s| {
+        s["totals"]["access"]["refused"]["origin"] == 1
+    });
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    assert_eq!(
+        server.post("browser", "text/plain", b"sentinel", &auth),
+        204
+    );
+    assert_eq!(next_text(&mut sub), "sentinel", "nothing from the page");
+
+    // From a listed origin: preflight granted, the publish goes through and the page reads
+    // its status.
+    let (listener, origin) = page_origin();
+    let server = Server::start(&["--publish-token", token, "--allowed-origins", &origin]);
+    let (mut sub, _) = server.ws("/ws/browser");
+    sync(&mut sub);
+    let r = visit_page(CORS_PAGE, listener, &origin, &server, token);
+    assert_eq!(r["cors"], 204, "{r}");
+    assert_eq!(next_text(&mut sub), "\"from-cors\"");
 }

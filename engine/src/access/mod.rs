@@ -17,6 +17,7 @@
 //!   enforces (close 1008 `token expired`), so a live connection costs no timer of its own.
 
 pub mod config;
+pub mod cors;
 pub mod grants;
 pub mod ipguard;
 pub mod origin;
@@ -210,6 +211,23 @@ impl Access {
             publisher: Limit::new(a.publisher_rate, a.publisher_burst),
             grace_ms: a.token_expiry_grace_ms,
         })
+    }
+
+    /// The answer to a CORS preflight for `POST /publish` ([`cors::preflight`]): its headers,
+    /// or the counted 403.
+    pub fn preflight(&self, req: &Request<'_>) -> Result<Vec<(&'static str, String)>, Denied> {
+        cors::preflight(&self.origins, req.header("origin")).ok_or_else(|| {
+            deny(
+                Status::Forbidden,
+                AccessRefusal::Origin,
+                "cross-origin publishing is allowed from --allowed-origins only",
+            )
+        })
+    }
+
+    /// The CORS headers for the response to a publish from a listed origin.
+    pub fn cors_headers(&self, req: &Request<'_>) -> Option<Vec<(&'static str, String)>> {
+        cors::allow_origin(&self.origins, req.header("origin"))
     }
 
     /// True when tokens can expire on live connections (the heartbeat sweep must run).

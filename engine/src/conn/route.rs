@@ -25,6 +25,8 @@ pub enum Route {
     Echo,
     /// `POST /publish/<topic>`: HTTP publish.
     HttpPublish(String),
+    /// `OPTIONS /publish/<topic>`: a browser's CORS preflight for a publish (`access::cors`).
+    Preflight(String),
 }
 
 impl Route {
@@ -45,9 +47,10 @@ impl Route {
         }
     }
 
-    /// True for routes served over a WebSocket upgrade (everything but HTTP publish).
+    /// True for routes served over a WebSocket upgrade (everything but HTTP publish and its
+    /// preflight).
     pub fn is_websocket(&self) -> bool {
-        !matches!(self, Route::HttpPublish(_))
+        !matches!(self, Route::HttpPublish(_) | Route::Preflight(_))
     }
 }
 
@@ -126,6 +129,9 @@ pub fn route(
     } else if path == "/echo" {
         (Route::Echo, "GET")
     } else if let Some(t) = path.strip_prefix("/publish/") {
+        if method == "OPTIONS" {
+            return Ok(Route::Preflight(topic_of(t)?));
+        }
         (Route::HttpPublish(topic_of(t)?), "POST")
     } else {
         return Err(err(404, format!("no route for {path}")));
@@ -184,6 +190,12 @@ mod tests {
             Some("t")
         );
         assert!(!route("POST", "/publish/t", None).unwrap().is_websocket());
+        assert_eq!(
+            route("OPTIONS", "/publish/t", None),
+            Ok(Route::Preflight("t".into()))
+        );
+        assert!(!route("OPTIONS", "/publish/t", None).unwrap().is_websocket());
+        assert_eq!(route("OPTIONS", "/ws/t", None).unwrap_err().status, 405);
         assert_eq!(route("GET", "/ws/a", None).unwrap().publishes(), None);
         assert_eq!(route("GET", "/room/r", None).unwrap().subscribes(), ["r"]);
         assert!(route("GET", "/pub/r", None)

@@ -203,6 +203,8 @@ pub struct Body {
     pub head_len: usize,
     /// Content-Length.
     pub length: usize,
+    /// CORS headers for the answer (access: a listed `Origin`).
+    pub cors: Option<Vec<(&'static str, String)>>,
 }
 
 /// Request state while the connection speaks HTTP (handshake, HTTP publish).

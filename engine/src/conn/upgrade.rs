@@ -26,8 +26,12 @@ use crate::obs::stats::Refusal;
 pub enum Decision {
     /// Answer with this response (counted under this reason) and close.
     Refuse(Refusal, Vec<u8>),
+    /// Answer with this response, uncounted (a granted CORS preflight), and close.
+    Answer(Vec<u8>),
     /// HTTP publish: read `length` body bytes after the head, then [`finish_publish`].
     Publish {
+        /// CORS headers for the answer (a listed `Origin`).
+        cors: Option<Vec<(&'static str, String)>>,
         /// The topic.
         topic: String,
         /// Text (`text/*` or `application/json`) rather than binary.
@@ -84,6 +88,18 @@ pub fn decide(
             return Decision::Refuse(refusal_of(status), out);
         }
     };
+    if let Route::Preflight(_) = route {
+        return match access.preflight(request) {
+            Ok(headers) => {
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                let mut out = Vec::new();
+                write_response(&mut out, Status::NoContent, &headers, "", b"");
+                Decision::Answer(out)
+            }
+            Err(d) => deny(&d),
+        };
+    }
     if let Route::HttpPublish(topic) = route {
         let want = Want {
             subscribe: &[],
@@ -118,6 +134,7 @@ pub fn decide(
         let text =
             content_type.starts_with(b"text/") || content_type.starts_with(b"application/json");
         return Decision::Publish {
+            cors: access.cors_headers(request),
             topic,
             text,
             length: length as usize,
@@ -194,10 +211,15 @@ pub fn finish_publish(
     })
 }
 
-/// The answer to an accepted HTTP publish.
-pub fn published() -> Vec<u8> {
+/// The answer to an accepted HTTP publish (with its CORS headers, if any).
+pub fn published(cors: Option<&[(&'static str, String)]>) -> Vec<u8> {
+    let headers: Vec<(&str, &str)> = cors
+        .unwrap_or_default()
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
     let mut out = Vec::new();
-    write_response(&mut out, Status::NoContent, &[], "", b"");
+    write_response(&mut out, Status::NoContent, &headers, "", b"");
     out
 }
 
@@ -368,6 +390,7 @@ mod tests {
                 None
             ),
             Decision::Publish {
+                cors: None,
                 topic: "t".into(),
                 text: true,
                 length: 5
@@ -394,7 +417,7 @@ mod tests {
             panic!("refused")
         };
         assert_eq!(status(&d), (Refusal::MeshBacklog, 503));
-        assert!(String::from_utf8(published())
+        assert!(String::from_utf8(published(None))
             .unwrap()
             .starts_with("HTTP/1.1 204"));
         assert!(String::from_utf8(timed_out())

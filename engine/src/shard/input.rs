@@ -174,6 +174,7 @@ impl Core {
                         |t| st.publish_refusal(t),
                     ) {
                         Decision::Publish {
+                            cors,
                             topic,
                             text,
                             length,
@@ -183,6 +184,7 @@ impl Core {
                                 text,
                                 head_len,
                                 length,
+                                cors,
                             });
                             continue;
                         }
@@ -197,15 +199,19 @@ impl Core {
                     }
                 }
             };
-            let (why, response) = match decision {
-                Decision::Refuse(why, response) => (why, response),
-                Decision::Deny(why, reason, response) => {
-                    self.st.stats().access.refuse(reason);
-                    (why, response)
+            let response = match decision {
+                Decision::Refuse(why, response) => {
+                    self.st.stats().refuse(why);
+                    response
                 }
+                Decision::Deny(why, reason, response) => {
+                    self.st.stats().refuse(why);
+                    self.st.stats().access.refuse(reason);
+                    response
+                }
+                Decision::Answer(response) => response,
                 _ => unreachable!("publish and upgrade return above"),
             };
-            self.st.stats().refuse(why);
             return self.respond(id, http.buf, response);
         }
         if let Some(c) = self.st.conns.get_mut(id) {
@@ -240,7 +246,7 @@ impl Core {
                     stats::add(&s.bytes_in, payload.len() as u64);
                     let topic: Arc<str> = Arc::from(body.topic.as_str());
                     self.publish(&topic, kind, payload);
-                    upgrade::published()
+                    upgrade::published(body.cors.as_deref())
                 }
                 Err(Decision::Refuse(why, response)) => {
                     self.st.stats().refuse(why);
@@ -311,7 +317,7 @@ impl Core {
                 Role::Publisher(Arc::from(t))
             }
             Route::Echo => Role::Echo,
-            Route::HttpPublish(_) => unreachable!("decided as a publish"),
+            Route::HttpPublish(_) | Route::Preflight(_) => unreachable!("answered over HTTP"),
         };
         if let Some(c) = self.st.conns.get_mut(id) {
             c.role = role;

@@ -27,7 +27,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start with `--listen 127.0.0.1:0` plus `args` (and `--shards 2` and
+    /// Start with `--listen 127.0.0.1:0` (unless given) plus `args` (and `--shards 2` and
     /// `--admin-listen 127.0.0.1:0` unless given: the default admin port would collide between
     /// parallel tests).
     pub fn start(args: &[&str]) -> Server {
@@ -48,7 +48,11 @@ impl Server {
             }
         }
         let mut child = cmd
-            .args(["--listen", "127.0.0.1:0", "--log", "warn"])
+            .args(if args.contains(&"--listen") {
+                &["--log", "warn"][..]
+            } else {
+                &["--listen", "127.0.0.1:0", "--log", "warn"][..]
+            })
             .args(if args.contains(&"--shards") {
                 &[][..]
             } else {
