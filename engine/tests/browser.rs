@@ -121,6 +121,30 @@ fn visit_page(
     load(&format!("{origin}/"))
 }
 
+/// A server with the publish `token` and `--allowed-origins origins`, and a subscriber of
+/// `browser` (ready).
+fn server_with(token: &str, origins: &str) -> (Server, Ws) {
+    let server = Server::start(&["--publish-token", token, "--allowed-origins", origins]);
+    let (mut sub, _) = server.ws("/ws/browser");
+    sync(&mut sub);
+    (server, sub)
+}
+
+/// Publish a sentinel with `token` and check it is the first thing `sub` gets: nothing from
+/// the page came through before it.
+fn nothing_came_first(server: &Server, sub: &mut Ws, token: &str) {
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    assert_eq!(
+        server.post("browser", "text/plain", b"sentinel", &auth),
+        204
+    );
+    assert_eq!(
+        next_text(sub),
+        "sentinel",
+        "nothing from the page came first"
+    );
+}
+
 #[test]
 fn a_page_on_another_origin_cannot_publish_unless_allowed_and_credentialed() {
     let Some(_) = chromium() else {
@@ -152,36 +176,18 @@ fn a_page_on_another_origin_cannot_publish_unless_allowed_and_credentialed() {
     // 2. With the publish token but from an origin that is not allowed: refused (403).
     let token = "browser-token";
     let (listener, origin) = page_origin();
-    let server = Server::start(&[
-        "--publish-token",
-        token,
-        "--allowed-origins",
-        "https://app.example",
-    ]);
-    let (mut sub, _) = server.ws("/ws/browser");
-    sync(&mut sub);
+    let (server, mut sub) = server_with(token, "https://app.example");
     let r = visit(listener, &origin, &server, token);
     assert_eq!(r["ws"], "refused", "{r}");
     stats_until(server.admin.unwrap(), |s| {
         s["totals"]["access"]["refused"]["origin"] == 2
     });
-    let auth = format!("Authorization: Bearer {token}\r\n");
-    assert_eq!(
-        server.post("browser", "text/plain", b"sentinel", &auth),
-        204
-    );
-    assert_eq!(
-        next_text(&mut sub),
-        "sentinel",
-        "nothing from the page came first"
-    );
+    nothing_came_first(&server, &mut sub, token);
 
     // 3. The same page from an allowed origin: both get through; the WebSocket got the
     //    `shardcast` subprotocol back (the token was offered as `shardcast.token.<token>`).
     let (listener, origin) = page_origin();
-    let server = Server::start(&["--publish-token", token, "--allowed-origins", &origin]);
-    let (mut sub, _) = server.ws("/ws/browser");
-    sync(&mut sub);
+    let (server, mut sub) = server_with(token, &origin);
     let r = visit(listener, &origin, &server, token);
     assert_eq!(r["ws"], "open", "{r}");
     assert_eq!(r["protocol"], "shardcast", "{r}");
@@ -199,32 +205,18 @@ fn cors_publish_needs_a_preflight_granted_by_the_allow_list() {
     let token = "cors-token";
     // From an origin that is not listed: the preflight is refused, the POST never sent.
     let (listener, origin) = page_origin();
-    let server = Server::start(&[
-        "--publish-token",
-        token,
-        "--allowed-origins",
-        "https://app.example",
-    ]);
-    let (mut sub, _) = server.ws("/ws/browser");
-    sync(&mut sub);
+    let (server, mut sub) = server_with(token, "https://app.example");
     let r = visit_page(CORS_PAGE, listener, &origin, &server, token);
     assert_eq!(r["cors"], "failed", "{r}");
     stats_until(server.admin.unwrap(), |s| {
         s["totals"]["access"]["refused"]["origin"] == 1
     });
-    let auth = format!("Authorization: Bearer {token}\r\n");
-    assert_eq!(
-        server.post("browser", "text/plain", b"sentinel", &auth),
-        204
-    );
-    assert_eq!(next_text(&mut sub), "sentinel", "nothing from the page");
+    nothing_came_first(&server, &mut sub, token);
 
     // From a listed origin: preflight granted, the publish goes through and the page reads
     // its status.
     let (listener, origin) = page_origin();
-    let server = Server::start(&["--publish-token", token, "--allowed-origins", &origin]);
-    let (mut sub, _) = server.ws("/ws/browser");
-    sync(&mut sub);
+    let (server, mut sub) = server_with(token, &origin);
     let r = visit_page(CORS_PAGE, listener, &origin, &server, token);
     assert_eq!(r["cors"], 204, "{r}");
     assert_eq!(next_text(&mut sub), "\"from-cors\"");

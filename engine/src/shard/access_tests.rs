@@ -209,3 +209,34 @@ fn server_shutdown_event_then_the_close_after_the_notice() {
         vec![encode_close(CloseCode::GOING_AWAY, "").to_vec()]
     );
 }
+
+#[test]
+#[ignore = "timing probe: cargo test --release -p shardcast --lib -- --ignored subscribe_cost --nocapture"]
+fn subscribe_cost() {
+    let args = [
+        "--subscriber-rate",
+        "0",
+        "--max-control-message-bytes",
+        "65536",
+    ];
+    let mut c = core_at(&args, Instant::now());
+    let (id, _) = upgrade_with(&mut c, "/ws", None);
+    let topics: Vec<String> = (0..1024)
+        .map(|i| format!("\"probe.topic.{i:04}\""))
+        .collect();
+    let sub = format!(
+        r#"{{"method":"SUBSCRIBE","params":[{}],"id":1}}"#,
+        topics.join(",")
+    );
+    let unsub = sub.replace("SUBSCRIBE", "UNSUBSCRIBE");
+    for round in 0..3 {
+        let t = Instant::now();
+        c.handle_received(id, &mut client_frame(OpCode::Text, sub.as_bytes()));
+        let s = t.elapsed();
+        let t = Instant::now();
+        c.handle_received(id, &mut client_frame(OpCode::Text, unsub.as_bytes()));
+        let u = t.elapsed();
+        take(&mut c, id);
+        eprintln!("round {round}: SUBSCRIBE 1024 {s:?}, UNSUBSCRIBE 1024 {u:?}");
+    }
+}
