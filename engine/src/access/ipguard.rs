@@ -98,16 +98,29 @@ struct Slot {
 /// One stripe's slots.
 #[derive(Debug)]
 pub struct IpTable {
-    slots: Vec<Slot>,
+    slots: Box<[Slot]>,
 }
 
 impl IpTable {
-    /// A table of at least `capacity` slots (rounded up to whole buckets of 8).
+    /// A table of at least `capacity` slots (rounded up to whole buckets of 8). Zeroed memory
+    /// from the allocator: pages become resident only as addresses land in them, so a
+    /// 65,536-slot table costs no RSS on a host that sees few addresses.
     pub fn new(capacity: usize) -> IpTable {
         let buckets = capacity.div_ceil(WAYS).max(1);
-        IpTable {
-            slots: vec![Slot::default(); buckets * WAYS],
-        }
+        let n = buckets * WAYS;
+        let layout = std::alloc::Layout::array::<Slot>(n).expect("table size fits in memory");
+        // SAFETY: the layout is not zero-sized (n ≥ 8 slots of 24 B); all-zero bytes are a valid
+        // `Slot` (plain integers: `Slot::default()`, a free slot), so every element is
+        // initialized (`new_table_is_all_free_slots`); the pointer comes from the global
+        // allocator with the layout of `[Slot; n]`, which is what `Box<[Slot]>` frees with.
+        let slots = unsafe {
+            let ptr = std::alloc::alloc_zeroed(layout).cast::<Slot>();
+            if ptr.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n))
+        };
+        IpTable { slots }
     }
 
     /// Slots (memory: 24 bytes each).
@@ -287,6 +300,18 @@ mod tests {
             Verdict::Admit { ticket } => ticket,
             other => panic!("refused: {other:?}"),
         }
+    }
+
+    #[test]
+    fn new_table_is_all_free_slots() {
+        let t = IpTable::new(100);
+        assert_eq!(t.capacity(), 104, "whole buckets");
+        assert!(t.slots.iter().all(|s| {
+            let d = Slot::default();
+            (s.key, s.window_start, s.attempts, s.concurrent)
+                == (d.key, d.window_start, d.attempts, d.concurrent)
+        }));
+        assert_eq!(t.occupied(), 0);
     }
 
     #[test]
