@@ -31,7 +31,7 @@ scripts/check-bench-output.sh
 step "clients/js: npm ci, tsc, node --test"
 scripts/test-js.sh
 
-# engine/tests/dashboard.rs renders /dashboard in a real headless Chromium; install it when we can.
+# engine/tests/dashboard.rs and browser.rs use a real headless Chromium; install it when we can.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     step "installing chromium for the dashboard test"
     apt-get install -y chromium || { apt-get update && apt-get install -y chromium; } \
@@ -71,6 +71,11 @@ if ! command -v promtool >/dev/null && [ ! -x "${CARGO_TARGET_DIR:-target}/tools
     step "fetching promtool (Debian's prometheus package, unpacked into target/tools)"
     scripts/fetch-promtool.sh
 fi
+
+# engine/tests/binance.rs and browser.rs run third-party clients (binance-connector,
+# python-binance, @binance/spot, playwright-core) from target/clients: install them once.
+step "installing the Binance clients and playwright-core (scripts/clients.sh)"
+scripts/clients.sh
 
 step "tests, default driver (io_uring when available)"
 cargo test --workspace

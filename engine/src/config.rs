@@ -130,6 +130,19 @@ impl std::str::FromStr for TopicPolicySpec {
     }
 }
 
+/// A named set of defaults (`--profile`); explicit options still win.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// shardcast's own defaults.
+    Default,
+    /// Binance's spot stream contract: ping every 20 s, pong within 60 s, 24 h connection
+    /// lifetime, control messages up to 64 KiB (a SUBSCRIBE of 1024 streams); the inbound
+    /// limits already default to Binance's 5 messages/s, 1024 streams and 300 connection
+    /// attempts per 5 minutes.
+    Binance,
+}
+
 /// Where the admin listener binds, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdminListen {
@@ -205,7 +218,7 @@ pub struct Config {
     pub shards: usize,
     /// I/O driver.
     pub driver: Driver,
-    /// Token publishers must present; `None` lets only loopback peers publish.
+    /// Static token that may publish and subscribe anything (`access`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_token: Option<String>,
     /// Global connection limit (one process-wide counter checked at accept).
@@ -237,6 +250,10 @@ pub struct Config {
     /// How long a connection whose close frame is queued may take to flush it (or, during
     /// shutdown, go without write progress) before it is reset.
     pub close_flush_timeout_ms: u64,
+    /// On shutdown, how long after the `serverShutdown` event clients are closed.
+    pub shutdown_notice_ms: u64,
+    /// The defaults profile in effect.
+    pub profile: Profile,
     /// tracing EnvFilter directive.
     pub log: String,
     /// Log line format.
@@ -284,6 +301,9 @@ pub struct Config {
     pub nats_pending_messages: usize,
     /// Longest wait between two reconnection attempts to NATS.
     pub nats_reconnect_max_ms: u64,
+    /// Access control and inbound limits (`access/config.rs`).
+    #[serde(flatten)]
+    pub access: crate::access::config::AccessConfig,
     /// Per-topic policies, first matching pattern wins (last: TOML tables follow values).
     pub topic_policy: Vec<TopicPolicy>,
 }
@@ -325,7 +345,7 @@ pub struct Overrides {
     /// I/O driver: auto (io_uring, epoll where the kernel refuses io_uring), uring or epoll [default: auto]
     #[arg(long, env = "SHARDCAST_DRIVER")]
     pub driver: Option<Driver>,
-    /// Token publishers must present (Bearer or ?token=) [default: none, only loopback peers may publish]
+    /// Static token that may publish (and subscribe) anything: Authorization: Bearer, ?token= or the subprotocol shardcast.token.<token> [default: none]
     #[arg(long, env = "SHARDCAST_PUBLISH_TOKEN")]
     pub publish_token: Option<String>,
     /// Global connection limit, one process-wide count checked at accept (over it: 503) [default: what RLIMIT_NOFILE (hard, minus 64 + 8 per shard) and memory_limit (95% / 4312 B per connection) both allow]
@@ -364,6 +384,12 @@ pub struct Overrides {
     /// A connection whose close frame (eviction 1013, timeout, protocol error, shutdown) is not flushed within this many ms (during shutdown: makes no write progress for this long) is reset (RST), freeing its descriptor and kernel buffers, 1 or more [default: 500]
     #[arg(long, env = "SHARDCAST_CLOSE_FLUSH_TIMEOUT_MS")]
     pub close_flush_timeout_ms: Option<u64>,
+    /// On SIGINT/SIGTERM every client first gets the text event {"e":"serverShutdown","E":<ms>}; clients are closed (1001) this many ms later [default: 0]
+    #[arg(long, env = "SHARDCAST_SHUTDOWN_NOTICE_MS")]
+    pub shutdown_notice_ms: Option<u64>,
+    /// Defaults profile: binance = ping every 20 s, pong within 60 s, 24 h lifetime, 64 KiB control messages (explicit options still win) [default: default]
+    #[arg(long, env = "SHARDCAST_PROFILE")]
+    pub profile: Option<Profile>,
     /// Log filter, tracing EnvFilter syntax; the NATS client (async_nats) is capped at warn unless the filter names it [default: info]
     #[arg(long, env = "SHARDCAST_LOG")]
     pub log: Option<String>,
@@ -427,6 +453,10 @@ pub struct Overrides {
     /// Longest wait between reconnection attempts to NATS, in ms (backoff doubles from 50 ms up to this) [default: 2000]
     #[arg(long, env = "SHARDCAST_NATS_RECONNECT_MAX_MS")]
     pub nats_reconnect_max_ms: Option<u64>,
+    /// Access control and inbound limits.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub access: crate::access::config::AccessOverrides,
     /// Informational key written by --print-config; ignored on input
     #[arg(skip)]
     #[serde(default)]
@@ -462,6 +492,8 @@ pub enum ConfigError {
     Policy(String),
     /// Size limits that would let one accepted message evict a subscriber.
     Limits(String),
+    /// An access option is invalid (or a key file unreadable).
+    Access(String),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -472,6 +504,7 @@ impl std::fmt::Display for ConfigError {
             Self::Invalid(why) => write!(f, "invalid configuration: {why}"),
             Self::Policy(why) => write!(f, "invalid policy: {why}"),
             Self::Limits(why) => write!(f, "inconsistent limits: {why}"),
+            Self::Access(why) => write!(f, "invalid access configuration: {why}"),
         }
     }
 }
@@ -517,6 +550,9 @@ impl Overrides {
             listen_backlog: self.listen_backlog.or(lower.listen_backlog),
             shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
             close_flush_timeout_ms: self.close_flush_timeout_ms.or(lower.close_flush_timeout_ms),
+            shutdown_notice_ms: self.shutdown_notice_ms.or(lower.shutdown_notice_ms),
+            profile: self.profile.or(lower.profile),
+            access: self.access.or(lower.access),
             log: self.log.or(lower.log),
             log_format: self.log_format.or(lower.log_format),
             ping_interval_ms: self.ping_interval_ms.or(lower.ping_interval_ms),
@@ -562,6 +598,8 @@ impl Overrides {
 
     /// Apply defaults to whatever is still unset and validate.
     fn finish(self) -> Result<Config, ConfigError> {
+        let profile = self.profile.unwrap_or(Profile::Default);
+        let binance = profile == Profile::Binance;
         let shards = self.shards.unwrap_or_else(available_cpus);
         if shards == 0 {
             return Err(ConfigError::Invalid("shards must be at least 1"));
@@ -636,18 +674,33 @@ impl Overrides {
             max_header_bytes: self.max_header_bytes.unwrap_or(8192),
             max_headers: self.max_headers.unwrap_or(32),
             max_message_bytes,
-            max_control_message_bytes: self.max_control_message_bytes.unwrap_or(4096),
+            // Binance clients SUBSCRIBE up to 1024 streams in one message.
+            max_control_message_bytes: self.max_control_message_bytes.unwrap_or(if binance {
+                65_536
+            } else {
+                4096
+            }),
             max_topics_per_connection: self.max_topics_per_connection.unwrap_or(1024),
             ring_capacity: self.ring_capacity.unwrap_or(4096),
             listen_backlog: self.listen_backlog.unwrap_or(4096),
             shutdown_grace_ms: self.shutdown_grace_ms.unwrap_or(5000),
             close_flush_timeout_ms: self.close_flush_timeout_ms.unwrap_or(500),
+            shutdown_notice_ms: self.shutdown_notice_ms.unwrap_or(0),
+            profile,
             log: self.log.unwrap_or_else(|| "info".to_owned()),
             log_format: self.log_format.unwrap_or(LogFormat::Text),
-            ping_interval_ms: self.ping_interval_ms.unwrap_or(25_000),
-            pong_timeout_ms: self.pong_timeout_ms.unwrap_or(10_000),
+            ping_interval_ms: self.ping_interval_ms.unwrap_or(if binance {
+                20_000
+            } else {
+                25_000
+            }),
+            pong_timeout_ms: self
+                .pong_timeout_ms
+                .unwrap_or(if binance { 60_000 } else { 10_000 }),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(0),
-            max_lifetime_ms: self.max_lifetime_ms.unwrap_or(0),
+            max_lifetime_ms: self
+                .max_lifetime_ms
+                .unwrap_or(if binance { 86_400_000 } else { 0 }),
             lifetime_jitter_pct: self.lifetime_jitter_pct.unwrap_or(10),
             fragment_timeout_ms: self.fragment_timeout_ms.unwrap_or(10_000),
             max_subscriptions: self
@@ -668,6 +721,7 @@ impl Overrides {
             nats_buffer_bytes: self.nats_buffer_bytes.map_or(64 << 20, |b| b.0),
             nats_pending_messages: self.nats_pending_messages.unwrap_or(8192),
             nats_reconnect_max_ms: self.nats_reconnect_max_ms.unwrap_or(2000),
+            access: self.access.finish().map_err(ConfigError::Access)?,
             topic_policy,
         };
         if config.histogram_log_interval_ms == 0 {
@@ -794,6 +848,7 @@ impl Config {
         if shown.publish_token.is_some() {
             shown.publish_token = Some("<redacted>".to_owned());
         }
+        shown.access = shown.access.redacted();
         toml::to_string(&shown).expect("Config always serializes")
     }
 }
@@ -854,6 +909,33 @@ mod tests {
         assert_eq!((c.idle_timeout_ms, c.max_lifetime_ms), (0, 0));
         assert_eq!(c.lifetime_jitter_pct, 10);
         assert!(parse(&[]).resolve().unwrap().shards >= 1);
+        let a = &c.access;
+        assert_eq!(
+            a.public_topics,
+            ["*"],
+            "everything public without a JWT key"
+        );
+        assert_eq!((a.subscriber_rate, a.subscriber_burst), (5, 10));
+        assert_eq!((a.publisher_rate, a.publisher_burst), (100_000, 100_000));
+        assert_eq!((a.ip_connect_limit, a.ip_connect_window_ms), (300, 300_000));
+        assert_eq!(a.ip_max_connections, 0);
+        assert_eq!(c.profile, Profile::Default);
+        assert_eq!(c.shutdown_notice_ms, 0);
+        let b = parse(&["--profile", "binance", "--pong-timeout-ms", "5"])
+            .resolve()
+            .unwrap();
+        assert_eq!((b.ping_interval_ms, b.pong_timeout_ms), (20_000, 5));
+        assert_eq!(b.max_lifetime_ms, 86_400_000);
+        assert_eq!(b.max_control_message_bytes, 65_536);
+        assert!(parse(&["--jwt-secret", "a", "--jwt-secret-file", "/x"])
+            .resolve()
+            .is_err());
+        assert!(parse(&["--allowed-origins", "example.com"])
+            .resolve()
+            .is_err());
+        assert!(parse(&["--jwt-public-key", "/nonexistent.pem"])
+            .resolve()
+            .is_err());
     }
 
     #[test]
@@ -918,11 +1000,30 @@ mod tests {
 
     #[test]
     fn print_config_round_trips_and_redacts() {
-        let c = parse(&["--shards", "2", "--publish-token", "s3cret"])
-            .resolve()
-            .unwrap();
+        let c = parse(&[
+            "--shards",
+            "2",
+            "--publish-token",
+            "s3cret",
+            "--jwt-secret",
+            "jwt-s3cret",
+            "--allowed-origins",
+            "https://a.example,https://*.b.example",
+            "--profile",
+            "binance",
+        ])
+        .resolve()
+        .unwrap();
         let text = c.to_toml();
-        assert!(!text.contains("s3cret"));
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("allowed_origins = [\"https://a.example\", \"https://*.b.example\"]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("public_topics = []"),
+            "a JWT key makes nothing public: {text}"
+        );
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back.shards, 2);
         assert_eq!(back.publish_token.as_deref(), Some("<redacted>"));

@@ -2,6 +2,8 @@
 //!
 //! Modules, one home per concept:
 //! - [`config`]: options from CLI, env and TOML, with precedence and defaults.
+//! - [`access`]: tokens and grants, origin allow-list, implicit trust, inbound and per-address
+//!   limits (sans-IO; `conn/` and `shard/` call in).
 //! - [`runtime`]: I/O drivers, listeners, signals, rlimits, the clock, shard threads.
 //! - [`mesh`]: SPSC rings between shards with park/wake doorbells, and what travels on them.
 //! - [`shard`]: a shard's core: connections, fan-out, pause, the loop turn.
@@ -15,6 +17,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod access;
 pub mod bridge;
 pub mod config;
 pub mod conn;

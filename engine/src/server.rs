@@ -109,6 +109,7 @@ pub fn start(config: Config) -> io::Result<Server> {
     };
     let shutdown = Arc::new(Shutdown::new(participants));
     let global = Arc::new(AtomicUsize::new(0));
+    let access = Arc::new(crate::access::Access::new(&config).map_err(io::Error::other)?);
     let config = Arc::new(config);
     #[cfg(feature = "nats")]
     let bridge = match (nats, bridge_link) {
@@ -139,6 +140,7 @@ pub fn start(config: Config) -> io::Result<Server> {
             stats: stats.clone(),
             global: global.clone(),
             shutdown: shutdown.clone(),
+            access: access.clone(),
         };
         let ready = ready_tx.clone();
         let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
@@ -202,6 +204,8 @@ struct ShardParts {
     stats: Arc<[ShardStats]>,
     global: Arc<AtomicUsize>,
     shutdown: Arc<Shutdown>,
+    /// Access policy and per-address limits, one for the process.
+    access: Arc<crate::access::Access>,
 }
 
 /// Set up the shard's driver on its own thread, report readiness, run until shutdown.
@@ -213,7 +217,8 @@ fn shard_thread(p: ShardParts, ready: mpsc::Sender<io::Result<()>>) -> io::Resul
         p.link,
         p.global,
         Instant::now(),
-    );
+    )
+    .with_access(p.access.clone());
     let report = |kind: DriverKind| {
         p.stats[p.id].set_driver(kind);
         tracing::info!(shard = p.id, driver = kind.name(), "shard starting");

@@ -46,24 +46,25 @@ fn subscribe_unsubscribe_list() {
 fn control_errors() {
     let server = Server::start(&[]);
     let (mut s, _) = server.ws("/stream?streams=x");
+    // Binance's codes: 3 invalid JSON, 2 invalid request; shardcast's 5 invalid stream name.
     let r = control(&mut s, "{nope");
-    assert_eq!(r["error"]["code"], 2, "{r}");
+    assert_eq!(r["error"]["code"], 3, "{r}");
     let r = control(&mut s, r#"{"method":"DANCE","id":7}"#);
     assert_eq!(
         (r["error"]["code"].clone(), r["id"].clone()),
-        (json!(1), json!(7))
+        (json!(2), json!(7))
     );
     let r = control(
         &mut s,
         r#"{"method":"SUBSCRIBE","params":["bad topic"],"id":8}"#,
     );
-    assert_eq!(r["error"]["code"], 1);
+    assert_eq!(r["error"]["code"], 5);
     assert!(
         r["error"]["msg"].as_str().unwrap().contains("bad topic"),
         "{r}"
     );
     let r = control(&mut s, r#"{"method":"SUBSCRIBE","params":[1],"id":9}"#);
-    assert_eq!(r["error"]["code"], 1);
+    assert_eq!(r["error"]["code"], 2);
     assert_eq!(
         control(&mut s, r#"{"method":"LIST_SUBSCRIPTIONS","id":10}"#)["result"],
         json!(["x"])

@@ -1,9 +1,10 @@
 //! Admission at accept: the global and per-shard connection limits, and no new connection once
 //! graceful shutdown began. A refused connection gets `503` written best effort (never waiting)
-//! and is closed; it never gets a slot.
+//! and is closed; it never gets a slot. Over the per-address limits (`access::ipguard`) it
+//! gets `429` with `Retry-After` the same way.
 
 use shardcast_proto::handshake::write_rejection;
-use shardcast_proto::http::{HttpError, Status};
+use shardcast_proto::http::{write_response, HttpError, Status};
 
 /// Connection counts and limits at the moment of an accept.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +35,19 @@ pub fn admit(load: Load) -> Result<(), Vec<u8>> {
         return Err(out);
     }
     Ok(())
+}
+
+/// The 429 for a peer over its per-address limits.
+pub fn too_many_requests(retry_after_s: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_response(
+        &mut out,
+        Status::TooManyRequests,
+        &[("Retry-After", &retry_after_s.to_string())],
+        "text/plain; charset=utf-8",
+        b"too many connections from this address, retry later",
+    );
+    out
 }
 
 #[cfg(test)]
@@ -72,5 +86,8 @@ mod tests {
                 String::from_utf8_lossy(&r)
             );
         }
+        let r = String::from_utf8(too_many_requests(42)).unwrap();
+        assert!(r.starts_with("HTTP/1.1 429"), "{r}");
+        assert!(r.contains("Retry-After: 42\r\n"), "{r}");
     }
 }

@@ -36,6 +36,9 @@ pub struct HeartbeatConfig {
     pub lifetime_jitter_pct: u8,
     /// Close when a message (or a frame) stays unfinished this long.
     pub fragment_timeout: u32,
+    /// Connections may carry a token expiry (`access`): the sweep must run even when every
+    /// other rule is off.
+    pub token_expiry: bool,
 }
 
 impl HeartbeatConfig {
@@ -46,6 +49,7 @@ impl HeartbeatConfig {
             || self.idle_timeout > 0
             || self.max_lifetime > 0
             || self.fragment_timeout > 0
+            || self.token_expiry
     }
 
     /// How often the shard sweep runs: a quarter of the shortest enabled duration, between
@@ -104,17 +108,18 @@ pub enum Reason {
     MaxLifetime,
     /// A message (or a frame) stayed unfinished for `fragment_timeout`.
     FragmentTimeout,
+    /// The token that admitted the connection expired (plus the grace).
+    TokenExpired,
 }
 
 impl Reason {
-    /// The close code: always 1001 (see docs/ENGINE.md): the server ends the connection and the
-    /// client should reconnect. 1008 reads as a permanent refusal (auth, rate limit) to many
-    /// clients; 1011 would report a server fault.
-    /// An unfinished message past its time is a policy violation (1008): the client holds
-    /// server memory without completing what it started.
+    /// The close code: 1001 for the timeouts and the lifetime (see docs/ENGINE.md): the server
+    /// ends the connection and the client should reconnect. 1008 (policy) for an expired token
+    /// (reconnecting needs a new token) and for an unfinished message past its time (the client
+    /// holds server memory without completing what it started). 1011 would report a server fault.
     pub fn code(self) -> CloseCode {
         match self {
-            Reason::FragmentTimeout => CloseCode::POLICY,
+            Reason::FragmentTimeout | Reason::TokenExpired => CloseCode::POLICY,
             _ => CloseCode::GOING_AWAY,
         }
     }
@@ -126,6 +131,7 @@ impl Reason {
             Reason::IdleTimeout => "idle timeout",
             Reason::MaxLifetime => "max connection lifetime",
             Reason::FragmentTimeout => "message timeout",
+            Reason::TokenExpired => "token expired",
         }
     }
 
@@ -152,6 +158,8 @@ const AWAITING: u8 = 1;
 const EXPIRES: u8 = 2;
 /// A message or frame is unfinished since `partial_since`.
 const PARTIAL: u8 = 4;
+/// `expires` is the token's expiry (sooner than the lifetime), not the lifetime.
+const TOKEN: u8 = 8;
 
 /// One connection's heartbeat state: 20 bytes. Times are ms since the shard epoch, wrapping.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -211,6 +219,21 @@ impl Liveness {
         }
     }
 
+    /// The connection's token expires `in_ms` from `now`: close it then (1008) unless its
+    /// lifetime ends first. Deadlines beyond [`MAX_DURATION_MS`] cannot be represented on the
+    /// wrapping clock and are not enforced on the live connection (its handshake checked `exp`).
+    pub fn expire_token(&mut self, now: u32, in_ms: u64) {
+        if in_ms > MAX_DURATION_MS {
+            return;
+        }
+        let at = now.wrapping_add(in_ms as u32);
+        let sooner = self.flags & EXPIRES == 0 || (at.wrapping_sub(self.expires) as i32) < 0;
+        if sooner {
+            self.expires = at;
+            self.flags |= EXPIRES | TOKEN;
+        }
+    }
+
     /// True while a ping is unanswered.
     pub fn awaiting_pong(&self) -> bool {
         self.flags & AWAITING != 0
@@ -228,7 +251,11 @@ impl Liveness {
             return Action::Close(Reason::IdleTimeout);
         }
         if self.flags & EXPIRES != 0 && reached(now, self.expires) {
-            return Action::Close(Reason::MaxLifetime);
+            return Action::Close(if self.flags & TOKEN != 0 {
+                Reason::TokenExpired
+            } else {
+                Reason::MaxLifetime
+            });
         }
         let partial = self.flags & PARTIAL != 0 && cfg.fragment_timeout > 0;
         if partial && elapsed(now, self.partial_since) >= cfg.fragment_timeout {
@@ -256,6 +283,7 @@ mod tests {
             max_lifetime: life,
             lifetime_jitter_pct: jitter,
             fragment_timeout: 0,
+            token_expiry: false,
         }
     }
 
@@ -420,6 +448,49 @@ mod tests {
         let full = cfg(0, 0, 0, 1, 100);
         assert!((0..100).all(|s| full.lifetime(s) == 1));
         assert_eq!(cfg(0, 0, 0, 0, 10).lifetime(7), 0);
+    }
+
+    #[test]
+    fn token_expiry_closes_with_1008_unless_the_lifetime_is_sooner() {
+        // Only tokens: the sweep runs, and the token deadline closes exactly when reached.
+        let c = HeartbeatConfig {
+            token_expiry: true,
+            ..cfg(0, 0, 0, 0, 0)
+        };
+        assert!(c.enabled());
+        let mut l = Liveness::new(100, 0, &c);
+        l.expire_token(100, 500);
+        assert_eq!(
+            run_clock(&mut l, &c, 100, 1000),
+            vec![(600, Action::Close(Reason::TokenExpired))]
+        );
+        assert_eq!(Reason::TokenExpired.code(), CloseCode::POLICY);
+        assert!(!Reason::TokenExpired.abort());
+        // The lifetime ends first: it wins, and says so.
+        let c = cfg(0, 0, 0, 300, 0);
+        let mut l = Liveness::new(0, 0, &c);
+        l.expire_token(0, 500);
+        assert_eq!(
+            run_clock(&mut l, &c, 0, 1000),
+            vec![(300, Action::Close(Reason::MaxLifetime))]
+        );
+        // The token ends first, across the clock's wrap.
+        let start = u32::MAX - 50;
+        let c = cfg(0, 0, 0, 10_000, 0);
+        let mut l = Liveness::new(start, 0, &c);
+        l.expire_token(start, 100);
+        assert_eq!(
+            run_clock(&mut l, &c, start, 200),
+            vec![(start.wrapping_add(100), Action::Close(Reason::TokenExpired))]
+        );
+        // Already expired (grace used up during the handshake): closes on the next sweep.
+        let mut l = Liveness::new(7, 0, &c);
+        l.expire_token(7, 0);
+        assert_eq!(l.check(7, &c), Action::Close(Reason::TokenExpired));
+        // Too far to represent: not enforced here.
+        let mut l = Liveness::new(0, 0, &cfg(0, 0, 0, 0, 0));
+        l.expire_token(0, MAX_DURATION_MS + 1);
+        assert_eq!(l.check(u32::MAX / 2, &c), Action::None);
     }
 
     #[test]

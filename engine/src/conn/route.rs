@@ -1,6 +1,6 @@
-//! Request routing (path + query → [`Route`]) and the publish authorization check.
+//! Request routing: path + query → [`Route`]. Who may take a route is `access`'s business.
 
-use std::net::IpAddr;
+use std::collections::HashSet;
 
 use shardcast_proto::http::query_param;
 
@@ -9,10 +9,14 @@ use crate::flow::topic;
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// `GET /ws/<topic>`: subscribe to one topic.
-    Subscribe(String),
-    /// `GET /stream?streams=a/b/c`: combined stream of several topics.
-    Stream(Vec<String>),
+    /// `GET /ws/<topic>` (one topic), bare `GET /ws` (none yet: SUBSCRIBE in-band), or
+    /// `GET /stream[?streams=a/b/c]` (`combined`: text arrives as `{"stream":…,"data":…}`).
+    Subscribe {
+        /// Topics to subscribe at once (deduplicated, in order).
+        topics: Vec<String>,
+        /// Wrap text messages with their topic.
+        combined: bool,
+    },
     /// `GET /pub/<topic>`: WebSocket publisher.
     Publisher(String),
     /// `GET /room/<topic>`: subscriber that may publish into its topic.
@@ -21,20 +25,32 @@ pub enum Route {
     Echo,
     /// `POST /publish/<topic>`: HTTP publish.
     HttpPublish(String),
+    /// `OPTIONS /publish/<topic>`: a browser's CORS preflight for a publish (`access::cors`).
+    Preflight(String),
 }
 
 impl Route {
-    /// True for routes that publish and so need [`authorize_publish`].
-    pub fn publishes(&self) -> bool {
-        matches!(
-            self,
-            Route::Publisher(_) | Route::Room(_) | Route::HttpPublish(_)
-        )
+    /// The topic this route publishes into, if any.
+    pub fn publishes(&self) -> Option<&str> {
+        match self {
+            Route::Publisher(t) | Route::Room(t) | Route::HttpPublish(t) => Some(t),
+            _ => None,
+        }
     }
 
-    /// True for routes served over a WebSocket upgrade (everything but HTTP publish).
+    /// The topics this route subscribes to at once.
+    pub fn subscribes(&self) -> &[String] {
+        match self {
+            Route::Subscribe { topics, .. } => topics,
+            Route::Room(t) => std::slice::from_ref(t),
+            _ => &[],
+        }
+    }
+
+    /// True for routes served over a WebSocket upgrade (everything but HTTP publish and its
+    /// preflight).
     pub fn is_websocket(&self) -> bool {
-        !matches!(self, Route::HttpPublish(_))
+        !matches!(self, Route::HttpPublish(_) | Route::Preflight(_))
     }
 }
 
@@ -59,22 +75,53 @@ fn topic_of(rest: &str) -> Result<String, RouteError> {
     Ok(rest.to_owned())
 }
 
-/// Route a request by method, path (without query) and query.
-pub fn route(method: &str, path: &str, query: Option<&str>) -> Result<Route, RouteError> {
-    let (route, want) = if let Some(t) = path.strip_prefix("/ws/") {
-        (Route::Subscribe(topic_of(t)?), "GET")
-    } else if path == "/stream" {
-        let Some(list) = query_param(query, "streams") else {
-            return Err(err(400, "missing streams= query parameter"));
-        };
+/// Route a request by method, path (without query) and query; `/stream` may name at most
+/// `max_topics` distinct topics (de-duplicated in linear time).
+pub fn route(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    max_topics: usize,
+) -> Result<Route, RouteError> {
+    let (route, want) = if path == "/ws" || path == "/ws/" {
+        (
+            Route::Subscribe {
+                topics: Vec::new(),
+                combined: false,
+            },
+            "GET",
+        )
+    } else if let Some(t) = path.strip_prefix("/ws/") {
+        (
+            Route::Subscribe {
+                topics: vec![topic_of(t)?],
+                combined: false,
+            },
+            "GET",
+        )
+    } else if path == "/stream" || path == "/stream/" {
+        let list = query_param(query, "streams").unwrap_or("");
+        let mut seen = HashSet::new();
         let mut topics: Vec<String> = Vec::new();
-        for t in list.split('/') {
-            let t = topic_of(t)?;
-            if !topics.contains(&t) {
-                topics.push(t);
+        for t in list.split('/').filter(|_| !list.is_empty()) {
+            topic::validate(t).map_err(|why| err(400, why))?;
+            if seen.insert(t) {
+                topics.push(t.to_owned());
+            }
+            if topics.len() > max_topics {
+                return Err(err(
+                    400,
+                    format!("more than {max_topics} streams (max_topics_per_connection)"),
+                ));
             }
         }
-        (Route::Stream(topics), "GET")
+        (
+            Route::Subscribe {
+                topics,
+                combined: true,
+            },
+            "GET",
+        )
     } else if let Some(t) = path.strip_prefix("/pub/") {
         (Route::Publisher(topic_of(t)?), "GET")
     } else if let Some(t) = path.strip_prefix("/room/") {
@@ -82,6 +129,9 @@ pub fn route(method: &str, path: &str, query: Option<&str>) -> Result<Route, Rou
     } else if path == "/echo" {
         (Route::Echo, "GET")
     } else if let Some(t) = path.strip_prefix("/publish/") {
+        if method == "OPTIONS" {
+            return Ok(Route::Preflight(topic_of(t)?));
+        }
         (Route::HttpPublish(topic_of(t)?), "POST")
     } else {
         return Err(err(404, format!("no route for {path}")));
@@ -92,92 +142,38 @@ pub fn route(method: &str, path: &str, query: Option<&str>) -> Result<Route, Rou
     Ok(route)
 }
 
-/// Why publishing was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthError {
-    /// 401: no credentials, or an Authorization header that is not `Bearer <token>`.
-    Unauthorized,
-    /// 403: wrong token, or no token configured and the peer is not loopback.
-    Forbidden,
-}
-
-impl AuthError {
-    /// HTTP status for the refusal.
-    pub fn status(self) -> u16 {
-        match self {
-            AuthError::Unauthorized => 401,
-            AuthError::Forbidden => 403,
-        }
-    }
-}
-
-/// Compare without an early exit on the first differing byte, so timing does not reveal how
-/// much of a guessed token was right (the length is not secret).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
-/// Publish is allowed iff the configured token matches `Authorization: Bearer <t>` or
-/// `?token=<t>`, or no token is configured and the peer is loopback.
-pub fn authorize_publish(
-    configured: Option<&str>,
-    authorization: Option<&[u8]>,
-    query_token: Option<&str>,
-    peer: IpAddr,
-) -> Result<(), AuthError> {
-    let Some(expected) = configured else {
-        return if is_loopback(peer) {
-            Ok(())
-        } else {
-            Err(AuthError::Forbidden)
-        };
-    };
-    let presented: &[u8] = match (authorization, query_token) {
-        (Some(h), _) => {
-            let h = h.trim_ascii();
-            match h.get(..7) {
-                Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => h[7..].trim_ascii(),
-                _ => return Err(AuthError::Unauthorized),
-            }
-        }
-        (None, Some(q)) => q.as_bytes(),
-        (None, None) => return Err(AuthError::Unauthorized),
-    };
-    if presented.is_empty() {
-        return Err(AuthError::Unauthorized);
-    }
-    if constant_time_eq(presented, expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(AuthError::Forbidden)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn route(method: &str, path: &str, query: Option<&str>) -> Result<Route, RouteError> {
+        super::route(method, path, query, 1024)
+    }
+
+    fn sub(topics: &[&str], combined: bool) -> Result<Route, RouteError> {
+        Ok(Route::Subscribe {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            combined,
+        })
+    }
 
     #[test]
     fn routes() {
         assert_eq!(
             route("GET", "/ws/btc@trade", None),
-            Ok(Route::Subscribe("btc@trade".into()))
+            sub(&["btc@trade"], false)
         );
+        assert_eq!(route("GET", "/ws", None), sub(&[], false));
+        assert_eq!(route("GET", "/ws/", None), sub(&[], false));
         assert_eq!(
             route("GET", "/stream", Some("x=1&streams=a/b/a")),
-            Ok(Route::Stream(vec!["a".into(), "b".into()]))
+            sub(&["a", "b"], true)
+        );
+        assert_eq!(route("GET", "/stream", None), sub(&[], true));
+        assert_eq!(route("GET", "/stream", Some("streams=")), sub(&[], true));
+        assert_eq!(
+            route("GET", "/stream/", Some("streams=a")),
+            sub(&["a"], true)
         );
         assert_eq!(
             route("GET", "/pub/t", Some("token=z")),
@@ -189,20 +185,54 @@ mod tests {
             route("POST", "/publish/t", None),
             Ok(Route::HttpPublish("t".into()))
         );
-        assert!(route("POST", "/publish/t", None).unwrap().publishes());
+        assert_eq!(
+            route("POST", "/publish/t", None).unwrap().publishes(),
+            Some("t")
+        );
         assert!(!route("POST", "/publish/t", None).unwrap().is_websocket());
-        assert!(!Route::Subscribe("a".into()).publishes());
+        assert_eq!(
+            route("OPTIONS", "/publish/t", None),
+            Ok(Route::Preflight("t".into()))
+        );
+        assert!(!route("OPTIONS", "/publish/t", None).unwrap().is_websocket());
+        assert_eq!(route("OPTIONS", "/ws/t", None).unwrap_err().status, 405);
+        assert_eq!(route("GET", "/ws/a", None).unwrap().publishes(), None);
+        assert_eq!(route("GET", "/room/r", None).unwrap().subscribes(), ["r"]);
+        assert!(route("GET", "/pub/r", None)
+            .unwrap()
+            .subscribes()
+            .is_empty());
+    }
+
+    #[test]
+    fn stream_dedup_is_linear_and_bounded() {
+        // 2,678 distinct topics plus repeats: one pass with a set, not a scan per topic.
+        let names: Vec<String> = (0..2678).map(|i| format!("t{i}")).collect();
+        let list = format!("streams={}/{}", names.join("/"), names.join("/"));
+        let r = super::route("GET", "/stream", Some(&list), 5000).unwrap();
+        assert_eq!(r.subscribes().len(), 2678);
+        assert_eq!(r.subscribes()[2677], "t2677");
+        let e = super::route("GET", "/stream", Some(&list), 1024).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.reason.contains("1024"), "{}", e.reason);
+        // Exactly at the limit is fine, repeats included.
+        let at = format!("streams={}/t0", names[..1024].join("/"));
+        assert_eq!(
+            super::route("GET", "/stream", Some(&at), 1024)
+                .unwrap()
+                .subscribes()
+                .len(),
+            1024
+        );
     }
 
     #[test]
     fn route_errors() {
         assert_eq!(route("GET", "/nope", None).unwrap_err().status, 404);
         assert_eq!(route("GET", "/", None).unwrap_err().status, 404);
-        assert_eq!(route("GET", "/ws/", None).unwrap_err().status, 400);
         let e = route("GET", "/ws/a%20b", None).unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.reason.contains("'%'"), "{}", e.reason);
-        assert_eq!(route("GET", "/stream", None).unwrap_err().status, 400);
         assert_eq!(
             route("GET", "/stream", Some("streams=a//b"))
                 .unwrap_err()
@@ -222,60 +252,5 @@ mod tests {
         assert_eq!(query_param(Some("flag"), "flag"), Some(""));
         assert_eq!(query_param(Some("a=1"), "b"), None);
         assert_eq!(query_param(None, "a"), None);
-    }
-
-    #[test]
-    fn auth() {
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let lo6: IpAddr = "::1".parse().unwrap();
-        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        let far: IpAddr = "10.1.2.3".parse().unwrap();
-        assert_eq!(authorize_publish(None, None, None, lo), Ok(()));
-        assert_eq!(authorize_publish(None, None, None, lo6), Ok(()));
-        assert_eq!(authorize_publish(None, None, None, mapped), Ok(()));
-        assert_eq!(
-            authorize_publish(None, Some(b"Bearer x"), None, far),
-            Err(AuthError::Forbidden)
-        );
-        let t = Some("sekrit");
-        assert_eq!(
-            authorize_publish(t, Some(b"Bearer sekrit"), None, far),
-            Ok(())
-        );
-        assert_eq!(
-            authorize_publish(t, Some(b"bearer  sekrit "), None, far),
-            Ok(())
-        );
-        assert_eq!(authorize_publish(t, None, Some("sekrit"), far), Ok(()));
-        assert_eq!(
-            authorize_publish(t, None, None, lo),
-            Err(AuthError::Unauthorized)
-        );
-        assert_eq!(
-            authorize_publish(t, Some(b"Basic abc"), None, far),
-            Err(AuthError::Unauthorized)
-        );
-        assert_eq!(
-            authorize_publish(t, Some(b"Bearer "), None, far),
-            Err(AuthError::Unauthorized)
-        );
-        assert_eq!(
-            authorize_publish(t, Some(b"Bearer sekriT"), None, far),
-            Err(AuthError::Forbidden)
-        );
-        assert_eq!(
-            authorize_publish(t, None, Some("nope"), lo),
-            Err(AuthError::Forbidden)
-        );
-        assert_eq!(AuthError::Unauthorized.status(), 401);
-        assert_eq!(AuthError::Forbidden.status(), 403);
-    }
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(constant_time_eq(b"", b""));
     }
 }

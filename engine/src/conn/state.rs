@@ -65,10 +65,15 @@ pub mod flag {
     pub const READ_EOF: u16 = 1 << 10;
     /// Waiting in a publisher wait list (pause or mesh backlog).
     pub const WAITING: u16 = 1 << 11;
+    /// Access (issue 14): may subscribe in-band to anything (a trusted peer or the static
+    /// token), so no grants are kept.
+    pub const ALL_GRANTS: u16 = 1 << 12;
 }
 
 /// The topics a connection is subscribed to, each with its position in the topic's subscriber
-/// list (so unsubscribing needs no search). One topic is stored inline.
+/// list (so unsubscribing needs no search). One topic is stored inline; a few in a boxed list
+/// (searched linearly); past [`INDEX_FROM`] topics the list gets a hash index, so a SUBSCRIBE
+/// or UNSUBSCRIBE of 1024 topics stays linear (access, issue 14: expensive requests are linear).
 #[derive(Debug, Default)]
 pub enum Subs {
     /// None.
@@ -78,6 +83,18 @@ pub enum Subs {
     One(Arc<str>, u32),
     /// Several, in subscription order.
     Many(Box<Vec<(Arc<str>, u32)>>),
+    /// More than [`INDEX_FROM`]: subscription order, and each topic's position by name.
+    Indexed(Box<Indexed>),
+}
+
+/// A list this long gets a hash index: below it a search is a few compares and costs no map.
+pub const INDEX_FROM: usize = 16;
+
+/// Many topics: their order, and their positions by name.
+#[derive(Debug, Default)]
+pub struct Indexed {
+    order: Vec<Arc<str>>,
+    positions: std::collections::HashMap<Arc<str>, u32>,
 }
 
 impl Subs {
@@ -87,6 +104,7 @@ impl Subs {
             Subs::None => 0,
             Subs::One(..) => 1,
             Subs::Many(v) => v.len(),
+            Subs::Indexed(x) => x.order.len(),
         }
     }
 
@@ -97,10 +115,22 @@ impl Subs {
 
     /// Topic names in subscription order.
     pub fn names(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::with_capacity(self.len());
+        self.for_each_arc(|t| out.push(t.clone()));
+        out
+    }
+
+    /// Visit every topic name in subscription order (no allocation).
+    pub fn for_each(&self, mut f: impl FnMut(&str)) {
+        self.for_each_arc(|t| f(t));
+    }
+
+    fn for_each_arc(&self, mut f: impl FnMut(&Arc<str>)) {
         match self {
-            Subs::None => Vec::new(),
-            Subs::One(t, _) => vec![t.clone()],
-            Subs::Many(v) => v.iter().map(|(t, _)| t.clone()).collect(),
+            Subs::None => {}
+            Subs::One(t, _) => f(t),
+            Subs::Many(v) => v.iter().for_each(|(t, _)| f(t)),
+            Subs::Indexed(x) => x.order.iter().for_each(f),
         }
     }
 
@@ -115,6 +145,7 @@ impl Subs {
             Subs::None => None,
             Subs::One(t, p) => (&**t == topic).then_some(*p),
             Subs::Many(v) => v.iter().find(|(t, _)| &**t == topic).map(|(_, p)| *p),
+            Subs::Indexed(x) => x.positions.get(topic).copied(),
         }
     }
 
@@ -132,17 +163,35 @@ impl Subs {
                     e.1 = pos;
                 }
             }
+            Subs::Indexed(x) => {
+                if let Some(p) = x.positions.get_mut(topic) {
+                    *p = pos;
+                }
+            }
         }
     }
 
-    /// Add `topic` at position `pos`.
+    /// Add `topic` (not subscribed yet) at position `pos`.
     pub fn push(&mut self, topic: Arc<str>, pos: u32) {
         *self = match std::mem::take(self) {
             Subs::None => Subs::One(topic, pos),
             Subs::One(t, p) => Subs::Many(Box::new(vec![(t, p), (topic, pos)])),
-            Subs::Many(mut v) => {
+            Subs::Many(mut v) if v.len() < INDEX_FROM => {
                 v.push((topic, pos));
                 Subs::Many(v)
+            }
+            Subs::Many(v) => {
+                let mut x = Indexed::default();
+                for (t, p) in v.into_iter().chain(std::iter::once((topic, pos))) {
+                    x.order.push(t.clone());
+                    x.positions.insert(t, p);
+                }
+                Subs::Indexed(Box::new(x))
+            }
+            Subs::Indexed(mut x) => {
+                x.order.push(topic.clone());
+                x.positions.insert(topic, pos);
+                Subs::Indexed(x)
             }
         };
     }
@@ -167,6 +216,14 @@ impl Subs {
                 }
                 Some(p)
             }
+            Subs::Indexed(x) => {
+                let (name, p) = x.positions.remove_entry(topic)?;
+                // Pointer compares only: the same `Arc` is in both.
+                if let Some(i) = x.order.iter().position(|t| Arc::ptr_eq(t, &name)) {
+                    x.order.remove(i);
+                }
+                Some(p)
+            }
         }
     }
 
@@ -176,6 +233,14 @@ impl Subs {
             Subs::None => Vec::new(),
             Subs::One(t, p) => vec![(t, p)],
             Subs::Many(v) => *v,
+            Subs::Indexed(mut x) => x
+                .order
+                .into_iter()
+                .map(|t| {
+                    let p = x.positions.remove(&t).unwrap_or_default();
+                    (t, p)
+                })
+                .collect(),
         }
     }
 }
@@ -191,6 +256,8 @@ pub struct Body {
     pub head_len: usize,
     /// Content-Length.
     pub length: usize,
+    /// CORS headers for the answer (access: a listed `Origin`).
+    pub cors: Option<Vec<(&'static str, String)>>,
 }
 
 /// Request state while the connection speaks HTTP (handshake, HTTP publish).
@@ -254,6 +321,9 @@ pub struct Conn {
     /// Bytes its kernel send buffer held at the last sample (`Handler::kernel_held`): part of
     /// its backlog against the high-water mark; charged to the ceiling while it is slow.
     pub kernel: u32,
+    /// Access state only some connections need for a while: a token's grants, a per-address
+    /// ticket, a rate bucket that is not full (`access::state`).
+    pub access: Option<Box<crate::access::state::ConnAccess>>,
     /// [`flag`] bits.
     pub flags: u16,
     /// Where it is in its life.
@@ -275,6 +345,7 @@ impl Conn {
             write_progress: 0,
             deadline: 0,
             kernel: 0,
+            access: None,
             flags: 0,
             phase: Phase::Http,
         }
@@ -330,9 +401,32 @@ mod tests {
         let size = std::mem::size_of::<Conn>();
         eprintln!("Conn: {size} bytes");
         // 160 in engine v2; isolation adds 16: the queue's waiting-pong index and entry-array
-        // charge (8), the fragment clock in `Liveness` (4) and padding.
-        assert!(size <= 176, "Conn is {size} bytes");
+        // charge (8), the fragment clock in `Liveness` (4) and padding; access adds 8 for its
+        // pointer (issue 14; `access::state`).
+        assert!(size <= 184, "Conn is {size} bytes");
         assert!(std::mem::size_of::<Subs>() <= 24);
+    }
+
+    #[test]
+    fn many_subs_get_an_index_and_keep_their_order() {
+        let mut s = Subs::None;
+        let n = INDEX_FROM as u32 * 4;
+        for i in 0..n {
+            s.push(format!("t{i}").into(), i);
+        }
+        assert!(matches!(s, Subs::Indexed(_)));
+        assert_eq!(s.len(), n as usize);
+        assert_eq!(s.position("t7"), Some(7));
+        s.set_position("t7", 70);
+        assert_eq!(s.remove("t7"), Some(70));
+        assert_eq!(s.remove("t7"), None);
+        assert!(!s.contains("t7") && s.contains("t8"));
+        let names = s.names();
+        assert_eq!(names.len(), n as usize - 1);
+        assert_eq!((&*names[6], &*names[7]), ("t6", "t8"), "subscription order");
+        let all = s.take_all();
+        assert_eq!(all[7], (Arc::from("t8"), 8));
+        assert!(s.is_empty());
     }
 
     #[test]

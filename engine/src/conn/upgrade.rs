@@ -4,17 +4,21 @@
 //! applies the decision.
 //!
 //! Order of checks (each refusal answers and counts): routing (404/400/405), then for
-//! `POST /publish/<topic>` authorization (401/403), back-pressure (503 + `Retry-After`),
-//! `Content-Length` (400 when missing or invalid) and its limit (413); for an upgrade its
-//! validation (400/405/426), then authorization of publishing routes.
+//! `POST /publish/<topic>` access (401/403: `access::Access::admit`), back-pressure (503 +
+//! `Retry-After`), `Content-Length` (400 when missing or invalid) and its limit (413); for an
+//! upgrade its validation (400/405/426), then access for what the route subscribes to and
+//! publishes into (the grants and token expiry travel with the upgrade).
 
 use std::net::IpAddr;
 
 use shardcast_proto::handshake::{validate_upgrade, write_rejection, write_switching_protocols};
 use shardcast_proto::http::{write_response, HttpError, Request, Status};
 
+use crate::access::grants::Grants;
+use crate::access::stats::AccessRefusal;
+use crate::access::{Access, Denied, Want};
 use crate::config::Config;
-use crate::conn::route::{self, authorize_publish, AuthError, Route};
+use crate::conn::route::{self, Route};
 use crate::obs::stats::Refusal;
 
 /// What to do with a complete request head.
@@ -22,8 +26,12 @@ use crate::obs::stats::Refusal;
 pub enum Decision {
     /// Answer with this response (counted under this reason) and close.
     Refuse(Refusal, Vec<u8>),
+    /// Answer with this response, uncounted (a granted CORS preflight), and close.
+    Answer(Vec<u8>),
     /// HTTP publish: read `length` body bytes after the head, then [`finish_publish`].
     Publish {
+        /// CORS headers for the answer (a listed `Origin`).
+        cors: Option<Vec<(&'static str, String)>>,
         /// The topic.
         topic: String,
         /// Text (`text/*` or `application/json`) rather than binary.
@@ -31,23 +39,41 @@ pub enum Decision {
         /// The body length.
         length: usize,
     },
-    /// Write this `101` and serve `route` as a WebSocket.
-    Upgrade(Route, Vec<u8>),
+    /// Write this `101` and serve `route` as a WebSocket, with what access admitted.
+    Upgrade(Route, Vec<u8>, Admission),
+    /// Access refused the request: answer (counted under both reasons) and close.
+    Deny(Refusal, AccessRefusal, Vec<u8>),
+}
+
+/// What the access layer admitted an upgrade with: the grants the connection keeps for
+/// in-band SUBSCRIBE (`None`: public topics only) and its token's expiry (Unix s).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// The grants.
+    pub grants: Option<std::rc::Rc<Grants>>,
+    /// `exp` of the token that admitted it.
+    pub expires: Option<u64>,
 }
 
 /// Why publishing to a topic is stopped right now, if it is: the refusal and the 503 body.
 pub type Stopped = Option<(Refusal, &'static [u8])>;
 
-/// Decide a complete request head from `peer` on shard `shard`. `stopped(topic)` says whether
-/// back-pressure stops publishing to `topic` now.
+/// Decide a complete request head from `peer` on shard `shard` under `access` at Unix time
+/// `unix_s`. `stopped(topic)` says whether back-pressure stops publishing to `topic` now.
 pub fn decide(
     request: &Request<'_>,
     peer: IpAddr,
     cfg: &Config,
+    (access, unix_s): (&Access, u64),
     shard: usize,
     stopped: impl Fn(&str) -> Stopped,
 ) -> Decision {
-    let route = match route::route(request.method(), request.path(), request.query()) {
+    let route = match route::route(
+        request.method(),
+        request.path(),
+        request.query(),
+        cfg.max_topics_per_connection,
+    ) {
         Ok(r) => r,
         Err(e) => {
             let status = status_of(e.status);
@@ -62,14 +88,25 @@ pub fn decide(
             return Decision::Refuse(refusal_of(status), out);
         }
     };
+    if let Route::Preflight(_) = route {
+        return match access.preflight(request) {
+            Ok(headers) => {
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                let mut out = Vec::new();
+                write_response(&mut out, Status::NoContent, &headers, "", b"");
+                Decision::Answer(out)
+            }
+            Err(d) => deny(&d),
+        };
+    }
     if let Route::HttpPublish(topic) = route {
-        if let Err(e) = authorize_publish(
-            cfg.publish_token.as_deref(),
-            request.header("authorization"),
-            request.query_param("token"),
-            peer,
-        ) {
-            return refuse(auth_refusal(e), auth_error(e));
+        let want = Want {
+            subscribe: &[],
+            publish: Some(&topic),
+        };
+        if let Err(d) = access.admit(request, std::iter::empty(), peer, want, unix_s) {
+            return deny(&d);
         }
         if let Some(r) = back_pressure(stopped(&topic)) {
             return r;
@@ -97,6 +134,7 @@ pub fn decide(
         let text =
             content_type.starts_with(b"text/") || content_type.starts_with(b"application/json");
         return Decision::Publish {
+            cors: access.cors_headers(request),
             topic,
             text,
             length: length as usize,
@@ -106,25 +144,48 @@ pub fn decide(
         Ok(u) => u,
         Err(e) => return refuse(refusal_of(e.status), e),
     };
-    if route.publishes() {
-        if let Err(e) = authorize_publish(
-            cfg.publish_token.as_deref(),
-            upgrade.authorization(),
-            request.query_param("token"),
-            peer,
-        ) {
-            return refuse(auth_refusal(e), auth_error(e));
-        }
-    }
+    let want = Want {
+        subscribe: route.subscribes(),
+        publish: route.publishes(),
+    };
+    let admitted = match access.admit(request, upgrade.protocols(), peer, want, unix_s) {
+        Ok(a) => a,
+        Err(d) => return deny(&d),
+    };
     let mut out = Vec::new();
     let shard = shard.to_string();
     write_switching_protocols(
         &mut out,
         &upgrade.accept_key(),
-        None,
+        admitted.protocol,
         &[("X-Shardcast-Shard", &shard)],
     );
-    Decision::Upgrade(route, out)
+    let admission = Admission {
+        grants: admitted.grants,
+        expires: admitted.expires,
+    };
+    Decision::Upgrade(route, out, admission)
+}
+
+/// The answer to a request the access layer refused: 401 with `WWW-Authenticate`, or 403.
+fn deny(d: &Denied) -> Decision {
+    let (why, headers): (Refusal, &[(&str, &str)]) = if d.status == Status::Unauthorized {
+        (
+            Refusal::Unauthorized,
+            &[("WWW-Authenticate", "Bearer realm=\"shardcast\"")],
+        )
+    } else {
+        (Refusal::Forbidden, &[])
+    };
+    let mut out = Vec::new();
+    write_response(
+        &mut out,
+        d.status,
+        headers,
+        "text/plain; charset=utf-8",
+        d.message.as_bytes(),
+    );
+    Decision::Deny(why, d.reason, out)
 }
 
 /// The body of an HTTP publish has arrived: its message kind, or the refusal (text that is not
@@ -150,10 +211,15 @@ pub fn finish_publish(
     })
 }
 
-/// The answer to an accepted HTTP publish.
-pub fn published() -> Vec<u8> {
+/// The answer to an accepted HTTP publish (with its CORS headers, if any).
+pub fn published(cors: Option<&[(&'static str, String)]>) -> Vec<u8> {
+    let headers: Vec<(&str, &str)> = cors
+        .unwrap_or_default()
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
     let mut out = Vec::new();
-    write_response(&mut out, Status::NoContent, &[], "", b"");
+    write_response(&mut out, Status::NoContent, &headers, "", b"");
     out
 }
 
@@ -199,11 +265,7 @@ pub fn out_of_descriptors() -> Vec<u8> {
 
 /// Topics an upgrade to `route` subscribes at once (at most `max_topics` of a stream).
 pub fn topics_named(route: &Route, max_topics: usize) -> usize {
-    match route {
-        Route::Subscribe(_) | Route::Room(_) => 1,
-        Route::Stream(ts) => ts.len().min(max_topics),
-        _ => 0,
-    }
+    route.subscribes().len().min(max_topics)
 }
 
 fn back_pressure(stopped: Stopped) -> Option<Decision> {
@@ -245,20 +307,6 @@ fn refusal_of(status: Status) -> Refusal {
     Refusal::for_status(status.code())
 }
 
-fn auth_refusal(e: AuthError) -> Refusal {
-    match e {
-        AuthError::Unauthorized => Refusal::Unauthorized,
-        AuthError::Forbidden => Refusal::Forbidden,
-    }
-}
-
-fn auth_error(e: AuthError) -> HttpError {
-    match e {
-        AuthError::Unauthorized => HttpError::new(Status::Unauthorized, "publishing needs a token"),
-        AuthError::Forbidden => HttpError::new(Status::Forbidden, "publishing not allowed"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,13 +323,21 @@ mod tests {
         let Ok(Parse::Complete { request, .. }) = p.parse(raw.as_bytes()) else {
             panic!("complete head expected")
         };
-        decide(&request, peer.parse().unwrap(), &cfg, 3, |_| stopped)
+        let access = Access::new(&cfg).unwrap();
+        decide(
+            &request,
+            peer.parse().unwrap(),
+            &cfg,
+            (&access, 0),
+            3,
+            |_| stopped,
+        )
     }
 
     const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
     fn status(d: &Decision) -> (Refusal, u16) {
-        let Decision::Refuse(why, out) = d else {
+        let (Decision::Refuse(why, out) | Decision::Deny(why, _, out)) = d else {
             panic!("{d:?}")
         };
         (
@@ -297,10 +353,17 @@ mod tests {
             "10.0.0.1",
             None,
         );
-        let Decision::Upgrade(route, out) = d else {
+        let Decision::Upgrade(route, out, admission) = d else {
             panic!("{d:?}")
         };
-        assert_eq!(route, Route::Subscribe("t".into()));
+        assert_eq!(
+            route,
+            Route::Subscribe {
+                topics: vec!["t".into()],
+                combined: false
+            }
+        );
+        assert_eq!(admission, Admission::default(), "public topic, no token");
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 101"), "{text}");
         assert!(text.contains("X-Shardcast-Shard: 3\r\n"), "{text}");
@@ -356,6 +419,7 @@ mod tests {
                 None
             ),
             Decision::Publish {
+                cors: None,
                 topic: "t".into(),
                 text: true,
                 length: 5
@@ -382,7 +446,7 @@ mod tests {
             panic!("refused")
         };
         assert_eq!(status(&d), (Refusal::MeshBacklog, 503));
-        assert!(String::from_utf8(published())
+        assert!(String::from_utf8(published(None))
             .unwrap()
             .starts_with("HTTP/1.1 204"));
         assert!(String::from_utf8(timed_out())

@@ -431,6 +431,7 @@ pub fn render(
         &Refusal::ALL.map(Refusal::name),
         |s, i| s.refused[i],
     );
+    crate::access::stats::render_metrics(&mut out, shards.iter().map(|r| &r.snap.access));
     family(
         &mut out,
         "shardcast_protocol_errors_total",

@@ -49,6 +49,8 @@ pub enum Refusal {
     Subscriptions,
     /// Out of file descriptors: answered 503 through the reserve descriptor (`accept.rs`).
     Descriptors,
+    /// Per-address connection limits (429 with Retry-After; reason in `access.refused`).
+    TooManyRequests,
 }
 
 impl Refusal {
@@ -70,6 +72,7 @@ impl Refusal {
         Refusal::Memory,
         Refusal::Subscriptions,
         Refusal::Descriptors,
+        Refusal::TooManyRequests,
     ];
 
     /// Stable name for /stats and /metrics.
@@ -91,6 +94,7 @@ impl Refusal {
             Refusal::Memory => "memory",
             Refusal::Subscriptions => "subscriptions",
             Refusal::Descriptors => "descriptors",
+            Refusal::TooManyRequests => "too_many_requests",
         }
     }
 
@@ -105,6 +109,7 @@ impl Refusal {
             408 => Refusal::HandshakeTimeout,
             413 => Refusal::TooLarge,
             426 => Refusal::UpgradeRequired,
+            429 => Refusal::TooManyRequests,
             431 => Refusal::HeadersTooLarge,
             501 => Refusal::NotImplemented,
             _ => Refusal::BadRequest,
@@ -113,7 +118,7 @@ impl Refusal {
 }
 
 /// Number of [`Refusal`] reasons.
-pub const REFUSALS: usize = 16;
+pub const REFUSALS: usize = 17;
 
 /// Close codes with their own protocol-error counter; anything else lands in `other`.
 pub const COUNTED_CLOSE_CODES: [u16; 6] = [1002, 1003, 1007, 1008, 1009, 1011];
@@ -198,6 +203,8 @@ pub struct ShardStats {
     drops: [AtomicU64; 2],
     aborts: [AtomicU64; 2],
     accept_errors: [AtomicU64; 4],
+    /// Access refusals and closes (`access/stats.rs`).
+    pub access: crate::access::stats::AccessStats,
 }
 
 /// A point-in-time copy of one shard's counters: plain numbers for /stats and /metrics.
@@ -283,6 +290,8 @@ pub struct Snapshot {
     /// Failed accepts, indexed like [`AcceptErrorReason::ALL`].
     #[serde(skip)]
     pub accept_errors: [u64; 4],
+    /// Access refusals and closes (an object of its own in /stats).
+    pub access: crate::access::stats::AccessSnapshot,
 }
 
 /// Why a connection was evicted (closed 1013).
@@ -452,6 +461,7 @@ impl ShardStats {
             discarded: std::array::from_fn(|i| get(&self.drops[i])),
             aborts: std::array::from_fn(|i| get(&self.aborts[i])),
             accept_errors: std::array::from_fn(|i| get(&self.accept_errors[i])),
+            access: self.access.snapshot(),
         }
     }
 

@@ -11,10 +11,18 @@ use std::time::{Duration, Instant};
 /// The shard tick's period (stats stamp, gauges, histograms, deadlines: `obs::tick`).
 pub const TICK: Duration = Duration::from_millis(100);
 
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
 /// Milliseconds on a process-wide monotonic clock (starts near 0 at first use).
 pub fn monotonic_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// `at` on the [`monotonic_ms`] clock (a turn's reading, for state shared by the shards such
+/// as the per-address limits).
+pub fn monotonic_ms_at(at: Instant) -> u64 {
+    at.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_millis() as u64
 }
 
 /// A shard's millisecond clock: wraps every 49.7 days; deadlines are compared as signed
@@ -33,6 +41,11 @@ impl ShardClock {
     /// `at` in ms since the epoch (instants before it read as 0).
     pub fn ms(&self, at: Instant) -> u32 {
         at.saturating_duration_since(self.epoch).as_millis() as u32
+    }
+
+    /// `at` in ns since the epoch, not wrapping (the inbound rate buckets' unit).
+    pub fn ns(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 }
 

@@ -193,7 +193,17 @@ impl Core {
     /// counted frame is shared by all of them, so this adds the frame once plus one queue slot
     /// per connection, outside the ceiling check (shutdown must not turn into 1013s).
     pub fn close_all(&mut self, frame: &Bytes) {
-        let close = self.st.ledger.shared_frame(frame.clone(), None, None);
+        self.for_all_registered(frame, State::close_with_frame);
+    }
+
+    /// Queue `frame` (one shared, counted frame, e.g. the `serverShutdown` event) on every
+    /// upgraded connection, outside the ceiling check like [`close_all`](Self::close_all).
+    pub fn push_all(&mut self, frame: &Bytes) {
+        self.for_all_registered(frame, State::push_frame);
+    }
+
+    fn for_all_registered(&mut self, frame: &Bytes, f: fn(&mut State, u32, Rc<QueuedFrame>)) {
+        let shared = self.st.ledger.shared_frame(frame.clone(), None, None);
         for slot in 0..self.st.conns.slots() as u32 {
             if self
                 .st
@@ -201,7 +211,7 @@ impl Core {
                 .at(slot)
                 .is_some_and(|c| c.has(flag::REGISTERED))
             {
-                self.st.close_with_frame(slot, close.clone());
+                f(&mut self.st, slot, shared.clone());
             }
         }
     }

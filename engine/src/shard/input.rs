@@ -16,12 +16,14 @@ use shardcast_proto::{
     Role as WsRole,
 };
 
+use crate::access::rate::Limit;
+use crate::access::state::{self as access_state, ConnAccess};
 use crate::conn::admission::{self, Load};
 use crate::conn::control::{self, Subscriptions};
 use crate::conn::heartbeat::Liveness;
 use crate::conn::route::Route;
 use crate::conn::state::{flag, Body, Conn, Http, Phase, Role, Rx};
-use crate::conn::upgrade::{self, Decision};
+use crate::conn::upgrade::{self, Admission, Decision};
 use crate::flow::queue::InboundCharge;
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats::{self, Eviction, Refusal};
@@ -51,6 +53,23 @@ impl Core {
             st.stats().refuse(Refusal::MaxConnections);
             return Admit::Refuse(Bytes::from(response));
         }
+        // Access (issue 14): the per-address limits, before a byte of the request is read.
+        let now = crate::runtime::clock::monotonic_ms_at(st.now);
+        let (verdict, effects) = st.access.admit_peer(peer.ip(), now);
+        let s = &st.all_stats[st.id];
+        stats::add(&s.access.ip_evictions, u64::from(effects.evicted));
+        stats::add(&s.access.ip_untracked, u64::from(effects.untracked));
+        let ticket = match verdict {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                st.global_active
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                s.refuse(Refusal::TooManyRequests);
+                s.access.refuse(refused.reason);
+                let response = admission::too_many_requests(refused.retry_after_s);
+                return Admit::Refuse(Bytes::from(response));
+            }
+        };
         st.active += 1;
         stats::add(&st.stats().connections_active, 1);
         let http = Box::new(Http {
@@ -64,7 +83,16 @@ impl Core {
             body: None,
             charge: InboundCharge::new(st.ledger.clone()),
         });
-        let id = st.conns.insert(Conn::accepted(http));
+        let mut conn = Conn::accepted(http);
+        // A per-address ticket (only under a concurrent limit) is released when the slot is
+        // freed (`handle_closed`).
+        if ticket != 0 {
+            conn.access = Some(Box::new(ConnAccess {
+                ticket,
+                ..ConnAccess::default()
+            }));
+        }
+        let id = st.conns.insert(conn);
         let timeout = st
             .config
             .handshake_timeout_ms
@@ -172,10 +200,18 @@ impl Core {
                 Err(e) => upgrade::malformed(e),
                 Ok(Parse::Complete { request, head_len }) => {
                     let st = &self.st;
-                    match upgrade::decide(&request, http.peer.ip(), &st.config, st.id, |t| {
-                        st.publish_refusal(t)
-                    }) {
+                    // The wall clock, read once per request head: token `exp` is Unix time.
+                    let access = (&*st.access, crate::access::token::unix_now());
+                    match upgrade::decide(
+                        &request,
+                        http.peer.ip(),
+                        &st.config,
+                        access,
+                        st.id,
+                        |t| st.publish_refusal(t),
+                    ) {
                         Decision::Publish {
+                            cors,
                             topic,
                             text,
                             length,
@@ -185,10 +221,11 @@ impl Core {
                                 text,
                                 head_len,
                                 length,
+                                cors,
                             });
                             continue;
                         }
-                        Decision::Upgrade(route, _)
+                        Decision::Upgrade(route, _, _)
                             if upgrade::topics_named(
                                 &route,
                                 self.st.config.max_topics_per_connection,
@@ -196,20 +233,30 @@ impl Core {
                         {
                             upgrade::no_subscription_room()
                         }
-                        Decision::Upgrade(route, response) => {
+                        Decision::Upgrade(route, response, admission) => {
                             let leftover = http.buf.split_off(head_len);
                             let accepted_at = http.accepted_at;
                             self.st.recycle(http.buf);
-                            return self.upgrade(id, accepted_at, route, response, leftover);
+                            let upgrade = (route, response, admission);
+                            return self.upgrade(id, accepted_at, upgrade, leftover);
                         }
                         refuse => refuse,
                     }
                 }
             };
-            let Decision::Refuse(why, response) = decision else {
-                unreachable!("publish and upgrade return above")
+            let response = match decision {
+                Decision::Refuse(why, response) => {
+                    self.st.stats().refuse(why);
+                    response
+                }
+                Decision::Deny(why, reason, response) => {
+                    self.st.stats().refuse(why);
+                    self.st.stats().access.refuse(reason);
+                    response
+                }
+                Decision::Answer(response) => response,
+                _ => unreachable!("publish and upgrade return above"),
             };
-            self.st.stats().refuse(why);
             return self.respond(id, http.buf, response);
         }
         if let Some(c) = self.st.conns.get_mut(id) {
@@ -244,7 +291,7 @@ impl Core {
                     stats::add(&s.bytes_in, payload.len() as u64);
                     let topic: Arc<str> = Arc::from(body.topic.as_str());
                     self.publish(&topic, kind, payload);
-                    upgrade::published()
+                    upgrade::published(body.cors.as_deref())
                 }
                 Err(Decision::Refuse(why, response)) => {
                     self.st.stats().refuse(why);
@@ -261,8 +308,7 @@ impl Core {
         &mut self,
         id: ConnId,
         accepted_at: std::time::Instant,
-        route: Route,
-        response: Vec<u8>,
+        (route, response, admission): (Route, Vec<u8>, Admission),
         mut leftover: Vec<u8>,
     ) {
         let st = &mut self.st;
@@ -273,8 +319,15 @@ impl Core {
         // The jitter seed mixes the shard, the slot and the start time, so a cohort
         // reconnecting together spreads out.
         let seed = (st.id as u64) << 48 ^ u64::from(st.now_ms) << 16 ^ u64::from(id.slot);
-        let liveness = Liveness::new(st.now_ms, seed, &st.hb);
+        let mut liveness = Liveness::new(st.now_ms, seed, &st.hb);
         let now_ms = st.now_ms;
+        // Access: a token's expiry is one more deadline of the heartbeat sweep (1008).
+        if let Some(exp) = admission.expires {
+            let in_ms = st
+                .access
+                .expiry_in_ms(exp, crate::access::token::unix_now_ms());
+            liveness.expire_token(now_ms, in_ms);
+        }
         let Some(c) = st.conns.get_mut(id) else {
             return;
         };
@@ -282,19 +335,23 @@ impl Core {
         c.set(flag::REGISTERED);
         c.liveness = liveness;
         c.write_progress = now_ms;
+        // Access: everything-granted is a flag, a token's grants live in the access box.
+        match admission.grants {
+            Some(g) if g.is_all() => c.set(flag::ALL_GRANTS),
+            Some(g) => c.access.get_or_insert_with(Box::default).grants = Some(g),
+            None => {}
+        }
         st.registered += 1;
         st.push_bytes(id.slot, Bytes::from(response));
-        let max_topics = st.config.max_topics_per_connection;
         let role = match route {
-            Route::Subscribe(t) => {
-                self.subscribe(id.slot, &t);
-                Role::Subscriber
-            }
-            Route::Stream(ts) => {
-                if let Some(c) = self.st.conns.get_mut(id) {
-                    c.set(flag::STREAM);
+            // At most max_topics_per_connection, de-duplicated (`route`).
+            Route::Subscribe { topics, combined } => {
+                if combined {
+                    if let Some(c) = self.st.conns.get_mut(id) {
+                        c.set(flag::STREAM);
+                    }
                 }
-                for t in ts.iter().take(max_topics) {
+                for t in &topics {
                     self.subscribe(id.slot, t);
                 }
                 Role::Subscriber
@@ -305,7 +362,7 @@ impl Core {
                 Role::Publisher(Arc::from(t))
             }
             Route::Echo => Role::Echo,
-            Route::HttpPublish(_) => unreachable!("decided as a publish"),
+            Route::HttpPublish(_) | Route::Preflight(_) => unreachable!("answered over HTTP"),
         };
         if let Some(c) = self.st.conns.get_mut(id) {
             c.role = role;
@@ -396,6 +453,12 @@ impl Core {
             Some(_) => None,
             None => return 0,
         };
+        // Access: the inbound rate limit (every frame counts), one clock value per batch.
+        let limit = *self
+            .st
+            .access
+            .limit(publishes.is_some() || self.is_echo(id));
+        let now_ns = self.st.clock.ns(self.st.now);
         let mut off = 0;
         let mut seen = false;
         while off < input.len() {
@@ -415,6 +478,10 @@ impl Core {
             }
             let d = rx.decoder.decode(&mut input[off..]);
             let consumed = d.consumed;
+            if consumed > 0 && d.result.is_ok() && !self.allow_frame(id, &limit, now_ns) {
+                off += consumed;
+                break;
+            }
             match d.result {
                 Ok(None) if consumed == 0 => break,
                 Ok(None) => {}
@@ -462,8 +529,11 @@ impl Core {
                                 },
                                 max,
                             );
-                            self.st
-                                .push_own(id.slot, encode_frame(OpCode::Text, reply.as_bytes()));
+                            if reply.denied {
+                                stats::add(&self.st.stats().access.subscribe_denied, 1);
+                            }
+                            let frame = encode_frame(OpCode::Text, reply.text.as_bytes());
+                            self.st.push_own(id.slot, frame);
                         }
                     }
                     Role::Publisher(topic) => self.publish(&topic, m.kind, payload),
@@ -492,14 +562,20 @@ struct SubsOf<'a> {
     slot: u32,
 }
 
+impl SubsOf<'_> {
+    fn conn(&self) -> Option<&Conn> {
+        self.core.st.conns.at(self.slot)
+    }
+}
+
 impl Subscriptions for SubsOf<'_> {
-    fn list(&self) -> Vec<String> {
-        self.core
-            .st
-            .conns
-            .at(self.slot)
-            .map(|c| c.subs.names().iter().map(|t| t.to_string()).collect())
-            .unwrap_or_default()
+    fn count(&self) -> usize {
+        self.conn().map_or(0, |c| c.subs.len())
+    }
+    fn for_each(&self, f: &mut dyn FnMut(&str)) {
+        if let Some(c) = self.conn() {
+            c.subs.for_each(|t| f(t));
+        }
     }
     fn contains(&self, topic: &str) -> bool {
         self.core
@@ -516,5 +592,45 @@ impl Subscriptions for SubsOf<'_> {
     }
     fn unsubscribe(&mut self, topic: &str) {
         self.core.unsubscribe(self.slot, topic);
+    }
+    fn may_subscribe(&self, topic: &str) -> bool {
+        let Some(c) = self.conn() else {
+            return false;
+        };
+        let grants = c.access.as_ref().and_then(|a| a.grants.as_deref());
+        c.has(flag::ALL_GRANTS) || self.core.st.access.may_subscribe(grants, topic)
+    }
+    fn combined(&self) -> bool {
+        self.conn().is_some_and(|c| c.has(flag::STREAM))
+    }
+    fn set_combined(&mut self, on: bool) {
+        if let Some(c) = self.core.st.conns.at_mut(self.slot) {
+            if on {
+                c.set(flag::STREAM);
+            } else {
+                c.clear(flag::STREAM);
+            }
+        }
+    }
+}
+
+impl Core {
+    fn is_echo(&self, id: ConnId) -> bool {
+        self.st.conns.get(id).is_some_and(|c| c.role == Role::Echo)
+    }
+
+    /// Charge one inbound frame of `id` to its rate bucket; over the limit it is closed 1008
+    /// and counted (access, issue 14).
+    fn allow_frame(&mut self, id: ConnId, limit: &Limit, now_ns: u64) -> bool {
+        let Some(c) = self.st.conns.get_mut(id) else {
+            return false;
+        };
+        if access_state::allow_frame(&mut c.access, limit, now_ns) {
+            return true;
+        }
+        stats::add(&self.st.stats().access.rate_limited, 1);
+        let close = encode_close(CloseCode::POLICY, "too many requests");
+        self.st.close_with_bytes(id.slot, close);
+        false
     }
 }

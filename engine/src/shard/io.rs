@@ -217,10 +217,14 @@ impl Core {
         // Every way out unregisters before asking for the close; this keeps a freed slot out
         // of every topic whatever the path.
         self.unregister(id.slot);
-        if self.st.conns.remove(id).is_none() {
+        let Some(conn) = self.st.conns.remove(id) else {
             return;
-        }
+        };
         let st = &mut self.st;
+        // Access: give back the per-address ticket (under a concurrent limit).
+        if let Some(a) = conn.access {
+            st.access.ip.release(a.ticket);
+        }
         st.active -= 1;
         st.global_active.fetch_sub(1, Relaxed);
         stats::sub(&st.stats().connections_active, 1);
@@ -238,9 +242,34 @@ impl Core {
             .config
             .shutdown_grace_ms
             .min(crate::conn::heartbeat::MAX_DURATION_MS) as u32;
-        self.st.shutdown_deadline = self.st.now_ms.wrapping_add(grace);
         self.st.io.push_back(IoRequest::StopAccepting);
-        self.close_all(&encode_close(CloseCode::GOING_AWAY, SHUTDOWN_REASON));
+        // Binance's contract (access, issue 14): a `serverShutdown` event to every client,
+        // then the 1001 close `shutdown_notice_ms` later (`handle_time`); the grace follows.
+        let unix_ms = crate::access::token::unix_now_ms();
+        let event = crate::conn::control::server_shutdown_event(unix_ms);
+        self.push_all(&shardcast_proto::encode_frame(
+            shardcast_proto::OpCode::Text,
+            event.as_bytes(),
+        ));
+        let notice = self
+            .st
+            .config
+            .shutdown_notice_ms
+            .min(crate::conn::heartbeat::MAX_DURATION_MS) as u32;
+        let now = self.st.now_ms;
+        self.st.shutdown_deadline = now.wrapping_add(notice).wrapping_add(grace);
+        if notice == 0 {
+            self.close_all(&encode_close(CloseCode::GOING_AWAY, SHUTDOWN_REASON));
+        } else {
+            self.st.shutdown_notice = Some(now.wrapping_add(notice));
+        }
+    }
+
+    /// The shutdown notice is over: close every client (1001).
+    pub(crate) fn end_shutdown_notice(&mut self) {
+        if self.st.shutdown_notice.take().is_some() {
+            self.close_all(&encode_close(CloseCode::GOING_AWAY, SHUTDOWN_REASON));
+        }
     }
 
     /// At the end of the shutdown grace: the connections still here are dropped by the driver

@@ -92,6 +92,9 @@ impl Core {
         if st.shutting_down {
             ms = ms.min(until(st.shutdown_deadline));
         }
+        if let Some(at) = st.shutdown_notice {
+            ms = ms.min(until(at));
+        }
         if st.mesh_retry {
             ms = ms.min(MESH_RETRY_MS);
         }

@@ -104,6 +104,8 @@ pub(crate) struct State {
     pub global_active: Arc<AtomicUsize>,
     pub shutting_down: bool,
     pub shutdown_deadline: u32,
+    /// Until when clients have the `serverShutdown` event before the close (access).
+    pub shutdown_notice: Option<u32>,
     /// Request buffers returned by finished handshakes.
     pub buffers: Vec<Vec<u8>>,
     pub latency: LocalLatency,
@@ -127,6 +129,8 @@ pub(crate) struct State {
     pub ticker: Ticker,
     /// Failed accepts: one log line per interval (isolation).
     pub accept_log: crate::runtime::accept::LogLimiter,
+    /// Access policy and per-address limits (issue 14), shared by every shard.
+    pub access: Arc<crate::access::Access>,
 }
 
 impl Core {
@@ -155,7 +159,9 @@ impl Core {
             max_lifetime: ms(config.max_lifetime_ms),
             lifetime_jitter_pct: config.lifetime_jitter_pct.min(100),
             fragment_timeout: ms(config.fragment_timeout_ms),
+            token_expiry: false,
         };
+        let access = crate::access::Access::new(&config).expect("a validated access configuration");
         let latency = LocalLatency::default();
         latency.set_recording(config.latency_recording);
         let ticker = Ticker::new(
@@ -189,6 +195,7 @@ impl Core {
                 global_active,
                 shutting_down: false,
                 shutdown_deadline: 0,
+                shutdown_notice: None,
                 buffers: Vec::new(),
                 latency,
                 hb,
@@ -205,8 +212,28 @@ impl Core {
                 next_sweep: sweep,
                 ticker,
                 accept_log: Default::default(),
+                access: Arc::new(access),
             },
         }
+        .with_access_policy()
+    }
+
+    /// Use the process-wide `access` policy (per-address limits are shared by every shard;
+    /// `Core::new` builds one of its own, for tests).
+    pub fn with_access(mut self, access: Arc<crate::access::Access>) -> Core {
+        self.st.access = access;
+        self.with_access_policy()
+    }
+
+    /// Tokens that expire on live connections need the heartbeat sweep even when every
+    /// heartbeat rule is off.
+    fn with_access_policy(mut self) -> Core {
+        let st = &mut self.st;
+        st.hb.token_expiry = st.access.tokens_expire();
+        st.next_sweep = st
+            .now_ms
+            .wrapping_add(st.hb.sweep_period().as_millis() as u32);
+        self
     }
 
     /// Shard index.
@@ -377,5 +404,7 @@ impl Handler for Core {
     }
 }
 
+#[cfg(test)]
+mod access_tests;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -71,12 +71,12 @@ fn cores_on(
         .collect()
 }
 
-fn core(args: &[&str]) -> Core {
+pub(crate) fn core(args: &[&str]) -> Core {
     cores(1, args, Instant::now()).pop().unwrap()
 }
 
 /// Accept a connection from `peer` and send it `request`.
-fn connect(core: &mut Core, peer: &str, request: &[u8]) -> ConnId {
+pub(crate) fn connect(core: &mut Core, peer: &str, request: &[u8]) -> ConnId {
     let Admit::Accept(id) = core.handle_accepted(peer.parse::<SocketAddr>().unwrap()) else {
         panic!("refused")
     };
@@ -84,7 +84,7 @@ fn connect(core: &mut Core, peer: &str, request: &[u8]) -> ConnId {
     id
 }
 
-fn upgrade_request(path: &str) -> Vec<u8> {
+pub(crate) fn upgrade_request(path: &str) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -93,7 +93,7 @@ fn upgrade_request(path: &str) -> Vec<u8> {
 }
 
 /// An upgraded connection on `path`, its 101 already written.
-fn open(core: &mut Core, path: &str) -> ConnId {
+pub(crate) fn open(core: &mut Core, path: &str) -> ConnId {
     let id = connect(core, LOOPBACK, &upgrade_request(path));
     let head = take(core, id);
     assert!(
@@ -114,7 +114,7 @@ fn sub(core: &mut Core, topics: &[&str]) -> ConnId {
 }
 
 /// What `id` still has to send, as whole frames (none partially written).
-fn frames(core: &Core, id: ConnId) -> Vec<Vec<u8>> {
+pub(crate) fn frames(core: &Core, id: ConnId) -> Vec<Vec<u8>> {
     core.conn(id)
         .map(|c| {
             c.queue
@@ -139,7 +139,7 @@ fn read(core: &mut Core, id: ConnId, n: usize) {
 }
 
 /// Everything `id` has queued, written and returned (as the peer receives it).
-fn take(core: &mut Core, id: ConnId) -> Vec<u8> {
+pub(crate) fn take(core: &mut Core, id: ConnId) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let mut got = Vec::new();
@@ -154,9 +154,9 @@ fn take(core: &mut Core, id: ConnId) -> Vec<u8> {
 
 /// A driver's flush, with every send completing at once: returns what each connection got and
 /// the closes requested (each reported closed right away).
-type Flushed = (HashMap<ConnId, Vec<u8>>, Vec<(ConnId, CloseMode)>);
+pub(crate) type Flushed = (HashMap<ConnId, Vec<u8>>, Vec<(ConnId, CloseMode)>);
 
-fn flush(core: &mut Core) -> Flushed {
+pub(crate) fn flush(core: &mut Core) -> Flushed {
     let mut out: HashMap<ConnId, Vec<u8>> = HashMap::new();
     let mut closes = Vec::new();
     loop {
@@ -187,7 +187,7 @@ fn pump(cores: &mut [Core]) {
     }
 }
 
-fn closing(core: &Core, id: ConnId) -> bool {
+pub(crate) fn closing(core: &Core, id: ConnId) -> bool {
     core.conn(id).is_none_or(|c| c.closing())
 }
 
@@ -202,7 +202,7 @@ fn unsent(core: &Core, id: ConnId) -> usize {
     core.conn(id).map_or(0, |c| c.unsent())
 }
 
-fn client_frame(op: OpCode, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn client_frame(op: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut b = BytesMut::new();
     encode_client_frame(&mut b, op, true, payload, [1, 2, 3, 4]);
     b.to_vec()
@@ -795,6 +795,9 @@ fn heartbeat_sweep_pings_shared_and_closes_with_counts_on_a_virtual_clock() {
         "5000",
         "--lifetime-jitter-pct",
         "0",
+        // A pong every 10 ms below is over the default inbound rate limit (5/s).
+        "--subscriber-rate",
+        "0",
     ];
     let mut c = cores(1, &args, t0).pop().unwrap();
     let at = |ms: u64| t0 + Duration::from_millis(ms);
@@ -998,7 +1001,7 @@ fn an_idle_connection_keeps_no_buffer_or_decoder() {
     assert!(c.conn(id).unwrap().rx.is_some());
     c.handle_received(id, &mut f[5..].to_vec());
     assert!(c.conn(id).unwrap().rx.is_none());
-    assert_eq!(&take(&mut c, id)[2..], br#"{"id":1,"result":["t"]}"#);
+    assert_eq!(&take(&mut c, id)[2..], br#"{"result":["t"],"id":1}"#);
 }
 
 /// Engine v1 needed activity "pokes" because its runtime fired the backlog retry timer only when

@@ -28,6 +28,13 @@ impl Core {
             self.tick();
             self.deadlines();
         }
+        if self
+            .st
+            .shutdown_notice
+            .is_some_and(|at| reached(now_ms, at))
+        {
+            self.end_shutdown_notice();
+        }
         if self.st.hb.enabled() && reached(now_ms, self.st.next_sweep) {
             self.st.next_sweep = now_ms.wrapping_add(self.st.hb.sweep_period().as_millis() as u32);
             self.sweep();
@@ -123,12 +130,20 @@ impl Core {
     pub fn sweep(&mut self) {
         let st = &mut self.st;
         let (now, hb) = (st.now_ms, st.hb);
+        let now_ns = st.clock.ns(st.now);
         for slot in 0..st.conns.slots() as u32 {
             let Some(c) = st.conns.at_mut(slot) else {
                 continue;
             };
             if c.phase != Phase::Open {
                 continue;
+            }
+            // Access: drop a box that holds only a full rate bucket again (`access::state`).
+            if c.access.as_ref().is_some_and(|a| {
+                let publisher = !matches!(c.role, crate::conn::state::Role::Subscriber);
+                a.is_idle(st.access.limit(publisher), now_ns)
+            }) {
+                c.access = None;
             }
             match c.liveness.check(now, &hb) {
                 Action::None => {}
@@ -144,6 +159,7 @@ impl Core {
                         Reason::IdleTimeout => &s.idle_timeouts_total,
                         Reason::MaxLifetime => &s.lifetime_closes_total,
                         Reason::FragmentTimeout => &s.fragment_timeouts_total,
+                        Reason::TokenExpired => &s.access.token_expired,
                     };
                     stats::add(counter, 1);
                     if reason.abort() {
