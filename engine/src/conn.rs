@@ -21,8 +21,10 @@ use shardcast_proto::handshake::{validate_upgrade, write_rejection, write_switch
 use shardcast_proto::http::{
     write_response, HttpError, Parse, RequestLimits, RequestParser, Status,
 };
+use shardcast_proto::deflate::Agreed;
 use shardcast_proto::{
-    encode_close, encode_frame, CloseCode, Decoder, DecoderConfig, Event, MessageKind, OpCode, Role,
+    encode_close, encode_frame, CloseCode, Decoder, DecoderConfig, Event, MessageKind, OpCode,
+    ProtocolError, Role,
 };
 
 use crate::control::{self, Subscriptions};
@@ -96,8 +98,9 @@ pub fn admit(hub: &Rc<Hub>, stream: TcpStream, peer: SocketAddr) {
 
 /// What the handshake decided.
 enum Accepted {
-    /// Upgraded; bytes after the request head (the client's first frames, if any).
-    WebSocket(Route, Vec<u8>),
+    /// Upgraded; bytes after the request head (the client's first frames, if any); the
+    /// permessage-deflate agreement, if any.
+    WebSocket(Route, Vec<u8>, Option<Agreed>),
     /// Fully handled (HTTP publish, or refused).
     Done,
 }
@@ -136,7 +139,7 @@ async fn handshake_task(
             return;
         }
     };
-    let Accepted::WebSocket(route, leftover) = accepted else {
+    let Accepted::WebSocket(route, leftover, deflate) = accepted else {
         // Answered (refusal or HTTP publish): let the client read it before we close, even
         // if it sent more than we read (e.g. a refused body).
         Box::pin(linger(&stream, fd)).await;
@@ -147,6 +150,7 @@ async fn handshake_task(
     let conn = Rc::new(Conn {
         stream_mode: matches!(route, Route::Stream(_)),
         ledger: hub.ledger().clone(),
+        deflate,
         ..Conn::default()
     });
     let id = hub.register(conn.clone());
@@ -395,15 +399,18 @@ async fn handshake(
             }
         }
         let shard = hub.id.to_string();
-        write_switching_protocols(
-            &mut out,
-            &upgrade.accept_key(),
-            None,
-            &[("X-Shardcast-Shard", &shard)],
-        );
+        let deflate = hub
+            .deflate
+            .negotiate(request.headers_named("sec-websocket-extensions"));
+        let extensions = deflate.map(|a| a.response());
+        let mut headers = vec![("X-Shardcast-Shard", shard.as_str())];
+        if let Some(e) = &extensions {
+            headers.push(("Sec-WebSocket-Extensions", e));
+        }
+        write_switching_protocols(&mut out, &upgrade.accept_key(), None, &headers);
         sockio::write_all(stream, fd, &out).await?;
         let leftover = buf.split_off(head_len);
-        return Ok(Accepted::WebSocket(route, leftover));
+        return Ok(Accepted::WebSocket(route, leftover, deflate));
     }
     sockio::write_all(stream, fd, &out).await?;
     Ok(Accepted::Done)
@@ -694,15 +701,15 @@ impl WsConn {
 
     /// Decode and handle every complete event in `input`; returns the bytes consumed.
     fn decode_all(&mut self, input: &mut [u8]) -> usize {
-        let max = match self.role {
-            ConnRole::Subscriber => self.hub.config.max_control_message_bytes,
-            _ => self.hub.config.max_message_bytes,
-        };
+        let max = message_limit(&self.hub, &self.role);
+        let deflate = self.conn.deflate.is_some();
         let decoder = self.decoder.get_or_insert_with(|| {
-            Box::new(Decoder::new(DecoderConfig {
+            let mut d = Decoder::new(DecoderConfig {
                 role: Role::Server,
                 max_message_size: max,
-            }))
+            });
+            d.set_permessage_deflate(deflate);
+            Box::new(d)
         });
         let mut off = 0;
         let mut published = false;
@@ -725,10 +732,7 @@ impl WsConn {
                     seen = true;
                     published |= handle_event(&self.hub, &self.conn, self.id, &self.role, ev);
                 }
-                Err(e) => {
-                    self.hub.stats().protocol_error(e.code.0);
-                    self.conn.close_with(encode_close(e.code, e.reason));
-                }
+                Err(e) => fail(&self.hub, &self.conn, e),
             }
             off += consumed;
         }
@@ -767,11 +771,43 @@ pub fn record_eviction_stall(hub: &Hub, conn: &Conn) {
     hub.latency.record(LatencyKind::EvictionStall, stall);
 }
 
+/// Largest message (inflated, if compressed) a connection of `role` may send.
+fn message_limit(hub: &Hub, role: &ConnRole) -> usize {
+    match role {
+        ConnRole::Subscriber => hub.config.max_control_message_bytes,
+        _ => hub.config.max_message_bytes,
+    }
+}
+
+/// Fail the connection for a protocol error: counted, closed with the error's code.
+fn fail(hub: &Hub, conn: &Conn, e: ProtocolError) {
+    hub.stats().protocol_error(e.code.0);
+    conn.close_with(encode_close(e.code, e.reason));
+}
+
 /// Act on one event; returns true if it published (so the mesh needs a flush).
 fn handle_event(hub: &Rc<Hub>, conn: &Rc<Conn>, id: u32, role: &ConnRole, ev: Event<'_>) -> bool {
     match ev {
         Event::Message(m) => {
-            let payload = m.payload.as_bytes();
+            // permessage-deflate: inflated into the shard's buffer, the limit enforced while
+            // inflating; held until this message is handled.
+            let inflated;
+            let payload = if m.compressed {
+                let limit = message_limit(hub, role);
+                let c = &hub.stats().compression;
+                match hub.deflate.inflate(m.kind, m.payload.as_bytes(), limit, c) {
+                    Ok(out) => {
+                        inflated = out;
+                        &inflated[..]
+                    }
+                    Err(e) => {
+                        fail(hub, conn, e);
+                        return false;
+                    }
+                }
+            } else {
+                m.payload.as_bytes()
+            };
             let s = hub.stats();
             stats::add(&s.messages_in, 1);
             stats::add(&s.bytes_in, payload.len() as u64);
@@ -797,7 +833,12 @@ fn handle_event(hub: &Rc<Hub>, conn: &Rc<Conn>, id: u32, role: &ConnRole, ev: Ev
                     } else {
                         OpCode::Binary
                     };
-                    hub.push_own(conn, encode_frame(op, payload));
+                    let c = &hub.stats().compression;
+                    let frame = conn
+                        .deflate
+                        .and_then(|a| hub.deflate.encode_own(op, payload, a, c))
+                        .unwrap_or_else(|| encode_frame(op, payload));
+                    hub.push_own(conn, frame);
                 }
             }
         }

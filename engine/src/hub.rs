@@ -8,12 +8,13 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Waker};
-use std::time::Instant;
 
 use bytes::Bytes;
+use shardcast_proto::deflate::Agreed;
 use shardcast_proto::{encode_close, CloseCode, MessageKind};
 
 use crate::config::Config;
+use crate::deflate::ShardDeflate;
 use crate::governor::Governor;
 use crate::heartbeat::{Liveness, ShardHeartbeat};
 use crate::latency::LocalLatency;
@@ -42,6 +43,8 @@ pub struct Conn {
     pub closing: Cell<bool>,
     /// `/stream` connection: text messages arrive wrapped with their topic.
     pub stream_mode: bool,
+    /// permessage-deflate, as negotiated in the handshake (`deflate.rs`); fixed for life.
+    pub deflate: Option<Agreed>,
     /// Subscribed topics, in subscription order.
     pub topics: RefCell<Vec<Arc<str>>>,
     /// Heartbeat and timeout state, driven by the shard's sweep (`heartbeat.rs`).
@@ -163,6 +166,8 @@ pub struct Hub {
     pub latency: LocalLatency,
     /// Heartbeat settings, shard clock and the shared ping frame.
     pub heartbeat: ShardHeartbeat,
+    /// permessage-deflate: compressing subscribers per topic, the compressor, the inflater.
+    pub deflate: ShardDeflate,
 }
 
 /// Most handshake buffers kept for reuse per shard.
@@ -214,6 +219,7 @@ impl Hub {
         global_active: Arc<AtomicUsize>,
     ) -> Self {
         let heartbeat = ShardHeartbeat::new(&config);
+        let deflate = ShardDeflate::new(config.compression());
         let governor = Governor::new(config.queue_ceiling(), config.shards);
         let s = &all_stats[id];
         s.queue_ceiling_bytes.store(governor.budget as u64, Relaxed);
@@ -248,6 +254,7 @@ impl Hub {
             buffers: RefCell::new(Vec::new()),
             latency: LocalLatency::default(),
             heartbeat,
+            deflate,
         }
     }
 
@@ -275,6 +282,9 @@ impl Hub {
     /// Register an upgraded connection; returns its id.
     pub fn register(&self, conn: Rc<Conn>) -> u32 {
         self.registered.set(self.registered.get() + 1);
+        if conn.deflate.is_some() {
+            stats::add(&self.stats().compression.connections, 1);
+        }
         let mut conns = self.conns.borrow_mut();
         match self.free.borrow_mut().pop() {
             Some(id) => {
@@ -294,6 +304,9 @@ impl Hub {
             return;
         };
         self.registered.set(self.registered.get() - 1);
+        if conn.deflate.is_some() {
+            stats::sub(&self.stats().compression.connections, 1);
+        }
         conn.queue.borrow_mut().clear();
         self.unslow(&conn);
         self.release_pauses(&conn, usize::MAX);
@@ -301,6 +314,7 @@ impl Hub {
         {
             let mut topics = self.topics.borrow_mut();
             for t in conn.topics.borrow_mut().drain(..) {
+                self.deflate_interest(&conn, &t, false);
                 if topics.unsubscribe(&t, id) && topics.name(&t).is_none() {
                     gone.push(t);
                 }
@@ -322,6 +336,7 @@ impl Hub {
             }
             let name = table.name(topic).expect("just subscribed");
             conn.topics.borrow_mut().push(name.clone());
+            self.deflate_interest(conn, &name, true);
             first.then_some(name)
         };
         if let Some(name) = first {
@@ -342,6 +357,9 @@ impl Hub {
         let pos = topics.iter().position(|t| &**t == topic);
         let name = pos.map(|p| topics.remove(p));
         drop(topics);
+        if let Some(name) = &name {
+            self.deflate_interest(conn, name, false);
+        }
         if let (true, Some(name)) = (gone, name) {
             self.interest(name, false);
         }
@@ -364,17 +382,30 @@ impl Hub {
         }
     }
 
-    /// Publish a message: encode the frame (and, for text, the `/stream` wrapper) once, queue
-    /// clones to local subscribers and send one envelope to every other shard. Call
+    /// A subscriber that negotiated permessage-deflate joined (`on`) or left `topic`: when
+    /// that changes this shard's interest, tell every other participant (`deflate::interest`).
+    fn deflate_interest(&self, conn: &Conn, topic: &Arc<str>, on: bool) {
+        if conn.deflate.is_none() {
+            return;
+        }
+        if let Some(variant) = self.deflate.subscription(topic, conn.stream_mode, on) {
+            self.notify(|| MeshItem::Deflate {
+                topic: topic.clone(),
+                variant,
+                on,
+            });
+        }
+    }
+
+    /// Publish a message: encode the frame (and, for text, the `/stream` wrapper, and the
+    /// compressed variants some connection in the process wants) once, queue clones to local
+    /// subscribers and send one envelope to every other shard. Call
     /// [`flush_mesh`](Self::flush_mesh) after a batch.
     pub fn publish(&self, topic: &Arc<str>, kind: MessageKind, payload: &[u8]) {
-        let env = Envelope::encode(topic.clone(), kind, payload);
-        self.deliver(
-            topic,
-            &env.frame,
-            env.stream_frame.as_ref(),
-            env.published_at,
-        );
+        let mut env = Envelope::encode(topic.clone(), kind, payload);
+        self.deflate
+            .compress(&mut env, kind, payload.len(), &self.stats().compression);
+        self.deliver(&env);
         // Every other participant: the other shards, and the NATS bridge when it is on (it
         // forwards local publishes only; what arrives from NATS is delivered, never re-sent).
         // Toward the bridge the overflow is bounded (one ring's worth): a bridge that cannot
@@ -413,24 +444,20 @@ impl Hub {
         }
     }
 
-    /// Queue a published frame to this shard's subscribers of `topic`, applying the topic's
-    /// policy and the shard's ceiling. Each frame is wrapped (and counted) once, however many
-    /// queues take it. `published_at` (when the publish was accepted) travels with the frame
-    /// for the broadcast latency.
-    pub fn deliver(
-        &self,
-        topic: &str,
-        frame: &Bytes,
-        stream_frame: Option<&Bytes>,
-        published_at: Instant,
-    ) {
+    /// Queue a published message to this shard's subscribers of its topic, applying the
+    /// topic's policy and the shard's ceiling. Each connection gets the wire variant it reads
+    /// ([`crate::deflate::variant`]: plain, `/stream`, or their compressed forms); each
+    /// variant is wrapped (and counted) once, however many queues take it. The envelope's
+    /// `published_at` (when the publish was accepted) travels with the frame for the broadcast
+    /// latency.
+    pub fn deliver(&self, env: &Envelope) {
         let topics = self.topics.borrow();
-        let Some((name, subs, policy)) = topics.lookup(topic) else {
+        let Some((name, subs, policy)) = topics.lookup(&env.topic) else {
             return;
         };
         let conns = self.conns.borrow();
-        let (mut plain, mut wrapped): (Option<Rc<QueuedFrame>>, Option<Rc<QueuedFrame>>) =
-            (None, None);
+        let mut slots: [Option<Rc<QueuedFrame>>; 4] = Default::default();
+        let mut per_variant = [0u64; 4];
         let mut queued = 0u64;
         for &id in subs {
             let Some(conn) = &conns[id as usize] else {
@@ -439,10 +466,8 @@ impl Hub {
             if conn.closing.get() {
                 continue;
             }
-            let (bytes, slot) = match (conn.stream_mode, stream_frame) {
-                (true, Some(w)) => (w, &mut wrapped),
-                _ => (frame, &mut plain),
-            };
+            let (v, bytes) = crate::deflate::variant(env, conn.stream_mode, conn.deflate);
+            let slot = &mut slots[v];
             if slot.is_none() {
                 if !self.make_room(bytes.len() + SLOT_BYTES, &conns) {
                     self.evict(conn, Eviction::Ceiling);
@@ -451,15 +476,26 @@ impl Hub {
                 *slot = Some(self.ledger.frame(
                     bytes.clone(),
                     Some(name.clone()),
-                    Some(published_at),
+                    Some(env.published_at),
                 ));
             }
             let qf = slot.as_ref().expect("just set");
             if self.offer(&conns, conn, qf, name, policy) {
                 queued += 1;
+                per_variant[v] += 1;
             }
         }
-        stats::add(&self.stats().messages_out, queued);
+        let s = self.stats();
+        stats::add(&s.messages_out, queued);
+        if per_variant[2] + per_variant[3] > 0 {
+            let d = env.deflated.as_deref().expect("a compressed slot was used");
+            let saved = |plain: Option<&Bytes>, z: &Option<Bytes>| {
+                plain.map_or(0, Bytes::len) - z.as_ref().map_or(0, Bytes::len)
+            };
+            let c = &s.compression;
+            c.delivered(per_variant[2], saved(Some(&env.frame), &d.frame));
+            c.delivered(per_variant[3], saved(env.stream_frame.as_ref(), &d.stream_frame));
+        }
     }
 
     /// Queue one frame to one connection under `policy`; false if it was not queued (the
@@ -831,14 +867,10 @@ impl Hub {
     /// Handle one item from another shard.
     pub fn receive(&self, item: MeshItem) {
         match item {
-            MeshItem::Publish(env) => self.deliver(
-                &env.topic,
-                &env.frame,
-                env.stream_frame.as_ref(),
-                env.published_at,
-            ),
+            MeshItem::Publish(env) => self.deliver(&env),
             MeshItem::Pause(t) => self.pause_count(&t, true),
             MeshItem::Resume(t) => self.pause_count(&t, false),
+            MeshItem::Deflate { topic, variant, on } => self.deflate.remote(&topic, variant, on),
             // Interest notices are addressed to the bridge only; shards never receive them.
             MeshItem::Interest { .. } => {}
         }
@@ -1064,8 +1096,12 @@ pub(crate) mod tests {
         use crate::latency::LatencyKind;
         use std::time::Duration;
         let hub = &hubs(1, &["--high-water-bytes", "1000"])[0];
-        let ago = |s| Instant::now() - Duration::from_secs(s);
-        let frame = encode_frame(OpCode::Binary, &[0; 600]);
+        let ago = |s| std::time::Instant::now() - Duration::from_secs(s);
+        // A 600-byte message to `t` published `at`.
+        let msg = |t: &str, at| Envelope {
+            published_at: at,
+            ..Envelope::encode(Arc::from(t), MessageKind::Binary, &[0; 600])
+        };
         let stalls = || {
             hub.latency.publish(&hub.stats().latency);
             hub.stats().latency.clone_of(LatencyKind::EvictionStall)
@@ -1074,8 +1110,8 @@ pub(crate) mod tests {
         // No write progress for 5 s, oldest unsent frame published 10 s ago: stalled 5 s.
         let (_, a) = sub(hub, &["a"]);
         a.write_progress.set(hub.heartbeat.now().wrapping_sub(5000));
-        hub.deliver("a", &frame, None, ago(10));
-        hub.deliver("a", &frame, None, ago(0)); // 1208 > 1000 bytes: evicted
+        hub.deliver(&msg("a", ago(10)));
+        hub.deliver(&msg("a", ago(0))); // 1208 > 1000 bytes: evicted
         assert!(is_evicted(&a));
         let h = stalls();
         assert_eq!(h.len(), 1);
@@ -1083,8 +1119,8 @@ pub(crate) mod tests {
         // Progress 5 s ago, but the queue only filled 2 s ago: stalled 2 s.
         let (_, b) = sub(hub, &["b"]);
         b.write_progress.set(hub.heartbeat.now().wrapping_sub(5000));
-        hub.deliver("b", &frame, None, ago(2));
-        hub.deliver("b", &frame, None, ago(0));
+        hub.deliver(&msg("b", ago(2)));
+        hub.deliver(&msg("b", ago(0)));
         let h = stalls();
         assert_eq!(h.len(), 2);
         assert!(within(h.min(), 2), "{}", h.min());
@@ -1428,6 +1464,7 @@ pub(crate) mod tests {
                     MeshItem::Interest { topic, shard, on } => format!("{shard}:{topic}:{on}"),
                     MeshItem::Publish(e) => format!("pub:{}", e.topic),
                     MeshItem::Pause(t) | MeshItem::Resume(t) => format!("pause:{t}"),
+                    MeshItem::Deflate { topic, on, .. } => format!("deflate:{topic}:{on}"),
                 })
             });
             out
@@ -1511,5 +1548,74 @@ pub(crate) mod tests {
         );
         assert_eq!(stream.queue.borrow().len_frames(), 3);
         assert!(plain.topics.borrow().is_empty());
+    }
+
+    /// A registered connection that negotiated permessage-deflate, subscribed to `topics`.
+    fn deflate_sub(hub: &Hub, topics: &[&str], stream_mode: bool) -> (u32, Rc<Conn>) {
+        let conn = Rc::new(Conn {
+            ledger: hub.ledger().clone(),
+            stream_mode,
+            deflate: Some(Agreed {
+                server_max_window_bits: 15,
+                echo_server_window: false,
+            }),
+            ..Conn::default()
+        });
+        let id = hub.register(conn.clone());
+        for t in topics {
+            hub.subscribe(id, &conn, t);
+        }
+        (id, conn)
+    }
+
+    /// Compressed once per message for the whole process: the publishing shard builds the
+    /// compressed variants the other shards' subscribers want (learnt from their notices),
+    /// the others deliver them without compressing, and plain subscribers get plain frames.
+    #[test]
+    fn compressed_once_on_the_publishing_shard_only() {
+        let hubs = hubs(2, &["--compression-min-bytes", "16"]);
+        let (z_id, z) = deflate_sub(&hubs[1], &["t"], false);
+        let (zs_id, zs) = deflate_sub(&hubs[1], &["t"], true);
+        let (_, plain) = sub(&hubs[1], &["t"]);
+        let (_, local_plain) = sub(&hubs[0], &["t"]);
+        pump(&hubs); // the interest notices reach shard 0
+        let msg = br#"{"e":"trade","p":"97000.10","q":"0.001","p2":"97000.10"}"#;
+        hubs[0].publish(&Arc::from("t"), MessageKind::Text, msg);
+        pump(&hubs);
+        let compressed = |c: &Conn| frames(c).iter().all(|f| f[0] == 0xC1);
+        assert!(compressed(&z) && compressed(&zs));
+        assert_eq!(frames(&plain), [encode_frame(OpCode::Text, msg).to_vec()]);
+        assert_eq!(frames(&local_plain), frames(&plain));
+        let inflate = |f: &[u8]| {
+            let mut out = Vec::new();
+            shardcast_proto::deflate::Inflater::new(false)
+                .inflate(&f[2..], 1 << 20, &mut out)
+                .unwrap();
+            out
+        };
+        assert_eq!(inflate(&frames(&z)[0]), msg);
+        let wrapped = inflate(&frames(&zs)[0]);
+        assert!(wrapped.starts_with(br#"{"stream":"t","data":{"e":"trade""#));
+        let c0 = hubs[0].stats().compression.snapshot();
+        let c1 = hubs[1].stats().compression.snapshot();
+        assert_eq!((c0.compressed_messages, c1.compressed_messages), (2, 0));
+        assert_eq!((c0.compressed_deliveries, c1.compressed_deliveries), (0, 2));
+        assert!(c1.bytes_saved > 0);
+        assert_eq!(c1.connections, 2);
+        // Binary messages: /stream readers get the plain frame's compressed form; below the
+        // threshold nothing is compressed.
+        hubs[0].publish(&Arc::from("t"), MessageKind::Binary, &[b'x'; 64]);
+        hubs[0].publish(&Arc::from("t"), MessageKind::Text, b"short");
+        pump(&hubs);
+        assert_eq!(frames(&zs)[1][0], 0xC2);
+        assert_eq!(frames(&zs)[2][0], 0x81);
+        assert_eq!(hubs[0].stats().compression.snapshot().compressed_messages, 3);
+        // The last compressing subscriber leaves: shard 0 stops compressing.
+        hubs[1].unregister(z_id);
+        hubs[1].unregister(zs_id);
+        pump(&hubs);
+        hubs[0].publish(&Arc::from("t"), MessageKind::Text, msg);
+        assert_eq!(hubs[0].stats().compression.snapshot().compressed_messages, 3);
+        assert_eq!(hubs[1].stats().compression.snapshot().connections, 0);
     }
 }

@@ -28,6 +28,7 @@
 //! - [`dashboard`]: the embedded live HTML page for /dashboard.
 //! - [`histlog`]: periodic HdrHistogram interval logs per shard (`--histogram-log`).
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
+//! - [`deflate`]: permessage-deflate, compressed once per message for the whole process.
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -36,6 +37,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod dashboard;
+pub mod deflate;
 pub mod depth;
 pub mod governor;
 pub mod heartbeat;

@@ -53,6 +53,10 @@ pub struct Envelope {
     pub stream_frame: Option<Bytes>,
     /// When the publishing shard received the message (for latency accounting).
     pub published_at: Instant,
+    /// permessage-deflate variants, compressed once by the publishing participant when some
+    /// connection that negotiated compression reads the topic (`deflate.rs`); boxed behind
+    /// one shared pointer so an envelope (a ring slot) grows by 8 bytes only.
+    pub deflated: Option<Arc<crate::deflate::Deflated>>,
 }
 
 impl Envelope {
@@ -81,6 +85,7 @@ impl Envelope {
             topic,
             stream_frame,
             published_at,
+            deflated: None,
         }
     }
 }
@@ -107,6 +112,17 @@ pub enum MeshItem {
         /// True at the first subscriber, false when the last one left.
         on: bool,
     },
+    /// Sent to every other participant: the sending shard got its first (`on`) or lost its
+    /// last subscriber of `topic` that negotiated permessage-deflate and reads `variant`, so
+    /// publishers know whether a compressed variant is worth building (`deflate::interest`).
+    Deflate {
+        /// The topic.
+        topic: Arc<str>,
+        /// Which wire variant those subscribers read.
+        variant: crate::deflate::interest::Variant,
+        /// True at the first such subscriber, false when the last one left.
+        on: bool,
+    },
 }
 
 /// What an item keeps alive while it waits in the mesh, charged to the sending shard.
@@ -116,11 +132,19 @@ pub trait MeshPayload {
 }
 
 impl MeshPayload for MeshItem {
-    /// A published message's encoded frames; notices carry only a shared topic name.
+    /// A published message's encoded frames (compressed variants included); notices carry
+    /// only a shared topic name.
     fn payload_bytes(&self) -> usize {
         match self {
-            MeshItem::Publish(e) => e.frame.len() + e.stream_frame.as_ref().map_or(0, Bytes::len),
-            MeshItem::Pause(_) | MeshItem::Resume(_) | MeshItem::Interest { .. } => 0,
+            MeshItem::Publish(e) => {
+                e.frame.len()
+                    + e.stream_frame.as_ref().map_or(0, Bytes::len)
+                    + e.deflated.as_ref().map_or(0, |d| d.bytes())
+            }
+            MeshItem::Pause(_)
+            | MeshItem::Resume(_)
+            | MeshItem::Interest { .. }
+            | MeshItem::Deflate { .. } => 0,
         }
     }
 }

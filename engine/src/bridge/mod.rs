@@ -7,8 +7,10 @@
 //! - shard → bridge: every message published locally (never one that came from NATS), and
 //!   [`MeshItem::Interest`] notices when a shard gets its first / loses its last subscriber of
 //!   a topic, and the `pause` notices every participant gets;
-//! - bridge → shards: messages from NATS, encoded once here (as `Hub::publish` does) and sent
-//!   only to the shards interested in the topic.
+//! - bridge → shards: messages from NATS, encoded once here (as `Hub::publish` does, compressed
+//!   variants included when some shard has a subscriber that negotiated permessage-deflate:
+//!   the bridge gets the shards' `MeshItem::Deflate` notices) and sent only to the shards
+//!   interested in the topic.
 //!
 //! Outbound, local publishes go into a queue bounded in bytes (`nats_buffer_bytes`) drained by
 //! a forwarding task; a full queue (NATS slow or down) drops and counts, so the rings into the
@@ -43,6 +45,7 @@ use shardcast_proto::{MessageKind, OpCode};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::deflate::ShardDeflate;
 use crate::mesh::{Envelope, MeshItem, MeshLink};
 use crate::server::Shutdown;
 use crate::stats::{add, get, monotonic_ms, ShardStats};
@@ -226,6 +229,8 @@ struct State {
     out_limit: usize,
     pending: Option<Pending>,
     batch: Vec<MeshItem>,
+    /// Compresses messages from NATS once for every shard (`deflate.rs`).
+    deflate: ShardDeflate,
 }
 
 /// Reconnect backoff: immediately, then 50 ms doubling up to `max_ms`, with up to 25% jitter so
@@ -314,6 +319,7 @@ async fn run(ctx: Ctx) {
         out_limit: config.nats_buffer_bytes as usize,
         pending: None,
         batch: Vec::new(),
+        deflate: ShardDeflate::new(config.compression()),
     };
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -392,6 +398,9 @@ impl State {
                 MeshItem::Interest { topic, shard, on } => self.interest_change(topic, shard, on),
                 MeshItem::Pause(t) => self.pause(t, true),
                 MeshItem::Resume(t) => self.pause(t, false),
+                MeshItem::Deflate { topic, variant, on } => {
+                    self.deflate.remote(&topic, variant, on)
+                }
             }
         }
         self.batch = items;
@@ -503,8 +512,11 @@ impl State {
             Inbound::Own => return add(&self.stats.own_ignored, 1),
             Inbound::Invalid => return add(&self.stats.in_invalid, 1),
         };
+        let mut env = Envelope::encode(topic, kind, &msg.payload);
+        self.deflate
+            .compress(&mut env, kind, msg.payload.len(), &self.stats.compression);
         self.pending = Some(Pending {
-            env: Envelope::encode(topic, kind, &msg.payload),
+            env,
             stalled: false,
         });
         self.deliver_pending();
