@@ -17,11 +17,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+use shardcast_proto::deflate::Agreed;
 use shardcast_proto::handshake::{validate_upgrade, write_rejection, write_switching_protocols};
 use shardcast_proto::http::{
     write_response, HttpError, Parse, RequestLimits, RequestParser, Status,
 };
-use shardcast_proto::deflate::Agreed;
 use shardcast_proto::{
     encode_close, encode_frame, CloseCode, Decoder, DecoderConfig, Event, MessageKind, OpCode,
     ProtocolError, Role,

@@ -389,12 +389,18 @@ impl Hub {
             return;
         }
         if let Some(variant) = self.deflate.subscription(topic, conn.stream_mode, on) {
+            self.deflate_topics();
             self.notify(|| MeshItem::Deflate {
                 topic: topic.clone(),
                 variant,
                 on,
             });
         }
+    }
+
+    fn deflate_topics(&self) {
+        let n = self.deflate.topics() as u64;
+        self.stats().compression.topics.store(n, Relaxed);
     }
 
     /// Publish a message: encode the frame (and, for text, the `/stream` wrapper, and the
@@ -494,7 +500,10 @@ impl Hub {
             };
             let c = &s.compression;
             c.delivered(per_variant[2], saved(Some(&env.frame), &d.frame));
-            c.delivered(per_variant[3], saved(env.stream_frame.as_ref(), &d.stream_frame));
+            c.delivered(
+                per_variant[3],
+                saved(env.stream_frame.as_ref(), &d.stream_frame),
+            );
         }
     }
 
@@ -870,7 +879,10 @@ impl Hub {
             MeshItem::Publish(env) => self.deliver(&env),
             MeshItem::Pause(t) => self.pause_count(&t, true),
             MeshItem::Resume(t) => self.pause_count(&t, false),
-            MeshItem::Deflate { topic, variant, on } => self.deflate.remote(&topic, variant, on),
+            MeshItem::Deflate { topic, variant, on } => {
+                self.deflate.remote(&topic, variant, on);
+                self.deflate_topics();
+            }
             // Interest notices are addressed to the bridge only; shards never receive them.
             MeshItem::Interest { .. } => {}
         }
@@ -1609,13 +1621,19 @@ pub(crate) mod tests {
         pump(&hubs);
         assert_eq!(frames(&zs)[1][0], 0xC2);
         assert_eq!(frames(&zs)[2][0], 0x81);
-        assert_eq!(hubs[0].stats().compression.snapshot().compressed_messages, 3);
+        assert_eq!(
+            hubs[0].stats().compression.snapshot().compressed_messages,
+            3
+        );
         // The last compressing subscriber leaves: shard 0 stops compressing.
         hubs[1].unregister(z_id);
         hubs[1].unregister(zs_id);
         pump(&hubs);
         hubs[0].publish(&Arc::from("t"), MessageKind::Text, msg);
-        assert_eq!(hubs[0].stats().compression.snapshot().compressed_messages, 3);
+        assert_eq!(
+            hubs[0].stats().compression.snapshot().compressed_messages,
+            3
+        );
         assert_eq!(hubs[1].stats().compression.snapshot().connections, 0);
     }
 }

@@ -196,6 +196,12 @@ pub const SCALARS: &[Scalar] = &[
         get: |s| s.compression.connections,
     },
     Scalar {
+        name: "shardcast_compression_topics",
+        kind: Kind::Gauge,
+        help: "Topics the shard builds compressed variants for: some compressing connection of the process reads them.",
+        get: |s| s.compression.topics,
+    },
+    Scalar {
         name: "shardcast_compressed_messages_total",
         kind: Kind::Counter,
         help: "Payloads compressed by the shard: once per published message and wire variant, for every compressing connection of every shard.",

@@ -399,7 +399,9 @@ impl State {
                 MeshItem::Pause(t) => self.pause(t, true),
                 MeshItem::Resume(t) => self.pause(t, false),
                 MeshItem::Deflate { topic, variant, on } => {
-                    self.deflate.remote(&topic, variant, on)
+                    self.deflate.remote(&topic, variant, on);
+                    let n = self.deflate.topics() as u64;
+                    self.stats.compression.topics.store(n, Relaxed);
                 }
             }
         }

@@ -156,7 +156,10 @@ mod tests {
         let mut i = Interest::default();
         assert!(i.want("t", MessageKind::Text).none());
         assert!(i.local(&t, Variant::Plain, true));
-        assert!(!i.local(&t, Variant::Plain, true), "second subscriber: no notice");
+        assert!(
+            !i.local(&t, Variant::Plain, true),
+            "second subscriber: no notice"
+        );
         assert_eq!(
             i.want("t", MessageKind::Text),
             Want {

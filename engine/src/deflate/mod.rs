@@ -69,7 +69,7 @@ impl Deflated {
 /// Index of the variant a connection reads (`0` plain, `1` `/stream`, `2` compressed plain,
 /// `3` compressed `/stream`) and its frame: what [`Hub::deliver`](crate::hub::Hub::deliver)
 /// queues.
-pub fn variant<'e>(env: &'e Envelope, stream_mode: bool, agreed: Option<Agreed>) -> (usize, &'e Bytes) {
+pub fn variant(env: &Envelope, stream_mode: bool, agreed: Option<Agreed>) -> (usize, &Bytes) {
     let stream = stream_mode && env.stream_frame.is_some();
     if let (Some(agreed), Some(d)) = (agreed, env.deflated.as_deref()) {
         let (frame, len) = if stream {
@@ -77,7 +77,10 @@ pub fn variant<'e>(env: &'e Envelope, stream_mode: bool, agreed: Option<Agreed>)
         } else {
             (&d.frame, d.frame_len)
         };
-        if let Some(f) = frame.as_ref().filter(|_| len <= agreed.max_compressed_len()) {
+        if let Some(f) = frame
+            .as_ref()
+            .filter(|_| len <= agreed.max_compressed_len())
+        {
             return (2 + usize::from(stream), f);
         }
     }
@@ -138,6 +141,11 @@ impl ShardDeflate {
     /// Another shard's interest in `topic` changed.
     pub fn remote(&self, topic: &Arc<str>, variant: Variant, on: bool) {
         self.interest.borrow_mut().remote(topic, variant, on);
+    }
+
+    /// Topics some compressing connection reads, here or elsewhere (the `topics` gauge).
+    pub fn topics(&self) -> usize {
+        self.interest.borrow().len()
     }
 
     /// The variants worth building for a message of `kind` with a `len`-byte payload.
@@ -322,16 +330,30 @@ mod tests {
         };
         assert_eq!(variant(&env, false, Some(full)).0, 2);
         assert_eq!(variant(&env, false, None).0, 0);
-        assert_eq!(variant(&env, true, Some(full)).0, 1, "no compressed wrapper built");
+        assert_eq!(
+            variant(&env, true, Some(full)).0,
+            1,
+            "no compressed wrapper built"
+        );
         // A window smaller than the message: plain.
         let small = Agreed {
             server_max_window_bits: 8,
             echo_server_window: true,
         };
-        assert_eq!(variant(&env, false, Some(small)).0, 2, "{} B fits 256", payload.len());
+        assert_eq!(
+            variant(&env, false, Some(small)).0,
+            2,
+            "{} B fits 256",
+            payload.len()
+        );
         // Under the threshold, or a disabled topic: nothing.
         let mut env = encode();
-        ShardDeflate::new(settings(1000)).compress(&mut env, MessageKind::Text, payload.len(), &stats);
+        ShardDeflate::new(settings(1000)).compress(
+            &mut env,
+            MessageKind::Text,
+            payload.len(),
+            &stats,
+        );
         assert!(env.deflated.is_none());
         let raw: Arc<str> = Arc::from("raw.x");
         assert_eq!(d.subscription(&raw, false, true), None);
@@ -341,7 +363,10 @@ mod tests {
         d.compress(&mut env, MessageKind::Text, payload.len(), &stats);
         let z = env.deflated.clone().unwrap();
         let w = inflate(z.stream_frame.as_ref().unwrap());
-        assert_eq!(w, [&b"{\"stream\":\"t\",\"data\":"[..], payload, b"}"].concat());
+        assert_eq!(
+            w,
+            [&b"{\"stream\":\"t\",\"data\":"[..], payload, b"}"].concat()
+        );
         assert_eq!(variant(&env, true, Some(full)).0, 3);
         let s = stats.snapshot();
         assert_eq!(s.compressed_messages, 3);
@@ -356,7 +381,9 @@ mod tests {
         let frame = Deflater::new(1).encode_frame(OpCode::Binary, &big).unwrap();
         let payload = &frame[payload_start(&frame)..];
         {
-            let out = d.inflate(MessageKind::Binary, payload, 200_000, &stats).unwrap();
+            let out = d
+                .inflate(MessageKind::Binary, payload, 200_000, &stats)
+                .unwrap();
             assert_eq!(&out[..], &big[..]);
         }
         assert!(d.inflated.borrow().capacity() <= KEEP_INFLATED);

@@ -11,6 +11,9 @@ use crate::stats::{add, get};
 pub struct CompressionStats {
     /// Open connections that negotiated permessage-deflate (a gauge).
     pub connections: AtomicU64,
+    /// Topics for which this participant builds compressed variants: some compressing
+    /// connection reads them, here or on another shard (a gauge).
+    pub topics: AtomicU64,
     compressed: AtomicU64,
     incompressible: AtomicU64,
     bytes_before: AtomicU64,
@@ -57,6 +60,7 @@ impl CompressionStats {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             connections: get(&self.connections),
+            topics: get(&self.topics),
             compressed_messages: get(&self.compressed),
             incompressible_messages: get(&self.incompressible),
             bytes_before: get(&self.bytes_before),
@@ -76,6 +80,8 @@ impl CompressionStats {
 pub struct Snapshot {
     /// Open connections that negotiated permessage-deflate.
     pub connections: u64,
+    /// Topics some compressing connection of the process reads, as this participant knows.
+    pub topics: u64,
     /// Payloads compressed (once per message and wire variant, for every connection of every
     /// shard).
     pub compressed_messages: u64,

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: start the real binary, connect clients.
 #![allow(dead_code)]
 
+pub mod zclient;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
