@@ -153,6 +153,12 @@ impl ZClient {
 
     /// The next message or close (pings are skipped).
     pub fn read(&mut self) -> Got {
+        self.read_some()
+            .unwrap_or_else(|| panic!("nothing within {TIMEOUT:?}"))
+    }
+
+    /// [`read`](Self::read); `None` when the socket's read timeout passes first.
+    fn read_some(&mut self) -> Option<Got> {
         loop {
             let d = self.dec.decode(&mut self.buf);
             let consumed = d.consumed;
@@ -174,7 +180,7 @@ impl ZClient {
                 Some(Event::Ping(_) | Event::Pong(_)) | None => None,
             };
             self.buf.drain(..consumed);
-            if let Some(out) = out {
+            if out.is_some() {
                 return out;
             }
             if consumed > 0 {
@@ -182,11 +188,32 @@ impl ZClient {
             }
             let mut chunk = [0u8; 65536];
             match self.tcp.read(&mut chunk) {
-                Ok(0) => return Got::Eof,
+                Ok(0) => return Some(Got::Eof),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Got::Eof,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Some(Got::Eof)
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
                 Err(e) => panic!("read: {e}"),
             }
+        }
+    }
+
+    /// The next message if one arrives within `within` (a partial frame stays buffered).
+    pub fn poll(&mut self, within: std::time::Duration) -> Option<Received> {
+        self.tcp.set_read_timeout(Some(within)).unwrap();
+        let got = self.read_some();
+        self.tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        match got? {
+            Got::Message(m) => Some(m),
+            other => panic!("expected a message, got {other:?}"),
         }
     }
 
