@@ -38,6 +38,10 @@ if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
     fi
 fi
 
+# engine/tests/deflate_peers.rs drives Python `websockets` from target/pyenv (pinned versions).
+step "python test peers (target/pyenv)"
+scripts/pyenv.sh
+
 step "tests, default driver (io_uring when available)"
 cargo test --workspace
 

@@ -743,7 +743,11 @@ fn messages_from_nats_are_compressed_once_by_the_bridge() {
         })
         .collect();
     for m in &msgs {
-        raw.publish("shardcast.zext", &[("Shardcast-Kind", "text")], m.as_bytes());
+        raw.publish(
+            "shardcast.zext",
+            &[("Shardcast-Kind", "text")],
+            m.as_bytes(),
+        );
     }
     raw.ping();
     for m in &msgs {

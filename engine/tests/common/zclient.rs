@@ -190,9 +190,7 @@ impl ZClient {
             match self.tcp.read(&mut chunk) {
                 Ok(0) => return Some(Got::Eof),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    return Some(Got::Eof)
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(Got::Eof),
                 Err(e)
                     if matches!(
                         e.kind(),
