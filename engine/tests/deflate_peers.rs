@@ -236,7 +236,7 @@ fn chromium_negotiates_receives_and_round_trips_compressed() {
     // echo request, the reports) that the server inflated.
     let after = compression(admin);
     let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
-    assert!(delta("compressed_deliveries") >= N as u64 + 1, "{after}");
+    assert!(delta("compressed_deliveries") > N as u64, "{after}"); // N broadcasts + the echo
     assert!(delta("inflated_messages") >= 1, "{after}");
     let _ = std::fs::remove_dir_all(&dir);
 }
