@@ -216,7 +216,8 @@ impl Feed {
     }
 }
 
-/// A corpus of `n` messages of `kind` from one seeded feed.
+/// A corpus of `n` messages of `kind` from one seeded feed (proto/benches/deflate.rs).
+#[allow(dead_code)]
 pub fn corpus(kind: Kind, n: usize, seed: u64) -> Vec<String> {
     let mut feed = Feed::new(seed);
     (0..n).map(|_| feed.event(kind)).collect()
