@@ -160,7 +160,7 @@ async fn worker(
         if negotiated.len() < 4 {
             negotiated.push(conn.extensions.clone());
         }
-        let sample = args.inflate_every > 0 && id as usize % args.inflate_every == 0;
+        let sample = args.inflate_every > 0 && (id as usize).is_multiple_of(args.inflate_every);
         tasks.push(monoio::spawn(receive(conn, sh.clone(), sample)));
     }
     let publisher = (w == 0).then(|| {
