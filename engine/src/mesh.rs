@@ -460,6 +460,13 @@ mod tests {
     use std::thread;
     use std::time::Duration;
 
+    /// A ring slot is one `MeshItem`, allocated for every slot of every ring at start (the
+    /// README's `ring_capacity` row quotes it): the compressed variants ride behind one `Arc`.
+    #[test]
+    fn ring_slot_size() {
+        assert_eq!(std::mem::size_of::<MeshItem>(), 104);
+    }
+
     /// Test items: a `u32` stands for a message of that many payload bytes.
     impl MeshPayload for u32 {
         fn payload_bytes(&self) -> usize {

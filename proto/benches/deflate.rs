@@ -201,12 +201,13 @@ fn bench(c: &mut Criterion) {
         let mut feed = Feed::new(42);
         let msgs: Vec<String> = (0..1000).map(|_| feed.mixed()).collect();
         let mut out = Vec::new();
-        let mut total = 0;
+        let (mut raw, mut total) = (0, 0);
         for m in &msgs {
             cand.compress(m.as_bytes(), &mut out);
+            raw += m.len();
             total += out.len();
         }
-        println!("{only}: 1000 mixed messages, {total} bytes compressed");
+        println!("{only}: 1000 mixed messages, {raw} bytes, {total} compressed");
         std::process::exit(0);
     }
     let mut out = Vec::new();
