@@ -97,17 +97,17 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
 async fn worker(w: usize, n: usize, args: IdleArgs, target: Target, sh: Arc<Shared>, pid: u32) {
     let deadline = Instant::now() + Duration::from_secs_f64(args.common.timeout);
     let path = format!("/ws/{}", args.common.topic);
-    let ids = common::share(args.connections, w, n);
-    let (conns, failed) = common::connect_all(
+    let conns = common::connect_share(
         &target,
-        ids,
+        &args.common,
         &path,
-        args.common.connect_concurrency,
-        Duration::from_secs(10),
+        args.connections,
+        w,
+        n,
+        &sh.connected,
+        &sh.failed,
     )
     .await;
-    sh.connected.fetch_add(conns.len(), Ordering::AcqRel);
-    sh.failed.fetch_add(failed, Ordering::AcqRel);
     let left = deadline.saturating_duration_since(Instant::now());
     let all =
         || sh.connected.load(Ordering::Acquire) + sh.failed.load(Ordering::Acquire) >= sh.total;

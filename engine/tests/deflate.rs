@@ -67,25 +67,13 @@ fn negotiation_follows_rfc7692() {
     assert_eq!(ext(None), None);
     // Offers spread over several header lines.
     let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
-    let head = {
-        use std::io::{Read, Write};
-        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-        write!(
-            tcp,
-            "GET /ws/t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Extensions: foo; a=\"x,y\"\r\n\
-             Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=\"12\"\r\n\r\n"
-        )
-        .unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            tcp.read_exact(&mut b).unwrap();
-            head.push(b[0]);
-        }
-        String::from_utf8(head).unwrap()
-    };
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let head = upgrade_raw_with(
+        &mut tcp,
+        "/ws/t",
+        "Sec-WebSocket-Extensions: foo; a=\"x,y\"\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=\"12\"\r\n",
+    );
     assert_eq!(
         header(&head, "sec-websocket-extensions"),
         Some(format!("{ANSWER}; server_max_window_bits=12"))

@@ -140,19 +140,6 @@ fn python_websockets_negotiates_receives_and_sends_compressed() {
     assert!(c["compressed_deliveries"].as_u64() >= Some(N as u64), "{c}");
 }
 
-/// Chromium, or `None` when it is not installed (scripts/test.sh installs it when it can).
-fn chromium() -> Option<PathBuf> {
-    [
-        std::env::var("CHROMIUM").ok(),
-        Some("/usr/bin/chromium".to_owned()),
-        Some("/usr/bin/chromium-browser".to_owned()),
-    ]
-    .into_iter()
-    .flatten()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-}
-
 /// The page Chromium runs: subscribe (compressed), report readiness and everything read over
 /// a publisher WebSocket to `/pub/report`, round-trip /echo.
 const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>deflate</title><script>

@@ -232,10 +232,15 @@ pub fn stats(addr: SocketAddr) -> serde_json::Value {
 /// Sends a WebSocket upgrade for `path` on a raw socket and reads exactly the response head
 /// (byte by byte, so no frame bytes are consumed); asserts 101 and returns the head.
 pub fn upgrade_raw(tcp: &mut TcpStream, path: &str) -> String {
+    upgrade_raw_with(tcp, path, "")
+}
+
+/// [`upgrade_raw`] with `extra` header lines (each ending in `\r\n`) in the request.
+pub fn upgrade_raw_with(tcp: &mut TcpStream, path: &str, extra: &str) -> String {
     write!(
         tcp,
         "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     )
     .unwrap();
     let mut head = Vec::new();
@@ -369,4 +374,17 @@ pub fn histogram(admin_addr: SocketAddr, shard: usize, kind: &str) -> Histogram<
     Deserializer::new()
         .deserialize(&mut bytes.as_slice())
         .expect("V2 deflate histogram")
+}
+
+/// Chromium, or `None` when it is not installed (scripts/test.sh installs it when it can).
+pub fn chromium() -> Option<std::path::PathBuf> {
+    [
+        std::env::var("CHROMIUM").ok(),
+        Some("/usr/bin/chromium".to_owned()),
+        Some("/usr/bin/chromium-browser".to_owned()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
 }
