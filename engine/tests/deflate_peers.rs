@@ -184,16 +184,7 @@ fn chromium_negotiates_receives_and_round_trips_compressed() {
     let url = format!("file://{}?ws=ws://{}&n={N}", page.display(), server.addr);
     let _browser = Peer::spawn(
         Command::new(bin)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ])
+            .args(CHROMIUM_FLAGS)
             .arg(format!("--user-data-dir={}", dir.join("profile").display()))
             .arg(url)
             .stderr(Stdio::null()),

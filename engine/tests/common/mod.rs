@@ -388,3 +388,16 @@ pub fn chromium() -> Option<std::path::PathBuf> {
     .map(std::path::PathBuf::from)
     .find(|p| p.exists())
 }
+
+/// Headless Chromium flags for tests on a machine without a network: no sandbox (root), no GPU,
+/// and none of the background connections a closed network refuses.
+pub const CHROMIUM_FLAGS: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
