@@ -13,9 +13,9 @@
 //!   stored block after the final one. The LZ77 window is 32 KiB (`server_max_window_bits`
 //!   15): a connection that negotiated less must get this frame only for messages no longer
 //!   than its window (see [`Agreed::max_compressed_len`](super::Agreed::max_compressed_len)).
-//! - State: the compressor (allocated once, a few hundred KiB at the higher levels) and one
-//!   scratch buffer that grows to the largest message's bound. One per shard: no state is
-//!   kept between messages.
+//! - State: the compressor (allocated once: 200 KiB at level 1, ~650 KiB at 2–9, 8.6 MiB at
+//!   10–12) and one scratch buffer that grows to the largest message's bound. One per shard: no
+//!   state is kept between messages.
 
 use bytes::Bytes;
 use libdeflater::{CompressionLvl, Compressor};
