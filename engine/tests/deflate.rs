@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::zclient::{deflate, frames, header, ZClient, OFFER};
+use common::zclient::{deflate, frames, header, inflate_window, ZClient, OFFER};
 use common::*;
 use flate2::{Compress, Compression, FlushCompress};
 use tungstenite::Message;
@@ -414,4 +414,58 @@ fn topic_rules_and_thresholds_decide_what_is_compressed() {
     let got = none.message();
     assert!(!got.compressed);
     assert!(json.message().compressed);
+}
+
+/// Autobahn|Testsuite 13.1–13.7, in spirit: for each of its offer lists (`server_no_context_takeover`
+/// and `server_max_window_bits` requested or not), compressed messages of 16 B – 4 KiB sent to
+/// /echo come back intact; every compressed reply inflates within the window the client asked
+/// for (a reply longer than the window comes back plain; one that does not shrink, too).
+#[test]
+fn autobahn_13_offers_round_trip_through_echo() {
+    let server = Server::start(&["--compression-min-bytes", "16"]);
+    let offers: [(&str, u8); 7] = [
+        ("permessage-deflate", 15),
+        ("permessage-deflate; server_no_context_takeover", 15),
+        ("permessage-deflate; server_max_window_bits=8", 8),
+        ("permessage-deflate; server_max_window_bits=15", 15),
+        (
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=8",
+            8,
+        ),
+        (
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=15",
+            15,
+        ),
+        (
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=8, \
+             permessage-deflate; server_no_context_takeover, permessage-deflate",
+            8,
+        ),
+    ];
+    for (offer, bits) in offers {
+        let mut z = ZClient::connect(server.addr, "/echo", Some(offer));
+        let ext = z
+            .extensions()
+            .unwrap_or_else(|| panic!("{offer}: declined"));
+        assert!(ext.starts_with(ANSWER), "{offer}: {ext}");
+        for size in [16usize, 64, 256, 1024, 4096] {
+            for i in 0..20 {
+                let mut msg = event(i, size).into_bytes();
+                msg.truncate(size);
+                z.send(false, &msg, true, usize::MAX);
+                let got = z.message();
+                assert_eq!(got.payload, msg, "{offer}, {size} B");
+                let window = 1usize << bits;
+                if msg.len() > window {
+                    assert!(!got.compressed, "{offer}, {size} B: over the window");
+                } else if size >= 256 {
+                    assert!(got.compressed, "{offer}, {size} B: JSON this long shrinks");
+                }
+                if got.compressed {
+                    // Within the client's window (flate2 inflates with at least 9 bits).
+                    assert_eq!(inflate_window(&got.wire, 1 << 20, bits.max(9)), msg);
+                }
+            }
+        }
+    }
 }

@@ -30,6 +30,8 @@ pub struct Received {
     pub payload: Vec<u8>,
     /// Payload bytes as they were on the wire.
     pub wire_len: usize,
+    /// The payload as it was on the wire (compressed, if it came compressed).
+    pub wire: Vec<u8>,
 }
 
 /// What a read ended with.
@@ -75,7 +77,12 @@ pub fn deflate(msg: &[u8]) -> Vec<u8> {
 
 /// Inflate one permessage-deflate payload (flate2, fresh state), at most `max` bytes.
 pub fn inflate(payload: &[u8], max: usize) -> Vec<u8> {
-    let mut d = Decompress::new(false);
+    inflate_window(payload, max, 15)
+}
+
+/// [`inflate`] with a `bits`-bit window (9..=15): fails on a back-reference beyond it.
+pub fn inflate_window(payload: &[u8], max: usize, bits: u8) -> Vec<u8> {
+    let mut d = Decompress::new_with_window_bits(false, bits);
     let mut input = payload.to_vec();
     input.extend_from_slice(&[0, 0, 0xff, 0xff]);
     let mut out = Vec::with_capacity(payload.len() * 4 + 64);
@@ -161,6 +168,7 @@ impl ZClient {
                             wire.to_vec()
                         },
                         wire_len: wire.len(),
+                        wire: wire.to_vec(),
                     }))
                 }
                 Some(Event::Close(c)) => Some(Got::Close(c.map_or(0, |(c, _)| c.0))),
