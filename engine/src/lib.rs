@@ -29,12 +29,14 @@
 //! - [`histlog`]: periodic HdrHistogram interval logs per shard (`--histogram-log`).
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
 //! - [`deflate`]: permessage-deflate, compressed once per message for the whole process.
+//! - [`continuity`]: per-topic sequence numbers, history and resume (sans-IO; docs/CONTINUITY.md).
 #![deny(missing_docs)]
 
 pub mod admin;
 pub mod bridge;
 pub mod config;
 pub mod conn;
+pub mod continuity;
 pub mod control;
 pub mod dashboard;
 pub mod deflate;
