@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::OnceLock;
 
-use crate::stats::{get, monotonic_ms};
+use crate::obs::stats::{get, monotonic_ms};
 
 /// The bridge's connection to NATS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub struct BridgeStats {
     /// full or queue memory above the overload mark).
     pub in_stalls: AtomicU64,
     /// Messages from NATS compressed here, once for every shard (permessage-deflate).
-    pub compression: crate::deflate::stats::CompressionStats,
+    pub compression: crate::obs::compression::CompressionStats,
 }
 
 /// A copy of the bridge's counters for /stats, /metrics and /health.
@@ -96,7 +96,7 @@ pub struct BridgeSnapshot {
     /// Times pulling from NATS stopped for back-pressure.
     pub in_stalls: u64,
     /// Compression of messages from NATS (the `compression` object of the bridge in /stats).
-    pub compression: crate::deflate::stats::Snapshot,
+    pub compression: crate::obs::compression::Snapshot,
 }
 
 fn state_name<S: serde::Serializer>(s: &LinkState, ser: S) -> Result<S::Ok, S::Error> {
