@@ -11,7 +11,10 @@
 #                   (CPU per delivery is what is compared, and the run says how far it got)
 # Server on CPU 0 (one shard), generator on CPU 1; medians over ROUNDS. Then, noise-free, a
 # callgrind run of shardcast-on with CG_SUBS subscribers: the share of the server's user-space
-# instructions spent compressing.
+# instructions spent compressing. Then the idle cost: IDLE_CONNS subscribers (after 500 held
+# warm-up ones) that offer permessage-deflate or not, against the default server, interleaved
+# rounds: RSS per connection (`shardcast-bench idle --deflate`). FEED=0 / CALLGRIND=0 /
+# IDLE_CONNS=0 skip a part.
 #   scripts/bench-deflate.sh                  # SUBS=1000 RATE=100 DUR=10 ROUNDS=3
 #   ROUNDS=1 DUR=3 scripts/bench-deflate.sh   # quick look
 # Results (JSON per run, table.md) go to target/bench-deflate/<UTC time>-<commit>/.
@@ -25,6 +28,8 @@ ROUNDS="${ROUNDS:-3}"
 NODE_DEFLATE_RATE="${NODE_DEFLATE_RATE:-10}"
 CG_SUBS="${CG_SUBS:-100}"
 CALLGRIND="${CALLGRIND:-1}"
+FEED="${FEED:-1}"
+IDLE_CONNS="${IDLE_CONNS:-10000}"
 
 cargo build --release -p shardcast -p shardcast-bench >&2
 if [ ! -d bench/baselines/node-ws/node_modules/ws ]; then
@@ -65,6 +70,7 @@ run() {
 SC=(target/release/shardcast --listen 127.0.0.1:0 --admin-listen off --shards 1 --log warn)
 NODE=(node bench/baselines/node-ws/server.js --listen 127.0.0.1:0)
 for round in $(seq "$ROUNDS"); do
+    [ "$FEED" = 1 ] || break
     run shardcast-off "$round" "$RATE" "${SC[@]}" --compression off
     run shardcast-on "$round" "$RATE" "${SC[@]}"
     run shardcast-l1 "$round" "$RATE" "${SC[@]}" --compression-level 1
@@ -93,6 +99,21 @@ if [ "$CALLGRIND" = 1 ] && command -v valgrind >/dev/null; then
     done
 fi
 
+if [ "$IDLE_CONNS" -gt 0 ]; then
+    for round in $(seq "$ROUNDS"); do
+        for mode in plain deflate; do
+            start "idle-$mode" "${SC[@]}"
+            offer=()
+            [ "$mode" = deflate ] && offer=(--deflate)
+            taskset -c 1 "$BENCH" idle --url "ws://$ADDR" --cpus 1 --server-pid "$PID" \
+                --connections "$IDLE_CONNS" --warmup 500 "${offer[@]}" --topic idle \
+                --json "$out/idle-$mode.r$round.json" || echo "warning: idle $mode round $round failed" >&2
+            kill "$PID" 2>/dev/null || true
+            wait "$PID" 2>/dev/null || true
+        done
+    done
+fi
+
 python3 - "$out" "$SUBS" "$RATE" "$DUR" "$NODE_DEFLATE_RATE" <<'EOF' | tee "$out/table.md"
 import glob, json, os, re, statistics, sys
 out, subs, rate, dur, node_rate = sys.argv[1:]
@@ -105,10 +126,11 @@ for n in names:
     runs = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{n}.r*.json"))]
     if runs:
         rows[n] = runs
-print(f"feed: 1 publisher -> {subs} subscribers, mixed JSON market data, {rate} msg/s "
-      f"(node-ws-deflate: {node_rate} msg/s), {dur} s; medians of {max(len(r) for r in rows.values())} interleaved rounds\n")
-print("| server | negotiated | wire B/delivery | wire / payload | compressed deliveries | server CPU µs/delivery (user / sys) | vs shardcast-off | deliveries / expected | generator cores |")
-print("|---|---|---|---|---|---|---|---|---|")
+if rows:
+    print(f"feed: 1 publisher -> {subs} subscribers, mixed JSON market data, {rate} msg/s "
+          f"(node-ws-deflate: {node_rate} msg/s), {dur} s; medians of {max(len(r) for r in rows.values())} interleaved rounds\n")
+    print("| server | negotiated | wire B/delivery | wire / payload | compressed deliveries | server CPU µs/delivery (user / sys) | vs shardcast-off | deliveries / expected | generator cores |")
+    print("|---|---|---|---|---|---|---|---|---|")
 base = med([r["server_cpu_us_per_delivery"] for r in rows.get("shardcast-off", [])])
 for n, runs in rows.items():
     g = lambda k: med([r.get(k) for r in runs])
@@ -138,5 +160,12 @@ for mode in ["off", "on"]:
         line += (f"; compressing {c:,} ({comp.group(2)}%, {c / msgs:,.0f} per published message); "
                  f"the rest {(t - c) / d:,.0f} per delivery")
     print(line)
+for mode in ["plain", "deflate"]:
+    runs = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/idle-{mode}.r*.json"))]
+    if runs:
+        per = [round(r["bytes_per_subscribed_connection"]) for r in runs]
+        print(f"\nidle, subscribers {'offering permessage-deflate' if mode == 'deflate' else 'plain'}: "
+              f"{med(per):,.0f} B RSS per connection (median; rounds {per}), "
+              f"negotiated {[r.get('deflate_negotiated') for r in runs]} of {[r['connected'] for r in runs]}")
 EOF
 echo "results in $out" >&2
