@@ -1,49 +1,64 @@
 //! The shard's permessage-deflate glue (the decisions are in `crate::deflate`, the protocol in
 //! `shardcast_proto::deflate`): interest notices when compressing subscribers come and go,
 //! the delivery counters, inbound inflation and compressed echo replies. The core calls these
-//! from one commented line each in `input.rs`, `fanout.rs` and `mesh.rs`.
+//! from a few commented lines in `input.rs`, `fanout.rs` and `mesh.rs`.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardcast_proto::{encode_frame, MessageKind, OpCode};
+use shardcast_proto::deflate::Agreed;
+use shardcast_proto::{encode_close, encode_frame, MessageKind, OpCode};
 
-use crate::conn::state::flag;
+use crate::conn::state::{flag, Role};
 use crate::deflate::interest::Variant;
+use crate::deflate::Negotiated;
 use crate::mesh::{Envelope, MeshItem};
 use crate::obs::stats;
 use crate::runtime::driver::ConnId;
-use crate::shard::input::message_limit;
 use crate::shard::{Core, State};
 
 impl Core {
-    /// A compressed message arrived on `id`: inflate it into the shard's buffer, the
-    /// connection's message limit enforced while inflating (1009 as soon as it is exceeded,
-    /// 1007 for corrupt data or bad UTF-8), then handle it as if it had come plain.
-    pub(crate) fn handle_compressed(&mut self, id: ConnId, kind: MessageKind, compressed: &[u8]) {
-        let config = &self.st.config;
-        let Some(limit) = self
-            .st
-            .conns
-            .get(id)
-            .map(|c| message_limit(config, &c.role))
-        else {
-            return;
-        };
+    /// A compressed message arrived on `id`: inflate it into the shard's buffer (lent out: the
+    /// caller gives it back with `ShardDeflate::recycle`), the connection's message limit
+    /// enforced while inflating. `None`: it went over the limit (1009, as soon as it does), or
+    /// the data was corrupt or the text not UTF-8 (1007): counted, and the connection is
+    /// closing.
+    pub(crate) fn inflate_message(
+        &mut self,
+        id: ConnId,
+        kind: MessageKind,
+        compressed: &[u8],
+    ) -> Option<Vec<u8>> {
         let st = &mut self.st;
+        // The limit a plain message of this connection has (`handle_ws_input`'s decoder).
+        let limit = match &st.conns.get(id)?.role {
+            Role::Subscriber => st.config.max_control_message_bytes,
+            _ => st.config.max_message_bytes,
+        };
         let stats = &st.all_stats[st.id].compression;
         match st.deflate.inflate(kind, compressed, limit, stats) {
-            Ok(out) => {
-                self.handle_message(id, kind, &out);
-                self.st.deflate.recycle(out);
+            Ok(out) => Some(out),
+            Err(e) => {
+                st.stats().protocol_error(e.code.0);
+                st.close_with_bytes(id.slot, encode_close(e.code, e.reason));
+                None
             }
-            Err(e) => self.st.fail(id, e),
         }
     }
 }
 
 impl State {
+    /// The handshake's permessage-deflate agreement for `id` (set before it subscribes:
+    /// compressing readers are counted per topic), and the connections gauge.
+    pub fn deflate_agreed(&mut self, id: ConnId, agreed: Option<Agreed>) {
+        let n = Negotiated::of(agreed);
+        if let (Some(c), true) = (self.conns.get_mut(id), n.is_on()) {
+            c.deflate = n;
+            self.deflate_connection(true);
+        }
+    }
+
     /// A subscriber (`slot`) of `topic` joined (`on`) or is leaving: if it negotiated
     /// permessage-deflate and that changes this shard's interest in the topic's compressed
     /// variant it reads, tell every other participant (`deflate::interest`).

@@ -13,21 +13,19 @@ use bytes::Bytes;
 use shardcast_proto::http::{Parse, RequestLimits, RequestParser};
 use shardcast_proto::{
     encode_close, encode_frame, CloseCode, Decoder, DecoderConfig, Event, MessageKind, OpCode,
-    ProtocolError, Role as WsRole,
+    Role as WsRole,
 };
 
-use crate::config::Config;
 use crate::conn::admission::{self, Load};
 use crate::conn::control::{self, Subscriptions};
 use crate::conn::heartbeat::Liveness;
 use crate::conn::route::Route;
 use crate::conn::state::{flag, Body, Conn, Http, Phase, Role, Rx};
 use crate::conn::upgrade::{self, Decision};
-use crate::deflate::Negotiated;
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats::{self, Refusal};
 use crate::runtime::driver::{Admit, ConnId, IoRequest};
-use crate::shard::{Core, State};
+use crate::shard::Core;
 
 impl Core {
     /// A connection was accepted from `peer`: admit it (a slot, reading its request under the
@@ -157,14 +155,9 @@ impl Core {
                             let leftover = http.buf.split_off(head_len);
                             let accepted_at = http.accepted_at;
                             self.st.recycle(http.buf);
-                            let deflate = Negotiated::of(deflate);
-                            return self.upgrade(
-                                id,
-                                accepted_at,
-                                (route, deflate),
-                                response,
-                                leftover,
-                            );
+                            // permessage-deflate, before `upgrade` subscribes (`shard/deflate.rs`).
+                            self.st.deflate_agreed(id, deflate);
+                            return self.upgrade(id, accepted_at, route, response, leftover);
                         }
                         refuse => refuse,
                     }
@@ -219,13 +212,13 @@ impl Core {
         self.respond(id, http.buf, response);
     }
 
-    /// Switch `id` to WebSocket: write the 101, take its role (and its permessage-deflate
-    /// agreement), and decode what the client sent after the request head.
+    /// Switch `id` to WebSocket: write the 101, take its role, and decode what the client sent
+    /// after the request head.
     fn upgrade(
         &mut self,
         id: ConnId,
         accepted_at: std::time::Instant,
-        (route, deflate): (Route, Negotiated),
+        route: Route,
         response: Vec<u8>,
         mut leftover: Vec<u8>,
     ) {
@@ -246,10 +239,6 @@ impl Core {
         c.set(flag::REGISTERED);
         c.liveness = liveness;
         c.write_progress = now_ms;
-        c.deflate = deflate; // before subscribing: compressing readers are counted per topic
-        if deflate.is_on() {
-            st.deflate_connection(true);
-        }
         st.registered += 1;
         st.push_bytes(id.slot, Bytes::from(response));
         let max_topics = st.config.max_topics_per_connection;
@@ -295,14 +284,17 @@ impl Core {
         if c.phase != Phase::Open {
             return;
         }
-        let max = message_limit(&self.st.config, &c.role);
+        let max = match c.role {
+            Role::Subscriber => self.st.config.max_control_message_bytes,
+            _ => self.st.config.max_message_bytes,
+        };
         let deflate = c.deflate.is_on();
         let mut rx = c.rx.take().unwrap_or_else(|| {
             let mut decoder = Decoder::new(DecoderConfig {
                 role: WsRole::Server,
                 max_message_size: max,
             });
-            // permessage-deflate: RSV1 marks a compressed message (`handle_compressed`).
+            // permessage-deflate: RSV1 marks a compressed message (`inflate_message`).
             decoder.set_permessage_deflate(deflate);
             Box::new(Rx {
                 decoder,
@@ -371,7 +363,11 @@ impl Core {
                     seen = true;
                     self.handle_event(id, ev);
                 }
-                Err(e) => self.st.fail(id, e),
+                Err(e) => {
+                    self.st.stats().protocol_error(e.code.0);
+                    self.st
+                        .close_with_bytes(id.slot, encode_close(e.code, e.reason));
+                }
             }
             off += consumed;
         }
@@ -387,11 +383,54 @@ impl Core {
     /// Act on one event of `id`, by its role.
     fn handle_event(&mut self, id: ConnId, ev: Event<'_>) {
         match ev {
-            // permessage-deflate: inflated first (`shard/deflate.rs`), then handled alike.
-            Event::Message(m) if m.compressed => {
-                self.handle_compressed(id, m.kind, m.payload.as_bytes())
+            Event::Message(m) => {
+                // permessage-deflate: a compressed message is inflated first, within the limit
+                // (`shard/deflate.rs`; `None`: it failed and the connection is closing).
+                let inflated = match m.compressed {
+                    true => match self.inflate_message(id, m.kind, m.payload.as_bytes()) {
+                        Some(out) => Some(out),
+                        None => return,
+                    },
+                    false => None,
+                };
+                let payload = inflated.as_deref().unwrap_or(m.payload.as_bytes());
+                let s = self.st.stats();
+                stats::add(&s.messages_in, 1);
+                stats::add(&s.bytes_in, payload.len() as u64);
+                let Some(role) = self.st.conns.get(id).map(|c| c.role.clone()) else {
+                    return;
+                };
+                match role {
+                    Role::Subscriber => {
+                        if m.kind == MessageKind::Text {
+                            let max = self.st.config.max_topics_per_connection;
+                            let reply = control::handle(
+                                payload,
+                                &mut SubsOf {
+                                    core: self,
+                                    slot: id.slot,
+                                },
+                                max,
+                            );
+                            self.st
+                                .push_own(id.slot, encode_frame(OpCode::Text, reply.as_bytes()));
+                        }
+                    }
+                    Role::Publisher(topic) => self.publish(&topic, m.kind, payload),
+                    Role::Echo => {
+                        let op = match m.kind {
+                            MessageKind::Text => OpCode::Text,
+                            MessageKind::Binary => OpCode::Binary,
+                        };
+                        // permessage-deflate: compressed for this connection if it negotiated it.
+                        let frame = self.st.own_frame(id.slot, op, payload);
+                        self.st.push_own(id.slot, frame);
+                    }
+                }
+                if let Some(out) = inflated {
+                    self.st.deflate.recycle(out);
+                }
             }
-            Event::Message(m) => self.handle_message(id, m.kind, m.payload.as_bytes()),
             Event::Ping(p) => self.st.push_own(id.slot, encode_frame(OpCode::Pong, p)),
             Event::Pong(_) => {}
             Event::Close(code) => {
@@ -399,61 +438,6 @@ impl Core {
                 self.st.close_with_bytes(id.slot, encode_close(code, ""));
             }
         }
-    }
-}
-
-impl Core {
-    /// Act on one message of `id`, by its role.
-    pub(crate) fn handle_message(&mut self, id: ConnId, kind: MessageKind, payload: &[u8]) {
-        let s = self.st.stats();
-        stats::add(&s.messages_in, 1);
-        stats::add(&s.bytes_in, payload.len() as u64);
-        let Some(role) = self.st.conns.get(id).map(|c| c.role.clone()) else {
-            return;
-        };
-        match role {
-            Role::Subscriber => {
-                if kind == MessageKind::Text {
-                    let max = self.st.config.max_topics_per_connection;
-                    let reply = control::handle(
-                        payload,
-                        &mut SubsOf {
-                            core: self,
-                            slot: id.slot,
-                        },
-                        max,
-                    );
-                    self.st
-                        .push_own(id.slot, encode_frame(OpCode::Text, reply.as_bytes()));
-                }
-            }
-            Role::Publisher(topic) => self.publish(&topic, kind, payload),
-            Role::Echo => {
-                let op = match kind {
-                    MessageKind::Text => OpCode::Text,
-                    MessageKind::Binary => OpCode::Binary,
-                };
-                // permessage-deflate: compressed for this connection if it negotiated it.
-                let frame = self.st.own_frame(id.slot, op, payload);
-                self.st.push_own(id.slot, frame);
-            }
-        }
-    }
-}
-
-/// Largest message (inflated, if compressed) a connection of `role` may send.
-pub(crate) fn message_limit(config: &Config, role: &Role) -> usize {
-    match role {
-        Role::Subscriber => config.max_control_message_bytes,
-        _ => config.max_message_bytes,
-    }
-}
-
-impl State {
-    /// Fail `id` for a protocol error: counted, closed with the error's code.
-    pub(crate) fn fail(&mut self, id: ConnId, e: ProtocolError) {
-        self.stats().protocol_error(e.code.0);
-        self.close_with_bytes(id.slot, encode_close(e.code, e.reason));
     }
 }
 
