@@ -77,6 +77,10 @@ fi
 step "installing the Binance clients and playwright-core (scripts/clients.sh)"
 scripts/clients.sh
 
+# engine/tests/deflate_peers.rs drives Python `websockets` from target/pyenv (pinned versions).
+step "python test peers (target/pyenv)"
+scripts/pyenv.sh
+
 step "tests, default driver (io_uring when available)"
 cargo test --workspace
 

@@ -4,7 +4,7 @@ use crate::dial::{self, Target, WsConn};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Flags shared by every scenario.
@@ -97,6 +97,28 @@ pub async fn connect_all(
     }
     let (conns, failed) = std::mem::take(&mut *done.borrow_mut());
     (conns, failed)
+}
+
+/// Worker `worker` of `workers`: opens its share of `n` connections on `path` (each bounded by
+/// 10 s, `connect_concurrency` at a time) and adds them to `connected` and the failures to
+/// `failed`; returns the connections with their ids.
+#[allow(clippy::too_many_arguments)]
+pub async fn connect_share(
+    target: &Target,
+    common: &CommonArgs,
+    path: &str,
+    n: usize,
+    worker: usize,
+    workers: usize,
+    connected: &AtomicUsize,
+    failed: &AtomicUsize,
+) -> Vec<(u64, WsConn)> {
+    let ids = share(n, worker, workers);
+    let limit = Duration::from_secs(10);
+    let (conns, lost) = connect_all(target, ids, path, common.connect_concurrency, limit).await;
+    connected.fetch_add(conns.len(), Ordering::AcqRel);
+    failed.fetch_add(lost, Ordering::AcqRel);
+    conns
 }
 
 /// Prints the first connection error only: a storm of identical lines helps nobody.

@@ -15,6 +15,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Connections are bound to 127.0.0.1 ..= 127.0.0.N in turn (1 = let the kernel choose).
     pub source_addrs: u32,
+    /// `Sec-WebSocket-Extensions` to offer in every upgrade (e.g. permessage-deflate).
+    pub extensions: Option<String>,
 }
 
 impl Target {
@@ -30,7 +32,14 @@ impl Target {
         Ok(Target {
             addr,
             source_addrs: source_addrs.max(1),
+            extensions: None,
         })
+    }
+
+    /// The same target, offering `extensions` in every upgrade.
+    pub fn with_extensions(mut self, extensions: Option<&str>) -> Self {
+        self.extensions = extensions.map(str::to_owned);
+        self
     }
 
     /// Source address for connection number `n`.
@@ -52,6 +61,8 @@ pub struct WsConn {
     pub leftover: Vec<u8>,
     /// `X-Shardcast-Shard` from the 101, if present.
     pub shard: Option<u32>,
+    /// `Sec-WebSocket-Extensions` from the 101: what the server accepted, if anything.
+    pub extensions: Option<String>,
 }
 
 /// Connects (binding the source address first when asked) and upgrades to WebSocket on `path`.
@@ -102,9 +113,14 @@ fn websocket_key(n: u64) -> String {
 
 async fn upgrade(mut stream: TcpStream, target: &Target, n: u64, path: &str) -> io::Result<WsConn> {
     let key = websocket_key(n);
+    let ext = target
+        .extensions
+        .as_deref()
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n",
         target.addr
     );
     let (res, _) = stream.write_all(req.into_bytes()).await;
@@ -123,19 +139,23 @@ async fn upgrade(mut stream: TcpStream, target: &Target, n: u64, path: &str) -> 
                 "closed during upgrade",
             ));
         }
-        if let Some((head_len, shard)) = check_response(&buf, &key)? {
+        if let Some((head_len, shard, extensions)) = check_response(&buf, &key)? {
             let leftover = buf[head_len..].to_vec();
             return Ok(WsConn {
                 stream,
                 leftover,
                 shard,
+                extensions,
             });
         }
     }
 }
 
-/// `Ok(None)` while the head is incomplete; the head length and shard id on a valid 101.
-fn check_response(buf: &[u8], key: &str) -> io::Result<Option<(usize, Option<u32>)>> {
+/// The head length, shard id and accepted extensions of a valid 101.
+type Upgraded = (usize, Option<u32>, Option<String>);
+
+/// `Ok(None)` while the head is incomplete; what [`Upgraded`] says on a valid 101.
+fn check_response(buf: &[u8], key: &str) -> io::Result<Option<Upgraded>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -163,7 +183,10 @@ fn check_response(buf: &[u8], key: &str) -> io::Result<Option<(usize, Option<u32
     let shard = header("X-Shardcast-Shard")
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse().ok());
-    Ok(Some((head_len, shard)))
+    let extensions = header("Sec-WebSocket-Extensions")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(|v| v.trim().to_owned());
+    Ok(Some((head_len, shard, extensions)))
 }
 
 #[cfg(test)]
@@ -190,9 +213,9 @@ mod tests {
         let ok =
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-Shardcast-Shard: 3\r\n\r\n\x82\x00";
-        let (n, shard) = check_response(ok, key).unwrap().unwrap();
+        let (n, shard, ext) = check_response(ok, key).unwrap().unwrap();
         assert_eq!(&ok[n..], b"\x82\x00");
-        assert_eq!(shard, Some(3));
+        assert_eq!((shard, ext), (Some(3), None));
         assert!(check_response(&ok[..20], key).unwrap().is_none());
         assert!(check_response(b"HTTP/1.1 404 Not Found\r\n\r\n", key).is_err());
         let bad = b"HTTP/1.1 101 S\r\nSec-WebSocket-Accept: nope\r\n\r\n";

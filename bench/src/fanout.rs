@@ -197,17 +197,17 @@ async fn worker(
     let c = &args.common;
     let deadline = Instant::now() + Duration::from_secs_f64(c.timeout);
     let path = format!("/ws/{}", c.topic);
-    let ids = common::share(args.subscribers, w, n_workers);
-    let (conns, failed) = common::connect_all(
+    let conns = common::connect_share(
         &target,
-        ids,
+        c,
         &path,
-        c.connect_concurrency,
-        Duration::from_secs(10),
+        args.subscribers,
+        w,
+        n_workers,
+        &sh.connected,
+        &sh.failed,
     )
     .await;
-    sh.connected.fetch_add(conns.len(), Ordering::AcqRel);
-    sh.failed.fetch_add(failed, Ordering::AcqRel);
     let hist = Rc::new(RefCell::new(report::latency_histogram()));
     let mut fds = Vec::with_capacity(conns.len());
     let mut shards = Vec::with_capacity(conns.len());

@@ -29,6 +29,10 @@ pub struct IdleArgs {
     /// provided receive buffers, touched in ring order).
     #[arg(long, default_value_t = 500)]
     warmup: usize,
+    /// Every connection offers permessage-deflate as browsers do (the idle cost of a connection
+    /// that negotiated compression).
+    #[arg(long)]
+    deflate: bool,
 }
 
 struct Shared {
@@ -40,6 +44,8 @@ struct Shared {
     release: AtomicBool,
     warm: AtomicUsize,
     measured: AtomicBool,
+    /// Measured connections whose 101 accepted permessage-deflate.
+    negotiated: AtomicUsize,
 }
 
 /// Runs the scenario and prints its result.
@@ -48,7 +54,8 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
         .common
         .server_pid
         .ok_or("idle needs --server-pid (it reads the server's memory)")?;
-    let target = args.common.target()?;
+    let offer = args.deflate.then_some(crate::feed::OFFER);
+    let target = args.common.target()?.with_extensions(offer);
     let cpus = args.common.cpus()?;
     process::proc_memory(pid).map_err(|e| format!("server memory: {e}"))?;
     let sh = Arc::new(Shared {
@@ -60,6 +67,7 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
         release: AtomicBool::new(false),
         warm: AtomicUsize::new(0),
         measured: AtomicBool::new(false),
+        negotiated: AtomicUsize::new(0),
     });
     let meter = Meter::start(Some(pid));
     let n = cpus.len();
@@ -90,6 +98,8 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
         "server_memory_before": before,
         "server_memory_after": after,
         "warmup_connections": args.warmup,
+        "deflate_offered": args.deflate,
+        "deflate_negotiated": sh.negotiated.load(Ordering::Acquire),
         "rss_delta_bytes": after.rss as i64 - before.rss as i64,
         "bytes_per_connection": per(after.rss, before.rss),
         "bytes_per_subscribed_connection": per(after.rss, before.rss),
@@ -98,9 +108,10 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
         "window_measured": window,
     });
     eprintln!(
-        "idle {}: {} connected; server VmRSS {:.1} -> {:.1} MiB = {:.0} B/connection (anon {:.0}); {}",
+        "idle {}: {} connected ({} negotiated permessage-deflate); server VmRSS {:.1} -> {:.1} MiB = {:.0} B/connection (anon {:.0}); {}",
         args.connections,
         connected,
+        sh.negotiated.load(Ordering::Acquire),
         before.rss as f64 / 1048576.0,
         after.rss as f64 / 1048576.0,
         per(after.rss, before.rss),
@@ -145,17 +156,19 @@ async fn worker(w: usize, n: usize, args: IdleArgs, target: Target, sh: Arc<Shar
     }
     let measured = || sh.measured.load(Ordering::Acquire);
     common::wait_until(deadline.saturating_duration_since(Instant::now()), measured).await;
-    let ids = common::share(args.connections, w, n);
-    let (conns, failed) = common::connect_all(
+    let conns = common::connect_share(
         &target,
-        ids,
+        &args.common,
         &path,
-        args.common.connect_concurrency,
-        Duration::from_secs(10),
+        args.connections,
+        w,
+        n,
+        &sh.connected,
+        &sh.failed,
     )
     .await;
-    sh.connected.fetch_add(conns.len(), Ordering::AcqRel);
-    sh.failed.fetch_add(failed, Ordering::AcqRel);
+    let accepted = conns.iter().filter(|(_, c)| c.extensions.is_some()).count();
+    sh.negotiated.fetch_add(accepted, Ordering::AcqRel);
     let left = deadline.saturating_duration_since(Instant::now());
     let all =
         || sh.connected.load(Ordering::Acquire) + sh.failed.load(Ordering::Acquire) >= sh.total;

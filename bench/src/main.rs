@@ -10,10 +10,12 @@ mod connect;
 mod dial;
 mod echo;
 mod fanout;
+mod feed;
 mod font;
 mod hlog;
 mod idle;
 mod incident;
+mod marketdata;
 mod naive_server;
 mod plot;
 mod process;
@@ -41,6 +43,8 @@ struct Cli {
 enum Scenario {
     /// One publisher to N subscribers: maximum rate (windowed) or fixed rate with latency.
     Fanout(fanout::FanoutArgs),
+    /// A JSON market-data feed to N subscribers at a fixed rate, with or without permessage-deflate: wire bytes and server CPU per delivery.
+    Feed(feed::FeedArgs),
     /// N clients in one room, each sends M messages, everyone receives everything.
     Room(room::RoomArgs),
     /// Connection storm: K upgrades, C at a time; handshakes/s and latency.
@@ -68,6 +72,7 @@ fn main() {
     }
     let result = match cli.scenario {
         Scenario::Fanout(a) => fanout::run(a),
+        Scenario::Feed(a) => feed::run(a),
         Scenario::Room(a) => room::run(a),
         Scenario::Connect(a) => connect::run(a),
         Scenario::Idle(a) => idle::run(a),
@@ -96,6 +101,7 @@ mod tests {
         let cli = Cli::try_parse_from(argv).unwrap();
         match cli.scenario {
             Scenario::Fanout(a) => fanout::run(a),
+            Scenario::Feed(a) => feed::run(a),
             Scenario::Room(a) => room::run(a),
             Scenario::Connect(a) => connect::run(a),
             Scenario::Idle(a) => idle::run(a),
@@ -143,6 +149,27 @@ mod tests {
         assert_eq!(f["messages_sent"].as_u64(), Some(500));
         assert_eq!(f["deliveries"].as_u64(), Some(5000));
         assert_eq!(f["lost"].as_u64(), Some(0));
+
+        // `feed` without compression (the naive server offers none; the engine's tests cover
+        // the compressed path): every message to every subscriber, the sample byte-exact.
+        let mut a = common.to_vec();
+        a.extend(["--subscribers", "12", "--rate", "100", "--duration", "0.3"]);
+        a.extend([
+            "--settle-ms",
+            "50",
+            "--topic",
+            "feed",
+            "--inflate-every",
+            "4",
+            "--deflate",
+        ]);
+        let f = run_cli(&[&["feed"], &a[..]].concat(), &dir.join("feed.json"));
+        assert_eq!(f["messages_sent"].as_u64(), Some(30));
+        assert_eq!(f["deliveries"].as_u64(), Some(360));
+        assert_eq!(f["sampled_messages_checked"].as_u64(), Some(90));
+        assert_eq!(f["sampled_mismatches"].as_u64(), Some(0));
+        assert_eq!(f["negotiated"], serde_json::Value::Null);
+        assert!(f["wire_vs_payload"].as_f64().unwrap() > 1.0);
 
         let mut a = common.to_vec();
         a.extend([

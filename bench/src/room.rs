@@ -173,17 +173,17 @@ async fn worker(
     let c = &args.common;
     let deadline = Instant::now() + Duration::from_secs_f64(c.timeout);
     let path = format!("/room/{}", c.topic);
-    let ids = common::share(args.clients, w, n_workers);
-    let (conns, failed) = common::connect_all(
+    let conns = common::connect_share(
         &target,
-        ids,
+        c,
         &path,
-        c.connect_concurrency,
-        Duration::from_secs(10),
+        args.clients,
+        w,
+        n_workers,
+        &sh.connected,
+        &sh.failed,
     )
     .await;
-    sh.connected.fetch_add(conns.len(), Ordering::AcqRel);
-    sh.failed.fetch_add(failed, Ordering::AcqRel);
     let mut fds = Vec::new();
     let mut tasks = Vec::new();
     for (id, conn) in conns {

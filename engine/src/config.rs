@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::deflate::settings::{Switch, TopicRule};
 use crate::flow::limits;
 use crate::flow::policy::{Action, Policy, TopicPolicy};
 use crate::obs::latency::Recording;
@@ -304,8 +305,17 @@ pub struct Config {
     /// Access control and inbound limits (`access/config.rs`).
     #[serde(flatten)]
     pub access: crate::access::config::AccessConfig,
+    /// permessage-deflate offered to clients (compressed once per message for the process).
+    pub compression: Switch,
+    /// Messages shorter than this are never compressed.
+    pub compression_min_bytes: usize,
+    /// Compression level, 1 (fastest) to 12 (smallest).
+    pub compression_level: u8,
     /// Per-topic policies, first matching pattern wins (last: TOML tables follow values).
     pub topic_policy: Vec<TopicPolicy>,
+    /// Per-topic compression on/off, first matching pattern wins, unmatched topics on (tables
+    /// last, like `topic_policy`).
+    pub compression_topic: Vec<TopicRule>,
 }
 
 /// One configuration layer: every option optional. Parsed from the CLI (+ env by clap) and
@@ -457,6 +467,18 @@ pub struct Overrides {
     #[command(flatten)]
     #[serde(flatten)]
     pub access: crate::access::config::AccessOverrides,
+    /// permessage-deflate (RFC 7692) for clients that offer it: each message is compressed once for every compressing client of the process; off = never negotiated [default: on]
+    #[arg(long, env = "SHARDCAST_COMPRESSION")]
+    pub compression: Option<Switch>,
+    /// Messages shorter than this many bytes are sent uncompressed [default: 128]
+    #[arg(long, env = "SHARDCAST_COMPRESSION_MIN_BYTES")]
+    pub compression_min_bytes: Option<usize>,
+    /// Compression level, 1 (fastest) to 12 (smallest), libdeflate's scale [default: 6]
+    #[arg(long, env = "SHARDCAST_COMPRESSION_LEVEL")]
+    pub compression_level: Option<u8>,
+    /// Per-topic compression, repeatable, first match wins, unmatched topics compressed: 'PATTERN=on|off' with globs (* ?), e.g. 'video.*=off' for already-compressed payloads; env: ';'-separated; TOML: [[compression_topic]] tables with pattern and compression [default: none]
+    #[arg(long, env = "SHARDCAST_COMPRESSION_TOPIC", value_delimiter = ';')]
+    pub compression_topic: Option<Vec<TopicRule>>,
     /// Informational key written by --print-config; ignored on input
     #[arg(skip)]
     #[serde(default)]
@@ -576,6 +598,10 @@ impl Overrides {
             nats_buffer_bytes: self.nats_buffer_bytes.or(lower.nats_buffer_bytes),
             nats_pending_messages: self.nats_pending_messages.or(lower.nats_pending_messages),
             nats_reconnect_max_ms: self.nats_reconnect_max_ms.or(lower.nats_reconnect_max_ms),
+            compression: self.compression.or(lower.compression),
+            compression_min_bytes: self.compression_min_bytes.or(lower.compression_min_bytes),
+            compression_level: self.compression_level.or(lower.compression_level),
+            compression_topic: self.compression_topic.or(lower.compression_topic),
             config: self.config.or(lower.config),
             print_config: self.print_config || lower.print_config,
             preflight: self.preflight || lower.preflight,
@@ -722,7 +748,15 @@ impl Overrides {
             nats_pending_messages: self.nats_pending_messages.unwrap_or(8192),
             nats_reconnect_max_ms: self.nats_reconnect_max_ms.unwrap_or(2000),
             access: self.access.finish().map_err(ConfigError::Access)?,
+            compression: self.compression.unwrap_or(Switch::On),
+            compression_min_bytes: self
+                .compression_min_bytes
+                .unwrap_or(crate::deflate::settings::DEFAULT_MIN_BYTES),
+            compression_level: self
+                .compression_level
+                .unwrap_or(crate::deflate::settings::DEFAULT_LEVEL),
             topic_policy,
+            compression_topic: self.compression_topic.unwrap_or_default(),
         };
         if config.histogram_log_interval_ms == 0 {
             return Err(ConfigError::Invalid(
@@ -770,6 +804,9 @@ impl Overrides {
             return Err(ConfigError::Invalid(
                 "nats_buffer_bytes and nats_pending_messages must be at least 1",
             ));
+        }
+        if !shardcast_proto::deflate::LEVELS.contains(&config.compression_level) {
+            return Err(ConfigError::Invalid("compression_level must be 1..=12"));
         }
         if config.nats_reconnect_max_ms == 0 {
             return Err(ConfigError::Invalid(
@@ -835,6 +872,16 @@ impl Config {
                 keep: crate::flow::policy::DEFAULT_KEEP,
             },
         )
+    }
+
+    /// The compression settings the shards (and the NATS bridge) use.
+    pub fn compression(&self) -> crate::deflate::settings::Settings {
+        crate::deflate::settings::Settings {
+            enabled: self.compression.is_on(),
+            min_bytes: self.compression_min_bytes,
+            level: self.compression_level,
+            rules: self.compression_topic.clone(),
+        }
     }
 
     /// Process-wide ceiling on bytes retained by queued frames.

@@ -12,6 +12,7 @@
 //! - [`obs`]: counters, histograms, logs, the tick, the admin listener and what it serves.
 //! - [`ops`]: host facts and the start-up preflight.
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
+//! - [`deflate`]: permessage-deflate, compressed once per message for the whole process.
 //! - [`continuity`]: per-topic sequence numbers, history and resume (sans-IO; docs/CONTINUITY.md).
 //! - [`server`]: start-up and shutdown: binds, builds the mesh, spawns the shards.
 #![deny(missing_docs)]
@@ -22,6 +23,7 @@ pub mod bridge;
 pub mod config;
 pub mod conn;
 pub mod continuity;
+pub mod deflate;
 pub mod flow;
 pub mod mesh;
 pub mod obs;

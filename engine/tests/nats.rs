@@ -757,3 +757,62 @@ fn bridge_logs_each_link_state_change_once() {
     assert!(text.contains("failed_attempts="), "{text}");
     assert!(!text.contains("ERROR"), "{text}");
 }
+
+/// Messages from NATS are compressed once, by the bridge, for every shard's compressing
+/// subscribers (the shards compress nothing); plain subscribers get plain frames.
+#[test]
+fn messages_from_nats_are_compressed_once_by_the_bridge() {
+    use common::zclient::{ZClient, OFFER};
+    let nats = Nats::start();
+    let b = host(&nats, &["--compression-min-bytes", "32"]);
+    let mut zs: Vec<ZClient> = (0..2)
+        .map(|shard| ZClient::connect_on(b.addr, "/ws/zext", Some(OFFER), shard))
+        .collect();
+    let (mut plain, _) = b.ws("/ws/zext");
+    sync(&mut plain);
+    wait_for("B subscribed, compressing", || {
+        counter(&b, "subscriptions") == 1 && bridge(&b)["compression"]["topics"] == 1
+    });
+    let mut raw = RawNats::connect(&nats);
+    let end = deadline();
+    loop {
+        assert!(Instant::now() < end, "no delivery from NATS");
+        raw.publish("shardcast.zext", &[], b"\"probe\"");
+        raw.ping();
+        if poll(&mut plain, Duration::from_millis(50)).is_some_and(|m| is_probe(&m)) {
+            break;
+        }
+    }
+    while poll(&mut plain, Duration::from_millis(100)).is_some() {}
+    for z in &mut zs {
+        while z.poll(Duration::from_millis(100)).is_some() {}
+    }
+    let msgs: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                "{{\"e\":\"trade\",\"s\":\"BTCUSDT\",\"seq\":{i},\"p\":\"97000.{i:02}\",\"q\":\"0.0{i}\",\"pad\":\"{}\"}}",
+                "ab".repeat(50 + i)
+            )
+        })
+        .collect();
+    for m in &msgs {
+        raw.publish(
+            "shardcast.zext",
+            &[("Shardcast-Kind", "text")],
+            m.as_bytes(),
+        );
+    }
+    raw.ping();
+    for m in &msgs {
+        assert_eq!(next_text(&mut plain), *m);
+        for z in &mut zs {
+            let got = z.message();
+            assert!(got.compressed, "from NATS, compressed");
+            assert_eq!(got.payload, m.as_bytes());
+        }
+    }
+    let s = stats(b.admin.unwrap());
+    assert_eq!(s["bridge"]["compression"]["compressed_messages"], 5);
+    assert_eq!(s["totals"]["compression"]["compressed_messages"], 0);
+    assert_eq!(s["totals"]["compression"]["compressed_deliveries"], 10);
+}

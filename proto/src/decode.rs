@@ -3,10 +3,16 @@
 //! Zero copy for single-frame messages (the payload is unmasked in place and borrowed from the
 //! caller's buffer); fragmented messages are reassembled into a buffer that exists only while
 //! such a message is in progress.
+//!
+//! permessage-deflate ([`Decoder::set_permessage_deflate`]): RSV1 is accepted on the first
+//! frame of a data message only (on a continuation or control frame, or when not negotiated,
+//! it is a 1002). Such a message is reported with [`Message::compressed`] set and its
+//! compressed payload; the size limit applies to the compressed bytes here and to the inflated
+//! ones in [`crate::deflate::Inflater`], and UTF-8 is checked after inflation, not here.
 
 use crate::close::{parse_close_payload, CloseCode};
 use crate::error::ProtocolError;
-use crate::frame::{parse_header, FrameHeader, OpCode, Role};
+use crate::frame::{parse_header_with, FrameHeader, OpCode, Role, RSV1};
 use crate::mask::apply_mask;
 use crate::utf8::Utf8Validator;
 use bytes::{Bytes, BytesMut};
@@ -53,8 +59,11 @@ impl Payload<'_> {
 pub struct Message<'b> {
     /// Text or binary.
     pub kind: MessageKind,
-    /// The (unmasked, and for text UTF-8-validated) payload.
+    /// The (unmasked, and unless `compressed`, for text UTF-8-validated) payload.
     pub payload: Payload<'b>,
+    /// permessage-deflate: the payload is compressed (RSV1 on its first frame); inflate it
+    /// with [`crate::deflate::Inflater`], which also checks text.
+    pub compressed: bool,
 }
 
 /// One decoded event.
@@ -86,6 +95,7 @@ pub struct Decoded<'b> {
 #[derive(Debug)]
 struct Reassembly {
     kind: MessageKind,
+    compressed: bool,
     buf: BytesMut,
 }
 
@@ -103,6 +113,8 @@ pub struct Decoder {
     utf8: Utf8Validator,
     role: Role,
     closed: bool,
+    /// RSV bits frames may carry: [`RSV1`] once permessage-deflate is negotiated, else 0.
+    allowed_rsv: u8,
 }
 
 impl Decoder {
@@ -116,7 +128,14 @@ impl Decoder {
             utf8: Utf8Validator::new(),
             role: config.role,
             closed: false,
+            allowed_rsv: 0,
         }
+    }
+
+    /// permessage-deflate was negotiated (or not): accept RSV1 on the first frame of a data
+    /// message and report such messages as [`Message::compressed`].
+    pub fn set_permessage_deflate(&mut self, on: bool) {
+        self.allowed_rsv = if on { RSV1 } else { 0 };
     }
 
     /// True after a Close event or a protocol error: no further input is decoded.
@@ -180,7 +199,7 @@ impl Decoder {
         &mut self,
         input: &'b mut [u8],
     ) -> Result<(usize, Option<Event<'b>>), ProtocolError> {
-        let Some(header) = parse_header(input, self.role)? else {
+        let Some(header) = parse_header_with(input, self.role, self.allowed_rsv)? else {
             self.needed = min_header_len(input).saturating_sub(input.len()).max(1);
             return Ok((0, None));
         };
@@ -253,15 +272,21 @@ impl Decoder {
                     self.fragments = Some(state);
                     return Ok((frame_len, None));
                 }
-                let Reassembly { kind, buf } = *state;
+                let Reassembly {
+                    kind,
+                    compressed,
+                    buf,
+                } = *state;
                 Event::Message(Message {
                     kind,
                     payload: Payload::Assembled(buf.freeze()),
+                    compressed,
                 })
             }
             (opcode, true) => Event::Message(Message {
                 kind: kind_of(opcode),
                 payload: Payload::Borrowed(payload),
+                compressed: header.rsv != 0,
             }),
             (opcode, false) => {
                 // Reserve for one more fragment of the same size, capped by the limit.
@@ -272,6 +297,7 @@ impl Decoder {
                 buf.extend_from_slice(payload);
                 self.fragments = Some(Box::new(Reassembly {
                     kind: kind_of(opcode),
+                    compressed: header.rsv != 0,
                     buf,
                 }));
                 return Ok((frame_len, None));
@@ -281,23 +307,34 @@ impl Decoder {
     }
 
     /// Checks a header against the connection state before any payload is buffered; returns
-    /// whether the frame's payload is text to validate.
+    /// whether the frame's payload is text to validate (compressed text is validated once
+    /// inflated).
     fn check_header(&self, h: &FrameHeader) -> Result<bool, ProtocolError> {
+        // Only RSV1 can get here, and only once negotiated: it marks a message's first frame.
+        if h.rsv != 0 && matches!(h.opcode, OpCode::Continuation) {
+            return Err(ProtocolError::protocol("RSV1 on a continuation frame"));
+        }
         let (assembled, text) = match (h.opcode, &self.fragments) {
             (OpCode::Close, _) if h.payload_len == 1 => {
                 return Err(ProtocolError::protocol("close payload of 1 byte"))
+            }
+            (op, _) if op.is_control() && h.rsv != 0 => {
+                return Err(ProtocolError::protocol("RSV1 on a control frame"))
             }
             (op, _) if op.is_control() => return Ok(false),
             (OpCode::Continuation, None) => {
                 return Err(ProtocolError::protocol("continuation without a message"))
             }
-            (OpCode::Continuation, Some(f)) => (f.buf.len() as u64, f.kind == MessageKind::Text),
+            (OpCode::Continuation, Some(f)) => (
+                f.buf.len() as u64,
+                f.kind == MessageKind::Text && !f.compressed,
+            ),
             (_, Some(_)) => {
                 return Err(ProtocolError::protocol(
                     "new message inside a fragmented one",
                 ))
             }
-            (op, None) => (0, op == OpCode::Text),
+            (op, None) => (0, op == OpCode::Text && h.rsv == 0),
         };
         if assembled.saturating_add(h.payload_len) > self.max_message_size as u64 {
             return Err(ProtocolError::too_big("message over the size limit"));

@@ -62,6 +62,10 @@ pub enum Role {
     Client,
 }
 
+/// The RSV1 bit as it appears in [`FrameHeader::rsv`]: set on the first frame of a message
+/// compressed with permessage-deflate (RFC 7692 §6).
+pub const RSV1: u8 = 0x4;
+
 /// Largest payload a control frame may carry.
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
@@ -73,7 +77,8 @@ pub const MAX_HEADER_LEN: usize = 14;
 pub struct FrameHeader {
     /// Final fragment of a message.
     pub fin: bool,
-    /// RSV1-3 bits (always 0 once parsed: no extension is negotiated).
+    /// RSV1-3 bits (`0b100` = RSV1): only bits the caller allowed
+    /// ([`parse_header_with`]) can be set.
     pub rsv: u8,
     /// The frame opcode.
     pub opcode: OpCode,
@@ -90,15 +95,28 @@ pub struct FrameHeader {
 /// `Ok(None)` means more bytes are needed. Every rule decidable from the first two bytes (RSV,
 /// reserved opcode, control frame fragmented or over 125 bytes, masking vs `role`) is checked
 /// before the extended length arrives, so bad frames fail as early as possible. Non-minimal
-/// length encodings and 64-bit lengths with the top bit set are 1002 errors.
+/// length encodings and 64-bit lengths with the top bit set are 1002 errors. Every RSV bit is
+/// refused (no extension negotiated); see [`parse_header_with`].
 pub fn parse_header(buf: &[u8], role: Role) -> Result<Option<FrameHeader>, ProtocolError> {
+    parse_header_with(buf, role, 0)
+}
+
+/// [`parse_header`] that lets the RSV bits in `allowed_rsv` through (e.g. [`RSV1`] once
+/// permessage-deflate is negotiated); the caller checks where they may appear (RSV1: on the
+/// first frame of a data message only).
+#[inline]
+pub fn parse_header_with(
+    buf: &[u8],
+    role: Role,
+    allowed_rsv: u8,
+) -> Result<Option<FrameHeader>, ProtocolError> {
     let (b0, b1) = match buf {
         [b0, b1, ..] => (*b0, *b1),
         _ => return Ok(None),
     };
     let fin = b0 & 0x80 != 0;
     let rsv = (b0 >> 4) & 0x7;
-    if rsv != 0 {
+    if rsv & !allowed_rsv != 0 {
         return Err(ProtocolError::protocol("reserved bits set"));
     }
     let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(ProtocolError::protocol("reserved opcode"))?;
@@ -192,9 +210,21 @@ pub fn write_header(
     mask: Option<[u8; 4]>,
     payload_len: u64,
 ) -> usize {
+    write_header_rsv(out, fin, 0, opcode, mask, payload_len)
+}
+
+/// [`write_header`] with RSV bits (`rsv` as in [`FrameHeader::rsv`], e.g. [`RSV1`]).
+pub fn write_header_rsv(
+    out: &mut impl BufMut,
+    fin: bool,
+    rsv: u8,
+    opcode: OpCode,
+    mask: Option<[u8; 4]>,
+    payload_len: u64,
+) -> usize {
     // Built on the stack and appended once: one capacity check instead of up to four.
     let mut h = [0u8; MAX_HEADER_LEN];
-    h[0] = (u8::from(fin) << 7) | opcode.as_u8();
+    h[0] = (u8::from(fin) << 7) | ((rsv & 0x7) << 4) | opcode.as_u8();
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     let mut pos = if payload_len < 126 {
         h[1] = mask_bit | payload_len as u8;
@@ -247,6 +277,31 @@ mod tests {
         assert_eq!(code(&[0x81, 0x05], Role::Server), 1002, "server: unmasked");
         assert_eq!(code(&[0x81, 0x85], Role::Client), 1002, "client: masked");
         assert_eq!(parse_header(&[0x81], Role::Server), Ok(None));
+    }
+
+    #[test]
+    fn allowed_rsv_bits_pass_and_round_trip() {
+        assert_eq!(
+            code(&[0xC1, 0x80], Role::Server),
+            1002,
+            "RSV1 not negotiated"
+        );
+        let h = parse_header_with(&[0xC1, 0x80, 1, 2, 3, 4], Role::Server, RSV1)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.rsv, h.opcode, h.fin), (RSV1, OpCode::Text, true));
+        for rsv in [2u8, 1, 3, 6] {
+            let b0 = 0x81 | (rsv << 4);
+            let err = parse_header_with(&[b0, 0x80], Role::Server, RSV1).unwrap_err();
+            assert_eq!(err.code.0, 1002, "rsv {rsv:#b}");
+        }
+        let mut out = Vec::new();
+        write_header_rsv(&mut out, true, RSV1, OpCode::Binary, None, 300);
+        assert_eq!(&out[..2], &[0xC2, 126]);
+        let h = parse_header_with(&out, Role::Client, RSV1)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.rsv, h.payload_len), (RSV1, 300));
     }
 
     #[test]

@@ -12,12 +12,15 @@
 //! - [`close`]: close codes and close-frame payloads.
 //! - [`decode`]: the receive-side state machine (frames → messages and control events).
 //! - [`encode`]: frame encoding (server frames as one shared `Bytes`, masked client frames).
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, compress-once frames, bounded
+//!   inflation.
 //! - [`error`]: protocol errors, each carrying the close code the RFC demands.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod close;
 pub mod decode;
+pub mod deflate;
 pub mod encode;
 pub mod error;
 pub mod frame;

@@ -9,7 +9,11 @@ const at = args.indexOf('--listen');
 const [host, port] = (at >= 0 ? args[at + 1] : '127.0.0.1:0').split(/:(?=[^:]*$)/);
 
 const topics = new Map(); // topic -> Set<WebSocket> of receivers
-const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 1 << 20 });
+// --deflate: permessage-deflate as ws users turn it on (per connection, each send compressed
+// by that connection's own zlib stream, context takeover kept: ws' defaults), with the same
+// 128-byte threshold as shardcast's default so the two compress the same messages.
+const perMessageDeflate = args.includes('--deflate') ? { threshold: 128 } : false;
+const wss = new WebSocketServer({ noServer: true, perMessageDeflate, maxPayload: 1 << 20 });
 
 function broadcast(topic, data, isBinary) {
   const subs = topics.get(topic);

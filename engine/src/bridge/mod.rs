@@ -7,8 +7,10 @@
 //! - shard → bridge: every message published locally (never one that came from NATS), and
 //!   [`MeshItem::Interest`] notices when a shard gets its first / loses its last subscriber of
 //!   a topic, and the `pause` notices every participant gets;
-//! - bridge → shards: messages from NATS, encoded once here (as `Hub::publish` does) and sent
-//!   only to the shards interested in the topic.
+//! - bridge → shards: messages from NATS, encoded once here (as `Core::publish` does,
+//!   compressed variants included when some shard has a subscriber that negotiated
+//!   permessage-deflate: the bridge gets the shards' `MeshItem::Deflate` notices) and sent only
+//!   to the shards interested in the topic.
 //!
 //! Outbound, local publishes go into a queue bounded in bytes (`nats_buffer_bytes`) drained by
 //! a forwarding task; a full queue (NATS slow or down) drops and counts, so the rings into the

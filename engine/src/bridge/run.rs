@@ -25,6 +25,7 @@ use super::linklog::{self, LinkEvent};
 use super::stats::{BridgeStats, LinkState};
 use super::subject::{self, Inbound};
 use crate::config::Config;
+use crate::deflate::ShardDeflate;
 use crate::mesh::{Envelope, MeshItem, MeshLink};
 use crate::obs::stats::{add, get, monotonic_ms, ShardStats};
 use crate::runtime::shutdown::Shutdown;
@@ -205,6 +206,8 @@ struct State {
     out_limit: usize,
     pending: Option<Pending>,
     batch: Vec<MeshItem>,
+    /// Compresses messages from NATS once for every shard (`deflate`).
+    deflate: ShardDeflate,
 }
 
 /// Reconnect backoff: immediately, then 50 ms doubling up to `max_ms`, with up to 25% jitter so
@@ -310,6 +313,7 @@ async fn run(ctx: Ctx) {
         out_limit: config.nats_buffer_bytes as usize,
         pending: None,
         batch: Vec::new(),
+        deflate: ShardDeflate::new(config.compression()),
     };
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -388,6 +392,11 @@ impl State {
                 MeshItem::Interest { topic, shard, on } => self.interest_change(topic, shard, on),
                 MeshItem::Pause(t) => self.pause(t, true),
                 MeshItem::Resume(t) => self.pause(t, false),
+                MeshItem::Deflate { topic, variant, on } => {
+                    self.deflate.remote(&topic, variant, on);
+                    let n = self.deflate.topics() as u64;
+                    self.stats.compression.topics.store(n, Relaxed);
+                }
             }
         }
         self.batch = items;
@@ -499,8 +508,14 @@ impl State {
             Inbound::Own => return add(&self.stats.own_ignored, 1),
             Inbound::Invalid => return add(&self.stats.in_invalid, 1),
         };
+        let mut env = Envelope::encode(topic, kind, &msg.payload, std::time::Instant::now());
+        // permessage-deflate: compressed once here for every shard (`crate::deflate`).
+        let z = &self.stats.compression;
+        env.deflated =
+            self.deflate
+                .compress(&env.topic, kind, &env.frame, env.stream_frame.as_ref(), z);
         self.pending = Some(Pending {
-            env: Envelope::encode(topic, kind, &msg.payload, std::time::Instant::now()),
+            env,
             stalled: false,
         });
         self.deliver_pending();

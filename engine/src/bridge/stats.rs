@@ -61,6 +61,8 @@ pub struct BridgeStats {
     /// Times the bridge stopped pulling from NATS because a shard could not take more (ring
     /// full or queue memory above the overload mark).
     pub in_stalls: AtomicU64,
+    /// Messages from NATS compressed here, once for every shard (permessage-deflate).
+    pub compression: crate::obs::compression::CompressionStats,
 }
 
 /// A copy of the bridge's counters for /stats, /metrics and /health.
@@ -97,6 +99,8 @@ pub struct BridgeSnapshot {
     pub in_invalid: u64,
     /// Times pulling from NATS stopped for back-pressure.
     pub in_stalls: u64,
+    /// Compression of messages from NATS (the `compression` object of the bridge in /stats).
+    pub compression: crate::obs::compression::Snapshot,
 }
 
 fn state_name<S: serde::Serializer>(s: &LinkState, ser: S) -> Result<S::Ok, S::Error> {
@@ -161,6 +165,7 @@ impl BridgeStats {
             own_ignored: get(&self.own_ignored),
             in_invalid: get(&self.in_invalid),
             in_stalls: get(&self.in_stalls),
+            compression: self.compression.snapshot(),
         }
     }
 }

@@ -12,6 +12,7 @@ use shardcast_proto::http::RequestParser;
 use shardcast_proto::Decoder;
 
 use crate::conn::heartbeat::Liveness;
+use crate::deflate::Negotiated;
 use crate::flow::queue::{InboundCharge, SendQueue};
 
 /// Where a connection is in its life.
@@ -328,6 +329,9 @@ pub struct Conn {
     pub flags: u16,
     /// Where it is in its life.
     pub phase: Phase,
+    /// permessage-deflate as negotiated in the handshake (one byte, in what was padding; the
+    /// compressor and inflater are per shard: `crate::deflate`).
+    pub deflate: Negotiated,
 }
 
 impl Conn {
@@ -348,6 +352,7 @@ impl Conn {
             access: None,
             flags: 0,
             phase: Phase::Http,
+            deflate: Negotiated::default(),
         }
     }
 

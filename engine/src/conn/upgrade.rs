@@ -11,6 +11,7 @@
 
 use std::net::IpAddr;
 
+use shardcast_proto::deflate::Agreed;
 use shardcast_proto::handshake::{validate_upgrade, write_rejection, write_switching_protocols};
 use shardcast_proto::http::{write_response, HttpError, Request, Status};
 
@@ -39,20 +40,24 @@ pub enum Decision {
         /// The body length.
         length: usize,
     },
-    /// Write this `101` and serve `route` as a WebSocket, with what access admitted.
+    /// Write this `101` and serve `route` as a WebSocket, with what the upgrade was admitted
+    /// with (access grants, permessage-deflate).
     Upgrade(Route, Vec<u8>, Admission),
     /// Access refused the request: answer (counted under both reasons) and close.
     Deny(Refusal, AccessRefusal, Vec<u8>),
 }
 
-/// What the access layer admitted an upgrade with: the grants the connection keeps for
-/// in-band SUBSCRIBE (`None`: public topics only) and its token's expiry (Unix s).
+/// What an upgrade was admitted with: the grants the connection keeps for in-band SUBSCRIBE
+/// (`None`: public topics only), its token's expiry (Unix s), and the permessage-deflate
+/// parameters agreed (`None`: uncompressed).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Admission {
     /// The grants.
     pub grants: Option<std::rc::Rc<Grants>>,
     /// `exp` of the token that admitted it.
     pub expires: Option<u64>,
+    /// permessage-deflate, if agreed (`crate::deflate`).
+    pub deflate: Option<Agreed>,
 }
 
 /// Why publishing to a topic is stopped right now, if it is: the refusal and the 503 body.
@@ -154,15 +159,21 @@ pub fn decide(
     };
     let mut out = Vec::new();
     let shard = shard.to_string();
-    write_switching_protocols(
-        &mut out,
-        &upgrade.accept_key(),
-        admitted.protocol,
-        &[("X-Shardcast-Shard", &shard)],
+    // permessage-deflate: answer the client's offer, if any (`crate::deflate`).
+    let deflate = crate::deflate::negotiate(
+        cfg.compression.is_on(),
+        request.headers_named("sec-websocket-extensions"),
     );
+    let extensions = deflate.map(|a| a.response());
+    let mut headers = vec![("X-Shardcast-Shard", shard.as_str())];
+    if let Some(e) = &extensions {
+        headers.push(("Sec-WebSocket-Extensions", e));
+    }
+    write_switching_protocols(&mut out, &upgrade.accept_key(), admitted.protocol, &headers);
     let admission = Admission {
         grants: admitted.grants,
         expires: admitted.expires,
+        deflate,
     };
     Decision::Upgrade(route, out, admission)
 }

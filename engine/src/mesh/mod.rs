@@ -41,6 +41,8 @@ use bytes::Bytes;
 use rtrb::{Consumer, Producer, PushError, RingBuffer};
 use shardcast_proto::{encode_frame, encode_frame_parts, MessageKind, OpCode};
 
+use crate::deflate::Negotiated;
+
 /// One published message travelling to another shard. Only `Bytes`/`Arc` clones: the frame
 /// was encoded once by the publishing shard.
 #[derive(Clone, Debug)]
@@ -53,6 +55,10 @@ pub struct Envelope {
     pub stream_frame: Option<Bytes>,
     /// When the publishing shard received the message (for latency accounting).
     pub published_at: Instant,
+    /// permessage-deflate variants, compressed once by the publishing participant when some
+    /// connection that negotiated compression reads the topic (`crate::deflate`); boxed behind
+    /// one shared pointer so an envelope (a ring slot) grows by 8 bytes only.
+    pub deflated: Option<Arc<crate::deflate::Deflated>>,
 }
 
 impl Envelope {
@@ -86,6 +92,21 @@ impl Envelope {
             topic,
             stream_frame,
             published_at,
+            deflated: None,
+        }
+    }
+
+    /// The wire variant a connection reads, as an index (`0` plain, `1` `/stream`, `2` and `3`
+    /// their permessage-deflate forms: `Core::deliver` counts one frame per variant) and its
+    /// frame. `deflate`: what the connection negotiated.
+    pub fn variant(&self, stream_mode: bool, deflate: Negotiated) -> (usize, &Bytes) {
+        let stream = stream_mode && self.stream_frame.is_some();
+        if let Some(z) = crate::deflate::pick(self.deflated.as_deref(), stream, deflate) {
+            return (2 + usize::from(stream), z);
+        }
+        match (stream, &self.stream_frame) {
+            (true, Some(w)) => (1, w),
+            _ => (0, &self.frame),
         }
     }
 }
@@ -112,6 +133,17 @@ pub enum MeshItem {
         /// True at the first subscriber, false when the last one left.
         on: bool,
     },
+    /// Sent to every other participant: the sending shard got its first (`on`) or lost its
+    /// last subscriber of `topic` that negotiated permessage-deflate and reads `variant`, so
+    /// publishers know whether a compressed variant is worth building (`deflate::interest`).
+    Deflate {
+        /// The topic.
+        topic: Arc<str>,
+        /// Which wire variant those subscribers read.
+        variant: crate::deflate::interest::Variant,
+        /// True at the first such subscriber, false when the last one left.
+        on: bool,
+    },
 }
 
 /// What an item keeps alive while it waits in the mesh, charged to the sending shard.
@@ -121,11 +153,19 @@ pub trait MeshPayload {
 }
 
 impl MeshPayload for MeshItem {
-    /// A published message's encoded frames; notices carry only a shared topic name.
+    /// A published message's encoded frames (compressed variants included); notices carry
+    /// only a shared topic name.
     fn payload_bytes(&self) -> usize {
         match self {
-            MeshItem::Publish(e) => e.frame.len() + e.stream_frame.as_ref().map_or(0, Bytes::len),
-            MeshItem::Pause(_) | MeshItem::Resume(_) | MeshItem::Interest { .. } => 0,
+            MeshItem::Publish(e) => {
+                e.frame.len()
+                    + e.stream_frame.as_ref().map_or(0, Bytes::len)
+                    + e.deflated.as_ref().map_or(0, |d| d.bytes())
+            }
+            MeshItem::Pause(_)
+            | MeshItem::Resume(_)
+            | MeshItem::Interest { .. }
+            | MeshItem::Deflate { .. } => 0,
         }
     }
 }
@@ -440,6 +480,13 @@ mod tests {
     use std::task::{Wake, Waker};
     use std::thread;
     use std::time::Duration;
+
+    /// A ring slot is one `MeshItem`, allocated for every slot of every ring at start (the
+    /// README's `ring_capacity` row quotes it): the compressed variants ride behind one `Arc`.
+    #[test]
+    fn ring_slot_size() {
+        assert_eq!(std::mem::size_of::<MeshItem>(), 104);
+    }
 
     /// Test items: a `u32` stands for a message of that many payload bytes.
     impl MeshPayload for u32 {

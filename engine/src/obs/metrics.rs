@@ -230,6 +230,66 @@ pub const SCALARS: &[Scalar] = &[
         help: "Local publishes the shard did not hand to the NATS bridge: its ring and overflow were full.",
         get: |s| s.bridge_dropped,
     },
+    Scalar {
+        name: "shardcast_compression_connections",
+        kind: Kind::Gauge,
+        help: "Open connections that negotiated permessage-deflate.",
+        get: |s| s.compression.connections,
+    },
+    Scalar {
+        name: "shardcast_compression_topics",
+        kind: Kind::Gauge,
+        help: "Topics the shard builds compressed variants for: some compressing connection of the process reads them.",
+        get: |s| s.compression.topics,
+    },
+    Scalar {
+        name: "shardcast_compressed_messages_total",
+        kind: Kind::Counter,
+        help: "Payloads compressed by the shard: once per published message and wire variant, for every compressing connection of every shard.",
+        get: |s| s.compression.compressed_messages,
+    },
+    Scalar {
+        name: "shardcast_incompressible_messages_total",
+        kind: Kind::Counter,
+        help: "Compressions that did not shrink the payload (the plain frame was sent).",
+        get: |s| s.compression.incompressible_messages,
+    },
+    Scalar {
+        name: "shardcast_compression_input_bytes_total",
+        kind: Kind::Counter,
+        help: "Payload bytes of the compressed messages before compression.",
+        get: |s| s.compression.bytes_before,
+    },
+    Scalar {
+        name: "shardcast_compression_output_bytes_total",
+        kind: Kind::Counter,
+        help: "The same payloads after compression.",
+        get: |s| s.compression.bytes_after,
+    },
+    Scalar {
+        name: "shardcast_compressed_deliveries_total",
+        kind: Kind::Counter,
+        help: "Compressed frames queued to connections (one per delivery).",
+        get: |s| s.compression.compressed_deliveries,
+    },
+    Scalar {
+        name: "shardcast_compression_saved_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes the compressed deliveries saved against the plain frames.",
+        get: |s| s.compression.bytes_saved,
+    },
+    Scalar {
+        name: "shardcast_inflated_messages_total",
+        kind: Kind::Counter,
+        help: "Compressed messages received from clients and inflated.",
+        get: |s| s.compression.inflated_messages,
+    },
+    Scalar {
+        name: "shardcast_inflated_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes those messages inflated to.",
+        get: |s| s.compression.inflated_bytes_out,
+    },
 ];
 
 /// A per-shard gauge that is a ratio or a rate, computed from a whole [`ShardReport`].
@@ -336,6 +396,24 @@ pub const BRIDGE_SCALARS: &[Scalar<BridgeSnapshot>] = &[
         help: "Times the bridge stopped pulling from NATS because a shard could not take more.",
         get: |s| s.in_stalls,
     },
+    Scalar {
+        name: "shardcast_bridge_compressed_messages_total",
+        kind: Kind::Counter,
+        help: "Messages from NATS compressed by the bridge, once for every shard (permessage-deflate).",
+        get: |s| s.compression.compressed_messages,
+    },
+    Scalar {
+        name: "shardcast_bridge_compression_input_bytes_total",
+        kind: Kind::Counter,
+        help: "Payload bytes of those messages before compression.",
+        get: |s| s.compression.bytes_before,
+    },
+    Scalar {
+        name: "shardcast_bridge_compression_output_bytes_total",
+        kind: Kind::Counter,
+        help: "The same payloads after compression.",
+        get: |s| s.compression.bytes_after,
+    },
 ];
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -416,6 +494,19 @@ pub fn render(
         for (i, r) in shards.iter().enumerate() {
             let _ = writeln!(out, "{}{{shard=\"{i}\"}} {}", m.name, (m.get)(&r.snap));
         }
+    }
+    family(
+        &mut out,
+        "shardcast_compression_seconds_total",
+        "counter",
+        "Time the shard spent compressing.",
+    );
+    for (i, r) in shards.iter().enumerate() {
+        let secs = r.snap.compression.compress_ns as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "shardcast_compression_seconds_total{{shard=\"{i}\"}} {secs}"
+        );
     }
     if let Some(b) = bridge {
         for m in BRIDGE_SCALARS {

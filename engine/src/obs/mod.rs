@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod churn;
+pub mod compression;
 pub mod dashboard;
 pub mod depth;
 pub mod health;

@@ -205,6 +205,8 @@ pub struct ShardStats {
     accept_errors: [AtomicU64; 4],
     /// Access refusals and closes (`access/stats.rs`).
     pub access: crate::access::stats::AccessStats,
+    /// permessage-deflate counters (`deflate::stats`).
+    pub compression: crate::obs::compression::CompressionStats,
 }
 
 /// A point-in-time copy of one shard's counters: plain numbers for /stats and /metrics.
@@ -292,6 +294,8 @@ pub struct Snapshot {
     pub accept_errors: [u64; 4],
     /// Access refusals and closes (an object of its own in /stats).
     pub access: crate::access::stats::AccessSnapshot,
+    /// permessage-deflate counters (the `compression` object of /stats).
+    pub compression: crate::obs::compression::Snapshot,
 }
 
 /// Why a connection was evicted (closed 1013).
@@ -462,6 +466,7 @@ impl ShardStats {
             aborts: std::array::from_fn(|i| get(&self.aborts[i])),
             accept_errors: std::array::from_fn(|i| get(&self.accept_errors[i])),
             access: self.access.snapshot(),
+            compression: self.compression.snapshot(),
         }
     }
 

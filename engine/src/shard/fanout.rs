@@ -6,7 +6,7 @@
 //! everything the connection has into one send (corking).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use shardcast_proto::{encode_close, CloseCode, MessageKind};
@@ -22,17 +22,19 @@ use crate::obs::stats::{self, Discard, Eviction};
 use crate::shard::{Core, State};
 
 impl Core {
-    /// Publish a message accepted now: encode the frame (and, for text, the `/stream` wrapper)
-    /// once, queue it to local subscribers and send one envelope to every other participant
-    /// (the other shards, and the NATS bridge when it is on).
+    /// Publish a message accepted now: encode the frame (and, for text, the `/stream` wrapper,
+    /// and the compressed variants some connection of the process reads) once, queue it to
+    /// local subscribers and send one envelope to every other participant (the other shards,
+    /// and the NATS bridge when it is on).
     pub fn publish(&mut self, topic: &Arc<str>, kind: MessageKind, payload: &[u8]) {
-        let env = Envelope::encode(topic.clone(), kind, payload, self.st.now);
-        self.deliver(
-            topic,
-            &env.frame,
-            env.stream_frame.as_ref(),
-            env.published_at,
-        );
+        let mut env = Envelope::encode(topic.clone(), kind, payload, self.st.now);
+        // permessage-deflate: compressed here, once for every shard (`crate::deflate`).
+        let st = &mut self.st;
+        let z = &st.all_stats[st.id].compression;
+        env.deflated = st
+            .deflate
+            .compress(topic, kind, &env.frame, env.stream_frame.as_ref(), z);
+        self.deliver(&env);
         let st = &mut self.st;
         // Toward the bridge the overflow is bounded (one ring's worth): a bridge that cannot keep
         // up loses forwards, counted, instead of growing this shard's memory. What arrives from
@@ -67,22 +69,18 @@ impl Core {
         }
     }
 
-    /// Queue a published frame to this shard's subscribers of `topic` under the topic's policy
-    /// and the shard's ceiling. Each frame is wrapped (and counted) once, however many queues
-    /// take it; `published_at` travels with it for the broadcast latency.
-    pub fn deliver(
-        &mut self,
-        topic: &str,
-        frame: &Bytes,
-        stream_frame: Option<&Bytes>,
-        published_at: Instant,
-    ) {
+    /// Queue a published message to this shard's subscribers of its topic under the topic's
+    /// policy and the shard's ceiling. Each connection gets the wire variant it reads
+    /// ([`Envelope::variant`]: plain, `/stream`, or their compressed forms); each variant is
+    /// wrapped (and counted) once, however many queues take it; `published_at` travels with
+    /// it for the broadcast latency.
+    pub fn deliver(&mut self, env: &Envelope) {
         let Core { topics, st } = self;
-        let Some((name, subs, policy)) = topics.lookup(topic) else {
+        let Some((name, subs, policy)) = topics.lookup(&env.topic) else {
             return;
         };
-        let (mut plain, mut wrapped): (Option<Rc<QueuedFrame>>, Option<Rc<QueuedFrame>>) =
-            (None, None);
+        let mut variants: [Option<Rc<QueuedFrame>>; 4] = Default::default();
+        let mut per_variant = [0u64; 4];
         let mut queued = 0u64;
         for &slot in subs {
             let Some(conn) = st.conns.at(slot) else {
@@ -91,10 +89,8 @@ impl Core {
             if conn.closing() {
                 continue;
             }
-            let (bytes, shared) = match (conn.has(flag::STREAM), stream_frame) {
-                (true, Some(w)) => (w, &mut wrapped),
-                _ => (frame, &mut plain),
-            };
+            let (v, bytes) = env.variant(conn.has(flag::STREAM), conn.deflate);
+            let shared = &mut variants[v];
             if shared.is_none() {
                 // Real cost (isolation): buffer, `Rc` wrapper and the shared header.
                 if !st.make_room(frame_cost(bytes.len(), true)) {
@@ -104,15 +100,17 @@ impl Core {
                 *shared = Some(st.ledger.shared_frame(
                     bytes.clone(),
                     Some(name.clone()),
-                    Some(published_at),
+                    Some(env.published_at),
                 ));
             }
             let qf = shared.as_ref().expect("just set");
             if st.offer(slot, qf, name, policy) {
                 queued += 1;
+                per_variant[v] += 1;
             }
         }
         stats::add(&st.stats().messages_out, queued);
+        st.count_compressed(env, [per_variant[2], per_variant[3]]);
     }
 
     /// Subscribe connection `slot` to `topic` (nothing if it already is).
@@ -135,6 +133,8 @@ impl Core {
         let (name, pos, first) = topics.insert(topic, slot, |t| *policies.lookup(t));
         conn.subs.push(name.clone(), pos);
         stats::add(&st.stats().subscriptions, 1);
+        // permessage-deflate: the other participants learn when to build compressed variants.
+        st.deflate_interest(slot, &name, true);
         if first {
             stats::add(&st.stats().topics, 1);
             st.interest(name, true);
@@ -155,6 +155,7 @@ impl Core {
     }
 
     fn remove_subscriber(&mut self, slot: u32, name: Arc<str>, pos: u32) {
+        self.st.deflate_interest(slot, &name, false); // permessage-deflate, as in `subscribe`
         let (moved, gone) = self.topics.remove_at(&name, pos);
         // Isolation: subscriptions are counted per shard (/stats `subscriptions`).
         stats::sub(&self.st.stats().subscriptions, 1);
@@ -181,6 +182,9 @@ impl Core {
         conn.clear(flag::REGISTERED);
         conn.queue.clear();
         let subs = conn.subs.take_all();
+        if conn.deflate.is_on() {
+            self.st.deflate_connection(false);
+        }
         self.st.registered -= 1;
         self.st.unslow(slot);
         self.st.release_pauses(slot, usize::MAX);

@@ -233,10 +233,12 @@ impl Core {
                         {
                             upgrade::no_subscription_room()
                         }
-                        Decision::Upgrade(route, response, admission) => {
+                        Decision::Upgrade(route, response, mut admission) => {
                             let leftover = http.buf.split_off(head_len);
                             let accepted_at = http.accepted_at;
                             self.st.recycle(http.buf);
+                            // permessage-deflate, before `upgrade` subscribes (`shard/deflate.rs`).
+                            self.st.deflate_agreed(id, admission.deflate.take());
                             let upgrade = (route, response, admission);
                             return self.upgrade(id, accepted_at, upgrade, leftover);
                         }
@@ -390,12 +392,16 @@ impl Core {
             Role::Subscriber => self.st.config.max_control_message_bytes,
             _ => self.st.config.max_message_bytes,
         };
+        let deflate = c.deflate.is_on();
         let mut rx = c.rx.take().unwrap_or_else(|| {
+            let mut decoder = Decoder::new(DecoderConfig {
+                role: WsRole::Server,
+                max_message_size: max,
+            });
+            // permessage-deflate: RSV1 marks a compressed message (`inflate_message`).
+            decoder.set_permessage_deflate(deflate);
             Box::new(Rx {
-                decoder: Decoder::new(DecoderConfig {
-                    role: WsRole::Server,
-                    max_message_size: max,
-                }),
+                decoder,
                 leftover: Vec::new(),
                 charge: InboundCharge::new(self.st.ledger.clone()),
             })
@@ -510,7 +516,16 @@ impl Core {
     fn handle_event(&mut self, id: ConnId, ev: Event<'_>) {
         match ev {
             Event::Message(m) => {
-                let payload = m.payload.as_bytes();
+                // permessage-deflate: a compressed message is inflated first, within the limit
+                // (`shard/deflate.rs`; `None`: it failed and the connection is closing).
+                let inflated = match m.compressed {
+                    true => match self.inflate_message(id, m.kind, m.payload.as_bytes()) {
+                        Some(out) => Some(out),
+                        None => return,
+                    },
+                    false => None,
+                };
+                let payload = inflated.as_deref().unwrap_or(m.payload.as_bytes());
                 let s = self.st.stats();
                 stats::add(&s.messages_in, 1);
                 stats::add(&s.bytes_in, payload.len() as u64);
@@ -542,8 +557,13 @@ impl Core {
                             MessageKind::Text => OpCode::Text,
                             MessageKind::Binary => OpCode::Binary,
                         };
-                        self.st.push_own(id.slot, encode_frame(op, payload));
+                        // permessage-deflate: compressed for this connection if it negotiated it.
+                        let frame = self.st.own_frame(id.slot, op, payload);
+                        self.st.push_own(id.slot, frame);
                     }
+                }
+                if let Some(out) = inflated {
+                    self.st.deflate.recycle(out);
                 }
             }
             Event::Ping(p) => self.st.push_pong(id.slot, encode_frame(OpCode::Pong, p)),

@@ -24,15 +24,14 @@ impl Core {
                         LatencyKind::RingTransit,
                         now.saturating_duration_since(env.published_at),
                     );
-                    self.deliver(
-                        &env.topic,
-                        &env.frame,
-                        env.stream_frame.as_ref(),
-                        env.published_at,
-                    );
+                    self.deliver(&env);
                 }
                 MeshItem::Pause(t) => self.st.pause_count(&t, true),
                 MeshItem::Resume(t) => self.st.pause_count(&t, false),
+                // permessage-deflate: another shard's compressing readers of a topic came or went.
+                MeshItem::Deflate { topic, variant, on } => {
+                    self.st.deflate_remote(&topic, variant, on)
+                }
                 // Interest notices are addressed to the bridge only.
                 MeshItem::Interest { .. } => {}
             }

@@ -15,6 +15,7 @@
 //! `pause.rs`, the mesh in `mesh.rs`, writing and closing in `io.rs`, heartbeats, deadlines and
 //! the tick in `timers.rs`.
 
+pub mod deflate;
 pub mod fanout;
 pub mod input;
 pub mod io;
@@ -36,6 +37,7 @@ use shardcast_proto::{encode_frame, OpCode};
 use crate::config::Config;
 use crate::conn::heartbeat::{HeartbeatConfig, MAX_DURATION_MS};
 use crate::conn::state::Conn;
+use crate::deflate::ShardDeflate;
 use crate::flow::governor::Governor;
 use crate::flow::policy::{Policies, Policy};
 use crate::flow::queue::{Ledger, QueuedFrame};
@@ -131,6 +133,9 @@ pub(crate) struct State {
     pub accept_log: crate::runtime::accept::LogLimiter,
     /// Access policy and per-address limits (issue 14), shared by every shard.
     pub access: Arc<crate::access::Access>,
+    /// permessage-deflate: who reads compressed variants, the compressor, the inflater
+    /// (`crate::deflate`).
+    pub deflate: ShardDeflate,
 }
 
 impl Core {
@@ -171,6 +176,7 @@ impl Core {
         );
         let clock = ShardClock::new(now);
         let sweep = hb.sweep_period().as_millis() as u32;
+        let config_compression = config.compression();
         Core {
             topics: TopicTable::default(),
             st: State {
@@ -213,6 +219,7 @@ impl Core {
                 ticker,
                 accept_log: Default::default(),
                 access: Arc::new(access),
+                deflate: ShardDeflate::new(config_compression),
             },
         }
         .with_access_policy()

@@ -152,7 +152,7 @@ impl State {
     }
 
     /// Send a notice to every other participant (shards and the bridge).
-    fn notify(&mut self, item: impl Fn() -> MeshItem) {
+    pub(super) fn notify(&mut self, item: impl Fn() -> MeshItem) {
         for dest in (0..self.link.shards()).filter(|&d| d != self.id) {
             self.link.send(dest, item());
         }

@@ -17,7 +17,7 @@ use super::*;
 use crate::conn::closing::AbortReason;
 use crate::conn::state::{flag, Phase};
 use crate::flow::queue::frame_cost;
-use crate::mesh::MeshLink;
+use crate::mesh::{Envelope, MeshLink};
 use crate::obs::stats::{self, Discard, Eviction};
 use crate::runtime::driver::{Admit, CloseMode};
 
@@ -314,7 +314,8 @@ fn each_eviction_records_how_long_the_connection_had_stalled() {
     use crate::obs::latency::LatencyKind;
     let t0 = Instant::now();
     let mut c = cores(1, &["--high-water-bytes", "1000"], t0).pop().unwrap();
-    let frame = encode_frame(OpCode::Binary, &[0; 600]);
+    // A 600-byte message to `t` published `at`.
+    let msg = |t: &str, at| Envelope::encode(Arc::from(t), MessageKind::Binary, &[0; 600], at);
     let stalls = |c: &Core| {
         c.latency().publish(&c.stats().latency);
         c.stats().latency.clone_of(LatencyKind::EvictionStall)
@@ -325,17 +326,17 @@ fn each_eviction_records_how_long_the_connection_had_stalled() {
     // 20 s later: a made no progress for 20 s; its oldest frame was published 10 s ago.
     let now = t0 + Duration::from_secs(20);
     c.handle_time(now);
-    c.deliver("a", &frame, None, now - Duration::from_secs(10));
-    c.deliver("a", &frame, None, now - Duration::from_millis(1));
-    c.deliver("a", &frame, None, now); // 1208 > 1000 bytes behind the head: evicted
+    c.deliver(&msg("a", now - Duration::from_secs(10)));
+    c.deliver(&msg("a", now - Duration::from_millis(1)));
+    c.deliver(&msg("a", now)); // 1208 > 1000 bytes behind the head: evicted
     assert!(is_evicted(&c, a));
     let h = stalls(&c);
     assert_eq!(h.len(), 1);
     assert!(within(h.max(), 10), "{}", h.max());
     // b: its queue filled only 2 s ago.
-    c.deliver("b", &frame, None, now - Duration::from_secs(2));
-    c.deliver("b", &frame, None, now - Duration::from_millis(1));
-    c.deliver("b", &frame, None, now);
+    c.deliver(&msg("b", now - Duration::from_secs(2)));
+    c.deliver(&msg("b", now - Duration::from_millis(1)));
+    c.deliver(&msg("b", now));
     let h = stalls(&c);
     assert!(within(h.min(), 2), "{}", h.min());
     // One message alone over the mark, on an empty queue, is no reason to evict (isolation);
@@ -709,6 +710,7 @@ fn bridge_gets_interest_transitions_and_local_publishes_only() {
                 MeshItem::Interest { topic, shard, on } => format!("{shard}:{topic}:{on}"),
                 MeshItem::Publish(e) => format!("pub:{}", e.topic),
                 MeshItem::Pause(t) | MeshItem::Resume(t) => format!("pause:{t}"),
+                MeshItem::Deflate { topic, on, .. } => format!("deflate:{topic}:{on}"),
             })
         });
         out
@@ -1062,4 +1064,125 @@ fn kernel_send_buffer_bytes_count_toward_the_mark_and_while_slow_the_ceiling() {
     assert_eq!(c.ledger().kernel_charged(), 800);
     c.end(d, CloseMode::Reset);
     assert_eq!((c.ledger().kernel(), c.ledger().kernel_charged()), (0, 0));
+}
+
+/// An upgraded connection on `path` that negotiated permessage-deflate (as Chromium offers it),
+/// its 101 already written.
+fn open_deflate(core: &mut Core, path: &str) -> ConnId {
+    let mut request = upgrade_request(path);
+    request.truncate(request.len() - 2);
+    request.extend_from_slice(
+        b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+    );
+    let id = connect(core, LOOPBACK, &request);
+    let head = String::from_utf8(take(core, id)).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover"),
+        "{head}"
+    );
+    id
+}
+
+/// Compressed once per message for the whole process: the publishing shard builds the
+/// compressed variants the other shards' subscribers want (learnt from their notices), the
+/// others deliver them without compressing, and plain subscribers get plain frames. Idle, a
+/// connection that negotiated compression keeps no more than one that did not.
+#[test]
+fn compressed_once_on_the_publishing_shard_only() {
+    let mut cs = cores(2, &["--compression-min-bytes", "16"], Instant::now());
+    let z = open_deflate(&mut cs[1], "/ws/t");
+    let zs = open_deflate(&mut cs[1], "/stream?streams=t");
+    let plain = sub(&mut cs[1], &["t"]);
+    let local_plain = sub(&mut cs[0], &["t"]);
+    let conn = cs[1].conn(z).unwrap();
+    assert!(conn.deflate.is_on() && conn.rx.is_none() && conn.http.is_none());
+    pump(&mut cs); // the interest notices reach shard 0
+    let msg = br#"{"e":"trade","p":"97000.10","q":"0.001","p2":"97000.10"}"#;
+    cs[0].publish(&Arc::from("t"), MessageKind::Text, msg);
+    pump(&mut cs);
+    let compressed = |c: &Core, id| frames(c, id).iter().all(|f| f[0] == 0xC1);
+    assert!(compressed(&cs[1], z) && compressed(&cs[1], zs));
+    assert_eq!(
+        frames(&cs[1], plain),
+        [encode_frame(OpCode::Text, msg).to_vec()]
+    );
+    assert_eq!(frames(&cs[0], local_plain), frames(&cs[1], plain));
+    let inflate = |f: &[u8]| {
+        let mut out = Vec::new();
+        shardcast_proto::deflate::Inflater::new(false)
+            .inflate(&f[2..], 1 << 20, &mut out)
+            .unwrap();
+        out
+    };
+    assert_eq!(inflate(&frames(&cs[1], z)[0]), msg);
+    let wrapped = inflate(&frames(&cs[1], zs)[0]);
+    assert!(wrapped.starts_with(br#"{"stream":"t","data":{"e":"trade""#));
+    let c0 = cs[0].stats().compression.snapshot();
+    let c1 = cs[1].stats().compression.snapshot();
+    assert_eq!((c0.compressed_messages, c1.compressed_messages), (2, 0));
+    assert_eq!((c0.compressed_deliveries, c1.compressed_deliveries), (0, 2));
+    assert!(c1.bytes_saved > 0);
+    assert_eq!((c0.connections, c1.connections), (0, 2));
+    // Binary messages: /stream readers get the plain frame's compressed form; below the
+    // threshold nothing is compressed.
+    cs[0].publish(&Arc::from("t"), MessageKind::Binary, &[b'x'; 64]);
+    cs[0].publish(&Arc::from("t"), MessageKind::Text, b"short");
+    pump(&mut cs);
+    assert_eq!(frames(&cs[1], zs)[1][0], 0xC2);
+    assert_eq!(frames(&cs[1], zs)[2][0], 0x81);
+    assert_eq!(cs[0].stats().compression.snapshot().compressed_messages, 3);
+    // The last compressing subscribers leave: shard 0 stops compressing.
+    cs[1].end(z, CloseMode::Graceful);
+    cs[1].end(zs, CloseMode::Graceful);
+    pump(&mut cs);
+    cs[0].publish(&Arc::from("t"), MessageKind::Text, msg);
+    assert_eq!(cs[0].stats().compression.snapshot().compressed_messages, 3);
+    assert_eq!(cs[1].stats().compression.snapshot().connections, 0);
+    assert_eq!(cs[0].stats().compression.snapshot().topics, 0);
+}
+
+/// Compressed messages from a publisher are inflated with the limit enforced (1009), compressed
+/// echo replies go out for a connection that negotiated it, and RSV1 without the extension is
+/// a 1002.
+#[test]
+fn inbound_compressed_messages_are_inflated_within_the_limit() {
+    let mut c = core(&[
+        "--max-message-bytes",
+        "1000",
+        "--compression-min-bytes",
+        "16",
+    ]);
+    let reader = sub(&mut c, &["t"]);
+    let publisher = open_deflate(&mut c, "/pub/t");
+    let compressed = |payload: &[u8]| {
+        let f = shardcast_proto::deflate::Deflater::new(1)
+            .encode_frame(OpCode::Text, payload)
+            .unwrap();
+        let mut b = BytesMut::new();
+        encode_client_frame(&mut b, OpCode::Text, true, &f[2..], [1, 2, 3, 4]);
+        b[0] |= 0x40; // RSV1
+        b.to_vec()
+    };
+    let ok = vec![b'a'; 900];
+    c.handle_received(publisher, &mut compressed(&ok));
+    assert_eq!(&frames(&c, reader)[0][4..], &ok[..]);
+    assert_eq!(c.stats().compression.snapshot().inflated_messages, 1);
+    c.handle_received(publisher, &mut compressed(&[b'a'; 1001]));
+    let close = frames(&c, publisher);
+    assert_eq!(close.last().unwrap()[2..4], 1009u16.to_be_bytes());
+    // Echo, compressed back; a plain echo connection sending RSV1 gets 1002.
+    let echo = open_deflate(&mut c, "/echo");
+    let text = br#"{"echo":"echo echo echo echo echo echo echo echo echo echo echo echo echo"}"#;
+    c.handle_received(echo, &mut compressed(text));
+    let reply = frames(&c, echo);
+    assert_eq!(reply[0][0], 0xC1);
+    let mut out = Vec::new();
+    shardcast_proto::deflate::Inflater::new(false)
+        .inflate(&reply[0][2..], 1 << 20, &mut out)
+        .unwrap();
+    assert_eq!(out, text);
+    let plain_echo = open(&mut c, "/echo");
+    c.handle_received(plain_echo, &mut compressed(text));
+    assert_eq!(frames(&c, plain_echo)[0][2..4], 1002u16.to_be_bytes());
 }

@@ -3,6 +3,8 @@
 
 pub mod hostile;
 
+pub mod zclient;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -288,10 +290,15 @@ pub fn stats(addr: SocketAddr) -> serde_json::Value {
 /// Sends a WebSocket upgrade for `path` on a raw socket and reads exactly the response head
 /// (byte by byte, so no frame bytes are consumed); asserts 101 and returns the head.
 pub fn upgrade_raw(tcp: &mut TcpStream, path: &str) -> String {
+    upgrade_raw_with(tcp, path, "")
+}
+
+/// [`upgrade_raw`] with `extra` header lines (each ending in `\r\n`) in the request.
+pub fn upgrade_raw_with(tcp: &mut TcpStream, path: &str, extra: &str) -> String {
     write!(
         tcp,
         "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     )
     .unwrap();
     let mut head = Vec::new();
@@ -625,3 +632,29 @@ pub fn run_bounded(
     };
     (status, reader.join().unwrap())
 }
+
+/// Chromium, or `None` when it is not installed (scripts/test.sh installs it when it can).
+pub fn chromium() -> Option<std::path::PathBuf> {
+    [
+        std::env::var("CHROMIUM").ok(),
+        Some("/usr/bin/chromium".to_owned()),
+        Some("/usr/bin/chromium-browser".to_owned()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// Headless Chromium flags for tests on a machine without a network: no sandbox (root), no GPU,
+/// and none of the background connections a closed network refuses.
+pub const CHROMIUM_FLAGS: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];

@@ -8,6 +8,8 @@ use shardcast_proto::*;
 pub enum Ev {
     Text(Vec<u8>),
     Binary(Vec<u8>),
+    /// A permessage-deflate message: text or not, and its compressed payload.
+    Compressed(bool, Vec<u8>),
     Ping(Vec<u8>),
     Pong(Vec<u8>),
     Close(Option<(u16, String)>),
@@ -16,6 +18,9 @@ pub enum Ev {
 
 pub fn own(ev: Event<'_>) -> Ev {
     match ev {
+        Event::Message(m) if m.compressed => {
+            Ev::Compressed(m.kind == MessageKind::Text, m.payload.as_bytes().to_vec())
+        }
         Event::Message(m) => match m.kind {
             MessageKind::Text => Ev::Text(m.payload.as_bytes().to_vec()),
             MessageKind::Binary => Ev::Binary(m.payload.as_bytes().to_vec()),
