@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::latency::Recording;
 use crate::policy::{Action, Policy, TopicPolicy, TopicPolicySpec};
+use crate::tls::options::{ClientAuth, Tickets, TlsVersion};
 
 /// Default `queue_ceiling_pct`: the share of the memory limit queued frames may hold.
 pub const DEFAULT_QUEUE_CEILING_PCT: u32 = 5;
@@ -212,6 +213,24 @@ pub struct Config {
     pub nats_pending_messages: usize,
     /// Longest wait between two reconnection attempts to NATS.
     pub nats_reconnect_max_ms: u64,
+    /// A second, plain listener next to a TLS `listen` (internal traffic); `None`: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_plain: Option<SocketAddr>,
+    /// PEM certificate chain of the data listener; `None`: plain ws://.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the leaf certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Lowest TLS version accepted.
+    pub tls_min_version: TlsVersion,
+    /// PEM CA certificate(s) that client certificates must chain to; `None`: no client auth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required (with `tls_client_ca`).
+    pub tls_client_auth: ClientAuth,
+    /// Stateless session tickets for resumption.
+    pub tls_session_tickets: Tickets,
     /// Per-topic policies, first matching pattern wins (last: TOML tables follow values).
     pub topic_policy: Vec<TopicPolicy>,
 }
@@ -337,6 +356,27 @@ pub struct Overrides {
     /// Longest wait between reconnection attempts to NATS, in ms (backoff doubles from 50 ms up to this) [default: 2000]
     #[arg(long, env = "SHARDCAST_NATS_RECONNECT_MAX_MS")]
     pub nats_reconnect_max_ms: Option<u64>,
+    /// Also serve plain ws:// on this address when listen serves wss:// (internal traffic, health checks); needs tls_cert [default: none]
+    #[arg(long, env = "SHARDCAST_LISTEN_PLAIN")]
+    pub listen_plain: Option<SocketAddr>,
+    /// Serve wss:// on listen with this PEM certificate chain (leaf first); reloaded with tls_key on SIGHUP [default: none, plain ws://]
+    #[arg(long, env = "SHARDCAST_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the leaf certificate: PKCS#8, RSA (PKCS#1) or EC (SEC1); must match the certificate [default: none]
+    #[arg(long, env = "SHARDCAST_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Lowest TLS version accepted, 1.2 or 1.3; TLS 1.3 is always preferred [default: 1.2]
+    #[arg(long, env = "SHARDCAST_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<TlsVersion>,
+    /// Verify client certificates against the CA certificate(s) in this PEM file [default: none, no client certificates]
+    #[arg(long, env = "SHARDCAST_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With tls_client_ca: required (every client presents a valid certificate) or optional (a presented one must be valid) [default: required]
+    #[arg(long, env = "SHARDCAST_TLS_CLIENT_AUTH")]
+    pub tls_client_auth: Option<ClientAuth>,
+    /// Stateless session tickets (resumed handshakes skip the certificate signature; no server memory): on or off [default: on]
+    #[arg(long, env = "SHARDCAST_TLS_SESSION_TICKETS")]
+    pub tls_session_tickets: Option<Tickets>,
     /// Informational key written by --print-config; ignored on input
     #[arg(skip)]
     #[serde(default)]
@@ -436,6 +476,13 @@ impl Overrides {
             nats_buffer_bytes: self.nats_buffer_bytes.or(lower.nats_buffer_bytes),
             nats_pending_messages: self.nats_pending_messages.or(lower.nats_pending_messages),
             nats_reconnect_max_ms: self.nats_reconnect_max_ms.or(lower.nats_reconnect_max_ms),
+            listen_plain: self.listen_plain.or(lower.listen_plain),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_min_version: self.tls_min_version.or(lower.tls_min_version),
+            tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
+            tls_client_auth: self.tls_client_auth.or(lower.tls_client_auth),
+            tls_session_tickets: self.tls_session_tickets.or(lower.tls_session_tickets),
             config: self.config.or(lower.config),
             print_config: self.print_config || lower.print_config,
             preflight: self.preflight || lower.preflight,
@@ -543,6 +590,13 @@ impl Overrides {
             nats_buffer_bytes: self.nats_buffer_bytes.map_or(64 << 20, |b| b.0),
             nats_pending_messages: self.nats_pending_messages.unwrap_or(8192),
             nats_reconnect_max_ms: self.nats_reconnect_max_ms.unwrap_or(2000),
+            listen_plain: self.listen_plain,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_min_version: self.tls_min_version.unwrap_or(TlsVersion::Tls12),
+            tls_client_ca: self.tls_client_ca,
+            tls_client_auth: self.tls_client_auth.unwrap_or(ClientAuth::Required),
+            tls_session_tickets: self.tls_session_tickets.unwrap_or(Tickets::On),
             topic_policy,
         };
         if config.histogram_log_interval_ms == 0 {
@@ -560,6 +614,7 @@ impl Overrides {
             return Err(ConfigError::Invalid("publish_token must not be empty"));
         }
         crate::heartbeat::validate(&config).map_err(ConfigError::Invalid)?;
+        crate::tls::options::validate(&config).map_err(ConfigError::Invalid)?;
         crate::bridge::subject::validate_prefix(&config.nats_subject_prefix)
             .map_err(ConfigError::Invalid)?;
         if config.nats_buffer_bytes == 0 || config.nats_pending_messages == 0 {
@@ -835,6 +890,62 @@ mod tests {
             .is_err());
         assert!(parse(&["--nats-pending-messages", "0"]).resolve().is_err());
         assert!(parse(&["--nats-reconnect-max-ms", "0"]).resolve().is_err());
+    }
+
+    #[test]
+    fn tls_options() {
+        let c = parse(&[]).resolve().unwrap();
+        assert_eq!(
+            (c.tls_cert.as_ref(), c.listen_plain),
+            (None, None),
+            "plain by default"
+        );
+        assert_eq!(c.tls_min_version, TlsVersion::Tls12);
+        assert_eq!(c.tls_session_tickets, Tickets::On);
+        let c = parse(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-min-version",
+            "1.3",
+            "--tls-client-ca",
+            "ca.pem",
+            "--tls-client-auth",
+            "optional",
+            "--tls-session-tickets",
+            "off",
+            "--listen-plain",
+            "127.0.0.1:8081",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.tls_min_version, TlsVersion::Tls13);
+        assert_eq!(c.tls_client_auth, ClientAuth::Optional);
+        let o = crate::tls::TlsOptions::from_config(&c).unwrap();
+        assert_eq!(o.client_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(o.tickets, Tickets::Off);
+        let text = c.to_toml();
+        assert!(text.contains("tls_min_version = \"1.3\""), "{text}");
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, c, "printed config reads back");
+        toml::from_str::<Overrides>(&text).unwrap();
+        for bad in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-client-ca", "ca.pem"],
+            &["--listen-plain", "127.0.0.1:8081"],
+            &[
+                "--tls-cert",
+                "c",
+                "--tls-key",
+                "k",
+                "--listen-plain",
+                "127.0.0.1:8080",
+            ],
+        ] {
+            assert!(parse(bad).resolve().is_err(), "{bad:?}");
+        }
+        assert!(Overrides::try_parse_from(["shardcast", "--tls-min-version", "1.1"]).is_err());
     }
 
     #[test]

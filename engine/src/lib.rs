@@ -28,6 +28,7 @@
 //! - [`dashboard`]: the embedded live HTML page for /dashboard.
 //! - [`histlog`]: periodic HdrHistogram interval logs per shard (`--histogram-log`).
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
+//! - [`tls`]: wss:// with rustls: options, key material, reload, the per-connection session.
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -56,4 +57,5 @@ pub mod signals;
 pub mod sockio;
 pub mod stats;
 pub mod tick;
+pub mod tls;
 pub mod topic;

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use clap::Parser;
-use shardcast::{config::Overrides, preflight, rlimit, server, signals};
+use shardcast::{config::Overrides, preflight, rlimit, server, signals, tls};
 
 /// jemalloc instead of glibc malloc: an idle connection is a handful of small long-lived
 /// allocations made between short-lived handshake ones, and glibc keeps ~1-2.5 KB per
@@ -40,9 +40,27 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
         .init();
     // Blocked before any thread starts so every thread inherits the mask and only the
-    // sigwait thread ever sees SIGINT/SIGTERM.
-    if let Err(e) = signals::block(&signals::TERMINATION) {
-        tracing::error!(error = %e, "cannot block termination signals");
+    // sigwait thread ever sees SIGINT/SIGTERM/SIGHUP.
+    if let Err(e) = signals::block(&signals::HANDLED) {
+        tracing::error!(error = %e, "cannot block signals");
+        std::process::exit(1);
+    }
+    // TLS key material is checked before anything binds: a bad file stops the start.
+    let tls = match tls::TlsOptions::from_config(&config).map(tls::TlsContext::start) {
+        None => None,
+        Some(Ok(tls)) => Some(tls),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot start");
+            std::process::exit(1);
+        }
+    };
+    if tls.is_some() {
+        // The session layer (engine/src/tls) is not wired into the connection path yet: refuse
+        // rather than serve plain ws:// to clients that were promised wss://.
+        tracing::error!(
+            "cannot start: the certificate and key are valid, but this build does not serve \
+             wss:// yet; remove tls_cert/tls_key"
+        );
         std::process::exit(1);
     }
     if let Err(e) = rlimit::raise_nofile() {
@@ -60,7 +78,11 @@ fn main() {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Ok(sig) = signals::wait(&signals::TERMINATION) {
+            let reload = || match &tls {
+                Some(tls) => tls.reload_logged(),
+                None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            };
+            if let Ok(sig) = signals::serve(reload) {
                 tracing::info!(signal = sig, "shutting down");
             }
             shutdown.trigger();

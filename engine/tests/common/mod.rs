@@ -368,3 +368,5 @@ pub fn histogram(admin_addr: SocketAddr, shard: usize, kind: &str) -> Histogram<
         .deserialize(&mut bytes.as_slice())
         .expect("V2 deflate histogram")
 }
+
+pub mod tls;
