@@ -38,6 +38,10 @@ if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
     fi
 fi
 
+# engine/tests/tls_*.rs drive Python websockets (a venv under target/) and openssl s_client.
+step "TLS test peers (scripts/tls-peers.sh)"
+scripts/tls-peers.sh
+
 step "tests, default driver (io_uring when available)"
 cargo test --workspace
 

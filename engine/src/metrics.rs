@@ -410,6 +410,7 @@ pub fn render(
             );
         }
     }
+    crate::tls::stats::render_metrics(&mut out, shards.iter().map(|r| &r.snap.tls), None);
     for kind in LatencyKind::ALL {
         let (name, help) = match kind {
             LatencyKind::Handshake => (
@@ -512,6 +513,9 @@ mod tests {
         assert!(text.contains("shardcast_queue_depth_messages_count{shard=\"0\"} 3\n"));
         assert!(text.contains("shardcast_broadcast_latency_seconds_count{shard=\"0\"} 0\n"));
         assert!(text.contains("# TYPE shardcast_eviction_stall_seconds summary\n"));
+        assert!(text.contains(
+            "shardcast_tls_handshake_failures_total{shard=\"0\",reason=\"bad_record\"} 0\n"
+        ));
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let mut parts = line.split(' ').skip(2);
             let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());

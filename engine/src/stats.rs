@@ -158,6 +158,8 @@ pub struct ShardStats {
     pub bridge_dropped: AtomicU64,
     evictions: [AtomicU64; 3],
     drops: [AtomicU64; 2],
+    /// TLS handshakes and failures (`tls/stats.rs`).
+    pub tls: crate::tls::TlsStats,
 }
 
 /// A point-in-time copy of one shard's counters: plain numbers for /stats and /metrics.
@@ -226,6 +228,8 @@ pub struct Snapshot {
     /// Discarded messages, indexed like [`Discard::ALL`].
     #[serde(skip)]
     pub discarded: [u64; 2],
+    /// TLS handshakes and failures (a `tls` object in /stats).
+    pub tls: crate::tls::TlsSnapshot,
 }
 
 /// Why a connection was evicted (closed 1013).
@@ -368,6 +372,7 @@ impl ShardStats {
             bridge_dropped: get(&self.bridge_dropped),
             evictions: std::array::from_fn(|i| get(&self.evictions[i])),
             discarded: std::array::from_fn(|i| get(&self.drops[i])),
+            tls: self.tls.snapshot(),
         }
     }
 

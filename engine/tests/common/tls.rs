@@ -490,11 +490,21 @@ fn echo(tcp: TcpStream, config: Arc<ServerConfig>, counts: Arc<SealCounts>) -> i
     let mut stream = SessionStream::accept(tcp, config)?;
     stream.counts = counts;
     let mut ws = tungstenite::accept(stream).map_err(|e| io::Error::other(e.to_string()))?;
+    let other = |e: tungstenite::Error| io::Error::other(e.to_string());
     loop {
         match ws.read() {
-            Ok(m) if m.is_text() || m.is_binary() => {
-                ws.send(m).map_err(|e| io::Error::other(e.to_string()))?
+            // `burst N SIZE`: N binary messages of SIZE bytes queued, then one flush (one seal).
+            Ok(tungstenite::Message::Text(t)) if t.starts_with("burst ") => {
+                let mut words = t.split(' ').skip(1).map(|w| w.parse::<usize>().unwrap());
+                let (n, size) = (words.next().unwrap(), words.next().unwrap());
+                for i in 0..n {
+                    let body = vec![(i % 251) as u8; size];
+                    ws.write(tungstenite::Message::binary(body))
+                        .map_err(other)?;
+                }
+                ws.flush().map_err(other)?;
             }
+            Ok(m) if m.is_text() || m.is_binary() => ws.send(m).map_err(other)?,
             Ok(_) => {}
             Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
                 let _ = ws.get_mut().close();
@@ -656,53 +666,109 @@ pub fn chromium() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
-/// Headless Chromium opens `url` (wss://) from a page, trusting only `pki`'s leaf (by its SPKI
-/// hash), sends `message` and renders what comes back; returns the page's text:
-/// `echo:<reply>`, `error`, `closed:<code>`, or `pending` when nothing happened.
+/// Headless Chromium loads a page from a local http:// server that opens `url` (wss://), trusting
+/// only `pki`'s leaf (by its SPKI hash), sends `message` and POSTs what happened back to the page
+/// server: `echo:<reply>`, `error`, or `closed:<code>`; `pending` if nothing came within 30 s.
 pub fn chromium_wss(bin: &Path, pki: &Pki, url: &str, message: &str) -> String {
     let page = format!(
-        "<html><body><pre id=out>pending</pre><script>\
-         const out = document.getElementById('out');\
+        "<html><body><script>\
+         const report = r => fetch('/result', {{method: 'POST', body: r}});\
+         let done = false;\
          const ws = new WebSocket({url:?});\
          ws.onopen = () => ws.send({message:?});\
-         ws.onmessage = e => {{ out.textContent = 'echo:' + e.data; ws.close(1000); }};\
-         ws.onerror = () => {{ out.textContent = 'error'; }};\
-         ws.onclose = e => {{ if (out.textContent === 'pending') out.textContent = 'closed:' + e.code; }};\
+         ws.onmessage = e => {{ done = true; report('echo:' + e.data); ws.close(1000); }};\
+         ws.onerror = () => {{ if (!done) {{ done = true; report('error'); }} }};\
+         ws.onclose = e => {{ if (!done) {{ done = true; report('closed:' + e.code); }} }};\
          </script></body></html>"
     );
+    let pages = TcpListener::bind("127.0.0.1:0").unwrap();
+    let page_url = format!("http://{}/", pages.local_addr().unwrap());
+    let result = Arc::new(Mutex::new(None::<String>));
+    {
+        let result = result.clone();
+        std::thread::spawn(move || serve_page(pages, &page, &result));
+    }
     let profile = TempDir::new("chromium");
-    let page_file = profile.0.join("page.html");
-    std::fs::write(&page_file, page).unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-    ])
-    .arg(format!(
-        "--user-data-dir={}",
-        profile.0.join("profile").display()
-    ))
-    .arg(format!(
-        "--ignore-certificate-errors-spki-list={}",
-        pki.spki_sha256_base64()
-    ))
-    .arg(format!("file://{}", page_file.display()))
-    .stdin(Stdio::null());
-    let out = run_bounded(cmd, Duration::from_secs(60));
-    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
-    dom.split("<pre id=\"out\">")
-        .nth(1)
-        .and_then(|rest| rest.split("</pre>").next())
-        .unwrap_or(&dom)
-        .to_owned()
+    let mut child = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.0.display()))
+        .arg(format!(
+            "--ignore-certificate-errors-spki-list={}",
+            pki.spki_sha256_base64()
+        ))
+        .arg(&page_url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn chromium");
+    let end = Instant::now() + Duration::from_secs(30);
+    while result.lock().unwrap().is_none()
+        && Instant::now() < end
+        && child.try_wait().unwrap().is_none()
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let got = result.lock().unwrap().clone();
+    got.unwrap_or_else(|| "pending".to_owned())
+}
+
+/// A minimal HTTP/1.1 server for [`chromium_wss`]: `GET /` gets `page`, `POST /result` stores its
+/// body in `result`. Runs until the result arrives (or 60 s pass).
+fn serve_page(listener: TcpListener, page: &str, result: &Mutex<Option<String>>) {
+    let end = Instant::now() + Duration::from_secs(60);
+    listener.set_nonblocking(true).unwrap();
+    while result.lock().unwrap().is_none() && Instant::now() < end {
+        let mut tcp = match listener.accept() {
+            Ok((tcp, _)) => tcp,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        tcp.set_nonblocking(false).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let reply = if head.starts_with("GET / ") {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{page}",
+                page.len()
+            )
+        } else if head.starts_with("POST /result ") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            let _ = tcp.read_exact(&mut body);
+            *result.lock().unwrap() = Some(String::from_utf8_lossy(&body).into_owned());
+            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned()
+        } else {
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+        };
+        let _ = tcp.write_all(reply.as_bytes());
+    }
 }
 
 /// Server name for rustls clients.
