@@ -20,7 +20,9 @@ use rustls::crypto::cipher::{Iv, MessageEncrypter, OutboundChunks, OutboundPlain
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, SupportedCipherSuite};
+use rustls::{
+    ClientConfig, ClientConnection, ServerConfig, ServerConnection, SupportedCipherSuite,
+};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Provider {
@@ -85,7 +87,13 @@ fn pki(rsa: bool) -> Pki {
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = if rsa {
         let out = Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
             .output()
             .expect("openssl genpkey (Debian package openssl)");
         assert!(out.status.success());
@@ -130,11 +138,11 @@ fn configs(p: Provider, pki: &Pki, tickets: bool) -> (Arc<ServerConfig>, Arc<Cli
 /// One in-memory handshake (plus one byte of application data each way, so the client has
 /// processed the server's ticket); returns the time spent in server calls and whether it resumed.
 fn handshake(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> (Duration, bool) {
-    let mut c = ClientConnection::new(client.clone(), ServerName::try_from("localhost").unwrap())
-        .unwrap();
+    let mut c =
+        ClientConnection::new(client.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
     let mut s_time = Duration::ZERO;
     let t = Instant::now();
-    let mut s = ServerConnection::new(server.clone()).unwrap();
+    let mut s = server_new(server);
     s_time += t.elapsed();
     let mut buf = Vec::with_capacity(16 << 10);
     c.writer().write_all(b"x").unwrap();
@@ -144,21 +152,7 @@ fn handshake(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> (Duratio
             c.write_tls(&mut buf).unwrap();
         }
         let t = Instant::now();
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            s.read_tls(&mut rd).unwrap();
-            s.process_new_packets().unwrap();
-        }
-        let mut out = Vec::new();
-        if !s.is_handshaking() {
-            let mut got = [0u8; 1];
-            if s.reader().read(&mut got).is_ok() {
-                s.writer().write_all(b"y").unwrap();
-            }
-        }
-        while s.wants_write() {
-            s.write_tls(&mut out).unwrap();
-        }
+        let out = server_step(&mut s, &buf);
         s_time += t.elapsed();
         let mut rd = &out[..];
         while !rd.is_empty() {
@@ -174,16 +168,54 @@ fn handshake(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> (Duratio
     panic!("handshake did not complete");
 }
 
+/// The server's part of a handshake turn (its own function: `callgrind --toggle-collect`).
+#[inline(never)]
+fn server_new(config: &Arc<ServerConfig>) -> ServerConnection {
+    ServerConnection::new(config.clone()).unwrap()
+}
+
+/// Take the client's bytes, answer; once open, echo one byte of application data.
+#[inline(never)]
+fn server_step(s: &mut ServerConnection, input: &[u8]) -> Vec<u8> {
+    let mut rd = input;
+    while !rd.is_empty() {
+        s.read_tls(&mut rd).unwrap();
+        s.process_new_packets().unwrap();
+    }
+    let mut out = Vec::new();
+    if !s.is_handshaking() {
+        let mut got = [0u8; 1];
+        if s.reader().read(&mut got).is_ok() {
+            s.writer().write_all(b"y").unwrap();
+        }
+    }
+    while s.wants_write() {
+        s.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
 /// Median over rounds of server µs per handshake.
-fn handshake_us(p: Provider, pki: &Pki, resumed: bool, budget: Duration) -> f64 {
+fn handshake_us(
+    p: Provider,
+    pki: &Pki,
+    resumed: bool,
+    budget: Duration,
+    counted: Option<u32>,
+) -> f64 {
     let (server, client) = configs(p, pki, resumed);
     if resumed {
         handshake(&server, &client); // the full one that stores the ticket
     }
     let (mut n, mut total) = (0u32, Duration::ZERO);
     let start = Instant::now();
-    while start.elapsed() < budget || n < 3 {
+    while counted.is_some() || start.elapsed() < budget || n < 3 {
         let (t, was_resumed) = handshake(&server, &client);
+        if counted.is_some_and(|c| n + 1 >= c) {
+            total += t;
+            n += 1;
+            break;
+        }
         assert_eq!(was_resumed, resumed, "resumption as intended");
         total += t;
         n += 1;
@@ -192,7 +224,7 @@ fn handshake_us(p: Provider, pki: &Pki, resumed: bool, budget: Duration) -> f64 
 }
 
 /// ns per sealed record of `len` plaintext bytes.
-fn seal_ns(p: Provider, chacha: bool, len: usize, budget: Duration) -> f64 {
+fn seal_ns(p: Provider, chacha: bool, len: usize, budget: Duration, counted: Option<u64>) -> f64 {
     let suite = p.suite(chacha);
     let SupportedCipherSuite::Tls13(s13) = suite else {
         unreachable!()
@@ -206,20 +238,32 @@ fn seal_ns(p: Provider, chacha: bool, len: usize, budget: Duration) -> f64 {
     let payload = vec![0x5au8; len];
     let (mut n, mut seq) = (0u64, 0u64);
     let start = Instant::now();
+    if let Some(count) = counted {
+        for _ in 0..count {
+            seal_one(enc.as_mut(), &payload, seq);
+            seq += 1;
+        }
+        return start.elapsed().as_secs_f64() * 1e9 / count.max(1) as f64;
+    }
     while start.elapsed() < budget || n < 10 {
         for _ in 0..64 {
-            let msg = OutboundPlainMessage {
-                typ: rustls::ContentType::ApplicationData,
-                version: rustls::ProtocolVersion::TLSv1_2,
-                payload: OutboundChunks::Single(&payload),
-            };
-            let out = enc.encrypt(msg, seq).unwrap();
-            std::hint::black_box(out.encode());
+            seal_one(enc.as_mut(), &payload, seq);
             seq += 1;
         }
         n += 64;
     }
     start.elapsed().as_secs_f64() * 1e9 / n as f64
+}
+
+/// One record sealed and encoded, as rustls does per record.
+#[inline(never)]
+fn seal_one(enc: &mut dyn MessageEncrypter, payload: &[u8], seq: u64) -> usize {
+    let msg = OutboundPlainMessage {
+        typ: rustls::ContentType::ApplicationData,
+        version: rustls::ProtocolVersion::TLSv1_2,
+        payload: OutboundChunks::Single(payload),
+    };
+    std::hint::black_box(enc.encrypt(msg, seq).unwrap().encode()).len()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -229,7 +273,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].clone())
+    };
     let quick = args.iter().any(|a| a == "--quick");
     let rounds: usize = flag("--rounds").map_or(if quick { 1 } else { 5 }, |v| v.parse().unwrap());
     let ms: u64 = flag("--ms").map_or(if quick { 20 } else { 300 }, |v| v.parse().unwrap());
@@ -237,12 +285,50 @@ fn main() {
     let budget = Duration::from_millis(ms);
     let providers: Vec<Provider> = [Provider::Ring, Provider::AwsLc]
         .into_iter()
-        .filter(|p| only.as_deref().is_none_or(|o| o == p.name() || (o == "aws-lc" && *p == Provider::AwsLc)))
+        .filter(|p| {
+            only.as_deref()
+                .is_none_or(|o| o == p.name() || (o == "aws-lc" && *p == Provider::AwsLc))
+        })
         .collect();
+    if let Some(count) = flag("--count") {
+        // One cell, a fixed number of operations, no output: for callgrind with
+        // --toggle-collect=*server_new* --toggle-collect=*server_step* (handshakes) or
+        // --toggle-collect=*seal_one* (records). See callgrind.sh.
+        let p = providers[0];
+        let case = flag("--case").expect("--case with --count");
+        let rsa = case.ends_with("-rsa");
+        if let Some(kind) = case.strip_prefix("seal-") {
+            let (suite, len) = kind.split_once('-').unwrap();
+            seal_ns(
+                p,
+                suite == "chacha",
+                len.parse().unwrap(),
+                budget,
+                Some(count.parse().unwrap()),
+            );
+        } else {
+            let pki = pki(rsa);
+            handshake_us(
+                p,
+                &pki,
+                case.starts_with("resumed"),
+                budget,
+                Some(count.parse().unwrap()),
+            );
+        }
+        return;
+    }
     let ecdsa = pki(false);
     let rsa = pki(true);
     println!("# {rounds} interleaved rounds of {ms} ms per cell; medians");
-    println!("| measurement | {} |", providers.iter().map(|p| p.name()).collect::<Vec<_>>().join(" | "));
+    println!(
+        "| measurement | {} |",
+        providers
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     println!("|---|{}", "---:|".repeat(providers.len()));
     let row = |label: &str, unit: &str, f: &dyn Fn(Provider) -> f64| {
         let mut per: Vec<Vec<f64>> = vec![Vec::new(); providers.len()];
@@ -251,17 +337,36 @@ fn main() {
                 per[i].push(f(*p));
             }
         }
-        let cells: Vec<String> = per.into_iter().map(|v| format!("{:.2} {unit}", median(v))).collect();
+        let cells: Vec<String> = per
+            .into_iter()
+            .map(|v| format!("{:.2} {unit}", median(v)))
+            .collect();
         println!("| {label} | {} |", cells.join(" | "));
     };
     for (name, pki) in [("ECDSA P-256", &ecdsa), ("RSA-2048", &rsa)] {
-        row(&format!("full handshake, {name} (server µs)"), "µs", &|p| handshake_us(p, pki, false, budget));
-        row(&format!("resumed handshake, {name} (server µs)"), "µs", &|p| handshake_us(p, pki, true, budget));
+        row(
+            &format!("full handshake, {name} (server µs)"),
+            "µs",
+            &|p| handshake_us(p, pki, false, budget, None),
+        );
+        row(
+            &format!("resumed handshake, {name} (server µs)"),
+            "µs",
+            &|p| handshake_us(p, pki, true, budget, None),
+        );
     }
     for chacha in [false, true] {
-        let suite = if chacha { "CHACHA20_POLY1305" } else { "AES_128_GCM" };
+        let suite = if chacha {
+            "CHACHA20_POLY1305"
+        } else {
+            "AES_128_GCM"
+        };
         for len in [64usize, 1024, 16384] {
-            row(&format!("seal one {len} B record, {suite} (ns)"), "ns", &|p| seal_ns(p, chacha, len, budget));
+            row(
+                &format!("seal one {len} B record, {suite} (ns)"),
+                "ns",
+                &|p| seal_ns(p, chacha, len, budget, None),
+            );
         }
     }
 }
