@@ -330,7 +330,11 @@ fn main() {
             .join(" | ")
     );
     println!("|---|{}", "---:|".repeat(providers.len()));
+    let rows = flag("--rows");
     let row = |label: &str, unit: &str, f: &dyn Fn(Provider) -> f64| {
+        if rows.as_deref().is_some_and(|r| !label.contains(r)) {
+            return;
+        }
         let mut per: Vec<Vec<f64>> = vec![Vec::new(); providers.len()];
         for _ in 0..rounds {
             for (i, p) in providers.iter().enumerate() {

@@ -49,6 +49,14 @@ impl TlsStats {
         }
     }
 
+    /// Count the handshake `session` just completed ([`Received::opened`]).
+    ///
+    /// [`Received::opened`]: super::Received::opened
+    pub fn opened(&self, session: &super::Session) {
+        let tls12 = session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2);
+        self.handshake(session.resumed(), tls12);
+    }
+
     /// Count a failure.
     pub fn fail(&self, why: Failure) {
         self.failures[why as usize].fetch_add(1, Relaxed);
