@@ -12,7 +12,7 @@ use common::tls::{foreign_identity, localhost, server_config, LeafKey, Pki};
 use rustls::{ClientConfig, ClientConnection, ServerConfig};
 use shardcast::tls::options::{ClientAuth, Tickets, TlsVersion};
 use shardcast::tls::session::{FULL_RECORD, MAX_RECORD_PLAINTEXT};
-use shardcast::tls::{Failure, Received, Session, SetupError, TlsContext};
+use shardcast::tls::{Failure, Received, Session, SetupError, TlsContext, TlsStats};
 
 const TLS12: &rustls::SupportedProtocolVersion = &rustls::version::TLS12;
 const TLS13: &rustls::SupportedProtocolVersion = &rustls::version::TLS13;
@@ -437,6 +437,14 @@ fn session_tickets_resume_on_tls13_and_tls12() {
             let mut second = Pair::shared(server.clone(), client);
             second.handshake().unwrap();
             assert_eq!(second.server.resumed(), resumes, "{version:?}");
+            // What the core counts when a handshake completes.
+            let stats = TlsStats::default();
+            stats.opened(&first.server);
+            stats.opened(&second.server);
+            let snap = stats.snapshot();
+            assert_eq!(snap.handshakes, 2);
+            assert_eq!(snap.resumed, u64::from(resumes));
+            assert_eq!(snap.tls12, if version == TLS12 { 2 } else { 0 });
         }
     }
 }
