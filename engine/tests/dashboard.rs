@@ -4,8 +4,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -146,20 +146,6 @@ fn dashboard_is_served_as_html() {
     assert_eq!(status(&server_post), 405);
 }
 
-/// Chromium, or `None` when it is not installed (scripts/test.sh installs it when it can).
-fn chromium() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var("CHROMIUM").ok(),
-        Some("/usr/bin/chromium".to_owned()),
-        Some("/usr/bin/chromium-browser".to_owned()),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
 /// Run headless Chromium on `url` with `extra` args, killed after 60 s; returns stdout.
 fn run_chromium(bin: &Path, url: &str, extra: &[&str]) -> String {
     let profile = std::env::temp_dir().join(format!(
@@ -167,19 +153,8 @@ fn run_chromium(bin: &Path, url: &str, extra: &[&str]) -> String {
         std::process::id(),
         extra.len()
     ));
-    let mut child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let mut child = headless_chromium(bin, &profile)
+        .arg("--virtual-time-budget=5000")
         .args(extra)
         .arg(url)
         .stdout(Stdio::piped())

@@ -8,8 +8,9 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
+use common::chromium;
 use common::tls::{
-    chromium, chromium_wss, foreign_identity, openssl_s_client, python_websockets, server_config,
+    chromium_wss, foreign_identity, openssl_s_client, python_websockets, server_config,
     tungstenite_wss, EchoServer, Pki,
 };
 use common::TIMEOUT;

@@ -108,21 +108,34 @@ enum Step {
     Idle,
 }
 
-/// Append one pending TLS record of rustls's to `out`.
-fn encode_into(e: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) {
+/// Append to `out` what `write` produces, sized by rustls: `write` is called with an empty
+/// buffer first and answers `Err(Some(required))` (rustls's InsufficientSize, nothing consumed),
+/// then with exactly that much room. `Err(None)`: nothing to write.
+fn append_sized(
+    out: &mut Vec<u8>,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+) {
     let start = out.len();
-    // A zero-length buffer asks for the size; the record stays inside `e` on that error.
-    let need = match e.encode(&mut []) {
-        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-            required_size
-        }
-        _ => return,
+    let Err(Some(need)) = write(&mut []) else {
+        return;
     };
     out.resize(start + need, 0);
-    match e.encode(&mut out[start..]) {
+    match write(&mut out[start..]) {
         Ok(n) => out.truncate(start + n),
         Err(_) => out.truncate(start),
     }
+}
+
+/// Append one pending TLS record of rustls's to `out`.
+fn encode_into(e: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) {
+    append_sized(out, |buf| {
+        e.encode(buf).map_err(|err| match err {
+            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Some(required_size)
+            }
+            _ => None,
+        })
+    });
 }
 
 /// One call into rustls with `input`: returns the bytes of `input` it is done with and the step.
@@ -369,18 +382,14 @@ impl Session {
         }
         self.close_queued = true;
         let _ = self.with_write_traffic(|w, pending| {
-            let start = pending.len();
-            let need = match w.queue_close_notify(&mut []) {
-                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    required_size
-                }
-                _ => return,
-            };
-            pending.resize(start + need, 0);
-            match w.queue_close_notify(&mut pending[start..]) {
-                Ok(n) => pending.truncate(start + n),
-                Err(_) => pending.truncate(start),
-            }
+            append_sized(pending, |buf| {
+                w.queue_close_notify(buf).map_err(|err| match err {
+                    EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                        Some(required_size)
+                    }
+                    _ => None,
+                })
+            })
         });
     }
 

@@ -369,4 +369,35 @@ pub fn histogram(admin_addr: SocketAddr, shard: usize, kind: &str) -> Histogram<
         .expect("V2 deflate histogram")
 }
 
+/// Chromium, or `None` when it is not installed (scripts/test.sh installs it when it can).
+pub fn chromium() -> Option<std::path::PathBuf> {
+    [
+        std::env::var("CHROMIUM").ok(),
+        Some("/usr/bin/chromium".to_owned()),
+        Some("/usr/bin/chromium-browser".to_owned()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// Headless Chromium as this machine needs it (root: no sandbox; no background networking, which
+/// a closed network refuses), with its profile in `profile`.
+pub fn headless_chromium(bin: &std::path::Path, profile: &std::path::Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    cmd
+}
+
 pub mod tls;

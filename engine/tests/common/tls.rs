@@ -653,19 +653,6 @@ pub fn openssl_s_client(addr: SocketAddr, ca: &Path, path: &str, extra: &[&str])
     stdout + &String::from_utf8_lossy(&out.stderr)
 }
 
-/// Chromium, or `None` when it is not installed (scripts/test.sh installs it when it can).
-pub fn chromium() -> Option<PathBuf> {
-    [
-        std::env::var("CHROMIUM").ok(),
-        Some("/usr/bin/chromium".to_owned()),
-        Some("/usr/bin/chromium-browser".to_owned()),
-    ]
-    .into_iter()
-    .flatten()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-}
-
 /// Headless Chromium loads a page from a local http:// server that opens `url` (wss://), trusting
 /// only `pki`'s leaf (by its SPKI hash), sends `message` and POSTs what happened back to the page
 /// server: `echo:<reply>`, `error`, or `closed:<code>`; `pending` if nothing came within 30 s.
@@ -689,18 +676,7 @@ pub fn chromium_wss(bin: &Path, pki: &Pki, url: &str, message: &str) -> String {
         std::thread::spawn(move || serve_page(pages, &page, &result));
     }
     let profile = TempDir::new("chromium");
-    let mut child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.0.display()))
+    let mut child = super::headless_chromium(bin, &profile.0)
         .arg(format!(
             "--ignore-certificate-errors-spki-list={}",
             pki.spki_sha256_base64()
