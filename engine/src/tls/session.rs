@@ -22,7 +22,8 @@
 //!    once (they are encrypted, a record cannot be unsealed), and the ciphertext it wrote must be
 //!    sent before anything sealed later. [`Sealed::written`] counts every byte written.
 //! 5. [`Session::close`] queues `close_notify` (after the handshake; nothing before it), to be
-//!    taken by `poll_transmit` or the next `seal`.
+//!    taken by `poll_transmit` or the next `seal`. Input after it is discarded unread: close
+//!    once the WebSocket closing handshake is over, when the core only drains the socket.
 //!
 //! Memory: an idle session is rustls's connection state only (measured in docs/ENGINE.md,
 //! "TLS"); `incoming` holds the tail of an incomplete record (at most one record, up to
@@ -214,6 +215,11 @@ impl Session {
     ) -> Result<Received, Failure> {
         if let Some(f) = self.failed {
             return Err(f);
+        }
+        // After our close_notify, input is drained unread (the core's linger): rustls must not
+        // see it, a bad record would make it raise a fatal alert after close_notify.
+        if self.close_queued {
+            return Ok(Received::default());
         }
         let was_peer_closed = self.peer_closed;
         let result = if self.incoming.is_empty() {
