@@ -20,6 +20,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "ops: tune script tests"
 scripts/tune-test.sh
 
+step "clients/js: npm ci, tsc, node --test"
+scripts/test-js.sh
+
 # engine/tests/dashboard.rs renders /dashboard in a real headless Chromium; install it when we can.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     step "installing chromium for the dashboard test"

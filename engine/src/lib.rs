@@ -29,12 +29,14 @@
 //! - [`histlog`]: periodic HdrHistogram interval logs per shard (`--histogram-log`).
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
 //! - [`tls`]: wss:// with rustls: options, key material, reload, the per-connection session.
+//! - [`continuity`]: per-topic sequence numbers, history and resume (sans-IO; docs/CONTINUITY.md).
 #![deny(missing_docs)]
 
 pub mod admin;
 pub mod bridge;
 pub mod config;
 pub mod conn;
+pub mod continuity;
 pub mod control;
 pub mod dashboard;
 pub mod depth;
