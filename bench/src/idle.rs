@@ -1,5 +1,7 @@
 //! `idle`: N idle subscribers; the server's memory before and after gives its cost per
-//! connection.
+//! subscribed connection. `--warmup` connections are opened (and held) first and "before" is
+//! read after them, so what a server allocates once (buffer pools, the first chunk of its
+//! connection table, allocator arenas) is not charged to the connections measured.
 
 use crate::common::{self, CommonArgs};
 use crate::dial::Target;
@@ -22,14 +24,22 @@ pub struct IdleArgs {
     /// Time to hold them after the last one connected before reading memory, ms.
     #[arg(long, default_value_t = 1000)]
     hold_ms: u64,
+    /// Subscribed connections opened and held before the "before" reading (not counted): enough
+    /// handshakes to touch every once-per-shard pool (shardcast's io_uring driver lends 256
+    /// provided receive buffers, touched in ring order).
+    #[arg(long, default_value_t = 500)]
+    warmup: usize,
 }
 
 struct Shared {
     total: usize,
     connected: AtomicUsize,
     failed: AtomicUsize,
+    before: Mutex<Option<Memory>>,
     after: Mutex<Option<Memory>>,
     release: AtomicBool,
+    warm: AtomicUsize,
+    measured: AtomicBool,
 }
 
 /// Runs the scenario and prints its result.
@@ -40,13 +50,16 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
         .ok_or("idle needs --server-pid (it reads the server's memory)")?;
     let target = args.common.target()?;
     let cpus = args.common.cpus()?;
-    let before = process::proc_memory(pid).map_err(|e| format!("server memory: {e}"))?;
+    process::proc_memory(pid).map_err(|e| format!("server memory: {e}"))?;
     let sh = Arc::new(Shared {
         total: args.connections,
         connected: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
+        before: Mutex::new(None),
         after: Mutex::new(None),
         release: AtomicBool::new(false),
+        warm: AtomicUsize::new(0),
+        measured: AtomicBool::new(false),
     });
     let meter = Meter::start(Some(pid));
     let n = cpus.len();
@@ -55,6 +68,11 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
         worker(w, n, a.clone(), target.clone(), s.clone(), pid)
     });
     let window = meter.finish(n);
+    let before = sh
+        .before
+        .lock()
+        .expect("memory lock")
+        .ok_or("warm-up connections were not all settled in time")?;
     let after = sh
         .after
         .lock()
@@ -71,8 +89,10 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
         "failed": sh.failed.load(Ordering::Acquire),
         "server_memory_before": before,
         "server_memory_after": after,
+        "warmup_connections": args.warmup,
         "rss_delta_bytes": after.rss as i64 - before.rss as i64,
         "bytes_per_connection": per(after.rss, before.rss),
+        "bytes_per_subscribed_connection": per(after.rss, before.rss),
         "anon_bytes_per_connection": per(after.rss_anon, before.rss_anon),
         "client_bound": window.client_bound,
         "window_measured": window,
@@ -97,6 +117,34 @@ pub fn run(args: IdleArgs) -> Result<(), String> {
 async fn worker(w: usize, n: usize, args: IdleArgs, target: Target, sh: Arc<Shared>, pid: u32) {
     let deadline = Instant::now() + Duration::from_secs_f64(args.common.timeout);
     let path = format!("/ws/{}", args.common.topic);
+    // Warm-up first (ids after the measured ones), held until the end.
+    let warm_ids: Vec<u64> = common::share(args.warmup, w, n)
+        .into_iter()
+        .map(|i| i + args.connections as u64)
+        .collect();
+    let (warm, warm_failed) = common::connect_all(
+        &target,
+        warm_ids,
+        &path,
+        args.common.connect_concurrency,
+        Duration::from_secs(10),
+    )
+    .await;
+    sh.warm
+        .fetch_add(warm.len() + warm_failed, Ordering::AcqRel);
+    let warm_done = || sh.warm.load(Ordering::Acquire) >= args.warmup;
+    common::wait_until(
+        deadline.saturating_duration_since(Instant::now()),
+        warm_done,
+    )
+    .await;
+    if w == 0 {
+        monoio::time::sleep(Duration::from_millis(args.hold_ms)).await;
+        *sh.before.lock().expect("memory lock") = process::proc_memory(pid).ok();
+        sh.measured.store(true, Ordering::Release);
+    }
+    let measured = || sh.measured.load(Ordering::Acquire);
+    common::wait_until(deadline.saturating_duration_since(Instant::now()), measured).await;
     let ids = common::share(args.connections, w, n);
     let (conns, failed) = common::connect_all(
         &target,
@@ -121,4 +169,5 @@ async fn worker(w: usize, n: usize, args: IdleArgs, target: Target, sh: Arc<Shar
     let left = deadline.saturating_duration_since(Instant::now());
     common::wait_until(left, || sh.release.load(Ordering::Acquire)).await;
     drop(conns);
+    drop(warm);
 }

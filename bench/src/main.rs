@@ -8,6 +8,7 @@ mod common;
 mod compare;
 mod connect;
 mod dial;
+mod echo;
 mod fanout;
 mod font;
 mod hlog;
@@ -44,6 +45,8 @@ enum Scenario {
     Room(room::RoomArgs),
     /// Connection storm: K upgrades, C at a time; handshakes/s and latency.
     Connect(connect::ConnectArgs),
+    /// N connections on /echo, K messages in flight each: echoes/s and server CPU per echo.
+    Echo(echo::EchoArgs),
     /// N idle subscribers; the server's memory per connection.
     Idle(idle::IdleArgs),
     /// Per-shard latency side by side from --histogram-log files or a live admin URL; flags outlier shards.
@@ -54,7 +57,7 @@ enum Scenario {
     Incident(incident::IncidentArgs),
     /// SVG of latency distributions written by `--percentiles`.
     Plot(plot::PlotArgs),
-    /// Baseline server: one thread, poll(2), a plain send() per subscriber per message.
+    /// Baseline server: one thread, epoll, a plain send() per subscriber per message.
     NaiveServer(naive_server::NaiveArgs),
 }
 
@@ -68,6 +71,7 @@ fn main() {
         Scenario::Room(a) => room::run(a),
         Scenario::Connect(a) => connect::run(a),
         Scenario::Idle(a) => idle::run(a),
+        Scenario::Echo(a) => echo::run(a),
         Scenario::Slow(a) => slow::run(a),
         Scenario::Incident(a) => incident::run(a),
         Scenario::Plot(a) => plot::run(a),
@@ -95,6 +99,7 @@ mod tests {
             Scenario::Room(a) => room::run(a),
             Scenario::Connect(a) => connect::run(a),
             Scenario::Idle(a) => idle::run(a),
+            Scenario::Echo(a) => echo::run(a),
             Scenario::Slow(a) => slow::run(a),
             Scenario::NaiveServer(_)
             | Scenario::Incident(_)
@@ -161,9 +166,25 @@ mod tests {
         assert_eq!(c["succeeded"].as_u64(), Some(50));
 
         let mut a = common.to_vec();
-        a.extend(["--connections", "50", "--hold-ms", "50"]);
+        a.extend([
+            "--connections",
+            "10",
+            "--in-flight",
+            "2",
+            "--duration",
+            "0.3",
+        ]);
+        a.extend(["--settle-ms", "50"]);
+        let e = run_cli(&[&["echo"], &a[..]].concat(), &dir.join("e.json"));
+        assert_eq!(e["connected"].as_u64(), Some(10));
+        assert!(e["echoed"].as_u64().unwrap() > 0, "{e}");
+        assert!(e["server_cpu_us_per_echo"].as_f64().is_some());
+
+        let mut a = common.to_vec();
+        a.extend(["--connections", "50", "--hold-ms", "50", "--warmup", "10"]);
         let i = run_cli(&[&["idle"], &a[..]].concat(), &dir.join("i.json"));
         assert_eq!(i["connected"].as_u64(), Some(50));
+        assert!(i["bytes_per_subscribed_connection"].as_f64().is_some());
         assert!(i["server_memory_after"]["rss"].as_u64().unwrap() > 0);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -9,11 +9,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-use crate::latency::Recording;
-use crate::policy::{Action, Policy, TopicPolicy, TopicPolicySpec};
+use crate::flow::policy::{Action, Policy, TopicPolicy};
+use crate::obs::latency::Recording;
 use crate::tls::options::{ClientAuth, Tickets, TlsVersion};
 
 /// Default `queue_ceiling_pct`: the share of the memory limit queued frames may hold.
@@ -66,16 +66,67 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// Which monoio driver each shard runtime uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    /// io_uring when the kernel supports it (and `MONOIO_FORCE_LEGACY_DRIVER` is not set), else epoll.
-    Auto,
-    /// io_uring only; starting fails when it is unavailable.
-    Uring,
-    /// epoll (monoio's legacy driver).
-    Epoll,
+pub use crate::runtime::select::Driver;
+
+/// One `[[topic_policy]]` entry as configured: unset limits fall back to the defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPolicySpec {
+    /// Glob over topic names.
+    pub pattern: String,
+    /// Action above the high-water mark.
+    pub policy: Action,
+    /// High-water mark in bytes (default: the global one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_water_bytes: Option<ByteSize>,
+    /// Low-water mark in bytes (default: a quarter of this entry's high-water mark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_water_bytes: Option<ByteSize>,
+    /// Messages `drop-oldest` keeps (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<usize>,
+}
+
+impl std::str::FromStr for TopicPolicySpec {
+    type Err = String;
+
+    /// `PATTERN=POLICY[,high_water_bytes=N][,low_water_bytes=N][,keep=N]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (pattern, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected PATTERN=POLICY[,key=value...]"))?;
+        let mut parts = rest.split(',');
+        let policy = <Action as clap::ValueEnum>::from_str(parts.next().unwrap_or("").trim(), true)
+            .map_err(|_| format!("{s:?}: policy must be evict, conflate, drop-oldest or pause"))?;
+        let mut spec = TopicPolicySpec {
+            pattern: pattern.trim().to_owned(),
+            policy,
+            high_water_bytes: None,
+            low_water_bytes: None,
+            keep: None,
+        };
+        for kv in parts {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("{s:?}: {kv:?} is not key=value"))?;
+            let v = v.trim();
+            match k.trim() {
+                "high_water_bytes" => spec.high_water_bytes = Some(v.parse()?),
+                "low_water_bytes" => spec.low_water_bytes = Some(v.parse()?),
+                "keep" => {
+                    spec.keep = Some(
+                        v.parse()
+                            .map_err(|_| format!("keep: {v:?} is not a number"))?,
+                    )
+                }
+                other => return Err(format!("{s:?}: unknown key {other:?}")),
+            }
+        }
+        if spec.pattern.is_empty() {
+            return Err(format!("{s:?}: empty pattern"));
+        }
+        Ok(spec)
+    }
 }
 
 /// Where the admin listener binds, or `off`.
@@ -266,7 +317,7 @@ pub struct Overrides {
     /// Number of shards, one thread per CPU [default: all CPUs in the affinity mask]
     #[arg(long, env = "SHARDCAST_SHARDS")]
     pub shards: Option<usize>,
-    /// I/O driver; auto picks epoll when io_uring is unusable or MONOIO_FORCE_LEGACY_DRIVER=1 [default: auto]
+    /// I/O driver: auto (io_uring, epoll where the kernel refuses io_uring), uring or epoll [default: auto]
     #[arg(long, env = "SHARDCAST_DRIVER")]
     pub driver: Option<Driver>,
     /// Token publishers must present (Bearer or ?token=) [default: none, only loopback peers may publish]
@@ -516,7 +567,7 @@ impl Overrides {
             size(self.high_water_bytes),
             size(self.low_water_bytes),
             None,
-            crate::policy::DEFAULT_HIGH_WATER,
+            crate::flow::policy::DEFAULT_HIGH_WATER,
         )
         .map_err(ConfigError::Policy)?;
         let topic_policy = self
@@ -540,7 +591,7 @@ impl Overrides {
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let (memory_limit, source) = match self.memory_limit {
             Some(b) => (b.0, "config"),
-            None => crate::governor::detect_memory_limit(),
+            None => crate::ops::host::memory_limit_or_default(),
         };
         if memory_limit == 0 {
             return Err(ConfigError::Invalid("memory_limit must be positive"));
@@ -613,7 +664,26 @@ impl Overrides {
         if config.publish_token.as_deref() == Some("") {
             return Err(ConfigError::Invalid("publish_token must not be empty"));
         }
-        crate::heartbeat::validate(&config).map_err(ConfigError::Invalid)?;
+        let durations = [
+            config.ping_interval_ms,
+            config.pong_timeout_ms,
+            config.idle_timeout_ms,
+            config.max_lifetime_ms,
+        ];
+        // Deadlines are compared as signed differences of a wrapping u32 ms clock.
+        if durations
+            .iter()
+            .any(|&d| d > crate::conn::heartbeat::MAX_DURATION_MS)
+        {
+            return Err(ConfigError::Invalid(
+                "heartbeat durations must be at most 2147483647 ms",
+            ));
+        }
+        if config.lifetime_jitter_pct > 100 {
+            return Err(ConfigError::Invalid(
+                "lifetime_jitter_pct must be at most 100",
+            ));
+        }
         crate::tls::options::validate(&config).map_err(ConfigError::Invalid)?;
         crate::bridge::subject::validate_prefix(&config.nats_subject_prefix)
             .map_err(ConfigError::Invalid)?;
@@ -633,14 +703,14 @@ impl Overrides {
 
 impl Config {
     /// The policy table the hubs use.
-    pub fn policies(&self) -> crate::policy::Policies {
-        crate::policy::Policies::new(
+    pub fn policies(&self) -> crate::flow::policy::Policies {
+        crate::flow::policy::Policies::new(
             self.topic_policy.clone(),
             Policy {
                 policy: self.default_policy,
                 high_water_bytes: self.high_water_bytes,
                 low_water_bytes: self.low_water_bytes,
-                keep: crate::policy::DEFAULT_KEEP,
+                keep: crate::flow::policy::DEFAULT_KEEP,
             },
         )
     }
@@ -668,6 +738,25 @@ mod tests {
     fn parse(args: &[&str]) -> Overrides {
         Overrides::try_parse_from(std::iter::once("shardcast").chain(args.iter().copied()))
             .expect("valid args")
+    }
+
+    #[test]
+    fn spec_parsing() {
+        let s: TopicPolicySpec = "ticker.*=conflate".parse().unwrap();
+        assert_eq!(s.pattern, "ticker.*");
+        assert_eq!(s.policy, Action::Conflate);
+        let s: TopicPolicySpec =
+            "b*=drop-oldest,high_water_bytes=64KiB,low_water_bytes=1000,keep=4"
+                .parse()
+                .unwrap();
+        assert_eq!(s.policy, Action::DropOldest);
+        assert_eq!(s.high_water_bytes.unwrap().0, 65536);
+        assert_eq!(s.low_water_bytes.unwrap().0, 1000);
+        assert_eq!(s.keep, Some(4));
+        assert!("x".parse::<TopicPolicySpec>().is_err());
+        assert!("x=nope".parse::<TopicPolicySpec>().is_err());
+        assert!("x=pause,color=red".parse::<TopicPolicySpec>().is_err());
+        assert!("=pause".parse::<TopicPolicySpec>().is_err());
     }
 
     #[test]

@@ -3,7 +3,10 @@
 use std::io::Write;
 
 use clap::Parser;
-use shardcast::{config::Overrides, preflight, rlimit, server, signals, tls};
+use shardcast::config::Overrides;
+use shardcast::ops::preflight;
+use shardcast::runtime::{rlimit, signals};
+use shardcast::{server, tls};
 
 /// jemalloc instead of glibc malloc: an idle connection is a handful of small long-lived
 /// allocations made between short-lived handshake ones, and glibc keeps ~1-2.5 KB per
@@ -29,7 +32,7 @@ fn main() {
     if only_preflight {
         // Same raise as a real start, so the report shows the limit the server would run with.
         let _ = rlimit::raise_nofile();
-        let checks = preflight::run(&config, &preflight::HostFacts::gather());
+        let checks = preflight::run(&config, &shardcast::ops::host::HostFacts::gather());
         for c in &checks {
             println!("{c}");
         }
@@ -66,7 +69,10 @@ fn main() {
     if let Err(e) = rlimit::raise_nofile() {
         tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
     }
-    preflight::log(&preflight::run(&config, &preflight::HostFacts::gather()));
+    preflight::log(&preflight::run(
+        &config,
+        &shardcast::ops::host::HostFacts::gather(),
+    ));
     let server = match server::start(config) {
         Ok(s) => s,
         Err(e) => {

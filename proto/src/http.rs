@@ -223,10 +223,7 @@ impl<'b> Request<'b> {
     /// Pairs are split on `&`; a pair without `=` has the empty value. Neither names nor values
     /// are percent-decoded and `+` is not turned into a space: callers that need decoding do it.
     pub fn query_param(&self, name: &str) -> Option<&'b str> {
-        self.query?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then_some(v)
-        })
+        query_param(self.query, name)
     }
 
     /// The HTTP minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
@@ -297,6 +294,16 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
             return None;
         }
         acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// The value of the first `name=value` pair of `query` (the part after `?`) whose name equals
+/// `name` exactly: pairs split on `&`, a pair without `=` has the empty value, nothing is
+/// percent-decoded. [`Request::query_param`] is this over the request's query.
+pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
     })
 }
 

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::OnceLock;
 
-use crate::stats::{get, monotonic_ms};
+use crate::obs::stats::{get, monotonic_ms};
 
 /// The bridge's connection to NATS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

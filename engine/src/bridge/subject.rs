@@ -145,7 +145,7 @@ mod tests {
             let topic: String = (0..len)
                 .map(|i| alphabet[((x >> (8 + 5 * i)) % alphabet.len() as u64) as usize] as char)
                 .collect();
-            crate::topic::validate(&topic).unwrap();
+            crate::flow::topic::validate(&topic).unwrap();
             let s = subject(DEFAULT_PREFIX, &topic);
             for token in s.split('.') {
                 assert!(

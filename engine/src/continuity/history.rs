@@ -24,7 +24,7 @@ use shardcast_proto::MessageKind;
 
 use super::Seq;
 use crate::config::ByteSize;
-use crate::policy::glob;
+use crate::flow::policy::glob;
 
 /// Bounds of one topic's history. `messages = 0`: off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

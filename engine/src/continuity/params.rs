@@ -16,8 +16,8 @@
 use serde_json::Value;
 
 use super::{Epoch, Position, Seq, MAX_SEQ};
-use crate::route::query_param;
-use crate::topic;
+use crate::flow::topic;
+use shardcast_proto::http::query_param;
 
 /// What a subscriber asked for, continuity-wise.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -51,7 +51,7 @@ fn digits(n: u64, buf: &mut [u8; 20]) -> &[u8] {
 
 /// The frame a sequenced connection receives for message `seq` of `topic`.
 pub fn data_frame(kind: MessageKind, topic: &str, seq: Seq, payload: &[u8]) -> Bytes {
-    debug_assert!(crate::topic::validate(topic).is_ok());
+    debug_assert!(crate::flow::topic::validate(topic).is_ok());
     match kind {
         MessageKind::Text => {
             let mut buf = [0u8; 20];
@@ -83,7 +83,7 @@ pub fn data_frame(kind: MessageKind, topic: &str, seq: Seq, payload: &[u8]) -> B
 
 /// The text frame of a notice about `topic`.
 pub fn notice_frame(topic: &str, notice: &Notice) -> Bytes {
-    debug_assert!(crate::topic::validate(topic).is_ok());
+    debug_assert!(crate::flow::topic::validate(topic).is_ok());
     let mut buf = [0u8; 20];
     let epoch = notice.epoch.hex();
     let (resync_key, reason, close): (&[u8], &[u8], &[u8]) = match notice.resync {
@@ -143,7 +143,7 @@ pub fn parse_binary(msg: &[u8]) -> Result<BinaryMessage<'_>, BadPrefix> {
     let len = *rest.get(8).ok_or(BadPrefix::Short)? as usize;
     let topic = rest.get(9..9 + len).ok_or(BadPrefix::Short)?;
     let topic = std::str::from_utf8(topic).map_err(|_| BadPrefix::Topic)?;
-    crate::topic::validate(topic).map_err(|_| BadPrefix::Topic)?;
+    crate::flow::topic::validate(topic).map_err(|_| BadPrefix::Topic)?;
     Ok(BinaryMessage {
         seq,
         topic,

@@ -31,10 +31,23 @@ impl Server {
     /// `--admin-listen 127.0.0.1:0` unless given: the default admin port would collide between
     /// parallel tests).
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// [`start`](Self::start) with environment variables set (an empty value removes one).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         // SHARDCAST_TEST_BIN runs the suite against another build (e.g. release).
         let bin = std::env::var("SHARDCAST_TEST_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardcast").to_owned());
-        let mut child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let mut child = cmd
             .args(["--listen", "127.0.0.1:0", "--log", "warn"])
             .args(if args.contains(&"--shards") {
                 &[][..]

@@ -1,0 +1,333 @@
+//! One connection's state, as a plain struct in the shard's slab: no future, no task, no
+//! waker, no buffer while idle. What only some connections need for a while (the request head,
+//! a partial frame, held pauses, several topics) sits behind one pointer each, allocated only
+//! while needed. `tests::slot_stays_within_budget` guards the size (docs/ENGINE.md,
+//! "Per-connection memory budget").
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shardcast_proto::http::RequestParser;
+use shardcast_proto::Decoder;
+
+use crate::conn::heartbeat::Liveness;
+use crate::flow::queue::SendQueue;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the request head (or an HTTP publish body), under the handshake deadline.
+    Http,
+    /// A WebSocket.
+    Open,
+    /// A final frame or response is queued: flush it (under the close deadline), then end.
+    Closing,
+    /// Flushed and half-closed: discard input until the peer's EOF or the linger deadline,
+    /// so unread input does not turn our close into a reset that loses the close frame.
+    Linger,
+    /// The driver was asked to close it; waiting for it to report the socket released.
+    Ended,
+}
+
+/// What the connection does with the messages it receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Text messages are control requests (`/ws`, `/stream`).
+    Subscriber,
+    /// Every message is published to the topic (`/pub`, and `/room` which also subscribes).
+    Publisher(Arc<str>),
+    /// Every message is echoed back (`/echo`).
+    Echo,
+}
+
+/// Flag bits of [`Conn::flags`].
+pub mod flag {
+    /// In the shard's dirty list for this turn's flush.
+    pub const DIRTY: u16 = 1;
+    /// A send is in flight (between `gather` and `sent`).
+    pub const SENDING: u16 = 1 << 1;
+    /// `/stream`: text messages arrive wrapped with their topic.
+    pub const STREAM: u16 = 1 << 3;
+    /// A publisher holds undecoded input (its publishing was stopped mid-read).
+    pub const HELD: u16 = 1 << 4;
+    /// Input is not wanted now (a stopped publisher): the driver was told `StopRead`.
+    pub const STOPPED: u16 = 1 << 5;
+    /// Above a high-water mark until below [`Conn::slow_low`](super::Conn::slow_low).
+    pub const SLOW: u16 = 1 << 6;
+    /// Close without the linger (a dead peer, or a deadline passed).
+    pub const ABORT: u16 = 1 << 7;
+    /// In the shard's list of connections with a deadline.
+    pub const TIMED: u16 = 1 << 8;
+    /// Upgraded and counted in the shard's registered connections.
+    pub const REGISTERED: u16 = 1 << 9;
+    /// The peer ended its input.
+    pub const READ_EOF: u16 = 1 << 10;
+    /// Waiting in a publisher wait list (pause or mesh backlog).
+    pub const WAITING: u16 = 1 << 11;
+}
+
+/// The topics a connection is subscribed to, each with its position in the topic's subscriber
+/// list (so unsubscribing needs no search). One topic is stored inline.
+#[derive(Debug, Default)]
+pub enum Subs {
+    /// None.
+    #[default]
+    None,
+    /// One topic (the common case: `/ws/<topic>`, `/room/<topic>`).
+    One(Arc<str>, u32),
+    /// Several, in subscription order.
+    Many(Box<Vec<(Arc<str>, u32)>>),
+}
+
+impl Subs {
+    /// Number of topics.
+    pub fn len(&self) -> usize {
+        match self {
+            Subs::None => 0,
+            Subs::One(..) => 1,
+            Subs::Many(v) => v.len(),
+        }
+    }
+
+    /// True when subscribed to nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Topic names in subscription order.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        match self {
+            Subs::None => Vec::new(),
+            Subs::One(t, _) => vec![t.clone()],
+            Subs::Many(v) => v.iter().map(|(t, _)| t.clone()).collect(),
+        }
+    }
+
+    /// True if subscribed to `topic`.
+    pub fn contains(&self, topic: &str) -> bool {
+        self.position(topic).is_some()
+    }
+
+    /// `topic`'s position in its subscriber list.
+    pub fn position(&self, topic: &str) -> Option<u32> {
+        match self {
+            Subs::None => None,
+            Subs::One(t, p) => (&**t == topic).then_some(*p),
+            Subs::Many(v) => v.iter().find(|(t, _)| &**t == topic).map(|(_, p)| *p),
+        }
+    }
+
+    /// Record that `topic` moved to position `pos` in its subscriber list.
+    pub fn set_position(&mut self, topic: &str, pos: u32) {
+        match self {
+            Subs::None => {}
+            Subs::One(t, p) => {
+                if &**t == topic {
+                    *p = pos;
+                }
+            }
+            Subs::Many(v) => {
+                if let Some(e) = v.iter_mut().find(|(t, _)| &**t == topic) {
+                    e.1 = pos;
+                }
+            }
+        }
+    }
+
+    /// Add `topic` at position `pos`.
+    pub fn push(&mut self, topic: Arc<str>, pos: u32) {
+        *self = match std::mem::take(self) {
+            Subs::None => Subs::One(topic, pos),
+            Subs::One(t, p) => Subs::Many(Box::new(vec![(t, p), (topic, pos)])),
+            Subs::Many(mut v) => {
+                v.push((topic, pos));
+                Subs::Many(v)
+            }
+        };
+    }
+
+    /// Remove `topic`; returns its position.
+    pub fn remove(&mut self, topic: &str) -> Option<u32> {
+        match self {
+            Subs::None => None,
+            Subs::One(t, p) => {
+                if &**t != topic {
+                    return None;
+                }
+                let p = *p;
+                *self = Subs::None;
+                Some(p)
+            }
+            Subs::Many(v) => {
+                let i = v.iter().position(|(t, _)| &**t == topic)?;
+                let (_, p) = v.remove(i);
+                if v.is_empty() {
+                    *self = Subs::None;
+                }
+                Some(p)
+            }
+        }
+    }
+
+    /// Take every subscription, leaving none.
+    pub fn take_all(&mut self) -> Vec<(Arc<str>, u32)> {
+        match std::mem::take(self) {
+            Subs::None => Vec::new(),
+            Subs::One(t, p) => vec![(t, p)],
+            Subs::Many(v) => *v,
+        }
+    }
+}
+
+/// An HTTP publish whose body is still arriving.
+#[derive(Debug)]
+pub struct Body {
+    /// Topic to publish to.
+    pub topic: String,
+    /// Text (`text/*`, JSON) or binary.
+    pub text: bool,
+    /// Where the body starts in the request buffer.
+    pub head_len: usize,
+    /// Content-Length.
+    pub length: usize,
+}
+
+/// Request state while the connection speaks HTTP (handshake, HTTP publish).
+#[derive(Debug)]
+pub struct Http {
+    /// Every byte received so far (pooled by the shard).
+    pub buf: Vec<u8>,
+    /// The incremental head parser.
+    pub parser: RequestParser,
+    /// Who connected.
+    pub peer: SocketAddr,
+    /// When it was accepted (handshake latency).
+    pub accepted_at: Instant,
+    /// An HTTP publish waiting for its body.
+    pub body: Option<Body>,
+}
+
+/// Receive state while a partial frame or a fragmented message is buffered.
+#[derive(Debug)]
+pub struct Rx {
+    /// The frame decoder (holds the reassembly of a fragmented message).
+    pub decoder: Decoder,
+    /// Received bytes not decoded yet (a partial frame, or input held by a stopped publisher).
+    pub leftover: Vec<u8>,
+}
+
+/// Topics a connection holds paused, each with the low-water mark that releases it.
+pub type HeldPauses = Vec<(Arc<str>, usize)>;
+
+/// One connection.
+pub struct Conn {
+    /// Frames waiting to be written (no allocation while empty).
+    pub queue: SendQueue,
+    /// Subscribed topics.
+    pub subs: Subs,
+    /// What its messages do.
+    pub role: Role,
+    /// Heartbeat and timeout state.
+    pub liveness: Liveness,
+    /// While speaking HTTP.
+    pub http: Option<Box<Http>>,
+    /// While a partial frame is buffered.
+    pub rx: Option<Box<Rx>>,
+    /// Topics this connection holds paused (`pause` policy), each with the low-water mark that
+    /// releases it.
+    pub paused: Option<Box<HeldPauses>>,
+    /// With [`flag::SLOW`]: the low-water mark that ends it (saturated at 4 GiB: no queue
+    /// is allowed that deep).
+    pub slow_low: u32,
+    /// Shard clock (ms) of the last write that made progress, or of the upgrade: how long an
+    /// evicted connection had stalled.
+    pub write_progress: u32,
+    /// Shard clock (ms) of the phase's deadline (handshake, flush, linger), with
+    /// [`flag::TIMED`].
+    pub deadline: u32,
+    /// [`flag`] bits.
+    pub flags: u16,
+    /// Where it is in its life.
+    pub phase: Phase,
+}
+
+impl Conn {
+    /// A connection just accepted from `peer` at `now`, reading its request.
+    pub fn accepted(http: Box<Http>) -> Conn {
+        Conn {
+            queue: SendQueue::new(),
+            subs: Subs::None,
+            role: Role::Subscriber,
+            liveness: Liveness::default(),
+            http: Some(http),
+            rx: None,
+            paused: None,
+            slow_low: 0,
+            write_progress: 0,
+            deadline: 0,
+            flags: 0,
+            phase: Phase::Http,
+        }
+    }
+
+    /// True if every bit of `f` is set.
+    pub fn has(&self, f: u16) -> bool {
+        self.flags & f == f
+    }
+
+    /// Set the bits of `f`.
+    pub fn set(&mut self, f: u16) {
+        self.flags |= f;
+    }
+
+    /// Clear the bits of `f`.
+    pub fn clear(&mut self, f: u16) {
+        self.flags &= !f;
+    }
+
+    /// True once a final frame is queued or the connection is past that: it takes no more
+    /// frames.
+    pub fn closing(&self) -> bool {
+        !matches!(self.phase, Phase::Http | Phase::Open)
+    }
+
+    /// Logical unsent bytes.
+    pub fn unsent(&self) -> usize {
+        self.queue.len_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What every idle connection keeps: see docs/ENGINE.md, "Per-connection memory budget".
+    #[test]
+    fn slot_stays_within_budget() {
+        let size = std::mem::size_of::<Conn>();
+        eprintln!("Conn: {size} bytes");
+        assert!(size <= 160, "Conn is {size} bytes");
+        assert!(std::mem::size_of::<Subs>() <= 24);
+    }
+
+    #[test]
+    fn subs_inline_then_boxed_with_positions() {
+        let mut s = Subs::None;
+        s.push("a".into(), 3);
+        assert!(matches!(s, Subs::One(..)));
+        assert_eq!(s.position("a"), Some(3));
+        s.push("b".into(), 0);
+        s.set_position("a", 7);
+        assert_eq!(s.names(), vec![Arc::from("a"), Arc::from("b")]);
+        assert_eq!((s.position("a"), s.position("b")), (Some(7), Some(0)));
+        assert_eq!(s.remove("a"), Some(7));
+        assert_eq!(s.remove("a"), None);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.remove("b"), Some(0));
+        assert!(s.is_empty() && matches!(s, Subs::None));
+        s.push("c".into(), 1);
+        assert_eq!(s.take_all(), vec![(Arc::from("c"), 1)]);
+        assert!(s.is_empty());
+    }
+}

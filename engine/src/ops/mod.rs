@@ -1,0 +1,4 @@
+//! Operations: what the host offers against what the configuration needs.
+
+pub mod host;
+pub mod preflight;

@@ -1,0 +1,442 @@
+//! The epoll driver: readiness plus nonblocking syscalls.
+//!
+//! Contract (`runtime::driver`, in short): events in — accepts (`accept4`, as many as the
+//! listener has), input (after `EPOLLIN`, up to [`READS_PER_TURN`] nonblocking `recv`s into the
+//! shard's 64 KiB scratch buffer, asking the handler before each whether it still wants
+//! input), EOF and errors, send completions, and closes (reported as soon as the descriptor is
+//! closed: nothing can be pending on it). Submissions out — made as syscalls during
+//! [`Driver::flush`]: one nonblocking `sendmsg` gather per transmit, `EPOLL_CTL_ADD/MOD` for
+//! read interest, `shutdown`, `close` (RST with `SO_LINGER` 0).
+//!
+//! A send completes as a blocking one would (and as io_uring's does): when all of its gather is
+//! written. One that would block keeps its send record — iovecs plus a `Bytes` clone of every
+//! frame — and its frames stay pinned in the handler's queue; `EPOLLOUT` resumes it where it
+//! stopped. So both drivers present the same in-flight send to the core (a policy cannot drop a
+//! frame between two halves of one send).
+//! Waiting: `epoll_wait` with the loop's timeout; the doorbell eventfd is in the set.
+//!
+//! Level-triggered, so a connection with more input than one turn reads is simply reported
+//! again next turn: one firehose cannot starve the rest, and a stopped publisher's interest is
+//! dropped so its unread input stays in the kernel (TCP back-pressure reaches the producer).
+
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest};
+use crate::runtime::send::{SendPool, SendRecord};
+use crate::runtime::sock;
+use crate::runtime::wake::Doorbell;
+
+/// Reads per readable connection per turn: 128 KiB, so one turn's burst from a publisher stays
+/// small next to a high-water mark before the flush writes it (a turn's queueing is corked),
+/// and one firehose cannot starve the rest.
+pub const READS_PER_TURN: usize = 2;
+
+/// Size of the shard's read scratch buffer.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Events taken per `epoll_wait`.
+const EVENTS: usize = 1024;
+
+/// Accepts per turn (the rest are taken next turn; the listener stays readable).
+const ACCEPTS_PER_TURN: usize = 256;
+
+const LISTENER: u64 = u64::MAX;
+const BELL: u64 = u64::MAX - 1;
+
+/// How long accepting pauses after the process ran out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+#[derive(Default)]
+struct Sock {
+    fd: RawFd,
+    gen: u32,
+    /// The events registered (0 with `registered`: in the set, no interest).
+    events: u32,
+    registered: bool,
+    open: bool,
+    /// A send in flight, waiting for `EPOLLOUT`.
+    pending: Option<Box<SendRecord>>,
+}
+
+/// One shard's epoll driver.
+pub struct Epoll {
+    ep: OwnedFd,
+    listener: Option<TcpListener>,
+    accept_paused: Option<Instant>,
+    bell: Arc<Doorbell>,
+    socks: Vec<Sock>,
+    events: Vec<libc::epoll_event>,
+    ready: usize,
+    scratch: Vec<u8>,
+    pool: SendPool,
+}
+
+fn ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` lives across the call; epoll_ctl reads it (ignored for DEL).
+    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Epoll {
+    /// A driver accepting on `listener` (made nonblocking), with room for `max_conns` sockets
+    /// reserved up front (address space only, resident as used, never moved).
+    pub fn new(listener: TcpListener, max_conns: usize) -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointers; the result is checked before use.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `ep` was just returned by epoll_create1 and is owned by nothing else.
+        let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+        listener.set_nonblocking(true)?;
+        let bell = Doorbell::new(true)?;
+        ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            listener.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            LISTENER,
+        )?;
+        ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            bell.fd(),
+            libc::EPOLLIN as u32,
+            BELL,
+        )?;
+        Ok(Epoll {
+            ep,
+            listener: Some(listener),
+            accept_paused: None,
+            bell,
+            socks: Vec::with_capacity(max_conns.min(crate::runtime::uring::MAX_RESERVED_SOCKETS)),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
+            ready: 0,
+            scratch: vec![0; SCRATCH_BYTES],
+            pool: SendPool::new(64),
+        })
+    }
+
+    fn sock(&mut self, id: ConnId) -> Option<&mut Sock> {
+        self.socks
+            .get_mut(id.slot as usize)
+            .filter(|s| s.open && s.gen == id.short_gen())
+    }
+
+    fn set_events(&mut self, id: ConnId, events: u32) {
+        let ep = self.ep.as_raw_fd();
+        let Some(s) = self.sock(id) else {
+            return;
+        };
+        if s.registered && s.events == events {
+            return;
+        }
+        let op = if s.registered {
+            libc::EPOLL_CTL_MOD
+        } else {
+            libc::EPOLL_CTL_ADD
+        };
+        if ctl(ep, op, s.fd, events, id.pack(0)).is_ok() {
+            s.registered = true;
+            s.events = events;
+        }
+    }
+
+    fn interest(&mut self, id: ConnId, add: u32, remove: u32) {
+        let Some(s) = self.sock(id) else {
+            return;
+        };
+        let events = (s.events | add) & !remove;
+        self.set_events(id, events);
+    }
+
+    fn accept_all<H: Handler>(&mut self, h: &mut H) {
+        let Some(l) = self.listener.as_ref() else {
+            return;
+        };
+        let lfd = l.as_raw_fd();
+        for _ in 0..ACCEPTS_PER_TURN {
+            match sock::accept(lfd, true) {
+                Ok((fd, peer)) => match h.accepted(peer) {
+                    Admit::Accept(id) => {
+                        sock::set_nodelay(fd);
+                        let slot = id.slot as usize;
+                        if self.socks.len() <= slot {
+                            self.socks.resize_with(slot + 1, Sock::default);
+                        }
+                        self.socks[slot] = Sock {
+                            fd,
+                            gen: id.short_gen(),
+                            events: 0,
+                            registered: false,
+                            open: true,
+                            pending: None,
+                        };
+                    }
+                    Admit::Refuse(response) => sock::refuse(fd, &response),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE/ENFILE and friends: back off instead of spinning on a listener
+                    // that stays readable.
+                    tracing::warn!(error = %e, "accept failed");
+                    let _ = ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, lfd, 0, LISTENER);
+                    self.accept_paused = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read<H: Handler>(&mut self, h: &mut H, id: ConnId, fd: RawFd) {
+        for _ in 0..READS_PER_TURN {
+            if !h.reading(id) {
+                return;
+            }
+            match sock::recv(fd, &mut self.scratch) {
+                Ok(0) => {
+                    self.interest(id, 0, libc::EPOLLIN as u32);
+                    h.read_closed(id, false);
+                    return;
+                }
+                Ok(n) => {
+                    h.received(id, &mut self.scratch[..n]);
+                    if n < self.scratch.len() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.interest(id, 0, libc::EPOLLIN as u32);
+                    h.read_closed(id, true);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn apply<H: Handler>(&mut self, h: &mut H, req: IoRequest) {
+        match req {
+            IoRequest::Read(id) => self.interest(id, libc::EPOLLIN as u32, 0),
+            IoRequest::StopRead(id) => self.interest(id, 0, libc::EPOLLIN as u32),
+            IoRequest::ShutdownWrite(id) => {
+                if let Some(s) = self.sock(id) {
+                    sock::shutdown_write(s.fd);
+                }
+            }
+            IoRequest::Close(id, mode) => {
+                let Some(s) = self.sock(id) else {
+                    return;
+                };
+                let fd = s.fd;
+                s.open = false;
+                // A waiting send ends with the socket; its holds keep its memory valid until here.
+                if let Some(rec) = s.pending.take() {
+                    self.pool.recycle(rec);
+                }
+                if mode == CloseMode::Reset {
+                    sock::set_linger_zero(fd);
+                }
+                // Closing the only descriptor of the socket also drops it from the set.
+                sock::close(fd);
+                h.closed(id);
+            }
+            IoRequest::StopAccepting => {
+                if let Some(l) = self.listener.take() {
+                    let _ = ctl(
+                        self.ep.as_raw_fd(),
+                        libc::EPOLL_CTL_DEL,
+                        l.as_raw_fd(),
+                        0,
+                        LISTENER,
+                    );
+                }
+                self.accept_paused = None;
+            }
+        }
+    }
+
+    fn transmit<H: Handler>(&mut self, h: &mut H, id: ConnId) {
+        let rec = self.pool.gather(h, id);
+        self.resume(h, id, rec);
+    }
+
+    /// Write what is left of `rec`; report the send when it is all written (or failed), else
+    /// keep it for `EPOLLOUT`.
+    fn resume<H: Handler>(&mut self, h: &mut H, id: ConnId, mut rec: Box<SendRecord>) {
+        let Some(fd) = self.sock(id).map(|s| s.fd) else {
+            self.finish(h, id, rec, Err(io::ErrorKind::NotConnected.into()));
+            return;
+        };
+        while rec.next < rec.iov.len() {
+            let next = rec.next;
+            // SAFETY: every iovec points into a `Bytes` clone held by `rec` (`hold`), which lives
+            // until the record is recycled, after this call.
+            match unsafe { sock::sendmsg(fd, &mut rec.iov[next..]) } {
+                Ok(0) => return self.finish(h, id, rec, Err(io::ErrorKind::WriteZero.into())),
+                Ok(mut n) => {
+                    rec.done += n;
+                    while n > 0 {
+                        let v = &mut rec.iov[rec.next];
+                        if n >= v.iov_len {
+                            n -= v.iov_len;
+                            rec.next += 1;
+                        } else {
+                            // SAFETY: advancing within the same held buffer (n < iov_len).
+                            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+                            v.iov_len -= n;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(s) = self.sock(id) {
+                        s.pending = Some(rec);
+                    }
+                    self.interest(id, libc::EPOLLOUT as u32, 0);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.finish(h, id, rec, Err(e)),
+            }
+        }
+        let done = rec.done;
+        self.finish(h, id, rec, Ok(done));
+    }
+
+    fn finish<H: Handler>(
+        &mut self,
+        h: &mut H,
+        id: ConnId,
+        rec: Box<SendRecord>,
+        result: io::Result<usize>,
+    ) {
+        self.pool.recycle(rec);
+        h.sent(id, result);
+    }
+}
+
+impl Driver for Epoll {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Epoll
+    }
+
+    fn waker(&self) -> Waker {
+        self.bell.waker()
+    }
+
+    fn dispatch<H: Handler>(&mut self, h: &mut H) {
+        if let Some(at) = self.accept_paused {
+            if Instant::now() >= at {
+                self.accept_paused = None;
+                if let Some(l) = self.listener.as_ref() {
+                    let _ = ctl(
+                        self.ep.as_raw_fd(),
+                        libc::EPOLL_CTL_ADD,
+                        l.as_raw_fd(),
+                        libc::EPOLLIN as u32,
+                        LISTENER,
+                    );
+                }
+            }
+        }
+        for i in 0..std::mem::take(&mut self.ready) {
+            let ev = self.events[i];
+            let (data, revents) = (ev.u64, ev.events);
+            match data {
+                LISTENER => self.accept_all(h),
+                BELL => self.bell.clear(),
+                _ => {
+                    let (_, id) = ConnId::unpack(data);
+                    let Some(s) = self.sock(id) else {
+                        continue;
+                    };
+                    let (fd, events) = (s.fd, s.events);
+                    if revents & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0
+                        && events & libc::EPOLLOUT as u32 != 0
+                    {
+                        self.interest(id, 0, libc::EPOLLOUT as u32);
+                        if let Some(rec) = self.sock(id).and_then(|s| s.pending.take()) {
+                            self.resume(h, id, rec);
+                        }
+                    }
+                    let input = (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+                    if revents & input != 0 {
+                        if h.reading(id) {
+                            self.read(h, id, fd);
+                        } else if revents & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                            // Not reading, but the socket is dead: say so once.
+                            self.interest(id, 0, libc::EPOLLIN as u32);
+                            h.read_closed(id, true);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush<H: Handler>(&mut self, h: &mut H) {
+        loop {
+            while let Some(req) = h.poll_io() {
+                self.apply(h, req);
+            }
+            match h.poll_transmit() {
+                Some(id) => self.transmit(h, id),
+                None => break,
+            }
+        }
+        // Closes requested by the last sends.
+        while let Some(req) = h.poll_io() {
+            self.apply(h, req);
+        }
+    }
+
+    fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let mut timeout = timeout;
+        if let Some(at) = self.accept_paused {
+            let left = at.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
+        let ms = match timeout {
+            None => -1,
+            // Round up: waking early would only spin.
+            Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+        };
+        // SAFETY: `events` is a live buffer of `events.len()` epoll_event entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.ep.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as i32,
+                ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        self.ready = n as usize;
+        Ok(())
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        for s in self.socks.iter().filter(|s| s.open) {
+            sock::close(s.fd);
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Fan-out: publish (encode once, local queues by reference, one envelope per other
+//! participant), subscriptions, per-topic policies above the high-water mark, the shard's share
+//! of the ceiling (evict the largest queues first) and the slow-client share.
+//!
+//! Queueing never writes: it marks the connection dirty, and the end-of-turn flush gathers
+//! everything the connection has into one send (corking).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shardcast_proto::{encode_close, CloseCode, MessageKind};
+use std::rc::Rc;
+
+use crate::conn::state::flag;
+use crate::flow::governor::Governor;
+use crate::flow::policy::{Action, Policy};
+use crate::flow::queue::{QueuedFrame, SLOT_BYTES};
+use crate::mesh::{Envelope, MeshItem, MeshLink, MeshPayload};
+use crate::obs::latency::LatencyKind;
+use crate::obs::stats::{self, Discard, Eviction};
+use crate::shard::{Core, State};
+
+impl Core {
+    /// Publish a message accepted now: encode the frame (and, for text, the `/stream` wrapper)
+    /// once, queue it to local subscribers and send one envelope to every other participant
+    /// (the other shards, and the NATS bridge when it is on).
+    pub fn publish(&mut self, topic: &Arc<str>, kind: MessageKind, payload: &[u8]) {
+        let env = Envelope::encode(topic.clone(), kind, payload, self.st.now);
+        self.deliver(
+            topic,
+            &env.frame,
+            env.stream_frame.as_ref(),
+            env.published_at,
+        );
+        let st = &mut self.st;
+        // Toward the bridge the overflow is bounded (one ring's worth): a bridge that cannot keep
+        // up loses forwards, counted, instead of growing this shard's memory. What arrives from
+        // NATS is delivered, never re-sent.
+        let participants = st.link.shards();
+        let full_bridge = st
+            .bridge
+            .filter(|&b| st.link.pending(b) >= st.config.ring_capacity);
+        if full_bridge.is_some() {
+            stats::add(&st.stats().bridge_dropped, 1);
+        }
+        let id = st.id;
+        let dests = (0..participants).filter(move |&d| d != id && Some(d) != full_bridge);
+        let fanout = dests.clone().count();
+        if fanout == 0 {
+            return;
+        }
+        let item = MeshItem::Publish(env);
+        // The backlog is charged to this shard's budget like a local frame. The message was
+        // already read, so it goes out even if no room can be made (the gate below then stops
+        // further reads).
+        let charge = MeshLink::<MeshItem>::broadcast_charge(item.payload_bytes(), fanout);
+        st.make_room(charge);
+        st.link.broadcast(dests, item);
+        if !st.mesh_stalled && st.governor.mesh_over(st.link.mesh_bytes()) {
+            // Only a fresh look at what consumers took can tell a real backlog from a stale one.
+            st.link.reconcile();
+            if st.governor.mesh_over(st.link.mesh_bytes()) {
+                st.mesh_stalled = true;
+                st.mesh_retry = true;
+            }
+        }
+    }
+
+    /// Queue a published frame to this shard's subscribers of `topic` under the topic's policy
+    /// and the shard's ceiling. Each frame is wrapped (and counted) once, however many queues
+    /// take it; `published_at` travels with it for the broadcast latency.
+    pub fn deliver(
+        &mut self,
+        topic: &str,
+        frame: &Bytes,
+        stream_frame: Option<&Bytes>,
+        published_at: Instant,
+    ) {
+        let Core { topics, st } = self;
+        let Some((name, subs, policy)) = topics.lookup(topic) else {
+            return;
+        };
+        let (mut plain, mut wrapped): (Option<Rc<QueuedFrame>>, Option<Rc<QueuedFrame>>) =
+            (None, None);
+        let mut queued = 0u64;
+        for &slot in subs {
+            let Some(conn) = st.conns.at(slot) else {
+                continue;
+            };
+            if conn.closing() {
+                continue;
+            }
+            let (bytes, shared) = match (conn.has(flag::STREAM), stream_frame) {
+                (true, Some(w)) => (w, &mut wrapped),
+                _ => (frame, &mut plain),
+            };
+            if shared.is_none() {
+                if !st.make_room(bytes.len() + SLOT_BYTES) {
+                    st.evict(slot, Eviction::Ceiling);
+                    continue;
+                }
+                *shared = Some(st.ledger.frame(
+                    bytes.clone(),
+                    Some(name.clone()),
+                    Some(published_at),
+                ));
+            }
+            let qf = shared.as_ref().expect("just set");
+            if st.offer(slot, qf, name, policy) {
+                queued += 1;
+            }
+        }
+        stats::add(&st.stats().messages_out, queued);
+    }
+
+    /// Subscribe connection `slot` to `topic` (nothing if it already is).
+    pub fn subscribe(&mut self, slot: u32, topic: &str) {
+        let Core { topics, st } = self;
+        let Some(conn) = st.conns.at_mut(slot) else {
+            return;
+        };
+        if conn.subs.contains(topic) {
+            return;
+        }
+        let policies = &st.policies;
+        let (name, pos, first) = topics.insert(topic, slot, |t| *policies.lookup(t));
+        conn.subs.push(name.clone(), pos);
+        if first {
+            st.interest(name, true);
+        }
+    }
+
+    /// Unsubscribe connection `slot` from `topic` (nothing if it is not subscribed).
+    pub fn unsubscribe(&mut self, slot: u32, topic: &str) {
+        let Some(conn) = self.st.conns.at_mut(slot) else {
+            return;
+        };
+        let Some(pos) = conn.subs.position(topic) else {
+            return;
+        };
+        let name = self.topics.name(topic).expect("subscribed topics are live");
+        conn.subs.remove(topic);
+        self.remove_subscriber(slot, name, pos);
+    }
+
+    fn remove_subscriber(&mut self, slot: u32, name: Arc<str>, pos: u32) {
+        let (moved, gone) = self.topics.remove_at(&name, pos);
+        if let Some(m) = moved.filter(|&m| m != slot) {
+            if let Some(c) = self.st.conns.at_mut(m) {
+                c.subs.set_position(&name, pos);
+            }
+        }
+        if gone {
+            self.st.interest(name, false);
+        }
+    }
+
+    /// Remove a connection from every topic and release its queue, slow mark and pauses (it is
+    /// ending).
+    pub fn unregister(&mut self, slot: u32) {
+        let Some(conn) = self.st.conns.at_mut(slot) else {
+            return;
+        };
+        if !conn.has(flag::REGISTERED) {
+            return;
+        }
+        conn.clear(flag::REGISTERED);
+        conn.queue.clear();
+        let subs = conn.subs.take_all();
+        self.st.registered -= 1;
+        self.st.unslow(slot);
+        self.st.release_pauses(slot, usize::MAX);
+        for (name, pos) in subs {
+            self.remove_subscriber(slot, name, pos);
+        }
+    }
+
+    /// Queue `frame` as the final close frame on every open connection (graceful shutdown). One
+    /// counted frame is shared by all of them, so this adds the frame once plus one queue slot
+    /// per connection, outside the ceiling check (shutdown must not turn into 1013s).
+    pub fn close_all(&mut self, frame: &Bytes) {
+        let close = self.st.ledger.frame(frame.clone(), None, None);
+        for slot in 0..self.st.conns.slots() as u32 {
+            if self
+                .st
+                .conns
+                .at(slot)
+                .is_some_and(|c| c.has(flag::REGISTERED))
+            {
+                self.st.close_with_frame(slot, close.clone());
+            }
+        }
+    }
+}
+
+impl State {
+    /// Tell the NATS bridge (if on) that this shard got its first subscriber of `topic`
+    /// (`on`) or lost its last one.
+    pub fn interest(&mut self, topic: Arc<str>, on: bool) {
+        if let Some(bridge) = self.bridge {
+            let shard = self.id;
+            self.link
+                .send(bridge, MeshItem::Interest { topic, shard, on });
+        }
+    }
+
+    /// Queue one frame to one connection under `policy`; false if it was not queued (the
+    /// connection was evicted).
+    pub fn offer(&mut self, slot: u32, qf: &Rc<QueuedFrame>, topic: &str, policy: &Policy) -> bool {
+        if !self.make_room(SLOT_BYTES) {
+            self.evict(slot, Eviction::Ceiling);
+        }
+        let Some(conn) = self.conns.at_mut(slot) else {
+            return false;
+        };
+        if conn.closing() {
+            return false;
+        }
+        if conn.unsent() + qf.len() > policy.high_water_bytes {
+            match policy.policy {
+                Action::Evict => {
+                    self.evict(slot, Eviction::HighWater);
+                    return false;
+                }
+                Action::Conflate => {
+                    let n = conn.queue.keep_newest(topic, 0);
+                    self.stats().drop_messages(Discard::Conflated, n as u64);
+                }
+                Action::DropOldest => {
+                    let n = conn.queue.keep_newest(topic, policy.keep - 1);
+                    self.stats().drop_messages(Discard::DropOldest, n as u64);
+                }
+                Action::Pause => self.hold_pause(slot, topic, policy.low_water_bytes),
+            }
+        }
+        self.push_frame(slot, qf.clone());
+        let unsent = self.conns.at(slot).map_or(0, |c| c.unsent());
+        if unsent > policy.high_water_bytes {
+            self.mark_slow(slot, policy.low_water_bytes);
+        }
+        self.conns.at(slot).is_some_and(|c| !c.closing())
+    }
+
+    /// Queue a frame of the connection's own (control reply, echo, pong) under the ceiling and
+    /// the default high-water mark; there is no topic to conflate, so above the mark the
+    /// connection is evicted.
+    pub fn push_own(&mut self, slot: u32, frame: Bytes) {
+        let Some(conn) = self.conns.at(slot) else {
+            return;
+        };
+        if conn.closing() || frame.is_empty() {
+            return;
+        }
+        let unsent = conn.unsent();
+        if !self.make_room(frame.len() + SLOT_BYTES) {
+            self.evict(slot, Eviction::Ceiling);
+            return;
+        }
+        if unsent + frame.len() > self.policies.default_policy().high_water_bytes {
+            self.evict(slot, Eviction::HighWater);
+            return;
+        }
+        self.push_bytes(slot, frame);
+    }
+
+    /// Make room for `extra` more charged bytes: if they would not fit in the shard's budget,
+    /// evict the connections with the most unsent bytes until the charge (queues + mesh
+    /// backlog) is at most [`Governor::evict_to`] and `extra` fits. Evicting releases only
+    /// local queues: when the backlog alone leaves no room for `extra`, nobody is evicted, and
+    /// when it alone is above `evict_to`, eviction stops once `extra` fits. False if there is
+    /// no room.
+    pub fn make_room(&mut self, extra: usize) -> bool {
+        if self.governor.fits(self.charged(), extra) {
+            return true;
+        }
+        let mesh = self.link.mesh_bytes();
+        if !self.governor.fits(mesh, extra) {
+            return false;
+        }
+        let target_fits_only = mesh > self.governor.evict_to;
+        let candidates = (0..self.conns.slots() as u32)
+            .filter_map(|slot| {
+                let c = self.conns.at(slot)?;
+                // Only connections that have something to release (not just a pinned head).
+                let droppable = c.queue.len_frames() > c.queue.protected();
+                (!c.closing() && droppable).then(|| (c.unsent(), slot))
+            })
+            .collect();
+        for slot in Governor::order(candidates) {
+            let charged = self.charged();
+            if self.governor.relieved(charged, extra)
+                || (target_fits_only && self.governor.fits(charged, extra))
+            {
+                break;
+            }
+            self.evict(slot, Eviction::Ceiling);
+        }
+        self.governor.fits(self.charged(), extra)
+    }
+
+    /// Close a connection with 1013 "try again later": its unpinned frames are released at
+    /// once and the close goes out right after what is already being written.
+    pub fn evict(&mut self, slot: u32, why: Eviction) {
+        let Some(conn) = self.conns.at_mut(slot) else {
+            return;
+        };
+        if conn.closing() {
+            return;
+        }
+        self.record_eviction_stall(slot);
+        if let Some(c) = self.conns.at_mut(slot) {
+            c.queue.clear_unstarted();
+        }
+        self.unslow(slot);
+        self.release_pauses(slot, usize::MAX);
+        self.stats().evict(why);
+        let ledger = self.ledger.clone();
+        let close = self
+            .evict_close
+            .get_or_insert_with(|| {
+                ledger.frame(
+                    encode_close(CloseCode::TRY_AGAIN_LATER, "try again later"),
+                    None,
+                    None,
+                )
+            })
+            .clone();
+        self.close_with_frame(slot, close);
+    }
+
+    /// Record how long `slot`, about to be evicted, had gone without write progress: since its
+    /// last write that made progress, or since its oldest unsent frame was published if that is
+    /// later. An empty queue has not stalled at all (one message alone was over the mark).
+    fn record_eviction_stall(&self, slot: u32) {
+        if !self.latency.is_recording() {
+            return;
+        }
+        let Some(conn) = self.conns.at(slot) else {
+            return;
+        };
+        let idle_ms = self.now_ms.wrapping_sub(conn.write_progress);
+        let since_progress = Duration::from_millis(u64::from(idle_ms));
+        let stall = match conn.queue.head() {
+            None => Duration::ZERO,
+            Some(head) => match head.published_at {
+                Some(at) => since_progress.min(self.now.saturating_duration_since(at)),
+                None => since_progress,
+            },
+        };
+        self.latency.record(LatencyKind::EvictionStall, stall);
+    }
+
+    /// Mark a connection slow (above a high-water mark until below `low`); if slow clients now
+    /// exceed [`Governor::slow_limit`], evict the slowest (most unsent bytes) first.
+    pub fn mark_slow(&mut self, slot: u32, low: usize) {
+        let Some(conn) = self.conns.at_mut(slot) else {
+            return;
+        };
+        if !conn.has(flag::SLOW) {
+            conn.set(flag::SLOW);
+            self.slow += 1;
+            self.stats()
+                .slow_clients
+                .store(self.slow as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(conn) = self.conns.at_mut(slot) {
+            conn.slow_low = u32::try_from(low).unwrap_or(u32::MAX);
+        }
+        let limit = Governor::slow_limit(self.registered);
+        if self.slow <= limit {
+            return;
+        }
+        let candidates = (0..self.conns.slots() as u32)
+            .filter_map(|s| {
+                let c = self.conns.at(s)?;
+                (c.has(flag::SLOW) && !c.closing()).then(|| (c.unsent(), s))
+            })
+            .collect();
+        for s in Governor::order(candidates) {
+            if self.slow <= limit {
+                break;
+            }
+            self.evict(s, Eviction::SlowClients);
+        }
+    }
+
+    pub fn unslow(&mut self, slot: u32) {
+        if let Some(c) = self.conns.at_mut(slot) {
+            if c.has(flag::SLOW) {
+                c.clear(flag::SLOW);
+                self.slow -= 1;
+                self.stats()
+                    .slow_clients
+                    .store(self.slow as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// After a write: a connection back below its low-water mark is no longer slow and
+    /// releases the topics it held paused.
+    pub fn after_write(&mut self, slot: u32) {
+        let Some(c) = self.conns.at(slot) else {
+            return;
+        };
+        let unsent = c.unsent();
+        if c.has(flag::SLOW) && unsent <= c.slow_low as usize {
+            self.unslow(slot);
+        }
+        if self.conns.at(slot).is_some_and(|c| c.paused.is_some()) {
+            self.release_pauses(slot, unsent);
+        }
+    }
+}

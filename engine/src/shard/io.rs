@@ -1,0 +1,243 @@
+//! Writing and closing: what the core hands the driver at the end of a turn, and the
+//! connection's way out.
+//!
+//! Writing is corked: queueing marks a connection dirty once; the flush asks
+//! [`Core::next_transmit`] for each dirty connection with frames and no send in flight, and
+//! [`Core::gather_into`] hands the driver one gather of everything queued (up to the iovec and
+//! byte limits), pinning those frames until [`Core::handle_sent`].
+//!
+//! Closing: a final frame (close frame, HTTP response) puts the connection in
+//! [`Phase::Closing`] under the flush deadline; once it is written the connection half-closes
+//! and lingers (discarding input) until the peer's EOF or the linger deadline, unless it is an
+//! abort (dead peer) or the peer already ended. Then the driver is asked to close, and the slot
+//! is freed when the driver reports the socket released ([`Core::handle_closed`]).
+
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use shardcast_proto::{encode_close, CloseCode};
+
+use crate::conn::state::{flag, Phase};
+use crate::flow::queue::QueuedFrame;
+use crate::obs::latency::LatencyKind;
+use crate::obs::stats;
+use crate::runtime::clock::reached;
+use crate::runtime::driver::{CloseMode, ConnId, IoRequest, MAX_GATHER_BYTES, MAX_IOVECS};
+use crate::shard::{Core, State, CLOSE_FLUSH_MS, CLOSE_LINGER_MS};
+
+impl State {
+    /// Queue a shared frame on `slot` (no-op once it is closing) and mark it dirty.
+    pub fn push_frame(&mut self, slot: u32, frame: Rc<QueuedFrame>) {
+        let Some(c) = self.conns.at_mut(slot) else {
+            return;
+        };
+        if c.closing() {
+            return;
+        }
+        c.queue.push(frame);
+        self.mark_dirty(slot);
+    }
+
+    /// Queue a frame of the connection's own (counted in the ledger, no topic, no limits).
+    pub fn push_bytes(&mut self, slot: u32, frame: Bytes) {
+        if frame.is_empty() {
+            return;
+        }
+        let qf = self.ledger.frame(frame, None, None);
+        self.push_frame(slot, qf);
+    }
+
+    /// Queue a final frame of the connection's own and close after it (once).
+    pub fn close_with_bytes(&mut self, slot: u32, frame: Bytes) {
+        let qf = self.ledger.frame(frame, None, None);
+        self.close_with_frame(slot, qf);
+    }
+
+    /// Queue a final shared frame and close after it (once): flushed under the close deadline
+    /// (an abort gets until the next tick: what the socket takes now).
+    pub fn close_with_frame(&mut self, slot: u32, frame: Rc<QueuedFrame>) {
+        let Some(c) = self.conns.at_mut(slot) else {
+            return;
+        };
+        if c.closing() {
+            return;
+        }
+        c.http = None;
+        c.queue.push(frame);
+        c.phase = Phase::Closing;
+        let wait = if c.has(flag::ABORT) {
+            0
+        } else {
+            CLOSE_FLUSH_MS
+        };
+        let id = self.conns.id_at(slot).expect("occupied");
+        self.set_deadline(id, self.now_ms.wrapping_add(wait));
+        self.mark_dirty(slot);
+    }
+
+    /// Ask the driver to close `id` (its registrations are released by the caller).
+    pub fn request_close(&mut self, id: ConnId, mode: CloseMode) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.phase == Phase::Ended {
+            return;
+        }
+        c.phase = Phase::Ended;
+        c.queue.clear();
+        c.rx = None;
+        if let Some(http) = c.http.take() {
+            self.recycle(http.buf);
+        }
+        self.io.push_back(IoRequest::Close(id, mode));
+    }
+}
+
+impl Core {
+    /// A closing connection whose final frame is written: half-close and linger, or end at once
+    /// (an abort, or the peer already ended its side).
+    pub fn finish_close(&mut self, id: ConnId) {
+        let st = &mut self.st;
+        let Some(c) = st.conns.get_mut(id) else {
+            return;
+        };
+        if c.phase != Phase::Closing || !c.queue.is_empty() || c.has(flag::SENDING) {
+            return;
+        }
+        if c.has(flag::ABORT) || c.has(flag::READ_EOF) {
+            return self.end(id, CloseMode::Graceful);
+        }
+        c.phase = Phase::Linger;
+        st.io.push_back(IoRequest::ShutdownWrite(id));
+        st.set_deadline(id, st.now_ms.wrapping_add(CLOSE_LINGER_MS));
+    }
+
+    /// End `id` now: leave every topic, drop what is queued, and ask the driver to close.
+    pub fn end(&mut self, id: ConnId, mode: CloseMode) {
+        if self.st.conns.get(id).is_none() {
+            return;
+        }
+        self.unregister(id.slot);
+        self.st.request_close(id, mode);
+    }
+
+    /// The next connection to write to this turn, if any.
+    pub fn next_transmit(&mut self) -> Option<ConnId> {
+        let st = &mut self.st;
+        while st.dirty_pos < st.dirty.len() {
+            let slot = st.dirty[st.dirty_pos];
+            st.dirty_pos += 1;
+            let Some(c) = st.conns.at_mut(slot) else {
+                continue;
+            };
+            c.clear(flag::DIRTY);
+            let ready = !c.queue.is_empty() && !c.has(flag::SENDING) && c.phase != Phase::Ended;
+            if ready {
+                return st.conns.id_at(slot);
+            }
+        }
+        st.dirty.clear();
+        st.dirty_pos = 0;
+        None
+    }
+
+    /// Hand one gather of `id`'s queue to `frame(bytes, offset)` and pin it (see the module
+    /// docs); returns its bytes.
+    pub fn gather_into(&mut self, id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize {
+        let Some(c) = self.st.conns.get_mut(id) else {
+            return 0;
+        };
+        let (_, bytes) = c.queue.gather(MAX_IOVECS, MAX_GATHER_BYTES, frame);
+        if bytes > 0 {
+            c.set(flag::SENDING);
+        }
+        bytes
+    }
+
+    /// The send in flight on `id` completed.
+    pub fn handle_sent(&mut self, id: ConnId, result: io::Result<usize>) {
+        let st = &mut self.st;
+        let Some(c) = st.conns.get_mut(id) else {
+            return;
+        };
+        c.clear(flag::SENDING);
+        if c.phase == Phase::Ended {
+            c.queue.unpin();
+            return;
+        }
+        match result {
+            Ok(n) if n > 0 => {
+                // One clock reading per turn, shared by every frame the send completed.
+                let now = st.now;
+                match st.latency.recorder(LatencyKind::Broadcast) {
+                    Some(mut broadcast) => {
+                        c.queue.advance_with(n, |f| {
+                            if let Some(at) = f.published_at {
+                                broadcast.record(now.saturating_duration_since(at));
+                            }
+                        });
+                        c.write_progress = st.now_ms;
+                    }
+                    None => c.queue.advance(n),
+                }
+                c.queue.unpin();
+                stats::add(&st.all_stats[st.id].bytes_out, n as u64);
+                let more = !c.queue.is_empty();
+                st.after_write(id.slot);
+                if more {
+                    st.mark_dirty(id.slot);
+                } else {
+                    self.finish_close(id);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                c.queue.unpin();
+                st.mark_dirty(id.slot);
+            }
+            // The socket is gone (or took nothing for a non-empty gather).
+            _ => {
+                c.queue.unpin();
+                self.end(id, CloseMode::Graceful);
+            }
+        }
+    }
+
+    /// The driver released `id`'s socket and nothing is pending on it: free the slot.
+    pub fn handle_closed(&mut self, id: ConnId) {
+        // Every way out unregisters before asking for the close; this keeps a freed slot out
+        // of every topic whatever the path.
+        self.unregister(id.slot);
+        if self.st.conns.remove(id).is_none() {
+            return;
+        }
+        let st = &mut self.st;
+        st.active -= 1;
+        st.global_active.fetch_sub(1, Relaxed);
+        stats::sub(&st.stats().connections_active, 1);
+    }
+
+    /// Begin graceful shutdown at `now`: no more connections, 1001 to every client, and at most
+    /// `shutdown_grace_ms` for the flush ([`is_done`](Self::is_done)).
+    pub fn begin_shutdown(&mut self) {
+        if self.st.shutting_down {
+            return;
+        }
+        self.st.shutting_down = true;
+        let grace = self
+            .st
+            .config
+            .shutdown_grace_ms
+            .min(crate::conn::heartbeat::MAX_DURATION_MS) as u32;
+        self.st.shutdown_deadline = self.st.now_ms.wrapping_add(grace);
+        self.st.io.push_back(IoRequest::StopAccepting);
+        self.close_all(&encode_close(CloseCode::GOING_AWAY, ""));
+    }
+
+    /// True once shutdown began and every connection is gone, or the grace period is over.
+    pub fn is_done(&self) -> bool {
+        self.st.shutting_down
+            && (self.st.conns.is_empty() || reached(self.st.now_ms, self.st.shutdown_deadline))
+    }
+}

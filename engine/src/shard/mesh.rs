@@ -1,0 +1,100 @@
+//! The shard's end of the mesh: deliver what other participants sent, flush what this shard
+//! sent (ringing only parked consumers), gate publishers on the backlog, and park.
+
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::mesh::MeshItem;
+use crate::obs::latency::LatencyKind;
+use crate::shard::{Core, MESH_RETRY_MS};
+
+impl Core {
+    /// Deliver everything other participants sent so far (at most a ring's worth per ring),
+    /// then resume publishers whose pause or backlog ended.
+    pub fn drain_mesh(&mut self) {
+        let mut batch = std::mem::take(&mut self.st.mesh_batch);
+        self.st.link.try_drain(|i| batch.push(i));
+        let now = self.st.now;
+        for item in batch.drain(..) {
+            match item {
+                MeshItem::Publish(env) => {
+                    self.st.latency.record(
+                        LatencyKind::RingTransit,
+                        now.saturating_duration_since(env.published_at),
+                    );
+                    self.deliver(
+                        &env.topic,
+                        &env.frame,
+                        env.stream_frame.as_ref(),
+                        env.published_at,
+                    );
+                }
+                MeshItem::Pause(t) => self.st.pause_count(&t, true),
+                MeshItem::Resume(t) => self.st.pause_count(&t, false),
+                // Interest notices are addressed to the bridge only.
+                MeshItem::Interest { .. } => {}
+            }
+        }
+        self.st.mesh_batch = batch;
+        self.run_resumes();
+    }
+
+    /// Signal other participants about what this turn sent, release what they consumed and
+    /// retry overflow. Publishers stopped by the mesh backlog resume once it is back at
+    /// [`Governor::mesh_resume`](crate::flow::governor::Governor::mesh_resume).
+    pub fn flush_mesh(&mut self) -> usize {
+        let st = &mut self.st;
+        let pending = st.link.flush();
+        let s = st.stats();
+        s.ring_overflow_total
+            .store(st.link.overflow_total(), Relaxed);
+        s.overflow_len.store(pending as u64, Relaxed);
+        if st.mesh_stalled && st.link.mesh_bytes() <= st.governor.mesh_resume {
+            st.mesh_stalled = false;
+            let waiters = std::mem::take(&mut st.mesh_waiters);
+            st.resume.extend(waiters);
+        }
+        st.mesh_retry = pending > 0 || st.mesh_stalled;
+        pending
+    }
+
+    /// True when the loop may wait: nothing is left to do this turn and no item is in the
+    /// rings. Registers `waker` as the mesh doorbell first (then re-checks the rings), so a
+    /// producer that publishes after the check rings it. Items found by the re-check are kept
+    /// for the next [`drain_mesh`](Self::drain_mesh).
+    pub fn park(&mut self, waker: &Waker) -> bool {
+        let st = &mut self.st;
+        if !st.resume.is_empty() || !st.io.is_empty() || st.dirty_pos < st.dirty.len() {
+            return false;
+        }
+        let mut cx = Context::from_waker(waker);
+        let batch = &mut st.mesh_batch;
+        matches!(
+            st.link.poll_drain(&mut cx, |i| batch.push(i)),
+            Poll::Pending
+        )
+    }
+
+    /// How long the loop may wait for I/O: until the next tick or heartbeat sweep, the shutdown
+    /// deadline, or a mesh backlog retry; zero when work is pending.
+    pub fn poll_timeout(&self) -> Duration {
+        let st = &self.st;
+        if !st.resume.is_empty() || !st.mesh_batch.is_empty() || !st.io.is_empty() {
+            return Duration::ZERO;
+        }
+        let until = |at: u32| (at.wrapping_sub(st.now_ms) as i32).max(0) as u64;
+        let mut ms = until(st.next_tick);
+        if st.hb.enabled() {
+            ms = ms.min(until(st.next_sweep));
+        }
+        if st.shutting_down {
+            ms = ms.min(until(st.shutdown_deadline));
+        }
+        if st.mesh_retry {
+            ms = ms.min(MESH_RETRY_MS);
+        }
+        Duration::from_millis(ms)
+    }
+}
