@@ -57,12 +57,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if tls.is_some() {
-        // The session layer (engine/src/tls) is not wired into the connection path yet: refuse
-        // rather than serve plain ws:// to clients that were promised wss://.
+    if config.listen_plain.is_some() {
+        // A second (plain) listener per shard is not built yet: refuse rather than ignore it.
         tracing::error!(
-            "cannot start: the certificate and key are valid, but this build does not serve \
-             wss:// yet; remove tls_cert/tls_key"
+            "cannot start: listen_plain is not served yet; run a second shardcast without \
+             tls_cert/tls_key for plain internal traffic"
         );
         std::process::exit(1);
     }
@@ -73,7 +72,7 @@ fn main() {
         &config,
         &shardcast::ops::host::HostFacts::gather(),
     ));
-    let server = match server::start(config) {
+    let server = match server::start_with_tls(config, tls.clone()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

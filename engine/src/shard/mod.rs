@@ -23,6 +23,7 @@ pub mod pause;
 pub mod run;
 pub mod slab;
 pub mod timers;
+pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -129,6 +130,8 @@ pub(crate) struct State {
     pub next_tick: u32,
     pub next_sweep: u32,
     pub ticker: Ticker,
+    /// wss://: the sessions of this shard's TLS connections (`shard/tls.rs`).
+    pub tls: Option<crate::tls::ShardTls>,
 }
 
 impl Core {
@@ -205,6 +208,7 @@ impl Core {
                 next_tick: crate::obs::tick::TICK.as_millis() as u32,
                 next_sweep: sweep,
                 ticker,
+                tls: None,
             },
         }
     }

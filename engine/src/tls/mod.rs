@@ -6,6 +6,7 @@
 //!   crypto provider;
 //! - [`reload`]: the configuration shared by the shards, swapped on SIGHUP;
 //! - [`session`]: one connection's TLS session (handshake, decrypt, seal queued frames, alerts);
+//! - [`shard`]: one shard's sessions (by slot, beside the slab) and the buffers they share;
 //! - [`failure`]: why a handshake failed, in the classes the counters use;
 //! - [`stats`]: per-shard counters and their /stats and /metrics rendering.
 //!
@@ -18,6 +19,7 @@ pub mod options;
 pub mod reload;
 pub mod server_config;
 pub mod session;
+pub mod shard;
 pub mod stats;
 
 pub use failure::Failure;
@@ -25,4 +27,5 @@ pub use material::SetupError;
 pub use options::TlsOptions;
 pub use reload::{ShardConfig, TlsContext};
 pub use session::{Received, Sealed, Session};
+pub use shard::ShardTls;
 pub use stats::{TlsSnapshot, TlsStats};

@@ -399,6 +399,11 @@ impl Session {
         });
     }
 
+    /// Bytes of TLS output waiting for [`poll_transmit`](Self::poll_transmit).
+    pub fn pending_output(&self) -> usize {
+        self.outgoing.len()
+    }
+
     /// TLS output is waiting for [`poll_transmit`](Self::poll_transmit).
     pub fn wants_transmit(&self) -> bool {
         !self.outgoing.is_empty()
