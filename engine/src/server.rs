@@ -95,6 +95,7 @@ pub fn start_with_tls(config: Config, tls: Option<crate::tls::TlsContext>) -> io
     };
     let admin_settings = admin::Settings {
         stall_ms: config.health_stall_ms,
+        tls: tls.clone(),
     };
     let shutdown = Arc::new(Shutdown::new(participants));
     let global = Arc::new(AtomicUsize::new(0));

@@ -2,10 +2,8 @@
 //! validated, SIGHUP reloads instead of killing the process, and the TLS counters are in /stats
 //! and /metrics.
 //!
-//! Phase 1 of wss:// (the session layer is not wired into the connection path yet): a valid
-//! certificate also stops the start, with a message saying so, rather than serving plain ws:// to
-//! clients that were promised wss://. When the engine serves wss://,
-//! `valid_material_is_refused_until_wss_is_served` becomes the wss:// tests.
+//! wss:// itself is tested in tls_wss.rs; `--listen-plain` (a second, plain listener) is not
+//! served yet and stops the start rather than being ignored.
 
 mod common;
 
@@ -78,10 +76,12 @@ fn bad_material_stops_the_start_with_the_reason() {
 }
 
 #[test]
-fn valid_material_is_refused_until_wss_is_served() {
+fn listen_plain_is_refused_until_served() {
     let pki = Pki::new();
-    let err = refused(&pki.server_args());
-    assert!(err.contains("does not serve wss:// yet"), "{err}");
+    let mut args = pki.server_args();
+    args.extend(strings(&["--listen-plain", "127.0.0.1:0"]));
+    let err = refused(&args);
+    assert!(err.contains("listen_plain is not served yet"), "{err}");
 }
 
 #[test]

@@ -410,7 +410,11 @@ pub fn render(
             );
         }
     }
-    crate::tls::stats::render_metrics(&mut out, shards.iter().map(|r| &r.snap.tls), None);
+    crate::tls::stats::render_metrics(
+        &mut out,
+        shards.iter().map(|r| &r.snap.tls),
+        process.tls_reloads.as_ref(),
+    );
     for kind in LatencyKind::ALL {
         let (name, help) = match kind {
             LatencyKind::Handshake => (
@@ -501,6 +505,7 @@ mod tests {
             &ProcessReport {
                 rss_bytes: Some(4096),
                 uptime_seconds: 1.5,
+                tls_reloads: None,
             },
             Some(&bridge.snapshot(crate::obs::stats::monotonic_ms())),
         );
