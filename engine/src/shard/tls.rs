@@ -225,3 +225,222 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The core's TLS glue on a virtual clock, against an in-memory rustls client: handshake,
+    //! upgrade, a broadcast sealed for a TLS subscriber next to a plain one (same shared frame),
+    //! close_notify after the close frame, the handshake deadline counted as a timeout with
+    //! nothing sent in the clear.
+
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::ClientConnection;
+    use shardcast_proto::MessageKind;
+
+    use crate::conn::state::{flag, Conn};
+    use crate::runtime::driver::{Admit, ConnId, Handler, IoRequest};
+    use crate::shard::tests::cores;
+    use crate::shard::Core;
+    use crate::tls::options::{ClientAuth, Tickets, TlsVersion};
+    use crate::tls::{ShardTls, TlsContext, TlsOptions};
+
+    /// A core serving TLS with a fresh CA and leaf; the client's root.
+    fn tls_core(args: &[&str], t0: Instant) -> (Core, CertificateDer<'static>) {
+        let dir = std::env::temp_dir().join(format!(
+            "shardcast-core-tls-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let ctx = TlsContext::start(TlsOptions {
+            cert: c,
+            key: k,
+            min_version: TlsVersion::Tls12,
+            client_ca: None,
+            client_auth: ClientAuth::Required,
+            tickets: Tickets::On,
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut core = cores(1, args, t0).pop().unwrap();
+        core.set_tls(ShardTls::new(ctx.shard_config()));
+        (core, cert.der().clone())
+    }
+
+    fn client(root: &CertificateDer<'static>) -> ClientConnection {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap()
+    }
+
+    /// The driver's flush: every transmit completes at once; returns the bytes per connection
+    /// and the closes requested (reported closed at once).
+    fn flush(core: &mut Core) -> (Vec<(ConnId, Vec<u8>)>, Vec<ConnId>) {
+        let (mut out, mut closes) = (Vec::new(), Vec::new());
+        loop {
+            while let Some(req) = core.poll_io() {
+                if let IoRequest::Close(id, _) = req {
+                    closes.push(id);
+                    core.handle_closed(id);
+                }
+            }
+            let Some(id) = core.poll_transmit() else {
+                return (out, closes);
+            };
+            let mut got = Vec::new();
+            core.gather(id, &mut |b, off| got.extend_from_slice(&b[off..]));
+            core.handle_sent(id, Ok(got.len()));
+            out.push((id, got));
+        }
+    }
+
+    /// Move bytes both ways until neither side has more to say; returns the closes requested.
+    fn pump(core: &mut Core, id: ConnId, c: &mut ClientConnection) -> Vec<ConnId> {
+        let mut closes = Vec::new();
+        for _ in 0..16 {
+            let mut up = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut up).unwrap();
+            }
+            if !up.is_empty() {
+                core.handle_received(id, &mut up);
+            }
+            let (out, closed) = flush(core);
+            closes.extend(closed);
+            let down: Vec<u8> = out
+                .into_iter()
+                .filter(|(to, _)| *to == id)
+                .flat_map(|(_, b)| b)
+                .collect();
+            if up.is_empty() && down.is_empty() {
+                break;
+            }
+            let mut rd = &down[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+                c.process_new_packets().unwrap();
+            }
+        }
+        closes
+    }
+
+    fn plaintext(c: &mut ClientConnection) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = c.reader().read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    const UPGRADE: &[u8] = b"GET /ws/t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn handshake_upgrade_broadcast_and_close_notify() {
+        let t0 = Instant::now();
+        let (mut core, root) = tls_core(&[], t0);
+        let Admit::Accept(id) = core.handle_accepted("127.0.0.1:40000".parse().unwrap()) else {
+            panic!("refused")
+        };
+        assert!(core.conn(id).unwrap().has(flag::TLS));
+        let mut c = client(&root);
+        pump(&mut core, id, &mut c);
+        assert!(!c.is_handshaking());
+        assert_eq!(core.stats().tls.snapshot().handshakes, 1);
+        c.writer().write_all(UPGRADE).unwrap();
+        pump(&mut core, id, &mut c);
+        let head = plaintext(&mut c);
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+        // Ten publishes queued before one flush: sealed together, in order.
+        for i in 0..10u8 {
+            core.publish(&Arc::from("t"), MessageKind::Binary, &[i; 64]);
+        }
+        pump(&mut core, id, &mut c);
+        let got = plaintext(&mut c);
+        assert_eq!(got.len(), 10 * 66);
+        for (i, f) in got.chunks(66).enumerate() {
+            assert_eq!(&f[..2], &[0x82, 64]);
+            assert!(f[2..].iter().all(|&b| b == i as u8));
+        }
+        // A client close: the close frame, then close_notify, then the half-close.
+        let mut close = bytes::BytesMut::new();
+        shardcast_proto::encode_client_frame(
+            &mut close,
+            shardcast_proto::OpCode::Close,
+            true,
+            &[0x03, 0xe8],
+            [1, 2, 3, 4],
+        );
+        c.writer().write_all(&close).unwrap();
+        pump(&mut core, id, &mut c);
+        assert_eq!(plaintext(&mut c), vec![0x88, 2, 0x03, 0xe8]);
+        // close_notify arrived: rustls reports a clean end of the plaintext stream.
+        assert_eq!(c.reader().read(&mut [0u8; 8]).unwrap(), 0);
+    }
+
+    #[test]
+    fn handshake_deadline_is_a_counted_timeout_with_nothing_in_the_clear() {
+        let t0 = Instant::now();
+        let (mut core, _) = tls_core(&["--handshake-timeout-ms", "1000"], t0);
+        let Admit::Accept(id) = core.handle_accepted("127.0.0.1:40000".parse().unwrap()) else {
+            panic!("refused")
+        };
+        // Half a ClientHello.
+        core.handle_received(id, &mut vec![0x16, 0x03, 0x01, 0x02, 0x00]);
+        core.handle_time(t0 + Duration::from_millis(1500));
+        let (out, closes) = flush(&mut core);
+        assert!(out.is_empty(), "nothing sent: {out:?}");
+        assert_eq!(closes, vec![id]);
+        assert_eq!(
+            core.stats().tls.snapshot().failures[crate::tls::Failure::Timeout as usize],
+            1
+        );
+        assert_eq!(core.active(), 0);
+    }
+
+    #[test]
+    fn garbage_gets_an_alert_and_a_close() {
+        let t0 = Instant::now();
+        let (mut core, _) = tls_core(&[], t0);
+        let Admit::Accept(id) = core.handle_accepted("127.0.0.1:40000".parse().unwrap()) else {
+            panic!("refused")
+        };
+        core.handle_received(id, &mut UPGRADE.to_vec());
+        let (out, _) = flush(&mut core);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1[0], 21, "an alert record");
+        let f = core.stats().tls.snapshot().failures;
+        assert_eq!(f.iter().sum::<u64>(), 1, "{f:?}");
+        assert!(core.conn(id).is_none_or(|c| c.closing()));
+    }
+
+    #[test]
+    fn a_plain_connection_pays_nothing_for_tls() {
+        // The session lives beside the slab: the slot keeps its idle budget.
+        assert!(std::mem::size_of::<Conn>() <= 160);
+    }
+}
