@@ -410,7 +410,7 @@ mod tests {
             panic!("refused")
         };
         // Half a ClientHello.
-        core.handle_received(id, &mut vec![0x16, 0x03, 0x01, 0x02, 0x00]);
+        core.handle_received(id, &mut [0x16, 0x03, 0x01, 0x02, 0x00]);
         core.handle_time(t0 + Duration::from_millis(1500));
         let (out, closes) = flush(&mut core);
         assert!(out.is_empty(), "nothing sent: {out:?}");
