@@ -407,7 +407,7 @@ pub struct Overrides {
     /// Longest wait between reconnection attempts to NATS, in ms (backoff doubles from 50 ms up to this) [default: 2000]
     #[arg(long, env = "SHARDCAST_NATS_RECONNECT_MAX_MS")]
     pub nats_reconnect_max_ms: Option<u64>,
-    /// Also serve plain ws:// on this address when listen serves wss:// (internal traffic, health checks); needs tls_cert [default: none]
+    /// Plain ws:// on this address next to a wss:// listen (internal traffic); needs tls_cert. Not served yet: set, it stops the start [default: none]
     #[arg(long, env = "SHARDCAST_LISTEN_PLAIN")]
     pub listen_plain: Option<SocketAddr>,
     /// Serve wss:// on listen with this PEM certificate chain (leaf first); reloaded with tls_key on SIGHUP [default: none, plain ws://]
