@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 
 use common::chromium;
 use common::tls::{
-    chromium_wss, foreign_identity, openssl_s_client, python_websockets, server_config,
-    tungstenite_wss, EchoServer, Pki,
+    chromium_wss, foreign_identity, openssl_upgrades_on_tls13_and_tls12_only, python_websockets,
+    server_config, tungstenite_wss, EchoServer, Pki,
 };
 use common::TIMEOUT;
 use shardcast::tls::options::TlsVersion;
@@ -116,19 +116,7 @@ fn openssl_s_client_on_tls13_and_tls12() {
     let mut options = pki.options();
     options.min_version = TlsVersion::Tls12;
     let server = EchoServer::start(server_config(&options));
-    for (flag, protocol) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
-        let out = openssl_s_client(server.addr, &pki.ca, "/echo", &[flag]);
-        assert!(out.contains("Verify return code: 0 (ok)"), "{flag}: {out}");
-        assert!(out.contains(protocol), "{flag}: {out}");
-        assert!(out.contains("ALPN protocol: http/1.1"), "{flag}: {out}");
-        assert!(
-            out.contains("HTTP/1.1 101 Switching Protocols"),
-            "{flag}: {out}"
-        );
-    }
-    // TLS 1.1 is refused.
-    let out = openssl_s_client(server.addr, &pki.ca, "/echo", &["-tls1_1"]);
-    assert!(!out.contains("101 Switching Protocols"), "{out}");
+    openssl_upgrades_on_tls13_and_tls12_only(server.addr, &pki.ca);
 }
 
 #[test]

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::tls::{
-    chromium_wss, localhost, openssl_s_client, python_websockets, tungstenite_wss, LeafKey, Pki,
+    chromium_wss, localhost, openssl_upgrades_on_tls13_and_tls12_only, python_websockets,
+    tungstenite_wss, LeafKey, Pki,
 };
 use common::{chromium, deadline, stats, stats_until, Server, TIMEOUT};
 use rustls::pki_types::CertificateDer;
@@ -227,18 +228,7 @@ fn peers_python_openssl_and_chromium() {
     let stranger = Pki::new();
     let err = python_websockets(&url(&server, "/echo"), &stranger.ca, "x").unwrap_err();
     assert!(err.contains("CERTIFICATE_VERIFY_FAILED"), "{err}");
-    for (flag, protocol) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
-        let out = openssl_s_client(server.addr, &pki.ca, "/echo", &[flag]);
-        assert!(out.contains("Verify return code: 0 (ok)"), "{flag}: {out}");
-        assert!(out.contains(protocol), "{flag}: {out}");
-        assert!(out.contains("ALPN protocol: http/1.1"), "{flag}: {out}");
-        assert!(
-            out.contains("HTTP/1.1 101 Switching Protocols"),
-            "{flag}: {out}"
-        );
-    }
-    let out = openssl_s_client(server.addr, &pki.ca, "/echo", &["-tls1_1"]);
-    assert!(!out.contains("101 Switching Protocols"), "{out}");
+    openssl_upgrades_on_tls13_and_tls12_only(server.addr, &pki.ca);
     let Some(bin) = chromium() else {
         eprintln!(
             "\n\n!!! SKIPPED the Chromium part: no chromium (scripts/test.sh installs it) !!!\n"

@@ -279,6 +279,13 @@ mod tests {
         (core, cert.der().clone())
     }
 
+    fn accept(core: &mut Core) -> ConnId {
+        let Admit::Accept(id) = core.handle_accepted("127.0.0.1:40000".parse().unwrap()) else {
+            panic!("refused")
+        };
+        id
+    }
+
     fn client(root: &CertificateDer<'static>) -> ClientConnection {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(root.clone()).unwrap();
@@ -363,9 +370,7 @@ mod tests {
     fn handshake_upgrade_broadcast_and_close_notify() {
         let t0 = Instant::now();
         let (mut core, root) = tls_core(&[], t0);
-        let Admit::Accept(id) = core.handle_accepted("127.0.0.1:40000".parse().unwrap()) else {
-            panic!("refused")
-        };
+        let id = accept(&mut core);
         assert!(core.conn(id).unwrap().has(flag::TLS));
         let mut c = client(&root);
         pump(&mut core, id, &mut c);
@@ -406,9 +411,7 @@ mod tests {
     fn handshake_deadline_is_a_counted_timeout_with_nothing_in_the_clear() {
         let t0 = Instant::now();
         let (mut core, _) = tls_core(&["--handshake-timeout-ms", "1000"], t0);
-        let Admit::Accept(id) = core.handle_accepted("127.0.0.1:40000".parse().unwrap()) else {
-            panic!("refused")
-        };
+        let id = accept(&mut core);
         // Half a ClientHello.
         core.handle_received(id, &mut [0x16, 0x03, 0x01, 0x02, 0x00]);
         core.handle_time(t0 + Duration::from_millis(1500));
@@ -426,9 +429,7 @@ mod tests {
     fn garbage_gets_an_alert_and_a_close() {
         let t0 = Instant::now();
         let (mut core, _) = tls_core(&[], t0);
-        let Admit::Accept(id) = core.handle_accepted("127.0.0.1:40000".parse().unwrap()) else {
-            panic!("refused")
-        };
+        let id = accept(&mut core);
         core.handle_received(id, &mut UPGRADE.to_vec());
         let (out, _) = flush(&mut core);
         assert_eq!(out.len(), 1);

@@ -653,6 +653,23 @@ pub fn openssl_s_client(addr: SocketAddr, ca: &Path, path: &str, extra: &[&str])
     stdout + &String::from_utf8_lossy(&out.stderr)
 }
 
+/// `openssl s_client` upgrades `/echo` on TLS 1.3 and on TLS 1.2 (certificate verified, ALPN
+/// `http/1.1`) and gets no upgrade on TLS 1.1.
+pub fn openssl_upgrades_on_tls13_and_tls12_only(addr: SocketAddr, ca: &Path) {
+    for (flag, protocol) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
+        let out = openssl_s_client(addr, ca, "/echo", &[flag]);
+        assert!(out.contains("Verify return code: 0 (ok)"), "{flag}: {out}");
+        assert!(out.contains(protocol), "{flag}: {out}");
+        assert!(out.contains("ALPN protocol: http/1.1"), "{flag}: {out}");
+        assert!(
+            out.contains("HTTP/1.1 101 Switching Protocols"),
+            "{flag}: {out}"
+        );
+    }
+    let out = openssl_s_client(addr, ca, "/echo", &["-tls1_1"]);
+    assert!(!out.contains("101 Switching Protocols"), "{out}");
+}
+
 /// Headless Chromium loads a page from a local http:// server that opens `url` (wss://), trusting
 /// only `pki`'s leaf (by its SPKI hash), sends `message` and POSTs what happened back to the page
 /// server: `echo:<reply>`, `error`, or `closed:<code>`; `pending` if nothing came within 30 s.
