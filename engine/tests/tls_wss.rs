@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::tls::{
-    chromium_wss, localhost, openssl_upgrades_on_tls13_and_tls12_only, python_websockets,
-    tungstenite_wss, LeafKey, Pki,
+    chromium_wss, foreign_identity, localhost, openssl_upgrades_on_tls13_and_tls12_only,
+    python_websockets, tungstenite_wss, LeafKey, Pki,
 };
 use common::{chromium, deadline, stats, stats_until, Server, TIMEOUT};
 use rustls::pki_types::CertificateDer;
@@ -377,4 +377,36 @@ fn sighup_serves_new_handshakes_with_the_new_certificate() {
     assert_eq!(served_leaf(&server, &pki), pki.leaf_der);
     publish(&server, &pki, TLS13, "reload", "2");
     assert_eq!(next_data(&mut live), Message::text("2"));
+}
+
+#[test]
+fn client_certificates_against_the_ca_file() {
+    let pki = Pki::new();
+    let ca = pki.ca.display().to_string();
+    let server = start(&pki, &["--tls-client-ca", &ca, "--tls-min-version", "1.3"]);
+    let with = pki.client_config_with(&[], Some(pki.client_identity("alice")));
+    let mut ws = tungstenite_wss(&url(&server, "/echo"), server.addr, with).unwrap();
+    ws.send(Message::text("authenticated")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("authenticated"));
+    for client in [
+        pki.client_config(&[]),
+        pki.client_config_with(&[], Some(foreign_identity())),
+    ] {
+        // TLS 1.3 clients finish first and hear the refusal on their first read.
+        let refused = match tungstenite_wss(&url(&server, "/echo"), server.addr, client) {
+            Err(_) => true,
+            Ok(mut ws) => ws.read().is_err(),
+        };
+        assert!(refused);
+    }
+    // TLS 1.2 is below the configured minimum.
+    assert!(tungstenite_wss(
+        &url(&server, "/echo"),
+        server.addr,
+        pki.client_config(&[TLS12])
+    )
+    .is_err());
+    stats_until(server.admin.unwrap(), |s| {
+        failures(s, "client_cert_refused") == 2 && failures(s, "unsupported_version") == 1
+    });
 }
