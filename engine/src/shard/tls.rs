@@ -384,7 +384,21 @@ mod tests {
         for i in 0..10u8 {
             core.publish(&Arc::from("t"), MessageKind::Binary, &[i; 64]);
         }
-        pump(&mut core, id, &mut c);
+        let (out, _) = flush(&mut core);
+        let [(to, sealed)] = &out[..] else {
+            panic!("one send: {out:?}")
+        };
+        assert_eq!(*to, id);
+        // One application-data record (TLS 1.3: 5 B header + 660 B + content type + 16 B tag).
+        assert_eq!(sealed[0], 23);
+        assert_eq!(
+            sealed.len(),
+            5 + 10 * 66 + 1 + 16,
+            "one record for ten frames"
+        );
+        let mut rd = &sealed[..];
+        c.read_tls(&mut rd).unwrap();
+        c.process_new_packets().unwrap();
         let got = plaintext(&mut c);
         assert_eq!(got.len(), 10 * 66);
         for (i, f) in got.chunks(66).enumerate() {
