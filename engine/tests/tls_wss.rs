@@ -428,3 +428,54 @@ fn client_certificates_against_the_ca_file() {
         failures(s, "client_cert_refused") == 2 && failures(s, "unsupported_version") == 1
     });
 }
+
+#[test]
+fn a_never_reading_tls_subscriber_is_evicted_and_fast_ones_get_everything() {
+    // 9.6 MB: more than the kernel's send buffer (tcp_wmem max 4 MiB here) takes for the slow one.
+    const N: usize = 600;
+    let pki = Pki::new();
+    let server = start(&pki, &["--high-water-bytes", "256KiB"]);
+    // The slow one: a 4 KiB receive buffer, the TLS handshake and upgrade, then no more reads.
+    let tcp = common::small_rcvbuf_connect(server.addr);
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(pki.client_config(&[TLS13])), localhost()).unwrap();
+    let mut slow = rustls::StreamOwned::new(conn, tcp);
+    slow.write_all(
+        b"GET /ws/flood HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    slow.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let fast: Vec<_> = (0..2)
+        .map(|_| {
+            let mut ws = wss(&server, &pki, "/ws/flood", TLS13);
+            std::thread::spawn(move || {
+                (0..N)
+                    .map(|_| match next_data(&mut ws) {
+                        Message::Binary(b) => u32::from_be_bytes(b[..4].try_into().unwrap()),
+                        m => panic!("{m:?}"),
+                    })
+                    .collect::<Vec<u32>>()
+            })
+        })
+        .collect();
+    let mut publisher = wss(&server, &pki, "/pub/flood", TLS13);
+    for i in 0..N as u32 {
+        let mut m = vec![0u8; 16 * 1024];
+        m[..4].copy_from_slice(&i.to_be_bytes());
+        publisher.send(Message::binary(m)).unwrap();
+        if i % 2 == 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    for f in fast {
+        assert_eq!(f.join().unwrap(), (0..N as u32).collect::<Vec<_>>());
+    }
+    stats_until(server.admin.unwrap(), |s| {
+        s["totals"]["evictions"]["high_water"] == 1
+    });
+    drop(slow);
+}
