@@ -1,9 +1,10 @@
 //! wss:// and HTTPS served by the real binary (`--tls-cert`/`--tls-key`) on an ephemeral
 //! loopback port, with clients nobody here wrote: tungstenite (rustls) on every route, TLS 1.3
 //! and 1.2; Python `websockets` with an `ssl` context; `openssl s_client` (protocol, ALPN);
-//! headless Chromium trusting the leaf by its SPKI hash. Also: `close_notify` on close, hostile
-//! TLS input closed and counted while a healthy subscriber loses nothing, and SIGHUP serving new
-//! handshakes with the new certificate while live connections stay. scripts/test.sh runs the
+//! headless Chromium trusting the leaf by its SPKI hash. Also: `close_notify` on close, client
+//! certificates and the minimum version, hostile TLS input closed and counted while a healthy
+//! subscriber loses nothing, a never-reading TLS subscriber evicted while fast ones get
+//! everything, and SIGHUP serving new handshakes with the new certificate under a live stream. scripts/test.sh runs the
 //! suite on io_uring and again on epoll (`SHARDCAST_URING_REFUSE=1`).
 
 mod common;
