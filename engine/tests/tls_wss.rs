@@ -75,6 +75,20 @@ fn tls_stream(
     rustls::StreamOwned::new(conn, tcp)
 }
 
+/// A WebSocket upgrade of `path` over `s`; reads exactly the status (`HTTP/1.1 101`), leaving the
+/// rest of the head unread.
+fn upgrade_over(s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>, path: &str) {
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+}
+
 /// An HTTPS request; the whole response, read to a clean TLS end (`close_notify`: rustls reports
 /// a missing one as an error).
 fn https(
@@ -309,14 +323,7 @@ fn hostile_tls_input_is_closed_and_counted() {
         (TLS12, vec![0x16, 0x03, 0x03, 0x00, 0x20]),
     ] {
         let mut s = tls_stream(&server, &pki, version);
-        s.write_all(
-            b"GET /ws/calm HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).unwrap();
-        assert_eq!(&head, b"HTTP/1.1 101");
+        upgrade_over(&mut s, "/ws/calm");
         let mut tcp = s.sock;
         let mut forged = record;
         forged.extend_from_slice(&[0x5a; 0x20]);
@@ -444,14 +451,7 @@ fn a_never_reading_tls_subscriber_is_evicted_and_fast_ones_get_everything() {
     let conn =
         rustls::ClientConnection::new(Arc::new(pki.client_config(&[TLS13])), localhost()).unwrap();
     let mut slow = rustls::StreamOwned::new(conn, tcp);
-    slow.write_all(
-        b"GET /ws/flood HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = [0u8; 12];
-    slow.read_exact(&mut head).unwrap();
-    assert_eq!(&head, b"HTTP/1.1 101");
+    upgrade_over(&mut slow, "/ws/flood");
     let fast: Vec<_> = (0..2)
         .map(|_| {
             let mut ws = wss(&server, &pki, "/ws/flood", TLS13);
