@@ -81,6 +81,10 @@ scripts/clients.sh
 step "python test peers (target/pyenv)"
 scripts/pyenv.sh
 
+# engine/tests/tls_*.rs drive Python websockets (a venv under target/) and openssl s_client.
+step "TLS test peers (scripts/tls-peers.sh)"
+scripts/tls-peers.sh
+
 step "tests, default driver (io_uring when available)"
 cargo test --workspace
 

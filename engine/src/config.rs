@@ -17,6 +17,7 @@ use crate::flow::limits;
 use crate::flow::policy::{Action, Policy, TopicPolicy};
 use crate::obs::latency::Recording;
 use crate::obs::logging::LogFormat;
+use crate::tls::options::{ClientAuth, Tickets, TlsVersion};
 
 /// Default `queue_ceiling_pct`: the share of the memory limit queued frames may hold.
 pub const DEFAULT_QUEUE_CEILING_PCT: u32 = 5;
@@ -311,6 +312,24 @@ pub struct Config {
     pub compression_min_bytes: usize,
     /// Compression level, 1 (fastest) to 12 (smallest).
     pub compression_level: u8,
+    /// A second, plain listener next to a TLS `listen` (internal traffic); `None`: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_plain: Option<SocketAddr>,
+    /// PEM certificate chain of the data listener; `None`: plain ws://.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the leaf certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Lowest TLS version accepted.
+    pub tls_min_version: TlsVersion,
+    /// PEM CA certificate(s) that client certificates must chain to; `None`: no client auth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required (with `tls_client_ca`).
+    pub tls_client_auth: ClientAuth,
+    /// Stateless session tickets for resumption.
+    pub tls_session_tickets: Tickets,
     /// Per-topic policies, first matching pattern wins (last: TOML tables follow values).
     pub topic_policy: Vec<TopicPolicy>,
     /// Per-topic compression on/off, first matching pattern wins, unmatched topics on (tables
@@ -479,6 +498,27 @@ pub struct Overrides {
     /// Per-topic compression, repeatable, first match wins, unmatched topics compressed: 'PATTERN=on|off' with globs (* ?), e.g. 'video.*=off' for already-compressed payloads; env: ';'-separated; TOML: [[compression_topic]] tables with pattern and compression [default: none]
     #[arg(long, env = "SHARDCAST_COMPRESSION_TOPIC", value_delimiter = ';')]
     pub compression_topic: Option<Vec<TopicRule>>,
+    /// Plain ws:// on this address next to a wss:// listen (internal traffic); needs tls_cert. Not served yet: set, it stops the start [default: none]
+    #[arg(long, env = "SHARDCAST_LISTEN_PLAIN")]
+    pub listen_plain: Option<SocketAddr>,
+    /// Serve wss:// on listen with this PEM certificate chain (leaf first); reloaded with tls_key on SIGHUP [default: none, plain ws://]
+    #[arg(long, env = "SHARDCAST_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the leaf certificate: PKCS#8, RSA (PKCS#1) or EC (SEC1); must match the certificate [default: none]
+    #[arg(long, env = "SHARDCAST_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Lowest TLS version accepted, 1.2 or 1.3; TLS 1.3 is always preferred [default: 1.2]
+    #[arg(long, env = "SHARDCAST_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<TlsVersion>,
+    /// Verify client certificates against the CA certificate(s) in this PEM file [default: none, no client certificates]
+    #[arg(long, env = "SHARDCAST_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With tls_client_ca: required (every client presents a valid certificate) or optional (a presented one must be valid) [default: required]
+    #[arg(long, env = "SHARDCAST_TLS_CLIENT_AUTH")]
+    pub tls_client_auth: Option<ClientAuth>,
+    /// Stateless session tickets (resumed handshakes skip the certificate signature; no server memory): on or off [default: on]
+    #[arg(long, env = "SHARDCAST_TLS_SESSION_TICKETS")]
+    pub tls_session_tickets: Option<Tickets>,
     /// Informational key written by --print-config; ignored on input
     #[arg(skip)]
     #[serde(default)]
@@ -602,6 +642,13 @@ impl Overrides {
             compression_min_bytes: self.compression_min_bytes.or(lower.compression_min_bytes),
             compression_level: self.compression_level.or(lower.compression_level),
             compression_topic: self.compression_topic.or(lower.compression_topic),
+            listen_plain: self.listen_plain.or(lower.listen_plain),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_min_version: self.tls_min_version.or(lower.tls_min_version),
+            tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
+            tls_client_auth: self.tls_client_auth.or(lower.tls_client_auth),
+            tls_session_tickets: self.tls_session_tickets.or(lower.tls_session_tickets),
             config: self.config.or(lower.config),
             print_config: self.print_config || lower.print_config,
             preflight: self.preflight || lower.preflight,
@@ -755,6 +802,13 @@ impl Overrides {
             compression_level: self
                 .compression_level
                 .unwrap_or(crate::deflate::settings::DEFAULT_LEVEL),
+            listen_plain: self.listen_plain,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_min_version: self.tls_min_version.unwrap_or(TlsVersion::Tls12),
+            tls_client_ca: self.tls_client_ca,
+            tls_client_auth: self.tls_client_auth.unwrap_or(ClientAuth::Required),
+            tls_session_tickets: self.tls_session_tickets.unwrap_or(Tickets::On),
             topic_policy,
             compression_topic: self.compression_topic.unwrap_or_default(),
         };
@@ -798,6 +852,7 @@ impl Overrides {
                 "close_flush_timeout_ms must be 1..=2147483647",
             ));
         }
+        crate::tls::options::validate(&config).map_err(ConfigError::Invalid)?;
         crate::bridge::subject::validate_prefix(&config.nats_subject_prefix)
             .map_err(ConfigError::Invalid)?;
         if config.nats_buffer_bytes == 0 || config.nats_pending_messages == 0 {
@@ -1247,6 +1302,62 @@ mod tests {
             .is_err());
         assert!(parse(&["--nats-pending-messages", "0"]).resolve().is_err());
         assert!(parse(&["--nats-reconnect-max-ms", "0"]).resolve().is_err());
+    }
+
+    #[test]
+    fn tls_options() {
+        let c = parse(&[]).resolve().unwrap();
+        assert_eq!(
+            (c.tls_cert.as_ref(), c.listen_plain),
+            (None, None),
+            "plain by default"
+        );
+        assert_eq!(c.tls_min_version, TlsVersion::Tls12);
+        assert_eq!(c.tls_session_tickets, Tickets::On);
+        let c = parse(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-min-version",
+            "1.3",
+            "--tls-client-ca",
+            "ca.pem",
+            "--tls-client-auth",
+            "optional",
+            "--tls-session-tickets",
+            "off",
+            "--listen-plain",
+            "127.0.0.1:8081",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.tls_min_version, TlsVersion::Tls13);
+        assert_eq!(c.tls_client_auth, ClientAuth::Optional);
+        let o = crate::tls::TlsOptions::from_config(&c).unwrap();
+        assert_eq!(o.client_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(o.tickets, Tickets::Off);
+        let text = c.to_toml();
+        assert!(text.contains("tls_min_version = \"1.3\""), "{text}");
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, c, "printed config reads back");
+        toml::from_str::<Overrides>(&text).unwrap();
+        for bad in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-client-ca", "ca.pem"],
+            &["--listen-plain", "127.0.0.1:8081"],
+            &[
+                "--tls-cert",
+                "c",
+                "--tls-key",
+                "k",
+                "--listen-plain",
+                "127.0.0.1:8080",
+            ],
+        ] {
+            assert!(parse(bad).resolve().is_err(), "{bad:?}");
+        }
+        assert!(Overrides::try_parse_from(["shardcast", "--tls-min-version", "1.1"]).is_err());
     }
 
     #[test]

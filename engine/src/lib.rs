@@ -13,6 +13,7 @@
 //! - [`ops`]: host facts and the start-up preflight.
 //! - [`bridge`]: the NATS bridge (`--nats-url`): several hosts, one topic space.
 //! - [`deflate`]: permessage-deflate, compressed once per message for the whole process.
+//! - [`tls`]: wss:// with rustls: options, key material, reload, the per-connection session.
 //! - [`continuity`]: per-topic sequence numbers, history and resume (sans-IO; docs/CONTINUITY.md).
 //! - [`server`]: start-up and shutdown: binds, builds the mesh, spawns the shards.
 #![deny(missing_docs)]
@@ -31,5 +32,6 @@ pub mod ops;
 pub mod runtime;
 pub mod server;
 pub mod shard;
+pub mod tls;
 
 pub use runtime::rlimit;

@@ -7,7 +7,7 @@ use shardcast::config::Overrides;
 use shardcast::obs::logging;
 use shardcast::ops::preflight;
 use shardcast::runtime::{rlimit, signals};
-use shardcast::server;
+use shardcast::{server, tls};
 
 /// jemalloc instead of glibc malloc: an idle connection is a handful of small long-lived
 /// allocations made between short-lived handshake ones, and glibc keeps ~1-2.5 KB per
@@ -65,9 +65,26 @@ fn main() {
     }
     logging::init(config.log_format, &config.log);
     // Blocked before any thread starts so every thread inherits the mask and only the
-    // sigwait thread ever sees SIGINT/SIGTERM.
-    if let Err(e) = signals::block(&signals::TERMINATION) {
-        tracing::error!(error = %e, "cannot block termination signals");
+    // sigwait thread ever sees SIGINT/SIGTERM/SIGHUP.
+    if let Err(e) = signals::block(&signals::HANDLED) {
+        tracing::error!(error = %e, "cannot block signals");
+        std::process::exit(1);
+    }
+    // TLS key material is checked before anything binds: a bad file stops the start.
+    let tls = match tls::TlsOptions::from_config(&config).map(tls::TlsContext::start) {
+        None => None,
+        Some(Ok(tls)) => Some(tls),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot start");
+            std::process::exit(1);
+        }
+    };
+    if config.listen_plain.is_some() {
+        // A second (plain) listener per shard is not built yet: refuse rather than ignore it.
+        tracing::error!(
+            "cannot start: listen_plain is not served yet; run a second shardcast without \
+             tls_cert/tls_key for plain internal traffic"
+        );
         std::process::exit(1);
     }
     if let Err(e) = rlimit::raise_nofile() {
@@ -77,7 +94,7 @@ fn main() {
         &config,
         &shardcast::ops::host::HostFacts::gather(),
     ));
-    let server = match server::start(config) {
+    let server = match server::start_with_tls(config, tls.clone()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -88,7 +105,11 @@ fn main() {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Ok(sig) = signals::wait(&signals::TERMINATION) {
+            let reload = || match &tls {
+                Some(tls) => tls.reload_logged(),
+                None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            };
+            if let Ok(sig) = signals::serve(reload) {
                 tracing::info!(signal = sig, "shutting down");
             }
             shutdown.trigger();

@@ -64,6 +64,12 @@ pub fn resolve_driver(choice: Driver) -> io::Result<DriverKind> {
 
 /// Bind, spawn every shard, and return once all of them are accepting.
 pub fn start(config: Config) -> io::Result<Server> {
+    start_with_tls(config, None)
+}
+
+/// [`start`], serving wss:// on the data listener when `tls` is given (its key material was
+/// checked already; each shard takes new handshakes' configuration from it, reloads included).
+pub fn start_with_tls(config: Config, tls: Option<crate::tls::TlsContext>) -> io::Result<Server> {
     let kind = resolve_driver(config.driver)?;
     let shards = config.shards;
     let sharing = if config.reuse_port_handover {
@@ -106,6 +112,7 @@ pub fn start(config: Config) -> io::Result<Server> {
     };
     let admin_settings = admin::Settings {
         stall_ms: config.health_stall_ms,
+        tls: tls.clone(),
     };
     let shutdown = Arc::new(Shutdown::new(participants));
     let global = Arc::new(AtomicUsize::new(0));
@@ -141,6 +148,7 @@ pub fn start(config: Config) -> io::Result<Server> {
             global: global.clone(),
             shutdown: shutdown.clone(),
             access: access.clone(),
+            tls: tls.as_ref().map(crate::tls::TlsContext::shard_config),
         };
         let ready = ready_tx.clone();
         let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
@@ -206,11 +214,13 @@ struct ShardParts {
     shutdown: Arc<Shutdown>,
     /// Access policy and per-address limits, one for the process.
     access: Arc<crate::access::Access>,
+    /// wss://: the published TLS configuration.
+    tls: Option<crate::tls::ShardConfig>,
 }
 
 /// Set up the shard's driver on its own thread, report readiness, run until shutdown.
 fn shard_thread(p: ShardParts, ready: mpsc::Sender<io::Result<()>>) -> io::Result<()> {
-    let core = Core::new(
+    let mut core = Core::new(
         p.id,
         p.config.clone(),
         p.stats.clone(),
@@ -219,6 +229,9 @@ fn shard_thread(p: ShardParts, ready: mpsc::Sender<io::Result<()>>) -> io::Resul
         Instant::now(),
     )
     .with_access(p.access.clone());
+    if let Some(tls) = p.tls {
+        core.set_tls(crate::tls::ShardTls::new(tls));
+    }
     let report = |kind: DriverKind| {
         p.stats[p.id].set_driver(kind);
         tracing::info!(shard = p.id, driver = kind.name(), "shard starting");

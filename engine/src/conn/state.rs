@@ -48,6 +48,8 @@ pub mod flag {
     pub const DIRTY: u16 = 1;
     /// A send is in flight (between `gather` and `sent`).
     pub const SENDING: u16 = 1 << 1;
+    /// wss://: a TLS session (`tls::ShardTls`, by slot) sits between the socket and the codec.
+    pub const TLS: u16 = 1 << 2;
     /// `/stream`: text messages arrive wrapped with their topic.
     pub const STREAM: u16 = 1 << 3;
     /// A publisher holds undecoded input (its publishing was stopped mid-read).

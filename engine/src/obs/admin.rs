@@ -55,10 +55,12 @@ const MAX_LINGER_BYTES: usize = 64 * 1024;
 const MAX_HEAD_BYTES: usize = 4096;
 
 /// Admin behaviour knobs from the configuration.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// A shard whose last tick is older than this is reported stalled by /health.
     pub stall_ms: u64,
+    /// wss://: the TLS context, for its process-wide reload counters.
+    pub tls: Option<crate::tls::TlsContext>,
 }
 
 /// A running admin listener.
@@ -401,6 +403,8 @@ pub struct ProcessReport {
     pub uptime_seconds: f64,
     /// The `process_*` figures, when /proc is readable.
     pub process: Option<ProcessStats>,
+    /// TLS certificate reloads (SIGHUP), when wss:// is on.
+    pub tls_reloads: Option<crate::tls::reload::ReloadSnapshot>,
 }
 
 /// One shard's histograms, copied once per request, so a shard's numbers and the merged totals
@@ -456,6 +460,7 @@ fn process(state: &State) -> ProcessReport {
         rss_bytes: rss_bytes(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         process: None,
+        tls_reloads: state.settings.tls.as_ref().map(|t| t.reload_stats()),
     }
 }
 
@@ -627,6 +632,10 @@ fn stats_json(state: &State, snaps: &[Snapshot], bridge: Option<&BridgeSnapshot>
         "totals": totals,
         "shards": shards,
     });
+    if let Some(r) = p.tls_reloads {
+        out["tls_reloads"] = r.reloads.into();
+        out["tls_reload_failures"] = r.reload_failures.into();
+    }
     if let Some(b) = bridge {
         out["bridge"] = json!(b);
         let origin = state.bridge.as_ref().and_then(|s| s.origin());

@@ -597,6 +597,11 @@ pub fn render(
         &AcceptErrorReason::ALL.map(AcceptErrorReason::name),
         |s, i| s.accept_errors[i],
     );
+    crate::tls::stats::render_metrics(
+        &mut out,
+        shards.iter().map(|r| &r.snap.tls),
+        process.tls_reloads.as_ref(),
+    );
     for kind in LatencyKind::ALL {
         let (name, help) = match kind {
             LatencyKind::Handshake => (
@@ -779,6 +784,7 @@ mod tests {
                 rss_bytes: Some(4096),
                 uptime_seconds: 1.5,
                 process: crate::obs::procstat::read(),
+                tls_reloads: None,
             },
             Some(&bridge.snapshot(crate::obs::stats::monotonic_ms())),
         );
@@ -818,6 +824,9 @@ mod tests {
             .parse()
             .unwrap();
         assert!((sum - 0.00206).abs() < 0.00206 * 0.01, "{sum}");
+        assert!(text.contains(
+            "shardcast_tls_handshake_failures_total{shard=\"0\",reason=\"bad_record\"} 0\n"
+        ));
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let mut parts = line.split(' ').skip(2);
             let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());

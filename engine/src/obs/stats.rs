@@ -207,6 +207,8 @@ pub struct ShardStats {
     pub access: crate::access::stats::AccessStats,
     /// permessage-deflate counters (`deflate::stats`).
     pub compression: crate::obs::compression::CompressionStats,
+    /// TLS handshakes and failures (`tls/stats.rs`).
+    pub tls: crate::tls::TlsStats,
 }
 
 /// A point-in-time copy of one shard's counters: plain numbers for /stats and /metrics.
@@ -296,6 +298,8 @@ pub struct Snapshot {
     pub access: crate::access::stats::AccessSnapshot,
     /// permessage-deflate counters (the `compression` object of /stats).
     pub compression: crate::obs::compression::Snapshot,
+    /// TLS handshakes and failures (a `tls` object in /stats).
+    pub tls: crate::tls::TlsSnapshot,
 }
 
 /// Why a connection was evicted (closed 1013).
@@ -467,6 +471,7 @@ impl ShardStats {
             accept_errors: std::array::from_fn(|i| get(&self.accept_errors[i])),
             access: self.access.snapshot(),
             compression: self.compression.snapshot(),
+            tls: self.tls.snapshot(),
         }
     }
 

@@ -1,6 +1,7 @@
-//! Termination signals without an async runtime: block them in every thread (the mask is
-//! inherited, so call [`block`] before spawning) and wait for them on one plain thread with
-//! `sigwait`.
+//! Signals without an async runtime: block them in every thread (the mask is inherited, so call
+//! [`block`] before spawning) and wait for them on one plain thread with `sigwait`. [`serve`] is
+//! that thread's loop: SIGHUP runs a callback (TLS certificate reload) and keeps waiting;
+//! SIGINT/SIGTERM end it (graceful shutdown).
 
 use std::io;
 
@@ -42,6 +43,20 @@ pub fn wait(signals: &[libc::c_int]) -> io::Result<libc::c_int> {
 /// SIGINT and SIGTERM, the signals that trigger graceful shutdown.
 pub const TERMINATION: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 
+/// Every signal the server handles: [`TERMINATION`] plus SIGHUP (reload). Block these at start.
+pub const HANDLED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// The signal thread: wait for [`HANDLED`] (blocked); call `on_hangup` for each SIGHUP and keep
+/// waiting; return the first SIGINT or SIGTERM.
+pub fn serve(mut on_hangup: impl FnMut()) -> io::Result<libc::c_int> {
+    loop {
+        match wait(&HANDLED)? {
+            libc::SIGHUP => on_hangup(),
+            sig => return Ok(sig),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +77,36 @@ mod tests {
         let rc = unsafe { libc::pthread_kill(h.as_pthread_t(), libc::SIGUSR2) };
         assert_eq!(rc, 0);
         assert_eq!(h.join().unwrap(), libc::SIGUSR2);
+    }
+
+    #[test]
+    fn serve_runs_the_hangup_callback_until_termination() {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (hup_tx, hup_rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            block(&HANDLED).unwrap();
+            ready_tx.send(()).unwrap();
+            serve(|| hup_tx.send(()).unwrap()).unwrap()
+        });
+        ready_rx.recv().unwrap();
+        let kill = |sig| {
+            // SAFETY: the thread is alive until it receives SIGTERM, sent last; every signal is
+            // blocked there, so none can take its default action.
+            let rc = unsafe { libc::pthread_kill(h.as_pthread_t(), sig) };
+            assert_eq!(rc, 0);
+        };
+        // One at a time: two pending SIGHUPs would merge into one.
+        for _ in 0..2 {
+            kill(libc::SIGHUP);
+            hup_rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("SIGHUP ran the callback");
+        }
+        kill(libc::SIGTERM);
+        assert_eq!(h.join().unwrap(), libc::SIGTERM);
+        assert!(
+            hup_rx.try_recv().is_err(),
+            "exactly one callback per SIGHUP"
+        );
     }
 }

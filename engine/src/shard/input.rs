@@ -99,6 +99,7 @@ impl Core {
             .min(crate::conn::heartbeat::MAX_DURATION_MS) as u32;
         st.set_deadline(id, st.now_ms.wrapping_add(timeout));
         st.io.push_back(IoRequest::Read(id));
+        self.tls_accepted(id);
         Admit::Accept(id)
     }
 
@@ -128,6 +129,15 @@ impl Core {
 
     /// `data` arrived on `id`.
     pub fn handle_received(&mut self, id: ConnId, data: &mut [u8]) {
+        // wss://: decrypted first, then the same path (`shard/tls.rs`).
+        if self.st.conns.get(id).is_some_and(|c| c.has(flag::TLS)) {
+            return self.handle_ciphertext(id, data);
+        }
+        self.handle_plaintext(id, data);
+    }
+
+    /// Plaintext `data` arrived on `id` (as received, or decrypted).
+    pub(crate) fn handle_plaintext(&mut self, id: ConnId, data: &mut [u8]) {
         let Some(c) = self.st.conns.get_mut(id) else {
             return;
         };
@@ -157,6 +167,12 @@ impl Core {
 
     /// No more input on `id`: the peer's EOF (`error` false) or a socket error.
     pub fn handle_read_closed(&mut self, id: ConnId, error: bool) {
+        let Some(c) = self.st.conns.get_mut(id) else {
+            return;
+        };
+        if c.has(flag::TLS) {
+            self.tls_read_closed(id);
+        }
         let Some(c) = self.st.conns.get_mut(id) else {
             return;
         };
@@ -274,6 +290,9 @@ impl Core {
 
     /// The request timed out before it was complete: 408, counted.
     pub(crate) fn handshake_timed_out(&mut self, id: ConnId) {
+        if self.tls_timed_out(id) {
+            return;
+        }
         let Some(http) = self.st.conns.get_mut(id).and_then(|c| c.http.take()) else {
             return;
         };

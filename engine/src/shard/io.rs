@@ -113,6 +113,14 @@ impl Core {
         if c.phase != Phase::Closing || !c.queue.is_empty() || c.has(flag::SENDING) {
             return;
         }
+        // wss://: close_notify goes out before the half-close.
+        if c.has(flag::TLS) && self.tls_close_pending(id) {
+            return;
+        }
+        let st = &mut self.st;
+        let Some(c) = st.conns.get_mut(id) else {
+            return;
+        };
         if c.has(flag::ABORT) || c.has(flag::READ_EOF) {
             return self.end(id, CloseMode::Graceful);
         }
@@ -140,7 +148,17 @@ impl Core {
                 continue;
             };
             c.clear(flag::DIRTY);
-            let ready = !c.queue.is_empty() && !c.has(flag::SENDING) && c.phase != Phase::Ended;
+            let queued = !c.queue.is_empty();
+            // wss://: TLS output (handshake, alert, close_notify) needs a flush too.
+            let queued = if c.has(flag::TLS) {
+                Core::tls_ready(st, slot, queued)
+            } else {
+                queued
+            };
+            let Some(c) = st.conns.at_mut(slot) else {
+                continue;
+            };
+            let ready = queued && !c.has(flag::SENDING) && c.phase != Phase::Ended;
             if ready {
                 return st.conns.id_at(slot);
             }
@@ -156,6 +174,9 @@ impl Core {
         let Some(c) = self.st.conns.get_mut(id) else {
             return 0;
         };
+        if c.has(flag::TLS) {
+            return self.tls_gather(id, frame);
+        }
         let (_, bytes) = c.queue.gather(MAX_IOVECS, MAX_GATHER_BYTES, frame);
         if bytes > 0 {
             c.set(flag::SENDING);
@@ -169,6 +190,9 @@ impl Core {
         let Some(c) = st.conns.get_mut(id) else {
             return;
         };
+        if c.has(flag::TLS) {
+            return self.tls_sent(id, result);
+        }
         c.clear(flag::SENDING);
         if c.phase == Phase::Ended {
             c.queue.unpin();
@@ -220,6 +244,7 @@ impl Core {
         let Some(conn) = self.st.conns.remove(id) else {
             return;
         };
+        self.tls_freed(id.slot);
         let st = &mut self.st;
         // Access: give back the per-address ticket (under a concurrent limit).
         if let Some(a) = conn.access {

@@ -24,6 +24,7 @@ pub mod pause;
 pub mod run;
 pub mod slab;
 pub mod timers;
+pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -136,6 +137,8 @@ pub(crate) struct State {
     /// permessage-deflate: who reads compressed variants, the compressor, the inflater
     /// (`crate::deflate`).
     pub deflate: ShardDeflate,
+    /// wss://: the sessions of this shard's TLS connections (`shard/tls.rs`).
+    pub tls: Option<crate::tls::ShardTls>,
 }
 
 impl Core {
@@ -220,6 +223,7 @@ impl Core {
                 accept_log: Default::default(),
                 access: Arc::new(access),
                 deflate: ShardDeflate::new(config_compression),
+                tls: None,
             },
         }
         .with_access_policy()

@@ -658,3 +658,14 @@ pub const CHROMIUM_FLAGS: [&str; 8] = [
     "--disable-component-update",
     "--disable-sync",
 ];
+
+/// Headless Chromium as this machine needs it ([`CHROMIUM_FLAGS`]), with its profile in
+/// `profile`.
+pub fn headless_chromium(bin: &std::path::Path, profile: &std::path::Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.display()));
+    cmd
+}
+
+pub mod tls;

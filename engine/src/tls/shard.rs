@@ -1,0 +1,202 @@
+//! One shard's TLS: the sessions of its TLS connections (rare state, by slot) and the buffers
+//! they share. Sans-IO: the shard core calls it, the drivers never see it.
+//!
+//! Contract (the core's glue is `shard/tls.rs`):
+//! 1. [`ShardTls::open`] when a connection is accepted on a TLS listener, with the
+//!    configuration published last (a SIGHUP reload serves new handshakes; live sessions keep
+//!    theirs). [`ShardTls::remove`] when the slot is freed.
+//! 2. [`ShardTls::receive`] decrypts what the socket gave (in place) and appends the plaintext to
+//!    the caller's buffer ([`ShardTls::take_plain`] lends the shard's).
+//! 3. [`ShardTls::transmit`] at the flush: pending TLS output first, then the queued frames
+//!    (shared `Bytes`, encoded once for every subscriber) sealed together into records, all into
+//!    one ciphertext `Bytes` cut from the shard's arena, plus the plaintext consumed (the queue
+//!    advances by it at once). The arena is one allocation reused once every send cut from it
+//!    completed (`BytesMut::reserve` reclaims it), so steady traffic allocates nothing.
+//! 4. [`ShardTls::close`] queues `close_notify` before the half-close.
+//!
+//! Why a table beside the slab and not a field of `Conn`: the connection struct is at its idle
+//! budget (docs/ENGINE.md, "Per-connection memory budget") and a plain connection must not pay for
+//! TLS; a TLS connection has `flag::TLS` and one entry here (a boxed session).
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+
+use super::failure::Failure;
+use super::reload::ShardConfig;
+use super::session::{Received, Session, MAX_RECORD_OVERHEAD, MAX_RECORD_PLAINTEXT};
+
+/// Most plaintext sealed per flush: four full records. More waits for the next send (the
+/// corked flush comes back as soon as this one completes).
+pub const MAX_SEAL_PLAINTEXT: usize = 4 * MAX_RECORD_PLAINTEXT;
+
+/// The ciphertext arena's allocation: a few flushes of small frames, or one full flush.
+const ARENA_BYTES: usize = MAX_SEAL_PLAINTEXT + 8 * 1024;
+
+/// What one flush produced.
+#[derive(Debug, Default)]
+pub struct Transmit {
+    /// Ciphertext to send (may be empty).
+    pub bytes: Bytes,
+    /// Plaintext taken from the queue (sealed: the queue advances by it now).
+    pub plaintext: usize,
+    /// Records sealed.
+    pub records: usize,
+    /// The session failed while sealing (`bytes` holds its alert, if any).
+    pub failed: Option<Failure>,
+}
+
+/// The TLS sessions of one shard and their shared buffers.
+pub struct ShardTls {
+    config: ShardConfig,
+    sessions: HashMap<u32, Box<Session>>,
+    /// Gathers small frames into one record (`Session::seal`).
+    scratch: Vec<u8>,
+    /// Decrypted input on its way to the HTTP parser or the WebSocket decoder.
+    plain: Vec<u8>,
+    /// Ciphertext: each flush cuts its send from here.
+    arena: BytesMut,
+}
+
+impl ShardTls {
+    /// A shard's TLS state over the published configuration.
+    pub fn new(config: ShardConfig) -> ShardTls {
+        ShardTls {
+            config,
+            sessions: HashMap::new(),
+            scratch: Vec::new(),
+            plain: Vec::new(),
+            arena: BytesMut::new(),
+        }
+    }
+
+    /// Start a session for `slot` (a connection just accepted).
+    pub fn open(&mut self, slot: u32) -> Result<(), Failure> {
+        let session = Session::new(self.config.current().clone())?;
+        self.sessions.insert(slot, Box::new(session));
+        Ok(())
+    }
+
+    /// Forget `slot`'s session (its slot is freed).
+    pub fn remove(&mut self, slot: u32) {
+        self.sessions.remove(&slot);
+    }
+
+    /// `slot`'s session.
+    pub fn session(&self, slot: u32) -> Option<&Session> {
+        self.sessions.get(&slot).map(|s| &**s)
+    }
+
+    /// Sessions on this shard.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True when the shard has no TLS connection.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// The shard's plaintext buffer (give it back with [`give_plain`](Self::give_plain)).
+    pub fn take_plain(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.plain)
+    }
+
+    /// Return the plaintext buffer (kept if small).
+    pub fn give_plain(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() <= 2 * MAX_RECORD_PLAINTEXT {
+            buf.clear();
+            self.plain = buf;
+        }
+    }
+
+    /// Decrypt `data` (in place) for `slot`, appending plaintext to `plain`.
+    pub fn receive(
+        &mut self,
+        slot: u32,
+        data: &mut [u8],
+        plain: &mut Vec<u8>,
+    ) -> Result<Received, Failure> {
+        let Some(s) = self.sessions.get_mut(&slot) else {
+            return Ok(Received::default());
+        };
+        s.handle_ciphertext(data, |p| plain.extend_from_slice(p))
+    }
+
+    /// `slot` has TLS output waiting (handshake flight, ticket, alert, close_notify).
+    pub fn wants_transmit(&self, slot: u32) -> bool {
+        self.sessions.get(&slot).is_some_and(|s| s.wants_transmit())
+    }
+
+    /// `slot` can seal application data.
+    pub fn is_open(&self, slot: u32) -> bool {
+        self.sessions.get(&slot).is_some_and(|s| s.is_open())
+    }
+
+    /// `slot` is still in its handshake.
+    pub fn is_handshaking(&self, slot: u32) -> bool {
+        self.sessions.get(&slot).is_some_and(|s| s.is_handshaking())
+    }
+
+    /// Queue `close_notify` on `slot`; true if there is output to transmit before the close.
+    pub fn close(&mut self, slot: u32) -> bool {
+        self.sessions.get_mut(&slot).is_some_and(|s| {
+            s.close();
+            s.wants_transmit()
+        })
+    }
+
+    /// Everything `slot` has to send now: its pending TLS output, then `frames` (queue order, the
+    /// head without its sent part) sealed into records, up to [`MAX_SEAL_PLAINTEXT`].
+    pub fn transmit(&mut self, slot: u32, frames: &[Bytes]) -> Transmit {
+        let Some(s) = self.sessions.get_mut(&slot) else {
+            return Transmit::default();
+        };
+        let plain: usize = if s.is_open() {
+            frames
+                .iter()
+                .map(Bytes::len)
+                .sum::<usize>()
+                .min(MAX_SEAL_PLAINTEXT)
+        } else {
+            0
+        };
+        // Room for every record it can make (plus one rustls may add: key update) and the
+        // pending output.
+        let records = plain.div_ceil(MAX_RECORD_PLAINTEXT) + frames.len().min(4) + 1;
+        let need = s.pending_output() + plain + records * MAX_RECORD_OVERHEAD;
+        if self.arena.capacity() < need {
+            // Reclaims the arena's allocation when every send cut from it completed; else a new
+            // one (the old one is freed when its last send completes).
+            self.arena.reserve(need.max(ARENA_BYTES));
+        }
+        self.arena.resize(need, 0);
+        let mut out = Transmit::default();
+        let sealed = if plain > 0 {
+            s.seal(
+                frames.iter().map(|f| &f[..]),
+                &mut self.arena,
+                &mut self.scratch,
+            )
+        } else {
+            Ok(super::Sealed {
+                written: s.poll_transmit(&mut self.arena),
+                ..Default::default()
+            })
+        };
+        let written = match sealed {
+            Ok(sealed) => {
+                out.plaintext = sealed.plaintext;
+                out.records = sealed.records;
+                sealed.written
+            }
+            Err(f) => {
+                out.failed = Some(f);
+                s.poll_transmit(&mut self.arena)
+            }
+        };
+        self.arena.truncate(written);
+        out.bytes = self.arena.split().freeze();
+        out
+    }
+}
