@@ -25,6 +25,11 @@ struct Raw {
     params: Option<Value>,
     #[serde(default)]
     id: Value,
+    /// Continuity: resume positions of a SUBSCRIBE (docs/CONTINUITY.md, "Resume").
+    #[serde(default)]
+    since: Option<Value>,
+    #[serde(default)]
+    epoch: Option<Value>,
 }
 
 /// What the connection must do to its subscriptions.
@@ -37,6 +42,15 @@ pub trait Subscriptions {
     fn subscribe(&mut self, topic: &str);
     /// Unsubscribe from `topic` (subscribed).
     fn unsubscribe(&mut self, topic: &str);
+    /// Continuity: the connection is sequenced (`seq=1`).
+    fn sequenced(&self) -> bool {
+        false
+    }
+    /// Continuity: subscribe to `topic` resuming after `since` (not yet subscribed).
+    fn subscribe_since(&mut self, topic: &str, since: Option<crate::continuity::Position>) {
+        let _ = since;
+        self.subscribe(topic);
+    }
 }
 
 fn error(code: u32, msg: impl Into<String>, id: &Value) -> String {
@@ -101,9 +115,26 @@ pub fn handle(text: &[u8], subs: &mut impl Subscriptions, max_topics: usize) -> 
                         &id,
                     );
                 }
+                // Continuity: `since`/`epoch` members, checked before anything changes.
+                let mut positions = serde_json::Map::new();
+                for (k, v) in [("since", raw.since), ("epoch", raw.epoch)] {
+                    if let Some(v) = v.filter(|v| !v.is_null()) {
+                        positions.insert(k.to_owned(), v);
+                    }
+                }
+                let positions = Value::Object(positions);
+                let since = match crate::continuity::params::from_subscribe(
+                    &positions,
+                    &list,
+                    subs.sequenced(),
+                ) {
+                    Ok(s) => s,
+                    Err(msg) => return error(INVALID_REQUEST, msg, &id),
+                };
                 for t in &list {
                     if !subs.contains(t) {
-                        subs.subscribe(t);
+                        let at = since.iter().find(|(s, _)| s == t).map(|&(_, p)| p);
+                        subs.subscribe_since(t, at);
                     }
                 }
                 json!({"result": null, "id": id}).to_string()

@@ -47,6 +47,9 @@ pub mod flag {
     pub const DIRTY: u16 = 1;
     /// A send is in flight (between `gather` and `sent`).
     pub const SENDING: u16 = 1 << 1;
+    /// `seq=1`: messages arrive numbered (continuity, `shard/seq.rs`); its topics are in
+    /// `Core::seq_topics`.
+    pub const SEQ: u16 = 1 << 2;
     /// `/stream`: text messages arrive wrapped with their topic.
     pub const STREAM: u16 = 1 << 3;
     /// A publisher holds undecoded input (its publishing was stopped mid-read).

@@ -167,6 +167,19 @@ pub fn timed_out() -> Vec<u8> {
     out
 }
 
+/// A request whose parameters are wrong, with a reason made from them (400).
+pub fn bad_request(reason: &str) -> Decision {
+    let mut out = Vec::new();
+    write_response(
+        &mut out,
+        Status::BadRequest,
+        &[],
+        "text/plain; charset=utf-8",
+        reason.as_bytes(),
+    );
+    Decision::Refuse(Refusal::BadRequest, out)
+}
+
 /// A malformed or over-limit request head.
 pub fn malformed(e: HttpError) -> Decision {
     refuse(Refusal::BadRequest, e)

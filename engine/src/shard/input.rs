@@ -22,6 +22,7 @@ use crate::conn::heartbeat::Liveness;
 use crate::conn::route::Route;
 use crate::conn::state::{flag, Body, Conn, Http, Phase, Role, Rx};
 use crate::conn::upgrade::{self, Decision};
+use crate::continuity::params::{self, Continuity};
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats::{self, Refusal};
 use crate::runtime::driver::{Admit, ConnId, IoRequest};
@@ -152,10 +153,22 @@ impl Core {
                             continue;
                         }
                         Decision::Upgrade(route, response) => {
-                            let leftover = http.buf.split_off(head_len);
-                            let accepted_at = http.accepted_at;
-                            self.st.recycle(http.buf);
-                            return self.upgrade(id, accepted_at, route, response, leftover);
+                            // Continuity: `seq=1`, `since=`, `epoch=` of a subscriber.
+                            match continuity_of(&route, request.query()) {
+                                Ok(cont) => {
+                                    let leftover = http.buf.split_off(head_len);
+                                    let accepted_at = http.accepted_at;
+                                    self.st.recycle(http.buf);
+                                    return self.upgrade(
+                                        id,
+                                        accepted_at,
+                                        (route, cont),
+                                        response,
+                                        leftover,
+                                    );
+                                }
+                                Err(why) => upgrade::bad_request(&why),
+                            }
                         }
                         refuse => refuse,
                     }
@@ -216,7 +229,7 @@ impl Core {
         &mut self,
         id: ConnId,
         accepted_at: std::time::Instant,
-        route: Route,
+        (route, cont): (Route, Continuity),
         response: Vec<u8>,
         mut leftover: Vec<u8>,
     ) {
@@ -235,6 +248,9 @@ impl Core {
         };
         c.phase = Phase::Open;
         c.set(flag::REGISTERED);
+        if cont.sequenced {
+            c.set(flag::SEQ);
+        }
         c.liveness = liveness;
         c.write_progress = now_ms;
         st.registered += 1;
@@ -242,7 +258,7 @@ impl Core {
         let max_topics = st.config.max_topics_per_connection;
         let role = match route {
             Route::Subscribe(t) => {
-                self.subscribe(id.slot, &t);
+                self.subscribe_since(id.slot, &t, cont.since(&t));
                 Role::Subscriber
             }
             Route::Stream(ts) => {
@@ -250,13 +266,13 @@ impl Core {
                     c.set(flag::STREAM);
                 }
                 for t in ts.iter().take(max_topics) {
-                    self.subscribe(id.slot, t);
+                    self.subscribe_since(id.slot, t, cont.since(t));
                 }
                 Role::Subscriber
             }
             Route::Publisher(t) => Role::Publisher(Arc::from(t)),
             Route::Room(t) => {
-                self.subscribe(id.slot, &t);
+                self.subscribe_since(id.slot, &t, cont.since(&t));
                 Role::Publisher(Arc::from(t))
             }
             Route::Echo => Role::Echo,
@@ -421,6 +437,16 @@ impl Core {
     }
 }
 
+/// A subscriber's continuity parameters (`seq=1`, `since=`, `epoch=`); other routes have none.
+fn continuity_of(route: &Route, query: Option<&str>) -> Result<Continuity, String> {
+    let topics = match route {
+        Route::Subscribe(t) | Route::Room(t) => std::slice::from_ref(t),
+        Route::Stream(ts) => ts.as_slice(),
+        _ => return Ok(Continuity::default()),
+    };
+    params::from_query(query, topics)
+}
+
 /// A connection's subscriptions as control messages see them.
 struct SubsOf<'a> {
     core: &'a mut Core,
@@ -448,5 +474,15 @@ impl Subscriptions for SubsOf<'_> {
     }
     fn unsubscribe(&mut self, topic: &str) {
         self.core.unsubscribe(self.slot, topic);
+    }
+    fn sequenced(&self) -> bool {
+        self.core
+            .st
+            .conns
+            .at(self.slot)
+            .is_some_and(|c| c.has(flag::SEQ))
+    }
+    fn subscribe_since(&mut self, topic: &str, since: Option<crate::continuity::Position>) {
+        self.core.subscribe_since(self.slot, topic, since);
     }
 }

@@ -21,6 +21,7 @@ pub mod io;
 pub mod mesh;
 pub mod pause;
 pub mod run;
+pub mod seq;
 pub mod slab;
 pub mod timers;
 
@@ -71,6 +72,9 @@ pub struct Core {
     /// Live topics, each with its policy resolved once when it got its first subscriber. Kept
     /// apart from [`State`] so fan-out can walk a topic's subscribers while it mutates them.
     pub(crate) topics: TopicTable<u32, Policy>,
+    /// Live sequenced subscribers (continuity, `shard/seq.rs`): a `seq=1` connection's
+    /// topics are here, never in `topics`.
+    pub(crate) seq_topics: TopicTable<u32, Policy>,
     pub(crate) st: State,
 }
 
@@ -129,6 +133,11 @@ pub(crate) struct State {
     pub next_tick: u32,
     pub next_sweep: u32,
     pub ticker: Ticker,
+    /// Continuity: this shard's topic logs (as home shard) and pending sequenced
+    /// subscriptions (`shard/seq.rs`).
+    pub desk: crate::continuity::desk::Desk,
+    /// When the shard started (the desk's non-wrapping clock).
+    pub started: Instant,
 }
 
 impl Core {
@@ -166,8 +175,15 @@ impl Core {
         );
         let clock = ShardClock::new(now);
         let sweep = hb.sweep_period().as_millis() as u32;
+        let desk = seq::desk(
+            id,
+            &config,
+            governor.budget,
+            crate::continuity::epoch::process_seed(),
+        );
         Core {
             topics: TopicTable::default(),
+            seq_topics: TopicTable::default(),
             st: State {
                 id,
                 policies: config.policies(),
@@ -205,6 +221,8 @@ impl Core {
                 next_tick: crate::obs::tick::TICK.as_millis() as u32,
                 next_sweep: sweep,
                 ticker,
+                desk,
+                started: now,
             },
         }
     }
@@ -280,9 +298,10 @@ impl State {
         self.ledger.publish(self.stats(), self.link.mesh_bytes());
     }
 
-    /// Bytes charged to this shard's budget: its queued frames plus its mesh backlog.
+    /// Bytes charged to this shard's budget: its queued frames, its mesh backlog and the
+    /// history it keeps as home shard (continuity).
     pub fn charged(&self) -> usize {
-        self.ledger.retained() + self.link.mesh_bytes()
+        self.ledger.retained() + self.link.mesh_bytes() + self.history_bytes()
     }
 
     /// An empty request buffer from the pool (or a new one).

@@ -697,7 +697,10 @@ fn bridge_gets_interest_transitions_and_local_publishes_only() {
             out.push(match i {
                 MeshItem::Interest { topic, shard, on } => format!("{shard}:{topic}:{on}"),
                 MeshItem::Publish(e) => format!("pub:{}", e.topic),
+                // Continuity: local publishes reach the bridge from their topic's home shard.
+                MeshItem::Numbered(b) => format!("pub:{}", b.0.topic),
                 MeshItem::Pause(t) | MeshItem::Resume(t) => format!("pause:{t}"),
+                other => format!("other:{other:?}"),
             })
         });
         out
@@ -730,21 +733,28 @@ fn bridge_gets_interest_transitions_and_local_publishes_only() {
 #[test]
 fn forwards_to_a_stuck_bridge_are_bounded_and_counted() {
     let (mut cs, mut bridge) = bridged(2, 4, &["--ring-capacity", "4"], Instant::now());
-    let c = sub(&mut cs[1], &["t"]);
-    cs[1].flush_mesh();
+    // Local publishes reach the bridge from the topic's home shard (continuity numbers them
+    // there): publish on it, subscribe on the other.
+    let h = crate::continuity::home_shard("t", 2);
+    let c = sub(&mut cs[1 - h], &["t"]);
+    cs[1 - h].flush_mesh();
     let mut notices = 0;
     bridge.try_drain(|_| notices += 1);
     assert_eq!(notices, 1, "shard 1's interest in t");
     for i in 0..20u8 {
-        cs[0].publish(&Arc::from("t"), MessageKind::Binary, &[i]);
+        cs[h].publish(&Arc::from("t"), MessageKind::Binary, &[i]);
         pump(&mut cs);
     }
-    assert_eq!(frames(&cs[1], c).len(), 20, "the other shard lost nothing");
-    assert_eq!(stats::get(&cs[0].stats().bridge_dropped), 12);
+    assert_eq!(
+        frames(&cs[1 - h], c).len(),
+        20,
+        "the other shard lost nothing"
+    );
+    assert_eq!(stats::get(&cs[h].stats().bridge_dropped), 12);
     let mut forwarded = 0;
-    cs[0].flush_mesh();
+    cs[h].flush_mesh();
     bridge.try_drain(|_| forwarded += 1);
-    cs[0].flush_mesh();
+    cs[h].flush_mesh();
     bridge.try_drain(|_| forwarded += 1);
     assert_eq!(forwarded, 8, "ring (4) + overflow (4)");
 }
