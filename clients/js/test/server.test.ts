@@ -3,56 +3,12 @@
 // a bounded reconnect storm after a restart spread over the configured window.
 import test from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { createInterface } from "node:readline";
 import net from "node:net";
 import { WebSocket } from "ws";
 import { ShardcastClient } from "../src/shardcast.js";
+import { post, start, stop, until } from "./real.js";
 
 const BIN = process.env.SHARDCAST_BIN;
-
-interface Server {
-  proc: ChildProcess;
-  addr: string;
-}
-
-/** Start the server; resolves once it prints its address. */
-async function start(args: string[], listen = "127.0.0.1:0"): Promise<Server> {
-  const proc = spawn(BIN!, ["--listen", listen, "--admin-listen", "off", "--shards", "2", "--log", "warn", ...args], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const line = await new Promise<string>((resolve, reject) => {
-    const rl = createInterface({ input: proc.stdout! });
-    rl.once("line", resolve);
-    proc.once("exit", (c) => reject(new Error(`shardcast exited with ${c}`)));
-  });
-  const addr = line.replace(/^shardcast listening on /, "").split(" ")[0]!;
-  return { proc, addr };
-}
-
-async function stop(s: Server): Promise<void> {
-  if (s.proc.exitCode !== null) return;
-  const exited = new Promise((r) => s.proc.once("exit", r));
-  s.proc.kill("SIGTERM");
-  await exited;
-}
-
-async function post(s: Server, topic: string, body: string): Promise<void> {
-  const r = await fetch(`http://${s.addr}/publish/${topic}`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body,
-  });
-  assert.equal(r.status, 204);
-}
-
-async function until(pred: () => boolean, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error("timed out");
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 /** A loopback TCP proxy whose connections the test can cut (a network failure: no close frame). */
 function proxy(target: string): Promise<{ url: string; cut: () => void; close: () => void }> {
@@ -139,6 +95,7 @@ test("real server: 200 clients after a restart reconnect spread over the window"
     // Spread: no 10% slice of the window holds more than a third of the fleet.
     const slices = new Array(10).fill(0);
     for (const t of opens) slices[Math.min(9, Math.floor((t / WINDOW) * 10))]++;
+    console.log(`# storm: reconnects per ${WINDOW / 10} ms after the restart: ${slices.join(" ")}`);
     assert.ok(Math.max(...slices) <= N / 3, `reconnects per ${WINDOW / 10} ms: ${slices}`);
     assert.ok(slices.filter((x) => x > 0).length >= 5, `reconnects per ${WINDOW / 10} ms: ${slices}`);
   } finally {
