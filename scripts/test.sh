@@ -31,7 +31,6 @@ fi
 step "clients/js: npm ci, tsc, node --test"
 scripts/test-js.sh
 
-
 # engine/tests/nats.rs starts a real nats-server; without one those tests fail (they never skip).
 if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
