@@ -249,12 +249,24 @@ fn subscribe_messages_resume_too_and_parameters_are_checked() {
 #[test]
 fn a_sequenced_client_evicted_mid_stream_resumes_without_loss() {
     // A small high-water mark: the client that stops reading is evicted (1013), then resumes.
-    let server = Server::start(&[
+    evicted_then_resumed(&[]);
+}
+
+#[test]
+fn a_conflating_topic_evicts_a_sequenced_client_instead_of_dropping_messages() {
+    // `conflate` would discard queued messages: a sequenced client is evicted and resumes.
+    evicted_then_resumed(&["--topic-policy", "e=conflate"]);
+}
+
+fn evicted_then_resumed(extra: &[&str]) {
+    let mut args = vec![
         "--high-water-bytes",
         "64KiB",
         "--topic-history",
         "e=messages=20000,bytes=16MiB",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
     let addr = server.addr;
     let mut tcp = small_rcvbuf_connect(addr);
     let head = upgrade_raw(&mut tcp, "/ws/e?seq=1");

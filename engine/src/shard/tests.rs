@@ -1083,3 +1083,31 @@ fn continuity_items_fit_a_ring_slot() {
         std::mem::size_of::<MeshItem>()
     );
 }
+
+/// Continuity: history is charged to the shard's budget and, under memory pressure, halved
+/// before any connection is evicted (history is a cache).
+#[test]
+fn history_is_halved_before_any_connection_is_evicted() {
+    let mut c = core(&[
+        "--memory-limit",
+        "10MiB",
+        "--queue-ceiling-pct",
+        "10",
+        "--topic-history",
+        "h=messages=100000,bytes=1MiB",
+    ]);
+    let id = sub(&mut c, &["x"]);
+    c.publish(&Arc::from("x"), MessageKind::Binary, &[0; 1000]);
+    for _ in 0..5000 {
+        c.publish(&Arc::from("h"), MessageKind::Binary, &[7; 100]);
+    }
+    let held = c.st.history_bytes();
+    assert!(held > 0 && held <= c.st.desk.logs.budget(), "{held}");
+    assert!(c.st.charged() >= held + 1000);
+    // Room that exists only if history gives up at least half of what it holds.
+    let room = c.st.governor.budget - c.st.charged() + held / 2;
+    assert!(c.st.make_room(room));
+    assert!(c.st.history_bytes() <= held / 2 + held / 8, "{held}");
+    assert!(!is_evicted(&c, id), "nobody evicted for history");
+    assert_eq!(frames(&c, id).len(), 1, "its frame is still queued");
+}
