@@ -768,7 +768,14 @@ fn sequence_numbers_travel_with_messages_and_resume_on_another_host() {
         }
     }
     // B's client is cut off after `cut`; it resumes on B with A's epoch and gets the rest from
-    // B's history, exactly once.
+    // B's history, exactly once. A second subscriber on B holds B's interest in the topic
+    // meanwhile (with none, B's bridge would unsubscribe the subject, and what NATS has not
+    // yet delivered to B would be lost to B: at most once), and shows that B has everything.
+    let (mut keeper, _) = b.ws(&format!("/ws/x?seq=1&since=x:{cut}&epoch={epoch_a}"));
+    assert_eq!(notice(&mut keeper, "x"), (epoch_a.clone(), cut, None));
+    for want in cut + 1..=head {
+        assert_eq!(data(&mut keeper, "x").0, want);
+    }
     drop(sb);
     let (mut sb, _) = b.ws(&format!("/ws/x?seq=1&since=x:{cut}&epoch={epoch_a}"));
     assert_eq!(notice(&mut sb, "x"), (epoch_a.clone(), cut, None));

@@ -174,6 +174,18 @@ impl Desk {
             .any(|p| p.slot == slot && &*p.topic == topic)
     }
 
+    /// Topics of connection `slot`'s pending subscriptions, in the order they started.
+    pub fn pending_topics(&self, slot: u32) -> Vec<String> {
+        let mut mine: Vec<(u64, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.slot == slot)
+            .map(|(&t, p)| (t, p.topic.to_string()))
+            .collect();
+        mine.sort_unstable();
+        mine.into_iter().map(|(_, t)| t).collect()
+    }
+
     /// The pending subscription `ticket`, to apply an answer to.
     pub fn pending_mut(&mut self, ticket: u64) -> Option<&mut Pending> {
         self.pending.get_mut(&ticket)
@@ -284,6 +296,7 @@ mod tests {
         let ask = d.start(5, 1, Arc::from("a"), None);
         assert!(ask.first && ask.after.is_none());
         assert!(d.is_pending(5, "a") && !d.is_pending(6, "a"));
+        assert_eq!(d.pending_topics(5), vec!["a".to_owned()]);
         assert_eq!(d.tickets_of(5, None), vec![ask.ticket]);
         d.wait_drain(ask.ticket);
         // Not draining in the resume's own state (no chunk was taken): no ask comes out, and

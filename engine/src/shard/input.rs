@@ -455,12 +455,16 @@ struct SubsOf<'a> {
 
 impl Subscriptions for SubsOf<'_> {
     fn list(&self) -> Vec<String> {
-        self.core
+        let mut list: Vec<String> = self
+            .core
             .st
             .conns
             .at(self.slot)
             .map(|c| c.subs.names().iter().map(|t| t.to_string()).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // Continuity: sequenced subscriptions still replaying count as subscribed.
+        list.extend(self.core.st.desk.pending_topics(self.slot));
+        list
     }
     fn contains(&self, topic: &str) -> bool {
         self.core
@@ -468,6 +472,7 @@ impl Subscriptions for SubsOf<'_> {
             .conns
             .at(self.slot)
             .is_some_and(|c| c.subs.contains(topic))
+            || self.core.st.desk.is_pending(self.slot, topic)
     }
     fn subscribe(&mut self, topic: &str) {
         self.core.subscribe(self.slot, topic);
