@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and tests the JavaScript client (clients/js): `npm ci` from the committed lock file,
 # `tsc`, then `node --test` on the built output (unit tests on a virtual clock, the reconnect
-# storm simulation, and real-socket tests against a loopback `ws` server).
+# storm simulation, real-socket tests against a loopback `ws` server, and tests against the
+# real shardcast binary, built here: SHARDCAST_BIN).
 #   scripts/test-js.sh
 set -euo pipefail
 cd "$(dirname "$0")/../clients/js"
@@ -18,6 +19,13 @@ if [ "$major" -lt "$need" ]; then
     echo "error: clients/js needs Node.js >= $need (found: $(node --version 2>/dev/null || echo none))" >&2
     exit 1
 fi
+
+# The real-server tests (test/server.test.ts) run the debug build.
+if [ -z "${SHARDCAST_BIN:-}" ]; then
+    (cd ../.. && cargo build -p shardcast)
+    SHARDCAST_BIN="$(cd ../.. && pwd)/target/debug/shardcast"
+fi
+export SHARDCAST_BIN
 
 npm ci --no-audit --no-fund
 npm test

@@ -28,15 +28,16 @@ scripts/check-links.py
 step "repository: raw benchmark output stays out of git"
 scripts/check-bench-output.sh
 
-step "clients/js: npm ci, tsc, node --test"
-scripts/test-js.sh
-
-# engine/tests/dashboard.rs and browser.rs use a real headless Chromium; install it when we can.
+# engine/tests/dashboard.rs, browser.rs and clients/js/test/browser.test.ts run a real headless
+# Chromium; install it when we can (before the client's tests).
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     step "installing chromium for the dashboard test"
     apt-get install -y chromium || { apt-get update && apt-get install -y chromium; } \
-        || echo "warning: chromium could not be installed; the dashboard browser test will SKIP"
+        || echo "warning: chromium could not be installed; the browser tests will SKIP"
 fi
+
+step "clients/js: npm ci, tsc, node --test"
+scripts/test-js.sh
 
 # engine/tests/nats.rs starts a real nats-server; without one those tests fail (they never skip).
 if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then

@@ -57,6 +57,9 @@ pub struct FanoutArgs {
     /// the publisher on another joined to it through NATS (cross-host fan-out).
     #[arg(long)]
     pub(crate) publish_url: Option<String>,
+    /// Subscribe with `seq=1` (continuity: numbered messages; the binary prefix is skipped).
+    #[arg(long)]
+    pub(crate) seq: bool,
 }
 
 /// A finished fan-out run: the JSON result and whether the run itself failed.
@@ -196,7 +199,10 @@ async fn worker(
     let (target, pub_target) = targets;
     let c = &args.common;
     let deadline = Instant::now() + Duration::from_secs_f64(c.timeout);
-    let path = format!("/ws/{}", c.topic);
+    let path = match args.seq {
+        true => format!("/ws/{}?seq=1", c.topic),
+        false => format!("/ws/{}", c.topic),
+    };
     let conns = common::connect_share(
         &target,
         c,
@@ -218,7 +224,13 @@ async fn worker(
         let raw = conn.stream.as_raw_fd();
         fds.push(process::dup_socket(raw).map_err(|_| raw));
         shards.push(conn.shard);
-        tasks.push(monoio::spawn(receive(conn, sh.clone(), hist.clone())));
+        let prefix = args.seq.then_some(10 + c.topic.len());
+        tasks.push(monoio::spawn(receive(
+            conn,
+            sh.clone(),
+            hist.clone(),
+            prefix,
+        )));
     }
     let publisher = (w == 0).then(|| {
         let (args, sh) = (args.clone(), sh.clone());
@@ -249,7 +261,13 @@ async fn worker(
     }
 }
 
-async fn receive(conn: WsConn, sh: Arc<Shared>, hist: Rc<RefCell<Histogram<u64>>>) -> SubStats {
+/// `seq_prefix`: the binary prefix of a sequenced subscriber (`--seq`), skipped.
+async fn receive(
+    conn: WsConn,
+    sh: Arc<Shared>,
+    hist: Rc<RefCell<Histogram<u64>>>,
+    seq_prefix: Option<usize>,
+) -> SubStats {
     let WsConn {
         mut stream,
         leftover,
@@ -257,6 +275,7 @@ async fn receive(conn: WsConn, sh: Arc<Shared>, hist: Rc<RefCell<Histogram<u64>>
     } = conn;
     let mut st = SubStats::default();
     let mut scanner = Scanner::default();
+    scanner.seq_prefix = seq_prefix;
     st.end = recv::receive(&mut stream, leftover, &mut scanner, &sh.stop, |sc, buf| {
         let now = clock::now_ns();
         let mut h = hist.borrow_mut();

@@ -55,6 +55,9 @@ pub struct Scanner {
     pub pongs: BytesMut,
     /// Pings answered.
     pub pings: u64,
+    /// Sequenced subscribers (`seq=1`, continuity): binary messages carry this many prefix
+    /// bytes before the payload (`10 + topic length`), and text messages are notices (skipped).
+    pub seq_prefix: Option<usize>,
 }
 
 impl Scanner {
@@ -77,12 +80,15 @@ impl Scanner {
                 Err(e) => return Err(End::Protocol(e.reason)),
             };
             let body = pos + h.header_len;
+            let prefix = self.seq_prefix.unwrap_or(0);
             match h.opcode {
-                OpCode::Text | OpCode::Binary if h.payload_len >= STAMP_LEN as u64 => {
-                    if buf.len() < body + STAMP_LEN {
+                OpCode::Text if self.seq_prefix.is_some() => {}
+                OpCode::Text | OpCode::Binary if h.payload_len >= (prefix + STAMP_LEN) as u64 => {
+                    let at = body + prefix;
+                    if buf.len() < at + STAMP_LEN {
                         return Ok(pos);
                     }
-                    on(Stamp::read(&buf[body..body + STAMP_LEN]));
+                    on(Stamp::read(&buf[at..at + STAMP_LEN]));
                 }
                 OpCode::Text | OpCode::Binary => self.short += 1,
                 OpCode::Close => {
@@ -185,6 +191,23 @@ mod tests {
         });
         let d = dec.decode(&mut pong);
         assert_eq!(d.result, Ok(Some(shardcast_proto::Event::Pong(&b"hb"[..]))));
+    }
+
+    #[test]
+    fn sequenced_streams_skip_notices_and_the_binary_prefix() {
+        let mut p = vec![1, 0, 0, 0, 0, 0, 0, 0, 9, 1, b't'];
+        let mut stamp = vec![0u8; 16];
+        Stamp { sent_ns: 7, seq: 9 }.write(&mut stamp);
+        p.extend(stamp);
+        let mut wire = frame(1, br#"{"stream":"t","epoch":"0000000000000001","seq":0}"#);
+        wire.extend(frame(2, &p));
+        let mut sc = Scanner {
+            seq_prefix: Some(11),
+            ..Scanner::default()
+        };
+        let mut seen = Vec::new();
+        assert_eq!(sc.scan(&wire, |s| seen.push(s.seq)), Ok(wire.len()));
+        assert_eq!(seen, vec![9]);
     }
 
     #[test]

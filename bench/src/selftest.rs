@@ -131,6 +131,7 @@ fn run_fanout(url: String, subscribers: usize, topic: &str) -> serde_json::Value
         settle_ms: 100,
         percentiles: None,
         publish_url: None,
+        seq: false,
     };
     fanout::measure(args).unwrap().result
 }

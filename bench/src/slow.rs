@@ -216,6 +216,7 @@ pub fn measure(args: &SlowArgs) -> Result<(Value, Option<String>), String> {
         settle_ms: args.settle_ms,
         percentiles: args.percentiles.clone(),
         publish_url: None,
+        seq: false,
     };
     let measured = fanout::measure(fan);
     stop.store(true, Ordering::Release);

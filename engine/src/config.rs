@@ -335,6 +335,9 @@ pub struct Config {
     /// Per-topic compression on/off, first matching pattern wins, unmatched topics on (tables
     /// last, like `topic_policy`).
     pub compression_topic: Vec<TopicRule>,
+    /// Continuity: history bounds per topic pattern, first match wins (validated
+    /// `continuity::history::HistoryRule`s); topics no rule matches keep the default.
+    pub topic_history: Vec<String>,
 }
 
 /// One configuration layer: every option optional. Parsed from the CLI (+ env by clap) and
@@ -461,6 +464,9 @@ pub struct Overrides {
     /// Per-topic policy, repeatable, first match wins: 'PATTERN=POLICY[,high_water_bytes=N][,low_water_bytes=N][,keep=N]' with globs (* ?); env: ';'-separated; TOML: [[topic_policy]] tables with the same keys plus pattern and policy [default: none]
     #[arg(long, env = "SHARDCAST_TOPIC_POLICY", value_delimiter = ';')]
     pub topic_policy: Option<Vec<TopicPolicySpec>>,
+    /// Continuity: history kept per topic pattern for resume (seq=1), repeatable, first match wins: 'PATTERN=off' or 'PATTERN=messages=N[,bytes=SIZE][,age_ms=MS]' with globs (* ?); env: ';'-separated [default: every topic keeps its last 64 messages, 64 KiB, 60 s]
+    #[arg(long, env = "SHARDCAST_TOPIC_HISTORY", value_delimiter = ';')]
+    pub topic_history: Option<Vec<String>>,
     /// Memory limit the queue ceiling is a share of; suffixes K/M/G/KiB/MiB/GiB [default: cgroup v2 memory.max, else MemTotal]
     #[arg(long, env = "SHARDCAST_MEMORY_LIMIT")]
     pub memory_limit: Option<ByteSize>,
@@ -629,6 +635,7 @@ impl Overrides {
             send_buffer_bytes: self.send_buffer_bytes.or(lower.send_buffer_bytes),
             low_water_bytes: self.low_water_bytes.or(lower.low_water_bytes),
             topic_policy: self.topic_policy.or(lower.topic_policy),
+            topic_history: self.topic_history.or(lower.topic_history),
             memory_limit: self.memory_limit.or(lower.memory_limit),
             memory_limit_source: self.memory_limit_source.or(lower.memory_limit_source),
             max_connections_source: self.max_connections_source.or(lower.max_connections_source),
@@ -712,6 +719,11 @@ impl Overrides {
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
+        let topic_history = self.topic_history.unwrap_or_default();
+        for rule in &topic_history {
+            rule.parse::<crate::continuity::history::HistoryRule>()
+                .map_err(|e| ConfigError::Policy(format!("topic_history: {e}")))?;
+        }
         let (memory_limit, source) = match self.memory_limit {
             Some(b) => (b.0, "config"),
             None => crate::ops::host::memory_limit_or_default(),
@@ -811,6 +823,7 @@ impl Overrides {
             tls_session_tickets: self.tls_session_tickets.unwrap_or(Tickets::On),
             topic_policy,
             compression_topic: self.compression_topic.unwrap_or_default(),
+            topic_history,
         };
         if config.histogram_log_interval_ms == 0 {
             return Err(ConfigError::Invalid(
@@ -937,6 +950,19 @@ impl Config {
             level: self.compression_level,
             rules: self.compression_topic.clone(),
         }
+    }
+
+    /// Continuity: the `topic_history` rules (validated when the configuration was built).
+    pub fn history_rules(&self) -> Vec<crate::continuity::history::HistoryRule> {
+        self.topic_history
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .collect()
+    }
+
+    /// Continuity: history bounds of topics no `topic_history` rule matches.
+    pub fn default_history(&self) -> crate::continuity::history::Limits {
+        crate::continuity::history::Limits::DEFAULT
     }
 
     /// Process-wide ceiling on bytes retained by queued frames.

@@ -816,3 +816,84 @@ fn messages_from_nats_are_compressed_once_by_the_bridge() {
     assert_eq!(s["totals"]["compression"]["compressed_messages"], 0);
     assert_eq!(s["totals"]["compression"]["compressed_deliveries"], 10);
 }
+
+/// Continuity across hosts (docs/CONTINUITY.md, "Guarantees per topology"): a topic published
+/// on one host keeps that host's numbers on every host (the `Shardcast-Epoch`/`Shardcast-Seq`
+/// headers), so a client resumes on another host with nothing lost and nothing duplicated.
+#[test]
+fn sequence_numbers_travel_with_messages_and_resume_on_another_host() {
+    let nats = Nats::start();
+    let history = ["--topic-history", "x=messages=5000"];
+    let a = host(&nats, &history);
+    let b = host(&nats, &history);
+    let (mut sa, _) = a.ws("/ws/x?seq=1");
+    let (epoch_a, _, _) = notice(&mut sa, "x");
+    // A sequenced subscriber alone makes B's bridge subscribe the subject.
+    let (mut sb, _) = b.ws("/ws/x?seq=1");
+    notice(&mut sb, "x");
+    // Probe until B receives A's messages; B then adopts A's numbering (an `epoch` resync
+    // notice, once, before the first adopted message).
+    let mut probes = 0u64;
+    let first = loop {
+        assert!(probes < 500, "no cross-host delivery");
+        probes += 1;
+        assert_eq!(a.post("x", "application/json", b"\"probe\"", ""), 204);
+        assert_eq!(data(&mut sa, "x").0, probes);
+        ws_timeout(&mut sb, Duration::from_millis(50));
+        match sb.read() {
+            Ok(Message::Text(t)) => break t.to_string(),
+            Ok(m) => panic!("unexpected {m:?}"),
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    };
+    ws_timeout(&mut sb, TIMEOUT);
+    let v: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(v["epoch"], epoch_a.as_str(), "B adopts A's epoch: {v}");
+    assert_eq!(v["resync"], "epoch", "{v}");
+    let adopted = v["seq"].as_u64().unwrap() + 1;
+    // Drain B up to the last probe: A's numbers.
+    for want in adopted..=probes {
+        assert_eq!(data(&mut sb, "x").0, want);
+    }
+    // 300 more messages from A: the same numbers on both hosts.
+    for i in 1..=300u64 {
+        assert_eq!(
+            a.post("x", "application/json", i.to_string().as_bytes(), ""),
+            204
+        );
+    }
+    let head = probes + 300;
+    let mut cut = 0;
+    for want in probes + 1..=head {
+        assert_eq!(data(&mut sa, "x").0, want);
+        if want < probes + 100 {
+            assert_eq!(data(&mut sb, "x"), (want, serde_json::json!(want - probes)));
+            cut = want;
+        }
+    }
+    // B's client is cut off after `cut`; it resumes on B with A's epoch and gets the rest from
+    // B's history, exactly once. A second subscriber on B holds B's interest in the topic
+    // meanwhile (with none, B's bridge would unsubscribe the subject, and what NATS has not
+    // yet delivered to B would be lost to B: at most once), and shows that B has everything.
+    let (mut keeper, _) = b.ws(&format!("/ws/x?seq=1&since=x:{cut}&epoch={epoch_a}"));
+    assert_eq!(notice(&mut keeper, "x"), (epoch_a.clone(), cut, None));
+    for want in cut + 1..=head {
+        assert_eq!(data(&mut keeper, "x").0, want);
+    }
+    drop(sb);
+    let (mut sb, _) = b.ws(&format!("/ws/x?seq=1&since=x:{cut}&epoch={epoch_a}"));
+    assert_eq!(notice(&mut sb, "x"), (epoch_a.clone(), cut, None));
+    for want in cut + 1..=head {
+        assert_eq!(data(&mut sb, "x"), (want, serde_json::json!(want - probes)));
+    }
+    // And a client of A resumes on B from A's numbers too.
+    let (mut sc, _) = b.ws(&format!("/ws/x?seq=1&since=x:{}&epoch={epoch_a}", head - 5));
+    assert_eq!(notice(&mut sc, "x"), (epoch_a, head - 5, None));
+    assert_eq!(data(&mut sc, "x").0, head - 4);
+}
+
+fn ws_timeout(ws: &mut Ws, t: Duration) {
+    ws.get_mut().set_read_timeout(Some(t)).unwrap();
+}

@@ -26,6 +26,7 @@ use super::stats::{BridgeStats, LinkState};
 use super::subject::{self, Inbound};
 use crate::config::Config;
 use crate::deflate::ShardDeflate;
+use crate::continuity::Position;
 use crate::mesh::{Envelope, MeshItem, MeshLink};
 use crate::obs::stats::{add, get, monotonic_ms, ShardStats};
 use crate::runtime::shutdown::Shutdown;
@@ -133,6 +134,8 @@ struct Outbound {
     topic: Arc<str>,
     kind: MessageKind,
     payload: Bytes,
+    /// Continuity: its number on this host (the `Shardcast-Epoch`/`Shardcast-Seq` headers).
+    numbering: Option<Position>,
 }
 
 /// The bridge's handle on one topic's subscription: the topic stream polls it, the bridge
@@ -185,6 +188,8 @@ impl Stream for TopicStream {
 struct Pending {
     env: Envelope,
     stalled: bool,
+    /// Continuity: the numbering its headers carried.
+    numbering: Option<Position>,
 }
 
 /// The bridge loop's state (the futures of one `select!` turn borrow disjoint fields).
@@ -364,6 +369,11 @@ async fn forward(
             let mut headers = HeaderMap::new();
             headers.insert(subject::ORIGIN_HEADER, origin.as_str());
             headers.insert(subject::KIND_HEADER, subject::kind_name(m.kind));
+            if let Some(at) = m.numbering {
+                let epoch = at.epoch.to_string();
+                headers.insert(subject::EPOCH_HEADER, epoch.as_str());
+                headers.insert(subject::SEQ_HEADER, at.seq.to_string().as_str());
+            }
             let subject = subject::subject(&prefix, &m.topic);
             match client
                 .publish_with_headers(subject, headers, m.payload)
@@ -397,6 +407,17 @@ impl State {
                     let n = self.deflate.topics() as u64;
                     self.stats.compression.topics.store(n, Relaxed);
                 }
+                // Continuity: the home shard forwards local publishes with their number.
+                MeshItem::Numbered(b) => {
+                    let (env, at) = *b;
+                    self.outbound_numbered(env, Some(at));
+                }
+                // Continuity items between shards.
+                MeshItem::Sequenced(_)
+                | MeshItem::SeqInterest { .. }
+                | MeshItem::Ask { .. }
+                | MeshItem::Answer(_)
+                | MeshItem::Remote(_) => {}
             }
         }
         self.batch = items;
@@ -404,6 +425,11 @@ impl State {
 
     /// A local publish: queue it for NATS, or count it when the queue is full.
     fn outbound(&mut self, env: Envelope) {
+        self.outbound_numbered(env, None);
+    }
+
+    /// [`outbound`](Self::outbound) with the number the home shard gave it (continuity).
+    fn outbound_numbered(&mut self, env: Envelope, numbering: Option<Position>) {
         // Our own frames: a valid server frame header, then the payload (no copy: a slice).
         let Ok(Some(h)) = parse_header(&env.frame, Role::Client) else {
             return;
@@ -422,6 +448,7 @@ impl State {
             topic: env.topic,
             kind,
             payload,
+            numbering,
         };
         if self.out_tx.send(m).is_ok() {
             self.out_bytes.set(used + cost);
@@ -514,9 +541,12 @@ impl State {
         env.deflated =
             self.deflate
                 .compress(&env.topic, kind, &env.frame, env.stream_frame.as_ref(), z);
+        let numbering =
+            subject::numbering(header(subject::EPOCH_HEADER), header(subject::SEQ_HEADER));
         self.pending = Some(Pending {
             env,
             stalled: false,
+            numbering,
         });
         self.deliver_pending();
     }
@@ -525,9 +555,16 @@ impl State {
     /// otherwise keep it (pulling stops until it is delivered).
     fn deliver_pending(&mut self) {
         let Some(p) = &mut self.pending else { return };
+        // Continuity: every message also goes to its topic's home shard, which numbers it
+        // (`MeshItem::Remote`); interest above the shard count is a home shard's interest
+        // for its sequenced subscribers elsewhere (not a destination).
+        let n = self.shard_stats.len();
+        let home = crate::continuity::home_shard(&p.env.topic, n);
         let shards = self.interest.shards(&p.env.topic);
         let blocked = shards
             .iter()
+            .filter(|&&s| s < n)
+            .chain(std::iter::once(&home))
             .any(|&s| !self.link.has_room(s) || overloaded(&self.shard_stats[s]));
         if blocked {
             if !std::mem::replace(&mut p.stalled, true) {
@@ -542,8 +579,16 @@ impl State {
             return;
         }
         // One record for every copy: the frame is one allocation, charged once.
+        let plain: Vec<usize> = shards
+            .iter()
+            .copied()
+            .filter(|&s| s < n && s != home)
+            .collect();
+        if !plain.is_empty() {
+            self.link.broadcast(plain, MeshItem::Publish(p.env.clone()));
+        }
         self.link
-            .broadcast(shards.iter().copied(), MeshItem::Publish(p.env));
+            .send(home, MeshItem::Remote(Box::new((p.env, p.numbering))));
         self.link.flush();
         add(&self.stats.messages_in, 1);
     }

@@ -19,6 +19,21 @@ pub const ORIGIN_HEADER: &str = "Shardcast-Origin";
 /// the hop (NATS payloads are plain bytes).
 pub const KIND_HEADER: &str = "Shardcast-Kind";
 
+/// Header with the epoch of a message's number on its origin host (continuity: 16 hex digits).
+pub const EPOCH_HEADER: &str = "Shardcast-Epoch";
+
+/// Header with a message's number on its origin host (continuity: decimal).
+pub const SEQ_HEADER: &str = "Shardcast-Seq";
+
+/// The numbering a message's headers carry, if both are present and valid.
+pub fn numbering(epoch: Option<&str>, seq: Option<&str>) -> Option<crate::continuity::Position> {
+    let epoch = crate::continuity::Epoch::parse(epoch?).ok()?;
+    let seq = seq?.parse::<u64>().ok()?;
+    (1..=crate::continuity::MAX_SEQ)
+        .contains(&seq)
+        .then_some(crate::continuity::Position { epoch, seq })
+}
+
 /// [`KIND_HEADER`] value of a text message.
 pub const TEXT: &str = "text";
 

@@ -80,6 +80,15 @@ pub trait Subscriptions {
     fn combined(&self) -> bool;
     /// Set the `combined` property.
     fn set_combined(&mut self, on: bool);
+    /// Continuity: the connection is sequenced (`seq=1`).
+    fn sequenced(&self) -> bool {
+        false
+    }
+    /// Continuity: subscribe to `topic` resuming after `since` (not yet subscribed).
+    fn subscribe_since(&mut self, topic: &str, since: Option<crate::continuity::Position>) {
+        let _ = since;
+        self.subscribe(topic);
+    }
 }
 
 /// The reply to one control message.
@@ -166,7 +175,7 @@ pub fn handle(text: &[u8], subs: &mut impl Subscriptions, max_topics: usize) -> 
         }
     };
     match method {
-        Method::SUBSCRIBE => subscribe(params, subs, max_topics, &echo),
+        Method::SUBSCRIBE => subscribe(&value, params, subs, max_topics, &echo),
         Method::UNSUBSCRIBE => match streams(params, &echo) {
             Err(reply) => reply,
             Ok(list) => {
@@ -251,7 +260,9 @@ fn streams<'a>(params: &'a [Value], id: &Value) -> Result<Vec<&'a str>, Reply> {
     Ok(out)
 }
 
+/// SUBSCRIBE: `msg` is the whole request (continuity reads its `since`/`epoch` members).
 fn subscribe(
+    msg: &Value,
     params: &[Value],
     subs: &mut impl Subscriptions,
     max_topics: usize,
@@ -282,9 +293,15 @@ fn subscribe(
             id,
         );
     }
+    // Continuity: `since`/`epoch` members, checked before anything changes.
+    let since = match crate::continuity::params::from_subscribe(msg, &list, subs.sequenced()) {
+        Ok(s) => s,
+        Err(why) => return error(INVALID_REQUEST, &format!("Invalid request: {why}"), id),
+    };
     for t in list {
         if !subs.contains(t) {
-            subs.subscribe(t);
+            let at = since.iter().find(|(s, _)| s == t).map(|&(_, p)| p);
+            subs.subscribe_since(t, at);
         }
     }
     result("null", id)

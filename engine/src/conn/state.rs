@@ -71,6 +71,9 @@ pub mod flag {
     /// Access (issue 14): may subscribe in-band to anything (a trusted peer or the static
     /// token), so no grants are kept.
     pub const ALL_GRANTS: u16 = 1 << 12;
+    /// `seq=1`: messages arrive numbered (continuity, `shard/seq.rs`); its topics are in
+    /// `Core::seq_topics`.
+    pub const SEQ: u16 = 1 << 13;
 }
 
 /// The topics a connection is subscribed to, each with its position in the topic's subscriber

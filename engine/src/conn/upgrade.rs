@@ -239,6 +239,19 @@ pub fn timed_out() -> Vec<u8> {
     rejection(HttpError::new(Status::RequestTimeout, "handshake timeout"))
 }
 
+/// A request whose parameters are wrong, with a reason made from them (400).
+pub fn bad_request(reason: &str) -> Decision {
+    let mut out = Vec::new();
+    write_response(
+        &mut out,
+        Status::BadRequest,
+        &[],
+        "text/plain; charset=utf-8",
+        reason.as_bytes(),
+    );
+    Decision::Refuse(Refusal::BadRequest, out)
+}
+
 /// A malformed or over-limit request head.
 pub fn malformed(e: HttpError) -> Decision {
     refuse(refusal_of(e.status), e)

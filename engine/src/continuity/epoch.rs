@@ -126,6 +126,13 @@ pub fn random_seed() -> u64 {
     h.finish()
 }
 
+/// The process's seed, drawn once ([`random_seed`]) and shared by every shard, so the topics
+/// of a host share their epoch until something restarts a numbering.
+pub fn process_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(random_seed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,7 +38,7 @@ pub const EVICT_TO_PCT: usize = 80;
 pub const LOG_BYTES: usize = std::mem::size_of::<TopicLog>() + std::mem::size_of::<Arc<str>>();
 
 /// Counters of one shard's continuity state (copied into /stats by the shard's tick).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ContinuityStats {
     /// Messages numbered.
     pub stamped: u64,

@@ -25,6 +25,7 @@
 //! sequence order through one FIFO ring (home → shard), which is what the switch-over rule in
 //! [`resume`] relies on.
 
+pub mod desk;
 pub mod epoch;
 pub mod history;
 pub mod log;

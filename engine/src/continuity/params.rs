@@ -101,8 +101,11 @@ pub fn parse_since(list: &str, epoch: Option<Epoch>) -> Result<Vec<(String, Posi
     Ok(out)
 }
 
-fn check_topics(since: &[(String, Position)], topics: &[String]) -> Result<(), String> {
-    match since.iter().find(|(t, _)| !topics.contains(t)) {
+fn check_topics(since: &[(String, Position)], topics: &[impl AsRef<str>]) -> Result<(), String> {
+    match since
+        .iter()
+        .find(|(t, _)| !topics.iter().any(|x| x.as_ref() == t))
+    {
         Some((t, _)) => Err(format!(
             "since names {t:?}, which this request does not subscribe"
         )),
@@ -144,7 +147,7 @@ pub fn from_query(query: Option<&str>, topics: &[String]) -> Result<Continuity, 
 /// message.
 pub fn from_subscribe(
     msg: &Value,
-    topics: &[String],
+    topics: &[impl AsRef<str>],
     sequenced: bool,
 ) -> Result<Vec<(String, Position)>, String> {
     let (since, epoch) = (msg.get("since"), msg.get("epoch"));

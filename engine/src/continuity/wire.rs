@@ -151,6 +151,19 @@ pub fn parse_binary(msg: &[u8]) -> Result<BinaryMessage<'_>, BadPrefix> {
     })
 }
 
+/// A plain frame the server encoded (one unfragmented, unmasked data frame) split into its
+/// message kind and its payload (a slice of the frame: history and replays share it, no copy).
+pub fn split_frame(frame: &Bytes) -> Option<(MessageKind, Bytes)> {
+    use shardcast_proto::frame::{parse_header, Role};
+    let h = parse_header(frame, Role::Client).ok()??;
+    let kind = match h.opcode {
+        OpCode::Text => MessageKind::Text,
+        OpCode::Binary => MessageKind::Binary,
+        _ => return None,
+    };
+    Some((kind, frame.slice(h.header_len..)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +279,18 @@ mod tests {
                 json!({"stream": "x.y", "epoch": "3f9c2a17b4e6d801", "seq": 0, "resync": r.name()})
             );
         }
+    }
+
+    #[test]
+    fn split_frame_gives_kind_and_payload_slice() {
+        use shardcast_proto::encode_frame;
+        let f = encode_frame(OpCode::Text, b"{\"p\":1}");
+        let (k, p) = split_frame(&f).unwrap();
+        assert_eq!((k, &p[..]), (MessageKind::Text, &b"{\"p\":1}"[..]));
+        let big = vec![7u8; 70_000];
+        let f = encode_frame(OpCode::Binary, &big);
+        let (k, p) = split_frame(&f).unwrap();
+        assert_eq!((k, p.len()), (MessageKind::Binary, 70_000));
+        assert!(split_frame(&encode_frame(OpCode::Ping, b"")).is_none());
     }
 }

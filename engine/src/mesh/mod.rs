@@ -109,6 +109,13 @@ impl Envelope {
             _ => (0, &self.frame),
         }
     }
+
+    /// Bytes of every wire variant it holds (what it costs a ring's backlog).
+    pub fn bytes(&self) -> usize {
+        self.frame.len()
+            + self.stream_frame.as_ref().map_or(0, Bytes::len)
+            + self.deflated.as_ref().map_or(0, |d| d.bytes())
+    }
 }
 
 /// What travels between participants of the mesh (the shards, and the NATS bridge when it is
@@ -144,6 +151,53 @@ pub enum MeshItem {
         /// True at the first such subscriber, false when the last one left.
         on: bool,
     },
+    /// Continuity (`continuity::desk`), home shard → a shard with sequenced subscribers of
+    /// the topic: one numbered message. Numbered frames and answers of a topic travel on the
+    /// same ring, which is what the resume switch-over relies on.
+    Sequenced(Sequenced),
+    /// Continuity, a shard → the topic's home shard: its first sequenced subscription of
+    /// `topic` began (`on`) or its last one ended.
+    SeqInterest {
+        /// The topic.
+        topic: Arc<str>,
+        /// The sending shard.
+        shard: usize,
+        /// First (true) or last (false).
+        on: bool,
+    },
+    /// Continuity, a connection's shard → the topic's home shard: a pending sequenced
+    /// subscription asks for its notice and replay.
+    Ask {
+        /// The topic.
+        topic: Arc<str>,
+        /// The asking shard (where the answer goes).
+        from: usize,
+        /// The ask.
+        ask: Box<crate::continuity::resume::Ask>,
+    },
+    /// Continuity, home shard → the asking shard: the answer (its replay shares the frames
+    /// history holds).
+    Answer(Box<crate::continuity::resume::Answer>),
+    /// Continuity, home shard → NATS bridge: a local publish with the number it got here
+    /// (sent as `Shardcast-Epoch`/`Shardcast-Seq` headers).
+    Numbered(Box<(Envelope, crate::continuity::Position)>),
+    /// Continuity, NATS bridge → the topic's home shard: a message from another host with
+    /// the numbering its headers carried (delivered like `Publish`, then numbered).
+    Remote(Box<(Envelope, Option<crate::continuity::Position>)>),
+}
+
+/// One numbered message of a topic (continuity), for sequenced subscribers: encoded once on
+/// the topic's home shard and shared by every shard.
+#[derive(Clone, Debug)]
+pub struct Sequenced {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// `continuity::wire::data_frame` of the message.
+    pub frame: Bytes,
+    /// A live notice to send before it (`resync`: the numbering restarted or lost messages).
+    pub notice: Option<Bytes>,
+    /// When the message was published (latency accounting).
+    pub published_at: Instant,
 }
 
 /// What an item keeps alive while it waits in the mesh, charged to the sending shard.
@@ -157,15 +211,17 @@ impl MeshPayload for MeshItem {
     /// only a shared topic name.
     fn payload_bytes(&self) -> usize {
         match self {
-            MeshItem::Publish(e) => {
-                e.frame.len()
-                    + e.stream_frame.as_ref().map_or(0, Bytes::len)
-                    + e.deflated.as_ref().map_or(0, |d| d.bytes())
-            }
+            MeshItem::Publish(e) => e.bytes(),
+            MeshItem::Sequenced(q) => q.frame.len() + q.notice.as_ref().map_or(0, Bytes::len),
+            MeshItem::Answer(a) => a.replay.iter().map(|r| r.payload.len()).sum(),
+            MeshItem::Numbered(b) => b.0.frame.len(),
+            MeshItem::Remote(b) => b.0.bytes(),
             MeshItem::Pause(_)
             | MeshItem::Resume(_)
             | MeshItem::Interest { .. }
-            | MeshItem::Deflate { .. } => 0,
+            | MeshItem::Deflate { .. }
+            | MeshItem::SeqInterest { .. }
+            | MeshItem::Ask { .. } => 0,
         }
     }
 }

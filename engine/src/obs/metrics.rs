@@ -290,6 +290,43 @@ pub const SCALARS: &[Scalar] = &[
         help: "Bytes those messages inflated to.",
         get: |s| s.compression.inflated_bytes_out,
     },
+    // Continuity (docs/CONTINUITY.md, "History").
+    Scalar {
+        name: "shardcast_history_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes the shard's topic history holds (charged to its ceiling share).",
+        get: |s| s.continuity.history_bytes,
+    },
+    Scalar {
+        name: "shardcast_history_messages",
+        kind: Kind::Gauge,
+        help: "Messages kept in the shard's topic history.",
+        get: |s| s.continuity.history_messages,
+    },
+    Scalar {
+        name: "shardcast_sequence_stamped_total",
+        kind: Kind::Counter,
+        help: "Messages numbered by this shard as the home shard of their topic.",
+        get: |s| s.continuity.counters.stamped,
+    },
+    Scalar {
+        name: "shardcast_resume_asks_total",
+        kind: Kind::Counter,
+        help: "Sequenced subscriptions (fresh or resuming) answered by this shard.",
+        get: |s| s.continuity.counters.asks,
+    },
+    Scalar {
+        name: "shardcast_resume_resyncs_total",
+        kind: Kind::Counter,
+        help: "Resumes answered with a resync notice (history did not cover them).",
+        get: |s| s.continuity.counters.resyncs,
+    },
+    Scalar {
+        name: "shardcast_resume_replayed_total",
+        kind: Kind::Counter,
+        help: "Messages handed out from history for replay.",
+        get: |s| s.continuity.counters.replayed,
+    },
 ];
 
 /// A per-shard gauge that is a ratio or a rate, computed from a whole [`ShardReport`].

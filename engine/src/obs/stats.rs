@@ -199,6 +199,8 @@ pub struct ShardStats {
     /// Local publishes not handed to the NATS bridge: its ring and overflow from this shard
     /// were full (the bridge thread did not keep up).
     pub bridge_dropped: AtomicU64,
+    /// Continuity gauges and counters, replaced by the shard's tick (not on the hot path).
+    pub continuity: std::sync::Mutex<crate::continuity::desk::Gauges>,
     evictions: [AtomicU64; 3],
     drops: [AtomicU64; 2],
     aborts: [AtomicU64; 2],
@@ -281,6 +283,8 @@ pub struct Snapshot {
     pub pauses_total: u64,
     /// Local publishes not handed to the NATS bridge (its ring and overflow were full).
     pub bridge_dropped: u64,
+    /// Continuity: history, numbering and resume (`continuity::desk::Gauges`).
+    pub continuity: crate::continuity::desk::Gauges,
     /// Evictions, indexed like [`Eviction::ALL`].
     #[serde(skip)]
     pub evictions: [u64; 3],
@@ -465,6 +469,7 @@ impl ShardStats {
             paused_topics: get(&self.paused_topics),
             pauses_total: get(&self.pauses_total),
             bridge_dropped: get(&self.bridge_dropped),
+            continuity: *self.continuity.lock().unwrap_or_else(|e| e.into_inner()),
             evictions: std::array::from_fn(|i| get(&self.evictions[i])),
             discarded: std::array::from_fn(|i| get(&self.drops[i])),
             aborts: std::array::from_fn(|i| get(&self.aborts[i])),

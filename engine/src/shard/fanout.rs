@@ -13,6 +13,7 @@ use shardcast_proto::{encode_close, CloseCode, MessageKind};
 use std::rc::Rc;
 
 use crate::conn::state::flag;
+use crate::continuity::sequence::Source;
 use crate::flow::governor::Governor;
 use crate::flow::policy::{Action, Policy};
 use crate::flow::queue::{frame_cost, QueuedFrame};
@@ -35,19 +36,18 @@ impl Core {
             .deflate
             .compress(topic, kind, &env.frame, env.stream_frame.as_ref(), z);
         self.deliver(&env);
-        let st = &mut self.st;
-        // Toward the bridge the overflow is bounded (one ring's worth): a bridge that cannot keep
-        // up loses forwards, counted, instead of growing this shard's memory. What arrives from
-        // NATS is delivered, never re-sent.
-        let participants = st.link.shards();
-        let full_bridge = st
-            .bridge
-            .filter(|&b| st.link.pending(b) >= st.config.ring_capacity);
-        if full_bridge.is_some() {
-            stats::add(&st.stats().bridge_dropped, 1);
+        // Continuity: the topic's home shard numbers it (other shards' publishes are numbered
+        // by the home shard as it drains their envelopes).
+        if self.st.desk.is_home(topic) {
+            self.seq_append(topic, &env.frame, env.published_at, Source::Local);
         }
+        let st = &mut self.st;
+        // The NATS bridge gets local publishes from the topic's home shard, numbered
+        // (`shard/seq.rs`), not from here.
+        let participants = st.link.shards();
         let id = st.id;
-        let dests = (0..participants).filter(move |&d| d != id && Some(d) != full_bridge);
+        let bridge = st.bridge;
+        let dests = (0..participants).filter(move |&d| d != id && Some(d) != bridge);
         let fanout = dests.clone().count();
         if fanout == 0 {
             return;
@@ -75,7 +75,7 @@ impl Core {
     /// wrapped (and counted) once, however many queues take it; `published_at` travels with
     /// it for the broadcast latency.
     pub fn deliver(&mut self, env: &Envelope) {
-        let Core { topics, st } = self;
+        let Core { topics, st, .. } = self;
         let Some((name, subs, policy)) = topics.lookup(&env.topic) else {
             return;
         };
@@ -115,7 +115,21 @@ impl Core {
 
     /// Subscribe connection `slot` to `topic` (nothing if it already is).
     pub fn subscribe(&mut self, slot: u32, topic: &str) {
-        let Core { topics, st } = self;
+        self.subscribe_since(slot, topic, None);
+    }
+
+    /// Subscribe connection `slot` to `topic`; a sequenced connection resumes after `since`
+    /// (continuity, `shard/seq.rs`).
+    pub fn subscribe_since(
+        &mut self,
+        slot: u32,
+        topic: &str,
+        since: Option<crate::continuity::Position>,
+    ) {
+        if self.st.conns.at(slot).is_some_and(|c| c.has(flag::SEQ)) {
+            return self.seq_subscribe(slot, topic, since);
+        }
+        let Core { topics, st, .. } = self;
         let Some(conn) = st.conns.at_mut(slot) else {
             return;
         };
@@ -146,6 +160,9 @@ impl Core {
         let Some(conn) = self.st.conns.at_mut(slot) else {
             return;
         };
+        if conn.has(flag::SEQ) {
+            return self.seq_unsubscribe(slot, Some(topic));
+        }
         let Some(pos) = conn.subs.position(topic) else {
             return;
         };
@@ -181,6 +198,13 @@ impl Core {
         }
         conn.clear(flag::REGISTERED);
         conn.queue.clear();
+        let sequenced = conn.has(flag::SEQ);
+        if sequenced {
+            self.seq_unsubscribe(slot, None);
+        }
+        let Some(conn) = self.st.conns.at_mut(slot) else {
+            return;
+        };
         let subs = conn.subs.take_all();
         if conn.deflate.is_on() {
             self.st.deflate_connection(false);
@@ -364,6 +388,12 @@ impl State {
     pub fn make_room(&mut self, extra: usize) -> bool {
         if self.governor.fits(self.charged(), extra) {
             return true;
+        }
+        // History (continuity) is a cache: it is halved before any connection is evicted.
+        while self.shrink_history() {
+            if self.governor.fits(self.charged(), extra) {
+                return true;
+            }
         }
         let mesh = self.link.mesh_bytes();
         if !self.governor.fits(mesh, extra) {

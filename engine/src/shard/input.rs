@@ -24,6 +24,7 @@ use crate::conn::heartbeat::Liveness;
 use crate::conn::route::Route;
 use crate::conn::state::{flag, Body, Conn, Http, Phase, Role, Rx};
 use crate::conn::upgrade::{self, Admission, Decision};
+use crate::continuity::params::{self, Continuity};
 use crate::flow::queue::InboundCharge;
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats::{self, Eviction, Refusal};
@@ -250,13 +251,20 @@ impl Core {
                             upgrade::no_subscription_room()
                         }
                         Decision::Upgrade(route, response, mut admission) => {
-                            let leftover = http.buf.split_off(head_len);
-                            let accepted_at = http.accepted_at;
-                            self.st.recycle(http.buf);
-                            // permessage-deflate, before `upgrade` subscribes (`shard/deflate.rs`).
-                            self.st.deflate_agreed(id, admission.deflate.take());
-                            let upgrade = (route, response, admission);
-                            return self.upgrade(id, accepted_at, upgrade, leftover);
+                            // Continuity: `seq=1`, `since=`, `epoch=` of a subscriber.
+                            match continuity_of(&route, request.query()) {
+                                Ok(cont) => {
+                                    let leftover = http.buf.split_off(head_len);
+                                    let accepted_at = http.accepted_at;
+                                    self.st.recycle(http.buf);
+                                    // permessage-deflate, before `upgrade` subscribes
+                                    // (`shard/deflate.rs`).
+                                    self.st.deflate_agreed(id, admission.deflate.take());
+                                    let upgrade = (route, response, admission, cont);
+                                    return self.upgrade(id, accepted_at, upgrade, leftover);
+                                }
+                                Err(why) => upgrade::bad_request(&why),
+                            }
                         }
                         refuse => refuse,
                     }
@@ -329,7 +337,7 @@ impl Core {
         &mut self,
         id: ConnId,
         accepted_at: std::time::Instant,
-        (route, response, admission): (Route, Vec<u8>, Admission),
+        (route, response, admission, cont): (Route, Vec<u8>, Admission, Continuity),
         mut leftover: Vec<u8>,
     ) {
         let st = &mut self.st;
@@ -354,6 +362,9 @@ impl Core {
         };
         c.phase = Phase::Open;
         c.set(flag::REGISTERED);
+        if cont.sequenced {
+            c.set(flag::SEQ);
+        }
         c.liveness = liveness;
         c.write_progress = now_ms;
         // Access: everything-granted is a flag, a token's grants live in the access box.
@@ -373,13 +384,13 @@ impl Core {
                     }
                 }
                 for t in &topics {
-                    self.subscribe(id.slot, t);
+                    self.subscribe_since(id.slot, t, cont.since(t));
                 }
                 Role::Subscriber
             }
             Route::Publisher(t) => Role::Publisher(Arc::from(t)),
             Route::Room(t) => {
-                self.subscribe(id.slot, &t);
+                self.subscribe_since(id.slot, &t, cont.since(&t));
                 Role::Publisher(Arc::from(t))
             }
             Route::Echo => Role::Echo,
@@ -595,6 +606,14 @@ impl Core {
     }
 }
 
+/// A subscriber's continuity parameters (`seq=1`, `since=`, `epoch=`); other routes have none.
+fn continuity_of(route: &Route, query: Option<&str>) -> Result<Continuity, String> {
+    match route {
+        Route::Subscribe { .. } | Route::Room(_) => params::from_query(query, route.subscribes()),
+        _ => Ok(Continuity::default()),
+    }
+}
+
 /// A connection's subscriptions as control messages see them.
 struct SubsOf<'a> {
     core: &'a mut Core,
@@ -609,11 +628,15 @@ impl SubsOf<'_> {
 
 impl Subscriptions for SubsOf<'_> {
     fn count(&self) -> usize {
-        self.conn().map_or(0, |c| c.subs.len())
+        // Continuity: sequenced subscriptions still replaying count as subscribed.
+        self.conn().map_or(0, |c| c.subs.len()) + self.core.st.desk.pending_topics(self.slot).len()
     }
     fn for_each(&self, f: &mut dyn FnMut(&str)) {
         if let Some(c) = self.conn() {
             c.subs.for_each(|t| f(t));
+        }
+        for t in self.core.st.desk.pending_topics(self.slot) {
+            f(&t);
         }
     }
     fn contains(&self, topic: &str) -> bool {
@@ -622,6 +645,7 @@ impl Subscriptions for SubsOf<'_> {
             .conns
             .at(self.slot)
             .is_some_and(|c| c.subs.contains(topic))
+            || self.core.st.desk.is_pending(self.slot, topic)
     }
     fn subscribe(&mut self, topic: &str) {
         self.core.subscribe(self.slot, topic);
@@ -650,6 +674,16 @@ impl Subscriptions for SubsOf<'_> {
                 c.clear(flag::STREAM);
             }
         }
+    }
+    fn sequenced(&self) -> bool {
+        self.core
+            .st
+            .conns
+            .at(self.slot)
+            .is_some_and(|c| c.has(flag::SEQ))
+    }
+    fn subscribe_since(&mut self, topic: &str, since: Option<crate::continuity::Position>) {
+        self.core.subscribe_since(self.slot, topic, since);
     }
 }
 

@@ -234,6 +234,10 @@ impl Core {
                 self.end(id, CloseMode::Graceful);
             }
         }
+        // Continuity: a resume waiting for this connection to drain asks for its next chunk.
+        if self.st.desk.any_draining() {
+            self.seq_drained(id.slot);
+        }
     }
 
     /// The driver released `id`'s socket and nothing is pending on it: free the slot.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::continuity::sequence::Source;
 use crate::mesh::MeshItem;
 use crate::obs::latency::LatencyKind;
 use crate::shard::{Core, MESH_RETRY_MS};
@@ -25,7 +26,30 @@ impl Core {
                         now.saturating_duration_since(env.published_at),
                     );
                     self.deliver(&env);
+                    // Continuity: the home shard numbers every message of its topics.
+                    if self.st.desk.is_home(&env.topic) {
+                        self.seq_append(&env.topic, &env.frame, env.published_at, Source::Local);
+                    }
                 }
+                // From NATS, to this home shard: delivered like a publish, then numbered.
+                MeshItem::Remote(b) => {
+                    let (env, numbering) = *b;
+                    self.deliver(
+                        &env.topic,
+                        &env.frame,
+                        env.stream_frame.as_ref(),
+                        env.published_at,
+                    );
+                    let source = Source::remote(numbering);
+                    self.seq_append(&env.topic, &env.frame, env.published_at, source);
+                }
+                // Continuity (`shard/seq.rs`).
+                MeshItem::Sequenced(q) => self.deliver_sequenced(&q),
+                MeshItem::SeqInterest { topic, shard, on } => {
+                    self.st.seq_interest_at_home(&topic, shard, on)
+                }
+                MeshItem::Ask { topic, from, ask } => self.seq_serve(topic, from, &ask),
+                MeshItem::Answer(a) => self.seq_answer(*a),
                 MeshItem::Pause(t) => self.st.pause_count(&t, true),
                 MeshItem::Resume(t) => self.st.pause_count(&t, false),
                 // permessage-deflate: another shard's compressing readers of a topic came or went.
@@ -33,7 +57,7 @@ impl Core {
                     self.st.deflate_remote(&topic, variant, on)
                 }
                 // Interest notices are addressed to the bridge only.
-                MeshItem::Interest { .. } => {}
+                MeshItem::Interest { .. } | MeshItem::Numbered(_) => {}
             }
         }
         self.st.mesh_batch = batch;

@@ -22,6 +22,7 @@ pub mod io;
 pub mod mesh;
 pub mod pause;
 pub mod run;
+pub mod seq;
 pub mod slab;
 pub mod timers;
 pub mod tls;
@@ -70,6 +71,9 @@ pub struct Core {
     /// Live topics, each with its policy resolved once when it got its first subscriber. Kept
     /// apart from [`State`] so fan-out can walk a topic's subscribers while it mutates them.
     pub(crate) topics: TopicTable<u32, Policy>,
+    /// Live sequenced subscribers (continuity, `shard/seq.rs`): a `seq=1` connection's
+    /// topics are here, never in `topics`.
+    pub(crate) seq_topics: TopicTable<u32, Policy>,
     pub(crate) st: State,
 }
 
@@ -139,6 +143,11 @@ pub(crate) struct State {
     pub deflate: ShardDeflate,
     /// wss://: the sessions of this shard's TLS connections (`shard/tls.rs`).
     pub tls: Option<crate::tls::ShardTls>,
+    /// Continuity: this shard's topic logs (as home shard) and pending sequenced
+    /// subscriptions (`shard/seq.rs`).
+    pub desk: crate::continuity::desk::Desk,
+    /// When the shard started (the desk's non-wrapping clock).
+    pub started: Instant,
 }
 
 impl Core {
@@ -180,8 +189,15 @@ impl Core {
         let clock = ShardClock::new(now);
         let sweep = hb.sweep_period().as_millis() as u32;
         let config_compression = config.compression();
+        let desk = seq::desk(
+            id,
+            &config,
+            governor.budget,
+            crate::continuity::epoch::process_seed(),
+        );
         Core {
             topics: TopicTable::default(),
+            seq_topics: TopicTable::default(),
             st: State {
                 id,
                 policies: config.policies(),
@@ -224,6 +240,8 @@ impl Core {
                 access: Arc::new(access),
                 deflate: ShardDeflate::new(config_compression),
                 tls: None,
+                desk,
+                started: now,
             },
         }
         .with_access_policy()
@@ -318,10 +336,10 @@ impl State {
         self.ledger.publish(self.stats(), self.link.mesh_bytes());
     }
 
-    /// Bytes charged to this shard's budget: its queued frames, unfinished input (isolation)
-    /// and its mesh backlog.
+    /// Bytes charged to this shard's budget: its queued frames, unfinished input (isolation),
+    /// its mesh backlog and the history it keeps as home shard (continuity).
     pub fn charged(&self) -> usize {
-        self.ledger.charged() + self.link.mesh_bytes()
+        self.ledger.charged() + self.link.mesh_bytes() + self.history_bytes()
     }
 
     /// An empty request buffer from the pool (or a new one).

@@ -709,8 +709,11 @@ fn bridge_gets_interest_transitions_and_local_publishes_only() {
             out.push(match i {
                 MeshItem::Interest { topic, shard, on } => format!("{shard}:{topic}:{on}"),
                 MeshItem::Publish(e) => format!("pub:{}", e.topic),
+                // Continuity: local publishes reach the bridge from their topic's home shard.
+                MeshItem::Numbered(b) => format!("pub:{}", b.0.topic),
                 MeshItem::Pause(t) | MeshItem::Resume(t) => format!("pause:{t}"),
                 MeshItem::Deflate { topic, on, .. } => format!("deflate:{topic}:{on}"),
+                other => format!("other:{other:?}"),
             })
         });
         out
@@ -743,21 +746,28 @@ fn bridge_gets_interest_transitions_and_local_publishes_only() {
 #[test]
 fn forwards_to_a_stuck_bridge_are_bounded_and_counted() {
     let (mut cs, mut bridge) = bridged(2, 4, &["--ring-capacity", "4"], Instant::now());
-    let c = sub(&mut cs[1], &["t"]);
-    cs[1].flush_mesh();
+    // Local publishes reach the bridge from the topic's home shard (continuity numbers them
+    // there): publish on it, subscribe on the other.
+    let h = crate::continuity::home_shard("t", 2);
+    let c = sub(&mut cs[1 - h], &["t"]);
+    cs[1 - h].flush_mesh();
     let mut notices = 0;
     bridge.try_drain(|_| notices += 1);
     assert_eq!(notices, 1, "shard 1's interest in t");
     for i in 0..20u8 {
-        cs[0].publish(&Arc::from("t"), MessageKind::Binary, &[i]);
+        cs[h].publish(&Arc::from("t"), MessageKind::Binary, &[i]);
         pump(&mut cs);
     }
-    assert_eq!(frames(&cs[1], c).len(), 20, "the other shard lost nothing");
-    assert_eq!(stats::get(&cs[0].stats().bridge_dropped), 12);
+    assert_eq!(
+        frames(&cs[1 - h], c).len(),
+        20,
+        "the other shard lost nothing"
+    );
+    assert_eq!(stats::get(&cs[h].stats().bridge_dropped), 12);
     let mut forwarded = 0;
-    cs[0].flush_mesh();
+    cs[h].flush_mesh();
     bridge.try_drain(|_| forwarded += 1);
-    cs[0].flush_mesh();
+    cs[h].flush_mesh();
     bridge.try_drain(|_| forwarded += 1);
     assert_eq!(forwarded, 8, "ring (4) + overflow (4)");
 }
@@ -1185,4 +1195,119 @@ fn inbound_compressed_messages_are_inflated_within_the_limit() {
     let plain_echo = open(&mut c, "/echo");
     c.handle_received(plain_echo, &mut compressed(text));
     assert_eq!(frames(&c, plain_echo)[0][2..4], 1002u16.to_be_bytes());
+}
+
+/// Continuity (`shard/seq.rs`): the JSON of every text frame queued on `id` (small frames).
+fn seq_messages(core: &Core, id: ConnId) -> Vec<serde_json::Value> {
+    frames(core, id)
+        .iter()
+        .map(|f| {
+            assert!(f[1] < 126, "small text frames only");
+            serde_json::from_slice(&f[2..]).unwrap()
+        })
+        .collect()
+}
+
+/// The numbers of the data messages in `msgs`, checking that each carries its own payload
+/// order: contiguous from `after + 1`, none twice.
+fn contiguous_after(msgs: &[serde_json::Value], after: u64) -> Vec<u64> {
+    let seqs: Vec<u64> = msgs
+        .iter()
+        .filter(|m| m.get("data").is_some())
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = (after + 1..after + 1 + seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "{msgs:?}");
+    seqs
+}
+
+/// Continuity: a resume on a shard that is not the topic's home, with publishes from both
+/// shards in flight at the switch-over, gets its notice, the replay and then live messages,
+/// every number once; a fresh sequenced subscriber sees the same numbers.
+#[test]
+fn sequenced_resume_switches_to_live_without_gap_or_duplicate() {
+    let mut cs = cores(2, &[], Instant::now());
+    let t: Arc<str> = Arc::from("t");
+    let h = crate::continuity::home_shard("t", 2);
+    let c = 1 - h;
+    let fresh = open(&mut cs[c], "/ws/t?seq=1");
+    pump(&mut cs);
+    pump(&mut cs);
+    let first = seq_messages(&cs[c], fresh);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["seq"], 0);
+    let epoch = first[0]["epoch"].as_str().unwrap().to_owned();
+    let mut n = 0u32;
+    let mut publish = |cs: &mut Vec<Core>, on: usize| {
+        n += 1;
+        cs[on].publish(&t, MessageKind::Text, n.to_string().as_bytes());
+    };
+    for i in 0..5 {
+        publish(&mut cs, i % 2);
+    }
+    pump(&mut cs);
+    pump(&mut cs);
+    let resumed = open(&mut cs[c], &format!("/ws/t?seq=1&since=t:2&epoch={epoch}"));
+    // In flight while the ask travels: publishes on both shards, before any pump.
+    publish(&mut cs, c);
+    publish(&mut cs, h);
+    publish(&mut cs, c);
+    for _ in 0..3 {
+        pump(&mut cs);
+    }
+    publish(&mut cs, c);
+    pump(&mut cs);
+    pump(&mut cs);
+    let all = seq_messages(&cs[c], fresh);
+    assert_eq!(contiguous_after(&all[1..], 0), (1..=9).collect::<Vec<_>>());
+    let got = seq_messages(&cs[c], resumed);
+    assert_eq!(
+        got[0],
+        serde_json::json!({"stream": "t", "epoch": epoch, "seq": 2}),
+        "the notice first, at the position asked"
+    );
+    assert_eq!(contiguous_after(&got[1..], 2), (3..=9).collect::<Vec<_>>());
+    // The same message has the same number for both subscribers.
+    for m in &got[1..] {
+        assert!(all.contains(m), "{m}");
+    }
+}
+
+/// Continuity: numbering adds no size to the mesh's ring slots (allocated at start, per ring
+/// entry).
+#[test]
+fn continuity_items_fit_a_ring_slot() {
+    assert!(
+        std::mem::size_of::<MeshItem>() <= std::mem::size_of::<crate::mesh::Envelope>() + 8,
+        "{}",
+        std::mem::size_of::<MeshItem>()
+    );
+}
+
+/// Continuity: history is charged to the shard's budget and, under memory pressure, halved
+/// before any connection is evicted (history is a cache).
+#[test]
+fn history_is_halved_before_any_connection_is_evicted() {
+    let mut c = core(&[
+        "--memory-limit",
+        "10MiB",
+        "--queue-ceiling-pct",
+        "10",
+        "--topic-history",
+        "h=messages=100000,bytes=1MiB",
+    ]);
+    let id = sub(&mut c, &["x"]);
+    c.publish(&Arc::from("x"), MessageKind::Binary, &[0; 1000]);
+    for _ in 0..5000 {
+        c.publish(&Arc::from("h"), MessageKind::Binary, &[7; 100]);
+    }
+    let held = c.st.history_bytes();
+    assert!(held > 0 && held <= c.st.desk.logs.budget(), "{held}");
+    assert!(c.st.charged() >= held + 1000);
+    // Room that exists only if history gives up at least half of what it holds.
+    let room = c.st.governor.budget - c.st.charged() + held / 2;
+    assert!(c.st.make_room(room));
+    assert!(c.st.history_bytes() <= held / 2 + held / 8, "{held}");
+    assert!(!is_evicted(&c, id), "nobody evicted for history");
+    assert_eq!(frames(&c, id).len(), 1, "its frame is still queued");
 }

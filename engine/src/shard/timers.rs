@@ -26,6 +26,7 @@ impl Core {
         if reached(now_ms, self.st.next_tick) {
             self.st.next_tick = now_ms.wrapping_add(TICK.as_millis() as u32);
             self.tick();
+            self.seq_tick();
             self.deadlines();
         }
         if self

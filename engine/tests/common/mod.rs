@@ -669,3 +669,50 @@ pub fn headless_chromium(bin: &std::path::Path, profile: &std::path::Path) -> Co
 }
 
 pub mod tls;
+
+// Continuity (`seq=1`): what a sequenced connection receives (docs/CONTINUITY.md).
+
+/// One message a sequenced connection received.
+#[derive(Debug, PartialEq)]
+pub enum Got {
+    Notice {
+        epoch: String,
+        seq: u64,
+        resync: Option<String>,
+    },
+    Data {
+        seq: u64,
+        data: serde_json::Value,
+    },
+}
+
+pub fn got(ws: &mut Ws, topic: &str) -> Got {
+    let v: serde_json::Value = serde_json::from_str(&next_text(ws)).unwrap();
+    assert_eq!(v["stream"], topic, "{v}");
+    let seq = v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"));
+    match v.get("epoch") {
+        Some(e) => Got::Notice {
+            epoch: e.as_str().unwrap().to_owned(),
+            seq,
+            resync: v.get("resync").map(|r| r.as_str().unwrap().to_owned()),
+        },
+        None => Got::Data {
+            seq,
+            data: v["data"].clone(),
+        },
+    }
+}
+
+pub fn notice(ws: &mut Ws, topic: &str) -> (String, u64, Option<String>) {
+    match got(ws, topic) {
+        Got::Notice { epoch, seq, resync } => (epoch, seq, resync),
+        d => panic!("expected a notice, got {d:?}"),
+    }
+}
+
+pub fn data(ws: &mut Ws, topic: &str) -> (u64, serde_json::Value) {
+    match got(ws, topic) {
+        Got::Data { seq, data } => (seq, data),
+        n => panic!("expected data, got {n:?}"),
+    }
+}
