@@ -34,12 +34,7 @@ impl Core {
                 // From NATS, to this home shard: delivered like a publish, then numbered.
                 MeshItem::Remote(b) => {
                     let (env, numbering) = *b;
-                    self.deliver(
-                        &env.topic,
-                        &env.frame,
-                        env.stream_frame.as_ref(),
-                        env.published_at,
-                    );
+                    self.deliver(&env);
                     let source = Source::remote(numbering);
                     self.seq_append(&env.topic, &env.frame, env.published_at, source);
                 }

@@ -405,6 +405,7 @@ impl State {
             frame: frame.clone(),
             stream_frame: None,
             published_at,
+            deflated: None,
         };
         let item = MeshItem::Numbered(Box::new((env, at)));
         self.make_room(MeshLink::<MeshItem>::broadcast_charge(
