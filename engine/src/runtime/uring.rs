@@ -236,7 +236,7 @@ impl Uring {
         }
         s.open = false;
         let fd = s.fd;
-        if mode == CloseMode::Reset {
+        if mode.resets(fd) {
             sock::set_linger_zero(fd);
         }
         sock::close(fd);
