@@ -164,5 +164,7 @@ fn scenarios_over_wss_against_the_engine() {
         unreachable!("parsed as idle")
     };
     assert!(crate::idle::run(args).unwrap_err().contains("--ca"));
+    server.shutdown_handle().trigger();
+    server.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
