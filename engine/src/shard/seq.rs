@@ -308,7 +308,9 @@ impl Core {
         let Some(c) = st.conns.at(slot) else {
             return;
         };
-        if c.unsent() > st.policies.default_policy().low_water_bytes {
+        // Queued bytes only: the kernel's sample is taken after large sends and may be stale
+        // once the socket drained (as for the slow and pause releases, isolation).
+        if c.queue.len_bytes() > st.policies.default_policy().low_water_bytes {
             return;
         }
         for (topic, ask) in self.st.desk.drained(slot) {
