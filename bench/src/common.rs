@@ -10,9 +10,16 @@ use std::time::Duration;
 /// Flags shared by every scenario.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
-    /// Server URL, `ws://IP:PORT`.
+    /// Server URL, `ws://IP:PORT` or `wss://IP:PORT` (then `--ca` is required).
     #[arg(long)]
     pub url: String,
+    /// wss://: PEM file of the root certificate(s) to trust (the server's CA).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// wss://: resume TLS sessions (connections share one client session cache, so handshakes
+    /// after the first ones present a ticket); without it every handshake is a full one.
+    #[arg(long)]
+    pub resume: bool,
     /// CPUs to run generator threads on (e.g. `1`, `1-3`); default: the affinity mask.
     #[arg(long)]
     pub cpus: Option<String>,
@@ -39,7 +46,7 @@ pub struct CommonArgs {
 impl CommonArgs {
     /// The server address and source-address policy.
     pub fn target(&self) -> Result<Target, String> {
-        Target::from_url(&self.url, self.source_addrs)
+        Target::from_url(&self.url, self.source_addrs)?.with_tls(self.ca.as_deref(), self.resume)
     }
 
     /// Generator CPUs.

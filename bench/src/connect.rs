@@ -35,12 +35,15 @@ struct Tally {
     ok: u64,
     failed: u64,
     shards: BTreeMap<String, u64>,
+    /// wss://: handshakes that resumed a session.
+    resumed: u64,
     held: Vec<WsConn>,
 }
 
 /// Runs the scenario and prints its result.
 pub fn run(args: ConnectArgs) -> Result<(), String> {
     let target = args.common.target()?;
+    let target_tls = target.tls.is_some();
     let cpus = args.common.cpus()?;
     let next = Arc::new(AtomicU64::new(0));
     let last_ns = Arc::new(AtomicU64::new(0));
@@ -53,12 +56,13 @@ pub fn run(args: ConnectArgs) -> Result<(), String> {
     });
     let window = meter.finish(n);
     let mut hist = report::latency_histogram();
-    let (mut ok, mut failed) = (0u64, 0u64);
+    let (mut ok, mut failed, mut resumed) = (0u64, 0u64, 0u64);
     let mut shards = BTreeMap::<String, u64>::new();
     for (h, t) in outs {
         hist.add(&h).map_err(|e| e.to_string())?;
         ok += t.0;
         failed += t.1;
+        resumed += t.3;
         for (k, v) in t.2 {
             *shards.entry(k).or_default() += v;
         }
@@ -82,11 +86,18 @@ pub fn run(args: ConnectArgs) -> Result<(), String> {
         "handshake_latency": lat,
         "server_cpu_us_per_handshake": server_us,
         "shards": shards,
+        "tls": target_tls,
+        "tls_resume_offered": args.common.resume && target_tls,
+        "tls_resumed": target_tls.then_some(resumed),
         "client_bound": window.client_bound,
         "window_measured": window,
     });
+    let tls_note = match target_tls {
+        true => format!(" (wss, {resumed} resumed)"),
+        false => String::new(),
+    };
     eprintln!(
-        "connect {} (c={}): {} ok, {} failed in {:.3}s = {:.0} handshakes/s; latency p50 {:.0}us \
+        "connect {} (c={}){tls_note}: {} ok, {} failed in {:.3}s = {:.0} handshakes/s; latency p50 {:.0}us \
          p99 {:.0}us max {:.0}us; {}",
         args.connections,
         args.concurrency,
@@ -106,7 +117,7 @@ pub fn run(args: ConnectArgs) -> Result<(), String> {
     Ok(())
 }
 
-type WorkerOut = (Histogram<u64>, (u64, u64, BTreeMap<String, u64>));
+type WorkerOut = (Histogram<u64>, (u64, u64, BTreeMap<String, u64>, u64));
 
 async fn worker(
     w: usize,
@@ -143,6 +154,7 @@ async fn worker(
                             t.ok += 1;
                             let shard = conn.shard.map_or("none".into(), |s| s.to_string());
                             *t.shards.entry(shard).or_default() += 1;
+                            t.resumed += u64::from(conn.stream.resumed() == Some(true));
                             t.held.push(conn);
                         }
                         Ok(Err(e)) => {
@@ -163,5 +175,5 @@ async fn worker(
     }
     let h = hist.borrow().clone();
     let t = std::mem::take(&mut *tally.borrow_mut());
-    (h, (t.ok, t.failed, t.shards))
+    (h, (t.ok, t.failed, t.shards, t.resumed))
 }

@@ -1,5 +1,6 @@
 //! Opening WebSocket client connections: a source address per connection (so more than one
-//! ephemeral port range is available), a non-blocking connect, and the HTTP upgrade.
+//! ephemeral port range is available), a non-blocking connect, the TLS handshake for `wss://`,
+//! and the HTTP upgrade.
 
 use base64::Engine as _;
 use monoio::buf::IoBufMut;
@@ -7,6 +8,10 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+
+use crate::stream::{Stream, Transport};
+use crate::tls::{Tls, TlsClient};
 
 /// Where to connect and how to spread connections over source addresses.
 #[derive(Debug, Clone)]
@@ -17,14 +22,21 @@ pub struct Target {
     pub source_addrs: u32,
     /// `Sec-WebSocket-Extensions` to offer in every upgrade (e.g. permessage-deflate).
     pub extensions: Option<String>,
+    /// The URL said `wss://`.
+    pub secure: bool,
+    /// The TLS client of a `wss://` target (see [`Target::with_tls`]).
+    pub tls: Option<TlsClient>,
 }
 
 impl Target {
-    /// Parses `ws://host:port` (an IP literal; the benchmark is loopback only).
+    /// Parses `ws://host:port` or `wss://host:port` (an IP literal; the benchmark is loopback
+    /// only). A `wss://` target needs [`Target::with_tls`] before it can connect.
     pub fn from_url(url: &str, source_addrs: u32) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("URL must start with ws://: {url}"))?;
+        let (secure, rest) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (false, rest),
+            (None, Some(rest)) => (true, rest),
+            (None, None) => return Err(format!("URL must start with ws:// or wss://: {url}")),
+        };
         let hostport = rest.split('/').next().unwrap_or(rest);
         let addr = hostport
             .parse::<SocketAddr>()
@@ -33,7 +45,21 @@ impl Target {
             addr,
             source_addrs: source_addrs.max(1),
             extensions: None,
+            secure,
+            tls: None,
         })
+    }
+
+    /// For a `wss://` target: trust the PEM roots in `ca` (required) and, with `resume`, share
+    /// one session cache so handshakes resume. A `ws://` target is returned as it is.
+    pub fn with_tls(mut self, ca: Option<&Path>, resume: bool) -> Result<Self, String> {
+        if !self.secure {
+            return Ok(self);
+        }
+        let ca = ca.ok_or("a wss:// URL needs --ca FILE (the PEM root to trust)")?;
+        let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+        self.tls = Some(TlsClient::new(ca, resume, name)?);
+        Ok(self)
     }
 
     /// The same target, offering `extensions` in every upgrade.
@@ -55,8 +81,8 @@ impl Target {
 
 /// An upgraded connection and what the server said in its 101.
 pub struct WsConn {
-    /// The socket, positioned after the response head.
-    pub stream: TcpStream,
+    /// The socket (or TLS session), positioned after the response head.
+    pub stream: Stream,
     /// Bytes received after the response head (early frames), to be parsed first.
     pub leftover: Vec<u8>,
     /// `X-Shardcast-Shard` from the 101, if present.
@@ -65,10 +91,16 @@ pub struct WsConn {
     pub extensions: Option<String>,
 }
 
-/// Connects (binding the source address first when asked) and upgrades to WebSocket on `path`.
+/// Connects (binding the source address first when asked), runs the TLS handshake for a
+/// `wss://` target, and upgrades to WebSocket on `path`.
 pub async fn connect(target: &Target, n: u64, path: &str) -> io::Result<WsConn> {
-    let stream = tcp_connect(target, n).await?;
-    stream.set_nodelay(true)?;
+    let tcp = tcp_connect(target, n).await?;
+    tcp.set_nodelay(true)?;
+    let stream = match (&target.tls, target.secure) {
+        (None, false) => Transport::Plain(tcp),
+        (Some(client), _) => Transport::Tls(Tls::connect(tcp, client).await?),
+        (None, true) => return Err(io::Error::other("wss:// target without a TLS client")),
+    };
     upgrade(stream, target, n, path).await
 }
 
@@ -111,7 +143,7 @@ fn websocket_key(n: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
-async fn upgrade(mut stream: TcpStream, target: &Target, n: u64, path: &str) -> io::Result<WsConn> {
+async fn upgrade(mut stream: Stream, target: &Target, n: u64, path: &str) -> io::Result<WsConn> {
     let key = websocket_key(n);
     let ext = target
         .extensions
@@ -205,6 +237,11 @@ mod tests {
             .source(5)
             .is_none());
         assert!(Target::from_url("http://x", 1).is_err());
+        let wss = Target::from_url("wss://127.0.0.1:8443/ws/x", 1).unwrap();
+        assert!(wss.secure && wss.tls.is_none());
+        assert!(wss.clone().with_tls(None, false).is_err());
+        let ws = Target::from_url("ws://127.0.0.1:1", 1).unwrap();
+        assert!(ws.with_tls(None, true).unwrap().tls.is_none());
     }
 
     #[test]

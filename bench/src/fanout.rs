@@ -158,7 +158,8 @@ pub fn measure(args: FanoutArgs) -> Result<Measured, String> {
     }
     let target = args.common.target()?;
     let pub_target = match &args.publish_url {
-        Some(url) => crate::dial::Target::from_url(url, args.common.source_addrs)?,
+        Some(url) => crate::dial::Target::from_url(url, args.common.source_addrs)?
+            .with_tls(args.common.ca.as_deref(), args.common.resume)?,
         None => target.clone(),
     };
     let cpus = args.common.cpus()?;

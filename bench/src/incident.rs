@@ -240,6 +240,8 @@ pub fn run(a: IncidentArgs) -> Result<(), String> {
         let args = SlowArgs {
             common: CommonArgs {
                 url: server.url.clone(),
+                ca: None,
+                resume: false,
                 cpus: a.cpus.clone(),
                 source_addrs: 1,
                 server_pid: Some(server.child.id()),

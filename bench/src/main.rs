@@ -28,7 +28,12 @@ mod selftest;
 mod seqcheck;
 mod slow;
 mod stalled;
+mod stream;
+mod tickets;
+mod tls;
 mod workers;
+#[cfg(test)]
+mod wss_selftest;
 
 use clap::{Parser, Subcommand};
 
@@ -93,7 +98,8 @@ fn main() {
 mod tests {
     use super::*;
 
-    fn run_cli(args: &[&str], out: &std::path::Path) -> serde_json::Value {
+    /// Runs one scenario from its command line (plus `--json out`) and returns its JSON.
+    pub(crate) fn run_cli(args: &[&str], out: &std::path::Path) -> serde_json::Value {
         let mut argv = vec!["shardcast-bench"];
         argv.extend_from_slice(args);
         let json = out.to_str().unwrap();

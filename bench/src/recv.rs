@@ -2,10 +2,10 @@
 //! buffered, answer pings where the stream can write, read more, until the stream ends.
 
 use crate::scan::{End, Scanner};
+use crate::stream::{ReadHalf, Stream};
 use bytes::BytesMut;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf};
-use monoio::net::TcpStream;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,7 +18,7 @@ pub(crate) trait Wire: AsyncReadRent {
     async fn answer(&mut self, pongs: &mut BytesMut) -> io::Result<()>;
 }
 
-impl Wire for TcpStream {
+impl Wire for Stream {
     async fn answer(&mut self, pongs: &mut BytesMut) -> io::Result<()> {
         if pongs.is_empty() {
             return Ok(());
@@ -27,7 +27,7 @@ impl Wire for TcpStream {
     }
 }
 
-impl Wire for OwnedReadHalf<TcpStream> {
+impl Wire for ReadHalf {
     async fn answer(&mut self, pongs: &mut BytesMut) -> io::Result<()> {
         // The write half belongs to the sending task, so pings go unanswered; drop the pongs.
         pongs.clear();

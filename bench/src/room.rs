@@ -8,7 +8,7 @@ use crate::scan::{Scanner, Stamp, STAMP_LEN};
 use crate::seqcheck::SeqTrack;
 use crate::{clock, process, recv, workers};
 use bytes::BytesMut;
-use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::io::AsyncWriteRentExt;
 use serde_json::json;
 use shardcast_proto::encode::encode_client_frame;
 use shardcast_proto::frame::OpCode;

@@ -114,6 +114,8 @@ fn run_fanout(url: String, subscribers: usize, topic: &str) -> serde_json::Value
     let args = FanoutArgs {
         common: CommonArgs {
             url,
+            ca: None,
+            resume: false,
             cpus: Some("0".into()),
             source_addrs: 1,
             server_pid: None,

@@ -230,8 +230,8 @@ fn subscribe_messages_resume_too_and_parameters_are_checked() {
         &mut p,
         r#"{"method":"SUBSCRIBE","params":["c"],"since":"c:1","epoch":"00000000000000ff","id":1}"#,
     );
-    assert_eq!(r["error"]["code"], 1, "{r}");
-    // In URLs: 400s.
+    assert_eq!(r["error"]["code"], 2, "{r}"); // Binance's "Invalid request"
+                                              // In URLs: 400s.
     for path in [
         "/ws/a?since=a:1",
         "/ws/a?seq=2",
@@ -258,7 +258,13 @@ fn a_conflating_topic_evicts_a_sequenced_client_instead_of_dropping_messages() {
 }
 
 fn evicted_then_resumed(extra: &[&str]) {
+    // A mark this small must hold one max-size message plus the kernel's send buffer
+    // (`Config::check_limits`): 8 KiB messages, 16 KiB send buffers (8 KiB + 159 + 40 KiB).
     let mut args = vec![
+        "--max-message-bytes",
+        "8192",
+        "--send-buffer-bytes",
+        "16KiB",
         "--high-water-bytes",
         "64KiB",
         "--topic-history",

@@ -145,7 +145,8 @@ fn python_websockets_negotiates_receives_and_sends_compressed() {
 const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>deflate</title><script>
 const base = new URLSearchParams(location.search).get('ws');
 const n = Number(new URLSearchParams(location.search).get('n'));
-const report = new WebSocket(base + '/pub/report');
+const token = new URLSearchParams(location.search).get('token');
+const report = new WebSocket(base + '/pub/report?token=' + token);
 const say = (kind, body) => report.send(JSON.stringify({kind, ...body}));
 report.onopen = () => {
   const sub = new WebSocket(base + '/ws/browser');
@@ -173,7 +174,9 @@ fn chromium_negotiates_receives_and_round_trips_compressed() {
         );
         return;
     };
-    let server = Server::start(&["--compression-min-bytes", "64"]);
+    // A page is never trusted to publish (it sends `Origin`): it presents the publish token.
+    let token = "deflate-test-token";
+    let server = Server::start(&["--compression-min-bytes", "64", "--publish-token", token]);
     let admin = server.admin.unwrap();
     let (mut reports, _) = server.ws("/ws/report");
     sync(&mut reports);
@@ -181,7 +184,11 @@ fn chromium_negotiates_receives_and_round_trips_compressed() {
     std::fs::create_dir_all(&dir).unwrap();
     let page = dir.join("page.html");
     std::fs::write(&page, PAGE).unwrap();
-    let url = format!("file://{}?ws=ws://{}&n={N}", page.display(), server.addr);
+    let url = format!(
+        "file://{}?ws=ws://{}&n={N}&token={token}",
+        page.display(),
+        server.addr
+    );
     let _browser = Peer::spawn(
         Command::new(bin)
             .args(CHROMIUM_FLAGS)
@@ -200,7 +207,7 @@ fn chromium_negotiates_receives_and_round_trips_compressed() {
     assert_eq!(ready["kind"], "ready");
     assert_eq!(ready["extensions"], ANSWER, "{ready}");
     let before = compression(admin);
-    let (mut publisher, _) = server.ws("/pub/browser");
+    let (mut publisher, _) = server.ws(&format!("/pub/browser?token={token}"));
     for i in 0..N {
         publisher.send(Message::text(event(i))).unwrap();
     }

@@ -444,7 +444,12 @@ fn a_never_reading_tls_subscriber_is_evicted_and_fast_ones_get_everything() {
     // far from that.
     const N: usize = 600;
     let pki = Pki::new();
-    let server = start(&pki, &["--high-water-bytes", "1MiB"]);
+    // A 1 MiB mark holds one max-size message plus the kernel's send buffer only with smaller
+    // messages than the default (`Config::check_limits`): 16 KiB are sent, 64 KiB allowed.
+    let server = start(
+        &pki,
+        &["--high-water-bytes", "1MiB", "--max-message-bytes", "64KiB"],
+    );
     // The slow one: a 4 KiB receive buffer, the TLS handshake and upgrade, then no more reads.
     let tcp = common::small_rcvbuf_connect(server.addr);
     tcp.set_read_timeout(Some(TIMEOUT)).unwrap();

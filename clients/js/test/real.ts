@@ -2,6 +2,7 @@
 // it), started on an ephemeral loopback port.
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
+import { request } from "node:http";
 import { createInterface } from "node:readline";
 
 const BIN = process.env.SHARDCAST_BIN;
@@ -32,13 +33,23 @@ export async function stop(s: Server): Promise<void> {
   await exited;
 }
 
+/** HTTP publish as a local feed handler does: a plain loopback request (trusted without a
+ * credential). Not `fetch`: it adds `Sec-Fetch-Mode`, which marks a request as a browser's and
+ * so untrusted (README, "Security model"). */
 export async function post(s: Server, topic: string, body: string): Promise<void> {
-  const r = await fetch(`http://${s.addr}/publish/${topic}`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body,
+  const [host, port] = [s.addr.slice(0, s.addr.lastIndexOf(":")), Number(s.addr.slice(s.addr.lastIndexOf(":") + 1))];
+  const status = await new Promise<number>((resolve, reject) => {
+    const req = request(
+      { host, port, method: "POST", path: `/publish/${topic}`, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } },
+      (res) => {
+        res.resume();
+        res.on("end", () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on("error", reject);
+    req.end(body);
   });
-  assert.equal(r.status, 204);
+  assert.equal(status, 204);
 }
 
 export async function until(pred: () => boolean, ms = 15_000): Promise<void> {

@@ -8,9 +8,9 @@
 //! close it, reopen the reserve; a batch of at most [`REFUSE_BATCH`] per round, then
 //! [`BACKOFF`] before accepting again.
 //!
-//! The decisions are sans-IO: [`AcceptErrorReason::of`] classifies an errno and [`LogLimiter`]
-//! (time is an input, shard milliseconds) says when a log line is due and how many errors it
-//! covers. The I/O (the reserve descriptor, the raw accept) is [`Reserve`].
+//! The decision is sans-IO: [`AcceptErrorReason::of`] classifies an errno (the log line is
+//! rate-limited by `warn_limited!`, one home for every repeated warning). The I/O (the reserve
+//! descriptor, the raw accept) is [`Reserve`].
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -21,9 +21,6 @@ pub const BACKOFF: Duration = Duration::from_millis(10);
 
 /// Most pending connections refused through the reserve descriptor per error round.
 pub const REFUSE_BATCH: usize = 64;
-
-/// At most one "accept failed" log line per this many ms (with the count since the last).
-pub const LOG_INTERVAL_MS: u32 = 5000;
 
 /// Why an accept failed (counted as `accept_errors{reason}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,30 +70,6 @@ impl AcceptErrorReason {
             self,
             AcceptErrorReason::ProcessFiles | AcceptErrorReason::SystemFiles
         )
-    }
-}
-
-/// One log line per interval: the first error logs at once, later ones are counted and the
-/// next line (at least [`LOG_INTERVAL_MS`] later) says how many there were.
-#[derive(Debug, Default)]
-pub struct LogLimiter {
-    last: Option<u32>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    /// An error happened at `now`: `Some(n)` when a line is due, covering `n` errors (this
-    /// one and those suppressed since the last line), else `None`.
-    pub fn handle_error(&mut self, now: u32) -> Option<u64> {
-        self.suppressed += 1;
-        let due = self
-            .last
-            .is_none_or(|t| now.wrapping_sub(t) >= LOG_INTERVAL_MS);
-        if !due {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -203,26 +176,6 @@ mod tests {
         for (i, r) in AcceptErrorReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
-    }
-
-    #[test]
-    fn one_log_line_per_interval_with_the_count() {
-        let mut l = LogLimiter::default();
-        assert_eq!(l.handle_error(100), Some(1), "the first logs at once");
-        for t in 101..5100 {
-            assert_eq!(l.handle_error(t), None, "at {t}");
-        }
-        assert_eq!(
-            l.handle_error(5100),
-            Some(5000),
-            "everything since the last line"
-        );
-        assert_eq!(l.handle_error(5101), None);
-        assert_eq!(
-            l.handle_error(u32::MAX),
-            Some(2),
-            "long after (and across the wrap)"
-        );
     }
 
     #[test]

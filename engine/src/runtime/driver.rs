@@ -27,7 +27,8 @@
 //!    `poll_transmit` between `gather` and `sent`.
 //! 5. **Close is final.** After [`IoRequest::Close`] the driver cancels what is pending on the
 //!    socket, waits for the last completions, closes it (with `SO_LINGER` 0 for
-//!    [`CloseMode::Reset`]) and then reports [`Handler::closed`]. Completions reaped in between
+//!    [`CloseMode::Reset`], and for [`CloseMode::ResetIfUnsent`] when the kernel still holds
+//!    unsent bytes) and then reports [`Handler::closed`]. Completions reaped in between
 //!    are still delivered.
 //! 6. **Slot reuse.** [`ConnId`] is a slot plus its generation; every submission carries both
 //!    (io_uring `user_data`, the epoll event's data), and the handler ignores an event whose
@@ -97,6 +98,22 @@ pub enum CloseMode {
     /// `SO_LINGER` 0, then `close`: an RST now, the socket buffer is dropped (a peer that does
     /// not read must not pin kernel memory).
     Reset,
+    /// [`Reset`](Self::Reset) if the kernel still holds unsent or unacknowledged bytes of the
+    /// socket (the peer stopped reading: a plain close would leave them pinned in an orphaned
+    /// socket for minutes), else [`Graceful`](Self::Graceful). For the end of a close whose
+    /// frames were all handed to the kernel.
+    ResetIfUnsent,
+}
+
+impl CloseMode {
+    /// Whether closing `fd` this way resets it (asks the kernel for [`ResetIfUnsent`](Self::ResetIfUnsent)).
+    pub fn resets(self, fd: std::os::fd::RawFd) -> bool {
+        match self {
+            CloseMode::Graceful => false,
+            CloseMode::Reset => true,
+            CloseMode::ResetIfUnsent => crate::runtime::sock::send_buffer_held(fd) > 0,
+        }
+    }
 }
 
 /// Something the handler asks the driver to do to a socket.

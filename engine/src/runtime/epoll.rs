@@ -27,7 +27,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crate::runtime::accept;
-use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest};
+use crate::runtime::driver::{Admit, ConnId, Driver, DriverKind, Handler, IoRequest};
 use crate::runtime::send::{SendPool, SendRecord};
 use crate::runtime::sock;
 use crate::runtime::wake::Doorbell;
@@ -249,7 +249,7 @@ impl Epoll {
                 if let Some(rec) = s.pending.take() {
                     self.pool.recycle(rec);
                 }
-                if mode == CloseMode::Reset {
+                if mode.resets(fd) {
                     sock::set_linger_zero(fd);
                 }
                 // Closing the only descriptor of the socket also drops it from the set.

@@ -222,3 +222,78 @@ fn io_uring_keeps_the_contract() {
     }
     contract(|l| Uring::new(l, 16).unwrap());
 }
+
+/// The first error or EOF reading `s` to its end: true for a reset, false for an orderly EOF.
+fn ends_with_reset(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sink = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut sink) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+                return true;
+            }
+        }
+    }
+}
+
+/// `CloseMode::ResetIfUnsent` (the end of a linger): a peer that stopped reading, whose bytes
+/// the kernel still holds, is reset; a peer that took (and acknowledged) everything gets FIN.
+fn reset_if_unsent<D: Driver>(make: impl Fn(TcpListener) -> D) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut d = make(l);
+    let mut h = H::default();
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    turn_until(&mut d, &mut h, |h| h.conns.len() == 1);
+    let sid = h.conns[0];
+    // 8 MiB it never reads: the socket buffers fill and the kernel keeps what they hold.
+    h.queue(sid, Bytes::from(vec![7u8; 8 << 20]));
+    turn_until(&mut d, &mut h, |h| {
+        !h.results.is_empty() || h.sending.contains(&sid)
+    });
+    for _ in 0..10 {
+        d.dispatch(&mut h);
+        d.flush(&mut h);
+        d.enter(Some(Duration::from_millis(5))).unwrap();
+    }
+    h.io.push_back(IoRequest::Close(sid, CloseMode::ResetIfUnsent));
+    turn_until(&mut d, &mut h, |h| h.closed.contains(&sid));
+    assert!(ends_with_reset(&mut stalled), "unsent bytes: reset");
+    // A peer that read everything and answered (its data carries the ACK of ours): FIN.
+    let mut fine = TcpStream::connect(addr).unwrap();
+    turn_until(&mut d, &mut h, |h| h.conns.len() == 2);
+    let fid = h.conns[1];
+    h.queue(fid, Bytes::from_static(b"bye"));
+    let mut buf = [0u8; 3];
+    fine.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    turn_until(&mut d, &mut h, |h| {
+        h.out.get(&fid).is_some_and(|(q, _)| q.is_empty()) && !h.sending.contains(&fid)
+    });
+    fine.read_exact(&mut buf).unwrap();
+    fine.write_all(b"ok").unwrap();
+    turn_until(&mut d, &mut h, |h| {
+        h.got.get(&fid).is_some_and(|g| g.len() == 2)
+    });
+    h.io.push_back(IoRequest::Close(fid, CloseMode::ResetIfUnsent));
+    turn_until(&mut d, &mut h, |h| h.closed.contains(&fid));
+    assert!(
+        !ends_with_reset(&mut fine),
+        "all acknowledged: orderly close"
+    );
+}
+
+#[test]
+fn epoll_resets_only_what_the_kernel_still_holds() {
+    reset_if_unsent(|l| Epoll::new(l, 16).unwrap());
+}
+
+#[test]
+fn io_uring_resets_only_what_the_kernel_still_holds() {
+    if uring::probe().is_err() {
+        return; // refused here (or by SHARDCAST_URING_REFUSE): the epoll test covers the host
+    }
+    reset_if_unsent(|l| Uring::new(l, 16).unwrap());
+}

@@ -236,7 +236,7 @@ impl Uring {
         }
         s.open = false;
         let fd = s.fd;
-        if mode == CloseMode::Reset {
+        if mode.resets(fd) {
             sock::set_linger_zero(fd);
         }
         sock::close(fd);
@@ -251,7 +251,7 @@ impl Uring {
             if res != -libc::ECANCELED {
                 // Counted, answered through the reserve descriptor when out of descriptors,
                 // and accepting backs off (isolation). (Logged at most once per
-                // LOG_INTERVAL_MS by the shard.)
+                // 10 s by the shard.)
                 let e = io::Error::from_raw_os_error(-res);
                 if let Some(lfd) = self.listener.as_ref().map(|l| l.as_raw_fd()) {
                     let reserve = &mut self.reserve;

@@ -105,7 +105,7 @@ impl Core {
     }
 
     /// An accept failed with `error` (isolation): counted as `accept_errors{reason}`, logged
-    /// at most once per `LOG_INTERVAL_MS` with the count since, and when out of descriptors
+    /// at most once per 10 s with the count since (`warn_limited!`), and when out of descriptors
     /// the pending clients are answered 503 through the driver's reserve descriptor
     /// (`refused{descriptors}`).
     pub fn handle_accept_failed(
@@ -117,9 +117,8 @@ impl Core {
         let st = &mut self.st;
         let why = AcceptErrorReason::of(error);
         st.stats().accept_error(why);
-        if let Some(n) = st.accept_log.handle_error(st.now_ms) {
-            tracing::warn!(shard = st.id, error = %error, errors = n, "accept failed");
-        }
+        // One line per 10 s for the process, with the count it stands for (`obs::logging`).
+        crate::warn_limited!("accept failed", shard = st.id, error = %error);
         if why.out_of_descriptors() {
             let n = refuse(&upgrade::out_of_descriptors());
             for _ in 0..n {

@@ -121,7 +121,12 @@ impl Core {
         let Some(c) = st.conns.get_mut(id) else {
             return;
         };
-        if c.has(flag::ABORT) || c.has(flag::READ_EOF) {
+        // A peer that stopped answering (ABORT) may not read either: reset it if the kernel
+        // still holds bytes for it, so nothing stays pinned in an orphaned socket.
+        if c.has(flag::ABORT) {
+            return self.end(id, CloseMode::ResetIfUnsent);
+        }
+        if c.has(flag::READ_EOF) {
             return self.end(id, CloseMode::Graceful);
         }
         c.phase = Phase::Linger;

@@ -134,8 +134,6 @@ pub(crate) struct State {
     pub next_tick: u32,
     pub next_sweep: u32,
     pub ticker: Ticker,
-    /// Failed accepts: one log line per interval (isolation).
-    pub accept_log: crate::runtime::accept::LogLimiter,
     /// Access policy and per-address limits (issue 14), shared by every shard.
     pub access: Arc<crate::access::Access>,
     /// permessage-deflate: who reads compressed variants, the compressor, the inflater
@@ -236,7 +234,6 @@ impl Core {
                 next_tick: crate::obs::tick::TICK.as_millis() as u32,
                 next_sweep: sweep,
                 ticker,
-                accept_log: Default::default(),
                 access: Arc::new(access),
                 deflate: ShardDeflate::new(config_compression),
                 tls: None,

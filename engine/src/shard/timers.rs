@@ -103,7 +103,9 @@ impl Core {
             match self.st.conns.get(id).map(|c| c.phase) {
                 Some(Phase::Http) => self.handshake_timed_out(id),
                 Some(Phase::Closing) => self.flush_deadline(id),
-                Some(Phase::Linger) => self.end(id, CloseMode::Graceful),
+                // No EOF within the linger: every frame went to the kernel, but a peer that
+                // does not read would leave them pinned there (isolation).
+                Some(Phase::Linger) => self.end(id, CloseMode::ResetIfUnsent),
                 _ => {}
             }
         }

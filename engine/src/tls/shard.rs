@@ -56,6 +56,12 @@ pub struct ShardTls {
     plain: Vec<u8>,
     /// Ciphertext: each flush cuts its send from here.
     arena: BytesMut,
+    /// The ciphertext of each send in flight, by slot (a clone of what the driver holds).
+    in_flight: HashMap<u32, Bytes>,
+    /// What a send that completed in part left unsent, by slot: it goes first, before anything
+    /// new is sealed (a TLS record cut short cannot be sealed again). io_uring completes a send
+    /// on a full socket in part; the epoll driver only whole.
+    unsent: HashMap<u32, Bytes>,
 }
 
 impl ShardTls {
@@ -67,6 +73,8 @@ impl ShardTls {
             scratch: Vec::new(),
             plain: Vec::new(),
             arena: BytesMut::new(),
+            in_flight: HashMap::new(),
+            unsent: HashMap::new(),
         }
     }
 
@@ -80,6 +88,20 @@ impl ShardTls {
     /// Forget `slot`'s session (its slot is freed).
     pub fn remove(&mut self, slot: u32) {
         self.sessions.remove(&slot);
+        self.in_flight.remove(&slot);
+        self.unsent.remove(&slot);
+    }
+
+    /// The send in flight on `slot` completed with `n` bytes written: keep what it did not
+    /// write to go first next time. True if something was left.
+    pub fn sent(&mut self, slot: u32, n: usize) -> bool {
+        match self.in_flight.remove(&slot) {
+            Some(b) if n < b.len() => {
+                self.unsent.insert(slot, b.slice(n..));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// `slot`'s session.
@@ -125,7 +147,8 @@ impl ShardTls {
 
     /// `slot` has TLS output waiting (handshake flight, ticket, alert, close_notify).
     pub fn wants_transmit(&self, slot: u32) -> bool {
-        self.sessions.get(&slot).is_some_and(|s| s.wants_transmit())
+        self.unsent.contains_key(&slot)
+            || self.sessions.get(&slot).is_some_and(|s| s.wants_transmit())
     }
 
     /// `slot` can seal application data.
@@ -149,6 +172,14 @@ impl ShardTls {
     /// Everything `slot` has to send now: its pending TLS output, then `frames` (queue order, the
     /// head without its sent part) sealed into records, up to [`MAX_SEAL_PLAINTEXT`].
     pub fn transmit(&mut self, slot: u32, frames: &[Bytes]) -> Transmit {
+        // The rest of a send that completed in part goes alone, before anything new.
+        if let Some(rest) = self.unsent.remove(&slot) {
+            self.in_flight.insert(slot, rest.clone());
+            return Transmit {
+                bytes: rest,
+                ..Transmit::default()
+            };
+        }
         let Some(s) = self.sessions.get_mut(&slot) else {
             return Transmit::default();
         };
@@ -197,6 +228,9 @@ impl ShardTls {
         };
         self.arena.truncate(written);
         out.bytes = self.arena.split().freeze();
+        if !out.bytes.is_empty() {
+            self.in_flight.insert(slot, out.bytes.clone());
+        }
         out
     }
 }
