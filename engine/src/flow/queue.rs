@@ -419,9 +419,14 @@ impl SendQueue {
         }
         self.bytes += frame.len();
         Self::counted(&frame, frame.len() as isize, 1);
-        let ledger = frame.ledger.clone();
+        let cap = self.frames.capacity();
         self.frames.push_back(frame);
-        self.recharge(&ledger);
+        // Every change leaves the array at most four times what it holds (`recharge`), and a
+        // push only adds: its charge changes only when the array grew.
+        if self.frames.capacity() != cap {
+            let ledger = self.frames.back().expect("just pushed").ledger.clone();
+            self.recharge(&ledger);
+        }
     }
 
     /// Queue a pong (RFC 6455 §5.5.3: only the latest ping needs an answer while one waits):

@@ -160,6 +160,13 @@ pub trait Handler {
     fn poll_io(&mut self) -> Option<IoRequest>;
     /// The next connection to write to (frames queued, no send in flight), if any.
     fn poll_transmit(&mut self) -> Option<ConnId>;
+    /// At most how many frames the next [`gather`](Self::gather) of `id` hands over (0: not
+    /// known). A driver sizes the send record from it: a large gather then takes one
+    /// allocation per array rather than a doubling series of reallocations, each of which
+    /// lands a large array on fresh pages (page faults on every send of a burst).
+    fn gather_frames(&self, _id: ConnId) -> usize {
+        0
+    }
     /// Fill one gather for `id`: `frame(bytes, offset)` for every frame of the batch, in order
     /// (`offset`: bytes of it already written). Returns the bytes gathered; from now until
     /// [`sent`](Self::sent) a send is in flight on `id`.

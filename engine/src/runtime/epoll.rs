@@ -408,6 +408,7 @@ impl Driver for Epoll {
         while let Some(req) = h.poll_io() {
             self.apply(h, req);
         }
+        self.pool.end_turn();
     }
 
     fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {

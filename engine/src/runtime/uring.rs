@@ -461,6 +461,7 @@ impl Driver for Uring {
         for id in std::mem::take(&mut self.rearm) {
             self.arm_recv(id);
         }
+        self.pool.end_turn();
         if self.accept_paused.is_some_and(|at| Instant::now() < at) {
             // Backing off after a failed accept.
         } else if !self.accept_armed {

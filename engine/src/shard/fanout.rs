@@ -313,22 +313,28 @@ impl State {
             return false;
         }
         // Isolation: the frame being written is exempt (a frame alone never makes a client slow).
-        if conn.backlog_with(qf.len()) > policy.high_water_bytes {
-            match policy.policy {
-                Action::Evict => {
-                    self.evict(slot, Eviction::HighWater);
-                    return false;
-                }
-                Action::Conflate => {
-                    let n = conn.queue.keep_newest(topic, 0);
-                    self.stats().drop_messages(Discard::Conflated, n as u64);
-                }
-                Action::DropOldest => {
-                    let n = conn.queue.keep_newest(topic, policy.keep - 1);
-                    self.stats().drop_messages(Discard::DropOldest, n as u64);
-                }
-                Action::Pause => self.hold_pause(slot, topic, policy.low_water_bytes),
+        if conn.backlog_with(qf.len()) <= policy.high_water_bytes {
+            // Below the mark (the common case): the backlog after the push is the one just
+            // computed, so there is nothing more to decide. (Computed once: at many
+            // connections the head frame it reads is a cache miss per delivery.)
+            self.push_frame(slot, qf.clone());
+            return true;
+        }
+        // Above the mark: the topic's policy.
+        match policy.policy {
+            Action::Evict => {
+                self.evict(slot, Eviction::HighWater);
+                return false;
             }
+            Action::Conflate => {
+                let n = conn.queue.keep_newest(topic, 0);
+                self.stats().drop_messages(Discard::Conflated, n as u64);
+            }
+            Action::DropOldest => {
+                let n = conn.queue.keep_newest(topic, policy.keep - 1);
+                self.stats().drop_messages(Discard::DropOldest, n as u64);
+            }
+            Action::Pause => self.hold_pause(slot, topic, policy.low_water_bytes),
         }
         self.push_frame(slot, qf.clone());
         let backlog = self.conns.at(slot).map_or(0, |c| c.backlog_with(0));

@@ -173,6 +173,16 @@ impl Core {
         None
     }
 
+    /// At most how many frames [`gather_into`](Self::gather_into) hands over for `id` now: a
+    /// TLS connection's gather is one ciphertext buffer.
+    pub fn gather_bound(&self, id: ConnId) -> usize {
+        match self.st.conns.get(id) {
+            Some(c) if c.has(flag::TLS) => 1,
+            Some(c) => c.queue.len_frames().min(MAX_IOVECS),
+            None => 0,
+        }
+    }
+
     /// Hand one gather of `id`'s queue to `frame(bytes, offset)` and pin it (see the module
     /// docs); returns its bytes.
     pub fn gather_into(&mut self, id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize {

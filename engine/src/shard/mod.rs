@@ -425,6 +425,10 @@ impl Handler for Core {
         self.next_transmit()
     }
 
+    fn gather_frames(&self, id: ConnId) -> usize {
+        self.gather_bound(id)
+    }
+
     fn gather(&mut self, id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize {
         self.gather_into(id, frame)
     }

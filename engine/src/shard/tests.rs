@@ -259,6 +259,32 @@ fn a_turn_writes_each_connection_once_with_everything_it_got() {
     assert_eq!(c.poll_transmit(), None);
 }
 
+/// The bound a driver sizes its send record from: never below what the gather hands over,
+/// at most `MAX_IOVECS`.
+#[test]
+fn the_gather_bound_covers_the_gather_and_stops_at_the_iovec_limit() {
+    use crate::runtime::driver::MAX_IOVECS;
+    let mut c = core(&[]);
+    let id = sub(&mut c, &["t"]);
+    assert_eq!(c.gather_bound(id), 0);
+    let mut queued = 0;
+    for n in [1usize, 3, MAX_IOVECS + 5] {
+        while queued < n {
+            c.publish(&Arc::from("t"), MessageKind::Binary, &[7; 20]);
+            queued += 1;
+        }
+        assert_eq!(c.gather_bound(id), n.min(MAX_IOVECS));
+    }
+    let mut gathered = 0;
+    c.gather_into(id, &mut |_, _| gathered += 1);
+    assert_eq!(gathered, MAX_IOVECS, "the bound is what one gather takes");
+    let stale = ConnId {
+        slot: id.slot,
+        gen: id.gen + 1,
+    };
+    assert_eq!(c.gather_bound(stale), 0, "another generation has nothing");
+}
+
 #[test]
 fn a_send_in_flight_is_never_offered_again_and_its_frames_stay() {
     let mut c = core(&["--topic-policy", "t=conflate,high_water_bytes=50"]);
