@@ -448,7 +448,7 @@ fn a_never_reading_tls_subscriber_is_evicted_and_fast_ones_get_everything() {
     // messages than the default (`Config::check_limits`): 16 KiB are sent, 64 KiB allowed.
     let server = start(
         &pki,
-        &["--high-water-bytes", "1MiB", "--max-message-bytes", "64KiB"],
+        &["--high-water-bytes", "1MiB", "--max-message-bytes", "65536"],
     );
     // The slow one: a 4 KiB receive buffer, the TLS handshake and upgrade, then no more reads.
     let tcp = common::small_rcvbuf_connect(server.addr);
