@@ -170,7 +170,9 @@ fn max_connections_is_global_whatever_the_shard() {
     for _ in 0..500 {
         let r = server.http(upgrade("/ws/t", KEY).as_bytes());
         if status(&r) == 503 {
-            stats_until(admin, |s| s["shards"][0]["refused"]["max_connections"] == 1);
+            // Far below the global 10: a per-shard refusal — on shard 0, or on shard 1 while an
+            // earlier upgrade there was still closing.
+            stats_until(admin, |s| s["totals"]["refused"]["max_connections"] == 1);
             return;
         }
     }

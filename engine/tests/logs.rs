@@ -128,7 +128,9 @@ fn colour_on_a_terminal_only_without_no_color() {
 #[test]
 fn repeated_accept_failures_are_one_line_per_ten_seconds_with_a_count() {
     // 64 descriptors in all: the server starts, then runs out after a few dozen clients, and
-    // every accept after that fails (EMFILE) until they leave.
+    // every accept after that fails (EMFILE) until they leave. Each failure answers the pending
+    // clients (503 through the reserve descriptor), so failures repeat only while clients keep
+    // arriving: a trickle of new ones (bounded) keeps them coming.
     let mut cmd = Server::command(&[
         "--max-connections",
         "1000",
@@ -153,8 +155,23 @@ fn repeated_accept_failures_are_one_line_per_ten_seconds_with_a_count() {
     let clients: Vec<_> = (0..100)
         .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
         .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let (stop, addr) = (stop.clone(), server.addr);
+        std::thread::spawn(move || {
+            for _ in 0..1500 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                drop(std::net::TcpStream::connect(addr));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
     // The second line comes one window (10 s) after the first, standing for all in between.
     let text = log.wait_for(Duration::from_secs(30), |t| t.contains("accept failed (x"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("accept failed"))
