@@ -720,7 +720,6 @@ fn connection_floods_over_the_limit_are_refused_cheaply() {
 #[test]
 fn out_of_descriptors_answers_503_and_counts() {
     use std::io::{BufRead, BufReader, Read, Write};
-    use std::os::unix::process::CommandExt;
     let _serial = serial();
     let log = std::env::temp_dir().join(format!("shardcast-emfile-{}.log", std::process::id()));
     let bin = std::env::var("SHARDCAST_TEST_BIN")
@@ -742,19 +741,7 @@ fn out_of_descriptors_answers_503_and_counts() {
     ])
     .stdout(std::process::Stdio::piped())
     .stderr(std::fs::File::create(&log).unwrap());
-    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_files(&mut cmd, 64);
     let mut child = cmd.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())

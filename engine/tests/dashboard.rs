@@ -5,7 +5,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -163,10 +163,8 @@ fn run_chromium(bin: &Path, url: &str, extra: &[&str]) -> String {
         extra.len()
     ));
     let (_, out) = run_bounded(
-        Command::new(bin)
-            .args(CHROMIUM_FLAGS)
+        headless_chromium(bin, &profile)
             .arg("--virtual-time-budget=5000")
-            .arg(format!("--user-data-dir={}", profile.display()))
             .args(extra)
             .arg(url)
             .stderr(Stdio::null()),

@@ -190,9 +190,7 @@ fn chromium_negotiates_receives_and_round_trips_compressed() {
         server.addr
     );
     let _browser = Peer::spawn(
-        Command::new(bin)
-            .args(CHROMIUM_FLAGS)
-            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        headless_chromium(&bin, &dir.join("profile"))
             .arg(url)
             .stderr(Stdio::null()),
     );

@@ -5,7 +5,6 @@
 mod common;
 
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -137,19 +136,7 @@ fn repeated_accept_failures_are_one_line_per_ten_seconds_with_a_count() {
         "--handshake-timeout-ms",
         "60000",
     ]);
-    // SAFETY: setrlimit is async-signal-safe and touches only the child being started.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_files(&mut cmd, 64);
     let started = Instant::now();
     let (mut server, log) = Server::spawn_logged(cmd);
     let clients: Vec<_> = (0..100)

@@ -716,3 +716,23 @@ pub fn data(ws: &mut Ws, topic: &str) -> (u64, serde_json::Value) {
         n => panic!("expected data, got {n:?}"),
     }
 }
+
+/// The child `cmd` starts with at most `n` open files (RLIMIT_NOFILE, soft and hard): how the
+/// tests run a server out of descriptors.
+pub fn limit_files(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and touches only the child being started, between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
