@@ -389,18 +389,18 @@ pub struct Overrides {
     /// Time a client has to complete the upgrade, in ms [default: 10000]
     #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
-    /// Largest HTTP request head in bytes [default: 8192]
+    /// Largest HTTP request head in bytes; suffixes K/M/G/KiB/MiB/GiB [default: 8192]
     #[arg(long, env = "SHARDCAST_MAX_HEADER_BYTES")]
-    pub max_header_bytes: Option<usize>,
+    pub max_header_bytes: Option<ByteSize>,
     /// Most headers in a request head [default: 32]
     #[arg(long, env = "SHARDCAST_MAX_HEADERS")]
     pub max_headers: Option<usize>,
-    /// Largest message from publishers, rooms and echo clients, in bytes [default: 1048576]
+    /// Largest message from publishers, rooms and echo clients, in bytes; suffixes K/M/G/KiB/MiB/GiB [default: 1MiB]
     #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES")]
-    pub max_message_bytes: Option<usize>,
-    /// Largest (control) message from subscribers, in bytes [default: 4096]
+    pub max_message_bytes: Option<ByteSize>,
+    /// Largest (control) message from subscribers, in bytes; suffixes K/M/G/KiB/MiB/GiB [default: 4096; 64KiB with --profile binance]
     #[arg(long, env = "SHARDCAST_MAX_CONTROL_MESSAGE_BYTES")]
-    pub max_control_message_bytes: Option<usize>,
+    pub max_control_message_bytes: Option<ByteSize>,
     /// Most topics per connection [default: 1024]
     #[arg(long, env = "SHARDCAST_MAX_TOPICS_PER_CONNECTION")]
     pub max_topics_per_connection: Option<usize>,
@@ -495,9 +495,9 @@ pub struct Overrides {
     /// permessage-deflate (RFC 7692) for clients that offer it: each message is compressed once for every compressing client of the process; off = never negotiated [default: on]
     #[arg(long, env = "SHARDCAST_COMPRESSION")]
     pub compression: Option<Switch>,
-    /// Messages shorter than this many bytes are sent uncompressed [default: 128]
+    /// Messages shorter than this many bytes are sent uncompressed; suffixes K/M/G/KiB/MiB/GiB [default: 128]
     #[arg(long, env = "SHARDCAST_COMPRESSION_MIN_BYTES")]
-    pub compression_min_bytes: Option<usize>,
+    pub compression_min_bytes: Option<ByteSize>,
     /// Compression level, 1 (fastest) to 12 (smallest), libdeflate's scale [default: 6]
     #[arg(long, env = "SHARDCAST_COMPRESSION_LEVEL")]
     pub compression_level: Option<u8>,
@@ -685,7 +685,7 @@ impl Overrides {
             return Err(ConfigError::Invalid("shards must be at least 1"));
         }
         let size = |b: Option<ByteSize>| b.map(|b| b.0 as usize);
-        let max_message_bytes = self.max_message_bytes.unwrap_or(1 << 20);
+        let max_message_bytes = size(self.max_message_bytes).unwrap_or(1 << 20);
         let send_buffer_bytes = size(self.send_buffer_bytes).unwrap_or(DEFAULT_SEND_BUFFER);
         // An unset mark is at least what one accepted message needs (limits.rs).
         let default_high = crate::flow::policy::DEFAULT_HIGH_WATER.max(limits::min_high_water(
@@ -756,11 +756,11 @@ impl Overrides {
             max_connections_source: max_connections_source.to_owned(),
             max_connections_per_shard: self.max_connections_per_shard,
             handshake_timeout_ms: self.handshake_timeout_ms.unwrap_or(10_000),
-            max_header_bytes: self.max_header_bytes.unwrap_or(8192),
+            max_header_bytes: size(self.max_header_bytes).unwrap_or(8192),
             max_headers: self.max_headers.unwrap_or(32),
             max_message_bytes,
             // Binance clients SUBSCRIBE up to 1024 streams in one message.
-            max_control_message_bytes: self.max_control_message_bytes.unwrap_or(if binance {
+            max_control_message_bytes: size(self.max_control_message_bytes).unwrap_or(if binance {
                 65_536
             } else {
                 4096
@@ -808,8 +808,7 @@ impl Overrides {
             nats_reconnect_max_ms: self.nats_reconnect_max_ms.unwrap_or(2000),
             access: self.access.finish().map_err(ConfigError::Access)?,
             compression: self.compression.unwrap_or(Switch::On),
-            compression_min_bytes: self
-                .compression_min_bytes
+            compression_min_bytes: size(self.compression_min_bytes)
                 .unwrap_or(crate::deflate::settings::DEFAULT_MIN_BYTES),
             compression_level: self
                 .compression_level
@@ -1082,6 +1081,41 @@ mod tests {
         std::fs::write(&path, "shardz = 3\n").unwrap();
         let err = parse(&["--config", p]).resolve().unwrap_err();
         assert!(err.to_string().contains("shardz"), "{err}");
+    }
+
+    #[test]
+    fn message_and_header_limits_take_size_suffixes() {
+        let c = parse(&[
+            "--max-message-bytes",
+            "64KiB",
+            "--max-header-bytes",
+            "16K",
+            "--max-control-message-bytes",
+            "8192",
+            "--compression-min-bytes",
+            "1k",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.max_message_bytes, 65_536);
+        assert_eq!(c.max_header_bytes, 16_384);
+        assert_eq!(c.max_control_message_bytes, 8192);
+        assert_eq!(c.compression_min_bytes, 1024);
+        let bad = Overrides::try_parse_from(["shardcast", "--max-message-bytes", "1MB2"]);
+        assert!(bad.is_err(), "an unknown suffix is refused while parsing");
+        // The TOML file accepts both forms.
+        let dir = std::env::temp_dir().join(format!("shardcast-cfg-size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "max_message_bytes = \"2MiB\"\nmax_header_bytes = 4096\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap()])
+            .resolve()
+            .unwrap();
+        assert_eq!((c.max_message_bytes, c.max_header_bytes), (2 << 20, 4096));
     }
 
     #[test]
