@@ -452,7 +452,7 @@ pub struct Overrides {
     /// Policy above the high-water mark for topics no --topic-policy matches: evict (close 1013), conflate, drop-oldest or pause [default: evict]
     #[arg(long, env = "SHARDCAST_DEFAULT_POLICY")]
     pub default_policy: Option<Action>,
-    /// High-water mark per connection: kernel send buffer plus what is queued behind the frame being written; must be at least max_message_bytes + 159 + 2.5 x send_buffer_bytes (checked at start); suffixes K/M/G/KiB/MiB/GiB [default: 2MiB, raised to that minimum when larger]
+    /// High-water mark per connection: kernel send buffer plus what is queued behind the frame being written; must be at least max_message_bytes + 159 + 2.5 x send_buffer_bytes (+ 72 KiB with TLS; checked at start); suffixes K/M/G/KiB/MiB/GiB [default: 2MiB, raised to that minimum when larger]
     #[arg(long, env = "SHARDCAST_HIGH_WATER_BYTES")]
     pub high_water_bytes: Option<ByteSize>,
     /// Kernel send buffer per connection (SO_SNDBUF; the kernel holds up to twice this); 0 leaves autotuning up to tcp_wmem's max; suffixes K/M/G/KiB/MiB/GiB [default: 256KiB]
@@ -690,7 +690,7 @@ impl Overrides {
         // An unset mark is at least what one accepted message needs (limits.rs).
         let default_high = crate::flow::policy::DEFAULT_HIGH_WATER.max(limits::min_high_water(
             max_message_bytes,
-            kernel_allowance(send_buffer_bytes),
+            kernel_allowance(send_buffer_bytes, self.tls_cert.is_some()),
         ));
         let default = Policy::resolve(
             self.default_policy.unwrap_or(Action::Evict),
@@ -901,20 +901,26 @@ pub fn default_max_subscriptions(memory_limit: u64) -> usize {
 pub const DEFAULT_SEND_BUFFER: usize = 256 << 10;
 
 /// Kernel bytes one socket may hold with `send_buffer_bytes` (limits.rs).
-fn kernel_allowance(send_buffer_bytes: usize) -> usize {
+fn kernel_allowance(send_buffer_bytes: usize, tls: bool) -> usize {
     let wmem_max = if send_buffer_bytes == 0 {
         limits::host_tcp_wmem_max()
     } else {
         0
     };
-    limits::kernel_allowance(send_buffer_bytes, wmem_max)
+    // A TLS connection is also charged the ciphertext of its send in flight.
+    let ciphertext = if tls {
+        crate::tls::MAX_SEND_CIPHERTEXT
+    } else {
+        0
+    };
+    limits::kernel_allowance(send_buffer_bytes, wmem_max) + ciphertext
 }
 
 impl Config {
     /// Start-up check of the size limits (limits.rs): the default mark and every `evict` topic
     /// policy's mark must take one accepted message plus a full kernel send buffer.
     pub fn check_limits(&self) -> Result<(), ConfigError> {
-        let kernel = kernel_allowance(self.send_buffer_bytes);
+        let kernel = kernel_allowance(self.send_buffer_bytes, self.tls_cert.is_some());
         let max = self.max_message_bytes;
         limits::check_mark("high_water_bytes", self.high_water_bytes, max, kernel)
             .map_err(ConfigError::Limits)?;

@@ -14,6 +14,8 @@
 //!                                                       bookkeeping; 25% slack for the
 //!                                                       skb it may add past that)
 //!                   = tcp_wmem max                      (send_buffer_bytes = 0: autotuning)
+//!                   + 72 KiB with TLS                   (the ciphertext of one send in flight,
+//!                                                       `tls::MAX_SEND_CIPHERTEXT`)
 //! ```
 //!
 //! An unset default mark is raised to that minimum (config resolution); at start-up a default
@@ -64,7 +66,8 @@ pub fn check_mark(
     Err(format!(
         "{what} = {mark} is below max_message_bytes ({max_message}) + {MAX_FRAME_OVERHEAD} \
          (frame header and /stream wrapper) + {kernel_allowance} (kernel send buffer: \
-         2.5 x send_buffer_bytes, or tcp_wmem's max when send_buffer_bytes = 0) = {min}: \
+         2.5 x send_buffer_bytes, or tcp_wmem's max when send_buffer_bytes = 0; plus 72 KiB \
+         of ciphertext with TLS) = {min}: \
          one accepted message could evict a subscriber that keeps up. Raise it to at least \
          {min}, or lower max_message_bytes or send_buffer_bytes"
     ))

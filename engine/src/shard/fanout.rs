@@ -274,6 +274,10 @@ impl State {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
+        // Its kernel bytes were released with the close request (`request_close`).
+        if c.phase == crate::conn::state::Phase::Ended {
+            return;
+        }
         let new = u32::try_from(bytes).unwrap_or(u32::MAX);
         let old = std::mem::replace(&mut c.kernel, new);
         self.ledger

@@ -147,10 +147,27 @@ impl Core {
             c.set(flag::SENDING);
             frame(&out.bytes, 0);
         }
+        self.tls_recharge(id);
         if let Some(why) = out.failed {
             self.tls_failed(id, why);
         }
         n
+    }
+
+    /// Charge TLS connection `id` for the ciphertext its shard holds for it (in flight or left
+    /// unsent), as part of its kernel bytes: the plaintext left the queue when it was sealed,
+    /// so without this a stalled TLS send would be memory nothing counts (isolation).
+    fn tls_recharge(&mut self, id: ConnId) {
+        let st = &mut self.st;
+        let Some(tls) = st.tls.as_mut() else {
+            return;
+        };
+        let (was, now) = tls.recharge(id.slot);
+        if was != now {
+            if let Some(kernel) = st.conns.get(id).map(|c| c.kernel as usize) {
+                st.set_kernel(id, kernel.saturating_sub(was) + now);
+            }
+        }
     }
 
     /// The ciphertext send on TLS connection `id` completed: all of it, part of it (io_uring on
@@ -172,6 +189,11 @@ impl Core {
                 if let Some(t) = st.tls.as_mut() {
                     t.sent(id.slot, n);
                 }
+                self.tls_recharge(id);
+                let st = &mut self.st;
+                let Some(c) = st.conns.get_mut(id) else {
+                    return;
+                };
                 let more = !c.queue.is_empty() || Core::tls_ready(st, id.slot, false);
                 st.after_write(id.slot);
                 if more {
@@ -485,6 +507,63 @@ mod tests {
         assert_eq!(got.len(), frames);
         assert!(got[4..3004].iter().all(|&b| b == 0));
         assert!(got[frames - 100..].iter().all(|&b| b == 9));
+    }
+
+    /// Isolation: sealed plaintext leaves the queue, so the ciphertext the shard holds for a
+    /// connection (its send in flight, what a partial send left) is charged as its kernel
+    /// bytes until it is written, and a kernel sample keeps that charge beside it.
+    #[test]
+    fn ciphertext_held_for_a_connection_is_charged_until_written() {
+        let t0 = Instant::now();
+        let (mut core, root) = tls_core(&[], t0);
+        let id = accept(&mut core);
+        let mut c = client(&root);
+        pump(&mut core, id, &mut c);
+        c.writer().write_all(UPGRADE).unwrap();
+        pump(&mut core, id, &mut c);
+        assert_eq!(
+            core.ledger().kernel(),
+            0,
+            "nothing held after the handshake"
+        );
+        for i in 0..4u8 {
+            core.publish(&Arc::from("t"), MessageKind::Binary, &[i; 3000]);
+        }
+        let kernel = |core: &Core| core.conn(id).map_or(0, |c| c.kernel as usize);
+        assert_eq!(core.poll_transmit(), Some(id));
+        let mut got = Vec::new();
+        core.gather(id, &mut |b, off| got.extend_from_slice(&b[off..]));
+        assert!(got.len() > 12_000, "four frames sealed: {}", got.len());
+        assert_eq!(kernel(&core), got.len(), "in flight: charged");
+        assert_eq!(core.ledger().kernel(), got.len());
+        // The kernel reports its buffer after the send: the ciphertext charge stays beside it
+        // until the completion says how much was written.
+        core.kernel_held(id, 500);
+        assert_eq!(kernel(&core), 500 + got.len());
+        core.handle_sent(id, Ok(100));
+        assert_eq!(
+            kernel(&core),
+            500 + got.len() - 100,
+            "the unsent rest stays charged"
+        );
+        // The rest goes out whole; then nothing is held.
+        assert_eq!(core.poll_transmit(), Some(id));
+        let mut rest = Vec::new();
+        core.gather(id, &mut |b, off| rest.extend_from_slice(&b[off..]));
+        assert_eq!(rest.len(), got.len() - 100);
+        assert_eq!(kernel(&core), 500 + rest.len());
+        core.kernel_held(id, 0);
+        core.handle_sent(id, Ok(rest.len()));
+        assert_eq!(kernel(&core), 0);
+        assert_eq!(core.ledger().kernel(), 0);
+        // A connection that ends with ciphertext in flight gives its charge back.
+        core.publish(&Arc::from("t"), MessageKind::Binary, &[7; 3000]);
+        assert_eq!(core.poll_transmit(), Some(id));
+        core.gather(id, &mut |_, _| {});
+        assert!(core.ledger().kernel() > 3000);
+        core.end(id, crate::runtime::driver::CloseMode::Reset);
+        core.handle_sent(id, Ok(10));
+        assert_eq!(core.ledger().kernel(), 0, "released with the connection");
     }
 
     #[test]

@@ -27,5 +27,5 @@ pub use material::SetupError;
 pub use options::TlsOptions;
 pub use reload::{ShardConfig, TlsContext};
 pub use session::{Received, Sealed, Session};
-pub use shard::ShardTls;
+pub use shard::{ShardTls, MAX_SEND_CIPHERTEXT};
 pub use stats::{TlsSnapshot, TlsStats};

@@ -30,8 +30,14 @@ use super::session::{Received, Session, MAX_RECORD_OVERHEAD, MAX_RECORD_PLAINTEX
 /// corked flush comes back as soon as this one completes).
 pub const MAX_SEAL_PLAINTEXT: usize = 4 * MAX_RECORD_PLAINTEXT;
 
+/// Most ciphertext one connection's flush holds: [`MAX_SEAL_PLAINTEXT`] sealed plus record
+/// overhead and pending handshake output, with room to spare. It is charged to the connection
+/// like its kernel send buffer (it is on its way there) until the send completes, so the
+/// `evict` mark's kernel allowance grows by it when TLS is on (`flow::limits`).
+pub const MAX_SEND_CIPHERTEXT: usize = MAX_SEAL_PLAINTEXT + 8 * 1024;
+
 /// The ciphertext arena's allocation: a few flushes of small frames, or one full flush.
-const ARENA_BYTES: usize = MAX_SEAL_PLAINTEXT + 8 * 1024;
+const ARENA_BYTES: usize = MAX_SEND_CIPHERTEXT;
 
 /// What one flush produced.
 #[derive(Debug, Default)]
@@ -62,6 +68,9 @@ pub struct ShardTls {
     /// new is sealed (a TLS record cut short cannot be sealed again). io_uring completes a send
     /// on a full socket in part; the epoll driver only whole.
     unsent: HashMap<u32, Bytes>,
+    /// The ciphertext each connection is charged for now (part of its `Conn::kernel`): what
+    /// [`ShardTls::held`] was at the last [`ShardTls::recharge`].
+    charged: HashMap<u32, usize>,
 }
 
 impl ShardTls {
@@ -75,6 +84,7 @@ impl ShardTls {
             arena: BytesMut::new(),
             in_flight: HashMap::new(),
             unsent: HashMap::new(),
+            charged: HashMap::new(),
         }
     }
 
@@ -90,6 +100,30 @@ impl ShardTls {
         self.sessions.remove(&slot);
         self.in_flight.remove(&slot);
         self.unsent.remove(&slot);
+        self.charged.remove(&slot);
+    }
+
+    /// Ciphertext this shard holds for `slot`: the send in flight, or what one left unsent.
+    /// Sealed plaintext left the queue, so this is what the connection costs past its queue.
+    pub fn held(&self, slot: u32) -> usize {
+        let len = |m: &HashMap<u32, Bytes>| m.get(&slot).map_or(0, Bytes::len);
+        len(&self.in_flight) + len(&self.unsent)
+    }
+
+    /// What `slot` is charged for now (see [`ShardTls::recharge`]).
+    pub fn charged(&self, slot: u32) -> usize {
+        self.charged.get(&slot).copied().unwrap_or(0)
+    }
+
+    /// Bring `slot`'s charge to what it holds; returns (was, now).
+    pub fn recharge(&mut self, slot: u32) -> (usize, usize) {
+        let now = self.held(slot);
+        let was = if now == 0 {
+            self.charged.remove(&slot).unwrap_or(0)
+        } else {
+            self.charged.insert(slot, now).unwrap_or(0)
+        };
+        (was, now)
     }
 
     /// The send in flight on `slot` completed with `n` bytes written: keep what it did not
