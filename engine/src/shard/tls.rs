@@ -348,6 +348,17 @@ mod tests {
         }
     }
 
+    /// A TLS core with one client through its handshake and upgraded (subscribed to `t`).
+    fn subscribed() -> (Core, ConnId, ClientConnection) {
+        let (mut core, root) = tls_core(&[], Instant::now());
+        let id = accept(&mut core);
+        let mut c = client(&root);
+        pump(&mut core, id, &mut c);
+        c.writer().write_all(UPGRADE).unwrap();
+        pump(&mut core, id, &mut c);
+        (core, id, c)
+    }
+
     /// Move bytes both ways until neither side has more to say; returns the closes requested.
     fn pump(core: &mut Core, id: ConnId, c: &mut ClientConnection) -> Vec<ConnId> {
         let mut closes = Vec::new();
@@ -471,13 +482,7 @@ mod tests {
     /// to go first, whole, before anything new is sealed: the client decrypts everything.
     #[test]
     fn a_partial_send_is_completed_before_anything_new() {
-        let t0 = Instant::now();
-        let (mut core, root) = tls_core(&[], t0);
-        let id = accept(&mut core);
-        let mut c = client(&root);
-        pump(&mut core, id, &mut c);
-        c.writer().write_all(UPGRADE).unwrap();
-        pump(&mut core, id, &mut c);
+        let (mut core, id, mut c) = subscribed();
         plaintext(&mut c);
         for i in 0..4u8 {
             core.publish(&Arc::from("t"), MessageKind::Binary, &[i; 3000]);
@@ -514,13 +519,7 @@ mod tests {
     /// bytes until it is written, and a kernel sample keeps that charge beside it.
     #[test]
     fn ciphertext_held_for_a_connection_is_charged_until_written() {
-        let t0 = Instant::now();
-        let (mut core, root) = tls_core(&[], t0);
-        let id = accept(&mut core);
-        let mut c = client(&root);
-        pump(&mut core, id, &mut c);
-        c.writer().write_all(UPGRADE).unwrap();
-        pump(&mut core, id, &mut c);
+        let (mut core, id, _client) = subscribed();
         assert_eq!(
             core.ledger().kernel(),
             0,
