@@ -50,7 +50,7 @@ fn engine(cert: &Path, key: &Path) -> shardcast::server::Server {
     ])
     .unwrap();
     let config = overrides.resolve().unwrap();
-    let options = shardcast::tls::TlsOptions::from_config(&config).expect("TLS options");
+    let options = config.tls_options().expect("TLS options");
     let tls = shardcast::tls::TlsContext::start(options).unwrap();
     shardcast::server::start_with_tls(config, Some(tls)).unwrap()
 }

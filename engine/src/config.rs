@@ -17,58 +17,11 @@ use crate::flow::limits;
 use crate::flow::policy::{Action, Policy, TopicPolicy};
 use crate::obs::latency::Recording;
 use crate::obs::logging::LogFormat;
-use crate::tls::options::{ClientAuth, Tickets, TlsVersion};
+use crate::tls::options::{ClientAuth, Tickets, TlsOptions, TlsVersion};
 
-/// Default `queue_ceiling_pct`: the share of the memory limit queued frames may hold.
-pub const DEFAULT_QUEUE_CEILING_PCT: u32 = 5;
+pub use crate::ops::capacity::DEFAULT_QUEUE_CEILING_PCT;
 
-/// A byte count given as a plain number or with a suffix; every suffix is binary, as memory
-/// limits are: `K`/`KiB` = 1024, `M`/`MiB` = 1024², `G`/`GiB` = 1024³.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct ByteSize(pub u64);
-
-impl std::str::FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, suffix) = s.split_at(digits);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a byte count (e.g. 65536, 64K, 64MiB, 2G)"))?;
-        let shift = match suffix.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 0,
-            "k" | "kb" | "kib" => 10,
-            "m" | "mb" | "mib" => 20,
-            "g" | "gb" | "gib" => 30,
-            _ => {
-                return Err(format!(
-                    "{s:?}: unknown suffix (use K, M, G, KiB, MiB, GiB)"
-                ))
-            }
-        };
-        n.checked_mul(1 << shift)
-            .map(ByteSize)
-            .ok_or_else(|| format!("{s:?} is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
-
+pub use crate::bytesize::ByteSize;
 pub use crate::runtime::select::Driver;
 
 /// One `[[topic_policy]]` entry as configured: unset limits fall back to the defaults.
@@ -733,7 +686,7 @@ impl Overrides {
         }
         let (max_connections, max_connections_source) = match self.max_connections {
             Some(n) => (n, "config"),
-            None => crate::ops::preflight::default_max_connections(
+            None => crate::ops::capacity::default_max_connections(
                 crate::rlimit::nofile().ok().map(|n| n.hard),
                 shards,
                 memory_limit,
@@ -864,7 +817,7 @@ impl Overrides {
                 "close_flush_timeout_ms must be 1..=2147483647",
             ));
         }
-        crate::tls::options::validate(&config).map_err(ConfigError::Invalid)?;
+        config.check_tls().map_err(ConfigError::Invalid)?;
         crate::bridge::subject::validate_prefix(&config.nats_subject_prefix)
             .map_err(ConfigError::Invalid)?;
         if config.nats_buffer_bytes == 0 || config.nats_pending_messages == 0 {
@@ -914,6 +867,56 @@ fn kernel_allowance(send_buffer_bytes: usize, tls: bool) -> usize {
         0
     };
     limits::kernel_allowance(send_buffer_bytes, wmem_max) + ciphertext
+}
+
+/// Two listeners would take the same connections: the same non-zero port on addresses that
+/// overlap (equal, or either unspecified). With SO_REUSEPORT the kernel would not refuse the
+/// second bind; it would silently spread plain and TLS clients over both.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+impl Config {
+    /// The data listener's TLS options, or `None` when it serves plain `ws://`.
+    pub fn tls_options(&self) -> Option<TlsOptions> {
+        Some(TlsOptions {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            min_version: self.tls_min_version,
+            client_ca: self.tls_client_ca.clone(),
+            client_auth: self.tls_client_auth,
+            tickets: self.tls_session_tickets,
+        })
+    }
+
+    /// Check the TLS keys against each other and the listeners.
+    fn check_tls(&self) -> Result<(), &'static str> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key go together");
+        }
+        let tls = self.tls_cert.is_some();
+        if self.tls_client_ca.is_some() && !tls {
+            return Err("tls_client_ca needs tls_cert and tls_key");
+        }
+        if let Some(plain) = self.listen_plain {
+            if !tls {
+                return Err(
+                    "listen_plain needs tls_cert and tls_key (without TLS, listen is already plain)",
+                );
+            }
+            if overlap(plain, self.listen) {
+                return Err("listen_plain must not share listen's port on an overlapping address");
+            }
+            if self.admin_listen.addr().is_some_and(|a| overlap(plain, a)) {
+                return Err(
+                    "listen_plain must not share admin_listen's port on an overlapping address",
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -1025,7 +1028,7 @@ mod tests {
         let nofile = crate::rlimit::nofile().unwrap().hard;
         assert_eq!(
             (c.max_connections, c.max_connections_source.as_str()),
-            crate::ops::preflight::default_max_connections(Some(nofile), 4, c.memory_limit)
+            crate::ops::capacity::default_max_connections(Some(nofile), 4, c.memory_limit)
         );
         assert_eq!(c.max_connections_per_shard, None, "only the global limit");
         let c = parse(&["--max-connections", "7"]).resolve().unwrap();
@@ -1371,6 +1374,19 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_listeners() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(overlap(a("0.0.0.0:8080"), a("127.0.0.1:8080")));
+        assert!(overlap(a("127.0.0.1:8080"), a("127.0.0.1:8080")));
+        assert!(!overlap(a("10.0.0.1:8080"), a("127.0.0.1:8080")));
+        assert!(
+            !overlap(a("127.0.0.1:0"), a("127.0.0.1:0")),
+            "both ephemeral"
+        );
+        assert!(!overlap(a("0.0.0.0:8080"), a("0.0.0.0:8081")));
+    }
+
+    #[test]
     fn tls_options() {
         let c = parse(&[]).resolve().unwrap();
         assert_eq!(
@@ -1400,7 +1416,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.tls_min_version, TlsVersion::Tls13);
         assert_eq!(c.tls_client_auth, ClientAuth::Optional);
-        let o = crate::tls::TlsOptions::from_config(&c).unwrap();
+        let o = c.tls_options().unwrap();
         assert_eq!(o.client_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert_eq!(o.tickets, Tickets::Off);
         let text = c.to_toml();

@@ -21,6 +21,7 @@
 
 pub mod access;
 pub mod bridge;
+pub mod bytesize;
 pub mod config;
 pub mod conn;
 pub mod continuity;

@@ -71,7 +71,7 @@ fn main() {
         std::process::exit(1);
     }
     // TLS key material is checked before anything binds: a bad file stops the start.
-    let tls = match tls::TlsOptions::from_config(&config).map(tls::TlsContext::start) {
+    let tls = match config.tls_options().map(tls::TlsContext::start) {
         None => None,
         Some(Ok(tls)) => Some(tls),
         Some(Err(e)) => {

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use shardcast_proto::MessageKind;
 
 use super::Seq;
-use crate::config::ByteSize;
+use crate::bytesize::ByteSize;
 use crate::flow::policy::glob;
 
 /// Bounds of one topic's history. `messages = 0`: off.

@@ -5,7 +5,7 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use crate::obs::stats::{add, get};
+use crate::obs::counter::{add, get};
 
 /// Counters; see [`Snapshot`] for their meaning.
 #[derive(Debug, Default)]

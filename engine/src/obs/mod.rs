@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod churn;
 pub mod compression;
+pub mod counter;
 pub mod dashboard;
 pub mod depth;
 pub mod health;

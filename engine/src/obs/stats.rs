@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
 pub use crate::conn::closing::AbortReason;
 use crate::obs::churn::ChurnGauge;
+pub use crate::obs::counter::{add, get, sub};
 use crate::obs::depth::SharedDepth;
 use crate::obs::latency::SharedLatency;
 pub use crate::runtime::accept::AcceptErrorReason;
@@ -488,21 +489,6 @@ impl ShardStats {
             _ => DriverKind::Unknown,
         }
     }
-}
-
-/// Add `n` to a counter (single writer, so Relaxed).
-pub fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Relaxed);
-}
-
-/// Subtract `n` from a gauge.
-pub fn sub(c: &AtomicU64, n: u64) {
-    c.fetch_sub(n, Relaxed);
-}
-
-/// Read a counter.
-pub fn get(c: &AtomicU64) -> u64 {
-    c.load(Relaxed)
 }
 
 #[cfg(test)]

@@ -9,24 +9,13 @@ use std::fmt;
 
 use crate::config::{Config, Driver};
 use crate::obs::stats::DriverKind;
+pub use crate::ops::capacity::{
+    default_max_connections, memory_required, nofile_required, KERNEL_BYTES_PER_CONNECTION,
+    NOFILE_HEADROOM, NOFILE_PER_SHARD, QUEUE_CEILING_PERCENT, USER_BYTES_PER_CONNECTION,
+};
 use crate::ops::host::{HostFacts, MemoryLimit, MemorySource};
 use crate::runtime::select::resolve;
 
-/// Descriptors needed besides connections: stdio, logs, and per shard its listener, io_uring or
-/// epoll fd, eventfd doorbell and timer.
-pub const NOFILE_HEADROOM: u64 = 64;
-/// Extra descriptors per shard (see [`NOFILE_HEADROOM`]).
-pub const NOFILE_PER_SHARD: u64 = 8;
-/// Kernel memory per idle TCP socket (tcp_sock, socket inode, file): ~3.7 KB of slab measured
-/// over 16,000 idle loopback sockets (docs/TUNING.md), rounded up.
-pub const KERNEL_BYTES_PER_CONNECTION: u64 = 3_800;
-/// shardcast's user-space memory per idle connection: ~250 B measured with engine v2
-/// (docs/ENGINE.md, "Per-connection memory budget"), rounded up for a subscription or two and
-/// the allocator's slack.
-pub const USER_BYTES_PER_CONNECTION: u64 = 512;
-/// Share of the memory limit the send-queue ceiling may use on top of idle connections: the
-/// default `queue_ceiling_pct`.
-pub const QUEUE_CEILING_PERCENT: u64 = crate::config::DEFAULT_QUEUE_CEILING_PCT as u64;
 /// Locked memory one shard's io_uring needs on kernels that charge it to RLIMIT_MEMLOCK: 4096
 /// SQEs of 64 B, 8192 CQEs of 16 B, the 4-byte SQ index array and a page of ring headers.
 pub const URING_MEMLOCK_BYTES_PER_SHARD: u64 = 4096 * 64 + 8192 * 16 + 4096 * 4 + 4096;
@@ -94,36 +83,6 @@ impl fmt::Display for Check {
             self.fix
         )
     }
-}
-
-/// Descriptors `max_connections` over `shards` need.
-pub fn nofile_required(max_connections: usize, shards: usize) -> u64 {
-    max_connections as u64 + NOFILE_HEADROOM + NOFILE_PER_SHARD * shards as u64
-}
-
-/// The default `max_connections`: as many connections as both the descriptor limit and the
-/// memory limit allow, so a default start never promises more than the host can hold (and the
-/// nofile and memory checks below pass). `nofile_hard` is the hard RLIMIT_NOFILE, which the
-/// server raises its soft limit to at start, minus the non-connection headroom; the memory
-/// side is [`memory_required`] inverted. Returns the limit and which of the two set it
-/// ("nofile" or "memory"); at least 1.
-pub fn default_max_connections(
-    nofile_hard: Option<u64>,
-    shards: usize,
-    memory_limit: u64,
-) -> (usize, &'static str) {
-    let per = KERNEL_BYTES_PER_CONNECTION + USER_BYTES_PER_CONNECTION;
-    let by_memory =
-        u128::from(memory_limit) * u128::from(100 - QUEUE_CEILING_PERCENT) / 100 / u128::from(per);
-    let by_nofile = nofile_hard.map(|hard| {
-        hard.saturating_sub(nofile_required(0, shards))
-            .min(usize::MAX as u64) as u128
-    });
-    let (n, source) = match by_nofile {
-        Some(f) if f <= by_memory => (f, "nofile"),
-        _ => (by_memory, "memory"),
-    };
-    ((n.min(usize::MAX as u128) as usize).max(1), source)
 }
 
 /// RLIMIT_NOFILE (soft, after the start-up raise to the hard limit) against what
@@ -279,12 +238,6 @@ pub fn check_memlock(
         format!(">= {required} bytes (io_uring rings, kernel {kernel} < 5.12)"),
         fix,
     )
-}
-
-/// Memory `max_connections` idle connections need, with the send-queue ceiling on top.
-pub fn memory_required(max_connections: usize) -> u64 {
-    let idle = max_connections as u64 * (KERNEL_BYTES_PER_CONNECTION + USER_BYTES_PER_CONNECTION);
-    idle * 100 / (100 - QUEUE_CEILING_PERCENT)
 }
 
 /// The memory limit against `max_connections`.
