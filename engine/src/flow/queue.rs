@@ -331,6 +331,11 @@ impl QueuedFrame {
         self.bytes.is_empty()
     }
 
+    /// What it is charged to its ledger while it lives ([`frame_cost`]).
+    pub fn charge(&self) -> usize {
+        self.charge
+    }
+
     fn is_topic(&self, topic: &str) -> bool {
         self.topic.as_deref() == Some(topic)
     }

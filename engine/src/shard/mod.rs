@@ -282,6 +282,13 @@ impl Core {
         &self.st.ledger
     }
 
+    /// Bytes of frames the shard keeps for reuse when no connection holds them (the shared
+    /// 1013 close, made at the first eviction): the ledger's floor once every connection is
+    /// gone.
+    pub fn kept_frame_bytes(&self) -> usize {
+        self.st.evict_close.as_ref().map_or(0, |f| f.charge())
+    }
+
     /// The shard's share of the ceiling.
     pub fn governor(&self) -> &Governor {
         &self.st.governor

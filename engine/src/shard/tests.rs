@@ -1338,3 +1338,22 @@ fn history_is_halved_before_any_connection_is_evicted() {
     assert!(!is_evicted(&c, id), "nobody evicted for history");
     assert_eq!(frames(&c, id).len(), 1, "its frame is still queued");
 }
+
+/// A subscriber evicted before anything of its queue was written, then gone, leaves the
+/// ledger at its floor: only the shard's shared 1013 close, kept for the next eviction.
+#[test]
+fn an_evicted_subscriber_that_hangs_up_leaves_only_the_shared_close() {
+    let mut c = core(&["--high-water-bytes", "16KiB", "--send-buffer-bytes", "4096"]);
+    let id = sub(&mut c, &["t"]);
+    let t: Arc<str> = Arc::from("t");
+    for _ in 0..20 {
+        c.publish(&t, MessageKind::Binary, &[0; 1000]);
+    }
+    assert!(is_evicted(&c, id));
+    c.handle_read_closed(id, true);
+    let (_, closes) = flush(&mut c);
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert_eq!(c.active(), 0);
+    assert!(c.kept_frame_bytes() > 0, "the 1013 is kept");
+    assert_eq!(c.ledger().retained(), c.kept_frame_bytes());
+}
