@@ -457,7 +457,7 @@ pub struct Overrides {
     /// Per-topic compression, repeatable, first match wins, unmatched topics compressed: 'PATTERN=on|off' with globs (* ?), e.g. 'video.*=off' for already-compressed payloads; env: ';'-separated; TOML: [[compression_topic]] tables with pattern and compression [default: none]
     #[arg(long, env = "SHARDCAST_COMPRESSION_TOPIC", value_delimiter = ';')]
     pub compression_topic: Option<Vec<TopicRule>>,
-    /// Plain ws:// on this address next to a wss:// listen (internal traffic); needs tls_cert. Not served yet: set, it stops the start [default: none]
+    /// Plain ws:// on this address next to a wss:// listen (internal traffic: every route, the same topics); needs tls_cert; one more SO_REUSEPORT listener per shard [default: none]
     #[arg(long, env = "SHARDCAST_LISTEN_PLAIN")]
     pub listen_plain: Option<SocketAddr>,
     /// Serve wss:// on listen with this PEM certificate chain (leaf first); reloaded with tls_key on SIGHUP [default: none, plain ws://]

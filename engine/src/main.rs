@@ -79,14 +79,6 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if config.listen_plain.is_some() {
-        // A second (plain) listener per shard is not built yet: refuse rather than ignore it.
-        tracing::error!(
-            "cannot start: listen_plain is not served yet; run a second shardcast without \
-             tls_cert/tls_key for plain internal traffic"
-        );
-        std::process::exit(1);
-    }
     if let Err(e) = rlimit::raise_nofile() {
         tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
     }
@@ -122,15 +114,16 @@ fn main() {
         })
         .expect("spawn signal thread");
     let mut out = std::io::stdout().lock();
-    // Tests and scripts parse this line: the data address right after the prefix.
-    let _ = match server.admin_addr() {
-        Some(admin) => writeln!(
-            out,
-            "shardcast listening on {} (admin {admin})",
-            server.local_addr()
-        ),
-        None => writeln!(out, "shardcast listening on {}", server.local_addr()),
-    };
+    // Tests and scripts parse this line: the data address right after the prefix, then
+    // ` (admin ADDR)` and ` (plain ws:// ADDR)` when those listeners are on.
+    let mut line = format!("shardcast listening on {}", server.local_addr());
+    if let Some(admin) = server.admin_addr() {
+        line.push_str(&format!(" (admin {admin})"));
+    }
+    if let Some(plain) = server.plain_addr() {
+        line.push_str(&format!(" (plain ws:// {plain})"));
+    }
+    let _ = writeln!(out, "{line}");
     let _ = out.flush();
     drop(out);
     if let Err(e) = server.join() {

@@ -25,6 +25,7 @@ use crate::shard::{run, Core};
 /// A running server.
 pub struct Server {
     local_addr: SocketAddr,
+    plain_addr: Option<SocketAddr>,
     shutdown: Arc<Shutdown>,
     stats: Arc<[ShardStats]>,
     handles: Vec<JoinHandle<io::Result<()>>>,
@@ -86,6 +87,24 @@ pub fn start_with_tls(config: Config, tls: Option<crate::tls::TlsContext>) -> io
         config.send_buffer_bytes,
     )?;
     let local_addr = listeners[0].local_addr()?;
+    // Plain ws:// beside wss:// (`listen_plain`, internal traffic): one more listener per shard.
+    let mut plains: Vec<Option<std::net::TcpListener>> = match config.listen_plain {
+        Some(addr) => listener::bind_all(
+            addr,
+            config.listen_backlog,
+            shards,
+            sharing,
+            config.send_buffer_bytes,
+        )?
+        .into_iter()
+        .map(Some)
+        .collect(),
+        None => (0..shards).map(|_| None).collect(),
+    };
+    let plain_addr = match plains.first() {
+        Some(Some(l)) => Some(l.local_addr()?),
+        _ => None,
+    };
     // With --nats-url the bridge is one more mesh participant, the last one.
     let nats = config
         .nats_url
@@ -142,6 +161,7 @@ pub fn start_with_tls(config: Config, tls: Option<crate::tls::TlsContext>) -> io
             id: i,
             kind,
             listener,
+            plain: plains[i].take(),
             link,
             config: config.clone(),
             stats: stats.clone(),
@@ -194,6 +214,7 @@ pub fn start_with_tls(config: Config, tls: Option<crate::tls::TlsContext>) -> io
     };
     Ok(Server {
         local_addr,
+        plain_addr,
         shutdown,
         stats,
         handles,
@@ -207,6 +228,8 @@ struct ShardParts {
     id: usize,
     kind: DriverKind,
     listener: std::net::TcpListener,
+    /// The plain listener beside a TLS one (`listen_plain`).
+    plain: Option<std::net::TcpListener>,
     link: MeshLink<MeshItem>,
     config: Arc<Config>,
     stats: Arc<[ShardStats]>,
@@ -244,7 +267,7 @@ fn shard_thread(p: ShardParts, ready: mpsc::Sender<io::Result<()>>) -> io::Resul
         .unwrap_or(p.config.max_connections);
     match p.kind {
         DriverKind::Uring => {
-            let driver = match Uring::new(p.listener, expected) {
+            let driver = match Uring::new(p.listener, p.plain, expected) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -256,7 +279,7 @@ fn shard_thread(p: ShardParts, ready: mpsc::Sender<io::Result<()>>) -> io::Resul
             run::run(driver, core, &p.shutdown)
         }
         _ => {
-            let driver = match Epoll::new(p.listener, expected) {
+            let driver = match Epoll::new(p.listener, p.plain, expected) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -274,6 +297,11 @@ impl Server {
     /// The address the data listener is bound to (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the plain listener beside a TLS one is bound to (`listen_plain`), if any.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain_addr
     }
 
     /// The address the admin listener is bound to, if it is on.

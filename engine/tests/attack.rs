@@ -719,7 +719,7 @@ fn connection_floods_over_the_limit_are_refused_cheaply() {
 /// bounded rate, and the server serves again once descriptors are free.
 #[test]
 fn out_of_descriptors_answers_503_and_counts() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     let _serial = serial();
     let log = std::env::temp_dir().join(format!("shardcast-emfile-{}.log", std::process::id()));
     let bin = std::env::var("SHARDCAST_TEST_BIN")
@@ -742,18 +742,7 @@ fn out_of_descriptors_answers_503_and_counts() {
     .stdout(std::process::Stdio::piped())
     .stderr(std::fs::File::create(&log).unwrap());
     limit_files(&mut cmd, 64);
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let rest = line.trim().strip_prefix("shardcast listening on ").unwrap();
-    let (addr, admin) = rest.split_once(" (admin ").unwrap();
-    let server = Server {
-        child,
-        addr: addr.parse().unwrap(),
-        admin: Some(admin.trim_end_matches(')').parse().unwrap()),
-    };
+    let server = Server::from_child(cmd.spawn().unwrap());
     let (mut ok, mut refused, mut open) = (0, 0, Vec::new());
     for _ in 0..100 {
         let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();

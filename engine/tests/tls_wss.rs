@@ -4,7 +4,8 @@
 //! headless Chromium trusting the leaf by its SPKI hash. Also: `close_notify` on close, client
 //! certificates and the minimum version, hostile TLS input closed and counted while a healthy
 //! subscriber loses nothing, a never-reading TLS subscriber evicted while fast ones get
-//! everything, and SIGHUP serving new handshakes with the new certificate under a live stream. scripts/test.sh runs the
+//! everything, SIGHUP serving new handshakes with the new certificate under a live stream, and
+//! a plain listener beside wss:// (`--listen-plain`). scripts/test.sh runs the
 //! suite on io_uring and again on epoll (`SHARDCAST_URING_REFUSE=1`).
 
 mod common;
@@ -484,4 +485,83 @@ fn a_never_reading_tls_subscriber_is_evicted_and_fast_ones_get_everything() {
         s["totals"]["evictions"]["high_water"] == 1
     });
     drop(slow);
+}
+
+/// `--listen-plain`: one process serves wss:// on `--listen` and plain ws:// beside it for
+/// internal traffic. A plain publisher (HTTP POST and /pub) feeds wss:// and ws:// subscribers
+/// on both shards alike; each port speaks only its own protocol (a TLS ClientHello on the
+/// plain port is a bad HTTP request; plain HTTP on the TLS port is a failed handshake); the
+/// TLS counters see only the wss:// connections.
+#[test]
+fn a_plain_listener_beside_wss_serves_internal_traffic() {
+    let pki = Pki::new();
+    let server = start(&pki, &["--listen-plain", "127.0.0.1:0"]);
+    let plain = server.plain.expect("the plain listener's line");
+    assert_ne!(plain.port(), server.addr.port());
+    let plain_url = |path: &str| format!("ws://{plain}{path}");
+    let mut secure: Vec<Wss> = (0..4)
+        .map(|_| wss(&server, &pki, "/ws/mixed", TLS13))
+        .collect();
+    let mut clear: Vec<Wss> = (0..4)
+        .map(|_| {
+            tungstenite::connect(plain_url("/ws/mixed"))
+                .expect("ws:// on the plain port")
+                .0
+        })
+        .collect();
+    // Every subscriber is registered once /stats counts them (4 wss + 4 ws).
+    let admin = server.admin.unwrap();
+    stats_until(admin, |s| s["totals"]["subscriptions"] == 8);
+    // An HTTP publish on the plain port.
+    let mut tcp = TcpStream::connect(plain).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let body = r#"{"n":1}"#;
+    write!(
+        tcp,
+        "POST /publish/mixed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 204");
+    // A burst from a plain /pub publisher.
+    let (mut publisher, _) = tungstenite::connect(plain_url("/pub/mixed")).unwrap();
+    for i in 0..200 {
+        publisher
+            .send(Message::text(format!(r#"{{"i":{i}}}"#)))
+            .unwrap();
+    }
+    publisher.flush().unwrap();
+    for s in secure.iter_mut().chain(clear.iter_mut()) {
+        assert_eq!(next_data(s), Message::text(body));
+        for i in 0..200 {
+            assert_eq!(next_data(s), Message::text(format!(r#"{{"i":{i}}}"#)));
+        }
+    }
+    // A TLS ClientHello on the plain port: an HTTP 400, nothing else.
+    let mut wrong = TcpStream::connect(plain).unwrap();
+    wrong.set_read_timeout(Some(TIMEOUT)).unwrap();
+    wrong
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00])
+        .unwrap();
+    let answer = String::from_utf8_lossy(&until_closed(&mut wrong)).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    // Plain HTTP on the TLS port: a failed handshake (an alert, no HTTP).
+    let mut wrong = TcpStream::connect(server.addr).unwrap();
+    wrong.set_read_timeout(Some(TIMEOUT)).unwrap();
+    wrong
+        .write_all(b"GET /ws/mixed HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answer = until_closed(&mut wrong);
+    assert!(!answer.starts_with(b"HTTP"), "{answer:?}");
+    let all_failures = |s: &serde_json::Value| -> u64 {
+        s["totals"]["tls"]["failures"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum())
+    };
+    let s = stats_until(admin, |s| all_failures(s) == 1);
+    let tls = &s["totals"]["tls"];
+    assert_eq!(tls["handshakes"], 4, "only the wss:// subscribers: {tls:#}");
 }

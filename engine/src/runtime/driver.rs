@@ -1,11 +1,12 @@
 //! The driver contract: what an I/O driver promises the shard core, and what it asks of it.
 //!
-//! A driver owns the shard's sockets (listener, connections, doorbell) and moves bytes; the core
+//! A driver owns the shard's sockets (listeners, connections, doorbell) and moves bytes; the core
 //! ([`Handler`], implemented by `shard::Core`) decides everything else. Both backends
 //! (`runtime::uring`, `runtime::epoll`) implement this contract:
 //!
 //! 1. **Events in.** [`Driver::dispatch`] hands every event since the last turn to the handler:
-//!    [`Handler::accepted`] (the handler admits the connection and assigns it a [`ConnId`], or
+//!    [`Handler::accepted`] (with the [`Via`] listener that took it: the handler admits the
+//!    connection and assigns it a [`ConnId`], or
 //!    refuses it with a response the driver writes best effort before closing),
 //!    [`Handler::received`] (a slice the handler copies what it keeps out of; the buffer is
 //!    the driver's again when the call returns), [`Handler::read_closed`] (EOF or an error:
@@ -81,6 +82,20 @@ impl ConnId {
     }
 }
 
+/// Which of the shard's listeners accepted a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The data listener (`listen`): wss:// when TLS is configured, else ws://.
+    Data = 0,
+    /// The plain listener beside a TLS one (`listen_plain`): ws:// for internal traffic.
+    Plain = 1,
+}
+
+impl Via {
+    /// Both, in index order (a driver keeps its listeners in an array by this index).
+    pub const ALL: [Via; 2] = [Via::Data, Via::Plain];
+}
+
 /// What the handler says to a just-accepted connection.
 #[derive(Debug)]
 pub enum Admit {
@@ -128,14 +143,14 @@ pub enum IoRequest {
     ShutdownWrite(ConnId),
     /// Release the connection (see the module docs, 5).
     Close(ConnId, CloseMode),
-    /// Close the listener: no more connections (graceful shutdown).
+    /// Close the listeners: no more connections (graceful shutdown).
     StopAccepting,
 }
 
 /// The shard core as the driver sees it.
 pub trait Handler {
-    /// A connection was accepted from `peer`.
-    fn accepted(&mut self, peer: SocketAddr) -> Admit;
+    /// A connection was accepted from `peer` on the listener `via`.
+    fn accepted(&mut self, peer: SocketAddr, via: Via) -> Admit;
     /// `data` arrived on `id` (the handler may modify it in place: unmasking).
     fn received(&mut self, id: ConnId, data: &mut [u8]);
     /// No more input on `id`: end of stream (`error` false) or a socket error.

@@ -27,7 +27,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crate::runtime::accept;
-use crate::runtime::driver::{Admit, ConnId, Driver, DriverKind, Handler, IoRequest};
+use crate::runtime::driver::{Admit, ConnId, Driver, DriverKind, Handler, IoRequest, Via};
 use crate::runtime::send::{SendPool, SendRecord};
 use crate::runtime::sock;
 use crate::runtime::wake::Doorbell;
@@ -48,6 +48,15 @@ const ACCEPTS_PER_TURN: usize = 256;
 
 const LISTENER: u64 = u64::MAX;
 const BELL: u64 = u64::MAX - 1;
+const PLAIN_LISTENER: u64 = u64::MAX - 2;
+
+/// The event data of the listener `via`.
+fn listener_token(via: Via) -> u64 {
+    match via {
+        Via::Data => LISTENER,
+        Via::Plain => PLAIN_LISTENER,
+    }
+}
 
 /// How long accepting pauses after the process ran out of descriptors.
 
@@ -66,7 +75,9 @@ struct Sock {
 /// One shard's epoll driver.
 pub struct Epoll {
     ep: OwnedFd,
-    listener: Option<TcpListener>,
+    /// The shard's listeners by [`Via`] index (the plain one only beside TLS); `None` once
+    /// closed (graceful shutdown).
+    listeners: [Option<TcpListener>; 2],
     accept_paused: Option<Instant>,
     /// A spare descriptor to answer clients 503 when out of descriptors (isolation).
     reserve: accept::Reserve,
@@ -88,9 +99,14 @@ fn ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Res
 }
 
 impl Epoll {
-    /// A driver accepting on `listener` (made nonblocking), with room for `max_conns` sockets
-    /// reserved up front (address space only, resident as used, never moved).
-    pub fn new(listener: TcpListener, max_conns: usize) -> io::Result<Epoll> {
+    /// A driver accepting on `listener` and `plain` (if any; made nonblocking), with room for
+    /// `max_conns` sockets reserved up front (address space only, resident as used, never
+    /// moved).
+    pub fn new(
+        listener: TcpListener,
+        plain: Option<TcpListener>,
+        max_conns: usize,
+    ) -> io::Result<Epoll> {
         // SAFETY: epoll_create1 takes no pointers; the result is checked before use.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if ep < 0 {
@@ -98,15 +114,20 @@ impl Epoll {
         }
         // SAFETY: `ep` was just returned by epoll_create1 and is owned by nothing else.
         let ep = unsafe { OwnedFd::from_raw_fd(ep) };
-        listener.set_nonblocking(true)?;
+        let listeners = [Some(listener), plain];
+        for (l, via) in listeners.iter().zip(Via::ALL) {
+            if let Some(l) = l {
+                l.set_nonblocking(true)?;
+                ctl(
+                    ep.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    l.as_raw_fd(),
+                    libc::EPOLLIN as u32,
+                    listener_token(via),
+                )?;
+            }
+        }
         let bell = Doorbell::new(true)?;
-        ctl(
-            ep.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            listener.as_raw_fd(),
-            libc::EPOLLIN as u32,
-            LISTENER,
-        )?;
         ctl(
             ep.as_raw_fd(),
             libc::EPOLL_CTL_ADD,
@@ -116,7 +137,7 @@ impl Epoll {
         )?;
         Ok(Epoll {
             ep,
-            listener: Some(listener),
+            listeners,
             accept_paused: None,
             reserve: accept::Reserve::open(),
             bell,
@@ -161,14 +182,33 @@ impl Epoll {
         self.set_events(id, events);
     }
 
-    fn accept_all<H: Handler>(&mut self, h: &mut H) {
-        let Some(l) = self.listener.as_ref() else {
+    /// Add the listener `via` to the set (for input) or remove it, if it is open; an error
+    /// (EEXIST, ENOENT) means it already was.
+    fn listener_ctl(&self, via: Via, op: libc::c_int) {
+        if let Some(l) = self.listeners[via as usize].as_ref() {
+            let events = if op == libc::EPOLL_CTL_ADD {
+                libc::EPOLLIN as u32
+            } else {
+                0
+            };
+            let _ = ctl(
+                self.ep.as_raw_fd(),
+                op,
+                l.as_raw_fd(),
+                events,
+                listener_token(via),
+            );
+        }
+    }
+
+    fn accept_all<H: Handler>(&mut self, h: &mut H, via: Via) {
+        let Some(l) = self.listeners[via as usize].as_ref() else {
             return;
         };
         let lfd = l.as_raw_fd();
         for _ in 0..ACCEPTS_PER_TURN {
             match sock::accept(lfd, true) {
-                Ok((fd, peer)) => match h.accepted(peer) {
+                Ok((fd, peer)) => match h.accepted(peer, via) {
                     Admit::Accept(id) => {
                         sock::set_nodelay(fd);
                         let slot = id.slot as usize;
@@ -194,7 +234,7 @@ impl Epoll {
                     // listener that stays readable.
                     let reserve = &mut self.reserve;
                     h.accept_failed(&e, &mut |r| reserve.refuse_batch(lfd, r));
-                    let _ = ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, lfd, 0, LISTENER);
+                    self.listener_ctl(via, libc::EPOLL_CTL_DEL);
                     self.accept_paused = Some(Instant::now() + accept::BACKOFF);
                     return;
                 }
@@ -257,14 +297,9 @@ impl Epoll {
                 h.closed(id);
             }
             IoRequest::StopAccepting => {
-                if let Some(l) = self.listener.take() {
-                    let _ = ctl(
-                        self.ep.as_raw_fd(),
-                        libc::EPOLL_CTL_DEL,
-                        l.as_raw_fd(),
-                        0,
-                        LISTENER,
-                    );
+                for via in Via::ALL {
+                    self.listener_ctl(via, libc::EPOLL_CTL_DEL);
+                    self.listeners[via as usize] = None;
                 }
                 self.accept_paused = None;
             }
@@ -348,14 +383,9 @@ impl Driver for Epoll {
         if let Some(at) = self.accept_paused {
             if Instant::now() >= at {
                 self.accept_paused = None;
-                if let Some(l) = self.listener.as_ref() {
-                    let _ = ctl(
-                        self.ep.as_raw_fd(),
-                        libc::EPOLL_CTL_ADD,
-                        l.as_raw_fd(),
-                        libc::EPOLLIN as u32,
-                        LISTENER,
-                    );
+                // Back after the pause (a listener still registered answers EEXIST: fine).
+                for via in Via::ALL {
+                    self.listener_ctl(via, libc::EPOLL_CTL_ADD);
                 }
             }
         }
@@ -363,7 +393,8 @@ impl Driver for Epoll {
             let ev = self.events[i];
             let (data, revents) = (ev.u64, ev.events);
             match data {
-                LISTENER => self.accept_all(h),
+                LISTENER => self.accept_all(h, Via::Data),
+                PLAIN_LISTENER => self.accept_all(h, Via::Plain),
                 BELL => self.bell.clear(),
                 _ => {
                     let (_, id) = ConnId::unpack(data);

@@ -150,7 +150,7 @@ mod tests {
     }
 
     impl Handler for Frames {
-        fn accepted(&mut self, _peer: SocketAddr) -> Admit {
+        fn accepted(&mut self, _peer: SocketAddr, _via: crate::runtime::driver::Via) -> Admit {
             Admit::Refuse(Bytes::new())
         }
         fn received(&mut self, _id: ConnId, _data: &mut [u8]) {}

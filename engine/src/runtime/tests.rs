@@ -1,8 +1,8 @@
 //! The driver contract, tested against both drivers with a small handler (no shard core):
 //! accept, receive, one gather send (io_uring: a send record with its iovecs and `Bytes`
 //! holds; provided receive buffers), stop/restart reading, a close that cancels a send blocked
-//! on a peer that never reads (RST), and the doorbell waking a parked driver from another
-//! thread.
+//! on a peer that never reads (RST), the doorbell waking a parked driver from another
+//! thread, and two listeners (data and plain) each reported as itself until both stop.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, Handler, IoRequest};
+use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, Handler, IoRequest, Via};
 use crate::runtime::epoll::Epoll;
 use crate::runtime::uring::{self, Uring};
 
@@ -29,6 +29,8 @@ struct H {
     closed: Vec<ConnId>,
     io: VecDeque<IoRequest>,
     stopped: Vec<ConnId>,
+    /// The listener each connection came through, in accept order.
+    via: Vec<Via>,
 }
 
 impl H {
@@ -38,7 +40,8 @@ impl H {
 }
 
 impl Handler for H {
-    fn accepted(&mut self, _peer: SocketAddr) -> Admit {
+    fn accepted(&mut self, _peer: SocketAddr, via: Via) -> Admit {
+        self.via.push(via);
         let id = ConnId {
             slot: self.next,
             gen: 7,
@@ -212,7 +215,7 @@ fn contract<D: Driver>(make: impl Fn(TcpListener) -> D) {
 
 #[test]
 fn epoll_keeps_the_contract() {
-    contract(|l| Epoll::new(l, 16).unwrap());
+    contract(|l| Epoll::new(l, None, 16).unwrap());
 }
 
 #[test]
@@ -220,7 +223,7 @@ fn io_uring_keeps_the_contract() {
     if uring::probe().is_err() {
         return; // refused here (or by SHARDCAST_URING_REFUSE): the epoll test covers the host
     }
-    contract(|l| Uring::new(l, 16).unwrap());
+    contract(|l| Uring::new(l, None, 16).unwrap());
 }
 
 /// The first error or EOF reading `s` to its end: true for a reset, false for an orderly EOF.
@@ -287,7 +290,7 @@ fn reset_if_unsent<D: Driver>(make: impl Fn(TcpListener) -> D) {
 
 #[test]
 fn epoll_resets_only_what_the_kernel_still_holds() {
-    reset_if_unsent(|l| Epoll::new(l, 16).unwrap());
+    reset_if_unsent(|l| Epoll::new(l, None, 16).unwrap());
 }
 
 #[test]
@@ -295,5 +298,54 @@ fn io_uring_resets_only_what_the_kernel_still_holds() {
     if uring::probe().is_err() {
         return; // refused here (or by SHARDCAST_URING_REFUSE): the epoll test covers the host
     }
-    reset_if_unsent(|l| Uring::new(l, 16).unwrap());
+    reset_if_unsent(|l| Uring::new(l, None, 16).unwrap());
+}
+
+/// Two listeners (the data one and the plain one beside TLS): each connection is reported with
+/// the listener that took it, and `StopAccepting` closes both.
+fn two_listeners<D: Driver>(make: impl Fn(TcpListener, TcpListener) -> D) {
+    let data = TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (data_addr, plain_addr) = (data.local_addr().unwrap(), plain.local_addr().unwrap());
+    let mut d = make(data, plain);
+    let mut h = H::default();
+    let _a = TcpStream::connect(plain_addr).unwrap();
+    turn_until(&mut d, &mut h, |h| h.conns.len() == 1);
+    let _b = TcpStream::connect(data_addr).unwrap();
+    turn_until(&mut d, &mut h, |h| h.conns.len() == 2);
+    let _c = TcpStream::connect(plain_addr).unwrap();
+    turn_until(&mut d, &mut h, |h| h.conns.len() == 3);
+    assert_eq!(h.via, [Via::Plain, Via::Data, Via::Plain]);
+    h.io.push_back(IoRequest::StopAccepting);
+    turn_until(&mut d, &mut h, |h| h.io.is_empty());
+    // Once the driver has handled the request (and io_uring reaped its cancellations), both
+    // ports refuse connections.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        d.dispatch(&mut h);
+        d.flush(&mut h);
+        d.enter(Some(Duration::from_millis(5))).unwrap();
+        let data_closed = TcpStream::connect(data_addr).is_err();
+        let plain_closed = TcpStream::connect(plain_addr).is_err();
+        if data_closed && plain_closed {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "listeners still open after StopAccepting"
+        );
+    }
+}
+
+#[test]
+fn epoll_reports_which_listener_accepted() {
+    two_listeners(|l, p| Epoll::new(l, Some(p), 16).unwrap());
+}
+
+#[test]
+fn io_uring_reports_which_listener_accepted() {
+    if uring::probe().is_err() {
+        return; // refused here (or by SHARDCAST_URING_REFUSE): the epoll test covers the host
+    }
+    two_listeners(|l, p| Uring::new(l, Some(p), 16).unwrap());
 }

@@ -28,7 +28,9 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::runtime::accept;
 use crate::runtime::bufring::BufRing;
-use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest};
+use crate::runtime::driver::{
+    Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest, Via,
+};
 use crate::runtime::send::{SendPool, SendRecord};
 use crate::runtime::sock;
 use crate::runtime::wake::Doorbell;
@@ -77,8 +79,11 @@ struct Sock {
 pub struct Uring {
     ring: IoUring,
     bufs: BufRing,
-    listener: Option<TcpListener>,
-    accept_armed: bool,
+    /// The shard's listeners by [`Via`] index (the plain one only beside TLS); `None` once
+    /// closed (graceful shutdown).
+    listeners: [Option<TcpListener>; 2],
+    /// A multishot accept is in flight on that listener.
+    accept_armed: [bool; 2],
     /// Accepting resumes at this time after a failed accept (isolation).
     accept_paused: Option<Instant>,
     /// A spare descriptor to answer clients 503 when out of descriptors (isolation).
@@ -153,18 +158,26 @@ pub fn probe_kernel() -> io::Result<()> {
 }
 
 impl Uring {
-    /// A driver accepting on `listener` (set to blocking mode: the ring waits, not the fd), with
-    /// room for `max_conns` sockets reserved up front: address space only, resident as slots are
-    /// used, and never moved (a growing table would leave its old copy behind in the allocator).
-    pub fn new(listener: TcpListener, max_conns: usize) -> io::Result<Uring> {
+    /// A driver accepting on `listener` and `plain` (if any; set to blocking mode: the ring
+    /// waits, not the fd), with room for `max_conns` sockets reserved up front: address space
+    /// only, resident as slots are used, and never moved (a growing table would leave its old
+    /// copy behind in the allocator).
+    pub fn new(
+        listener: TcpListener,
+        plain: Option<TcpListener>,
+        max_conns: usize,
+    ) -> io::Result<Uring> {
         listener.set_nonblocking(false)?;
+        if let Some(p) = &plain {
+            p.set_nonblocking(false)?;
+        }
         let ring = setup(ENTRIES)?;
         let bufs = BufRing::new(&ring, BUF_GROUP, RECV_BUFFERS, RECV_BUFFER_BYTES)?;
         Ok(Uring {
             ring,
             bufs,
-            listener: Some(listener),
-            accept_armed: false,
+            listeners: [Some(listener), plain],
+            accept_armed: [false; 2],
             accept_paused: None,
             reserve: accept::Reserve::open(),
             bell: Doorbell::new(false)?,
@@ -243,9 +256,10 @@ impl Uring {
         h.closed(id);
     }
 
-    fn accepted<H: Handler>(&mut self, h: &mut H, res: i32, flags: u32) {
+    fn accepted<H: Handler>(&mut self, h: &mut H, via: Via, res: i32, flags: u32) {
+        let i = via as usize;
         if !cqueue::more(flags) {
-            self.accept_armed = false;
+            self.accept_armed[i] = false;
         }
         if res < 0 {
             if res != -libc::ECANCELED {
@@ -253,7 +267,7 @@ impl Uring {
                 // and accepting backs off (isolation). (Logged at most once per
                 // 10 s by the shard.)
                 let e = io::Error::from_raw_os_error(-res);
-                if let Some(lfd) = self.listener.as_ref().map(|l| l.as_raw_fd()) {
+                if let Some(lfd) = self.listeners[i].as_ref().map(|l| l.as_raw_fd()) {
                     let reserve = &mut self.reserve;
                     h.accept_failed(&e, &mut |r| reserve.refuse_batch(lfd, r));
                 }
@@ -263,7 +277,7 @@ impl Uring {
         }
         let fd = res;
         let peer = sock::peer_addr(fd).unwrap_or_else(|| std::net::SocketAddr::from(([0; 4], 0)));
-        match h.accepted(peer) {
+        match h.accepted(peer, via) {
             Admit::Accept(id) => {
                 sock::set_nodelay(fd);
                 let slot = id.slot as usize;
@@ -386,12 +400,21 @@ impl Uring {
                 self.try_finish_close(h, id);
             }
             IoRequest::StopAccepting => {
-                if let Some(l) = self.listener.take() {
-                    if self.accept_armed {
-                        self.cancel(ConnId { slot: 0, gen: 0 }, OP_ACCEPT);
+                for via in Via::ALL {
+                    let i = via as usize;
+                    if let Some(l) = self.listeners[i].take() {
+                        if self.accept_armed[i] {
+                            self.cancel(
+                                ConnId {
+                                    slot: i as u32,
+                                    gen: 0,
+                                },
+                                OP_ACCEPT,
+                            );
+                        }
+                        // The accept SQE holds its own reference to the socket until cancelled.
+                        drop(l);
                     }
-                    // The accept SQE holds its own reference to the socket until cancelled.
-                    drop(l);
                 }
             }
         }
@@ -436,7 +459,7 @@ impl Driver for Uring {
         for &(data, res, flags) in &cqes {
             let (op, id) = ConnId::unpack(data);
             match op {
-                OP_ACCEPT => self.accepted(h, res, flags),
+                OP_ACCEPT => self.accepted(h, Via::ALL[id.slot as usize & 1], res, flags),
                 OP_RECV => self.received(h, id, res, flags),
                 OP_SEND => self.sent(h, id, res),
                 OP_BELL => self.bell_armed = false,
@@ -464,16 +487,29 @@ impl Driver for Uring {
         self.pool.end_turn();
         if self.accept_paused.is_some_and(|at| Instant::now() < at) {
             // Backing off after a failed accept.
-        } else if !self.accept_armed {
+        } else {
             self.accept_paused = None;
-            if let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) {
-                self.accept_armed = true;
-                self.push(
-                    opcode::AcceptMulti::new(types::Fd(fd))
-                        .flags(libc::SOCK_CLOEXEC)
-                        .build()
-                        .user_data(ConnId { slot: 0, gen: 0 }.pack(OP_ACCEPT)),
-                );
+            for via in Via::ALL {
+                let i = via as usize;
+                if self.accept_armed[i] {
+                    continue;
+                }
+                if let Some(fd) = self.listeners[i].as_ref().map(|l| l.as_raw_fd()) {
+                    self.accept_armed[i] = true;
+                    // The listener's index rides in the slot field of the user data.
+                    self.push(
+                        opcode::AcceptMulti::new(types::Fd(fd))
+                            .flags(libc::SOCK_CLOEXEC)
+                            .build()
+                            .user_data(
+                                ConnId {
+                                    slot: i as u32,
+                                    gen: 0,
+                                }
+                                .pack(OP_ACCEPT),
+                            ),
+                    );
+                }
             }
         }
         if !self.bell_armed {

@@ -28,14 +28,21 @@ use crate::continuity::params::{self, Continuity};
 use crate::flow::queue::InboundCharge;
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats::{self, Eviction, Refusal};
-use crate::runtime::driver::{Admit, ConnId, IoRequest};
+use crate::runtime::driver::{Admit, ConnId, IoRequest, Via};
 use crate::runtime::shutdown::SHUTDOWN_REASON;
 use crate::shard::Core;
 
 impl Core {
-    /// A connection was accepted from `peer`: admit it (a slot, reading its request under the
-    /// handshake deadline) or refuse it over the limits.
+    /// A connection was accepted from `peer` on the data listener: see
+    /// [`handle_accepted_via`](Self::handle_accepted_via).
     pub fn handle_accepted(&mut self, peer: SocketAddr) -> Admit {
+        self.handle_accepted_via(peer, Via::Data)
+    }
+
+    /// A connection was accepted from `peer` on listener `via`: admit it (a slot, reading its
+    /// request under the handshake deadline; a TLS session when it came through a TLS data
+    /// listener) or refuse it over the limits.
+    pub fn handle_accepted_via(&mut self, peer: SocketAddr, via: Via) -> Admit {
         let st = &mut self.st;
         stats::add(&st.stats().connections_accepted, 1);
         let global = st
@@ -100,7 +107,9 @@ impl Core {
             .min(crate::conn::heartbeat::MAX_DURATION_MS) as u32;
         st.set_deadline(id, st.now_ms.wrapping_add(timeout));
         st.io.push_back(IoRequest::Read(id));
-        self.tls_accepted(id);
+        if via == Via::Data {
+            self.tls_accepted(id);
+        }
         Admit::Accept(id)
     }
 

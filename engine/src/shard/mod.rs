@@ -392,8 +392,12 @@ impl State {
 
 /// The core as its driver sees it (see `runtime::driver` for the contract).
 impl Handler for Core {
-    fn accepted(&mut self, peer: std::net::SocketAddr) -> crate::runtime::driver::Admit {
-        self.handle_accepted(peer)
+    fn accepted(
+        &mut self,
+        peer: std::net::SocketAddr,
+        via: crate::runtime::driver::Via,
+    ) -> crate::runtime::driver::Admit {
+        self.handle_accepted_via(peer, via)
     }
 
     fn received(&mut self, id: ConnId, data: &mut [u8]) {

@@ -565,6 +565,55 @@ mod tests {
         assert_eq!(core.ledger().kernel(), 0, "released with the connection");
     }
 
+    /// A connection from the plain listener beside TLS (`listen_plain`) gets no session: its
+    /// upgrade and its frames are plain, next to a TLS subscriber of the same topic.
+    #[test]
+    fn the_plain_listener_serves_plain_beside_tls() {
+        let (mut core, tls_id, mut tls_client) = subscribed();
+        plaintext(&mut tls_client); // its 101
+        let peer = "127.0.0.1:40001".parse().unwrap();
+        let Admit::Accept(id) = core.handle_accepted_via(peer, crate::runtime::driver::Via::Plain)
+        else {
+            panic!("refused")
+        };
+        assert!(core.conn(id).is_some_and(|c| !c.has(flag::TLS)));
+        core.handle_received(id, &mut UPGRADE.to_vec());
+        let (out, _) = flush(&mut core);
+        let head = out
+            .iter()
+            .find(|(to, _)| *to == id)
+            .map(|(_, b)| b.clone())
+            .unwrap();
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        core.publish(&Arc::from("t"), MessageKind::Text, b"both");
+        let (out, _) = flush(&mut core);
+        let plain: Vec<u8> = out
+            .iter()
+            .filter(|(to, _)| *to == id)
+            .flat_map(|(_, b)| b.clone())
+            .collect();
+        assert_eq!(plain, b"\x81\x04both", "a plain frame");
+        let sealed: Vec<u8> = out
+            .iter()
+            .filter(|(to, _)| *to == tls_id)
+            .flat_map(|(_, b)| b.clone())
+            .collect();
+        let mut rd = &sealed[..];
+        while !rd.is_empty() {
+            tls_client.read_tls(&mut rd).unwrap();
+            tls_client.process_new_packets().unwrap();
+        }
+        assert_eq!(
+            plaintext(&mut tls_client),
+            b"\x81\x04both",
+            "the same frame, sealed"
+        );
+    }
+
     #[test]
     fn garbage_gets_an_alert_and_a_close() {
         let t0 = Instant::now();

@@ -28,6 +28,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Admin listener address, when it is on.
     pub admin: Option<SocketAddr>,
+    /// The plain listener beside TLS (`--listen-plain`), when it is on.
+    pub plain: Option<SocketAddr>,
 }
 
 impl Server {
@@ -100,11 +102,15 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        // `shardcast listening on ADDR` or `shardcast listening on ADDR (admin ADMIN)`.
+        // `shardcast listening on ADDR`, then ` (admin ADMIN)` and ` (plain ws:// PLAIN)` when on.
         let rest = line
             .trim()
             .strip_prefix("shardcast listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let (rest, plain) = match rest.split_once(" (plain ws:// ") {
+            Some((a, p)) => (a, Some(p.trim_end_matches(')').parse().unwrap())),
+            None => (rest, None),
+        };
         let (addr, admin) = match rest.split_once(" (admin ") {
             Some((a, admin)) => (a, Some(admin.trim_end_matches(')').parse().unwrap())),
             None => (rest, None),
@@ -113,6 +119,7 @@ impl Server {
             child,
             addr: addr.parse().unwrap(),
             admin,
+            plain,
         }
     }
 
