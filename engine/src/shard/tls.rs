@@ -79,6 +79,7 @@ impl Core {
                 self.st.mark_dirty(id.slot);
             }
         }
+        self.tls_rebuffer(id);
     }
 
     /// The session of `id` failed: count it, drop what was queued, send its alert, close.
@@ -148,6 +149,7 @@ impl Core {
             frame(&out.bytes, 0);
         }
         self.tls_recharge(id);
+        self.tls_rebuffer(id);
         if let Some(why) = out.failed {
             self.tls_failed(id, why);
         }
@@ -246,10 +248,23 @@ impl Core {
         }
     }
 
-    /// `slot` was freed: drop its session.
+    /// `slot` was freed: drop its session and give back what its buffers were charged.
     pub(crate) fn tls_freed(&mut self, slot: u32) {
         if let Some(t) = self.st.tls.as_mut() {
-            t.remove(slot);
+            let charged = t.remove(slot);
+            self.st.ledger.inbound_changed(charged, 0);
+        }
+    }
+
+    /// Charge TLS connection `id`'s session buffers as unfinished input (isolation): rustls
+    /// keeps an incomplete record (≤ ~18 KiB) and, during the handshake, up to 64 KiB of a
+    /// fragmented message.
+    fn tls_rebuffer(&mut self, id: ConnId) {
+        if let Some(t) = self.st.tls.as_mut() {
+            let (was, now) = t.rebuffer(id.slot);
+            if was != now {
+                self.st.ledger.inbound_changed(was, now);
+            }
         }
     }
 }
@@ -612,6 +627,46 @@ mod tests {
             b"\x81\x04both",
             "the same frame, sealed"
         );
+    }
+
+    /// Isolation: what rustls holds for a connection (a record cut short, half a ClientHello)
+    /// is charged as unfinished input until the record completes or the slot is freed.
+    #[test]
+    fn session_buffers_are_charged_as_inbound_bytes() {
+        let (mut core, id, mut c) = subscribed();
+        assert_eq!(core.ledger().inbound(), 0);
+        // A client frame as one record, delivered in two halves.
+        c.writer()
+            .write_all(&crate::shard::tests::client_frame(
+                shardcast_proto::OpCode::Text,
+                &[b'x'; 3000],
+            ))
+            .unwrap();
+        let mut wire = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut wire).unwrap();
+        }
+        let (first, rest) = wire.split_at(wire.len() / 2);
+        core.handle_received(id, &mut first.to_vec());
+        let held = core.ledger().inbound();
+        assert!(
+            held >= first.len(),
+            "the incomplete record is charged: {held}"
+        );
+        core.handle_received(id, &mut rest.to_vec());
+        assert_eq!(
+            core.ledger().inbound(),
+            0,
+            "the record completed: nothing held"
+        );
+        // Half a ClientHello on a new connection, then the connection goes: given back.
+        let other = accept(&mut core);
+        core.handle_received(other, &mut [0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00]);
+        assert!(core.ledger().inbound() > 0);
+        core.end(other, crate::runtime::driver::CloseMode::Reset);
+        flush(&mut core);
+        assert!(core.conn(other).is_none(), "freed");
+        assert_eq!(core.ledger().inbound(), 0, "released with the slot");
     }
 
     #[test]

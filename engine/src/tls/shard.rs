@@ -71,6 +71,9 @@ pub struct ShardTls {
     /// The ciphertext each connection is charged for now (part of its `Conn::kernel`): what
     /// [`ShardTls::held`] was at the last [`ShardTls::recharge`].
     charged: HashMap<u32, usize>,
+    /// What each session's own buffers are charged as inbound bytes (`Session::buffered_bytes`
+    /// at the last [`ShardTls::rebuffer`]).
+    buffered: HashMap<u32, usize>,
 }
 
 impl ShardTls {
@@ -85,6 +88,7 @@ impl ShardTls {
             in_flight: HashMap::new(),
             unsent: HashMap::new(),
             charged: HashMap::new(),
+            buffered: HashMap::new(),
         }
     }
 
@@ -95,12 +99,26 @@ impl ShardTls {
         Ok(())
     }
 
-    /// Forget `slot`'s session (its slot is freed).
-    pub fn remove(&mut self, slot: u32) {
+    /// Forget `slot`'s session (its slot is freed); returns what its buffers were charged as
+    /// inbound bytes, for the caller to give back.
+    pub fn remove(&mut self, slot: u32) -> usize {
         self.sessions.remove(&slot);
         self.in_flight.remove(&slot);
         self.unsent.remove(&slot);
         self.charged.remove(&slot);
+        self.buffered.remove(&slot).unwrap_or(0)
+    }
+
+    /// Bring the inbound charge of `slot`'s session buffers (an incomplete record, handshake
+    /// output not taken yet) to what they hold now; returns (was, now).
+    pub fn rebuffer(&mut self, slot: u32) -> (usize, usize) {
+        let now = self.sessions.get(&slot).map_or(0, |s| s.buffered_bytes());
+        let was = if now == 0 {
+            self.buffered.remove(&slot).unwrap_or(0)
+        } else {
+            self.buffered.insert(slot, now).unwrap_or(0)
+        };
+        (was, now)
     }
 
     /// Ciphertext this shard holds for `slot`: the send in flight, or what one left unsent.
