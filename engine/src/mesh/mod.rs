@@ -184,6 +184,12 @@ pub enum MeshItem {
     /// Continuity, NATS bridge → the topic's home shard: a message from another host with
     /// the numbering its headers carried (delivered like `Publish`, then numbered).
     Remote(Box<(Envelope, Option<crate::continuity::Position>)>),
+    /// Continuity, a connection's shard → NATS bridge: fetch a range of a topic's numbers from
+    /// deep history (JetStream) for a pending sequenced subscription.
+    DeepFetch(Box<crate::continuity::deep::Fetch>),
+    /// Continuity, NATS bridge → the shard that asked: what the fetch found (its payloads are
+    /// charged like a replay chunk's).
+    DeepFetched(Box<crate::continuity::deep::Fetched>),
 }
 
 /// One numbered message of a topic (continuity), for sequenced subscribers: encoded once on
@@ -216,12 +222,14 @@ impl MeshPayload for MeshItem {
             MeshItem::Answer(a) => a.replay.iter().map(|r| r.payload.len()).sum(),
             MeshItem::Numbered(b) => b.0.frame.len(),
             MeshItem::Remote(b) => b.0.bytes(),
+            MeshItem::DeepFetched(f) => f.payload_bytes(),
             MeshItem::Pause(_)
             | MeshItem::Resume(_)
             | MeshItem::Interest { .. }
             | MeshItem::Deflate { .. }
             | MeshItem::SeqInterest { .. }
-            | MeshItem::Ask { .. } => 0,
+            | MeshItem::Ask { .. }
+            | MeshItem::DeepFetch(_) => 0,
         }
     }
 }
