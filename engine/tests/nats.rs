@@ -16,11 +16,14 @@ use common::*;
 use serde_json::Value;
 use tungstenite::Message;
 
-/// A `nats-server` child process on a loopback port; killed on drop.
+/// A `nats-server` child process on a loopback port; killed on drop (its JetStream store
+/// directory, if any, removed).
 struct Nats {
     child: Option<Child>,
     port: u16,
     monitor: u16,
+    /// JetStream on, storing here (`-js -sd`).
+    store: Option<PathBuf>,
 }
 
 fn nats_server_bin() -> PathBuf {
@@ -50,10 +53,24 @@ fn free_port() -> u16 {
 
 impl Nats {
     fn start() -> Nats {
+        Nats::start_with(None)
+    }
+
+    /// With JetStream, its store in a fresh directory under the temp dir.
+    fn start_js() -> Nats {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("shardcast-js-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Nats::start_with(Some(dir))
+    }
+
+    fn start_with(store: Option<PathBuf>) -> Nats {
         let mut n = Nats {
             child: None,
             port: free_port(),
             monitor: free_port(),
+            store,
         };
         n.restart();
         n
@@ -62,9 +79,13 @@ impl Nats {
     /// (Re)start on the same ports; returns once it accepts connections.
     fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor.to_string()])
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor.to_string()]);
+        if let Some(dir) = &self.store {
+            cmd.arg("-js").arg("-sd").arg(dir);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -85,19 +106,46 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Every subject subscribed on the server, over all connections (monitoring `/connz`).
-    fn subjects(&self) -> BTreeSet<String> {
+    /// A monitoring endpoint's JSON.
+    fn monitor(&self, path: &str) -> Value {
         let mut tcp = TcpStream::connect(("127.0.0.1", self.monitor)).unwrap();
         tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
         write!(
             tcp,
-            "GET /connz?subs=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut out = String::new();
         tcp.read_to_string(&mut out).unwrap();
         let body = out.split_once("\r\n\r\n").expect("complete response").1;
-        let v: Value = serde_json::from_str(body).expect("connz is JSON");
+        serde_json::from_str(body).expect("monitoring answers JSON")
+    }
+
+    /// The last stream sequence JetStream stored, over all streams (monitoring `/jsz`): every
+    /// message published so far is in the stream once this reaches their count.
+    fn stored(&self) -> u64 {
+        let v = self.monitor("/jsz?streams=1");
+        v["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .map(|s| s["state"]["last_seq"].as_u64().unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Stop (SIGSTOP) or continue (SIGCONT) the server: a JetStream that does not answer.
+    fn freeze(&self, stop: bool) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// Every subject subscribed on the server, over all connections (monitoring `/connz`).
+    fn subjects(&self) -> BTreeSet<String> {
+        let v = self.monitor("/connz?subs=1");
         v["connections"]
             .as_array()
             .into_iter()
@@ -116,6 +164,9 @@ impl Nats {
 impl Drop for Nats {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.store {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -896,4 +947,162 @@ fn sequence_numbers_travel_with_messages_and_resume_on_another_host() {
 
 fn ws_timeout(ws: &mut Ws, t: Duration) {
     ws.get_mut().set_read_timeout(Some(t)).unwrap();
+}
+
+// Deep history (docs/CONTINUITY.md, "Deep history"): resumes older than the local ring read the
+// missing range from a JetStream stream (a real `nats-server -js`, its store in a temp dir).
+
+/// A host with deep history on (`--nats-jetstream`) and a ring of `ring` messages for topic
+/// x; returns once its JetStream stream exists.
+fn deep_host(nats: &Nats, ring: usize, extra: &[&str]) -> Server {
+    let ring = format!("x=messages={ring}");
+    let mut args = vec!["--nats-jetstream", "on", "--topic-history", &ring];
+    args.extend_from_slice(extra);
+    let s = host(nats, &args);
+    if nats.store.is_some() {
+        wait_for("the JetStream stream", || {
+            counter(&s, "deep_stream_ready") == 1
+        });
+    }
+    s
+}
+
+/// Read x's data `from..=to` on a sequenced connection: each number once, in order, carrying
+/// the payload `publish_range` sent for it (`{"seq": n - offset}`).
+fn expect_range(ws: &mut Ws, from: u64, to: u64, offset: u64) {
+    for want in from..=to {
+        let (seq, d) = data(ws, "x");
+        assert_eq!(seq, want, "lost or duplicated");
+        assert_eq!(d["seq"], want - offset, "{d}");
+    }
+}
+
+/// One host, a ring of 10 messages: a client cut off after 1,000 messages resumes after 2,000
+/// more and gets every one exactly once (1,990 of them from JetStream, in two chunks), then
+/// live.
+#[test]
+fn deep_history_fills_what_the_local_ring_no_longer_has() {
+    let nats = Nats::start_js();
+    let s = deep_host(&nats, 10, &[]);
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, at, resync) = notice(&mut c, "x");
+    assert_eq!((at, resync), (0, None));
+    publish_range(s.addr, "x", 1, 1001, false, "deep");
+    expect_range(&mut c, 1, 1000, 0);
+    drop(c);
+    publish_range(s.addr, "x", 1001, 3001, false, "deep");
+    wait_for("3000 messages in the stream", || nats.stored() >= 3000);
+    let (mut c, _) = s.ws(&format!("/ws/x?seq=1&since=x:1000&epoch={epoch}"));
+    assert_eq!(notice(&mut c, "x"), (epoch.clone(), 1000, None));
+    expect_range(&mut c, 1001, 3000, 0);
+    assert_eq!(s.post("x", "application/json", b"{\"seq\":3001}", ""), 204);
+    expect_range(&mut c, 3001, 3001, 0);
+    // The ring held 2991..=3000; everything before came from the stream, nothing twice.
+    assert_eq!(counter(&s, "deep_messages"), 1990);
+    assert!(counter(&s, "deep_fetches") >= 2, "chunked");
+    assert_eq!(counter(&s, "deep_short"), 0);
+    let (_, metrics) = admin(s.admin.unwrap(), "GET", "/metrics");
+    assert!(
+        metrics.contains("shardcast_bridge_deep_messages_total 1990"),
+        "{metrics}"
+    );
+}
+
+/// Two hosts: a client reads part of x on A (the origin), is cut off, 2,000 more messages are
+/// published, and it resumes on B, whose ring keeps 10: every message exactly once, in
+/// order, with A's numbers, then live.
+#[test]
+fn deep_history_resumes_on_another_host_from_jetstream() {
+    let nats = Nats::start_js();
+    let a = deep_host(&nats, 100_000, &[]);
+    let b = deep_host(&nats, 10, &[]);
+    // A sequenced subscriber on B makes B's bridge subscribe x; probe from A until it
+    // arrives, from then on B has A's numbering (an `epoch` resync, then A's numbers).
+    let (mut keeper, _) = b.ws("/ws/x?seq=1");
+    notice(&mut keeper, "x");
+    let mut probes = 0u64;
+    loop {
+        assert!(probes < 500, "no cross-host delivery");
+        probes += 1;
+        assert_eq!(a.post("x", "application/json", b"\"probe\"", ""), 204);
+        if poll(&mut keeper, Duration::from_millis(50)).is_some() {
+            break; // the adoption notice
+        }
+    }
+    let mut last = 0;
+    while last < probes {
+        last = data(&mut keeper, "x").0;
+    }
+    let (mut sa, _) = a.ws("/ws/x?seq=1");
+    let (epoch, at, _) = notice(&mut sa, "x");
+    assert_eq!(at, probes);
+    publish_range(a.addr, "x", 1, 501, false, "deep");
+    let cut = probes + 500;
+    expect_range(&mut sa, probes + 1, cut, probes);
+    drop(sa);
+    publish_range(a.addr, "x", 501, 2501, false, "deep");
+    let head = probes + 2500;
+    expect_range(&mut keeper, probes + 1, head, probes);
+    wait_for("every message in the stream", || nats.stored() >= head);
+    let (mut c, _) = b.ws(&format!("/ws/x?seq=1&since=x:{cut}&epoch={epoch}"));
+    assert_eq!(notice(&mut c, "x"), (epoch, cut, None));
+    expect_range(&mut c, cut + 1, head, probes);
+    assert_eq!(a.post("x", "application/json", b"{\"seq\":2501}", ""), 204);
+    expect_range(&mut c, head + 1, head + 1, probes);
+    assert_eq!(counter(&b, "deep_messages"), head - 10 - cut);
+    assert_eq!(counter(&b, "deep_short"), 0);
+}
+
+/// What deep history cannot give ends in the documented `trimmed` resync naming where the
+/// client continues, and a counter: a range the stream's retention dropped, a JetStream that
+/// does not answer in time, and no JetStream at all.
+#[test]
+fn deep_history_short_or_unavailable_ends_in_a_trimmed_resync() {
+    let nats = Nats::start_js();
+    let s = deep_host(
+        &nats,
+        10,
+        &[
+            "--nats-jetstream-max-messages",
+            "50",
+            "--nats-jetstream-timeout-ms",
+            "500",
+        ],
+    );
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut c, "x");
+    publish_range(s.addr, "x", 1, 301, false, "deep");
+    expect_range(&mut c, 1, 300, 0);
+    wait_for("300 messages through the stream", || nats.stored() >= 300);
+    // The stream keeps 251..=300, the ring 291..=300: 21..=250 are gone.
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:20&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 20, None));
+    let trimmed = Some("trimmed".to_owned());
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 250, trimmed.clone()));
+    expect_range(&mut r, 251, 300, 0);
+    assert_eq!(counter(&s, "deep_short"), 1);
+    assert_eq!(counter(&s, "deep_messages"), 40);
+    // JetStream frozen (SIGSTOP): the fetch times out, the client continues from the ring.
+    nats.freeze(true);
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:100&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 100, None));
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 290, trimmed.clone()));
+    expect_range(&mut r, 291, 300, 0);
+    nats.freeze(false);
+    assert_eq!(counter(&s, "deep_timeouts"), 1);
+    drop((c, r, s));
+
+    // A NATS server without JetStream: no stream, every deep fetch fails at once.
+    let plain = Nats::start();
+    let s = deep_host(&plain, 10, &[]);
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut c, "x");
+    publish_range(s.addr, "x", 1, 51, false, "deep");
+    expect_range(&mut c, 1, 50, 0);
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:5&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 5, None));
+    assert_eq!(notice(&mut r, "x"), (epoch, 40, trimmed));
+    expect_range(&mut r, 41, 50, 0);
+    assert_eq!(counter(&s, "deep_unavailable"), 1);
+    assert_eq!(counter(&s, "deep_stream_ready"), 0);
 }
