@@ -1106,3 +1106,97 @@ fn deep_history_short_or_unavailable_ends_in_a_trimmed_resync() {
     assert_eq!(counter(&s, "deep_unavailable"), 1);
     assert_eq!(counter(&s, "deep_stream_ready"), 0);
 }
+
+/// A client that leaves while its deep fetch is out leaves nothing behind: its pending resume
+/// goes at once, and the late result finds no ticket (the shard serves the next resume as
+/// usual).
+#[test]
+fn a_client_leaving_during_a_deep_fetch_leaves_nothing_behind() {
+    let nats = Nats::start_js();
+    let s = deep_host(&nats, 10, &["--nats-jetstream-timeout-ms", "60000"]);
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut c, "x");
+    publish_range(s.addr, "x", 1, 101, false, "deep");
+    expect_range(&mut c, 1, 100, 0);
+    wait_for("100 messages in the stream", || nats.stored() >= 100);
+    let admin = s.admin.unwrap();
+    let pending = || -> u64 {
+        stats(admin)["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|sh| sh["continuity"]["resumes_pending"].as_u64().unwrap())
+            .sum()
+    };
+    let answered = || {
+        ["deep_fetches", "deep_timeouts", "deep_unavailable"]
+            .iter()
+            .map(|n| counter(&s, n))
+            .sum::<u64>()
+    };
+    nats.freeze(true);
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:5&epoch={epoch}"));
+    // The home shard's answer (the notice) came: the fetch is out, and stuck.
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 5, None));
+    wait_for("the resume pending", || pending() == 1);
+    drop(r);
+    wait_for("no resume pending", || pending() == 0);
+    assert_eq!(answered(), 0, "the fetch is still out");
+    nats.freeze(false);
+    wait_for("the late result", || answered() == 1);
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:5&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch, 5, None));
+    expect_range(&mut r, 6, 100, 0);
+    wait_for("live, nothing pending", || pending() == 0);
+}
+
+/// A sequenced client evicted (1013) mid-stream resumes past a 10-message ring: every message
+/// exactly once, most of them from JetStream.
+#[test]
+fn a_client_evicted_mid_stream_resumes_from_jetstream() {
+    let nats = Nats::start_js();
+    // A mark this small must hold one max-size message plus the kernel's send buffer
+    // (`Config::check_limits`), as in tests/continuity.rs.
+    let s = deep_host(
+        &nats,
+        10,
+        &[
+            "--max-message-bytes",
+            "8192",
+            "--send-buffer-bytes",
+            "16KiB",
+            "--high-water-bytes",
+            "64KiB",
+        ],
+    );
+    let admin = s.admin.unwrap();
+    let mut tcp = small_rcvbuf_connect(s.addr);
+    let head = upgrade_raw(&mut tcp, "/ws/x?seq=1");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut slow =
+        tungstenite::WebSocket::from_raw_socket(tcp, tungstenite::protocol::Role::Client, None);
+    let (epoch, _, _) = notice(&mut slow, "x");
+    let pad = "x".repeat(1000);
+    let (mut p, _) = s.ws("/pub/x");
+    let evicted = |v: &Value| v["totals"]["evictions"]["high_water"].as_u64() > Some(0);
+    let mut n = 0u64;
+    while n < 10_000 {
+        n += 1;
+        p.send(Message::text(format!("{{\"seq\":{n},\"pad\":\"{pad}\"}}")))
+            .unwrap();
+        if n.is_multiple_of(100) && evicted(&stats(admin)) {
+            break;
+        }
+    }
+    assert!(evicted(&stats_until(admin, evicted)));
+    stats_until(admin, |v| {
+        v["totals"]["continuity"]["stamped"].as_u64() >= Some(n)
+    });
+    wait_for("every message in the stream", || nats.stored() >= n);
+    let last = read_until_evicted(&mut slow); // what reached it before its 1013
+    assert!(last + 10 < n, "the ring alone cannot cover the gap");
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:{last}&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch, last, None));
+    expect_range(&mut r, last + 1, n, 0);
+    assert_eq!(counter(&s, "deep_messages"), n - 10 - last);
+}
