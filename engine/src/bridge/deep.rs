@@ -66,7 +66,8 @@ pub struct Deep {
     timeout: Duration,
     turns: Rc<Semaphore>,
     stats: Arc<BridgeStats>,
-    /// Set once the stream was found or created (until then fetches look it up first).
+    /// The last lookup found (or created) the stream: the subjects warning is logged once per
+    /// change to found.
     ready: Rc<Cell<bool>>,
 }
 
