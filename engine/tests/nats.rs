@@ -1200,3 +1200,28 @@ fn a_client_evicted_mid_stream_resumes_from_jetstream() {
     expect_range(&mut r, last + 1, n, 0);
     assert_eq!(counter(&s, "deep_messages"), n - 10 - last);
 }
+
+/// A host that has received nothing of a topic since it started (it started after the
+/// messages were published) learns the origin's numbering from the stream's last message: a
+/// client of A resumes there with nothing lost and nothing twice, then live.
+#[test]
+fn deep_history_resumes_on_a_host_that_never_received_the_topic() {
+    let nats = Nats::start_js();
+    let a = deep_host(&nats, 100_000, &[]);
+    let (mut sa, _) = a.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut sa, "x");
+    publish_range(a.addr, "x", 1, 1001, false, "deep");
+    expect_range(&mut sa, 1, 400, 0);
+    drop(sa);
+    wait_for("1000 messages in the stream", || nats.stored() >= 1000);
+    let b = deep_host(&nats, 10, &[]);
+    let (mut c, _) = b.ws(&format!("/ws/x?seq=1&since=x:400&epoch={epoch}"));
+    assert_eq!(notice(&mut c, "x"), (epoch, 400, None));
+    expect_range(&mut c, 401, 1000, 0);
+    // Live from A once B's bridge subscribes the topic for this subscriber.
+    wait_for("B subscribed", || counter(&b, "subscriptions") == 1);
+    assert_eq!(a.post("x", "application/json", b"{\"seq\":1001}", ""), 204);
+    expect_range(&mut c, 1001, 1001, 0);
+    assert_eq!(counter(&b, "deep_lookups"), 1);
+    assert_eq!(counter(&b, "deep_messages"), 600);
+}

@@ -20,6 +20,7 @@
 //!   is told `trimmed` — never a hang.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -150,38 +151,64 @@ impl Deep {
         }
     }
 
-    /// Fetch what `fetch` asks for, within the timeout; counted.
-    pub async fn fetch(&self, fetch: &Fetch) -> Result<Vec<Replayed>, Failure> {
-        let got = match tokio::time::timeout(self.timeout, self.fetch_inner(fetch)).await {
+    /// Run `op` on the stream with a turn, within the timeout; failures counted.
+    async fn with_stream<T, Fut>(&self, op: impl FnOnce(Stream) -> Fut) -> Result<T, Failure>
+    where
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let work = async {
+            let _turn = self
+                .turns
+                .acquire()
+                .await
+                .map_err(|_| Failure::Unavailable)?;
+            let stream = self.stream().await.map_err(|e| {
+                crate::warn_limited!("nats bridge: deep history unavailable", error = %e);
+                Failure::Unavailable
+            })?;
+            op(stream).await
+        };
+        let got = match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Timeout),
         };
-        let s = &self.stats;
         match &got {
-            Ok(v) => {
-                add(&s.deep_fetches, 1);
-                add(&s.deep_messages, v.len() as u64);
-                if v.first().is_none_or(|r| r.seq != fetch.first) {
-                    add(&s.deep_short, 1);
-                }
-            }
-            Err(Failure::Timeout) => add(&s.deep_timeouts, 1),
-            Err(Failure::Unavailable) => add(&s.deep_unavailable, 1),
+            Ok(_) => {}
+            Err(Failure::Timeout) => add(&self.stats.deep_timeouts, 1),
+            Err(Failure::Unavailable) => add(&self.stats.deep_unavailable, 1),
         }
         got
     }
 
-    async fn fetch_inner(&self, fetch: &Fetch) -> Result<Vec<Replayed>, Failure> {
-        let _turn = self
-            .turns
-            .acquire()
-            .await
-            .map_err(|_| Failure::Unavailable)?;
-        let stream = self.stream().await.map_err(|e| {
-            crate::warn_limited!("nats bridge: deep history unavailable", error = %e);
-            Failure::Unavailable
-        })?;
-        let subject = subject::subject(&self.prefix, &fetch.topic);
+    /// Fetch what `fetch` asks for, within the timeout; counted.
+    pub async fn fetch(&self, fetch: &Fetch) -> Result<Vec<Replayed>, Failure> {
+        let got = self.with_stream(|s| self.fetch_from(s, fetch)).await;
+        if let Ok(v) = &got {
+            add(&self.stats.deep_fetches, 1);
+            add(&self.stats.deep_messages, v.len() as u64);
+            if v.first().is_none_or(|r| r.seq != fetch.first) {
+                add(&self.stats.deep_short, 1);
+            }
+        }
+        got
+    }
+
+    /// The numbering of `topic`'s last message in the stream, within the timeout (`None`: no
+    /// numbered message there, or deep history failed; counted).
+    pub async fn head(&self, topic: &str) -> Option<Position> {
+        let got = self.with_stream(|s| head_of(s, self.subject(topic))).await;
+        if got.is_ok() {
+            add(&self.stats.deep_lookups, 1);
+        }
+        got.ok().flatten()
+    }
+
+    fn subject(&self, topic: &str) -> String {
+        subject::subject(&self.prefix, topic)
+    }
+
+    async fn fetch_from(&self, stream: Stream, fetch: &Fetch) -> Result<Vec<Replayed>, Failure> {
+        let subject = self.subject(&fetch.topic);
         let info = stream.cached_info();
         let (first_seq, last_seq) = (info.state.first_sequence, info.state.last_sequence);
         if info.state.messages == 0 {
@@ -299,18 +326,44 @@ async fn next_for_subject(
         .await
     {
         Ok(m) => Ok(Some((m.sequence, m.headers))),
-        Err(e) => match e.kind() {
-            stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            stream::LastRawMessageErrorKind::JetStream(j)
-                if j.error_code() == ErrorCode::NO_MESSAGE_FOUND =>
-            {
-                Ok(None)
-            }
-            _ => {
-                crate::warn_limited!("nats bridge: deep history lookup failed", error = %e);
-                Err(Failure::Unavailable)
-            }
-        },
+        Err(e) if raw_not_found(&e.kind()) => Ok(None),
+        Err(e) => {
+            crate::warn_limited!("nats bridge: deep history lookup failed", error = %e);
+            Err(Failure::Unavailable)
+        }
+    }
+}
+
+/// The numbering of the subject's last message in the stream (`None`: no message, or none
+/// numbered).
+async fn head_of(stream: Stream, subject: String) -> Result<Option<Position>, Failure> {
+    let got = if stream.cached_info().config.allow_direct {
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(m.headers),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => Ok(m.headers),
+            Err(e) if raw_not_found(&e.kind()) => return Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    got.map(|h| numbering(&h)).map_err(|e| {
+        crate::warn_limited!("nats bridge: deep history lookup failed", error = %e);
+        Failure::Unavailable
+    })
+}
+
+/// A leader message get that found nothing (the client reports it in two ways).
+fn raw_not_found(kind: &stream::LastRawMessageErrorKind) -> bool {
+    match kind {
+        stream::LastRawMessageErrorKind::NoMessageFound => true,
+        stream::LastRawMessageErrorKind::JetStream(j) => {
+            j.error_code() == ErrorCode::NO_MESSAGE_FOUND
+        }
+        _ => false,
     }
 }
 

@@ -218,7 +218,7 @@ struct State {
     /// Continuity: deep history from JetStream (`--nats-jetstream`), and where finished
     /// fetches come back to the loop.
     deep: Option<Deep>,
-    deep_tx: mpsc::UnboundedSender<(usize, Fetched)>,
+    deep_tx: mpsc::UnboundedSender<(usize, MeshItem)>,
 }
 
 /// Reconnect backoff: immediately, then 50 ms doubling up to `max_ms`, with up to 25% jitter so
@@ -352,7 +352,7 @@ async fn run(ctx: Ctx) {
                 tokio::task::yield_now().await;
             }
             Some((topic, generation, sub)) = sub_rx.recv() => st.attach(topic, generation, sub),
-            Some((shard, fetched)) = deep_rx.recv() => st.deep_result(shard, fetched),
+            Some((shard, item)) = deep_rx.recv() => st.deep_result(shard, item),
             _ = refresh.tick() => st.refresh(),
             _ = tokio::time::sleep(RETRY), if st.pending.is_some() => st.deliver_pending(),
             Some((topic, msg)) = st.streams.next(), if st.pending.is_none() => {
@@ -430,13 +430,15 @@ impl State {
                     self.outbound_numbered(env, Some(at));
                 }
                 MeshItem::DeepFetch(f) => self.deep_fetch(*f),
+                MeshItem::DeepHead { topic, shard } => self.deep_head(topic, shard),
                 // Continuity items between shards.
                 MeshItem::Sequenced(_)
                 | MeshItem::SeqInterest { .. }
                 | MeshItem::Ask { .. }
                 | MeshItem::Answer(_)
                 | MeshItem::Remote(_)
-                | MeshItem::DeepFetched(_) => {}
+                | MeshItem::DeepFetched(_)
+                | MeshItem::DeepHeadIs { .. } => {}
             }
         }
         self.batch = items;
@@ -620,21 +622,39 @@ impl State {
                 ticket: fetch.ticket,
                 result: Err(Failure::Unavailable),
             };
-            return self.deep_result(fetch.shard, f);
+            return self.deep_result(fetch.shard, MeshItem::DeepFetched(Box::new(f)));
         };
         let tx = self.deep_tx.clone();
         tokio::task::spawn_local(async move {
             let result = deep.fetch(&fetch).await;
             let ticket = fetch.ticket;
-            let _ = tx.send((fetch.shard, Fetched { ticket, result }));
+            let f = Fetched { ticket, result };
+            let _ = tx.send((fetch.shard, MeshItem::DeepFetched(Box::new(f))));
         });
     }
 
-    /// A fetch finished: hand it to the shard that asked (an overflowing ring keeps it in the
-    /// link's overflow queue, retried on every flush: at most one chunk per pending resume).
-    fn deep_result(&mut self, shard: usize, fetched: Fetched) {
-        self.link
-            .send(shard, MeshItem::DeepFetched(Box::new(fetched)));
+    /// A home shard needs the numbering of `topic`'s last message in the stream: look it up
+    /// beside the loop.
+    fn deep_head(&mut self, topic: Arc<str>, shard: usize) {
+        let Some(deep) = self.deep.clone() else {
+            let item = MeshItem::DeepHeadIs {
+                topic,
+                stored: None,
+            };
+            return self.deep_result(shard, item);
+        };
+        let tx = self.deep_tx.clone();
+        tokio::task::spawn_local(async move {
+            let stored = deep.head(&topic).await;
+            let _ = tx.send((shard, MeshItem::DeepHeadIs { topic, stored }));
+        });
+    }
+
+    /// A deep-history request finished: hand the result to the shard that asked (an
+    /// overflowing ring keeps it in the link's overflow queue, retried on every flush: at most
+    /// one chunk per pending resume).
+    fn deep_result(&mut self, shard: usize, item: MeshItem) {
+        self.link.send(shard, item);
         self.link.flush();
     }
 

@@ -70,6 +70,9 @@ pub struct BridgeStats {
     pub deep_fetches: AtomicU64,
     /// Messages those fetches returned.
     pub deep_messages: AtomicU64,
+    /// Lookups of a topic's last numbering in the stream (a host that had not received the
+    /// topic adopts it) answered.
+    pub deep_lookups: AtomicU64,
     /// Fetches that did not find the first number asked for (the stream's retention trimmed
     /// it, or it never reached the stream): the client is told `trimmed`.
     pub deep_short: AtomicU64,
@@ -121,6 +124,8 @@ pub struct BridgeSnapshot {
     pub deep_fetches: u64,
     /// Messages they returned.
     pub deep_messages: u64,
+    /// Lookups of a topic's last numbering answered.
+    pub deep_lookups: u64,
     /// Fetches that did not find the first number asked for.
     pub deep_short: u64,
     /// Fetches failed by timeout.
@@ -195,6 +200,7 @@ impl BridgeStats {
             deep_stream_ready: get(&self.deep_stream_ready),
             deep_fetches: get(&self.deep_fetches),
             deep_messages: get(&self.deep_messages),
+            deep_lookups: get(&self.deep_lookups),
             deep_short: get(&self.deep_short),
             deep_timeouts: get(&self.deep_timeouts),
             deep_unavailable: get(&self.deep_unavailable),

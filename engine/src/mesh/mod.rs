@@ -190,6 +190,23 @@ pub enum MeshItem {
     /// Continuity, NATS bridge → the shard that asked: what the fetch found (its payloads are
     /// charged like a replay chunk's).
     DeepFetched(Box<crate::continuity::deep::Fetched>),
+    /// Continuity, a home shard → NATS bridge: an ask names another epoch than a topic this
+    /// host has numbered nothing of; what numbering does the stream's last message of `topic`
+    /// carry?
+    DeepHead {
+        /// The topic.
+        topic: Arc<str>,
+        /// The asking home shard.
+        shard: usize,
+    },
+    /// Continuity, NATS bridge → the home shard: the answer (`None`: no numbered message, or
+    /// deep history failed).
+    DeepHeadIs {
+        /// The topic.
+        topic: Arc<str>,
+        /// The numbering of its last message in the stream.
+        stored: Option<crate::continuity::Position>,
+    },
 }
 
 /// One numbered message of a topic (continuity), for sequenced subscribers: encoded once on
@@ -229,7 +246,9 @@ impl MeshPayload for MeshItem {
             | MeshItem::Deflate { .. }
             | MeshItem::SeqInterest { .. }
             | MeshItem::Ask { .. }
-            | MeshItem::DeepFetch(_) => 0,
+            | MeshItem::DeepFetch(_)
+            | MeshItem::DeepHead { .. }
+            | MeshItem::DeepHeadIs { .. } => 0,
         }
     }
 }

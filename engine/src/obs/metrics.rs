@@ -470,6 +470,12 @@ pub const BRIDGE_SCALARS: &[Scalar<BridgeSnapshot>] = &[
         get: |s| s.deep_messages,
     },
     Scalar {
+        name: "shardcast_bridge_deep_lookups_total",
+        kind: Kind::Counter,
+        help: "Lookups of a topic's last numbering in the JetStream stream answered (a host that had received nothing of a topic adopts its origin's numbering from there).",
+        get: |s| s.deep_lookups,
+    },
+    Scalar {
         name: "shardcast_bridge_deep_short_total",
         kind: Kind::Counter,
         help: "Deep-history fetches that did not find the first number asked for (trimmed by the stream's retention): the client is told trimmed.",

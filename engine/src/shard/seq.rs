@@ -31,7 +31,7 @@ use shardcast_proto::{encode_close, CloseCode};
 use crate::continuity::deep::Fetched;
 use crate::continuity::desk::Desk;
 use crate::continuity::history::HistoryRules;
-use crate::continuity::log::LogConfig;
+use crate::continuity::log::{Hold, LogConfig};
 use crate::continuity::resume::{
     Action as Next, Answer, Ask, Broken, Notice, Reason, Resume, Step,
 };
@@ -203,9 +203,8 @@ impl Core {
     /// Send `ask` to `topic`'s home shard, or answer it here when this shard is home.
     fn send_ask(&mut self, home: usize, topic: Arc<str>, ask: Ask) {
         if home == self.st.id {
-            let now_ms = self.st.seq_now();
-            let answer = self.st.desk.logs.serve(now_ms, &topic, &ask);
-            self.seq_answer(answer);
+            let id = self.st.id;
+            self.seq_serve(topic, id, &ask);
         } else {
             let from = self.st.id;
             self.st.link.send(
@@ -219,10 +218,43 @@ impl Core {
         }
     }
 
-    /// Home shard: answer an ask from shard `from`.
+    /// Home shard: answer an ask from shard `from` (this one included), or hold it while the
+    /// bridge looks up the topic's numbering in deep history (`TopicLogs::hold`).
     pub(crate) fn seq_serve(&mut self, topic: Arc<str>, from: usize, ask: &Ask) {
+        match self.st.desk.logs.hold(&topic, from, ask) {
+            Hold::Serve => {}
+            Hold::Held { lookup } => {
+                // Deep history is on only with the bridge, so `hold` holds only then.
+                if let (true, Some(bridge)) = (lookup, self.st.bridge) {
+                    let shard = self.st.id;
+                    self.st
+                        .link
+                        .send(bridge, MeshItem::DeepHead { topic, shard });
+                }
+                return;
+            }
+        }
         let now_ms = self.st.seq_now();
         let answer = self.st.desk.logs.serve(now_ms, &topic, ask);
+        self.seq_reply(from, answer);
+    }
+
+    /// Home shard: the bridge found the numbering of `topic`'s last message in the stream
+    /// (or nothing): adopt it if the topic has numbered nothing here yet, then serve the asks
+    /// that waited for it.
+    pub(crate) fn seq_head(&mut self, topic: Arc<str>, stored: Option<Position>) {
+        let now_ms = self.st.seq_now();
+        for (from, ask) in self.st.desk.logs.handle_head(now_ms, &topic, stored) {
+            let answer = self.st.desk.logs.serve(now_ms, &topic, &ask);
+            self.seq_reply(from, answer);
+        }
+    }
+
+    /// Home shard: hand `answer` to the asking shard `from` (applied here when it is this one).
+    fn seq_reply(&mut self, from: usize, answer: Answer) {
+        if from == self.st.id {
+            return self.seq_answer(answer);
+        }
         let item = MeshItem::Answer(Box::new(answer));
         self.st.make_room(MeshLink::<MeshItem>::broadcast_charge(
             item.payload_bytes(),
