@@ -75,13 +75,19 @@ pub struct Deep {
 impl Deep {
     /// Deep history over `client` as configured (`nats_jetstream` on).
     pub fn new(client: async_nats::Client, config: &Config, stats: Arc<BridgeStats>) -> Deep {
+        let timeout = Duration::from_millis(config.nats_jetstream_timeout_ms);
+        let mut js = jetstream::new(client);
+        // One bound for everything, ours: a request may take the whole fetch timeout (the
+        // client's default, 5 s, would cut a longer one short, and a request timing out at the
+        // same moment as the fetch would be counted as an error rather than a timeout).
+        js.set_timeout(timeout + Duration::from_secs(1));
         Deep {
-            js: jetstream::new(client),
+            js,
             name: config.nats_jetstream_stream.clone(),
             prefix: config.nats_subject_prefix.clone(),
             max_messages: config.nats_jetstream_max_messages,
             max_age: Duration::from_millis(config.nats_jetstream_max_age_ms),
-            timeout: Duration::from_millis(config.nats_jetstream_timeout_ms),
+            timeout,
             turns: Rc::new(Semaphore::new(IN_FLIGHT)),
             stats,
             ready: Rc::new(Cell::new(false)),
