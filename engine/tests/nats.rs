@@ -112,7 +112,8 @@ impl Nats {
         tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
         write!(
             tcp,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            // HTTP/1.0: the body is never chunked.
+            "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n"
         )
         .unwrap();
         let mut out = String::new();
@@ -1224,4 +1225,95 @@ fn deep_history_resumes_on_a_host_that_never_received_the_topic() {
     expect_range(&mut c, 1001, 1001, 0);
     assert_eq!(counter(&b, "deep_lookups"), 1);
     assert_eq!(counter(&b, "deep_messages"), 600);
+}
+
+/// Create a JetStream stream as an operator would (the NATS protocol by hand: `CONNECT`, a reply
+/// subscription, a `$JS.API.STREAM.CREATE` request); returns the server's answer.
+fn create_stream(nats: &Nats, config: &Value) -> Value {
+    let mut tcp = TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let name = config["name"].as_str().unwrap();
+    let body = config.to_string();
+    write!(
+        tcp,
+        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB reply.create 1\r\n\
+         PUB $JS.API.STREAM.CREATE.{name} reply.create {}\r\n{body}\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "nats-server closed: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(at) = text.find("MSG reply.create") {
+            let rest = &text[at..];
+            if let Some((head, body)) = rest.split_once("\r\n") {
+                let len: usize = head.rsplit(' ').next().unwrap().parse().unwrap();
+                if body.len() >= len {
+                    return serde_json::from_str(&body[..len]).unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// A stream the operator configured (no direct gets, 50 messages per subject) is used as it is,
+/// never changed: a host started later resumes a client from it (the leader's message gets),
+/// as far back as that stream keeps.
+#[test]
+fn deep_history_uses_an_operator_stream_as_configured() {
+    let nats = Nats::start_js();
+    let created = create_stream(
+        &nats,
+        &serde_json::json!({
+            "name": "OPS",
+            "subjects": ["shardcast.>"],
+            "storage": "memory",
+            "max_msgs_per_subject": 50,
+            "allow_direct": false,
+            "num_replicas": 1,
+        }),
+    );
+    assert!(created.get("error").is_none(), "{created}");
+    let ops = ["--nats-jetstream-stream", "OPS"];
+    let a = deep_host(&nats, 100_000, &ops);
+    let (mut sa, _) = a.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut sa, "x");
+    publish_range(a.addr, "x", 1, 301, false, "deep");
+    expect_range(&mut sa, 1, 300, 0);
+    wait_for("300 messages through the stream", || nats.stored() >= 300);
+    // B (ring 10, and a larger retention it would create a stream with) has received nothing of
+    // x: it takes A's numbering from the stream, then replays what the stream still has.
+    let b = deep_host(
+        &nats,
+        10,
+        &[&ops[..], &["--nats-jetstream-max-messages", "100000"]].concat(),
+    );
+    let (mut c, _) = b.ws(&format!("/ws/x?seq=1&since=x:20&epoch={epoch}"));
+    assert_eq!(notice(&mut c, "x"), (epoch.clone(), 20, None));
+    assert_eq!(
+        notice(&mut c, "x"),
+        (epoch, 250, Some("trimmed".to_owned()))
+    );
+    expect_range(&mut c, 251, 300, 0);
+    assert_eq!(counter(&b, "deep_lookups"), 1);
+    assert_eq!(counter(&b, "deep_short"), 1);
+    // Still the operator's stream: 50 per subject, no direct gets.
+    let v = nats.monitor("/jsz?streams=1&config=1");
+    let config = &v["account_details"][0]["stream_detail"][0]["config"];
+    assert_eq!(
+        (
+            config["max_msgs_per_subject"].as_i64(),
+            config["allow_direct"].as_bool()
+        ),
+        (Some(50), Some(false)),
+        "{config}"
+    );
 }
