@@ -1227,17 +1227,16 @@ fn deep_history_resumes_on_a_host_that_never_received_the_topic() {
     assert_eq!(counter(&b, "deep_messages"), 600);
 }
 
-/// Create a JetStream stream as an operator would (the NATS protocol by hand: `CONNECT`, a reply
-/// subscription, a `$JS.API.STREAM.CREATE` request); returns the server's answer.
-fn create_stream(nats: &Nats, config: &Value) -> Value {
+/// A JetStream API request as an operator's tool would make it (the NATS protocol by hand:
+/// `CONNECT`, a reply subscription, `PUB $JS.API.<api>`); returns the server's answer.
+fn js_api(nats: &Nats, api: &str, body: &Value) -> Value {
     let mut tcp = TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
     tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let name = config["name"].as_str().unwrap();
-    let body = config.to_string();
+    let body = body.to_string();
     write!(
         tcp,
-        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB reply.create 1\r\n\
-         PUB $JS.API.STREAM.CREATE.{name} reply.create {}\r\n{body}\r\n",
+        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB reply.api 1\r\n\
+         PUB $JS.API.{api} reply.api {}\r\n{body}\r\n",
         body.len()
     )
     .unwrap();
@@ -1252,7 +1251,7 @@ fn create_stream(nats: &Nats, config: &Value) -> Value {
         );
         got.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&got);
-        if let Some(at) = text.find("MSG reply.create") {
+        if let Some(at) = text.find("MSG reply.api") {
             let rest = &text[at..];
             if let Some((head, body)) = rest.split_once("\r\n") {
                 let len: usize = head.rsplit(' ').next().unwrap().parse().unwrap();
@@ -1270,8 +1269,9 @@ fn create_stream(nats: &Nats, config: &Value) -> Value {
 #[test]
 fn deep_history_uses_an_operator_stream_as_configured() {
     let nats = Nats::start_js();
-    let created = create_stream(
+    let created = js_api(
         &nats,
+        "STREAM.CREATE.OPS",
         &serde_json::json!({
             "name": "OPS",
             "subjects": ["shardcast.>"],
@@ -1316,4 +1316,37 @@ fn deep_history_uses_an_operator_stream_as_configured() {
         (Some(50), Some(false)),
         "{config}"
     );
+}
+
+/// The stream deleted under a running host: the next fetch finds none, creates it again
+/// (empty), and the client is told `trimmed`; later messages are captured again.
+#[test]
+fn deep_history_after_the_stream_was_deleted_resyncs_and_recreates_it() {
+    let nats = Nats::start_js();
+    let s = deep_host(&nats, 10, &[]);
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut c, "x");
+    publish_range(s.addr, "x", 1, 101, false, "deep");
+    expect_range(&mut c, 1, 100, 0);
+    wait_for("100 messages in the stream", || nats.stored() >= 100);
+    let deleted = js_api(&nats, "STREAM.DELETE.SHARDCAST", &serde_json::json!({}));
+    assert_eq!(deleted["success"], true, "{deleted}");
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:5&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 5, None));
+    assert_eq!(
+        notice(&mut r, "x"),
+        (epoch.clone(), 90, Some("trimmed".to_owned()))
+    );
+    expect_range(&mut r, 91, 100, 0);
+    assert_eq!(counter(&s, "deep_short"), 1);
+    // Re-created: what is published now is captured, and resumes reach it again.
+    publish_range(s.addr, "x", 101, 201, false, "deep");
+    expect_range(&mut c, 101, 200, 0);
+    expect_range(&mut r, 101, 200, 0);
+    wait_for("the new messages in the new stream", || {
+        nats.stored() >= 100
+    });
+    let (mut r2, _) = s.ws(&format!("/ws/x?seq=1&since=x:150&epoch={epoch}"));
+    assert_eq!(notice(&mut r2, "x"), (epoch, 150, None));
+    expect_range(&mut r2, 151, 200, 0);
 }

@@ -15,7 +15,8 @@
 //!   through an ephemeral pull consumer filtered on the topic's subject (no acks, in memory,
 //!   deleted afterwards and expiring by itself if that fails), keeping what
 //!   `continuity::deep::Collect` keeps. Bounded: at most [`IN_FLIGHT`] fetches at once (the
-//!   others wait their turn), one replay chunk of messages per fetch, and the configured
+//!   others wait their turn), one replay chunk per fetch (each consumer batch at most the
+//!   chunk's message count, and its bytes plus one largest message), and the configured
 //!   timeout over the whole of it (waiting included): past it the fetch fails, and the client
 //!   is told `trimmed` — never a hang.
 
@@ -50,6 +51,10 @@ pub const IN_FLIGHT: usize = 4;
 /// is needed only to step over other epochs' or unnumbered messages.
 const BATCHES: usize = 4;
 
+/// Bytes a consumer batch may carry beyond the chunk and one largest message: subjects and
+/// headers of the messages.
+const BATCH_SLACK: usize = 64 * 1024;
+
 /// An ephemeral consumer the bridge could not delete is removed by the server after this.
 const CONSUMER_IDLE: Duration = Duration::from_secs(30);
 
@@ -59,6 +64,7 @@ const ENSURE_RETRY: Duration = Duration::from_secs(1);
 /// The bridge's deep-history side (cloned into each fetch task).
 #[derive(Clone)]
 pub struct Deep {
+    client: async_nats::Client,
     js: jetstream::Context,
     name: String,
     prefix: String,
@@ -76,12 +82,13 @@ impl Deep {
     /// Deep history over `client` as configured (`nats_jetstream` on).
     pub fn new(client: async_nats::Client, config: &Config, stats: Arc<BridgeStats>) -> Deep {
         let timeout = Duration::from_millis(config.nats_jetstream_timeout_ms);
-        let mut js = jetstream::new(client);
+        let mut js = jetstream::new(client.clone());
         // One bound for everything, ours: a request may take the whole fetch timeout (the
         // client's default, 5 s, would cut a longer one short, and a request timing out at the
         // same moment as the fetch would be counted as an error rather than a timeout).
         js.set_timeout(timeout + Duration::from_secs(1));
         Deep {
+            client,
             js,
             name: config.nats_jetstream_stream.clone(),
             prefix: config.nats_subject_prefix.clone(),
@@ -263,9 +270,14 @@ impl Deep {
         let name = consumer.cached_info().name.clone();
         let mut collect = Collect::new(fetch);
         let batch = fetch.max_messages.max(1);
+        // What one batch may carry: the chunk, plus one message of the largest size the server
+        // takes (so the first one always fits) and room for its subject and headers.
+        let max_payload = self.client.server_info().max_payload;
+        let batch_bytes = fetch.max_bytes + max_payload + BATCH_SLACK;
         let mut result = Ok(());
         'batches: for _ in 0..BATCHES {
-            let mut messages = match consumer.fetch().max_messages(batch).messages().await {
+            let request = consumer.fetch().max_messages(batch).max_bytes(batch_bytes);
+            let mut messages = match request.messages().await {
                 Ok(m) => m,
                 Err(e) => {
                     result = Err(unavailable(&e));
