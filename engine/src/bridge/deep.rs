@@ -11,7 +11,8 @@
 //! - **A fetch** runs as its own task on the bridge's runtime, so inbound and outbound traffic
 //!   never wait for it: find where the range starts (`continuity::deep::Bisect`, one
 //!   single-message read per step: direct get when the stream allows it, the leader's
-//!   message get otherwise; nats-server 2.9 has no batched direct get), then read from there
+//!   message get otherwise; nats-server 2.9 has no batched direct get; one read when the
+//!   previous chunk of the same replay ended right before the range), then read from there
 //!   through an ephemeral pull consumer filtered on the topic's subject (no acks, in memory,
 //!   deleted afterwards and expiring by itself if that fails), keeping what
 //!   `continuity::deep::Collect` keeps. Bounded: at most [`IN_FLIGHT`] fetches at once (the
@@ -20,7 +21,8 @@
 //!   timeout over the whole of it (waiting included): past it the fetch fails, and the client
 //!   is told `trimmed` — never a hang.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -40,7 +42,7 @@ use super::subject;
 use crate::config::Config;
 use crate::continuity::deep::{classify, Bisect, Collect, Failure, Fetch, Flow};
 use crate::continuity::resume::Replayed;
-use crate::continuity::Position;
+use crate::continuity::{Epoch, Position, Seq};
 use crate::obs::stats::add;
 
 /// Fetches running at once; more wait for a turn (their timeout runs meanwhile). Each holds at
@@ -54,6 +56,10 @@ const BATCHES: usize = 4;
 /// Bytes a consumer batch may carry beyond the chunk and one largest message: subjects and
 /// headers of the messages.
 const BATCH_SLACK: usize = 64 * 1024;
+
+/// (topic, epoch) pairs whose last fetch position is remembered; beyond, the table starts
+/// over (a hint only saves round trips).
+const HINTS: usize = 4096;
 
 /// An ephemeral consumer the bridge could not delete is removed by the server after this.
 const CONSUMER_IDLE: Duration = Duration::from_secs(30);
@@ -76,6 +82,21 @@ pub struct Deep {
     /// The last lookup found (or created) the stream: the subjects warning is logged once per
     /// change to found.
     ready: Rc<Cell<bool>>,
+    /// Where each (topic, epoch)'s last fetch ended, so a replay's next chunk skips the
+    /// bisection.
+    hints: Rc<RefCell<Hints>>,
+}
+
+/// Per (topic, epoch), where the last fetch ended.
+type Hints = HashMap<(Arc<str>, Epoch), Hint>;
+
+/// The last message a fetch kept: its number, its stream sequence, and which incarnation of the
+/// stream that sequence belongs to (a deleted and re-created stream numbers from 1 again).
+#[derive(Clone, Copy, Debug)]
+struct Hint {
+    seq: Seq,
+    stream_seq: u64,
+    created_ns: i128,
 }
 
 impl Deep {
@@ -98,6 +119,7 @@ impl Deep {
             turns: Rc::new(Semaphore::new(IN_FLIGHT)),
             stats,
             ready: Rc::new(Cell::new(false)),
+            hints: Rc::new(RefCell::new(HashMap::new())),
         }
     }
 
@@ -228,7 +250,19 @@ impl Deep {
             return Ok(Vec::new());
         }
         let direct = info.config.allow_direct;
-        let mut bisect = Bisect::new(first_seq, last_seq);
+        let created_ns = info.created.unix_timestamp_nanos();
+        let key = (fetch.topic.clone(), fetch.epoch);
+        // Valid only below the range (another client may be further back) and in this stream.
+        let hint = self
+            .hints
+            .borrow()
+            .get(&key)
+            .copied()
+            .filter(|h| h.seq < fetch.first && h.created_ns == created_ns);
+        let mut bisect = match hint {
+            Some(h) => Bisect::after(first_seq, last_seq, h.stream_seq),
+            None => Bisect::new(first_seq, last_seq),
+        };
         while let Some(at) = bisect.probe() {
             let found = next_for_subject(&stream, direct, &subject, at).await?;
             let found = found.map(|(seq, headers)| {
@@ -239,17 +273,34 @@ impl Deep {
         if bisect.start() > last_seq {
             return Ok(Vec::new()); // nothing of the range in the stream
         }
-        self.read(&stream, &subject, bisect.start(), fetch).await
+        let (got, last_stream_seq) = self.read(&stream, &subject, bisect.start(), fetch).await?;
+        if let (Some(r), Some(stream_seq)) = (got.last(), last_stream_seq) {
+            let mut hints = self.hints.borrow_mut();
+            if hints.len() >= HINTS {
+                hints.clear();
+            }
+            let seq = r.seq;
+            hints.insert(
+                key,
+                Hint {
+                    seq,
+                    stream_seq,
+                    created_ns,
+                },
+            );
+        }
+        Ok(got)
     }
 
-    /// Read the subject from stream sequence `start` through an ephemeral consumer.
+    /// Read the subject from stream sequence `start` through an ephemeral consumer; returns
+    /// what was kept and the stream sequence of the last of it.
     async fn read(
         &self,
         stream: &Stream,
         subject: &str,
         start: u64,
         fetch: &Fetch,
-    ) -> Result<Vec<Replayed>, Failure> {
+    ) -> Result<(Vec<Replayed>, Option<u64>), Failure> {
         let unavailable = |e: &dyn std::fmt::Display| {
             crate::warn_limited!("nats bridge: deep history read failed", error = %e);
             Failure::Unavailable
@@ -275,6 +326,7 @@ impl Deep {
         let max_payload = self.client.server_info().max_payload;
         let batch_bytes = fetch.max_bytes + max_payload + BATCH_SLACK;
         let mut result = Ok(());
+        let mut last_stream_seq = None;
         'batches: for _ in 0..BATCHES {
             let request = consumer.fetch().max_messages(batch).max_bytes(batch_bytes);
             let mut messages = match request.messages().await {
@@ -296,8 +348,12 @@ impl Deep {
                 read += 1;
                 let headers = m.headers.as_ref();
                 let kind = kind(headers, &m.payload);
-                if collect.offer(headers.and_then(numbering), kind, m.payload.clone()) == Flow::Done
-                {
+                let kept = collect.len();
+                let flow = collect.offer(headers.and_then(numbering), kind, m.payload.clone());
+                if collect.len() > kept {
+                    last_stream_seq = m.info().ok().map(|i| i.stream_sequence);
+                }
+                if flow == Flow::Done {
                     break 'batches;
                 }
             }
@@ -313,7 +369,7 @@ impl Deep {
         // What was read before an error is still a valid (partial) answer.
         match result {
             Err(e) if collect.is_empty() => Err(e),
-            _ => Ok(collect.finish()),
+            _ => Ok((collect.finish(), last_stream_seq)),
         }
     }
 }

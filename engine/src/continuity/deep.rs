@@ -106,6 +106,8 @@ pub fn classify(numbering: Option<Position>, epoch: Epoch, first: Seq) -> Probe 
 pub struct Bisect {
     lo: u64,
     hi: u64,
+    /// Probe `lo` first (a hint said the range starts right there).
+    eager: bool,
 }
 
 impl Bisect {
@@ -114,18 +116,34 @@ impl Bisect {
         Bisect {
             lo: first_seq,
             hi: last_seq.saturating_add(1).max(first_seq),
+            eager: false,
         }
+    }
+
+    /// The same search when the previous fetch of this range's epoch ended with the number just
+    /// before the range, stored at stream sequence `after`: everything up to it is before the
+    /// range, and the range most likely starts with the subject's next message, which is
+    /// probed first (one read instead of log₂ n for a replay's consecutive chunks).
+    pub fn after(first_seq: u64, last_seq: u64, after: u64) -> Bisect {
+        let mut b = Bisect::new(first_seq, last_seq);
+        b.lo = b.lo.max(after.saturating_add(1)).min(b.hi);
+        b.eager = b.lo < b.hi;
+        b
     }
 
     /// The stream sequence to probe next (read the subject's next message from it), or `None`
     /// when the search is over.
     pub fn probe(&self) -> Option<u64> {
+        if self.eager {
+            return Some(self.lo);
+        }
         (self.lo < self.hi).then(|| self.lo + (self.hi - self.lo) / 2)
     }
 
     /// The probe at `at` found the subject's next message at stream sequence `found.0`,
     /// classified `found.1`, or found none.
     pub fn handle(&mut self, at: u64, found: Option<(u64, Probe)>) {
+        self.eager = false;
         match found {
             None | Some((_, Probe::AtOrAfter)) => self.hi = at,
             // Everything up to the message found is before the range: skip past it.
@@ -304,6 +322,32 @@ mod tests {
         // An empty stream, and a stream without the subject.
         assert_eq!(search(&[], 1).0, 1);
         assert_eq!(search(&[None, None], 1).0, 1);
+    }
+
+    #[test]
+    fn a_hint_from_the_previous_chunk_finds_the_start_in_one_read() {
+        // Epoch E numbered 1..=100 at stream sequences 2, 4, 6, … (another subject between).
+        let at_seq = |s: u64| 2 * s;
+        let next = |from: u64, first: Seq| {
+            let s = from.div_ceil(2).max(1);
+            (s <= 100).then(|| (at_seq(s), classify(at(E, s), E, first)))
+        };
+        // The previous chunk ended with 40 at stream sequence 80: the next starts at 41.
+        let mut b = Bisect::after(1, 201, at_seq(40));
+        let mut probes = 0;
+        while let Some(s) = b.probe() {
+            probes += 1;
+            b.handle(s, next(s, 41));
+        }
+        assert_eq!((b.start(), probes), (81, 1));
+        // A stale hint (the range starts later than it says): still found, by bisection.
+        let mut b = Bisect::after(1, 201, at_seq(10));
+        while let Some(s) = b.probe() {
+            b.handle(s, next(s, 41));
+        }
+        assert_eq!(next(b.start(), 41).map(|(s, _)| s), Some(at_seq(41)));
+        // A hint past the stream's end: nothing to search.
+        assert_eq!(Bisect::after(1, 201, 500).probe(), None);
     }
 
     #[test]
