@@ -8,7 +8,8 @@
 # on B (everything but the last 10 from JetStream, in replay chunks). Rounds are interleaved.
 # Writes JSON lines to bench/results/<UTC date>-<sha>-deep/ (git-ignored) and prints them.
 # Env: N (10000), SIZE (64), REPEAT (3), SERVER_CPU (0), GEN_CPU (1), NO_BUILD (set: use
-# target/release as is). Needs `npm ci` in clients/js (the `ws` package).
+# target/release as is), SRV (the server binary, default target/release/shardcast: to compare
+# two builds). Needs `npm ci` in clients/js (the `ws` package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -24,7 +25,7 @@ NATS_BIN=$(command -v nats-server || echo /usr/sbin/nats-server)
 [ -x "$NATS_BIN" ] || { echo "nats-server is missing (Debian: apt-get install nats-server)" >&2; exit 1; }
 [ -d clients/js/node_modules/ws ] || { echo "run npm ci in clients/js first" >&2; exit 1; }
 [ -n "${NO_BUILD:-}" ] || timeout 1800 cargo build --release -p shardcast >&2
-SRV="$ROOT/target/release/shardcast"
+SRV=${SRV:-$ROOT/target/release/shardcast}
 
 STORE=$(mktemp -d)
 PIDS=()

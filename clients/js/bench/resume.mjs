@@ -5,7 +5,8 @@
 // With PUBLISH_HOST (another shardcast host on the same NATS), the messages are published
 // there and the resume runs on the first URL's host: with its ring smaller than N and
 // `--nats-jetstream on`, the replay comes from JetStream (deep history). NATS_MONITOR adds the
-// NATS server's bytes out during the resume (`/varz`), i.e. what the fetches cost on the wire.
+// NATS server's bytes out and messages in during the resume (`/varz`): what the fetches cost on
+// the wire, and how many requests they took (a count the machine's load does not change).
 import { WebSocket } from "ws";
 
 const [url, n = "10000", size = "64", pubUrl = url, monitor] = process.argv.slice(2);
@@ -55,8 +56,8 @@ for (;;) {
   if (notice.seq >= N) break;
   await sleep(10);
 }
-const natsOut = async () => (monitor ? (await (await fetch(`${monitor}/varz`)).json()).out_bytes : 0);
-const out0 = await natsOut();
+const varz = async () => (monitor ? await (await fetch(`${monitor}/varz`)).json() : { out_bytes: 0, in_msgs: 0 });
+const v0 = await varz();
 const t0 = process.hrtime.bigint();
 let bytes = 0;
 let last = 0;
@@ -75,9 +76,19 @@ const ws = await open(url, `/ws/${topic}?seq=1&since=${topic}:0&epoch=${epoch}`,
 });
 await finished;
 const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-const nats_out_bytes = monitor ? (await natsOut()) - out0 : null;
+const v1 = await varz();
+const nats_out_bytes = monitor ? v1.out_bytes - v0.out_bytes : null;
+const nats_in_msgs = monitor ? v1.in_msgs - v0.in_msgs : null;
 console.log(
-  JSON.stringify({ messages: N, size: Number(size), ms: +ms.toFixed(1), payload_bytes: bytes, nats_out_bytes, resync: resync ?? null }),
+  JSON.stringify({
+    messages: N,
+    size: Number(size),
+    ms: +ms.toFixed(1),
+    payload_bytes: bytes,
+    nats_out_bytes,
+    nats_in_msgs,
+    resync: resync ?? null,
+  }),
 );
 ws.close();
 pub.close();
