@@ -18,7 +18,10 @@
 //!   `Next::Deep`; C asks the NATS bridge for the range ([`MeshItem::DeepFetch`]), queues what
 //!   comes back ([`MeshItem::DeepFetched`]) like a replay chunk, and asks H again once drained.
 //!   A pending fetch is just the ticket's resume state: a connection that leaves meanwhile
-//!   drops its ticket, and the late result finds nothing to apply.
+//!   drops its ticket, and the late result finds nothing to apply. An ask naming another
+//!   epoch than a topic H has numbered nothing of waits at H while the bridge reads the
+//!   numbering of the topic's last message in the stream ([`MeshItem::DeepHead`]), which H
+//!   adopts before answering.
 //!
 //! A plain connection pays nothing here: its slot only has a flag bit it never sets.
 
