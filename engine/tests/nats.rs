@@ -1359,3 +1359,24 @@ fn deep_history_after_the_stream_was_deleted_resyncs_and_recreates_it() {
     assert_eq!(notice(&mut r2, "x"), (epoch, 150, None));
     expect_range(&mut r2, 151, 200, 0);
 }
+
+/// A resume from the stream while the topic keeps going (a publisher on another thread):
+/// every message exactly once across the stream's part, the ring's and the switch to live.
+#[test]
+fn deep_history_resumes_while_the_topic_keeps_going() {
+    let nats = Nats::start_js();
+    let s = deep_host(&nats, 10, &[]);
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut c, "x");
+    publish_range(s.addr, "x", 1, 2001, false, "deep");
+    expect_range(&mut c, 1, 100, 0);
+    drop(c);
+    wait_for("2000 messages in the stream", || nats.stored() >= 2000);
+    let addr = s.addr;
+    let publisher = std::thread::spawn(move || publish_range(addr, "x", 2001, 5001, false, "deep"));
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:100&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch, 100, None));
+    expect_range(&mut r, 101, 5000, 0);
+    publisher.join().unwrap();
+    assert!(counter(&s, "deep_messages") >= 1890);
+}

@@ -40,7 +40,7 @@ use tokio::sync::Semaphore;
 use super::stats::BridgeStats;
 use super::subject;
 use crate::config::Config;
-use crate::continuity::deep::{classify, Bisect, Collect, Failure, Fetch, Flow};
+use crate::continuity::deep::{classify, stream_behind, Bisect, Collect, Failure, Fetch, Flow};
 use crate::continuity::resume::Replayed;
 use crate::continuity::{Epoch, Position, Seq};
 use crate::obs::stats::add;
@@ -56,6 +56,9 @@ const BATCHES: usize = 4;
 /// Bytes a consumer batch may carry beyond the chunk and one largest message: subjects and
 /// headers of the messages.
 const BATCH_SLACK: usize = 64 * 1024;
+
+/// How soon a fetch looks again when the stream is behind this host.
+const LAG_RETRY: Duration = Duration::from_millis(5);
 
 /// (topic, epoch) pairs whose last fetch position is remembered; beyond, the table starts
 /// over (a hint only saves round trips).
@@ -242,7 +245,30 @@ impl Deep {
         subject::subject(&self.prefix, topic)
     }
 
-    async fn fetch_from(&self, stream: Stream, fetch: &Fetch) -> Result<Vec<Replayed>, Failure> {
+    /// Fetch from `stream`. Nothing of the range there while everything stored of the topic
+    /// is older than it means the stream is behind (it stores a message a moment after NATS
+    /// delivered it to this host), not that the range is gone: look again shortly, within the
+    /// timeout, rather than tell the client `trimmed`.
+    async fn fetch_from(
+        &self,
+        mut stream: Stream,
+        fetch: &Fetch,
+    ) -> Result<Vec<Replayed>, Failure> {
+        loop {
+            let got = self.fetch_once(&stream, fetch).await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let stored = head_of(stream.clone(), self.subject(&fetch.topic)).await?;
+            if !stream_behind(stored, fetch.epoch, fetch.first) {
+                return Ok(got);
+            }
+            tokio::time::sleep(LAG_RETRY).await;
+            stream = self.stream().await.map_err(|_| Failure::Unavailable)?;
+        }
+    }
+
+    async fn fetch_once(&self, stream: &Stream, fetch: &Fetch) -> Result<Vec<Replayed>, Failure> {
         let subject = self.subject(&fetch.topic);
         let info = stream.cached_info();
         let (first_seq, last_seq) = (info.state.first_sequence, info.state.last_sequence);
@@ -264,7 +290,7 @@ impl Deep {
             None => Bisect::new(first_seq, last_seq),
         };
         while let Some(at) = bisect.probe() {
-            let found = next_for_subject(&stream, direct, &subject, at).await?;
+            let found = next_for_subject(stream, direct, &subject, at).await?;
             let found = found.map(|(seq, headers)| {
                 (seq, classify(numbering(&headers), fetch.epoch, fetch.first))
             });
@@ -273,7 +299,7 @@ impl Deep {
         if bisect.start() > last_seq {
             return Ok(Vec::new()); // nothing of the range in the stream
         }
-        let (got, last_stream_seq) = self.read(&stream, &subject, bisect.start(), fetch).await?;
+        let (got, last_stream_seq) = self.read(stream, &subject, bisect.start(), fetch).await?;
         if let (Some(r), Some(stream_seq)) = (got.last(), last_stream_seq) {
             let mut hints = self.hints.borrow_mut();
             if hints.len() >= HINTS {

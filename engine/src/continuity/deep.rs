@@ -100,6 +100,13 @@ pub fn classify(numbering: Option<Position>, epoch: Epoch, first: Seq) -> Probe 
     }
 }
 
+/// A fetch found nothing of its range: true when the topic's last stored message (`stored`)
+/// is of the range's epoch and older than the range, i.e. the stream has not stored the range
+/// yet (it is behind the host that asked) rather than dropped it.
+pub fn stream_behind(stored: Option<Position>, epoch: Epoch, first: Seq) -> bool {
+    stored.is_some_and(|p| p.epoch == epoch && p.seq < first)
+}
+
 /// Binary search for the smallest stream sequence S whose subject's next message (the first at
 /// stream sequence ≥ S) is at or after the range, or absent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -348,6 +355,23 @@ mod tests {
         assert_eq!(next(b.start(), 41).map(|(s, _)| s), Some(at_seq(41)));
         // A hint past the stream's end: nothing to search.
         assert_eq!(Bisect::after(1, 201, 500).probe(), None);
+    }
+
+    #[test]
+    fn an_empty_fetch_waits_only_for_a_stream_that_is_behind() {
+        assert!(
+            stream_behind(at(E, 9), E, 10),
+            "stored up to 9, the range starts at 10"
+        );
+        assert!(
+            !stream_behind(at(E, 50), E, 10),
+            "stored past the range: it was dropped"
+        );
+        assert!(
+            !stream_behind(at(Epoch::from_u64(1), 5), E, 10),
+            "another numbering"
+        );
+        assert!(!stream_behind(None, E, 10), "nothing stored of the topic");
     }
 
     #[test]
