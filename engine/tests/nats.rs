@@ -978,6 +978,18 @@ fn expect_range(ws: &mut Ws, from: u64, to: u64, offset: u64) {
     }
 }
 
+/// A sequenced client of `s` sees `n` messages published to x and reads the first `read`
+/// before it is cut off; returns x's epoch once the stream holds all `n`.
+fn cut_off_after(nats: &Nats, s: &Server, n: u64, read: u64) -> String {
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut c, "x");
+    publish_range(s.addr, "x", 1, n + 1, false, "deep");
+    expect_range(&mut c, 1, read, 0);
+    drop(c);
+    wait_for("every message in the stream", || nats.stored() >= n);
+    epoch
+}
+
 /// One host, a ring of 10 messages: a client cut off after 1,000 messages resumes after 2,000
 /// more and gets every one exactly once (1,990 of them from JetStream, in two chunks), then
 /// live.
@@ -1115,11 +1127,7 @@ fn deep_history_short_or_unavailable_ends_in_a_trimmed_resync() {
 fn a_client_leaving_during_a_deep_fetch_leaves_nothing_behind() {
     let nats = Nats::start_js();
     let s = deep_host(&nats, 10, &["--nats-jetstream-timeout-ms", "60000"]);
-    let (mut c, _) = s.ws("/ws/x?seq=1");
-    let (epoch, _, _) = notice(&mut c, "x");
-    publish_range(s.addr, "x", 1, 101, false, "deep");
-    expect_range(&mut c, 1, 100, 0);
-    wait_for("100 messages in the stream", || nats.stored() >= 100);
+    let epoch = cut_off_after(&nats, &s, 100, 100);
     let admin = s.admin.unwrap();
     let pending = || -> u64 {
         stats(admin)["shards"]
@@ -1209,12 +1217,7 @@ fn a_client_evicted_mid_stream_resumes_from_jetstream() {
 fn deep_history_resumes_on_a_host_that_never_received_the_topic() {
     let nats = Nats::start_js();
     let a = deep_host(&nats, 100_000, &[]);
-    let (mut sa, _) = a.ws("/ws/x?seq=1");
-    let (epoch, _, _) = notice(&mut sa, "x");
-    publish_range(a.addr, "x", 1, 1001, false, "deep");
-    expect_range(&mut sa, 1, 400, 0);
-    drop(sa);
-    wait_for("1000 messages in the stream", || nats.stored() >= 1000);
+    let epoch = cut_off_after(&nats, &a, 1000, 400);
     let b = deep_host(&nats, 10, &[]);
     let (mut c, _) = b.ws(&format!("/ws/x?seq=1&since=x:400&epoch={epoch}"));
     assert_eq!(notice(&mut c, "x"), (epoch, 400, None));
@@ -1366,12 +1369,7 @@ fn deep_history_after_the_stream_was_deleted_resyncs_and_recreates_it() {
 fn deep_history_resumes_while_the_topic_keeps_going() {
     let nats = Nats::start_js();
     let s = deep_host(&nats, 10, &[]);
-    let (mut c, _) = s.ws("/ws/x?seq=1");
-    let (epoch, _, _) = notice(&mut c, "x");
-    publish_range(s.addr, "x", 1, 2001, false, "deep");
-    expect_range(&mut c, 1, 100, 0);
-    drop(c);
-    wait_for("2000 messages in the stream", || nats.stored() >= 2000);
+    let epoch = cut_off_after(&nats, &s, 2000, 100);
     let addr = s.addr;
     let publisher = std::thread::spawn(move || publish_range(addr, "x", 2001, 5001, false, "deep"));
     let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:100&epoch={epoch}"));
