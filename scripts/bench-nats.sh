@@ -39,27 +39,12 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/benchlib.sh
+source "$ROOT/scripts/benchlib.sh"
 NATS_PORT=$(free_port)
 taskset -c "$SERVER_CPU" "$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" >"$OUT/nats-server.log" 2>&1 &
 PIDS+=($!)
 
-start_host() { # $1 = name, rest: extra flags; sets ADDR, ADMIN, HPID
-  local log="$OUT/$1.log"; shift
-  taskset -c "$SERVER_CPU" "$SRV" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --shards 1 \
-    --log warn "$@" >"$log" 2>&1 &
-  HPID=$!
-  PIDS+=("$HPID")
-  for _ in $(seq 100); do
-    if grep -q 'listening on' "$log" 2>/dev/null; then
-      ADDR=$(grep -o 'listening on [0-9.]*:[0-9]*' "$log" | head -1 | awk '{print $3}')
-      ADMIN=$(grep -o '(admin [0-9.]*:[0-9]*' "$log" | head -1 | awk '{print $2}')
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "$1 did not start; log:" >&2; cat "$log" >&2; return 1
-}
 NATS_URL="nats://127.0.0.1:$NATS_PORT"
 start_host a --nats-url "$NATS_URL"; A_ADDR=$ADDR; A_ADMIN=$ADMIN
 start_host b --nats-url "$NATS_URL"; B_ADDR=$ADDR; B_ADMIN=$ADMIN; B_PID=$HPID

@@ -256,6 +256,16 @@ pub struct Config {
     pub nats_pending_messages: usize,
     /// Longest wait between two reconnection attempts to NATS.
     pub nats_reconnect_max_ms: u64,
+    /// Continuity: resume older than the local history from a JetStream stream (deep history).
+    pub nats_jetstream: Switch,
+    /// The JetStream stream capturing `PREFIX>` (created if missing, never changed if present).
+    pub nats_jetstream_stream: String,
+    /// When shardcast creates the stream: messages it keeps per subject (topic).
+    pub nats_jetstream_max_messages: u64,
+    /// When shardcast creates the stream: longest it keeps a message, in ms.
+    pub nats_jetstream_max_age_ms: u64,
+    /// Longest one deep-history fetch may take before the client is told `trimmed`.
+    pub nats_jetstream_timeout_ms: u64,
     /// Access control and inbound limits (`access/config.rs`).
     #[serde(flatten)]
     pub access: crate::access::config::AccessConfig,
@@ -441,6 +451,21 @@ pub struct Overrides {
     /// Longest wait between reconnection attempts to NATS, in ms (backoff doubles from 50 ms up to this) [default: 2000]
     #[arg(long, env = "SHARDCAST_NATS_RECONNECT_MAX_MS")]
     pub nats_reconnect_max_ms: Option<u64>,
+    /// Continuity: on = a resume older than the local history reads the missing range from a JetStream stream (nats-server -js), so a client resumes on any host as far back as the stream keeps; needs --nats-url [default: off]
+    #[arg(long, env = "SHARDCAST_NATS_JETSTREAM")]
+    pub nats_jetstream: Option<Switch>,
+    /// JetStream stream holding the topics' subjects (PREFIX>): created with the two settings below if missing; an existing one is used as configured, never changed [default: SHARDCAST]
+    #[arg(long, env = "SHARDCAST_NATS_JETSTREAM_STREAM")]
+    pub nats_jetstream_stream: Option<String>,
+    /// Messages the stream keeps per topic, when shardcast creates it [default: 100000]
+    #[arg(long, env = "SHARDCAST_NATS_JETSTREAM_MAX_MESSAGES")]
+    pub nats_jetstream_max_messages: Option<u64>,
+    /// Longest the stream keeps a message, in ms, when shardcast creates it [default: 3600000]
+    #[arg(long, env = "SHARDCAST_NATS_JETSTREAM_MAX_AGE_MS")]
+    pub nats_jetstream_max_age_ms: Option<u64>,
+    /// Longest one deep-history fetch may take, in ms; a fetch that does not finish in time ends in a `trimmed` resync, counted [default: 2000]
+    #[arg(long, env = "SHARDCAST_NATS_JETSTREAM_TIMEOUT_MS")]
+    pub nats_jetstream_timeout_ms: Option<u64>,
     /// Access control and inbound limits.
     #[command(flatten)]
     #[serde(flatten)]
@@ -598,6 +623,17 @@ impl Overrides {
             nats_buffer_bytes: self.nats_buffer_bytes.or(lower.nats_buffer_bytes),
             nats_pending_messages: self.nats_pending_messages.or(lower.nats_pending_messages),
             nats_reconnect_max_ms: self.nats_reconnect_max_ms.or(lower.nats_reconnect_max_ms),
+            nats_jetstream: self.nats_jetstream.or(lower.nats_jetstream),
+            nats_jetstream_stream: self.nats_jetstream_stream.or(lower.nats_jetstream_stream),
+            nats_jetstream_max_messages: self
+                .nats_jetstream_max_messages
+                .or(lower.nats_jetstream_max_messages),
+            nats_jetstream_max_age_ms: self
+                .nats_jetstream_max_age_ms
+                .or(lower.nats_jetstream_max_age_ms),
+            nats_jetstream_timeout_ms: self
+                .nats_jetstream_timeout_ms
+                .or(lower.nats_jetstream_timeout_ms),
             compression: self.compression.or(lower.compression),
             compression_min_bytes: self.compression_min_bytes.or(lower.compression_min_bytes),
             compression_level: self.compression_level.or(lower.compression_level),
@@ -759,6 +795,13 @@ impl Overrides {
             nats_buffer_bytes: self.nats_buffer_bytes.map_or(64 << 20, |b| b.0),
             nats_pending_messages: self.nats_pending_messages.unwrap_or(8192),
             nats_reconnect_max_ms: self.nats_reconnect_max_ms.unwrap_or(2000),
+            nats_jetstream: self.nats_jetstream.unwrap_or(Switch::Off),
+            nats_jetstream_stream: self
+                .nats_jetstream_stream
+                .unwrap_or_else(|| "SHARDCAST".to_owned()),
+            nats_jetstream_max_messages: self.nats_jetstream_max_messages.unwrap_or(100_000),
+            nats_jetstream_max_age_ms: self.nats_jetstream_max_age_ms.unwrap_or(3_600_000),
+            nats_jetstream_timeout_ms: self.nats_jetstream_timeout_ms.unwrap_or(2000),
             access: self.access.finish().map_err(ConfigError::Access)?,
             compression: self.compression.unwrap_or(Switch::On),
             compression_min_bytes: size(self.compression_min_bytes)
@@ -833,8 +876,38 @@ impl Overrides {
                 "nats_reconnect_max_ms must be at least 1",
             ));
         }
+        validate_jetstream(&config).map_err(ConfigError::Invalid)?;
         Ok(config)
     }
+}
+
+/// Deep history (`nats_jetstream`): it reads what the bridge publishes, so it needs the bridge
+/// and a prefix (a stream over `>` would capture every subject of the NATS account); the
+/// stream name is one NATS subject token.
+fn validate_jetstream(c: &Config) -> Result<(), &'static str> {
+    if c.nats_jetstream == Switch::Off {
+        return Ok(());
+    }
+    if c.nats_url.is_none() {
+        return Err("nats_jetstream needs nats_url");
+    }
+    if c.nats_subject_prefix.is_empty() {
+        return Err("nats_jetstream needs a non-empty nats_subject_prefix");
+    }
+    let name = &c.nats_jetstream_stream;
+    let bad = |ch: char| ch.is_whitespace() || ch.is_control() || matches!(ch, '.' | '*' | '>');
+    if name.is_empty() || name.len() > 255 || name.chars().any(bad) {
+        return Err(
+            "nats_jetstream_stream must be 1..=255 characters without whitespace, '.', '*' or '>'",
+        );
+    }
+    if c.nats_jetstream_max_messages == 0
+        || c.nats_jetstream_max_age_ms == 0
+        || c.nats_jetstream_timeout_ms == 0
+    {
+        return Err("nats_jetstream_max_messages, nats_jetstream_max_age_ms and nats_jetstream_timeout_ms must be at least 1");
+    }
+    Ok(())
 }
 
 /// Bytes one subscription is budgeted in the default `max_subscriptions` (measured 421 B for
@@ -1384,6 +1457,50 @@ mod tests {
             "both ephemeral"
         );
         assert!(!overlap(a("0.0.0.0:8080"), a("0.0.0.0:8081")));
+    }
+
+    #[test]
+    fn jetstream_options() {
+        let c = parse(&[]).resolve().unwrap();
+        assert_eq!(
+            c.nats_jetstream,
+            Switch::Off,
+            "deep history only when asked"
+        );
+        assert_eq!(c.nats_jetstream_stream, "SHARDCAST");
+        assert_eq!(
+            (
+                c.nats_jetstream_max_messages,
+                c.nats_jetstream_max_age_ms,
+                c.nats_jetstream_timeout_ms
+            ),
+            (100_000, 3_600_000, 2000)
+        );
+        let url = ["--nats-url", "nats://a:4222"];
+        let with = |extra: &[&str]| {
+            let mut args = url.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args).resolve()
+        };
+        let c = with(&["--nats-jetstream", "on", "--nats-jetstream-stream", "S2"]).unwrap();
+        assert_eq!(
+            (c.nats_jetstream, &*c.nats_jetstream_stream),
+            (Switch::On, "S2")
+        );
+        assert!(
+            parse(&["--nats-jetstream", "on"]).resolve().is_err(),
+            "no bridge"
+        );
+        for bad in [
+            &["--nats-jetstream", "on", "--nats-subject-prefix", ""][..],
+            &["--nats-jetstream", "on", "--nats-jetstream-stream", "a.b"],
+            &["--nats-jetstream", "on", "--nats-jetstream-stream", ""],
+            &["--nats-jetstream", "on", "--nats-jetstream-timeout-ms", "0"],
+        ] {
+            assert!(with(bad).is_err(), "{bad:?}");
+        }
+        // Off: the other settings are not checked against the bridge.
+        assert!(with(&["--nats-jetstream-stream", "a.b"]).is_ok());
     }
 
     #[test]

@@ -298,23 +298,7 @@ fn evicted_then_resumed(extra: &[&str]) {
         v["totals"]["continuity"]["stamped"].as_u64() >= Some(n)
     });
     // Read what reached it before the 1013.
-    let mut last = 0;
-    loop {
-        match slow.read() {
-            Ok(Message::Text(t)) => {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                let seq = v["seq"].as_u64().unwrap();
-                assert_eq!(seq, last + 1);
-                last = seq;
-            }
-            Ok(Message::Close(Some(f))) => {
-                assert_eq!(u16::from(f.code), 1013);
-                break;
-            }
-            Ok(_) => {}
-            Err(e) => panic!("no 1013: {e}"),
-        }
-    }
+    let last = read_until_evicted(&mut slow);
     let (mut s, _) = server.ws(&format!("/ws/e?seq=1&since=e:{last}&epoch={epoch}"));
     assert_eq!(notice(&mut s, "e"), (epoch, last, None));
     p.send(Message::text(format!("\"{}end\"", n + 1))).unwrap();

@@ -16,11 +16,14 @@ use common::*;
 use serde_json::Value;
 use tungstenite::Message;
 
-/// A `nats-server` child process on a loopback port; killed on drop.
+/// A `nats-server` child process on a loopback port; killed on drop (its JetStream store
+/// directory, if any, removed).
 struct Nats {
     child: Option<Child>,
     port: u16,
     monitor: u16,
+    /// JetStream on, storing here (`-js -sd`).
+    store: Option<PathBuf>,
 }
 
 fn nats_server_bin() -> PathBuf {
@@ -50,10 +53,24 @@ fn free_port() -> u16 {
 
 impl Nats {
     fn start() -> Nats {
+        Nats::start_with(None)
+    }
+
+    /// With JetStream, its store in a fresh directory under the temp dir.
+    fn start_js() -> Nats {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("shardcast-js-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Nats::start_with(Some(dir))
+    }
+
+    fn start_with(store: Option<PathBuf>) -> Nats {
         let mut n = Nats {
             child: None,
             port: free_port(),
             monitor: free_port(),
+            store,
         };
         n.restart();
         n
@@ -62,9 +79,13 @@ impl Nats {
     /// (Re)start on the same ports; returns once it accepts connections.
     fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor.to_string()])
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor.to_string()]);
+        if let Some(dir) = &self.store {
+            cmd.arg("-js").arg("-sd").arg(dir);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -85,19 +106,47 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Every subject subscribed on the server, over all connections (monitoring `/connz`).
-    fn subjects(&self) -> BTreeSet<String> {
+    /// A monitoring endpoint's JSON.
+    fn monitor(&self, path: &str) -> Value {
         let mut tcp = TcpStream::connect(("127.0.0.1", self.monitor)).unwrap();
         tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
         write!(
             tcp,
-            "GET /connz?subs=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            // HTTP/1.0: the body is never chunked.
+            "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n"
         )
         .unwrap();
         let mut out = String::new();
         tcp.read_to_string(&mut out).unwrap();
         let body = out.split_once("\r\n\r\n").expect("complete response").1;
-        let v: Value = serde_json::from_str(body).expect("connz is JSON");
+        serde_json::from_str(body).expect("monitoring answers JSON")
+    }
+
+    /// The last stream sequence JetStream stored, over all streams (monitoring `/jsz`): every
+    /// message published so far is in the stream once this reaches their count.
+    fn stored(&self) -> u64 {
+        let v = self.monitor("/jsz?streams=1");
+        v["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .map(|s| s["state"]["last_seq"].as_u64().unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Stop (SIGSTOP) or continue (SIGCONT) the server: a JetStream that does not answer.
+    fn freeze(&self, stop: bool) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// Every subject subscribed on the server, over all connections (monitoring `/connz`).
+    fn subjects(&self) -> BTreeSet<String> {
+        let v = self.monitor("/connz?subs=1");
         v["connections"]
             .as_array()
             .into_iter()
@@ -116,6 +165,9 @@ impl Nats {
 impl Drop for Nats {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.store {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -896,4 +948,433 @@ fn sequence_numbers_travel_with_messages_and_resume_on_another_host() {
 
 fn ws_timeout(ws: &mut Ws, t: Duration) {
     ws.get_mut().set_read_timeout(Some(t)).unwrap();
+}
+
+// Deep history (docs/CONTINUITY.md, "Deep history"): resumes older than the local ring read the
+// missing range from a JetStream stream (a real `nats-server -js`, its store in a temp dir).
+
+/// A host with deep history on (`--nats-jetstream`) and a ring of `ring` messages for topic
+/// x; returns once its JetStream stream exists.
+fn deep_host(nats: &Nats, ring: usize, extra: &[&str]) -> Server {
+    let ring = format!("x=messages={ring}");
+    let mut args = vec!["--nats-jetstream", "on", "--topic-history", &ring];
+    args.extend_from_slice(extra);
+    let s = host(nats, &args);
+    if nats.store.is_some() {
+        wait_for("the JetStream stream", || {
+            counter(&s, "deep_stream_ready") == 1
+        });
+    }
+    s
+}
+
+/// Read x's data `from..=to` on a sequenced connection: each number once, in order, carrying
+/// the payload `publish_range` sent for it (`{"seq": n - offset}`).
+fn expect_range(ws: &mut Ws, from: u64, to: u64, offset: u64) {
+    for want in from..=to {
+        let (seq, d) = data(ws, "x");
+        assert_eq!(seq, want, "lost or duplicated");
+        assert_eq!(d["seq"], want - offset, "{d}");
+    }
+}
+
+/// A sequenced client of `s` sees `n` messages published to x and reads the first `read`
+/// before it is cut off; returns x's epoch once the stream holds all `n`.
+fn cut_off_after(nats: &Nats, s: &Server, n: u64, read: u64) -> String {
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut c, "x");
+    publish_range(s.addr, "x", 1, n + 1, false, "deep");
+    expect_range(&mut c, 1, read, 0);
+    drop(c);
+    wait_for("every message in the stream", || nats.stored() >= n);
+    epoch
+}
+
+/// One host, a ring of 10 messages: a client cut off after 1,000 messages resumes after 2,000
+/// more and gets every one exactly once (1,990 of them from JetStream, in two chunks), then
+/// live.
+#[test]
+fn deep_history_fills_what_the_local_ring_no_longer_has() {
+    let nats = Nats::start_js();
+    let s = deep_host(&nats, 10, &[]);
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, at, resync) = notice(&mut c, "x");
+    assert_eq!((at, resync), (0, None));
+    publish_range(s.addr, "x", 1, 1001, false, "deep");
+    expect_range(&mut c, 1, 1000, 0);
+    drop(c);
+    publish_range(s.addr, "x", 1001, 3001, false, "deep");
+    wait_for("3000 messages in the stream", || nats.stored() >= 3000);
+    let (mut c, _) = s.ws(&format!("/ws/x?seq=1&since=x:1000&epoch={epoch}"));
+    assert_eq!(notice(&mut c, "x"), (epoch.clone(), 1000, None));
+    expect_range(&mut c, 1001, 3000, 0);
+    assert_eq!(s.post("x", "application/json", b"{\"seq\":3001}", ""), 204);
+    expect_range(&mut c, 3001, 3001, 0);
+    // The ring held 2991..=3000; everything before came from the stream, nothing twice.
+    assert_eq!(counter(&s, "deep_messages"), 1990);
+    assert!(counter(&s, "deep_fetches") >= 2, "chunked");
+    assert_eq!(counter(&s, "deep_short"), 0);
+    let (_, metrics) = admin(s.admin.unwrap(), "GET", "/metrics");
+    assert!(
+        metrics.contains("shardcast_bridge_deep_messages_total 1990"),
+        "{metrics}"
+    );
+}
+
+/// Two hosts: a client reads part of x on A (the origin), is cut off, 2,000 more messages are
+/// published, and it resumes on B, whose ring keeps 10: every message exactly once, in
+/// order, with A's numbers, then live.
+#[test]
+fn deep_history_resumes_on_another_host_from_jetstream() {
+    let nats = Nats::start_js();
+    let a = deep_host(&nats, 100_000, &[]);
+    let b = deep_host(&nats, 10, &[]);
+    // A sequenced subscriber on B makes B's bridge subscribe x; probe from A until it
+    // arrives, from then on B has A's numbering (an `epoch` resync, then A's numbers).
+    let (mut keeper, _) = b.ws("/ws/x?seq=1");
+    notice(&mut keeper, "x");
+    let mut probes = 0u64;
+    loop {
+        assert!(probes < 500, "no cross-host delivery");
+        probes += 1;
+        assert_eq!(a.post("x", "application/json", b"\"probe\"", ""), 204);
+        if poll(&mut keeper, Duration::from_millis(50)).is_some() {
+            break; // the adoption notice
+        }
+    }
+    let mut last = 0;
+    while last < probes {
+        last = data(&mut keeper, "x").0;
+    }
+    let (mut sa, _) = a.ws("/ws/x?seq=1");
+    let (epoch, at, _) = notice(&mut sa, "x");
+    assert_eq!(at, probes);
+    publish_range(a.addr, "x", 1, 501, false, "deep");
+    let cut = probes + 500;
+    expect_range(&mut sa, probes + 1, cut, probes);
+    drop(sa);
+    publish_range(a.addr, "x", 501, 2501, false, "deep");
+    let head = probes + 2500;
+    expect_range(&mut keeper, probes + 1, head, probes);
+    wait_for("every message in the stream", || nats.stored() >= head);
+    let (mut c, _) = b.ws(&format!("/ws/x?seq=1&since=x:{cut}&epoch={epoch}"));
+    assert_eq!(notice(&mut c, "x"), (epoch, cut, None));
+    expect_range(&mut c, cut + 1, head, probes);
+    assert_eq!(a.post("x", "application/json", b"{\"seq\":2501}", ""), 204);
+    expect_range(&mut c, head + 1, head + 1, probes);
+    assert_eq!(counter(&b, "deep_messages"), head - 10 - cut);
+    assert_eq!(counter(&b, "deep_short"), 0);
+}
+
+/// What deep history cannot give ends in the documented `trimmed` resync naming where the
+/// client continues, and a counter: a range the stream's retention dropped, a JetStream that
+/// does not answer in time, and no JetStream at all.
+#[test]
+fn deep_history_short_or_unavailable_ends_in_a_trimmed_resync() {
+    let nats = Nats::start_js();
+    let s = deep_host(
+        &nats,
+        10,
+        &[
+            "--nats-jetstream-max-messages",
+            "50",
+            "--nats-jetstream-timeout-ms",
+            "500",
+        ],
+    );
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut c, "x");
+    publish_range(s.addr, "x", 1, 301, false, "deep");
+    expect_range(&mut c, 1, 300, 0);
+    wait_for("300 messages through the stream", || nats.stored() >= 300);
+    // The stream keeps 251..=300, the ring 291..=300: 21..=250 are gone.
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:20&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 20, None));
+    let trimmed = Some("trimmed".to_owned());
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 250, trimmed.clone()));
+    expect_range(&mut r, 251, 300, 0);
+    assert_eq!(counter(&s, "deep_short"), 1);
+    assert_eq!(counter(&s, "deep_messages"), 40);
+    // JetStream frozen (SIGSTOP): the fetch times out, the client continues from the ring.
+    nats.freeze(true);
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:100&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 100, None));
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 290, trimmed.clone()));
+    expect_range(&mut r, 291, 300, 0);
+    nats.freeze(false);
+    assert_eq!(counter(&s, "deep_timeouts"), 1);
+    drop((c, r, s));
+
+    // A NATS server without JetStream: no stream, every deep fetch fails at once.
+    let plain = Nats::start();
+    let s = deep_host(&plain, 10, &[]);
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut c, "x");
+    publish_range(s.addr, "x", 1, 51, false, "deep");
+    expect_range(&mut c, 1, 50, 0);
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:5&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 5, None));
+    assert_eq!(notice(&mut r, "x"), (epoch, 40, trimmed));
+    expect_range(&mut r, 41, 50, 0);
+    assert_eq!(counter(&s, "deep_unavailable"), 1);
+    assert_eq!(counter(&s, "deep_stream_ready"), 0);
+}
+
+/// A client that leaves while its deep fetch is out leaves nothing behind: its pending resume
+/// goes at once, and the late result finds no ticket (the shard serves the next resume as
+/// usual).
+#[test]
+fn a_client_leaving_during_a_deep_fetch_leaves_nothing_behind() {
+    let nats = Nats::start_js();
+    let s = deep_host(&nats, 10, &["--nats-jetstream-timeout-ms", "60000"]);
+    let epoch = cut_off_after(&nats, &s, 100, 100);
+    let admin = s.admin.unwrap();
+    let pending = || -> u64 {
+        stats(admin)["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|sh| sh["continuity"]["resumes_pending"].as_u64().unwrap())
+            .sum()
+    };
+    let answered = || {
+        ["deep_fetches", "deep_timeouts", "deep_unavailable"]
+            .iter()
+            .map(|n| counter(&s, n))
+            .sum::<u64>()
+    };
+    nats.freeze(true);
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:5&epoch={epoch}"));
+    // The home shard's answer (the notice) came: the fetch is out, and stuck.
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 5, None));
+    wait_for("the resume pending", || pending() == 1);
+    drop(r);
+    wait_for("no resume pending", || pending() == 0);
+    assert_eq!(answered(), 0, "the fetch is still out");
+    nats.freeze(false);
+    wait_for("the late result", || answered() == 1);
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:5&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch, 5, None));
+    expect_range(&mut r, 6, 100, 0);
+    wait_for("live, nothing pending", || pending() == 0);
+}
+
+/// A sequenced client evicted (1013) mid-stream resumes past a 10-message ring: every message
+/// exactly once, most of them from JetStream.
+#[test]
+fn a_client_evicted_mid_stream_resumes_from_jetstream() {
+    let nats = Nats::start_js();
+    // A mark this small must hold one max-size message plus the kernel's send buffer
+    // (`Config::check_limits`), as in tests/continuity.rs.
+    let s = deep_host(
+        &nats,
+        10,
+        &[
+            "--max-message-bytes",
+            "8192",
+            "--send-buffer-bytes",
+            "16KiB",
+            "--high-water-bytes",
+            "64KiB",
+        ],
+    );
+    let admin = s.admin.unwrap();
+    let mut tcp = small_rcvbuf_connect(s.addr);
+    let head = upgrade_raw(&mut tcp, "/ws/x?seq=1");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut slow =
+        tungstenite::WebSocket::from_raw_socket(tcp, tungstenite::protocol::Role::Client, None);
+    let (epoch, _, _) = notice(&mut slow, "x");
+    let pad = "x".repeat(1000);
+    let (mut p, _) = s.ws("/pub/x");
+    let evicted = |v: &Value| v["totals"]["evictions"]["high_water"].as_u64() > Some(0);
+    let mut n = 0u64;
+    while n < 10_000 {
+        n += 1;
+        p.send(Message::text(format!("{{\"seq\":{n},\"pad\":\"{pad}\"}}")))
+            .unwrap();
+        if n.is_multiple_of(100) && evicted(&stats(admin)) {
+            break;
+        }
+    }
+    assert!(evicted(&stats_until(admin, evicted)));
+    stats_until(admin, |v| {
+        v["totals"]["continuity"]["stamped"].as_u64() >= Some(n)
+    });
+    wait_for("every message in the stream", || nats.stored() >= n);
+    let last = read_until_evicted(&mut slow); // what reached it before its 1013
+    assert!(last + 10 < n, "the ring alone cannot cover the gap");
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:{last}&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch, last, None));
+    expect_range(&mut r, last + 1, n, 0);
+    assert_eq!(counter(&s, "deep_messages"), n - 10 - last);
+}
+
+/// A host that has received nothing of a topic since it started (it started after the
+/// messages were published) learns the origin's numbering from the stream's last message: a
+/// client of A resumes there with nothing lost and nothing twice, then live.
+#[test]
+fn deep_history_resumes_on_a_host_that_never_received_the_topic() {
+    let nats = Nats::start_js();
+    let a = deep_host(&nats, 100_000, &[]);
+    let epoch = cut_off_after(&nats, &a, 1000, 400);
+    let b = deep_host(&nats, 10, &[]);
+    let (mut c, _) = b.ws(&format!("/ws/x?seq=1&since=x:400&epoch={epoch}"));
+    assert_eq!(notice(&mut c, "x"), (epoch, 400, None));
+    expect_range(&mut c, 401, 1000, 0);
+    // Live from A once B's bridge subscribes the topic for this subscriber.
+    wait_for("B subscribed", || counter(&b, "subscriptions") == 1);
+    assert_eq!(a.post("x", "application/json", b"{\"seq\":1001}", ""), 204);
+    expect_range(&mut c, 1001, 1001, 0);
+    assert_eq!(counter(&b, "deep_lookups"), 1);
+    assert_eq!(counter(&b, "deep_messages"), 600);
+}
+
+/// A JetStream API request as an operator's tool would make it (the NATS protocol by hand:
+/// `CONNECT`, a reply subscription, `PUB $JS.API.<api>`); returns the server's answer.
+fn js_api(nats: &Nats, api: &str, body: &Value) -> Value {
+    let mut tcp = TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let body = body.to_string();
+    write!(
+        tcp,
+        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB reply.api 1\r\n\
+         PUB $JS.API.{api} reply.api {}\r\n{body}\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "nats-server closed: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(at) = text.find("MSG reply.api") {
+            let rest = &text[at..];
+            if let Some((head, body)) = rest.split_once("\r\n") {
+                let len: usize = head.rsplit(' ').next().unwrap().parse().unwrap();
+                if body.len() >= len {
+                    return serde_json::from_str(&body[..len]).unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// A stream the operator configured (no direct gets, 50 messages per subject) is used as it is,
+/// never changed: a host started later resumes a client from it (the leader's message gets),
+/// as far back as that stream keeps.
+#[test]
+fn deep_history_uses_an_operator_stream_as_configured() {
+    let nats = Nats::start_js();
+    let created = js_api(
+        &nats,
+        "STREAM.CREATE.OPS",
+        &serde_json::json!({
+            "name": "OPS",
+            "subjects": ["shardcast.>"],
+            "storage": "memory",
+            "max_msgs_per_subject": 50,
+            "allow_direct": false,
+            "num_replicas": 1,
+        }),
+    );
+    assert!(created.get("error").is_none(), "{created}");
+    let ops = ["--nats-jetstream-stream", "OPS"];
+    let a = deep_host(&nats, 100_000, &ops);
+    let (mut sa, _) = a.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut sa, "x");
+    publish_range(a.addr, "x", 1, 301, false, "deep");
+    expect_range(&mut sa, 1, 300, 0);
+    wait_for("300 messages through the stream", || nats.stored() >= 300);
+    // B (ring 10, and a larger retention it would create a stream with) has received nothing of
+    // x: it takes A's numbering from the stream, then replays what the stream still has.
+    let b = deep_host(
+        &nats,
+        10,
+        &[&ops[..], &["--nats-jetstream-max-messages", "100000"]].concat(),
+    );
+    let (mut c, _) = b.ws(&format!("/ws/x?seq=1&since=x:20&epoch={epoch}"));
+    assert_eq!(notice(&mut c, "x"), (epoch.clone(), 20, None));
+    assert_eq!(
+        notice(&mut c, "x"),
+        (epoch, 250, Some("trimmed".to_owned()))
+    );
+    expect_range(&mut c, 251, 300, 0);
+    assert_eq!(counter(&b, "deep_lookups"), 1);
+    assert_eq!(counter(&b, "deep_short"), 1);
+    // Still the operator's stream: 50 per subject, no direct gets.
+    let v = nats.monitor("/jsz?streams=1&config=1");
+    let config = &v["account_details"][0]["stream_detail"][0]["config"];
+    assert_eq!(
+        (
+            config["max_msgs_per_subject"].as_i64(),
+            config["allow_direct"].as_bool()
+        ),
+        (Some(50), Some(false)),
+        "{config}"
+    );
+}
+
+/// The stream deleted under a running host: the next fetch finds none, creates it again
+/// (empty), and the client is told `trimmed`; later messages are captured again.
+#[test]
+fn deep_history_after_the_stream_was_deleted_resyncs_and_recreates_it() {
+    let nats = Nats::start_js();
+    let s = deep_host(&nats, 10, &[]);
+    let (mut c, _) = s.ws("/ws/x?seq=1");
+    let (epoch, _, _) = notice(&mut c, "x");
+    publish_range(s.addr, "x", 1, 101, false, "deep");
+    expect_range(&mut c, 1, 100, 0);
+    wait_for("100 messages in the stream", || nats.stored() >= 100);
+    // A resume from the stream first: the bridge remembers where it ended in that stream, which
+    // must not be taken for a place in the next one.
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:40&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 40, None));
+    expect_range(&mut r, 41, 100, 0);
+    drop(r);
+    let deleted = js_api(&nats, "STREAM.DELETE.SHARDCAST", &serde_json::json!({}));
+    assert_eq!(deleted["success"], true, "{deleted}");
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:5&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch.clone(), 5, None));
+    assert_eq!(
+        notice(&mut r, "x"),
+        (epoch.clone(), 90, Some("trimmed".to_owned()))
+    );
+    expect_range(&mut r, 91, 100, 0);
+    assert_eq!(
+        (counter(&s, "deep_short"), counter(&s, "deep_fetches")),
+        (1, 2)
+    );
+    // Re-created: what is published now is captured, and resumes reach it again.
+    publish_range(s.addr, "x", 101, 201, false, "deep");
+    expect_range(&mut c, 101, 200, 0);
+    expect_range(&mut r, 101, 200, 0);
+    wait_for("the new messages in the new stream", || {
+        nats.stored() >= 100
+    });
+    let (mut r2, _) = s.ws(&format!("/ws/x?seq=1&since=x:150&epoch={epoch}"));
+    assert_eq!(notice(&mut r2, "x"), (epoch, 150, None));
+    expect_range(&mut r2, 151, 200, 0);
+}
+
+/// A resume from the stream while the topic keeps going (a publisher on another thread):
+/// every message exactly once across the stream's part, the ring's and the switch to live.
+#[test]
+fn deep_history_resumes_while_the_topic_keeps_going() {
+    let nats = Nats::start_js();
+    let s = deep_host(&nats, 10, &[]);
+    let epoch = cut_off_after(&nats, &s, 2000, 100);
+    let addr = s.addr;
+    let publisher = std::thread::spawn(move || publish_range(addr, "x", 2001, 5001, false, "deep"));
+    let (mut r, _) = s.ws(&format!("/ws/x?seq=1&since=x:100&epoch={epoch}"));
+    assert_eq!(notice(&mut r, "x"), (epoch, 100, None));
+    expect_range(&mut r, 101, 5000, 0);
+    publisher.join().unwrap();
+    assert!(counter(&s, "deep_messages") >= 1890);
 }

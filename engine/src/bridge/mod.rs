@@ -20,11 +20,17 @@
 //! does not pull waits in the client's per-subscription queue (`nats_pending_messages`), beyond
 //! which the client drops it as a slow consumer (counted). Own messages are suppressed twice:
 //! the connection is `no_echo`, and an origin header is checked.
+//!
+//! Continuity: the home shards forward local publishes with their number (headers), and with
+//! `--nats-jetstream` the bridge keeps a JetStream stream over the topics' subjects and fetches
+//! ranges from it for resumes older than the local history (`deep`).
 
 //!
 //! Behind the cargo feature `nats` (on by default): without it the bookkeeping below still
 //! builds (the admin listener reads [`stats`]), but `--nats-url` is refused at start-up.
 
+#[cfg(feature = "nats")]
+mod deep;
 pub mod interest;
 pub mod linklog;
 #[cfg(feature = "nats")]

@@ -20,11 +20,13 @@ use shardcast_proto::frame::{parse_header, Role};
 use shardcast_proto::{MessageKind, OpCode};
 use tokio::sync::mpsc;
 
+use super::deep::Deep;
 use super::interest::{Change, Interest};
 use super::linklog::{self, LinkEvent};
 use super::stats::{BridgeStats, LinkState};
 use super::subject::{self, Inbound};
 use crate::config::Config;
+use crate::continuity::deep::{Failure, Fetch, Fetched};
 use crate::continuity::Position;
 use crate::deflate::ShardDeflate;
 use crate::mesh::{Envelope, MeshItem, MeshLink};
@@ -213,6 +215,10 @@ struct State {
     batch: Vec<MeshItem>,
     /// Compresses messages from NATS once for every shard (`deflate`).
     deflate: ShardDeflate,
+    /// Continuity: deep history from JetStream (`--nats-jetstream`), and where finished
+    /// fetches come back to the loop.
+    deep: Option<Deep>,
+    deep_tx: mpsc::UnboundedSender<(usize, MeshItem)>,
 }
 
 /// Reconnect backoff: immediately, then 50 ms doubling up to `max_ms`, with up to 25% jitter so
@@ -301,6 +307,14 @@ async fn run(ctx: Ctx) {
         stats.clone(),
     ));
     let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+    let (deep_tx, mut deep_rx) = mpsc::unbounded_channel();
+    let deep = config
+        .nats_jetstream
+        .is_on()
+        .then(|| Deep::new(client.clone(), &config, stats.clone()));
+    if let Some(d) = &deep {
+        tokio::task::spawn_local(d.clone().keep_ensuring());
+    }
     let shard_id = link.id();
     let mut st = State {
         link,
@@ -319,6 +333,8 @@ async fn run(ctx: Ctx) {
         pending: None,
         batch: Vec::new(),
         deflate: ShardDeflate::new(config.compression()),
+        deep,
+        deep_tx,
     };
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -336,6 +352,7 @@ async fn run(ctx: Ctx) {
                 tokio::task::yield_now().await;
             }
             Some((topic, generation, sub)) = sub_rx.recv() => st.attach(topic, generation, sub),
+            Some((shard, item)) = deep_rx.recv() => st.deep_result(shard, item),
             _ = refresh.tick() => st.refresh(),
             _ = tokio::time::sleep(RETRY), if st.pending.is_some() => st.deliver_pending(),
             Some((topic, msg)) = st.streams.next(), if st.pending.is_none() => {
@@ -412,12 +429,16 @@ impl State {
                     let (env, at) = *b;
                     self.outbound_numbered(env, Some(at));
                 }
+                MeshItem::DeepFetch(f) => self.deep_fetch(*f),
+                MeshItem::DeepHead { topic, shard } => self.deep_head(topic, shard),
                 // Continuity items between shards.
                 MeshItem::Sequenced(_)
                 | MeshItem::SeqInterest { .. }
                 | MeshItem::Ask { .. }
                 | MeshItem::Answer(_)
-                | MeshItem::Remote(_) => {}
+                | MeshItem::Remote(_)
+                | MeshItem::DeepFetched(_)
+                | MeshItem::DeepHeadIs { .. } => {}
             }
         }
         self.batch = items;
@@ -593,8 +614,54 @@ impl State {
         add(&self.stats.messages_in, 1);
     }
 
+    /// A shard's resume needs a range from deep history: fetch it beside the loop.
+    fn deep_fetch(&mut self, fetch: Fetch) {
+        let Some(deep) = self.deep.clone() else {
+            // Not configured here (the shards offer deep history only when it is).
+            let f = Fetched {
+                ticket: fetch.ticket,
+                result: Err(Failure::Unavailable),
+            };
+            return self.deep_result(fetch.shard, MeshItem::DeepFetched(Box::new(f)));
+        };
+        let tx = self.deep_tx.clone();
+        tokio::task::spawn_local(async move {
+            let result = deep.fetch(&fetch).await;
+            let ticket = fetch.ticket;
+            let f = Fetched { ticket, result };
+            let _ = tx.send((fetch.shard, MeshItem::DeepFetched(Box::new(f))));
+        });
+    }
+
+    /// A home shard needs the numbering of `topic`'s last message in the stream: look it up
+    /// beside the loop.
+    fn deep_head(&mut self, topic: Arc<str>, shard: usize) {
+        let Some(deep) = self.deep.clone() else {
+            let item = MeshItem::DeepHeadIs {
+                topic,
+                stored: None,
+            };
+            return self.deep_result(shard, item);
+        };
+        let tx = self.deep_tx.clone();
+        tokio::task::spawn_local(async move {
+            let stored = deep.head(&topic).await;
+            let _ = tx.send((shard, MeshItem::DeepHeadIs { topic, stored }));
+        });
+    }
+
+    /// A deep-history request finished: hand the result to the shard that asked (an
+    /// overflowing ring keeps it in the link's overflow queue, retried on every flush: at most
+    /// one chunk per pending resume).
+    fn deep_result(&mut self, shard: usize, item: MeshItem) {
+        self.link.send(shard, item);
+        self.link.flush();
+    }
+
     /// Refresh the link state, reconnect count and gauges.
     fn refresh(&mut self) {
+        // Retry what waits in overflow (deep-history results).
+        self.link.flush();
         let now = monotonic_ms();
         let connects = self.client.statistics().connects.load(Relaxed);
         let state = match self.client.connection_state() {

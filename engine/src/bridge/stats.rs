@@ -63,6 +63,23 @@ pub struct BridgeStats {
     pub in_stalls: AtomicU64,
     /// Messages from NATS compressed here, once for every shard (permessage-deflate).
     pub compression: crate::obs::compression::CompressionStats,
+    /// Deep history (`--nats-jetstream`): the stream exists (found or created) as of the last
+    /// check.
+    pub deep_stream_ready: AtomicU64,
+    /// Deep-history fetches answered (each a replay chunk's worth at most).
+    pub deep_fetches: AtomicU64,
+    /// Messages those fetches returned.
+    pub deep_messages: AtomicU64,
+    /// Lookups of a topic's last numbering in the stream (a host that had not received the
+    /// topic adopts it) answered.
+    pub deep_lookups: AtomicU64,
+    /// Fetches that did not find the first number asked for (the stream's retention trimmed
+    /// it, or it never reached the stream): the client is told `trimmed`.
+    pub deep_short: AtomicU64,
+    /// Fetches that failed because JetStream did not answer in time (`trimmed` too).
+    pub deep_timeouts: AtomicU64,
+    /// Fetches that failed because JetStream or the stream is missing or answered an error.
+    pub deep_unavailable: AtomicU64,
 }
 
 /// A copy of the bridge's counters for /stats, /metrics and /health.
@@ -101,6 +118,20 @@ pub struct BridgeSnapshot {
     pub in_stalls: u64,
     /// Compression of messages from NATS (the `compression` object of the bridge in /stats).
     pub compression: crate::obs::compression::Snapshot,
+    /// Deep history: 1 once the JetStream stream exists.
+    pub deep_stream_ready: u64,
+    /// Deep-history fetches answered.
+    pub deep_fetches: u64,
+    /// Messages they returned.
+    pub deep_messages: u64,
+    /// Lookups of a topic's last numbering answered.
+    pub deep_lookups: u64,
+    /// Fetches that did not find the first number asked for.
+    pub deep_short: u64,
+    /// Fetches failed by timeout.
+    pub deep_timeouts: u64,
+    /// Fetches failed with JetStream or the stream unavailable.
+    pub deep_unavailable: u64,
 }
 
 fn state_name<S: serde::Serializer>(s: &LinkState, ser: S) -> Result<S::Ok, S::Error> {
@@ -166,6 +197,13 @@ impl BridgeStats {
             in_invalid: get(&self.in_invalid),
             in_stalls: get(&self.in_stalls),
             compression: self.compression.snapshot(),
+            deep_stream_ready: get(&self.deep_stream_ready),
+            deep_fetches: get(&self.deep_fetches),
+            deep_messages: get(&self.deep_messages),
+            deep_lookups: get(&self.deep_lookups),
+            deep_short: get(&self.deep_short),
+            deep_timeouts: get(&self.deep_timeouts),
+            deep_unavailable: get(&self.deep_unavailable),
         }
     }
 }

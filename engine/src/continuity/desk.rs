@@ -11,9 +11,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::deep::Fetch;
 use super::log::{ContinuityStats, LogConfig, TopicLogs};
 use super::resume::{Ask, Resume};
-use super::Position;
+use super::{Epoch, Position, Seq};
 
 /// Most payload bytes in one replay chunk (a resume's answer); the connection's high-water
 /// mark lowers it (a quarter of the mark), so a replay never evicts its own client.
@@ -206,6 +207,22 @@ impl Desk {
             .collect()
     }
 
+    /// The deep-history fetch of `first..=last` of `epoch` for pending subscription `ticket`,
+    /// bounded like one replay chunk (the result is queued to the connection as one).
+    pub fn deep_fetch(&self, ticket: u64, epoch: Epoch, first: Seq, last: Seq) -> Option<Fetch> {
+        let p = self.pending.get(&ticket)?;
+        Some(Fetch {
+            ticket,
+            shard: self.id,
+            topic: p.topic.clone(),
+            epoch,
+            first,
+            last,
+            max_messages: CHUNK_MESSAGES,
+            max_bytes: self.chunk_bytes,
+        })
+    }
+
     /// `ticket` asks for its next chunk once its connection has drained.
     pub fn wait_drain(&mut self, ticket: u64) {
         self.draining.push(ticket);
@@ -303,7 +320,14 @@ mod tests {
         // the ticket leaves the drain list either way.
         assert!(d.drained(5).is_empty());
         assert!(!d.any_draining());
+        let f = d.deep_fetch(ask.ticket, Epoch::from_u64(3), 5, 9).unwrap();
+        assert_eq!((f.shard, &*f.topic, f.first, f.last), (0, "a", 5, 9));
+        assert_eq!((f.max_messages, f.max_bytes), (CHUNK_MESSAGES, CHUNK_BYTES));
         assert!(d.finish(ask.ticket).is_some());
         assert_eq!(d.gauges().resumes_pending, 0);
+        assert!(
+            d.deep_fetch(ask.ticket, Epoch::from_u64(3), 5, 9).is_none(),
+            "gone"
+        );
     }
 }

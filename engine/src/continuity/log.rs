@@ -29,6 +29,7 @@ use super::epoch::EpochSource;
 use super::history::{HistoryRing, HistoryRules, Limits, Trimmed};
 use super::resume::{self, Answer, Ask};
 use super::sequence::{Change, Source, Stamped, TopicSeq};
+use super::Position;
 
 /// Fraction of the budget an over-budget table is brought down to (in percent), so one
 /// halving round makes room for many messages.
@@ -106,6 +107,19 @@ pub struct LogConfig {
     pub deep: bool,
 }
 
+/// What [`TopicLogs::hold`] did with an ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Serve it now.
+    Serve,
+    /// Held until the topic's numbering in deep history is known ([`TopicLogs::handle_head`]).
+    Held {
+        /// The first held ask of the topic: ask the bridge for the topic's last numbering in
+        /// the stream.
+        lookup: bool,
+    },
+}
+
 /// A home shard's topic logs.
 #[derive(Debug)]
 pub struct TopicLogs {
@@ -117,6 +131,9 @@ pub struct TopicLogs {
     /// A log was dropped since the last generation change.
     dropped: bool,
     stats: ContinuityStats,
+    /// Deep history: asks waiting for a topic's numbering from the stream, with the shard each
+    /// came from, in arrival order.
+    held: HashMap<Arc<str>, Vec<(usize, Ask)>>,
 }
 
 impl TopicLogs {
@@ -129,6 +146,7 @@ impl TopicLogs {
             bytes: 0,
             dropped: false,
             stats: ContinuityStats::default(),
+            held: HashMap::new(),
         }
     }
 
@@ -313,6 +331,51 @@ impl TopicLogs {
         }
     }
 
+    /// Deep history: an ask from shard `from` that names another epoch than a topic whose
+    /// numbering has not numbered anything here (this host has received nothing of it since it
+    /// started) cannot be judged yet: the numbering may be the origin's, which the stream
+    /// knows. Such asks are held (and every later ask of the topic behind them, to keep their
+    /// order) until [`handle_head`](Self::handle_head).
+    pub fn hold(&mut self, topic: &str, from: usize, ask: &Ask) -> Hold {
+        if let Some(q) = self.held.get_mut(topic) {
+            q.push((from, ask.clone()));
+            return Hold::Held { lookup: false };
+        }
+        let Some(p) = ask.after.filter(|_| self.config.deep) else {
+            return Hold::Serve;
+        };
+        let unjudged = match self.topics.get(topic) {
+            Some(log) => log.seq.head() == 0 && !log.seq.is_adopted() && log.seq.epoch() != p.epoch,
+            None => self.epochs.current() != p.epoch,
+        };
+        if !unjudged {
+            return Hold::Serve;
+        }
+        self.held
+            .insert(Arc::from(topic), vec![(from, ask.clone())]);
+        Hold::Held { lookup: true }
+    }
+
+    /// Deep history: the stream's last message of `topic` carries `stored` (`None`: no message,
+    /// no numbering, or deep history failed). Adopts it if the topic still has numbered nothing
+    /// here; returns the held asks to serve now, in order.
+    pub fn handle_head(
+        &mut self,
+        now_ms: u64,
+        topic: &str,
+        stored: Option<Position>,
+    ) -> Vec<(usize, Ask)> {
+        let held = self.held.remove(topic).unwrap_or_default();
+        if let Some(p) = stored {
+            self.ensure(topic, now_ms);
+            let log = self.topics.get_mut(topic).expect("ensured");
+            if log.seq.adopt_stored(p, now_ms) {
+                self.stats.epoch_changes += 1;
+            }
+        }
+        held
+    }
+
     /// Answer an ask about `topic` (creating its log, so a fresh subscriber and the first
     /// message agree on the epoch).
     pub fn serve(&mut self, now_ms: u64, topic: &str, ask: &Ask) -> Answer {
@@ -482,6 +545,71 @@ mod tests {
         l.handle_tick(100_000, |t| t == "new");
         assert_eq!(append(&mut l, 100_001, "new", 1), 1);
         assert_eq!(l.get("new").unwrap().seq().epoch(), notice.epoch);
+    }
+
+    #[test]
+    fn an_unknown_numbering_waits_for_the_stream_and_adopts_it() {
+        let mut cfg = config(1 << 30);
+        cfg.deep = true;
+        let mut l = TopicLogs::new(cfg, 1);
+        let a = Epoch::from_u64(0xa);
+        let ask = |ticket, epoch, seq| Ask {
+            ticket,
+            after: Some(Position { epoch, seq }),
+            first: true,
+            max_bytes: 1 << 20,
+            max_messages: 100,
+        };
+        // Fresh asks and asks naming this host's own epoch are served at once.
+        assert_eq!(l.hold("t", 0, &Ask::fresh(1, 1 << 20, 100)), Hold::Serve);
+        let own = l.epochs.current();
+        assert_eq!(l.hold("t", 0, &ask(1, own, 0)), Hold::Serve);
+        // Another host's epoch on a topic this host numbered nothing of: held, one lookup, and
+        // every later ask of the topic queues behind it.
+        assert_eq!(l.hold("t", 2, &ask(2, a, 40)), Hold::Held { lookup: true });
+        assert_eq!(
+            l.hold("t", 3, &Ask::fresh(3, 1 << 20, 100)),
+            Hold::Held { lookup: false }
+        );
+        let held = l.handle_head(0, "t", Some(Position { epoch: a, seq: 90 }));
+        assert_eq!(
+            held.iter().map(|(f, a)| (*f, a.ticket)).collect::<Vec<_>>(),
+            [(2, 2), (3, 3)]
+        );
+        assert_eq!(l.hold("t", 2, &ask(4, a, 40)), Hold::Serve, "judged now");
+        let ans = l.serve(0, "t", &held[0].1);
+        assert_eq!(
+            ans.next,
+            Next::Deep {
+                epoch: a,
+                first: 41,
+                last: 90
+            }
+        );
+        assert_eq!(ans.notice.unwrap().resync, None);
+        // The origin's next message continues the adopted numbering: no notice.
+        let next = Source::Remote(Position { epoch: a, seq: 91 });
+        let Stamped::Deliver(s) = l.append(1, "t", next, MessageKind::Text, text(1), 1) else {
+            panic!()
+        };
+        assert_eq!((s.epoch, s.seq, s.change), (a, 91, None));
+        // A topic that numbered something here keeps its numbering: not held, and a late
+        // lookup changes nothing.
+        append(&mut l, 0, "mine", 1);
+        assert_eq!(l.hold("mine", 0, &ask(5, a, 3)), Hold::Serve);
+        l.handle_head(0, "mine", Some(Position { epoch: a, seq: 9 }));
+        assert_ne!(l.get("mine").unwrap().seq().epoch(), a);
+        // Nothing in the stream (or a failed lookup): served as before, an `epoch` resync.
+        assert_eq!(l.hold("u", 0, &ask(6, a, 3)), Hold::Held { lookup: true });
+        let held = l.handle_head(0, "u", None);
+        let ans = l.serve(0, "u", &held[0].1);
+        assert_eq!(
+            ans.notice.unwrap().resync,
+            Some(crate::continuity::resume::Reason::Epoch)
+        );
+        // Deep history off: never held.
+        let mut off = TopicLogs::new(config(1 << 30), 1);
+        assert_eq!(off.hold("t", 0, &ask(7, a, 3)), Hold::Serve);
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //!   of the shard's memory ceiling), age sweep and counters.
 //! - [`resume`]: the ask/answer protocol between a connection's shard and the topic's home
 //!   shard, and the switch-over rule that makes replay + live gap-free and duplicate-free.
+//! - [`deep`]: what a fetch from deep history (a JetStream stream, through the NATS bridge)
+//!   asks for and returns, and how the bridge finds and keeps the range.
 //! - [`wire`]: what a sequenced connection receives: the JSON wrapper with `seq`, the binary
 //!   prefix, and the notices.
 //! - [`params`]: `seq=1`, `since=` and `epoch=` in URLs and SUBSCRIBE messages.
@@ -25,6 +27,7 @@
 //! sequence order through one FIFO ring (home → shard), which is what the switch-over rule in
 //! [`resume`] relies on.
 
+pub mod deep;
 pub mod desk;
 pub mod epoch;
 pub mod history;

@@ -144,6 +144,22 @@ impl TopicSeq {
         !self.renumbered
     }
 
+    /// Deep history: take the numbering the topic's last message in the stream carries, on a
+    /// topic this host has not numbered anything of yet (it has received nothing of it since it
+    /// started, or forgot it): nothing is delivered; the origin's next message continues it as
+    /// if this host had always adopted it. False (and nothing changes) once a number was
+    /// handed out here.
+    pub fn adopt_stored(&mut self, p: Position, now_ms: u64) -> bool {
+        if self.last != 0 || self.is_adopted() || !(1..=MAX_SEQ).contains(&p.seq) {
+            return false;
+        }
+        self.epoch = p.epoch;
+        self.last = p.seq;
+        self.mode = Mode::Adopted { heard_ms: now_ms };
+        self.renumbered = false;
+        true
+    }
+
     /// Number one message from `source` arriving at `now_ms`; `window_ms` is the handover
     /// window (see the module docs).
     pub fn stamp(
@@ -255,6 +271,24 @@ mod tests {
             Stamped::Deliver(st) => st,
             Stamped::Duplicate => panic!("unexpected duplicate"),
         }
+    }
+
+    #[test]
+    fn a_stored_numbering_is_adopted_only_before_anything_is_numbered() {
+        let mut ep = EpochSource::new(1);
+        let mut t = TopicSeq::new(&ep);
+        assert!(!t.adopt_stored(pos(0xa, 0), 0), "0 is not a message number");
+        assert!(t.adopt_stored(pos(0xa, 50), 0));
+        assert_eq!(
+            (t.position(), t.is_adopted(), t.origin_numbers()),
+            (pos(0xa, 50), true, true)
+        );
+        let s = stamp(&mut t, 1, Source::Remote(pos(0xa, 51)), &mut ep);
+        assert_eq!((s.seq, s.change), (51, None));
+        assert!(!t.adopt_stored(pos(0xb, 7), 2), "already adopted");
+        let mut own = TopicSeq::new(&ep);
+        stamp(&mut own, 0, Source::Local, &mut ep);
+        assert!(!own.adopt_stored(pos(0xa, 50), 0), "numbered here already");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! A simulation of the whole protocol across shards: publishers on every shard, home shards
 //! numbering their topics, FIFO rings between every pair of shards, sequenced connections
 //! subscribing fresh or resuming (valid, trimmed, from another epoch) at random moments,
-//! paced replays, disconnects, ages and origins changing. It checks what the client sees:
+//! paced replays, disconnects, ages and origins changing, and (in half of the worlds) deep
+//! history: a stream that keeps the origin-numbered messages with a bounded retention, answering
+//! fetches and numbering lookups at random moments. It checks what the client sees:
 //! after every notice, data numbered notice + 1, + 2, … with no gap and no duplicate; a
 //! resume the history covers gets no resync and starts exactly where the client left; and
 //! once the rings are drained every live connection is at its topic's head.
@@ -12,8 +14,8 @@ use bytes::Bytes;
 use shardcast_proto::MessageKind;
 
 use super::history::{HistoryRules, Limits};
-use super::log::{LogConfig, TopicLogs};
-use super::resume::{Action, Answer, Ask, Notice, Reason, Resume};
+use super::log::{Hold, LogConfig, TopicLogs};
+use super::resume::{Action, Answer, Ask, Notice, Reason, Replayed, Resume};
 use super::sequence::{Change, Source, Stamped};
 use super::{home_shard, Epoch, Position, Seq};
 
@@ -35,6 +37,20 @@ enum Msg {
     Answer { answer: Answer },
 }
 
+/// Work for the bridge (deep history), answered at a random later moment.
+enum Job {
+    /// Connection `c`'s pending subscription needs `first..=last` of `epoch`.
+    Fetch {
+        c: usize,
+        epoch: Epoch,
+        first: Seq,
+        last: Seq,
+        max: usize,
+    },
+    /// Home shard `shard` needs the numbering of `topic`'s last stored message.
+    Head { shard: usize, topic: usize },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Seen {
     Notice(Notice),
@@ -46,6 +62,8 @@ struct Conn {
     topic: usize,
     since: Option<Position>,
     resume: Option<Resume>,
+    /// Its replay chunk (messages), which bounds its deep fetches too.
+    chunk: usize,
     queued: usize,
     seen: Vec<Seen>,
     open: bool,
@@ -61,16 +79,23 @@ struct World {
     now: u64,
     rng: u64,
     origin: (Epoch, Seq),
+    /// Deep history: per topic, the origin-numbered messages in stream order, of which the
+    /// last `retention` are kept; the bridge's pending jobs.
+    stream: Vec<Vec<(Epoch, Seq)>>,
+    retention: usize,
+    jobs: VecDeque<Job>,
+    /// Messages replayed from the stream.
+    deep_messages: usize,
 }
 
 impl World {
-    fn new(shards: usize, limits: Limits, seed: u64) -> World {
+    fn new(shards: usize, limits: Limits, seed: u64, deep: Option<usize>) -> World {
         let config = LogConfig {
             rules: HistoryRules::new(Vec::new(), limits),
             budget: 1 << 30,
             window_ms: 50,
             idle_ms: 1 << 40,
-            deep: false,
+            deep: deep.is_some(),
         };
         World {
             shards,
@@ -86,6 +111,10 @@ impl World {
             now: 0,
             rng: seed | 1,
             origin: (Epoch::from_u64(0xa11), 0),
+            stream: vec![Vec::new(); TOPICS.len()],
+            retention: deep.unwrap_or(0),
+            jobs: VecDeque::new(),
+            deep_messages: 0,
         }
     }
 
@@ -127,6 +156,13 @@ impl World {
                     2,
                 );
                 if let Stamped::Deliver(s) = stamped {
+                    // What reaches the stream: this host's publishes with the numbers they
+                    // got here, the origin's with its own.
+                    match source {
+                        Source::Local => self.stream[topic].push((s.epoch, s.seq)),
+                        Source::Remote(p) => self.stream[topic].push((p.epoch, p.seq)),
+                        Source::External => {}
+                    }
                     for to in 0..self.shards {
                         let d = Msg::Deliver {
                             topic,
@@ -171,10 +207,18 @@ impl World {
                     conn.seen.push(Seen::Data(epoch, seq));
                 }
             }
-            Msg::Ask { from, topic, ask } => {
-                let answer = self.logs[shard].serve(self.now, TOPICS[topic], &ask);
-                self.send(shard, from, Msg::Answer { answer });
-            }
+            Msg::Ask { from, topic, ask } => match self.logs[shard].hold(TOPICS[topic], from, &ask)
+            {
+                Hold::Serve => {
+                    let answer = self.logs[shard].serve(self.now, TOPICS[topic], &ask);
+                    self.send(shard, from, Msg::Answer { answer });
+                }
+                Hold::Held { lookup } => {
+                    if lookup {
+                        self.jobs.push_back(Job::Head { shard, topic });
+                    }
+                }
+            },
             Msg::Answer { answer } => {
                 let c = answer.ticket as usize;
                 if !self.conns[c].open {
@@ -222,8 +266,73 @@ impl World {
                 self.live[shard][topic].push(c);
             }
             Action::AskWhenDrained => {}
-            Action::FetchDeep { .. } => unreachable!("no deep history here"),
+            Action::FetchDeep { epoch, first, last } => {
+                assert!(self.retention > 0, "deep history only when it is on");
+                let max = self.conns[c].chunk;
+                self.jobs.push_back(Job::Fetch {
+                    c,
+                    epoch,
+                    first,
+                    last,
+                    max,
+                });
+            }
         }
+    }
+
+    /// The bridge answers its oldest job (as `bridge/deep.rs` does, from the stream).
+    fn step_bridge(&mut self) -> bool {
+        let Some(job) = self.jobs.pop_front() else {
+            return false;
+        };
+        match job {
+            Job::Fetch {
+                c,
+                epoch,
+                first,
+                last,
+                max,
+            } => {
+                let topic = self.conns[c].topic;
+                let kept = &self.stream[topic];
+                let got: Vec<Replayed> = kept[kept.len().saturating_sub(self.retention)..]
+                    .iter()
+                    .filter(|&&(e, s)| e == epoch && (first..=last).contains(&s))
+                    .take(max)
+                    .map(|&(_, seq)| Replayed {
+                        seq,
+                        kind: MessageKind::Text,
+                        payload: Bytes::new(),
+                    })
+                    .collect();
+                if !self.conns[c].open {
+                    return true; // its ticket is gone: the result is dropped
+                }
+                self.deep_messages += got.len();
+                let step = self.conns[c]
+                    .resume
+                    .as_mut()
+                    .unwrap()
+                    .handle_deep(got)
+                    .unwrap();
+                self.apply(
+                    c,
+                    step.notice,
+                    step.replay.iter().map(|r| r.seq),
+                    step.action,
+                );
+            }
+            Job::Head { shard, topic } => {
+                let stored = self.stream[topic]
+                    .last()
+                    .map(|&(epoch, seq)| Position { epoch, seq });
+                for (from, ask) in self.logs[shard].handle_head(self.now, TOPICS[topic], stored) {
+                    let answer = self.logs[shard].serve(self.now, TOPICS[topic], &ask);
+                    self.send(shard, from, Msg::Answer { answer });
+                }
+            }
+        }
+        true
     }
 
     fn connect(&mut self, shard: usize, topic: usize, since: Option<Position>, chunk: usize) {
@@ -234,6 +343,7 @@ impl World {
             topic,
             since,
             resume: Some(resume),
+            chunk,
             queued: 0,
             seen: Vec::new(),
             open: true,
@@ -324,9 +434,17 @@ impl World {
     }
 }
 
-/// Run one world; returns (resumes, resumes that were told to resync).
-fn run(seed: u64, shards: usize, limits: Limits, steps: usize, remote: bool) -> (usize, usize) {
-    let mut w = World::new(shards, limits, seed);
+/// Run one world (`deep`: deep history with that stream retention per topic); returns
+/// (resumes, resumes that were told to resync, messages replayed from the stream).
+fn run(
+    seed: u64,
+    shards: usize,
+    limits: Limits,
+    steps: usize,
+    remote: bool,
+    deep: Option<usize>,
+) -> (usize, usize, usize) {
+    let mut w = World::new(shards, limits, seed, deep);
     let mut resumes = 0;
     for _ in 0..steps {
         w.now += w.rand(3);
@@ -351,8 +469,11 @@ fn run(seed: u64, shards: usize, limits: Limits, steps: usize, remote: bool) -> 
                 };
                 w.publish(at, topic, source);
             }
-            35..=69 => {
+            35..=64 => {
                 w.step_ring();
+            }
+            65..=69 => {
+                w.step_bridge();
             }
             70..=79 => {
                 let (shard, topic) = (w.rand(shards as u64) as usize, w.rand(3) as usize);
@@ -392,7 +513,7 @@ fn run(seed: u64, shards: usize, limits: Limits, steps: usize, remote: bool) -> 
     }
     // Quiesce: deliver everything, drain every queue, until no connection is pending.
     loop {
-        while w.step_ring() {}
+        while w.step_ring() || w.step_bridge() {}
         let mut asked = false;
         for c in 0..w.conns.len() {
             if w.conns[c].open && !w.conns[c].resume.as_ref().unwrap().is_live() {
@@ -418,7 +539,7 @@ fn run(seed: u64, shards: usize, limits: Limits, steps: usize, remote: bool) -> 
             assert_eq!(pos, Some(log.seq().position()), "conn {c} ends at the head");
         }
     }
-    (resumes, resynced)
+    (resumes, resynced, w.deep_messages)
 }
 
 #[test]
@@ -430,7 +551,7 @@ fn history_that_covers_resumes_without_resync() {
         age_ms: 0,
     };
     for seed in 1..=40u64 {
-        let mut w = World::new(3, big, seed * 0x9e37_79b9);
+        let mut w = World::new(3, big, seed * 0x9e37_79b9, None);
         for _ in 0..50 {
             let at = w.rand(3) as usize;
             w.publish(at, 0, Source::Local);
@@ -491,7 +612,8 @@ fn random_worlds_never_gap_or_duplicate() {
     let (mut resumes, mut resynced) = (0, 0);
     for seed in 1..=60u64 {
         for shards in [1, 2, 4] {
-            let (r, s) = run(seed * 0x2545_f491, shards, small, 3000, seed % 2 == 0);
+            let remote = seed % 2 == 0;
+            let (r, s, _) = run(seed * 0x2545_f491, shards, small, 3000, remote, None);
             resumes += r;
             resynced += s;
         }
@@ -507,7 +629,43 @@ fn random_worlds_never_gap_or_duplicate() {
 #[test]
 fn history_off_always_resyncs_unless_nothing_was_missed() {
     for seed in 1..=20u64 {
-        let (r, s) = run(seed, 2, Limits::OFF, 2000, false);
+        let (r, s, _) = run(seed, 2, Limits::OFF, 2000, false, None);
         assert!(r > 0 && s <= r);
     }
+}
+
+#[test]
+fn deep_history_worlds_never_gap_or_duplicate_and_resync_less() {
+    // Small rings (or none) with a stream behind them: the same invariants, and a long
+    // retention turns most resyncs into replays.
+    let small = Limits {
+        messages: 12,
+        bytes: 1 << 20,
+        age_ms: 40,
+    };
+    let mut by_retention = Vec::new();
+    for retention in [20, 1 << 20] {
+        let (mut resumes, mut resynced, mut deep) = (0, 0, 0);
+        for seed in 1..=30u64 {
+            for shards in [1, 2, 4] {
+                for limits in [small, Limits::OFF] {
+                    let remote = seed % 2 == 0;
+                    let seed = seed * 0x2545_f491;
+                    let (r, s, d) = run(seed, shards, limits, 3000, remote, Some(retention));
+                    resumes += r;
+                    resynced += s;
+                    deep += d;
+                }
+            }
+        }
+        assert!(resumes > 1000, "{resumes}");
+        assert!(deep > 1000, "the stream was used: {deep}");
+        by_retention.push(resynced as f64 / resumes as f64);
+    }
+    // Resyncs that remain with a stream that keeps everything: other epochs, positions
+    // ahead, multi-origin topics.
+    assert!(
+        by_retention[1] < by_retention[0],
+        "retention did not help: {by_retention:?}"
+    );
 }

@@ -184,6 +184,29 @@ pub enum MeshItem {
     /// Continuity, NATS bridge → the topic's home shard: a message from another host with
     /// the numbering its headers carried (delivered like `Publish`, then numbered).
     Remote(Box<(Envelope, Option<crate::continuity::Position>)>),
+    /// Continuity, a connection's shard → NATS bridge: fetch a range of a topic's numbers from
+    /// deep history (JetStream) for a pending sequenced subscription.
+    DeepFetch(Box<crate::continuity::deep::Fetch>),
+    /// Continuity, NATS bridge → the shard that asked: what the fetch found (its payloads are
+    /// charged like a replay chunk's).
+    DeepFetched(Box<crate::continuity::deep::Fetched>),
+    /// Continuity, a home shard → NATS bridge: an ask names another epoch than a topic this
+    /// host has numbered nothing of; what numbering does the stream's last message of `topic`
+    /// carry?
+    DeepHead {
+        /// The topic.
+        topic: Arc<str>,
+        /// The asking home shard.
+        shard: usize,
+    },
+    /// Continuity, NATS bridge → the home shard: the answer (`None`: no numbered message, or
+    /// deep history failed).
+    DeepHeadIs {
+        /// The topic.
+        topic: Arc<str>,
+        /// The numbering of its last message in the stream.
+        stored: Option<crate::continuity::Position>,
+    },
 }
 
 /// One numbered message of a topic (continuity), for sequenced subscribers: encoded once on
@@ -216,12 +239,16 @@ impl MeshPayload for MeshItem {
             MeshItem::Answer(a) => a.replay.iter().map(|r| r.payload.len()).sum(),
             MeshItem::Numbered(b) => b.0.frame.len(),
             MeshItem::Remote(b) => b.0.bytes(),
+            MeshItem::DeepFetched(f) => f.payload_bytes(),
             MeshItem::Pause(_)
             | MeshItem::Resume(_)
             | MeshItem::Interest { .. }
             | MeshItem::Deflate { .. }
             | MeshItem::SeqInterest { .. }
-            | MeshItem::Ask { .. } => 0,
+            | MeshItem::Ask { .. }
+            | MeshItem::DeepFetch(_)
+            | MeshItem::DeepHead { .. }
+            | MeshItem::DeepHeadIs { .. } => 0,
         }
     }
 }

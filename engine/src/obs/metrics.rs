@@ -451,6 +451,48 @@ pub const BRIDGE_SCALARS: &[Scalar<BridgeSnapshot>] = &[
         help: "The same payloads after compression.",
         get: |s| s.compression.bytes_after,
     },
+    Scalar {
+        name: "shardcast_bridge_deep_stream_ready",
+        kind: Kind::Gauge,
+        help: "1 once the JetStream stream for deep history exists (--nats-jetstream), else 0.",
+        get: |s| s.deep_stream_ready,
+    },
+    Scalar {
+        name: "shardcast_bridge_deep_fetches_total",
+        kind: Kind::Counter,
+        help: "Deep-history fetches from JetStream answered (one replay chunk each at most).",
+        get: |s| s.deep_fetches,
+    },
+    Scalar {
+        name: "shardcast_bridge_deep_messages_total",
+        kind: Kind::Counter,
+        help: "Messages deep-history fetches returned.",
+        get: |s| s.deep_messages,
+    },
+    Scalar {
+        name: "shardcast_bridge_deep_lookups_total",
+        kind: Kind::Counter,
+        help: "Lookups of a topic's last numbering in the JetStream stream answered (a host that had received nothing of a topic adopts its origin's numbering from there).",
+        get: |s| s.deep_lookups,
+    },
+    Scalar {
+        name: "shardcast_bridge_deep_short_total",
+        kind: Kind::Counter,
+        help: "Deep-history fetches that did not find the first number asked for (trimmed by the stream's retention): the client is told trimmed.",
+        get: |s| s.deep_short,
+    },
+    Scalar {
+        name: "shardcast_bridge_deep_timeouts_total",
+        kind: Kind::Counter,
+        help: "Deep-history fetches that failed: JetStream did not answer within nats_jetstream_timeout_ms (client told trimmed).",
+        get: |s| s.deep_timeouts,
+    },
+    Scalar {
+        name: "shardcast_bridge_deep_unavailable_total",
+        kind: Kind::Counter,
+        help: "Deep-history fetches that failed: no JetStream, no stream, or an error from it (client told trimmed).",
+        get: |s| s.deep_unavailable,
+    },
 ];
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

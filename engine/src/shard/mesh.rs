@@ -45,14 +45,19 @@ impl Core {
                 }
                 MeshItem::Ask { topic, from, ask } => self.seq_serve(topic, from, &ask),
                 MeshItem::Answer(a) => self.seq_answer(*a),
+                MeshItem::DeepFetched(f) => self.seq_deep(*f),
+                MeshItem::DeepHeadIs { topic, stored } => self.seq_head(topic, stored),
                 MeshItem::Pause(t) => self.st.pause_count(&t, true),
                 MeshItem::Resume(t) => self.st.pause_count(&t, false),
                 // permessage-deflate: another shard's compressing readers of a topic came or went.
                 MeshItem::Deflate { topic, variant, on } => {
                     self.st.deflate_remote(&topic, variant, on)
                 }
-                // Interest notices are addressed to the bridge only.
-                MeshItem::Interest { .. } | MeshItem::Numbered(_) => {}
+                // Addressed to the bridge only.
+                MeshItem::Interest { .. }
+                | MeshItem::Numbered(_)
+                | MeshItem::DeepFetch(_)
+                | MeshItem::DeepHead { .. } => {}
             }
         }
         self.st.mesh_batch = batch;

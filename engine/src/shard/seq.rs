@@ -14,6 +14,14 @@
 //!   switch point S. Numbered frames and answers come on the same H → C ring, so the live
 //!   frames ≤ S were seen before (and skipped) and those > S come after: no gap, no duplicate.
 //!   When C is H, both happen in one call.
+//! - **Deep history**: when H's ring does not reach back and the host has JetStream, H answers
+//!   `Next::Deep`; C asks the NATS bridge for the range ([`MeshItem::DeepFetch`]), queues what
+//!   comes back ([`MeshItem::DeepFetched`]) like a replay chunk, and asks H again once drained.
+//!   A pending fetch is just the ticket's resume state: a connection that leaves meanwhile
+//!   drops its ticket, and the late result finds nothing to apply. An ask naming another
+//!   epoch than a topic H has numbered nothing of waits at H while the bridge reads the
+//!   numbering of the topic's last message in the stream ([`MeshItem::DeepHead`]), which H
+//!   adopts before answering.
 //!
 //! A plain connection pays nothing here: its slot only has a flag bit it never sets.
 
@@ -23,12 +31,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use shardcast_proto::{encode_close, CloseCode};
 
+use crate::continuity::deep::Fetched;
 use crate::continuity::desk::Desk;
 use crate::continuity::history::HistoryRules;
-use crate::continuity::log::LogConfig;
-use crate::continuity::resume::{Action as Next, Answer, Ask, Notice, Reason};
+use crate::continuity::log::{Hold, LogConfig};
+use crate::continuity::resume::{
+    Action as Next, Answer, Ask, Broken, Notice, Reason, Resume, Step,
+};
 use crate::continuity::sequence::{Change, Source, Stamped};
 use crate::continuity::{wire, Position};
+use crate::deflate::settings::Switch;
 use crate::flow::policy::{Action, Policy};
 use crate::flow::queue::SLOT_BYTES;
 use crate::mesh::{MeshItem, MeshLink, MeshPayload, Sequenced};
@@ -53,7 +65,8 @@ pub fn desk(id: usize, config: &crate::config::Config, budget: usize, seed: u64)
         budget: budget / 100 * HISTORY_BUDGET_PCT,
         window_ms: HANDOVER_MS,
         idle_ms: IDLE_FORGET_MS,
-        deep: false,
+        // Deep history needs the bridge (it fetches from JetStream).
+        deep: config.nats_jetstream == Switch::On && config.nats_url.is_some(),
     };
     Desk::new(id, config.shards.max(1), log, seed, config.high_water_bytes)
 }
@@ -193,9 +206,8 @@ impl Core {
     /// Send `ask` to `topic`'s home shard, or answer it here when this shard is home.
     fn send_ask(&mut self, home: usize, topic: Arc<str>, ask: Ask) {
         if home == self.st.id {
-            let now_ms = self.st.seq_now();
-            let answer = self.st.desk.logs.serve(now_ms, &topic, &ask);
-            self.seq_answer(answer);
+            let id = self.st.id;
+            self.seq_serve(topic, id, &ask);
         } else {
             let from = self.st.id;
             self.st.link.send(
@@ -209,10 +221,43 @@ impl Core {
         }
     }
 
-    /// Home shard: answer an ask from shard `from`.
+    /// Home shard: answer an ask from shard `from` (this one included), or hold it while the
+    /// bridge looks up the topic's numbering in deep history (`TopicLogs::hold`).
     pub(crate) fn seq_serve(&mut self, topic: Arc<str>, from: usize, ask: &Ask) {
+        match self.st.desk.logs.hold(&topic, from, ask) {
+            Hold::Serve => {}
+            Hold::Held { lookup } => {
+                // Deep history is on only with the bridge, so `hold` holds only then.
+                if let (true, Some(bridge)) = (lookup, self.st.bridge) {
+                    let shard = self.st.id;
+                    self.st
+                        .link
+                        .send(bridge, MeshItem::DeepHead { topic, shard });
+                }
+                return;
+            }
+        }
         let now_ms = self.st.seq_now();
         let answer = self.st.desk.logs.serve(now_ms, &topic, ask);
+        self.seq_reply(from, answer);
+    }
+
+    /// Home shard: the bridge found the numbering of `topic`'s last message in the stream
+    /// (or nothing): adopt it if the topic has numbered nothing here yet, then serve the asks
+    /// that waited for it.
+    pub(crate) fn seq_head(&mut self, topic: Arc<str>, stored: Option<Position>) {
+        let now_ms = self.st.seq_now();
+        for (from, ask) in self.st.desk.logs.handle_head(now_ms, &topic, stored) {
+            let answer = self.st.desk.logs.serve(now_ms, &topic, &ask);
+            self.seq_reply(from, answer);
+        }
+    }
+
+    /// Home shard: hand `answer` to the asking shard `from` (applied here when it is this one).
+    fn seq_reply(&mut self, from: usize, answer: Answer) {
+        if from == self.st.id {
+            return self.seq_answer(answer);
+        }
         let item = MeshItem::Answer(Box::new(answer));
         self.st.make_room(MeshLink::<MeshItem>::broadcast_charge(
             item.payload_bytes(),
@@ -222,9 +267,22 @@ impl Core {
     }
 
     /// Connection's shard: apply the home shard's answer to its pending subscription: queue
-    /// the notice and the replay, then go live, ask for more once drained, or give up.
+    /// the notice and the replay, then go live, ask for more once drained, fetch from deep
+    /// history, or give up.
     pub(crate) fn seq_answer(&mut self, answer: Answer) {
         let ticket = answer.ticket;
+        self.seq_step(ticket, |r| r.handle_answer(answer));
+    }
+
+    /// Connection's shard: what the bridge fetched from deep history for `ticket` (nothing on
+    /// a failure: the resume then tells the client `trimmed` and continues from the ring).
+    pub(crate) fn seq_deep(&mut self, fetched: Fetched) {
+        let entries = fetched.result.unwrap_or_default();
+        self.seq_step(fetched.ticket, |r| r.handle_deep(entries));
+    }
+
+    /// Advance pending subscription `ticket` with `f` and carry out the step it returns.
+    fn seq_step(&mut self, ticket: u64, f: impl FnOnce(&mut Resume) -> Result<Step, Broken>) {
         let st = &mut self.st;
         let Some(p) = st.desk.pending_mut(ticket) else {
             return; // its connection is gone
@@ -234,7 +292,7 @@ impl Core {
             .conns
             .get(ConnId { slot, gen: p.gen })
             .is_some_and(|c| !c.closing());
-        let step = match (alive, p.resume.handle_answer(answer)) {
+        let step = match (alive, f(&mut p.resume)) {
             (true, Ok(step)) => step,
             (alive, broken) => {
                 self.seq_forget(ticket);
@@ -273,12 +331,22 @@ impl Core {
                     self.seq_drained(slot);
                 }
             }
-            // Deep history (JetStream) is not wired: `LogConfig::deep` is off, so the home
-            // shard never answers `Next::Deep`.
-            Next::FetchDeep { .. } => {
-                self.seq_forget(ticket);
-                self.st
-                    .close_with_bytes(slot, encode_close(CloseCode::INTERNAL_ERROR, ""));
+            // The home shard offers deep history only when this host has JetStream, which
+            // needs the bridge; the result comes back as `MeshItem::DeepFetched`.
+            Next::FetchDeep { epoch, first, last } => {
+                let fetch = self.st.desk.deep_fetch(ticket, epoch, first, last);
+                match (self.st.bridge, fetch) {
+                    (Some(bridge), Some(fetch)) => {
+                        self.st
+                            .link
+                            .send(bridge, MeshItem::DeepFetch(Box::new(fetch)));
+                    }
+                    _ => {
+                        self.seq_forget(ticket);
+                        self.st
+                            .close_with_bytes(slot, encode_close(CloseCode::INTERNAL_ERROR, ""));
+                    }
+                }
             }
         }
     }

@@ -724,6 +724,28 @@ pub fn data(ws: &mut Ws, topic: &str) -> (u64, serde_json::Value) {
     }
 }
 
+/// Read a sequenced connection that is being evicted: its data messages must be numbered 1, 2,
+/// … with no gap, up to its 1013 close; returns the last number it got.
+pub fn read_until_evicted(ws: &mut Ws) -> u64 {
+    let mut last = 0;
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                let seq = v["seq"].as_u64().unwrap();
+                assert_eq!(seq, last + 1);
+                last = seq;
+            }
+            Ok(Message::Close(Some(f))) => {
+                assert_eq!(u16::from(f.code), 1013);
+                return last;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("no 1013: {e}"),
+        }
+    }
+}
+
 /// The child `cmd` starts with at most `n` open files (RLIMIT_NOFILE, soft and hard): how the
 /// tests run a server out of descriptors.
 pub fn limit_files(cmd: &mut Command, n: u64) {
