@@ -129,8 +129,12 @@ fn repeated_accept_failures_are_one_line_per_ten_seconds_with_a_count() {
     // 64 descriptors in all: the server starts, then runs out after a few dozen clients, and
     // every accept after that fails (EMFILE) until they leave. Each failure answers the pending
     // clients (503 through the reserve descriptor), so failures repeat only while clients keep
-    // arriving: a trickle of new ones (bounded) keeps them coming.
+    // arriving: a trickle of new ones (bounded) keeps them coming. One shard: with two, a shard
+    // can take the descriptor the other frees to answer through its reserve, and from then on
+    // one descriptor stays spare, each trickle client is accepted, and nothing fails again.
     let mut cmd = Server::command(&[
+        "--shards",
+        "1",
         "--max-connections",
         "1000",
         "--handshake-timeout-ms",
