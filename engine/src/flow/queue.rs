@@ -356,7 +356,8 @@ pub struct SendQueue {
     /// (`u32`s: this struct is in every connection.)
     pong: u32,
     /// Frames at the front covered by a send in flight ([`gather`](Self::gather)): like a
-    /// started head, never dropped or conflated until the send completes ([`unpin`](Self::unpin)).
+    /// started head, never dropped, conflated or cleared until the send completes
+    /// ([`unpin`](Self::unpin)): the driver reads them without a reference of its own.
     pinned: usize,
 }
 
@@ -590,8 +591,16 @@ impl SendQueue {
         dropped
     }
 
-    /// Drop everything queued, a partially written head included (the socket is gone).
+    /// Drop everything queued, a partially written head included (the connection is ending) —
+    /// except the frames a send in flight covers: the driver holds no reference to them and the
+    /// kernel may read them until the send's completion (driver contract 3), so they stay, as
+    /// they are, until [`unpin`](Self::unpin) and another `clear`.
     pub fn clear(&mut self) {
+        if self.pinned > 0 {
+            let keep = self.pinned;
+            self.remove_where(keep, self.frames.len() - keep, |_| true);
+            return;
+        }
         let n = self.frames.len();
         if let Some(head) = self.frames.front() {
             // The head's written part was already subtracted from the logical bytes.
@@ -952,6 +961,36 @@ mod tests {
         s.push(l.frame(Bytes::from(vec![9; 10]), None, None));
         s.push(l.frame(Bytes::from(vec![9; 10]), None, None));
         assert_eq!(s.gather(10, 5, |_, _| ()), (1, 10));
+    }
+
+    #[test]
+    fn clearing_keeps_the_frames_of_a_send_in_flight_until_it_completes() {
+        let l = ledger();
+        let mut s = SendQueue::new();
+        for i in 0..4u8 {
+            s.push(l.frame(Bytes::from(vec![i; 8]), None, None));
+        }
+        s.advance(3);
+        let mut ptrs = Vec::new();
+        assert_eq!(
+            s.gather(2, usize::MAX, |b, off| ptrs.push(b[off..].as_ptr())),
+            (2, 13)
+        );
+        // The connection ends while the kernel still reads the two gathered frames.
+        s.clear();
+        assert_eq!(s.len_frames(), 2, "the gathered frames stay");
+        assert_eq!((s.len_bytes(), l.queued()), (13, 13));
+        assert_eq!(l.retained(), cost(&[8, 8]) + SLOTS, "and stay counted");
+        let still: Vec<_> = s
+            .batch(usize::MAX, usize::MAX)
+            .map(<[u8]>::as_ptr)
+            .collect();
+        assert_eq!(still, ptrs, "the memory the iovecs point into is unchanged");
+        // The completion: unpinned, the next clear releases everything.
+        s.unpin();
+        s.clear();
+        assert!(s.is_empty());
+        assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
     }
 
     #[test]

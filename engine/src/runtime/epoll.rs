@@ -9,9 +9,9 @@
 //! read interest, `shutdown`, `close` (RST with `SO_LINGER` 0).
 //!
 //! A send completes as a blocking one would (and as io_uring's does): when all of its gather is
-//! written. One that would block keeps its send record — iovecs plus a `Bytes` clone of every
-//! frame — and its frames stay pinned in the handler's queue; `EPOLLOUT` resumes it where it
-//! stopped. So both drivers present the same in-flight send to the core (a policy cannot drop a
+//! written. One that would block keeps its send record (its iovecs) and its frames stay pinned
+//! in the handler's queue, which keeps them alive until `sent` (or `closed`: a close drops a
+//! waiting send); `EPOLLOUT` resumes it where it stopped. So both drivers present the same in-flight send to the core (a policy cannot drop a
 //! frame between two halves of one send).
 //! Waiting: `epoll_wait` with the loop's timeout; the doorbell eventfd is in the set.
 //!
@@ -245,7 +245,8 @@ impl Epoll {
                 };
                 let fd = s.fd;
                 s.open = false;
-                // A waiting send ends with the socket; its holds keep its memory valid until here.
+                // A waiting send ends with the socket; the handler keeps its frames until the
+                // `closed` below (driver contract 3).
                 if let Some(rec) = s.pending.take() {
                     self.pool.recycle(rec);
                 }
@@ -285,8 +286,9 @@ impl Epoll {
         };
         while rec.next < rec.iov.len() {
             let next = rec.next;
-            // SAFETY: every iovec points into a `Bytes` clone held by `rec` (`hold`), which lives
-            // until the record is recycled, after this call.
+            // SAFETY: every iovec points into frames the handler keeps alive until it sees this
+            // send's `sent` (or the socket's `closed`), both after this call (driver contract 3,
+            // `Gather::push`).
             match unsafe { sock::sendmsg(fd, &mut rec.iov[next..]) } {
                 Ok(0) => return self.finish(h, id, rec, Err(io::ErrorKind::WriteZero.into())),
                 Ok(mut n) => {

@@ -7,8 +7,8 @@
 //! results, the doorbell's `READ`, and closes (reported once the last completion of a closing
 //! socket was reaped). Submissions out — queued as SQEs during [`Driver::flush`] and submitted
 //! with the one `io_uring_enter` that also waits ([`Driver::enter`], with `EXT_ARG` and a
-//! timeout): one `SENDMSG` per transmit from a boxed send record (`msghdr`, iovecs, and a `Bytes`
-//! clone of every frame they point into) that lives until its completion, `RECV` re-arms,
+//! timeout): one `SENDMSG` per transmit from a boxed send record (`msghdr` and iovecs into frames
+//! the core keeps alive until it sees the completion) that lives until its completion, `RECV` re-arms,
 //! `ASYNC_CANCEL`s for stopped reads and closes.
 //!
 //! Sockets stay in blocking mode: the kernel completes a send or a receive when it can (its
@@ -28,7 +28,9 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::runtime::accept;
 use crate::runtime::bufring::BufRing;
-use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest};
+use crate::runtime::driver::{
+    Admit, CloseMode, ConnId, Driver, DriverKind, Gather, Handler, IoRequest,
+};
 use crate::runtime::send::{SendPool, SendRecord};
 use crate::runtime::sock;
 use crate::runtime::wake::Doorbell;
@@ -180,10 +182,12 @@ impl Uring {
     /// Queue `sqe`, submitting first if the submission queue is full.
     fn push(&mut self, sqe: squeue::Entry) {
         loop {
-            // SAFETY: every SQE queued here points only into memory the driver keeps alive
-            // until its completion: send records (boxed, held in their socket until the send
-            // completes), `bell_buf` (boxed, lives as long as the driver), the provided-buffer
-            // ring (registered for the ring's life) — or into nothing (accept, cancel).
+            // SAFETY: every SQE queued here points only into memory kept alive until its
+            // completion: send records (boxed, held in their socket until the send completes)
+            // whose iovecs point into frames the handler keeps until it sees that completion
+            // (driver contract 3, `Gather::push`), `bell_buf` (boxed, lives as long as the
+            // driver), the provided-buffer ring (registered for the ring's life) — or into
+            // nothing (accept, cancel).
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 return;
             }
@@ -399,7 +403,9 @@ impl Uring {
 
     fn transmit<H: Handler>(&mut self, h: &mut H, id: ConnId) {
         let Some(fd) = self.sock(id).filter(|s| s.closing.is_none()).map(|s| s.fd) else {
-            h.gather(id, &mut |_, _| {});
+            // Nothing is submitted: the gather is dropped and the send reported failed at once.
+            let mut unused = Vec::new();
+            h.gather(id, &mut Gather::new(&mut unused));
             h.sent(id, Err(io::ErrorKind::NotConnected.into()));
             return;
         };

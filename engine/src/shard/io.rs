@@ -4,7 +4,10 @@
 //! Writing is corked: queueing marks a connection dirty once; the flush asks
 //! [`Core::next_transmit`] for each dirty connection with frames and no send in flight, and
 //! [`Core::gather_into`] hands the driver one gather of everything queued (up to the iovec and
-//! byte limits), pinning those frames until [`Core::handle_sent`].
+//! byte limits), pinning those frames until [`Core::handle_sent`]: the driver holds no
+//! reference to them (driver contract 3), so a pinned frame stays in its queue — never
+//! dropped, conflated or cleared, even when the connection ends — until the send's completion
+//! (or, for a send the driver dropped at close, until [`Core::handle_closed`]).
 //!
 //! Closing: a final frame (close frame, HTTP response) puts the connection in
 //! [`Phase::Closing`] under the flush deadline; once it is written the connection half-closes
@@ -25,7 +28,7 @@ use crate::flow::queue::QueuedFrame;
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats;
 use crate::runtime::clock::reached;
-use crate::runtime::driver::{CloseMode, ConnId, IoRequest, MAX_GATHER_BYTES, MAX_IOVECS};
+use crate::runtime::driver::{CloseMode, ConnId, Gather, IoRequest, MAX_GATHER_BYTES, MAX_IOVECS};
 use crate::runtime::shutdown::SHUTDOWN_REASON;
 use crate::shard::{Core, State, CLOSE_LINGER_MS};
 
@@ -183,16 +186,21 @@ impl Core {
         }
     }
 
-    /// Hand one gather of `id`'s queue to `frame(bytes, offset)` and pin it (see the module
-    /// docs); returns its bytes.
-    pub fn gather_into(&mut self, id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize {
+    /// Hand one gather of `id`'s queue to the driver and pin it (see the module docs); returns
+    /// its bytes.
+    pub fn gather_into(&mut self, id: ConnId, out: &mut Gather<'_>) -> usize {
         let Some(c) = self.st.conns.get_mut(id) else {
             return 0;
         };
         if c.has(flag::TLS) {
-            return self.tls_gather(id, frame);
+            return self.tls_gather(id, out);
         }
-        let (_, bytes) = c.queue.gather(MAX_IOVECS, MAX_GATHER_BYTES, frame);
+        let (_, bytes) = c.queue.gather(MAX_IOVECS, MAX_GATHER_BYTES, |b, offset| {
+            // SAFETY: the queue pins these frames (`SendQueue::gather`): they stay in it,
+            // whatever happens to the connection, until `handle_sent` unpins them after this
+            // send's completion, or `handle_closed` after the driver released the socket.
+            unsafe { out.push(&b[offset..]) }
+        });
         if bytes > 0 {
             c.set(flag::SENDING);
         }
@@ -210,7 +218,9 @@ impl Core {
         }
         c.clear(flag::SENDING);
         if c.phase == Phase::Ended {
+            // The kernel is done with the frames this send pinned: they go now.
             c.queue.unpin();
+            c.queue.clear();
             return;
         }
         match result {
@@ -260,9 +270,13 @@ impl Core {
         // Every way out unregisters before asking for the close; this keeps a freed slot out
         // of every topic whatever the path.
         self.unregister(id.slot);
-        let Some(conn) = self.st.conns.remove(id) else {
+        let Some(mut conn) = self.st.conns.remove(id) else {
             return;
         };
+        // Nothing is pending on the socket any more: frames still pinned by a send the driver
+        // dropped at close (epoll) go now, with their accounting.
+        conn.queue.unpin();
+        conn.queue.clear();
         self.tls_freed(id.slot);
         let st = &mut self.st;
         // Access: give back the per-address ticket (under a concurrent limit).

@@ -429,8 +429,8 @@ impl Handler for Core {
         self.gather_bound(id)
     }
 
-    fn gather(&mut self, id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize {
-        self.gather_into(id, frame)
+    fn gather(&mut self, id: ConnId, out: &mut crate::runtime::driver::Gather<'_>) -> usize {
+        self.gather_into(id, out)
     }
 }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::conn::state::{flag, Phase};
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats;
-use crate::runtime::driver::{CloseMode, ConnId, MAX_IOVECS};
+use crate::runtime::driver::{CloseMode, ConnId, Gather, MAX_IOVECS};
 use crate::shard::Core;
 use crate::tls::shard::MAX_SEAL_PLAINTEXT;
 use crate::tls::{Failure, ShardTls};
@@ -116,7 +116,7 @@ impl Core {
     /// The flush for TLS connection `id`: its pending TLS output and its queued frames sealed
     /// into one ciphertext `Bytes`, handed to the driver as one iovec. The sealed frames leave
     /// the queue now (nothing is pinned). Returns the ciphertext bytes.
-    pub(crate) fn tls_gather(&mut self, id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize {
+    pub(crate) fn tls_gather(&mut self, id: ConnId, gather: &mut Gather<'_>) -> usize {
         let st = &mut self.st;
         let Some(c) = st.conns.get_mut(id) else {
             return 0;
@@ -145,7 +145,9 @@ impl Core {
         let n = out.bytes.len();
         if n > 0 {
             c.set(flag::SENDING);
-            frame(&out.bytes, 0);
+            // SAFETY: `ShardTls` keeps this ciphertext (`in_flight`) until `tls_sent` reports
+            // the send's completion, or the slot is freed after the driver's `closed`.
+            unsafe { gather.push(&out.bytes) };
         }
         if let Some(why) = out.failed {
             self.tls_failed(id, why);
@@ -319,8 +321,7 @@ mod tests {
             let Some(id) = core.poll_transmit() else {
                 return (out, closes);
             };
-            let mut got = Vec::new();
-            core.gather(id, &mut |b, off| got.extend_from_slice(&b[off..]));
+            let got = crate::shard::tests::gathered(core, id).concat();
             core.handle_sent(id, Ok(got.len()));
             out.push((id, got));
         }
@@ -465,8 +466,7 @@ mod tests {
         for take in [100, 7] {
             let id2 = core.poll_transmit().expect("something to send");
             assert_eq!(id2, id);
-            let mut got = Vec::new();
-            core.gather(id, &mut |b, off| got.extend_from_slice(&b[off..]));
+            let got = crate::shard::tests::gathered(&mut core, id).concat();
             assert!(got.len() > take);
             wire.extend_from_slice(&got[..take]);
             core.handle_sent(id, Ok(take));
