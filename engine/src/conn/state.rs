@@ -74,6 +74,8 @@ pub mod flag {
     /// `seq=1`: messages arrive numbered (continuity, `shard/seq.rs`); its topics are in
     /// `Core::seq_topics`.
     pub const SEQ: u16 = 1 << 13;
+    /// In the shard's list of queues to trim on the next tick (`State::note_spare`).
+    pub const TRIM: u16 = 1 << 14;
 }
 
 /// The topics a connection is subscribed to, each with its position in the topic's subscriber

@@ -7,7 +7,8 @@
 //! crate's shared header when the buffer is shared, and the `Rc<QueuedFrame>` allocation.
 //! Each queue also counts its entry array (the `VecDeque` buffer, spare capacity included, at
 //! its size class) beyond [`QUEUE_FLOOR`] entries: the floor is a per-connection cost outside
-//! the ceiling (docs/ENGINE.md), which an empty queue shrinks back to. `engine/tests/ledger_alloc.rs` checks
+//! the ceiling (docs/ENGINE.md), which an empty queue is trimmed back to (`SendQueue::trim`: the
+//! shard does it on its tick, not as a queue drains). `engine/tests/ledger_alloc.rs` checks
 //! the ledger against a counting global allocator. Per connection the queue counts logical
 //! unsent bytes, including the rest of a partially written head frame; the ledger also keeps
 //! the sum of those over the shard.
@@ -414,6 +415,7 @@ impl SendQueue {
     }
 
     /// Append a frame; empty frames are ignored (nothing to write).
+    #[inline]
     pub fn push(&mut self, frame: Rc<QueuedFrame>) {
         if frame.is_empty() {
             return;
@@ -551,35 +553,64 @@ impl SendQueue {
 
     /// [`advance`](Self::advance), calling `written` with every frame that is now fully
     /// written, in order, before it is released.
-    pub fn advance_with(&mut self, mut n: usize, mut written: impl FnMut(&QueuedFrame)) {
+    ///
+    /// The entry array keeps its capacity (a burst drains a queue and fills it again many
+    /// times: shrinking each time would reallocate it as often): when it is left mostly spare
+    /// ([`spare`](Self::spare)) the owner shrinks it later with [`trim`](Self::trim) (the shard,
+    /// on its tick); until then it stays charged at its capacity.
+    pub fn advance_with(&mut self, n: usize, mut written: impl FnMut(&QueuedFrame)) {
         assert!(
             n <= self.bytes,
             "advance {n} past {} queued bytes",
             self.bytes
         );
-        while n > 0 {
-            let head = self.frames.front().expect("bytes accounted for");
-            let rest = head.len() - self.head_sent;
-            if n >= rest {
-                n -= rest;
-                self.bytes -= rest;
-                self.head_sent = 0;
-                self.pinned = self.pinned.saturating_sub(1);
-                let head = self.frames.pop_front().expect("just seen");
-                self.pong = self.pong.checked_sub(1).unwrap_or(NO_PONG);
-                Self::counted(&head, -(rest as isize), -1);
-                written(&head);
-                let (len, cap) = (self.frames.len(), self.frames.capacity());
-                if len == 0 || (cap > 4 * QUEUE_FLOOR && len * 4 <= cap) {
-                    self.recharge(&head.ledger);
-                }
-            } else {
-                Self::counted(head, -(n as isize), 0);
-                self.head_sent += n;
-                self.bytes -= n;
-                n = 0;
+        if n == 0 {
+            return;
+        }
+        // Which frames `n` finishes, and how far into the next one it gets.
+        let (mut left, mut offset, mut whole) = (n, self.head_sent, 0usize);
+        for f in self.frames.iter() {
+            let rest = f.len() - offset;
+            if left < rest {
+                break;
+            }
+            left -= rest;
+            offset = 0;
+            whole += 1;
+            written(f);
+            if left == 0 {
+                break;
             }
         }
+        // One ledger update for the whole advance (every frame of a queue is the shard's).
+        let head = self.frames.front().expect("bytes accounted for");
+        Self::counted(head, -(n as isize), -(whole as isize));
+        self.bytes -= n;
+        self.head_sent = offset + left;
+        self.pinned = self.pinned.saturating_sub(whole);
+        // The waiting pong moves down by the frames released in front of it (or goes with them).
+        self.pong = match self.pong.checked_sub(whole as u32) {
+            Some(p) if self.pong != NO_PONG => p,
+            _ => NO_PONG,
+        };
+        for _ in 0..whole {
+            self.frames.pop_front();
+        }
+    }
+
+    /// True when the entry array is mostly spare: empty above [`QUEUE_FLOOR`] entries, or at
+    /// most a quarter used — what [`trim`](Self::trim) shrinks.
+    pub fn spare(&self) -> bool {
+        let (len, cap) = (self.frames.len(), self.frames.capacity());
+        (len == 0 && cap > QUEUE_FLOOR) || (cap > 4 * QUEUE_FLOOR && len * 4 <= cap)
+    }
+
+    /// Shrink a mostly spare entry array (an empty queue keeps [`QUEUE_FLOOR`] entries, a
+    /// non-empty one at most four times what it holds) and bring its charge in `ledger` (the
+    /// ledger of its frames) in line: after [`advance`](Self::advance) left it
+    /// [`spare`](Self::spare), and before a queue is dropped.
+    pub fn trim(&mut self, ledger: &Ledger) {
+        self.recharge(ledger);
     }
 
     /// Drop everything queued except the rest of a partially written head frame (which
@@ -844,7 +875,12 @@ mod tests {
         assert_eq!((l.retained(), l.queued()), (cost(&[4]) + slots_cost(8), 3));
         s.advance(3);
         assert_eq!(s.clear_unstarted(), 0);
-        assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
+        assert_eq!(
+            (l.retained(), l.queued(), l.entries()),
+            (slots_cost(8), 0, 0)
+        );
+        s.trim(&l);
+        assert_eq!(l.retained(), 0);
     }
 
     #[test]
@@ -919,10 +955,23 @@ mod tests {
         let big = s.frames.capacity();
         assert!(big >= 1000);
         assert_eq!(l.slot_bytes(), slots_cost(big));
-        s.advance(990);
-        assert!(s.frames.capacity() <= 40, "mostly spare: shrunk");
+        s.advance(495);
+        assert!(!s.spare());
+        s.advance(495);
+        assert_eq!(
+            s.frames.capacity(),
+            big,
+            "kept as it drains (no churn in a burst)..."
+        );
+        assert_eq!(l.slot_bytes(), slots_cost(big), "...and charged while kept");
+        assert!(s.spare());
+        s.trim(&l);
+        assert!(s.frames.capacity() <= 40, "mostly spare: trimmed");
         assert_eq!(l.slot_bytes(), slots_cost(s.frames.capacity()));
+        assert!(!s.spare());
         s.advance(10);
+        assert!(s.spare());
+        s.trim(&l);
         assert_eq!(
             s.frames.capacity(),
             QUEUE_FLOOR,
@@ -930,6 +979,7 @@ mod tests {
         );
         assert_eq!(l.slot_bytes(), 0, "not charged while empty");
         assert_eq!(l.retained(), 0);
+        assert!(!s.spare());
     }
 
     #[test]
@@ -956,6 +1006,7 @@ mod tests {
         assert_eq!(s.protected(), 1, "frame 2 is partly written");
         s.advance(2);
         assert!(s.is_empty());
+        s.trim(&l);
         assert_eq!((l.retained(), l.queued()), (0, 0));
         // A byte budget stops the gather after the first frame.
         s.push(l.frame(Bytes::from(vec![9; 10]), None, None));

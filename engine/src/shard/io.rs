@@ -242,6 +242,7 @@ impl Core {
                 c.queue.unpin();
                 stats::add(&st.all_stats[st.id].bytes_out, n as u64);
                 let more = !c.queue.is_empty();
+                st.note_spare(id.slot);
                 st.after_write(id.slot);
                 if more {
                     st.mark_dirty(id.slot);
@@ -274,9 +275,10 @@ impl Core {
             return;
         };
         // Nothing is pending on the socket any more: frames still pinned by a send the driver
-        // dropped at close (epoll) go now, with their accounting.
+        // dropped at close (epoll) go now, with their accounting (and the entry array's).
         conn.queue.unpin();
         conn.queue.clear();
+        conn.queue.trim(&self.st.ledger);
         self.tls_freed(id.slot);
         let st = &mut self.st;
         // Access: give back the per-address ticket (under a concurrent limit).

@@ -129,6 +129,9 @@ pub(crate) struct State {
     pub io: VecDeque<IoRequest>,
     /// Connections with a deadline (`flag::TIMED`).
     pub timed: Vec<ConnId>,
+    /// Connections whose queue's entry array was left mostly spare (`flag::TRIM`): trimmed on
+    /// the next tick, not as it drains (a burst empties and refills a queue many times).
+    pub trim: Vec<u32>,
     /// Stopped publishers that may go on (their pause or the mesh backlog ended).
     pub resume: Vec<ConnId>,
     pub next_tick: u32,
@@ -230,6 +233,7 @@ impl Core {
                 dirty_pos: 0,
                 io: VecDeque::new(),
                 timed: Vec::new(),
+                trim: Vec::new(),
                 resume: Vec::new(),
                 next_tick: crate::obs::tick::TICK.as_millis() as u32,
                 next_sweep: sweep,
@@ -366,6 +370,30 @@ impl State {
             if !c.has(crate::conn::state::flag::DIRTY) {
                 c.set(crate::conn::state::flag::DIRTY);
                 self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// After `slot`'s queue advanced: if its entry array is mostly spare, trim it on the next
+    /// tick ([`trim_queues`](Self::trim_queues)).
+    pub fn note_spare(&mut self, slot: u32) {
+        use crate::conn::state::flag::TRIM;
+        if let Some(c) = self.conns.at_mut(slot) {
+            if !c.has(TRIM) && c.queue.spare() {
+                c.set(TRIM);
+                self.trim.push(slot);
+            }
+        }
+    }
+
+    /// Shrink the mostly spare entry arrays noted since the last tick (memory back to the
+    /// allocator, the ledger's charge with it).
+    pub fn trim_queues(&mut self) {
+        use crate::conn::state::flag::TRIM;
+        for slot in std::mem::take(&mut self.trim) {
+            if let Some(c) = self.conns.at_mut(slot) {
+                c.clear(TRIM);
+                c.queue.trim(&self.ledger);
             }
         }
     }

@@ -297,6 +297,30 @@ fn the_gather_bound_covers_the_gather_and_stops_at_the_iovec_limit() {
     assert_eq!(c.gather_bound(stale), 0, "another generation has nothing");
 }
 
+/// A queue drained in a burst keeps its entry array (no shrink and regrow per send) and gives
+/// it back, with its charge, on the next tick.
+#[test]
+fn a_drained_queue_is_trimmed_on_the_tick_not_as_it_drains() {
+    let t0 = Instant::now();
+    let mut c = cores(1, &[], t0).pop().unwrap();
+    let id = sub(&mut c, &["t"]);
+    for round in 0..2 {
+        for i in 0..100u8 {
+            c.publish(&Arc::from("t"), MessageKind::Binary, &[i; 20]);
+        }
+        assert_eq!(take(&mut c, id).len(), 100 * 22, "round {round}");
+        assert_eq!(c.ledger().frame_bytes(), 0);
+        assert!(
+            c.ledger().slot_bytes() > 0,
+            "kept while the burst may go on"
+        );
+    }
+    let tick = crate::obs::tick::TICK.as_millis() as u64;
+    c.handle_time(t0 + Duration::from_millis(tick + 1));
+    assert_eq!(c.ledger().retained(), 0, "trimmed on the tick");
+    assert!(!c.conn(id).unwrap().has(flag::TRIM));
+}
+
 /// Driver contract 3: the driver holds no reference to the frames of a send in flight, so the
 /// core keeps them, even when the connection ends meanwhile, until the send's completion (what
 /// io_uring reports after cancelling it) or the socket's release (epoll drops a waiting send

@@ -60,6 +60,7 @@ impl Core {
 
     fn tick(&mut self) {
         let st = &mut self.st;
+        st.trim_queues();
         st.publish_gauges();
         let slots = st.conns.slots();
         let conns = &st.conns;

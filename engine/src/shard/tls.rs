@@ -149,6 +149,9 @@ impl Core {
             // the send's completion, or the slot is freed after the driver's `closed`.
             unsafe { gather.push(&out.bytes) };
         }
+        if out.plaintext > 0 {
+            st.note_spare(id.slot);
+        }
         if let Some(why) = out.failed {
             self.tls_failed(id, why);
         }
