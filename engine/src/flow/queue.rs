@@ -88,7 +88,7 @@ pub const fn slots_cost(capacity: usize) -> usize {
 pub struct Ledger {
     frame_bytes: Cell<usize>,
     entries: Cell<usize>,
-    /// Entry arrays of non-empty queues ([`slots_cost`]).
+    /// Entry arrays beyond their floor ([`slots_cost`]): used ones, and drained ones until trimmed.
     slot_bytes: Cell<usize>,
     queued: Cell<usize>,
     /// Bytes held for clients' unfinished input (charged to the ceiling).
@@ -351,15 +351,15 @@ pub struct SendQueue {
     /// Bytes of the head frame already written.
     head_sent: usize,
     bytes: usize,
-    /// What the entry array is charged now ([`slots_cost`]).
-    slots_charged: u32,
+    // The entry array is charged [`slots_cost`] of its capacity, always: derived, not stored
+    // (every capacity change goes through `recharge`, which moves the ledger's charge with it).
     /// Index of the pong waiting to be sent, replaced by a newer one ([`NO_PONG`]: none).
     /// (`u32`s: this struct is in every connection.)
     pong: u32,
     /// Frames at the front covered by a send in flight ([`gather`](Self::gather)): like a
     /// started head, never dropped, conflated or cleared until the send completes
     /// ([`unpin`](Self::unpin)): the driver reads them without a reference of its own.
-    pinned: usize,
+    pinned: u32,
 }
 
 /// [`SendQueue`]'s `pong` when no pong waits.
@@ -372,16 +372,21 @@ impl SendQueue {
             frames: VecDeque::new(),
             head_sent: 0,
             bytes: 0,
-            slots_charged: 0,
             pong: NO_PONG,
             pinned: 0,
         }
     }
 
-    /// Bring the entry array's charge in line with its capacity (after any change to the
-    /// queue), shrinking an array that is mostly spare: an empty queue keeps [`QUEUE_FLOOR`]
-    /// entries, a non-empty one at most four times what it holds.
-    fn recharge(&mut self, ledger: &Ledger) {
+    /// What the entry array is charged ([`slots_cost`] of its capacity).
+    pub fn slots_charged(&self) -> usize {
+        slots_cost(self.frames.capacity())
+    }
+
+    /// Shrink an array that is mostly spare (an empty queue keeps [`QUEUE_FLOOR`] entries, a
+    /// non-empty one at most four times what it holds), and move the ledger's charge from
+    /// what an array of `was` entries is charged to what the array is charged now (after any
+    /// change to the queue that may have changed its capacity).
+    fn recharge_from(&mut self, ledger: &Ledger, was: usize) {
         let len = self.frames.len();
         let cap = self.frames.capacity();
         if len == 0 && cap > QUEUE_FLOOR {
@@ -389,23 +394,27 @@ impl SendQueue {
         } else if cap > 4 * QUEUE_FLOOR && len * 4 <= cap {
             self.frames.shrink_to(len * 2);
         }
-        let charge = slots_cost(self.frames.capacity());
-        if charge != self.slots_charged as usize {
-            ledger.slots_changed(self.slots_charged as usize, charge);
-            self.slots_charged = charge.min(u32::MAX as usize) as u32;
+        let (old, new) = (slots_cost(was), self.slots_charged());
+        if old != new {
+            ledger.slots_changed(old, new);
         }
+    }
+
+    /// [`recharge_from`](Self::recharge_from) the current capacity (a removal: only a shrink
+    /// here can change it).
+    fn recharge(&mut self, ledger: &Ledger) {
+        self.recharge_from(ledger, self.frames.capacity());
     }
 
     /// What the next [`push`](Self::push) adds to the entry array's charge (the array grows
     /// when full).
+    #[inline]
     pub fn push_cost(&self) -> usize {
         let (len, cap) = (self.frames.len(), self.frames.capacity());
-        let next = if len < cap {
-            cap
-        } else {
-            (cap * 2).max(QUEUE_FLOOR)
-        };
-        slots_cost(next) - self.slots_charged as usize
+        if len < cap {
+            return 0; // room left: the array does not grow
+        }
+        slots_cost((cap * 2).max(QUEUE_FLOOR)) - slots_cost(cap)
     }
 
     fn counted(f: &QueuedFrame, bytes: isize, entries: isize) {
@@ -415,7 +424,7 @@ impl SendQueue {
     }
 
     /// Append a frame; empty frames are ignored (nothing to write).
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, frame: Rc<QueuedFrame>) {
         if frame.is_empty() {
             return;
@@ -427,9 +436,16 @@ impl SendQueue {
         // Every change leaves the array at most four times what it holds (`recharge`), and a
         // push only adds: its charge changes only when the array grew.
         if self.frames.capacity() != cap {
-            let ledger = self.frames.back().expect("just pushed").ledger.clone();
-            self.recharge(&ledger);
+            self.grew(cap);
         }
+    }
+
+    /// [`push`](Self::push) grew the entry array from `was` entries: charge the growth.
+    #[cold]
+    #[inline(never)]
+    fn grew(&mut self, was: usize) {
+        let ledger = self.frames.back().expect("just pushed").ledger.clone();
+        self.recharge_from(&ledger, was);
     }
 
     /// Queue a pong (RFC 6455 §5.5.3: only the latest ping needs an answer while one waits):
@@ -483,7 +499,7 @@ impl SendQueue {
     /// Frames at the front that must go out before anything else and so are never dropped:
     /// those a send in flight covers, or else a partially written head.
     pub fn protected(&self) -> usize {
-        self.pinned.max(usize::from(self.head_started()))
+        (self.pinned as usize).max(usize::from(self.head_started()))
     }
 
     /// Hand the next batch (as [`batch`](Self::batch) selects it) to `frame(bytes, offset)`
@@ -496,6 +512,7 @@ impl SendQueue {
         mut frame: impl FnMut(&Bytes, usize),
     ) -> (usize, usize) {
         let (mut frames, mut total) = (0usize, 0usize);
+        let max_frames = max_frames.min(u32::MAX as usize);
         for (i, f) in self.frames.iter().take(max_frames).enumerate() {
             let offset = if i == 0 { self.head_sent } else { 0 };
             let len = f.bytes.len() - offset;
@@ -506,7 +523,7 @@ impl SendQueue {
             frames += 1;
             total += len;
         }
-        self.pinned = frames;
+        self.pinned = frames as u32;
         (frames, total)
     }
 
@@ -587,7 +604,9 @@ impl SendQueue {
         Self::counted(head, -(n as isize), -(whole as isize));
         self.bytes -= n;
         self.head_sent = offset + left;
-        self.pinned = self.pinned.saturating_sub(whole);
+        self.pinned = self
+            .pinned
+            .saturating_sub(whole.min(u32::MAX as usize) as u32);
         // The waiting pong moves down by the frames released in front of it (or goes with them).
         self.pong = match self.pong.checked_sub(whole as u32) {
             Some(p) if self.pong != NO_PONG => p,
@@ -628,7 +647,7 @@ impl SendQueue {
     /// they are, until [`unpin`](Self::unpin) and another `clear`.
     pub fn clear(&mut self) {
         if self.pinned > 0 {
-            let keep = self.pinned;
+            let keep = self.pinned as usize;
             self.remove_where(keep, self.frames.len() - keep, |_| true);
             return;
         }
@@ -1114,8 +1133,8 @@ mod tests {
             assert_eq!(s.len_bytes(), want.len());
             assert_eq!(l.queued(), want.len());
             let frames: usize = model.iter().map(|f| frame_cost(f.0.len(), false)).sum();
-            assert_eq!(l.retained(), frames + s.slots_charged as usize);
-            assert_eq!(s.slots_charged as usize, slots_cost(s.frames.capacity()));
+            assert_eq!(l.retained(), frames + s.slots_charged());
+            assert_eq!(l.slot_bytes(), slots_cost(s.frames.capacity()));
         }
     }
 }

@@ -144,7 +144,7 @@ impl Core {
             }
             // Access: drop a box that holds only a full rate bucket again (`access::state`).
             if c.access.as_ref().is_some_and(|a| {
-                let publisher = !matches!(c.role, crate::conn::state::Role::Subscriber);
+                let publisher = !c.is_subscriber();
                 a.is_idle(st.access.limit(publisher), now_ns)
             }) {
                 c.access = None;
