@@ -231,7 +231,7 @@ impl Core {
                     Some(mut broadcast) => {
                         c.queue.advance_with(n, |f| {
                             if let Some(at) = f.published_at {
-                                broadcast.record(now.saturating_duration_since(at));
+                                broadcast.record_since(now, at);
                             }
                         });
                     }

@@ -136,7 +136,7 @@ impl Core {
             match st.latency.recorder(LatencyKind::Broadcast) {
                 Some(mut broadcast) => c.queue.advance_with(out.plaintext, |f| {
                     if let Some(at) = f.published_at {
-                        broadcast.record(now.saturating_duration_since(at));
+                        broadcast.record_since(now, at);
                     }
                 }),
                 None => c.queue.advance(out.plaintext),
