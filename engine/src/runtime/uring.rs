@@ -33,6 +33,7 @@ use crate::runtime::driver::{
 };
 use crate::runtime::send::{SendPool, SendRecord};
 use crate::runtime::sock;
+use crate::runtime::sockword::{SockWord, DRIVER_BIT, OPEN};
 use crate::runtime::wake::Doorbell;
 
 /// Submission queue entries per shard ring (the completion queue is twice that).
@@ -62,54 +63,41 @@ const OP_CANCEL: u8 = 5;
 #[derive(Default)]
 struct Sock {
     fd: RawFd,
-    /// The slot's short generation ([`ConnId::GEN_BITS`] low bits) and the state bits above
-    /// it ([`OPEN`], [`WANT_READ`], [`RECV_ARMED`], [`EOF`], and the close requested, if any,
-    /// at [`CLOSING_SHIFT`]).
-    bits: u32,
+    /// The slot's short generation and the state bits ([`OPEN`], [`WANT_READ`], [`RECV_ARMED`],
+    /// [`EOF`], and the close requested, if any, under [`CLOSING`]).
+    word: SockWord,
     send: Option<Box<SendRecord>>,
 }
 
-const GEN_MASK: u32 = (1 << ConnId::GEN_BITS) - 1;
-/// The socket is open.
-const OPEN: u32 = 1 << 24;
 /// The core wants input.
-const WANT_READ: u32 = 1 << 25;
+const WANT_READ: u32 = 1 << DRIVER_BIT;
 /// A multishot receive is in flight.
-const RECV_ARMED: u32 = 1 << 26;
+const RECV_ARMED: u32 = 1 << (DRIVER_BIT + 1);
 /// Input ended (EOF or error): never re-armed.
-const EOF: u32 = 1 << 27;
-/// Where the requested close is kept (2 bits: none, or a [`CloseMode`]); done once nothing is
-/// in flight.
-const CLOSING_SHIFT: u32 = 28;
-const CLOSING_MASK: u32 = 3 << CLOSING_SHIFT;
+const EOF: u32 = 1 << (DRIVER_BIT + 2);
+/// The close requested (none, or a [`CloseMode`]: 2 bits); done once nothing is in flight.
+const CLOSING: u32 = 3 << (DRIVER_BIT + 3);
 
 impl Sock {
     fn new(fd: RawFd, id: ConnId) -> Sock {
+        let word = SockWord::open(id);
         Sock {
             fd,
-            bits: id.short_gen() | OPEN,
+            word,
             send: None,
         }
     }
 
-    fn gen(&self) -> u32 {
-        self.bits & GEN_MASK
-    }
-
     fn has(&self, bit: u32) -> bool {
-        self.bits & bit != 0
+        self.word.has(bit)
     }
 
     fn set(&mut self, bit: u32, on: bool) {
-        if on {
-            self.bits |= bit;
-        } else {
-            self.bits &= !bit;
-        }
+        self.word.set(bit, on);
     }
 
     fn closing(&self) -> Option<CloseMode> {
-        match (self.bits & CLOSING_MASK) >> CLOSING_SHIFT {
+        match self.word.field(CLOSING) {
             0 => None,
             1 => Some(CloseMode::Graceful),
             2 => Some(CloseMode::Reset),
@@ -123,7 +111,7 @@ impl Sock {
             CloseMode::Reset => 2,
             CloseMode::ResetIfUnsent => 3,
         };
-        self.bits = (self.bits & !CLOSING_MASK) | code << CLOSING_SHIFT;
+        self.word.set_field(CLOSING, code);
     }
 }
 
@@ -150,7 +138,7 @@ pub struct Uring {
 fn sock_of(socks: &mut [Sock], id: ConnId) -> Option<&mut Sock> {
     socks
         .get_mut(id.slot as usize)
-        .filter(|s| s.has(OPEN) && s.gen() == id.short_gen())
+        .filter(|s| s.has(OPEN) && s.word.gen() == id.short_gen())
 }
 
 /// Set up a ring as the driver would (the environment may refuse it: `runtime::select`).
@@ -599,8 +587,7 @@ mod sock_tests {
             gen: (1 << ConnId::GEN_BITS) + 0xab_cdef,
         };
         let mut s = Sock::new(7, id);
-        assert_eq!((s.fd, s.gen(), s.has(OPEN)), (7, 0xab_cdef, true));
-        assert_eq!(s.gen(), id.short_gen());
+        assert_eq!((s.fd, s.word.gen(), s.has(OPEN)), (7, 0xab_cdef, true));
         for bit in [WANT_READ, RECV_ARMED, EOF] {
             assert!(!s.has(bit));
             s.set(bit, true);
@@ -619,7 +606,7 @@ mod sock_tests {
         s.set(OPEN, false);
         assert!(!s.has(RECV_ARMED) && !s.has(OPEN) && s.has(WANT_READ) && s.has(EOF));
         assert_eq!(
-            (s.gen(), s.closing()),
+            (s.word.gen(), s.closing()),
             (0xab_cdef, Some(CloseMode::Graceful)),
             "the other bits are untouched"
         );
