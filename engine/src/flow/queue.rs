@@ -357,7 +357,8 @@ pub struct SendQueue {
     /// (`u32`s: this struct is in every connection.)
     pong: u32,
     /// Frames at the front covered by a send in flight ([`gather`](Self::gather)): like a
-    /// started head, never dropped, conflated or cleared until the send completes
+    /// started head, never dropped, conflated or cleared until the send completes (or the
+    /// connection ends: [`release_in_flight`](Self::release_in_flight) hands them over)
     /// ([`unpin`](Self::unpin)): the driver reads them without a reference of its own.
     pinned: u32,
 }
@@ -660,6 +661,22 @@ impl SendQueue {
         self.head_sent = 0;
         self.pinned = 0;
         self.remove_where(0, n, |_| true);
+    }
+
+    /// Drop everything queued like [`clear`](Self::clear), the frames of a send in flight
+    /// included, and return a handle to the buffer of each of those: the caller keeps them
+    /// until the send's completion (driver contract 3) while the queue and the ledger let go now
+    /// (the connection is ending: nothing can release them sooner, so they are not charged).
+    pub fn release_in_flight(&mut self) -> Vec<Bytes> {
+        let held: Vec<Bytes> = self
+            .frames
+            .iter()
+            .take(self.pinned as usize)
+            .map(|f| f.bytes.clone())
+            .collect();
+        self.pinned = 0;
+        self.clear();
+        held
     }
 
     /// Keep only the newest `keep` frames of `topic` (a partially written head is never
@@ -1061,6 +1078,26 @@ mod tests {
         s.clear();
         assert!(s.is_empty());
         assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
+        // Or the connection ends: the queue and the ledger let go at once, and the caller keeps
+        // the buffers the send reads until its completion.
+        for i in 0..3u8 {
+            s.push(l.frame(Bytes::from(vec![i; 8]), None, None));
+        }
+        s.advance(2);
+        let mut ptrs = Vec::new();
+        s.gather(2, usize::MAX, |b, off| ptrs.push(b[off..].as_ptr()));
+        let held = s.release_in_flight();
+        assert!(s.is_empty());
+        s.trim(&l);
+        assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
+        assert_eq!(held.len(), 2);
+        assert_eq!(held[0][2..].as_ptr(), ptrs[0], "the started head's rest");
+        assert_eq!(held[1].as_ptr(), ptrs[1]);
+        assert_eq!((&held[0][..], &held[1][..]), (&[0u8; 8][..], &[1u8; 8][..]));
+        assert!(
+            s.release_in_flight().is_empty(),
+            "nothing in flight: nothing held"
+        );
     }
 
     #[test]

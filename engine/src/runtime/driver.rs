@@ -26,7 +26,8 @@
 //!    unchanged until it sees [`Handler::sent`] for that send, or [`Handler::closed`] for the
 //!    connection (a driver may drop a send that never started at close: epoll). The core does
 //!    that by pinning the gathered frames in the connection's queue (`flow::queue`: a pinned
-//!    frame is never dropped, conflated or cleared); the driver holds no reference of its own.
+//!    frame is never dropped or conflated) and, when the connection ends first, by keeping a
+//!    `Bytes` handle to each (`shard::State::ended_in_flight`); the driver holds no reference.
 //! 4. **At most one send in flight per socket**: the handler never offers a connection to
 //!    `poll_transmit` between `gather` and `sent`.
 //! 5. **Close is final.** After [`IoRequest::Close`] the driver cancels what is pending on the

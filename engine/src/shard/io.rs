@@ -6,8 +6,10 @@
 //! [`Core::gather_into`] hands the driver one gather of everything queued (up to the iovec and
 //! byte limits), pinning those frames until [`Core::handle_sent`]: the driver holds no
 //! reference to them (driver contract 3), so a pinned frame stays in its queue — never
-//! dropped, conflated or cleared, even when the connection ends — until the send's completion
-//! (or, for a send the driver dropped at close, until [`Core::handle_closed`]).
+//! dropped or conflated — until the send's completion. A connection that ends meanwhile lets
+//! its queue go at once (and the ledger its charge, as before), and the shard keeps a `Bytes`
+//! handle to each frame the send reads (`State::ended_in_flight`) until the completion, or
+//! until [`Core::handle_closed`] for a send the driver dropped at close.
 //!
 //! Closing: a final frame (close frame, HTTP response) puts the connection in
 //! [`Phase::Closing`] under the flush deadline; once it is written the connection half-closes
@@ -96,7 +98,14 @@ impl State {
         // Its kernel bytes go with the socket (isolation).
         let kernel = std::mem::take(&mut c.kernel) as usize;
         self.ledger.kernel_changed(kernel, 0, c.has(flag::SLOW));
-        c.queue.clear();
+        // Its frames go, with their charge (nothing can release them sooner) — but a send in
+        // flight still reads its own: the shard keeps a handle to each until the completion
+        // (driver contract 3; `handle_sent`, or `handle_closed` when the driver dropped it).
+        let held = c.queue.release_in_flight();
+        c.queue.trim(&self.ledger);
+        if !held.is_empty() {
+            self.ended_in_flight.insert(id.slot, held);
+        }
         c.rx = None;
         if let Some(http) = c.http.take() {
             self.recycle(http.buf);
@@ -196,9 +205,10 @@ impl Core {
             return self.tls_gather(id, out);
         }
         let (_, bytes) = c.queue.gather(MAX_IOVECS, MAX_GATHER_BYTES, |b, offset| {
-            // SAFETY: the queue pins these frames (`SendQueue::gather`): they stay in it,
-            // whatever happens to the connection, until `handle_sent` unpins them after this
-            // send's completion, or `handle_closed` after the driver released the socket.
+            // SAFETY: the queue pins these frames (`SendQueue::gather`): they stay in it until
+            // `handle_sent` unpins them after this send's completion; if the connection ends
+            // first, `request_close` moves a handle to each into `State::ended_in_flight`,
+            // released by that completion or by `handle_closed` (the socket released).
             unsafe { out.push(&b[offset..]) }
         });
         if bytes > 0 {
@@ -218,9 +228,8 @@ impl Core {
         }
         c.clear(flag::SENDING);
         if c.phase == Phase::Ended {
-            // The kernel is done with the frames this send pinned: they go now.
-            c.queue.unpin();
-            c.queue.clear();
+            // The kernel is done with what this send read (kept since the end: `request_close`).
+            st.ended_in_flight.remove(&id.slot);
             return;
         }
         match result {
@@ -274,8 +283,9 @@ impl Core {
         let Some(mut conn) = self.st.conns.remove(id) else {
             return;
         };
-        // Nothing is pending on the socket any more: frames still pinned by a send the driver
-        // dropped at close (epoll) go now, with their accounting (and the entry array's).
+        // Nothing is pending on the socket any more: what a send the driver dropped at close
+        // (epoll) read goes now; the queue was emptied at the end, its entry array is trimmed.
+        self.st.ended_in_flight.remove(&id.slot);
         conn.queue.unpin();
         conn.queue.clear();
         conn.queue.trim(&self.st.ledger);

@@ -129,6 +129,11 @@ pub(crate) struct State {
     pub io: VecDeque<IoRequest>,
     /// Connections with a deadline (`flag::TIMED`).
     pub timed: Vec<ConnId>,
+    /// The buffers a send in flight reads, of connections that ended meanwhile (by slot): the
+    /// queue let them go at the end, the driver holds no reference (driver contract 3), so
+    /// these handles keep them until the completion (`handle_sent`) or the socket's release
+    /// (`handle_closed`).
+    pub ended_in_flight: HashMap<u32, Vec<Bytes>>,
     /// Connections whose queue's entry array was left mostly spare (`flag::TRIM`): trimmed on
     /// the next tick, not as it drains (a burst empties and refills a queue many times).
     pub trim: Vec<u32>,
@@ -233,6 +238,7 @@ impl Core {
                 dirty_pos: 0,
                 io: VecDeque::new(),
                 timed: Vec::new(),
+                ended_in_flight: HashMap::new(),
                 trim: Vec::new(),
                 resume: Vec::new(),
                 next_tick: crate::obs::tick::TICK.as_millis() as u32,
