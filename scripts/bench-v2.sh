@@ -6,7 +6,9 @@
 #
 #   BASE=/path/to/old/shardcast scripts/bench-v2.sh        # BASE: the baseline's binary
 #
-# Env: BASE (required: a release build of the baseline commit), ROUNDS (3), DURATION (s, 10),
+# Env: BASE (required: a release build of the baseline commit), BEFORE (optional: a third
+# server interleaved in every round, e.g. main before a change; its columns join the table),
+# ROUNDS (3), DURATION (s, 10),
 # SERVER_CPU (0), GEN_CPU (1), NO_BUILD (set: skip cargo build), SCENARIOS (default all:
 # "idle fanout100 echo connect room100 room1000 fanoutmax"), OUT (results directory).
 set -euo pipefail
@@ -32,6 +34,7 @@ server_cmd() { # $1 = base | v2 | naive, $2 = scenario
   case "$2" in room*) extra="--high-water-bytes 256MiB" ;; esac
   case "$1" in
     base) echo "$BASE --listen 127.0.0.1:0 --admin-listen off --shards 1 $extra" ;;
+    before) echo "$BEFORE --listen 127.0.0.1:0 --admin-listen off --shards 1 $extra" ;;
     v2) echo "$V2 --listen 127.0.0.1:0 --admin-listen off --shards 1 $extra" ;;
     naive) echo "$GEN naive-server --listen 127.0.0.1:0" ;;
   esac
@@ -72,7 +75,7 @@ run_one() { # $1 server, $2 scenario, $3 round
 
 for r in $(seq "$ROUNDS"); do
   for s in $SCENARIOS; do
-    for srv in base v2 naive; do
+    for srv in base ${BEFORE:+before} v2 naive; do
       # Rooms are compared with the engine before v2 only (the goal is "no lower than
       # today"); at the bare loop's ~0.4 M deliveries/s the same run would take minutes.
       case "$srv.$s" in naive.room*) continue ;; esac
@@ -83,11 +86,12 @@ done
 
 {
   echo "Results: $OUT"
-  echo "Date: $(date -u +%FT%TZ); commit $(git rev-parse --short HEAD); baseline $BASE; server CPU $SERVER_CPU, generator CPU $GEN_CPU; $ROUNDS rounds, medians"
+  echo "Date: $(date -u +%FT%TZ); commit $(git rev-parse --short HEAD); baseline $BASE${BEFORE:+; before $BEFORE}; server CPU $SERVER_CPU, generator CPU $GEN_CPU; $ROUNDS rounds, medians"
   echo
-  python3 - "$OUT" <<'PY'
+  python3 - "$OUT" "${BEFORE:+before}" <<'PY'
 import glob, json, os, statistics, sys
 out = sys.argv[1]
+before = len(sys.argv) > 2 and sys.argv[2] == "before"
 def med(srv, scen, key, scale=1.0):
     vals = []
     for f in glob.glob(f"{out}/{srv}.{scen}.r*.json"):
@@ -112,12 +116,21 @@ rows = [
     ("room N=1000: deliveries/s", "room1000", "deliveries_per_s", 1, "{:,.0f}"),
     ("fan-out max rate x 1000: deliveries/s", "fanoutmax", "deliveries_per_s", 1, "{:,.0f}"),
 ]
-print("| metric | base | v2 | bare epoll loop | v2 / base | v2 / bare |")
-print("|---|---|---|---|---|---|")
+if before:
+    print("| metric | base | before | v2 | bare epoll loop | before / base | v2 / base | v2 / bare |")
+    print("|---|---|---|---|---|---|---|---|")
+else:
+    print("| metric | base | v2 | bare epoll loop | v2 / base | v2 / bare |")
+    print("|---|---|---|---|---|---|")
 for name, scen, key, scale, fmt in rows:
-    b, v, n = (med(s, scen, key, scale) for s in ("base", "v2", "naive"))
+    b, p, v, n = (med(s, scen, key, scale) for s in ("base", "before", "v2", "naive"))
+    if b is None and v is None:
+        continue  # scenario not run
     f = lambda x: fmt.format(x) if x is not None else "-"
     r = lambda x, y: f"{x / y:.2f}x" if x is not None and y else "-"
-    print(f"| {name} | {f(b)} | {f(v)} | {f(n)} | {r(v, b)} | {r(v, n)} |")
+    if before:
+        print(f"| {name} | {f(b)} | {f(p)} | {f(v)} | {f(n)} | {r(p, b)} | {r(v, b)} | {r(v, n)} |")
+    else:
+        print(f"| {name} | {f(b)} | {f(v)} | {f(n)} | {r(v, b)} | {r(v, n)} |")
 PY
 } | tee "$OUT/table.md"

@@ -139,12 +139,15 @@ fn run(seed: u64, subs: usize, steps: usize) -> f64 {
                     queues[i].push(f);
                 }
             }
-            // Partial and whole writes.
+            // Partial and whole writes, and now and then the shard's tick trimming a queue.
             6..=8 => {
                 let i = rng.below(subs as u64) as usize;
                 let q = &mut queues[i];
                 let n = rng.below(q.len_bytes() as u64 + 1) as usize;
                 q.advance(n);
+                if q.spare() && rng.below(2) == 0 {
+                    q.trim(&ledger);
+                }
             }
             // Drop-oldest / conflate, or an eviction's clear.
             _ => {
@@ -172,6 +175,8 @@ fn run(seed: u64, subs: usize, steps: usize) -> f64 {
     }
     for q in &mut queues {
         q.clear();
+        // A drained queue keeps its entry array until trimmed (the shard does it on its tick).
+        q.trim(&ledger);
     }
     assert_eq!(ledger.retained(), 0);
     assert!(

@@ -15,7 +15,7 @@ use clap::Parser;
 use libfuzzer_sys::fuzz_target;
 use shardcast::config::{Config, Overrides};
 use shardcast::obs::stats::ShardStats;
-use shardcast::runtime::driver::{Admit, ConnId, Handler, IoRequest};
+use shardcast::runtime::driver::{Admit, ConnId, Gather, Handler, IoRequest};
 use shardcast::shard::Core;
 use shardcast_proto::MessageKind;
 
@@ -89,8 +89,9 @@ fn flush(core: &mut Core, conns: &mut Vec<ConnId>, part: u8) {
         }
         while let Some(id) = core.poll_transmit() {
             progressed = true;
-            let mut n = 0;
-            core.gather(id, &mut |b, off| n += b.len() - off);
+            let mut iov = Vec::new();
+            core.gather(id, &mut Gather::new(&mut iov));
+            let n: usize = iov.iter().map(|v| v.iov_len).sum();
             let done = if part == 255 {
                 n
             } else {

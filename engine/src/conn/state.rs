@@ -74,6 +74,10 @@ pub mod flag {
     /// `seq=1`: messages arrive numbered (continuity, `shard/seq.rs`); its topics are in
     /// `Core::seq_topics`.
     pub const SEQ: u16 = 1 << 13;
+    /// In the shard's list of queues to trim on the next tick (`State::note_spare`).
+    pub const TRIM: u16 = 1 << 14;
+    /// [`Role::Echo`](super::Role::Echo) (with no publish topic; neither: a subscriber).
+    pub const ECHO: u16 = 1 << 15;
 }
 
 /// The topics a connection is subscribed to, each with its position in the topic's subscriber
@@ -304,8 +308,10 @@ pub struct Conn {
     pub queue: SendQueue,
     /// Subscribed topics.
     pub subs: Subs,
-    /// What its messages do.
-    pub role: Role,
+    /// The topic its messages are published to ([`Role::Publisher`]); the rest of its
+    /// [`role`](Self::role) is [`flag::ECHO`]. (A `Role` field would take 24 bytes: a fat
+    /// pointer has one niche, not the two its unit variants need.)
+    publishes: Option<Arc<str>>,
     /// Heartbeat and timeout state.
     pub liveness: Liveness,
     /// While speaking HTTP.
@@ -345,7 +351,7 @@ impl Conn {
         Conn {
             queue: SendQueue::new(),
             subs: Subs::None,
-            role: Role::Subscriber,
+            publishes: None,
             liveness: Liveness::default(),
             http: Some(http),
             rx: None,
@@ -359,6 +365,38 @@ impl Conn {
             phase: Phase::Http,
             deflate: Negotiated::default(),
         }
+    }
+
+    /// What its messages do.
+    pub fn role(&self) -> Role {
+        match &self.publishes {
+            Some(t) => Role::Publisher(t.clone()),
+            None if self.has(flag::ECHO) => Role::Echo,
+            None => Role::Subscriber,
+        }
+    }
+
+    /// Give it a role (at the upgrade).
+    pub fn set_role(&mut self, role: Role) {
+        self.clear(flag::ECHO);
+        self.publishes = match role {
+            Role::Publisher(t) => Some(t),
+            Role::Echo => {
+                self.set(flag::ECHO);
+                None
+            }
+            Role::Subscriber => None,
+        };
+    }
+
+    /// The topic it publishes to, if it is a publisher.
+    pub fn publishes(&self) -> Option<&Arc<str>> {
+        self.publishes.as_ref()
+    }
+
+    /// True for [`Role::Subscriber`] (its text messages are control requests).
+    pub fn is_subscriber(&self) -> bool {
+        self.publishes.is_none() && !self.has(flag::ECHO)
     }
 
     /// True if every bit of `f` is set.
@@ -410,10 +448,12 @@ mod tests {
     fn slot_stays_within_budget() {
         let size = std::mem::size_of::<Conn>();
         eprintln!("Conn: {size} bytes");
-        // 160 in engine v2; isolation adds 16: the queue's waiting-pong index and entry-array
-        // charge (8), the fragment clock in `Liveness` (4) and padding; access adds 8 for its
-        // pointer (issue 14; `access::state`).
-        assert!(size <= 184, "Conn is {size} bytes");
+        // 160 in engine v2; isolation added 16 (the queue's waiting-pong index and entry-array
+        // charge, the fragment clock in `Liveness`, padding), access 8 for its pointer (issue
+        // 14; `access::state`): 184. Issue 13 took 16 back: the entry-array charge is derived
+        // from the capacity, the pinned count is a `u32`, and the role is a publish topic plus
+        // a flag bit (an enum with a fat pointer takes 24 bytes).
+        assert!(size <= 168, "Conn is {size} bytes");
         assert!(std::mem::size_of::<Subs>() <= 24);
     }
 

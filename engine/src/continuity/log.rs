@@ -128,6 +128,9 @@ pub struct TopicLogs {
     topics: HashMap<Arc<str>, TopicLog>,
     /// Σ over topics of ring bytes + name + LOG_BYTES (the map's slots are added on read).
     bytes: usize,
+    /// The map's own allocation ([`map_bytes`](Self::map_bytes)), kept as its capacity changes
+    /// (only an insert grows it): the budget check reads it per delivery.
+    map: usize,
     /// A log was dropped since the last generation change.
     dropped: bool,
     stats: ContinuityStats,
@@ -144,6 +147,7 @@ impl TopicLogs {
             epochs: EpochSource::new(seed),
             topics: HashMap::new(),
             bytes: 0,
+            map: 0,
             dropped: false,
             stats: ContinuityStats::default(),
             held: HashMap::new(),
@@ -172,7 +176,8 @@ impl TopicLogs {
 
     /// Everything the table holds (see the module docs).
     pub fn retained_bytes(&self) -> usize {
-        self.bytes + self.map_bytes()
+        debug_assert_eq!(self.map, self.map_bytes());
+        self.bytes + self.map
     }
 
     /// The hash table's own allocation: hashbrown keeps its capacity at 7/8 of its buckets,
@@ -204,6 +209,7 @@ impl TopicLogs {
                     touched_ms: now_ms,
                 },
             );
+            self.map = self.map_bytes();
         }
     }
 

@@ -7,7 +7,8 @@
 //! crate's shared header when the buffer is shared, and the `Rc<QueuedFrame>` allocation.
 //! Each queue also counts its entry array (the `VecDeque` buffer, spare capacity included, at
 //! its size class) beyond [`QUEUE_FLOOR`] entries: the floor is a per-connection cost outside
-//! the ceiling (docs/ENGINE.md), which an empty queue shrinks back to. `engine/tests/ledger_alloc.rs` checks
+//! the ceiling (docs/ENGINE.md), which an empty queue is trimmed back to (`SendQueue::trim`: the
+//! shard does it on its tick, not as a queue drains). `engine/tests/ledger_alloc.rs` checks
 //! the ledger against a counting global allocator. Per connection the queue counts logical
 //! unsent bytes, including the rest of a partially written head frame; the ledger also keeps
 //! the sum of those over the shard.
@@ -87,7 +88,7 @@ pub const fn slots_cost(capacity: usize) -> usize {
 pub struct Ledger {
     frame_bytes: Cell<usize>,
     entries: Cell<usize>,
-    /// Entry arrays of non-empty queues ([`slots_cost`]).
+    /// Entry arrays beyond their floor ([`slots_cost`]): used ones, and drained ones until trimmed.
     slot_bytes: Cell<usize>,
     queued: Cell<usize>,
     /// Bytes held for clients' unfinished input (charged to the ceiling).
@@ -355,14 +356,16 @@ pub struct SendQueue {
     /// Bytes of the head frame already written.
     head_sent: usize,
     bytes: usize,
-    /// What the entry array is charged now ([`slots_cost`]).
-    slots_charged: u32,
+    // The entry array is charged [`slots_cost`] of its capacity, always: derived, not stored
+    // (every capacity change goes through `recharge`, which moves the ledger's charge with it).
     /// Index of the pong waiting to be sent, replaced by a newer one ([`NO_PONG`]: none).
     /// (`u32`s: this struct is in every connection.)
     pong: u32,
     /// Frames at the front covered by a send in flight ([`gather`](Self::gather)): like a
-    /// started head, never dropped or conflated until the send completes ([`unpin`](Self::unpin)).
-    pinned: usize,
+    /// started head, never dropped, conflated or cleared until the send completes (or the
+    /// connection ends: [`release_in_flight`](Self::release_in_flight) hands them over)
+    /// ([`unpin`](Self::unpin)): the driver reads them without a reference of its own.
+    pinned: u32,
 }
 
 /// [`SendQueue`]'s `pong` when no pong waits.
@@ -375,16 +378,21 @@ impl SendQueue {
             frames: VecDeque::new(),
             head_sent: 0,
             bytes: 0,
-            slots_charged: 0,
             pong: NO_PONG,
             pinned: 0,
         }
     }
 
-    /// Bring the entry array's charge in line with its capacity (after any change to the
-    /// queue), shrinking an array that is mostly spare: an empty queue keeps [`QUEUE_FLOOR`]
-    /// entries, a non-empty one at most four times what it holds.
-    fn recharge(&mut self, ledger: &Ledger) {
+    /// What the entry array is charged ([`slots_cost`] of its capacity).
+    pub fn slots_charged(&self) -> usize {
+        slots_cost(self.frames.capacity())
+    }
+
+    /// Shrink an array that is mostly spare (an empty queue keeps [`QUEUE_FLOOR`] entries, a
+    /// non-empty one at most four times what it holds), and move the ledger's charge from
+    /// what an array of `was` entries is charged to what the array is charged now (after any
+    /// change to the queue that may have changed its capacity).
+    fn recharge_from(&mut self, ledger: &Ledger, was: usize) {
         let len = self.frames.len();
         let cap = self.frames.capacity();
         if len == 0 && cap > QUEUE_FLOOR {
@@ -392,23 +400,27 @@ impl SendQueue {
         } else if cap > 4 * QUEUE_FLOOR && len * 4 <= cap {
             self.frames.shrink_to(len * 2);
         }
-        let charge = slots_cost(self.frames.capacity());
-        if charge != self.slots_charged as usize {
-            ledger.slots_changed(self.slots_charged as usize, charge);
-            self.slots_charged = charge.min(u32::MAX as usize) as u32;
+        let (old, new) = (slots_cost(was), self.slots_charged());
+        if old != new {
+            ledger.slots_changed(old, new);
         }
+    }
+
+    /// [`recharge_from`](Self::recharge_from) the current capacity (a removal: only a shrink
+    /// here can change it).
+    fn recharge(&mut self, ledger: &Ledger) {
+        self.recharge_from(ledger, self.frames.capacity());
     }
 
     /// What the next [`push`](Self::push) adds to the entry array's charge (the array grows
     /// when full).
+    #[inline]
     pub fn push_cost(&self) -> usize {
         let (len, cap) = (self.frames.len(), self.frames.capacity());
-        let next = if len < cap {
-            cap
-        } else {
-            (cap * 2).max(QUEUE_FLOOR)
-        };
-        slots_cost(next) - self.slots_charged as usize
+        if len < cap {
+            return 0; // room left: the array does not grow
+        }
+        slots_cost((cap * 2).max(QUEUE_FLOOR)) - slots_cost(cap)
     }
 
     fn counted(f: &QueuedFrame, bytes: isize, entries: isize) {
@@ -418,6 +430,7 @@ impl SendQueue {
     }
 
     /// Append a frame; empty frames are ignored (nothing to write).
+    #[inline(always)]
     pub fn push(&mut self, frame: Rc<QueuedFrame>) {
         if frame.is_empty() {
             return;
@@ -429,9 +442,16 @@ impl SendQueue {
         // Every change leaves the array at most four times what it holds (`recharge`), and a
         // push only adds: its charge changes only when the array grew.
         if self.frames.capacity() != cap {
-            let ledger = self.frames.back().expect("just pushed").ledger.clone();
-            self.recharge(&ledger);
+            self.grew(cap);
         }
+    }
+
+    /// [`push`](Self::push) grew the entry array from `was` entries: charge the growth.
+    #[cold]
+    #[inline(never)]
+    fn grew(&mut self, was: usize) {
+        let ledger = self.frames.back().expect("just pushed").ledger.clone();
+        self.recharge_from(&ledger, was);
     }
 
     /// Queue a pong (RFC 6455 §5.5.3: only the latest ping needs an answer while one waits):
@@ -485,7 +505,7 @@ impl SendQueue {
     /// Frames at the front that must go out before anything else and so are never dropped:
     /// those a send in flight covers, or else a partially written head.
     pub fn protected(&self) -> usize {
-        self.pinned.max(usize::from(self.head_started()))
+        (self.pinned as usize).max(usize::from(self.head_started()))
     }
 
     /// Hand the next batch (as [`batch`](Self::batch) selects it) to `frame(bytes, offset)`
@@ -498,6 +518,7 @@ impl SendQueue {
         mut frame: impl FnMut(&Bytes, usize),
     ) -> (usize, usize) {
         let (mut frames, mut total) = (0usize, 0usize);
+        let max_frames = max_frames.min(u32::MAX as usize);
         for (i, f) in self.frames.iter().take(max_frames).enumerate() {
             let offset = if i == 0 { self.head_sent } else { 0 };
             let len = f.bytes.len() - offset;
@@ -508,7 +529,7 @@ impl SendQueue {
             frames += 1;
             total += len;
         }
-        self.pinned = frames;
+        self.pinned = frames as u32;
         (frames, total)
     }
 
@@ -555,35 +576,66 @@ impl SendQueue {
 
     /// [`advance`](Self::advance), calling `written` with every frame that is now fully
     /// written, in order, before it is released.
-    pub fn advance_with(&mut self, mut n: usize, mut written: impl FnMut(&QueuedFrame)) {
+    ///
+    /// The entry array keeps its capacity (a burst drains a queue and fills it again many
+    /// times: shrinking each time would reallocate it as often): when it is left mostly spare
+    /// ([`spare`](Self::spare)) the owner shrinks it later with [`trim`](Self::trim) (the shard,
+    /// on its tick); until then it stays charged at its capacity.
+    pub fn advance_with(&mut self, n: usize, mut written: impl FnMut(&QueuedFrame)) {
         assert!(
             n <= self.bytes,
             "advance {n} past {} queued bytes",
             self.bytes
         );
-        while n > 0 {
-            let head = self.frames.front().expect("bytes accounted for");
-            let rest = head.len() - self.head_sent;
-            if n >= rest {
-                n -= rest;
-                self.bytes -= rest;
-                self.head_sent = 0;
-                self.pinned = self.pinned.saturating_sub(1);
-                let head = self.frames.pop_front().expect("just seen");
-                self.pong = self.pong.checked_sub(1).unwrap_or(NO_PONG);
-                Self::counted(&head, -(rest as isize), -1);
-                written(&head);
-                let (len, cap) = (self.frames.len(), self.frames.capacity());
-                if len == 0 || (cap > 4 * QUEUE_FLOOR && len * 4 <= cap) {
-                    self.recharge(&head.ledger);
-                }
-            } else {
-                Self::counted(head, -(n as isize), 0);
-                self.head_sent += n;
-                self.bytes -= n;
-                n = 0;
+        if n == 0 {
+            return;
+        }
+        // Which frames `n` finishes, and how far into the next one it gets.
+        let (mut left, mut offset, mut whole) = (n, self.head_sent, 0usize);
+        for f in self.frames.iter() {
+            let rest = f.len() - offset;
+            if left < rest {
+                break;
+            }
+            left -= rest;
+            offset = 0;
+            whole += 1;
+            written(f);
+            if left == 0 {
+                break;
             }
         }
+        // One ledger update for the whole advance (every frame of a queue is the shard's).
+        let head = self.frames.front().expect("bytes accounted for");
+        Self::counted(head, -(n as isize), -(whole as isize));
+        self.bytes -= n;
+        self.head_sent = offset + left;
+        self.pinned = self
+            .pinned
+            .saturating_sub(whole.min(u32::MAX as usize) as u32);
+        // The waiting pong moves down by the frames released in front of it (or goes with them).
+        self.pong = match self.pong.checked_sub(whole as u32) {
+            Some(p) if self.pong != NO_PONG => p,
+            _ => NO_PONG,
+        };
+        for _ in 0..whole {
+            self.frames.pop_front();
+        }
+    }
+
+    /// True when the entry array is mostly spare: empty above [`QUEUE_FLOOR`] entries, or at
+    /// most a quarter used — what [`trim`](Self::trim) shrinks.
+    pub fn spare(&self) -> bool {
+        let (len, cap) = (self.frames.len(), self.frames.capacity());
+        (len == 0 && cap > QUEUE_FLOOR) || (cap > 4 * QUEUE_FLOOR && len * 4 <= cap)
+    }
+
+    /// Shrink a mostly spare entry array (an empty queue keeps [`QUEUE_FLOOR`] entries, a
+    /// non-empty one at most four times what it holds) and bring its charge in `ledger` (the
+    /// ledger of its frames) in line: after [`advance`](Self::advance) left it
+    /// [`spare`](Self::spare), and before a queue is dropped.
+    pub fn trim(&mut self, ledger: &Ledger) {
+        self.recharge(ledger);
     }
 
     /// Drop everything queued except the rest of a partially written head frame (which
@@ -595,8 +647,16 @@ impl SendQueue {
         dropped
     }
 
-    /// Drop everything queued, a partially written head included (the socket is gone).
+    /// Drop everything queued, a partially written head included (the connection is ending) —
+    /// except the frames a send in flight covers: the driver holds no reference to them and the
+    /// kernel may read them until the send's completion (driver contract 3), so they stay, as
+    /// they are, until [`unpin`](Self::unpin) and another `clear`.
     pub fn clear(&mut self) {
+        if self.pinned > 0 {
+            let keep = self.pinned as usize;
+            self.remove_where(keep, self.frames.len() - keep, |_| true);
+            return;
+        }
         let n = self.frames.len();
         if let Some(head) = self.frames.front() {
             // The head's written part was already subtracted from the logical bytes.
@@ -606,6 +666,22 @@ impl SendQueue {
         self.head_sent = 0;
         self.pinned = 0;
         self.remove_where(0, n, |_| true);
+    }
+
+    /// Drop everything queued like [`clear`](Self::clear), the frames of a send in flight
+    /// included, and return a handle to the buffer of each of those: the caller keeps them
+    /// until the send's completion (driver contract 3) while the queue and the ledger let go now
+    /// (the connection is ending: nothing can release them sooner, so they are not charged).
+    pub fn release_in_flight(&mut self) -> Vec<Bytes> {
+        let held: Vec<Bytes> = self
+            .frames
+            .iter()
+            .take(self.pinned as usize)
+            .map(|f| f.bytes.clone())
+            .collect();
+        self.pinned = 0;
+        self.clear();
+        held
     }
 
     /// Keep only the newest `keep` frames of `topic` (a partially written head is never
@@ -840,7 +916,12 @@ mod tests {
         assert_eq!((l.retained(), l.queued()), (cost(&[4]) + slots_cost(8), 3));
         s.advance(3);
         assert_eq!(s.clear_unstarted(), 0);
-        assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
+        assert_eq!(
+            (l.retained(), l.queued(), l.entries()),
+            (slots_cost(8), 0, 0)
+        );
+        s.trim(&l);
+        assert_eq!(l.retained(), 0);
     }
 
     #[test]
@@ -915,10 +996,23 @@ mod tests {
         let big = s.frames.capacity();
         assert!(big >= 1000);
         assert_eq!(l.slot_bytes(), slots_cost(big));
-        s.advance(990);
-        assert!(s.frames.capacity() <= 40, "mostly spare: shrunk");
+        s.advance(495);
+        assert!(!s.spare());
+        s.advance(495);
+        assert_eq!(
+            s.frames.capacity(),
+            big,
+            "kept as it drains (no churn in a burst)..."
+        );
+        assert_eq!(l.slot_bytes(), slots_cost(big), "...and charged while kept");
+        assert!(s.spare());
+        s.trim(&l);
+        assert!(s.frames.capacity() <= 40, "mostly spare: trimmed");
         assert_eq!(l.slot_bytes(), slots_cost(s.frames.capacity()));
+        assert!(!s.spare());
         s.advance(10);
+        assert!(s.spare());
+        s.trim(&l);
         assert_eq!(
             s.frames.capacity(),
             QUEUE_FLOOR,
@@ -926,6 +1020,7 @@ mod tests {
         );
         assert_eq!(l.slot_bytes(), 0, "not charged while empty");
         assert_eq!(l.retained(), 0);
+        assert!(!s.spare());
     }
 
     #[test]
@@ -952,11 +1047,62 @@ mod tests {
         assert_eq!(s.protected(), 1, "frame 2 is partly written");
         s.advance(2);
         assert!(s.is_empty());
+        s.trim(&l);
         assert_eq!((l.retained(), l.queued()), (0, 0));
         // A byte budget stops the gather after the first frame.
         s.push(l.frame(Bytes::from(vec![9; 10]), None, None));
         s.push(l.frame(Bytes::from(vec![9; 10]), None, None));
         assert_eq!(s.gather(10, 5, |_, _| ()), (1, 10));
+    }
+
+    #[test]
+    fn clearing_keeps_the_frames_of_a_send_in_flight_until_it_completes() {
+        let l = ledger();
+        let mut s = SendQueue::new();
+        for i in 0..4u8 {
+            s.push(l.frame(Bytes::from(vec![i; 8]), None, None));
+        }
+        s.advance(3);
+        let mut ptrs = Vec::new();
+        assert_eq!(
+            s.gather(2, usize::MAX, |b, off| ptrs.push(b[off..].as_ptr())),
+            (2, 13)
+        );
+        // The connection ends while the kernel still reads the two gathered frames.
+        s.clear();
+        assert_eq!(s.len_frames(), 2, "the gathered frames stay");
+        assert_eq!((s.len_bytes(), l.queued()), (13, 13));
+        assert_eq!(l.retained(), cost(&[8, 8]) + SLOTS, "and stay counted");
+        let still: Vec<_> = s
+            .batch(usize::MAX, usize::MAX)
+            .map(<[u8]>::as_ptr)
+            .collect();
+        assert_eq!(still, ptrs, "the memory the iovecs point into is unchanged");
+        // The completion: unpinned, the next clear releases everything.
+        s.unpin();
+        s.clear();
+        assert!(s.is_empty());
+        assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
+        // Or the connection ends: the queue and the ledger let go at once, and the caller keeps
+        // the buffers the send reads until its completion.
+        for i in 0..3u8 {
+            s.push(l.frame(Bytes::from(vec![i; 8]), None, None));
+        }
+        s.advance(2);
+        let mut ptrs = Vec::new();
+        s.gather(2, usize::MAX, |b, off| ptrs.push(b[off..].as_ptr()));
+        let held = s.release_in_flight();
+        assert!(s.is_empty());
+        s.trim(&l);
+        assert_eq!((l.retained(), l.queued(), l.entries()), (0, 0, 0));
+        assert_eq!(held.len(), 2);
+        assert_eq!(held[0][2..].as_ptr(), ptrs[0], "the started head's rest");
+        assert_eq!(held[1].as_ptr(), ptrs[1]);
+        assert_eq!((&held[0][..], &held[1][..]), (&[0u8; 8][..], &[1u8; 8][..]));
+        assert!(
+            s.release_in_flight().is_empty(),
+            "nothing in flight: nothing held"
+        );
     }
 
     #[test]
@@ -1029,8 +1175,8 @@ mod tests {
             assert_eq!(s.len_bytes(), want.len());
             assert_eq!(l.queued(), want.len());
             let frames: usize = model.iter().map(|f| frame_cost(f.0.len(), false)).sum();
-            assert_eq!(l.retained(), frames + s.slots_charged as usize);
-            assert_eq!(s.slots_charged as usize, slots_cost(s.frames.capacity()));
+            assert_eq!(l.retained(), frames + s.slots_charged());
+            assert_eq!(l.slot_bytes(), slots_cost(s.frames.capacity()));
         }
     }
 }

@@ -20,10 +20,15 @@
 //!    stop reading, half-close, close, stop accepting) and [`Handler::poll_transmit`] (a
 //!    connection with frames to write and no send in flight), for which the handler fills one
 //!    gather with [`Handler::gather`]. The driver submits one send per such connection.
-//! 3. **Ownership until completion.** Whatever a submitted operation points into (the send
-//!    record's `msghdr` and iovecs, a `Bytes` clone of every frame they cover, a provided
-//!    receive buffer) belongs to the driver until the operation's completion is reaped, whatever
-//!    the handler does meanwhile.
+//! 3. **Ownership until completion.** Whatever a submitted operation points into stays valid
+//!    until its completion is reaped, whatever else happens meanwhile. The driver owns the send
+//!    record (its `msghdr` and iovecs) and a provided receive buffer; the **handler** owns the
+//!    bytes of every frame a gather covers ([`Gather::push`]) and keeps them allocated and
+//!    unchanged until it sees [`Handler::sent`] for that send, or [`Handler::closed`] for the
+//!    connection (a driver may drop a send that never started at close: epoll). The core does
+//!    that by pinning the gathered frames in the connection's queue (`flow::queue`: a pinned
+//!    frame is never dropped or conflated) and, when the connection ends first, by keeping a
+//!    `Bytes` handle to each (`shard::State::ended_in_flight`); the driver holds no reference.
 //! 4. **At most one send in flight per socket**: the handler never offers a connection to
 //!    `poll_transmit` between `gather` and `sent`.
 //! 5. **Close is final.** After [`IoRequest::Close`] the driver cancels what is pending on the
@@ -182,10 +187,11 @@ pub trait Handler {
     fn gather_frames(&self, _id: ConnId) -> usize {
         0
     }
-    /// Fill one gather for `id`: `frame(bytes, offset)` for every frame of the batch, in order
-    /// (`offset`: bytes of it already written). Returns the bytes gathered; from now until
-    /// [`sent`](Self::sent) a send is in flight on `id`.
-    fn gather(&mut self, id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize;
+    /// Fill one gather for `id` ([`Gather::push`] for every frame of the batch, in order, each
+    /// without the part already written). Returns the bytes gathered; from now until
+    /// [`sent`](Self::sent) a send is in flight on `id`, and the handler keeps what it pushed
+    /// alive until then (module docs, 3).
+    fn gather(&mut self, id: ConnId, out: &mut Gather<'_>) -> usize;
 }
 
 /// An I/O driver for one shard (see the module docs for the contract).
@@ -201,6 +207,43 @@ pub trait Driver {
     /// Submit what is queued and wait for events, the doorbell or `timeout` (`None`: no
     /// limit; zero: do not wait).
     fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+/// One send's gather as the handler fills it: an iovec per frame, in the driver's send record.
+pub struct Gather<'a> {
+    iov: &'a mut Vec<libc::iovec>,
+}
+
+impl<'a> Gather<'a> {
+    /// A gather appending to `iov`.
+    pub fn new(iov: &'a mut Vec<libc::iovec>) -> Self {
+        Gather { iov }
+    }
+
+    /// Append `bytes` to the send.
+    ///
+    /// # Safety
+    ///
+    /// The memory `bytes` points into must stay allocated and unchanged until the handler sees
+    /// [`Handler::sent`] for this send or [`Handler::closed`] for its connection: the kernel
+    /// reads it until the send's completion (module docs, 3). The driver keeps no reference.
+    #[inline]
+    pub unsafe fn push(&mut self, bytes: &[u8]) {
+        self.iov.push(libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        });
+    }
+
+    /// Frames pushed so far.
+    pub fn len(&self) -> usize {
+        self.iov.len()
+    }
+
+    /// True before the first push.
+    pub fn is_empty(&self) -> bool {
+        self.iov.is_empty()
+    }
 }
 
 /// Most iovecs in one gather (Linux IOV_MAX).

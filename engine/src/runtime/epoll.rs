@@ -9,9 +9,9 @@
 //! read interest, `shutdown`, `close` (RST with `SO_LINGER` 0).
 //!
 //! A send completes as a blocking one would (and as io_uring's does): when all of its gather is
-//! written. One that would block keeps its send record — iovecs plus a `Bytes` clone of every
-//! frame — and its frames stay pinned in the handler's queue; `EPOLLOUT` resumes it where it
-//! stopped. So both drivers present the same in-flight send to the core (a policy cannot drop a
+//! written. One that would block keeps its send record (its iovecs) and its frames stay pinned
+//! in the handler's queue, which keeps them alive until `sent` (or `closed`: a close drops a
+//! waiting send); `EPOLLOUT` resumes it where it stopped. So both drivers present the same in-flight send to the core (a policy cannot drop a
 //! frame between two halves of one send).
 //! Waiting: `epoll_wait` with the loop's timeout; the doorbell eventfd is in the set.
 //!
@@ -30,6 +30,7 @@ use crate::runtime::accept;
 use crate::runtime::driver::{Admit, ConnId, Driver, DriverKind, Handler, IoRequest, Via};
 use crate::runtime::send::{SendPool, SendRecord};
 use crate::runtime::sock;
+use crate::runtime::sockword::{SockWord, DRIVER_BIT, OPEN};
 use crate::runtime::wake::Doorbell;
 
 /// Reads per readable connection per turn: 128 KiB, so one turn's burst from a publisher stays
@@ -58,18 +59,42 @@ fn listener_token(via: Via) -> u64 {
     }
 }
 
-/// How long accepting pauses after the process ran out of descriptors.
-
+/// One socket's state: 16 bytes per connection, in a table reserved up front.
 #[derive(Default)]
 struct Sock {
     fd: RawFd,
-    gen: u32,
-    /// The events registered (0 with `registered`: in the set, no interest).
-    events: u32,
-    registered: bool,
-    open: bool,
+    /// The slot's short generation and the state bits ([`OPEN`], [`REGISTERED`], and the
+    /// interest registered: [`WANT_IN`], [`WANT_OUT`]).
+    word: SockWord,
     /// A send in flight, waiting for `EPOLLOUT`.
     pending: Option<Box<SendRecord>>,
+}
+
+/// In the epoll set (with no interest when neither of the next two is set).
+const REGISTERED: u32 = 1 << DRIVER_BIT;
+/// `EPOLLIN` is registered.
+const WANT_IN: u32 = 1 << (DRIVER_BIT + 1);
+/// `EPOLLOUT` is registered.
+const WANT_OUT: u32 = 1 << (DRIVER_BIT + 2);
+
+impl Sock {
+    fn new(fd: RawFd, id: ConnId) -> Sock {
+        let (word, pending) = (SockWord::open(id), None);
+        Sock { fd, word, pending }
+    }
+
+    /// The events registered: only `EPOLLIN` and `EPOLLOUT` are ever asked for.
+    fn events(&self) -> u32 {
+        let bit = |on: bool, ev: libc::c_int| if on { ev as u32 } else { 0 };
+        bit(self.word.has(WANT_IN), libc::EPOLLIN) | bit(self.word.has(WANT_OUT), libc::EPOLLOUT)
+    }
+
+    fn set_events(&mut self, events: u32) {
+        debug_assert_eq!(events & !((libc::EPOLLIN | libc::EPOLLOUT) as u32), 0);
+        self.word.set(REGISTERED, true);
+        self.word.set(WANT_IN, events & libc::EPOLLIN as u32 != 0);
+        self.word.set(WANT_OUT, events & libc::EPOLLOUT as u32 != 0);
+    }
 }
 
 /// One shard's epoll driver.
@@ -152,7 +177,7 @@ impl Epoll {
     fn sock(&mut self, id: ConnId) -> Option<&mut Sock> {
         self.socks
             .get_mut(id.slot as usize)
-            .filter(|s| s.open && s.gen == id.short_gen())
+            .filter(|s| s.word.has(OPEN) && s.word.gen() == id.short_gen())
     }
 
     fn set_events(&mut self, id: ConnId, events: u32) {
@@ -160,17 +185,16 @@ impl Epoll {
         let Some(s) = self.sock(id) else {
             return;
         };
-        if s.registered && s.events == events {
+        if s.word.has(REGISTERED) && s.events() == events {
             return;
         }
-        let op = if s.registered {
+        let op = if s.word.has(REGISTERED) {
             libc::EPOLL_CTL_MOD
         } else {
             libc::EPOLL_CTL_ADD
         };
         if ctl(ep, op, s.fd, events, id.pack(0)).is_ok() {
-            s.registered = true;
-            s.events = events;
+            s.set_events(events);
         }
     }
 
@@ -178,7 +202,7 @@ impl Epoll {
         let Some(s) = self.sock(id) else {
             return;
         };
-        let events = (s.events | add) & !remove;
+        let events = (s.events() | add) & !remove;
         self.set_events(id, events);
     }
 
@@ -215,14 +239,7 @@ impl Epoll {
                         if self.socks.len() <= slot {
                             self.socks.resize_with(slot + 1, Sock::default);
                         }
-                        self.socks[slot] = Sock {
-                            fd,
-                            gen: id.short_gen(),
-                            events: 0,
-                            registered: false,
-                            open: true,
-                            pending: None,
-                        };
+                        self.socks[slot] = Sock::new(fd, id);
                     }
                     Admit::Refuse(response) => sock::refuse(fd, &response),
                 },
@@ -284,8 +301,9 @@ impl Epoll {
                     return;
                 };
                 let fd = s.fd;
-                s.open = false;
-                // A waiting send ends with the socket; its holds keep its memory valid until here.
+                s.word.set(OPEN, false);
+                // A waiting send ends with the socket; the handler keeps its frames until the
+                // `closed` below (driver contract 3).
                 if let Some(rec) = s.pending.take() {
                     self.pool.recycle(rec);
                 }
@@ -320,8 +338,9 @@ impl Epoll {
         };
         while rec.next < rec.iov.len() {
             let next = rec.next;
-            // SAFETY: every iovec points into a `Bytes` clone held by `rec` (`hold`), which lives
-            // until the record is recycled, after this call.
+            // SAFETY: every iovec points into frames the handler keeps alive until it sees this
+            // send's `sent` (or the socket's `closed`), both after this call (driver contract 3,
+            // `Gather::push`).
             match unsafe { sock::sendmsg(fd, &mut rec.iov[next..]) } {
                 Ok(0) => return self.finish(h, id, rec, Err(io::ErrorKind::WriteZero.into())),
                 Ok(mut n) => {
@@ -401,7 +420,7 @@ impl Driver for Epoll {
                     let Some(s) = self.sock(id) else {
                         continue;
                     };
-                    let (fd, events) = (s.fd, s.events);
+                    let (fd, events) = (s.fd, s.events());
                     if revents & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0
                         && events & libc::EPOLLOUT as u32 != 0
                     {
@@ -478,9 +497,33 @@ impl Drop for Epoll {
     fn drop(&mut self) {
         // What is still open when the shard stops (the end of the shutdown grace) is reset:
         // never left to the kernel in FIN_WAIT1 behind a peer that does not read.
-        for s in self.socks.iter().filter(|s| s.open) {
+        for s in self.socks.iter().filter(|s| s.word.has(OPEN)) {
             sock::set_linger_zero(s.fd);
             sock::close(s.fd);
         }
+    }
+}
+
+#[cfg(test)]
+mod sock_tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_keeps_its_generation_state_and_interest_in_one_word() {
+        assert_eq!(std::mem::size_of::<Sock>(), 16);
+        let id = ConnId { slot: 1, gen: 5 };
+        let mut s = Sock::new(9, id);
+        assert_eq!(
+            (s.word.gen(), s.word.has(OPEN), s.word.has(REGISTERED)),
+            (5, true, false)
+        );
+        assert_eq!(s.events(), 0);
+        let (i, o) = (libc::EPOLLIN as u32, libc::EPOLLOUT as u32);
+        for ev in [i, i | o, o, 0, i] {
+            s.set_events(ev);
+            assert_eq!(s.events(), ev);
+            assert!(s.word.has(REGISTERED), "registered, even with no interest");
+        }
+        assert_eq!((s.word.gen(), s.word.has(OPEN)), (5, true));
     }
 }

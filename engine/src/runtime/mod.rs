@@ -15,6 +15,7 @@ pub mod send;
 pub mod shutdown;
 pub mod signals;
 pub mod sock;
+pub mod sockword;
 pub mod uring;
 pub mod wake;
 

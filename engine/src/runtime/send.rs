@@ -1,21 +1,19 @@
 //! A send in flight and the pool of them, for both drivers: the gather the core handed over,
-//! as iovecs plus a `Bytes` clone of every frame they point into, so the memory a submitted
-//! send reads stays valid until its completion whatever the core does to its queue
-//! (`runtime::driver`, ownership rule). Boxed, so the `msghdr` and iovecs keep their address
-//! while the kernel holds them.
+//! as iovecs into frames the core keeps alive (pinned in the connection's queue) until it sees
+//! the send's completion (`runtime::driver`, ownership rule 3). The record holds no reference
+//! to the frames: a delivery costs an iovec, not a reference count taken and given back on
+//! a shared cache line. Boxed, so the `msghdr` and iovecs keep their address while the kernel
+//! holds them.
 
-use bytes::Bytes;
+use crate::runtime::driver::{ConnId, Gather, Handler, MAX_IOVECS};
 
-use crate::runtime::driver::{ConnId, Handler, MAX_IOVECS};
-
-/// One send: what its iovecs point into, and how far it got.
+/// One send: its iovecs, and how far it got.
 pub struct SendRecord {
     /// The message header an io_uring `SENDMSG` points at.
     pub msg: libc::msghdr,
-    /// The gather (an epoll send advances it past what was written).
+    /// The gather (an epoll send advances it past what was written). It points into frames
+    /// the handler keeps alive until the send's completion.
     pub iov: Vec<libc::iovec>,
-    /// A clone of every frame the iovecs point into.
-    pub hold: Vec<Bytes>,
     /// First iovec not fully written (epoll).
     pub next: usize,
     /// Bytes written so far (epoll).
@@ -23,13 +21,12 @@ pub struct SendRecord {
 }
 
 impl SendRecord {
-    /// An empty record with room for `iovecs` iovecs (and as many holds).
+    /// An empty record with room for `iovecs` iovecs.
     fn with_capacity(iovecs: usize) -> Box<SendRecord> {
         Box::new(SendRecord {
             // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
             msg: unsafe { std::mem::zeroed() },
             iov: Vec::with_capacity(iovecs),
-            hold: Vec::with_capacity(iovecs),
             next: 0,
             done: 0,
         })
@@ -70,7 +67,7 @@ impl SendPool {
         }
     }
 
-    /// A record holding one gather of `id` from `h` (which pins it until `sent`).
+    /// A record of one gather of `id` from `h` (which keeps its frames alive until `sent`).
     pub fn gather<H: Handler>(&mut self, h: &mut H, id: ConnId) -> Box<SendRecord> {
         let frames = h.gather_frames(id).min(MAX_IOVECS);
         // A gather too large for a small record takes a full-size one, allocated once (never
@@ -87,27 +84,18 @@ impl SendPool {
                 .pop()
                 .unwrap_or_else(|| SendRecord::with_capacity(frames.max(4)))
         };
-        let SendRecord { iov, hold, msg, .. } = &mut *rec;
+        let SendRecord { iov, msg, .. } = &mut *rec;
         iov.reserve(frames);
-        hold.reserve(frames);
-        h.gather(id, &mut |b, offset| {
-            hold.push(b.clone());
-            let held = hold.last().expect("just pushed");
-            iov.push(libc::iovec {
-                iov_base: held[offset..].as_ptr() as *mut libc::c_void,
-                iov_len: held.len() - offset,
-            });
-        });
+        h.gather(id, &mut Gather::new(iov));
         debug_assert!(iov.len() <= MAX_IOVECS);
         msg.msg_iov = iov.as_mut_ptr();
         msg.msg_iovlen = iov.len() as _;
         rec
     }
 
-    /// Take a finished record back (its holds are released now).
+    /// Take a finished record back.
     pub fn recycle(&mut self, mut rec: Box<SendRecord>) {
         rec.iov.clear();
-        rec.hold.clear();
         rec.next = 0;
         rec.done = 0;
         let cap = rec.iov.capacity();
@@ -140,6 +128,8 @@ mod tests {
     use std::io;
     use std::net::SocketAddr;
 
+    use bytes::Bytes;
+
     use super::*;
     use crate::runtime::driver::{Admit, IoRequest};
 
@@ -169,9 +159,10 @@ mod tests {
         fn gather_frames(&self, _id: ConnId) -> usize {
             self.frames
         }
-        fn gather(&mut self, _id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize {
+        fn gather(&mut self, _id: ConnId, out: &mut Gather<'_>) -> usize {
             for _ in 0..self.frames {
-                frame(&self.bytes, 0);
+                // SAFETY: `bytes` is static.
+                unsafe { out.push(&self.bytes) };
             }
             self.frames
         }
@@ -194,7 +185,6 @@ mod tests {
         assert_eq!(rec.msg.msg_iovlen as u64, rec.iov.len() as u64);
         assert_eq!(rec.msg.msg_iov.cast_const(), rec.iov.as_ptr());
         assert_eq!(rec.iov.capacity(), MAX_IOVECS, "allocated once, full size");
-        assert_eq!(rec.hold.capacity(), MAX_IOVECS);
         let small = pool.gather(&mut handler(3), ID);
         assert!(small.iov.capacity() <= KEEP_IOVECS);
         assert_eq!(small.iov.len(), 3);
@@ -244,12 +234,18 @@ mod tests {
     }
 
     #[test]
-    fn the_iovecs_point_into_the_holds() {
+    fn the_iovecs_point_into_the_handlers_frames() {
         let mut pool = SendPool::new(8);
-        let rec = pool.gather(&mut handler(KEEP_IOVECS * 2), ID);
-        for (v, b) in rec.iov.iter().zip(&rec.hold) {
-            assert_eq!(v.iov_base as *const u8, b.as_ptr());
-            assert_eq!(v.iov_len, b.len());
+        let mut h = handler(KEEP_IOVECS * 2);
+        let rec = pool.gather(&mut h, ID);
+        assert_eq!(rec.iov.len(), KEEP_IOVECS * 2);
+        for v in &rec.iov {
+            assert_eq!(
+                v.iov_base as *const u8,
+                h.bytes.as_ptr(),
+                "no copy, no clone"
+            );
+            assert_eq!(v.iov_len, h.bytes.len());
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The driver contract, tested against both drivers with a small handler (no shard core):
-//! accept, receive, one gather send (io_uring: a send record with its iovecs and `Bytes`
-//! holds; provided receive buffers), stop/restart reading, a close that cancels a send blocked
-//! on a peer that never reads (RST), the doorbell waking a parked driver from another
-//! thread, and two listeners (data and plain) each reported as itself until both stop.
+//! accept, receive, one gather send (a send record with iovecs into frames the handler keeps
+//! until `sent`; io_uring: provided receive buffers), stop/restart reading, a close that cancels
+//! a send blocked on a peer that never reads (RST), the doorbell waking a parked driver from
+//! another thread, and two listeners (data and plain) each reported as itself until both stop.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, Handler, IoRequest, Via};
+use crate::runtime::driver::{Admit, CloseMode, ConnId, Driver, Gather, Handler, IoRequest, Via};
 use crate::runtime::epoll::Epoll;
 use crate::runtime::uring::{self, Uring};
 
@@ -99,12 +99,15 @@ impl Handler for H {
             .0;
         Some(id)
     }
-    fn gather(&mut self, id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize {
+    fn gather(&mut self, id: ConnId, out: &mut Gather<'_>) -> usize {
         let (q, off) = self.out.get(&id).expect("queued");
         let mut total = 0;
         for (i, b) in q.iter().enumerate() {
             let o = if i == 0 { *off } else { 0 };
-            frame(b, o);
+            // SAFETY: `out` keeps every frame of `id` until `sent` says how much was written
+            // (only then are they popped) or the socket is gone; a `Bytes`' memory does not
+            // move when the deque holding it grows.
+            unsafe { out.push(&b[o..]) };
             total += b.len() - o;
         }
         self.sending.push(id);

@@ -7,8 +7,8 @@
 //! results, the doorbell's `READ`, and closes (reported once the last completion of a closing
 //! socket was reaped). Submissions out — queued as SQEs during [`Driver::flush`] and submitted
 //! with the one `io_uring_enter` that also waits ([`Driver::enter`], with `EXT_ARG` and a
-//! timeout): one `SENDMSG` per transmit from a boxed send record (`msghdr`, iovecs, and a `Bytes`
-//! clone of every frame they point into) that lives until its completion, `RECV` re-arms,
+//! timeout): one `SENDMSG` per transmit from a boxed send record (`msghdr` and iovecs into frames
+//! the core keeps alive until it sees the completion) that lives until its completion, `RECV` re-arms,
 //! `ASYNC_CANCEL`s for stopped reads and closes.
 //!
 //! Sockets stay in blocking mode: the kernel completes a send or a receive when it can (its
@@ -29,10 +29,11 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use crate::runtime::accept;
 use crate::runtime::bufring::BufRing;
 use crate::runtime::driver::{
-    Admit, CloseMode, ConnId, Driver, DriverKind, Handler, IoRequest, Via,
+    Admit, CloseMode, ConnId, Driver, DriverKind, Gather, Handler, IoRequest, Via,
 };
 use crate::runtime::send::{SendPool, SendRecord};
 use crate::runtime::sock;
+use crate::runtime::sockword::{SockWord, DRIVER_BIT, OPEN};
 use crate::runtime::wake::Doorbell;
 
 /// Submission queue entries per shard ring (the completion queue is twice that).
@@ -49,7 +50,7 @@ const BUF_GROUP: u16 = 0;
 /// (a few iovecs) unless a large gather grew it, which is then not kept.
 const POOLED_RECORDS: usize = 4096;
 
-/// Most socket slots reserved up front (address space: 24 B each).
+/// Most socket slots reserved up front (address space: 16 B each).
 pub const MAX_RESERVED_SOCKETS: usize = 1 << 22;
 
 const OP_ACCEPT: u8 = 1;
@@ -58,20 +59,60 @@ const OP_SEND: u8 = 3;
 const OP_BELL: u8 = 4;
 const OP_CANCEL: u8 = 5;
 
+/// One socket's state: 16 bytes per connection, in a table reserved up front.
 #[derive(Default)]
 struct Sock {
     fd: RawFd,
-    gen: u32,
-    open: bool,
-    /// The core wants input.
-    want_read: bool,
-    /// A multishot receive is in flight.
-    recv_armed: bool,
-    /// Input ended (EOF or error): never re-armed.
-    eof: bool,
+    /// The slot's short generation and the state bits ([`OPEN`], [`WANT_READ`], [`RECV_ARMED`],
+    /// [`EOF`], and the close requested, if any, under [`CLOSING`]).
+    word: SockWord,
     send: Option<Box<SendRecord>>,
-    /// Close requested; done once nothing is in flight.
-    closing: Option<CloseMode>,
+}
+
+/// The core wants input.
+const WANT_READ: u32 = 1 << DRIVER_BIT;
+/// A multishot receive is in flight.
+const RECV_ARMED: u32 = 1 << (DRIVER_BIT + 1);
+/// Input ended (EOF or error): never re-armed.
+const EOF: u32 = 1 << (DRIVER_BIT + 2);
+/// The close requested (none, or a [`CloseMode`]: 2 bits); done once nothing is in flight.
+const CLOSING: u32 = 3 << (DRIVER_BIT + 3);
+
+impl Sock {
+    fn new(fd: RawFd, id: ConnId) -> Sock {
+        let word = SockWord::open(id);
+        Sock {
+            fd,
+            word,
+            send: None,
+        }
+    }
+
+    fn has(&self, bit: u32) -> bool {
+        self.word.has(bit)
+    }
+
+    fn set(&mut self, bit: u32, on: bool) {
+        self.word.set(bit, on);
+    }
+
+    fn closing(&self) -> Option<CloseMode> {
+        match self.word.field(CLOSING) {
+            0 => None,
+            1 => Some(CloseMode::Graceful),
+            2 => Some(CloseMode::Reset),
+            _ => Some(CloseMode::ResetIfUnsent),
+        }
+    }
+
+    fn set_closing(&mut self, mode: CloseMode) {
+        let code = match mode {
+            CloseMode::Graceful => 1,
+            CloseMode::Reset => 2,
+            CloseMode::ResetIfUnsent => 3,
+        };
+        self.word.set_field(CLOSING, code);
+    }
 }
 
 /// One shard's io_uring driver. Field order matters: the ring is dropped before the buffers and
@@ -100,7 +141,7 @@ pub struct Uring {
 fn sock_of(socks: &mut [Sock], id: ConnId) -> Option<&mut Sock> {
     socks
         .get_mut(id.slot as usize)
-        .filter(|s| s.open && s.gen == id.short_gen())
+        .filter(|s| s.has(OPEN) && s.word.gen() == id.short_gen())
 }
 
 /// Set up a ring as the driver would (the environment may refuse it: `runtime::select`).
@@ -193,10 +234,12 @@ impl Uring {
     /// Queue `sqe`, submitting first if the submission queue is full.
     fn push(&mut self, sqe: squeue::Entry) {
         loop {
-            // SAFETY: every SQE queued here points only into memory the driver keeps alive
-            // until its completion: send records (boxed, held in their socket until the send
-            // completes), `bell_buf` (boxed, lives as long as the driver), the provided-buffer
-            // ring (registered for the ring's life) — or into nothing (accept, cancel).
+            // SAFETY: every SQE queued here points only into memory kept alive until its
+            // completion: send records (boxed, held in their socket until the send completes)
+            // whose iovecs point into frames the handler keeps until it sees that completion
+            // (driver contract 3, `Gather::push`), `bell_buf` (boxed, lives as long as the
+            // driver), the provided-buffer ring (registered for the ring's life) — or into
+            // nothing (accept, cancel).
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 return;
             }
@@ -216,10 +259,10 @@ impl Uring {
         let Some(s) = self.sock(id) else {
             return;
         };
-        if s.recv_armed || s.eof || !s.want_read || s.closing.is_some() {
+        if s.has(RECV_ARMED) || s.has(EOF) || !s.has(WANT_READ) || s.closing().is_some() {
             return;
         }
-        s.recv_armed = true;
+        s.set(RECV_ARMED, true);
         let fd = s.fd;
         self.push(
             opcode::RecvMulti::new(types::Fd(fd), group)
@@ -241,13 +284,13 @@ impl Uring {
         let Some(s) = self.sock(id) else {
             return;
         };
-        let Some(mode) = s.closing else {
+        let Some(mode) = s.closing() else {
             return;
         };
-        if s.recv_armed || s.send.is_some() {
+        if s.has(RECV_ARMED) || s.send.is_some() {
             return;
         }
-        s.open = false;
+        s.set(OPEN, false);
         let fd = s.fd;
         if mode.resets(fd) {
             sock::set_linger_zero(fd);
@@ -284,12 +327,7 @@ impl Uring {
                 if self.socks.len() <= slot {
                     self.socks.resize_with(slot + 1, Sock::default);
                 }
-                self.socks[slot] = Sock {
-                    fd,
-                    gen: id.short_gen(),
-                    open: true,
-                    ..Sock::default()
-                };
+                self.socks[slot] = Sock::new(fd, id);
             }
             Admit::Refuse(response) => sock::refuse(fd, &response),
         }
@@ -305,9 +343,9 @@ impl Uring {
             return;
         };
         if !more {
-            s.recv_armed = false;
+            s.set(RECV_ARMED, false);
         }
-        let closing = s.closing.is_some();
+        let closing = s.closing().is_some();
         if res > 0 {
             let bid = bid.expect("a multishot receive with data names its buffer");
             if !closing {
@@ -322,7 +360,7 @@ impl Uring {
             if let Some(bid) = bid {
                 self.bufs.recycle(bid);
             }
-            s.eof = true;
+            s.set(EOF, true);
             if !closing {
                 h.read_closed(id, res < 0);
             }
@@ -342,7 +380,7 @@ impl Uring {
         let Some(rec) = s.send.take() else {
             return;
         };
-        let closing = s.closing.is_some();
+        let closing = s.closing().is_some();
         if res > 0 && !closing {
             h.kernel_held(id, sock::kernel_after_send(s.fd, res as usize));
         }
@@ -362,7 +400,7 @@ impl Uring {
         match req {
             IoRequest::Read(id) => {
                 if let Some(s) = self.sock(id) {
-                    s.want_read = true;
+                    s.set(WANT_READ, true);
                 }
                 self.arm_recv(id);
             }
@@ -370,8 +408,8 @@ impl Uring {
                 let Some(s) = self.sock(id) else {
                     return;
                 };
-                s.want_read = false;
-                if s.recv_armed {
+                s.set(WANT_READ, false);
+                if s.has(RECV_ARMED) {
                     self.cancel(id, OP_RECV);
                 }
             }
@@ -384,12 +422,12 @@ impl Uring {
                 let Some(s) = self.sock(id) else {
                     return;
                 };
-                if s.closing.is_some() {
+                if s.closing().is_some() {
                     return;
                 }
-                s.closing = Some(mode);
-                s.want_read = false;
-                let (recv, send) = (s.recv_armed, s.send.is_some());
+                s.set_closing(mode);
+                s.set(WANT_READ, false);
+                let (recv, send) = (s.has(RECV_ARMED), s.send.is_some());
                 if recv {
                     self.cancel(id, OP_RECV);
                 }
@@ -421,8 +459,14 @@ impl Uring {
     }
 
     fn transmit<H: Handler>(&mut self, h: &mut H, id: ConnId) {
-        let Some(fd) = self.sock(id).filter(|s| s.closing.is_none()).map(|s| s.fd) else {
-            h.gather(id, &mut |_, _| {});
+        let Some(fd) = self
+            .sock(id)
+            .filter(|s| s.closing().is_none())
+            .map(|s| s.fd)
+        else {
+            // Nothing is submitted: the gather is dropped and the send reported failed at once.
+            let mut unused = Vec::new();
+            h.gather(id, &mut Gather::new(&mut unused));
             h.sent(id, Err(io::ErrorKind::NotConnected.into()));
             return;
         };
@@ -558,9 +602,47 @@ impl Drop for Uring {
     fn drop(&mut self) {
         // What is still open when the shard stops (the end of the shutdown grace) is reset:
         // never left to the kernel in FIN_WAIT1 behind a peer that does not read.
-        for s in self.socks.iter().filter(|s| s.open) {
+        for s in self.socks.iter().filter(|s| s.has(OPEN)) {
             sock::set_linger_zero(s.fd);
             sock::close(s.fd);
         }
+    }
+}
+
+#[cfg(test)]
+mod sock_tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_keeps_its_generation_state_and_close_mode_in_one_word() {
+        assert_eq!(std::mem::size_of::<Sock>(), 16);
+        let id = ConnId {
+            slot: 3,
+            gen: (1 << ConnId::GEN_BITS) + 0xab_cdef,
+        };
+        let mut s = Sock::new(7, id);
+        assert_eq!((s.fd, s.word.gen(), s.has(OPEN)), (7, 0xab_cdef, true));
+        for bit in [WANT_READ, RECV_ARMED, EOF] {
+            assert!(!s.has(bit));
+            s.set(bit, true);
+            assert!(s.has(bit));
+        }
+        assert_eq!(s.closing(), None);
+        for mode in [
+            CloseMode::Reset,
+            CloseMode::ResetIfUnsent,
+            CloseMode::Graceful,
+        ] {
+            s.set_closing(mode);
+            assert_eq!(s.closing(), Some(mode));
+        }
+        s.set(RECV_ARMED, false);
+        s.set(OPEN, false);
+        assert!(!s.has(RECV_ARMED) && !s.has(OPEN) && s.has(WANT_READ) && s.has(EOF));
+        assert_eq!(
+            (s.word.gen(), s.closing()),
+            (0xab_cdef, Some(CloseMode::Graceful)),
+            "the other bits are untouched"
+        );
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use shardcast_proto::deflate::Agreed;
 use shardcast_proto::{encode_close, encode_frame, MessageKind, OpCode};
 
-use crate::conn::state::{flag, Role};
+use crate::conn::state::flag;
 use crate::deflate::interest::Variant;
 use crate::deflate::Negotiated;
 use crate::mesh::{Envelope, MeshItem};
@@ -32,9 +32,10 @@ impl Core {
     ) -> Option<Vec<u8>> {
         let st = &mut self.st;
         // The limit a plain message of this connection has (`handle_ws_input`'s decoder).
-        let limit = match &st.conns.get(id)?.role {
-            Role::Subscriber => st.config.max_control_message_bytes,
-            _ => st.config.max_message_bytes,
+        let limit = if st.conns.get(id)?.is_subscriber() {
+            st.config.max_control_message_bytes
+        } else {
+            st.config.max_message_bytes
         };
         let stats = &st.all_stats[st.id].compression;
         match st.deflate.inflate(kind, compressed, limit, stats) {

@@ -82,14 +82,38 @@ impl Core {
         let mut variants: [Option<Rc<QueuedFrame>>; 4] = Default::default();
         let mut per_variant = [0u64; 4];
         let mut queued = 0u64;
+        // Without `/stream` or compressed forms (their features unused) every connection reads
+        // the plain frame: one branch per message, not a choice per delivery.
+        let plain_only = env.stream_frame.is_none() && env.deflated.is_none();
         for &slot in subs {
-            let Some(conn) = st.conns.at(slot) else {
+            let charged = st.charged();
+            let Some(conn) = st.conns.at_mut(slot) else {
                 continue;
             };
             if conn.closing() {
                 continue;
             }
-            let (v, bytes) = env.variant(conn.has(flag::STREAM), conn.deflate);
+            let (v, bytes) = if plain_only {
+                (0, &env.frame)
+            } else {
+                env.variant(conn.has(flag::STREAM), conn.deflate)
+            };
+            // The common case, `offer` without its lookups: the frame exists, its queue entry
+            // fits in the budget (no eviction to make) and the connection stays below its mark.
+            if let Some(qf) = &variants[v] {
+                if st.governor.fits(charged, conn.queue.push_cost())
+                    && conn.backlog_with(qf.len()) <= policy.high_water_bytes
+                {
+                    conn.queue.push(qf.clone());
+                    if !conn.has(flag::DIRTY) {
+                        conn.set(flag::DIRTY);
+                        st.dirty.push(slot);
+                    }
+                    queued += 1;
+                    per_variant[v] += 1;
+                    continue;
+                }
+            }
             let shared = &mut variants[v];
             if shared.is_none() {
                 // Real cost (isolation): buffer, `Rc` wrapper and the shared header.
@@ -395,10 +419,14 @@ impl State {
     /// local queues: when the backlog alone leaves no room for `extra`, nobody is evicted, and
     /// when it alone is above `evict_to`, eviction stops once `extra` fits. False if there is
     /// no room.
+    #[inline]
     pub fn make_room(&mut self, extra: usize) -> bool {
-        if self.governor.fits(self.charged(), extra) {
-            return true;
-        }
+        self.governor.fits(self.charged(), extra) || self.make_room_by_evicting(extra)
+    }
+
+    /// [`make_room`](Self::make_room) when `extra` does not fit as things are.
+    #[inline(never)]
+    fn make_room_by_evicting(&mut self, extra: usize) -> bool {
         // History (continuity) is a cache: it is halved before any connection is evicted.
         while self.shrink_history() {
             if self.governor.fits(self.charged(), extra) {

@@ -405,7 +405,7 @@ impl Core {
             Route::HttpPublish(_) | Route::Preflight(_) => unreachable!("answered over HTTP"),
         };
         if let Some(c) = self.st.conns.get_mut(id) {
-            c.role = role;
+            c.set_role(role);
         }
         if self.st.shutting_down {
             self.st.close_with_bytes(
@@ -426,9 +426,10 @@ impl Core {
         if c.phase != Phase::Open {
             return;
         }
-        let max = match c.role {
-            Role::Subscriber => self.st.config.max_control_message_bytes,
-            _ => self.st.config.max_message_bytes,
+        let max = if c.is_subscriber() {
+            self.st.config.max_control_message_bytes
+        } else {
+            self.st.config.max_message_bytes
         };
         let deflate = c.deflate.is_on();
         let mut rx = c.rx.take().unwrap_or_else(|| {
@@ -492,9 +493,8 @@ impl Core {
 
     /// Decode and handle every complete event in `input`; returns the bytes consumed.
     fn decode_all(&mut self, id: ConnId, input: &mut [u8], rx: &mut Rx) -> usize {
-        let publishes = match self.st.conns.get(id).map(|c| &c.role) {
-            Some(Role::Publisher(t)) => Some(t.clone()),
-            Some(_) => None,
+        let publishes = match self.st.conns.get(id) {
+            Some(c) => c.publishes().cloned(),
             None => return 0,
         };
         // Access: the inbound rate limit (every frame counts), one clock value per batch.
@@ -567,7 +567,7 @@ impl Core {
                 let s = self.st.stats();
                 stats::add(&s.messages_in, 1);
                 stats::add(&s.bytes_in, payload.len() as u64);
-                let Some(role) = self.st.conns.get(id).map(|c| c.role.clone()) else {
+                let Some(role) = self.st.conns.get(id).map(|c| c.role()) else {
                     return;
                 };
                 match role {
@@ -697,7 +697,7 @@ impl Subscriptions for SubsOf<'_> {
 
 impl Core {
     fn is_echo(&self, id: ConnId) -> bool {
-        self.st.conns.get(id).is_some_and(|c| c.role == Role::Echo)
+        self.st.conns.get(id).is_some_and(|c| c.has(flag::ECHO))
     }
 
     /// Charge one inbound frame of `id` to its rate bucket; over the limit it is closed 1008

@@ -4,7 +4,12 @@
 //! Writing is corked: queueing marks a connection dirty once; the flush asks
 //! [`Core::next_transmit`] for each dirty connection with frames and no send in flight, and
 //! [`Core::gather_into`] hands the driver one gather of everything queued (up to the iovec and
-//! byte limits), pinning those frames until [`Core::handle_sent`].
+//! byte limits), pinning those frames until [`Core::handle_sent`]: the driver holds no
+//! reference to them (driver contract 3), so a pinned frame stays in its queue — never
+//! dropped or conflated — until the send's completion. A connection that ends meanwhile lets
+//! its queue go at once (and the ledger its charge, as before), and the shard keeps a `Bytes`
+//! handle to each frame the send reads (`State::ended_in_flight`) until the completion, or
+//! until [`Core::handle_closed`] for a send the driver dropped at close.
 //!
 //! Closing: a final frame (close frame, HTTP response) puts the connection in
 //! [`Phase::Closing`] under the flush deadline; once it is written the connection half-closes
@@ -25,7 +30,7 @@ use crate::flow::queue::QueuedFrame;
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats;
 use crate::runtime::clock::reached;
-use crate::runtime::driver::{CloseMode, ConnId, IoRequest, MAX_GATHER_BYTES, MAX_IOVECS};
+use crate::runtime::driver::{CloseMode, ConnId, Gather, IoRequest, MAX_GATHER_BYTES, MAX_IOVECS};
 use crate::runtime::shutdown::SHUTDOWN_REASON;
 use crate::shard::{Core, State, CLOSE_LINGER_MS};
 
@@ -93,7 +98,14 @@ impl State {
         // Its kernel bytes go with the socket (isolation).
         let kernel = std::mem::take(&mut c.kernel) as usize;
         self.ledger.kernel_changed(kernel, 0, c.has(flag::SLOW));
-        c.queue.clear();
+        // Its frames go, with their charge (nothing can release them sooner) — but a send in
+        // flight still reads its own: the shard keeps a handle to each until the completion
+        // (driver contract 3; `handle_sent`, or `handle_closed` when the driver dropped it).
+        let held = c.queue.release_in_flight();
+        c.queue.trim(&self.ledger);
+        if !held.is_empty() {
+            self.ended_in_flight.insert(id.slot, held);
+        }
         c.rx = None;
         if let Some(http) = c.http.take() {
             self.recycle(http.buf);
@@ -183,16 +195,22 @@ impl Core {
         }
     }
 
-    /// Hand one gather of `id`'s queue to `frame(bytes, offset)` and pin it (see the module
-    /// docs); returns its bytes.
-    pub fn gather_into(&mut self, id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize {
+    /// Hand one gather of `id`'s queue to the driver and pin it (see the module docs); returns
+    /// its bytes.
+    pub fn gather_into(&mut self, id: ConnId, out: &mut Gather<'_>) -> usize {
         let Some(c) = self.st.conns.get_mut(id) else {
             return 0;
         };
         if c.has(flag::TLS) {
-            return self.tls_gather(id, frame);
+            return self.tls_gather(id, out);
         }
-        let (_, bytes) = c.queue.gather(MAX_IOVECS, MAX_GATHER_BYTES, frame);
+        let (_, bytes) = c.queue.gather(MAX_IOVECS, MAX_GATHER_BYTES, |b, offset| {
+            // SAFETY: the queue pins these frames (`SendQueue::gather`): they stay in it until
+            // `handle_sent` unpins them after this send's completion; if the connection ends
+            // first, `request_close` moves a handle to each into `State::ended_in_flight`,
+            // released by that completion or by `handle_closed` (the socket released).
+            unsafe { out.push(&b[offset..]) }
+        });
         if bytes > 0 {
             c.set(flag::SENDING);
         }
@@ -210,7 +228,8 @@ impl Core {
         }
         c.clear(flag::SENDING);
         if c.phase == Phase::Ended {
-            c.queue.unpin();
+            // The kernel is done with what this send read (kept since the end: `request_close`).
+            st.ended_in_flight.remove(&id.slot);
             return;
         }
         match result {
@@ -221,7 +240,7 @@ impl Core {
                     Some(mut broadcast) => {
                         c.queue.advance_with(n, |f| {
                             if let Some(at) = f.published_at {
-                                broadcast.record(now.saturating_duration_since(at));
+                                broadcast.record_since(now, at);
                             }
                         });
                     }
@@ -232,6 +251,7 @@ impl Core {
                 c.queue.unpin();
                 stats::add(&st.all_stats[st.id].bytes_out, n as u64);
                 let more = !c.queue.is_empty();
+                st.note_spare(id.slot);
                 st.after_write(id.slot);
                 if more {
                     st.mark_dirty(id.slot);
@@ -260,9 +280,15 @@ impl Core {
         // Every way out unregisters before asking for the close; this keeps a freed slot out
         // of every topic whatever the path.
         self.unregister(id.slot);
-        let Some(conn) = self.st.conns.remove(id) else {
+        let Some(mut conn) = self.st.conns.remove(id) else {
             return;
         };
+        // Nothing is pending on the socket any more: what a send the driver dropped at close
+        // (epoll) read goes now; the queue was emptied at the end, its entry array is trimmed.
+        self.st.ended_in_flight.remove(&id.slot);
+        conn.queue.unpin();
+        conn.queue.clear();
+        conn.queue.trim(&self.st.ledger);
         self.tls_freed(id.slot);
         let st = &mut self.st;
         // Access: give back the per-address ticket (under a concurrent limit).

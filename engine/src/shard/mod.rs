@@ -129,6 +129,14 @@ pub(crate) struct State {
     pub io: VecDeque<IoRequest>,
     /// Connections with a deadline (`flag::TIMED`).
     pub timed: Vec<ConnId>,
+    /// The buffers a send in flight reads, of connections that ended meanwhile (by slot): the
+    /// queue let them go at the end, the driver holds no reference (driver contract 3), so
+    /// these handles keep them until the completion (`handle_sent`) or the socket's release
+    /// (`handle_closed`).
+    pub ended_in_flight: HashMap<u32, Vec<Bytes>>,
+    /// Connections whose queue's entry array was left mostly spare (`flag::TRIM`): trimmed on
+    /// the next tick, not as it drains (a burst empties and refills a queue many times).
+    pub trim: Vec<u32>,
     /// Stopped publishers that may go on (their pause or the mesh backlog ended).
     pub resume: Vec<ConnId>,
     pub next_tick: u32,
@@ -230,6 +238,8 @@ impl Core {
                 dirty_pos: 0,
                 io: VecDeque::new(),
                 timed: Vec::new(),
+                ended_in_flight: HashMap::new(),
+                trim: Vec::new(),
                 resume: Vec::new(),
                 next_tick: crate::obs::tick::TICK.as_millis() as u32,
                 next_sweep: sweep,
@@ -377,6 +387,30 @@ impl State {
         }
     }
 
+    /// After `slot`'s queue advanced: if its entry array is mostly spare, trim it on the next
+    /// tick ([`trim_queues`](Self::trim_queues)).
+    pub fn note_spare(&mut self, slot: u32) {
+        use crate::conn::state::flag::TRIM;
+        if let Some(c) = self.conns.at_mut(slot) {
+            if !c.has(TRIM) && c.queue.spare() {
+                c.set(TRIM);
+                self.trim.push(slot);
+            }
+        }
+    }
+
+    /// Shrink the mostly spare entry arrays noted since the last tick (memory back to the
+    /// allocator, the ledger's charge with it).
+    pub fn trim_queues(&mut self) {
+        use crate::conn::state::flag::TRIM;
+        for slot in std::mem::take(&mut self.trim) {
+            if let Some(c) = self.conns.at_mut(slot) {
+                c.clear(TRIM);
+                c.queue.trim(&self.ledger);
+            }
+        }
+    }
+
     /// Give `id` a deadline at `at` (shard ms) and make sure the timer scan sees it.
     pub fn set_deadline(&mut self, id: ConnId, at: u32) {
         use crate::conn::state::flag::TIMED;
@@ -447,8 +481,8 @@ impl Handler for Core {
         self.gather_bound(id)
     }
 
-    fn gather(&mut self, id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize {
-        self.gather_into(id, frame)
+    fn gather(&mut self, id: ConnId, out: &mut crate::runtime::driver::Gather<'_>) -> usize {
+        self.gather_into(id, out)
     }
 }
 

@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crate::conn::state::{flag, Phase, Role};
+use crate::conn::state::{flag, Phase};
 use crate::mesh::MeshItem;
 use crate::obs::stats;
 use crate::obs::stats::Refusal;
@@ -171,7 +171,7 @@ impl Core {
                 if c.phase != Phase::Open || !c.has(flag::STOPPED) {
                     continue;
                 }
-                let Role::Publisher(topic) = c.role.clone() else {
+                let Some(topic) = c.publishes().cloned() else {
                     continue;
                 };
                 if self.st.publishing_stopped(&topic) {

@@ -42,5 +42,9 @@ pub fn run<D: Driver>(mut driver: D, mut core: Core, shutdown: &Shutdown) -> io:
     }
     core.count_abandoned();
     tracing::info!(shard = core.id(), left = core.active(), "shard stopped");
+    // The driver goes first: sends still in flight read frames the core keeps (driver contract
+    // 3), so the core outlives the ring and the sockets.
+    drop(driver);
+    drop(core);
     Ok(())
 }

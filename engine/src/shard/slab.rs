@@ -204,6 +204,19 @@ mod tests {
         assert_eq!(s.chunks.len(), 6);
     }
 
+    /// A connection's slot is its `Conn` plus the generation: the vacancy tag sits in a niche
+    /// of the `Conn` (docs/ENGINE.md, "Per-connection memory budget").
+    #[test]
+    fn a_slot_is_the_conn_and_its_generation() {
+        use crate::conn::state::Conn;
+        let (conn, slot) = (
+            std::mem::size_of::<Conn>(),
+            std::mem::size_of::<Slot<Conn>>(),
+        );
+        eprintln!("slot: {slot} bytes");
+        assert_eq!(slot, conn + 8, "a tag of its own would cost 8 more");
+    }
+
     #[test]
     fn generations_compare_on_the_carried_bits() {
         let mut s: Slab<u8> = Slab::default();

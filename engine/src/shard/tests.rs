@@ -19,7 +19,7 @@ use crate::conn::state::{flag, Phase};
 use crate::flow::queue::frame_cost;
 use crate::mesh::{Envelope, MeshLink};
 use crate::obs::stats::{self, Discard, Eviction};
-use crate::runtime::driver::{Admit, CloseMode};
+use crate::runtime::driver::{Admit, CloseMode, Gather};
 
 const LOOPBACK: &str = "127.0.0.1:40000";
 
@@ -125,13 +125,26 @@ pub(crate) fn frames(core: &Core, id: ConnId) -> Vec<Vec<u8>> {
         .unwrap_or_default()
 }
 
+/// One gather of `id` as a driver makes it (a send is in flight from now until `handle_sent`):
+/// each iovec's bytes, copied.
+pub(crate) fn gathered(core: &mut Core, id: ConnId) -> Vec<Vec<u8>> {
+    let mut iov = Vec::new();
+    core.gather_into(id, &mut Gather::new(&mut iov));
+    iov.iter()
+        .map(|v| {
+            // SAFETY: the core keeps what it gathered alive until `handle_sent` (driver
+            // contract 3), which has not been called yet.
+            unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) }.to_vec()
+        })
+        .collect()
+}
+
 /// The client reads `n` bytes: one send of the queued frames completes with `n` written.
 fn read(core: &mut Core, id: ConnId, n: usize) {
     if n == 0 {
         return;
     }
-    let mut total = 0;
-    core.gather_into(id, &mut |b, off| total += b.len() - off);
+    let total: usize = gathered(core, id).iter().map(Vec::len).sum();
     if total == 0 {
         return;
     }
@@ -142,8 +155,7 @@ fn read(core: &mut Core, id: ConnId, n: usize) {
 pub(crate) fn take(core: &mut Core, id: ConnId) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let mut got = Vec::new();
-        core.gather_into(id, &mut |b, off| got.extend_from_slice(&b[off..]));
+        let got = gathered(core, id).concat();
         if got.is_empty() {
             return out;
         }
@@ -169,8 +181,7 @@ pub(crate) fn flush(core: &mut Core) -> Flushed {
         let Some(id) = core.poll_transmit() else {
             break;
         };
-        let mut got = Vec::new();
-        core.gather_into(id, &mut |b, off| got.extend_from_slice(&b[off..]));
+        let got = gathered(core, id).concat();
         core.handle_sent(id, Ok(got.len()));
         out.entry(id).or_default().extend(got);
     }
@@ -248,8 +259,7 @@ fn a_turn_writes_each_connection_once_with_everything_it_got() {
     let mut sends = HashMap::new();
     while let Some(id) = c.poll_transmit() {
         *sends.entry(id).or_insert(0) += 1;
-        let mut got = Vec::new();
-        c.gather_into(id, &mut |b, off| got.extend_from_slice(&b[off..]));
+        let got = gathered(&mut c, id).concat();
         assert_eq!(got.len(), 10 * 22, "one gather with all ten frames");
         c.handle_sent(id, Ok(got.len()));
     }
@@ -275,14 +285,95 @@ fn the_gather_bound_covers_the_gather_and_stops_at_the_iovec_limit() {
         }
         assert_eq!(c.gather_bound(id), n.min(MAX_IOVECS));
     }
-    let mut gathered = 0;
-    c.gather_into(id, &mut |_, _| gathered += 1);
-    assert_eq!(gathered, MAX_IOVECS, "the bound is what one gather takes");
+    assert_eq!(
+        gathered(&mut c, id).len(),
+        MAX_IOVECS,
+        "the bound is what one gather takes"
+    );
     let stale = ConnId {
         slot: id.slot,
         gen: id.gen + 1,
     };
     assert_eq!(c.gather_bound(stale), 0, "another generation has nothing");
+}
+
+/// A queue drained in a burst keeps its entry array (no shrink and regrow per send) and gives
+/// it back, with its charge, on the next tick.
+#[test]
+fn a_drained_queue_is_trimmed_on_the_tick_not_as_it_drains() {
+    let t0 = Instant::now();
+    let mut c = cores(1, &[], t0).pop().unwrap();
+    let id = sub(&mut c, &["t"]);
+    for round in 0..2 {
+        for i in 0..100u8 {
+            c.publish(&Arc::from("t"), MessageKind::Binary, &[i; 20]);
+        }
+        assert_eq!(take(&mut c, id).len(), 100 * 22, "round {round}");
+        assert_eq!(c.ledger().frame_bytes(), 0);
+        assert!(
+            c.ledger().slot_bytes() > 0,
+            "kept while the burst may go on"
+        );
+    }
+    let tick = crate::obs::tick::TICK.as_millis() as u64;
+    c.handle_time(t0 + Duration::from_millis(tick + 1));
+    assert_eq!(c.ledger().retained(), 0, "trimmed on the tick");
+    assert!(!c.conn(id).unwrap().has(flag::TRIM));
+}
+
+/// Driver contract 3: the driver holds no reference to the frames of a send in flight, so the
+/// core keeps them until the send's completion (what io_uring reports after cancelling it) or
+/// the socket's release (epoll drops a waiting send at close), even when the connection ends
+/// meanwhile: its queue and the ledger let go at the end, as before, and the shard keeps a
+/// handle to each buffer the send reads. Releasing them any earlier would let the kernel read
+/// freed memory.
+#[test]
+fn frames_of_a_send_in_flight_outlive_the_connections_end_until_its_completion() {
+    for completed in [true, false] {
+        let mut c = core(&[]);
+        let id = sub(&mut c, &["t"]);
+        for i in 0..3u8 {
+            c.publish(&Arc::from("t"), MessageKind::Binary, &[i; 20]);
+        }
+        assert_eq!(c.poll_transmit(), Some(id));
+        let mut iov = Vec::new();
+        c.gather_into(id, &mut Gather::new(&mut iov));
+        assert_eq!(iov.len(), 3);
+        assert!(c.ledger().frame_bytes() > 0);
+        // The peer is gone: the connection ends with the send still in flight.
+        c.end(id, CloseMode::Reset);
+        let reqs: Vec<_> = std::iter::from_fn(|| c.poll_io()).collect();
+        assert!(reqs.contains(&IoRequest::Close(id, CloseMode::Reset)));
+        let l = c.ledger();
+        assert_eq!(
+            (l.retained(), l.queued(), l.entries()),
+            (0, 0, 0),
+            "uncharged"
+        );
+        let held = &c.st.ended_in_flight[&id.slot];
+        assert_eq!(held.len(), 3);
+        for (i, (v, b)) in iov.iter().zip(held).enumerate() {
+            assert_eq!(
+                v.iov_base as *const u8,
+                b.as_ptr(),
+                "a live handle to what it reads"
+            );
+            assert_eq!((v.iov_len, &b[2..]), (b.len(), &[i as u8; 20][..]));
+        }
+        if completed {
+            c.handle_sent(id, Err(std::io::Error::from_raw_os_error(libc::ECANCELED)));
+            assert!(
+                c.st.ended_in_flight.is_empty(),
+                "released at the completion"
+            );
+        }
+        c.handle_closed(id);
+        assert!(
+            c.st.ended_in_flight.is_empty(),
+            "released with the socket at the latest"
+        );
+        assert_eq!(c.ledger().retained(), 0);
+    }
 }
 
 #[test]
@@ -291,8 +382,7 @@ fn a_send_in_flight_is_never_offered_again_and_its_frames_stay() {
     let id = sub(&mut c, &["t"]);
     c.publish(&Arc::from("t"), MessageKind::Binary, &[1; 20]);
     assert_eq!(c.poll_transmit(), Some(id));
-    let mut first = Vec::new();
-    c.gather_into(id, &mut |b, off| first.push(b[off..].to_vec()));
+    let first = gathered(&mut c, id);
     // More arrives while the send is in flight; conflation must not touch the pinned frame.
     for i in 2..6u8 {
         c.publish(&Arc::from("t"), MessageKind::Binary, &[i; 20]);
@@ -960,7 +1050,7 @@ fn close_path_and_slot_reuse_on_a_virtual_clock() {
     c.handle_time(at(1000));
     c.st.close_with_bytes(next.slot, encode_close(CloseCode::NORMAL, ""));
     assert_eq!(c.poll_transmit(), Some(next));
-    c.gather_into(next, &mut |_, _| ());
+    gathered(&mut c, next);
     let flush = c.st.close_flush_ms();
     c.handle_time(at(1000 + u64::from(flush) - 100));
     let early: Vec<_> = std::iter::from_fn(|| c.poll_io()).collect();

@@ -60,6 +60,7 @@ impl Core {
 
     fn tick(&mut self) {
         let st = &mut self.st;
+        st.trim_queues();
         st.publish_gauges();
         let slots = st.conns.slots();
         let conns = &st.conns;
@@ -143,7 +144,7 @@ impl Core {
             }
             // Access: drop a box that holds only a full rate bucket again (`access::state`).
             if c.access.as_ref().is_some_and(|a| {
-                let publisher = !matches!(c.role, crate::conn::state::Role::Subscriber);
+                let publisher = !c.is_subscriber();
                 a.is_idle(st.access.limit(publisher), now_ns)
             }) {
                 c.access = None;

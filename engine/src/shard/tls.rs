@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::conn::state::{flag, Phase};
 use crate::obs::latency::LatencyKind;
 use crate::obs::stats;
-use crate::runtime::driver::{CloseMode, ConnId, MAX_IOVECS};
+use crate::runtime::driver::{CloseMode, ConnId, Gather, MAX_IOVECS};
 use crate::shard::Core;
 use crate::tls::shard::MAX_SEAL_PLAINTEXT;
 use crate::tls::{Failure, ShardTls};
@@ -117,7 +117,7 @@ impl Core {
     /// The flush for TLS connection `id`: its pending TLS output and its queued frames sealed
     /// into one ciphertext `Bytes`, handed to the driver as one iovec. The sealed frames leave
     /// the queue now (nothing is pinned). Returns the ciphertext bytes.
-    pub(crate) fn tls_gather(&mut self, id: ConnId, frame: &mut dyn FnMut(&Bytes, usize)) -> usize {
+    pub(crate) fn tls_gather(&mut self, id: ConnId, gather: &mut Gather<'_>) -> usize {
         let st = &mut self.st;
         let Some(c) = st.conns.get_mut(id) else {
             return 0;
@@ -137,7 +137,7 @@ impl Core {
             match st.latency.recorder(LatencyKind::Broadcast) {
                 Some(mut broadcast) => c.queue.advance_with(out.plaintext, |f| {
                     if let Some(at) = f.published_at {
-                        broadcast.record(now.saturating_duration_since(at));
+                        broadcast.record_since(now, at);
                     }
                 }),
                 None => c.queue.advance(out.plaintext),
@@ -146,7 +146,12 @@ impl Core {
         let n = out.bytes.len();
         if n > 0 {
             c.set(flag::SENDING);
-            frame(&out.bytes, 0);
+            // SAFETY: `ShardTls` keeps this ciphertext (`in_flight`) until `tls_sent` reports
+            // the send's completion, or the slot is freed after the driver's `closed`.
+            unsafe { gather.push(&out.bytes) };
+        }
+        if out.plaintext > 0 {
+            st.note_spare(id.slot);
         }
         self.tls_recharge(id);
         self.tls_rebuffer(id);
@@ -356,8 +361,7 @@ mod tests {
             let Some(id) = core.poll_transmit() else {
                 return (out, closes);
             };
-            let mut got = Vec::new();
-            core.gather(id, &mut |b, off| got.extend_from_slice(&b[off..]));
+            let got = crate::shard::tests::gathered(core, id).concat();
             core.handle_sent(id, Ok(got.len()));
             out.push((id, got));
         }
@@ -507,8 +511,7 @@ mod tests {
         for take in [100, 7] {
             let id2 = core.poll_transmit().expect("something to send");
             assert_eq!(id2, id);
-            let mut got = Vec::new();
-            core.gather(id, &mut |b, off| got.extend_from_slice(&b[off..]));
+            let got = crate::shard::tests::gathered(&mut core, id).concat();
             assert!(got.len() > take);
             wire.extend_from_slice(&got[..take]);
             core.handle_sent(id, Ok(take));
@@ -545,8 +548,7 @@ mod tests {
         }
         let kernel = |core: &Core| core.conn(id).map_or(0, |c| c.kernel as usize);
         assert_eq!(core.poll_transmit(), Some(id));
-        let mut got = Vec::new();
-        core.gather(id, &mut |b, off| got.extend_from_slice(&b[off..]));
+        let got = crate::shard::tests::gathered(&mut core, id).concat();
         assert!(got.len() > 12_000, "four frames sealed: {}", got.len());
         assert_eq!(kernel(&core), got.len(), "in flight: charged");
         assert_eq!(core.ledger().kernel(), got.len());
@@ -562,8 +564,7 @@ mod tests {
         );
         // The rest goes out whole; then nothing is held.
         assert_eq!(core.poll_transmit(), Some(id));
-        let mut rest = Vec::new();
-        core.gather(id, &mut |b, off| rest.extend_from_slice(&b[off..]));
+        let rest = crate::shard::tests::gathered(&mut core, id).concat();
         assert_eq!(rest.len(), got.len() - 100);
         assert_eq!(kernel(&core), 500 + rest.len());
         core.kernel_held(id, 0);
@@ -573,7 +574,7 @@ mod tests {
         // A connection that ends with ciphertext in flight gives its charge back.
         core.publish(&Arc::from("t"), MessageKind::Binary, &[7; 3000]);
         assert_eq!(core.poll_transmit(), Some(id));
-        core.gather(id, &mut |_, _| {});
+        crate::shard::tests::gathered(&mut core, id);
         assert!(core.ledger().kernel() > 3000);
         core.end(id, crate::runtime::driver::CloseMode::Reset);
         core.handle_sent(id, Ok(10));
@@ -687,6 +688,6 @@ mod tests {
     fn a_plain_connection_pays_nothing_for_tls() {
         // The session lives beside the slab: the slot keeps its idle budget (the same bound as
         // `conn::state`'s size guard: TLS adds nothing to `Conn`).
-        assert!(std::mem::size_of::<Conn>() <= 184);
+        assert!(std::mem::size_of::<Conn>() <= 168);
     }
 }
