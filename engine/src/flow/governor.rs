@@ -79,9 +79,27 @@ impl Governor {
 
     /// Eviction order: candidates `(unsent bytes, id)` sorted by most unsent bytes first
     /// (ties: lower id first, so the order is deterministic).
-    pub fn order<K: Ord + Copy>(mut candidates: Vec<(usize, K)>) -> Vec<K> {
+    pub fn order<K: Ord + Copy>(candidates: Vec<(usize, K)>) -> Vec<K> {
+        Self::ranked(candidates)
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect()
+    }
+
+    /// [`order`](Self::order), keeping each candidate's unsent bytes.
+    pub fn ranked<K: Ord + Copy>(mut candidates: Vec<(usize, K)>) -> Vec<(usize, K)> {
         candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        candidates.into_iter().map(|(_, k)| k).collect()
+        candidates
+    }
+
+    /// Whether an eviction round that is back within the budget goes on (toward
+    /// [`evict_to`](Self::evict_to)) with a candidate holding `unsent` bytes, when the round's
+    /// first eviction held `first`: only with stragglers, at least half as far behind. A
+    /// connection much closer to the head is keeping up with the publishers; what keeps the
+    /// shard above `evict_to` then is what no eviction releases (the mesh backlog, heads being
+    /// written), and evicting a reader that keeps up would only break the isolation promise.
+    pub fn straggler(first: usize, unsent: usize) -> bool {
+        unsent >= first / 2
     }
 }
 
@@ -108,5 +126,6 @@ mod tests {
             Governor::order(vec![(5, 1), (9, 2), (5, 0), (1, 3)]),
             vec![2, 0, 1, 3]
         );
+        assert!(Governor::straggler(1000, 500) && !Governor::straggler(1000, 499));
     }
 }

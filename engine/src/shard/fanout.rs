@@ -446,13 +446,18 @@ impl State {
                 (!c.closing() && droppable).then(|| (c.unsent(), slot))
             })
             .collect();
-        for slot in Governor::order(candidates) {
+        let mut first = None;
+        for (unsent, slot) in Governor::ranked(candidates) {
             let charged = self.charged();
-            if self.governor.relieved(charged, extra)
-                || (target_fits_only && self.governor.fits(charged, extra))
-            {
+            let fits = self.governor.fits(charged, extra);
+            if self.governor.relieved(charged, extra) || (target_fits_only && fits) {
                 break;
             }
+            // Within the budget again: go on toward `evict_to` with stragglers only.
+            if fits && first.is_some_and(|f| !Governor::straggler(f, unsent)) {
+                break;
+            }
+            first.get_or_insert(unsent);
             self.evict(slot, Eviction::Ceiling);
         }
         self.governor.fits(self.charged(), extra)

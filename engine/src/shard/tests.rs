@@ -1447,3 +1447,44 @@ fn an_evicted_subscriber_that_hangs_up_leaves_only_the_shared_close() {
     assert!(c.kept_frame_bytes() > 0, "the 1013 is kept");
     assert_eq!(c.ledger().retained(), c.kept_frame_bytes());
 }
+
+/// The ceiling evicts stragglers, not a reader that keeps up: once the round is back within
+/// the budget, what keeps the shard above `evict_to` is the heads the evicted were writing
+/// (pinned until they go or the socket is reset), which no further eviction releases. A
+/// subscriber a few frames behind the head survives; before, the round went on to it.
+#[test]
+fn a_ceiling_round_stops_at_readers_that_keep_up() {
+    // 20 MiB at 5% over 1 shard: a 1 MiB budget, evict_to 80%.
+    let mut c = core(&["--memory-limit", "20MiB", "--high-water-bytes", "1GiB"]);
+    let budget = c.governor().budget;
+    let t: Arc<str> = Arc::from("t");
+    let payload = vec![0u8; 60_000];
+    // Nine slow subscribers, each stuck in the middle of a different frame.
+    let mut slow = Vec::new();
+    for _ in 0..9 {
+        let id = sub(&mut c, &["t"]);
+        c.publish(&t, MessageKind::Binary, &payload);
+        read(&mut c, id, 100);
+        slow.push(id);
+    }
+    // A fast subscriber that stays at most 5 frames behind.
+    let fast = sub(&mut c, &["t"]);
+    let mut published = 0;
+    while slow.iter().any(|&id| !closing(&c, id)) {
+        c.publish(&t, MessageKind::Binary, &payload);
+        published += 1;
+        assert!(published < 100, "the ceiling never evicted");
+        assert!(c.ledger().retained() <= budget);
+        while frames(&c, fast).len() > 5 {
+            let head = frames(&c, fast)[0].len();
+            read(&mut c, fast, head);
+        }
+    }
+    // Still over evict_to by the pinned heads, yet within the budget: the fast reader stays.
+    assert!(!closing(&c, fast), "a reader that keeps up is not evicted");
+    assert!(
+        c.ledger().retained() > c.governor().evict_to,
+        "the case under test"
+    );
+    assert_eq!(c.stats().evictions(Eviction::Ceiling), 9);
+}
