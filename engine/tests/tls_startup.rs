@@ -2,8 +2,8 @@
 //! validated, SIGHUP reloads instead of killing the process, and the TLS counters are in /stats
 //! and /metrics.
 //!
-//! wss:// itself is tested in tls_wss.rs; `--listen-plain` (a second, plain listener) is not
-//! served yet and stops the start rather than being ignored.
+//! wss:// itself, and `--listen-plain` serving ws:// beside it, are tested in tls_wss.rs; here a
+//! taken plain port stops the start.
 
 mod common;
 
@@ -75,13 +75,20 @@ fn bad_material_stops_the_start_with_the_reason() {
     assert!(err.contains("no PRIVATE KEY"), "{err}");
 }
 
+/// `--listen-plain` on a port another process holds stops the start with the address and the
+/// way out (it is served otherwise: tls_wss `a_plain_listener_beside_wss_serves_internal_traffic`).
 #[test]
-fn listen_plain_is_refused_until_served() {
+fn a_taken_plain_port_stops_the_start() {
     let pki = Pki::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
     let mut args = pki.server_args();
-    args.extend(strings(&["--listen-plain", "127.0.0.1:0"]));
+    args.extend(strings(&["--listen-plain", &addr]));
     let err = refused(&args);
-    assert!(err.contains("listen_plain is not served yet"), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("another process"),
+        "{err}"
+    );
 }
 
 #[test]
