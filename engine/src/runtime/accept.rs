@@ -105,21 +105,34 @@ impl Reserve {
             return false;
         }
         if self.0.take().is_none() {
-            self.0 = open_dev_null();
+            self.0 = reopen();
             return false;
         }
-        // SAFETY: accept4 with null address arguments on a listening socket we own; the
-        // result is checked before use.
-        let fd = unsafe {
-            libc::accept4(
-                listener,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
-        };
+        // The number the reserve freed can be taken for a moment by another thread's descriptor
+        // allocation (another shard's io_uring accept takes a number before it looks for a
+        // pending client, and gives it back when there is none). Without retrying, this shard
+        // would lose its reserve for good while descriptors stay exhausted, and its clients
+        // would wait unanswered. So: a few retries, yielding in between (microseconds, and only
+        // here, out of descriptors).
+        let mut fd = -1;
+        for _ in 0..STOLEN_RETRIES {
+            // SAFETY: accept4 with null address arguments on a listening socket we own; the
+            // result is checked before use.
+            fd = unsafe {
+                libc::accept4(
+                    listener,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd >= 0 || !out_of_descriptors_now() {
+                break;
+            }
+            std::thread::yield_now();
+        }
         if fd < 0 {
-            self.0 = open_dev_null();
+            self.0 = reopen();
             return false;
         }
         use crate::runtime::sock;
@@ -138,7 +151,7 @@ impl Reserve {
             self.0 = Some(unsafe { OwnedFd::from_raw_fd(fd) });
         } else {
             sock::close(fd);
-            self.0 = open_dev_null();
+            self.0 = reopen();
         }
         true
     }
@@ -152,6 +165,29 @@ impl Reserve {
             .take_while(|_| self.refuse_one(listener, response))
             .count()
     }
+}
+
+/// Attempts to win back a descriptor number another thread holds for a moment (see
+/// [`Reserve::refuse_one`]).
+const STOLEN_RETRIES: usize = 64;
+
+/// True if the last call failed for want of a descriptor.
+fn out_of_descriptors_now() -> bool {
+    matches!(
+        io::Error::last_os_error().raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE)
+    )
+}
+
+/// Take the reserve back, retrying while another thread holds the number for a moment.
+fn reopen() -> Option<OwnedFd> {
+    for _ in 0..STOLEN_RETRIES {
+        if let Some(fd) = open_dev_null() {
+            return Some(fd);
+        }
+        std::thread::yield_now();
+    }
+    None
 }
 
 fn open_dev_null() -> Option<OwnedFd> {
