@@ -273,12 +273,7 @@ fn evicted_then_resumed(extra: &[&str]) {
     args.extend_from_slice(extra);
     let server = Server::start(&args);
     let addr = server.addr;
-    let mut tcp = small_rcvbuf_connect(addr);
-    let head = upgrade_raw(&mut tcp, "/ws/e?seq=1");
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let mut slow =
-        tungstenite::WebSocket::from_raw_socket(tcp, tungstenite::protocol::Role::Client, None);
-    let (epoch, _, _) = notice(&mut slow, "e");
+    let (mut slow, epoch) = slow_sequenced(addr, "/ws/e?seq=1", "e");
     let payload = "x".repeat(1000);
     let (mut p, _) = server.ws("/pub/e");
     let mut n = 0u64;

@@ -1179,12 +1179,7 @@ fn a_client_evicted_mid_stream_resumes_from_jetstream() {
         ],
     );
     let admin = s.admin.unwrap();
-    let mut tcp = small_rcvbuf_connect(s.addr);
-    let head = upgrade_raw(&mut tcp, "/ws/x?seq=1");
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let mut slow =
-        tungstenite::WebSocket::from_raw_socket(tcp, tungstenite::protocol::Role::Client, None);
-    let (epoch, _, _) = notice(&mut slow, "x");
+    let (mut slow, epoch) = slow_sequenced(s.addr, "/ws/x?seq=1", "x");
     let pad = "x".repeat(1000);
     let (mut p, _) = s.ws("/pub/x");
     let evicted = |v: &Value| v["totals"]["evictions"]["high_water"].as_u64() > Some(0);

@@ -724,6 +724,18 @@ pub fn data(ws: &mut Ws, topic: &str) -> (u64, serde_json::Value) {
     }
 }
 
+/// A sequenced subscriber of `topic` (`path` carries `?seq=1`) that reads slowly: a tiny
+/// receive buffer, so the server's marks catch it; returns it with the epoch of its first
+/// notice.
+pub fn slow_sequenced(addr: SocketAddr, path: &str, topic: &str) -> (Ws, String) {
+    let mut tcp = small_rcvbuf_connect(addr);
+    let head = upgrade_raw(&mut tcp, path);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut ws = WebSocket::from_raw_socket(tcp, tungstenite::protocol::Role::Client, None);
+    let (epoch, _, _) = notice(&mut ws, topic);
+    (ws, epoch)
+}
+
 /// Read a sequenced connection that is being evicted: its data messages must be numbered 1, 2,
 /// … with no gap, up to its 1013 close; returns the last number it got.
 pub fn read_until_evicted(ws: &mut Ws) -> u64 {
