@@ -76,6 +76,16 @@ pub struct ShardTls {
     buffered: HashMap<u32, usize>,
 }
 
+/// Record that `slot` is charged `now` bytes in `charges` (no entry for 0); returns (was, now).
+fn settle(charges: &mut HashMap<u32, usize>, slot: u32, now: usize) -> (usize, usize) {
+    let was = if now == 0 {
+        charges.remove(&slot)
+    } else {
+        charges.insert(slot, now)
+    };
+    (was.unwrap_or(0), now)
+}
+
 impl ShardTls {
     /// A shard's TLS state over the published configuration.
     pub fn new(config: ShardConfig) -> ShardTls {
@@ -113,12 +123,7 @@ impl ShardTls {
     /// output not taken yet) to what they hold now; returns (was, now).
     pub fn rebuffer(&mut self, slot: u32) -> (usize, usize) {
         let now = self.sessions.get(&slot).map_or(0, |s| s.buffered_bytes());
-        let was = if now == 0 {
-            self.buffered.remove(&slot).unwrap_or(0)
-        } else {
-            self.buffered.insert(slot, now).unwrap_or(0)
-        };
-        (was, now)
+        settle(&mut self.buffered, slot, now)
     }
 
     /// Ciphertext this shard holds for `slot`: the send in flight, or what one left unsent.
@@ -136,12 +141,7 @@ impl ShardTls {
     /// Bring `slot`'s charge to what it holds; returns (was, now).
     pub fn recharge(&mut self, slot: u32) -> (usize, usize) {
         let now = self.held(slot);
-        let was = if now == 0 {
-            self.charged.remove(&slot).unwrap_or(0)
-        } else {
-            self.charged.insert(slot, now).unwrap_or(0)
-        };
-        (was, now)
+        settle(&mut self.charged, slot, now)
     }
 
     /// The send in flight on `slot` completed with `n` bytes written: keep what it did not
