@@ -38,7 +38,7 @@ use shardcast_proto::{encode_frame, OpCode};
 
 use crate::config::Config;
 use crate::conn::heartbeat::{HeartbeatConfig, MAX_DURATION_MS};
-use crate::conn::state::{flag, Conn};
+use crate::conn::state::Conn;
 use crate::deflate::ShardDeflate;
 use crate::flow::governor::Governor;
 use crate::flow::policy::{Policies, Policy};
@@ -447,13 +447,9 @@ impl Handler for Core {
     }
 
     fn kernel_held(&mut self, id: ConnId, bytes: usize) {
-        // A TLS connection keeps its ciphertext charge beside the sample (`tls_recharge`).
-        let tls = match &self.st.tls {
-            Some(t) if self.st.conns.get(id).is_some_and(|c| c.has(flag::TLS)) => {
-                t.charged(id.slot)
-            }
-            _ => 0,
-        };
+        // A TLS connection keeps its ciphertext charge beside the sample (`tls_recharge`;
+        // a slot without one, plain connections included, is charged 0).
+        let tls = self.st.tls.as_ref().map_or(0, |t| t.charged(id.slot));
         self.st.set_kernel(id, bytes + tls);
     }
 
